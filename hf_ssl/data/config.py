@@ -1,0 +1,133 @@
+"""`MultiCropConfig`: every knob of DINO's multi-crop augmentation, with the official defaults.
+
+The CPU stage (`MultiCropTransform`: random resized crops) and the device stage
+(`DeviceAugmentation`: flip, colour jitter, grayscale, blur, solarize, normalisation) read the
+same config, so one YAML ``augmentation:`` section describes the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+@dataclass
+class MultiCropConfig:
+    """Multi-crop augmentation of DINO (Caron et al., 2021), defaults from the official ``main_dino.py``.
+
+    Global crop ``i`` uses ``global_blur_probabilities[i]`` and ``global_solarize_probabilities[i]``;
+    a length-1 tuple is broadcast to every global crop when ``global_crops_number != 2``.
+    Scales are fractions of the image area, ``crop_ratio`` is the (min, max) width/height ratio.
+    """
+
+    global_crops_number: int = 2
+    global_crop_size: int = 224
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_number: int = 8
+    local_crop_size: int = 96
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: str = "bicubic"
+    flip_probability: float = 0.5
+    color_jitter_probability: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_probability: float = 0.2
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    global_blur_probabilities: tuple[float, ...] = (1.0, 0.1)
+    local_blur_probability: float = 0.5
+    global_solarize_probabilities: tuple[float, ...] = (0.0, 0.2)
+    local_solarize_probability: float = 0.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if not isinstance(self.global_crops_number, int) or self.global_crops_number < 1:
+            raise ValueError(f"global_crops_number must be an integer >= 1, got {self.global_crops_number!r}")
+        if not isinstance(self.local_crops_number, int) or self.local_crops_number < 0:
+            raise ValueError(f"local_crops_number must be an integer >= 0, got {self.local_crops_number!r}")
+        for name in ("global_crop_size", "local_crop_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer (pixels), got {value!r}")
+
+        for name in ("global_crops_scale", "local_crops_scale"):
+            low, high = self._pair(name)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{name} must be (min, max) with 0 < min <= max <= 1 (fractions of the image area), got {(low, high)}")
+        low, high = self._pair("crop_ratio")
+        if not 0 < low <= high:
+            raise ValueError(f"crop_ratio must be (min, max) width/height ratios with 0 < min <= max, got {(low, high)}")
+        low, high = self._pair("blur_sigma")
+        if not 0 < low <= high:
+            raise ValueError(f"blur_sigma must be (min, max) with 0 < min <= max (pixels), got {(low, high)}")
+
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}")
+
+        for name in (
+            "flip_probability",
+            "color_jitter_probability",
+            "grayscale_probability",
+            "local_blur_probability",
+            "local_solarize_probability",
+        ):
+            self._check_probability(name, getattr(self, name))
+        for name in ("global_blur_probabilities", "global_solarize_probabilities"):
+            try:
+                values = tuple(float(value) for value in getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a list of probabilities, one per global crop, got {getattr(self, name)!r}") from None
+            if len(values) == 1 and self.global_crops_number != 2:
+                values = values * self.global_crops_number
+            if len(values) != self.global_crops_number:
+                allowed = "one value per global crop" + (" or a single value for all" if self.global_crops_number != 2 else "")
+                raise ValueError(
+                    f"{name} must have {self.global_crops_number} values ({allowed}, global_crops_number="
+                    f"{self.global_crops_number}), got {len(values)}: {getattr(self, name)!r}"
+                )
+            for index, value in enumerate(values):
+                self._check_probability(f"{name}[{index}]", value)
+            setattr(self, name, values)
+
+        for name in ("brightness", "contrast", "saturation"):
+            value = getattr(self, name)
+            if not 0 <= value:
+                raise ValueError(f"{name} must be >= 0 (jitter factor drawn from [max(0, 1 - {name}), 1 + {name}]), got {value!r}")
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5] (shift drawn from [-hue, hue] of a full turn), got {self.hue!r}")
+
+        for name in ("mean", "std"):
+            try:
+                values = tuple(float(value) for value in getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be 3 numbers (one per RGB channel), got {getattr(self, name)!r}") from None
+            if len(values) != 3:
+                raise ValueError(f"{name} must have 3 values (one per RGB channel), got {getattr(self, name)!r}")
+            setattr(self, name, values)
+        if any(value <= 0 for value in self.std):
+            raise ValueError(f"std must be positive for every channel, got {self.std!r}")
+
+    def _pair(self, name: str) -> tuple[float, float]:
+        """Check that field ``name`` is a (min, max) pair of finite numbers, store it as a float tuple."""
+        value = getattr(self, name)
+        try:
+            low, high = (float(item) for item in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a (min, max) pair of numbers, got {value!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"{name} must hold finite numbers, got {value!r}")
+        setattr(self, name, (low, high))
+        return low, high
+
+    @staticmethod
+    def _check_probability(name: str, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")

@@ -1,0 +1,183 @@
+"""Turn whatever a dataset row holds into an 8-bit PIL image, and cut random resized crops from it.
+
+Dataset rows hold images as PIL images, ``{"bytes": ..., "path": ...}`` dicts (an ``Image`` column
+with ``decode=False``), raw bytes, file paths, or arrays. `decode_image` opens any of them and
+`to_8bit` brings any PIL mode to 8-bit ``"L"`` or ``"RGB"``; single-channel images stay ``"L"``
+through the crop so resizing touches one plane instead of three.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+RESAMPLING = {
+    "nearest": PIL.Image.Resampling.NEAREST,
+    "bilinear": PIL.Image.Resampling.BILINEAR,
+    "bicubic": PIL.Image.Resampling.BICUBIC,
+    "lanczos": PIL.Image.Resampling.LANCZOS,
+    "box": PIL.Image.Resampling.BOX,
+    "hamming": PIL.Image.Resampling.HAMMING,
+}
+
+_ORIENTATION_TAG = 0x0112
+
+
+def decode_image(item: Any) -> PIL.Image.Image:
+    """Open ``item`` and load its pixels, so a truncated file fails here and not later.
+
+    ``item`` may be a PIL image, a ``{"bytes", "path"}`` dict, ``bytes``, a path, or a numpy array /
+    torch tensor (``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` with C in 1, 3, 4). Like
+    ``datasets.Image``, an EXIF orientation tag is applied.
+    """
+    if isinstance(item, PIL.Image.Image):
+        image = item
+    elif isinstance(item, dict):
+        if item.get("bytes") is not None:
+            image = PIL.Image.open(io.BytesIO(item["bytes"]))
+        elif item.get("path") is not None:
+            image = PIL.Image.open(item["path"])
+        else:
+            raise ValueError("the image entry has neither 'bytes' nor 'path'")
+    elif isinstance(item, (bytes, bytearray, memoryview)):
+        image = PIL.Image.open(io.BytesIO(item))
+    elif isinstance(item, (str, os.PathLike)):
+        image = PIL.Image.open(item)
+    elif item is None:
+        raise ValueError("the image is missing (None)")
+    else:
+        return array_to_image(item)
+    image.load()
+    if image.getexif().get(_ORIENTATION_TAG) is not None:
+        image = PIL.ImageOps.exif_transpose(image)
+    return image
+
+
+def array_to_image(array: Any) -> PIL.Image.Image:
+    """A numpy array or torch tensor -> 8-bit ``"L"`` or ``"RGB"`` PIL image (alpha dropped)."""
+    if hasattr(array, "detach"):  # a torch tensor, without importing torch here
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
+        raise ValueError(f"cannot read an image from an array of shape {array.shape}: expected (H, W), (H, W, C) or (C, H, W), C in 1, 3, 4")
+    array = scale_to_uint8(array)
+    if array.ndim == 3:
+        array = array[..., :3]
+    return PIL.Image.fromarray(np.ascontiguousarray(array))
+
+
+def scale_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Map pixel values to 0..255 by what the dtype and range say they are.
+
+    uint8 as is; bool x 255; uint16 as 16-bit (``v * 255 / 65535``); other integers as 8-bit if they
+    fit in 0..255, else as 16-bit if they fit in 0..65535; floats as [0, 1] if they fit, else as
+    0..255 if they fit. Anything else (negative values, larger ranges) is min-max stretched. NaN -> 0.
+    """
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype.kind == "u" and array.dtype.itemsize == 2:  # any byte order (PIL's I;16B is big-endian)
+        return _round_to_uint8(array / 257.0)
+    if array.dtype.kind in "iu":
+        low, high = int(array.min()), int(array.max())
+        if low >= 0 and high <= 255:
+            return array.astype(np.uint8)
+        if low >= 0 and high <= 65535:
+            return _round_to_uint8(array / 257.0)
+        return _stretch(array.astype(np.float64), low, high)
+    array = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(array.min()), float(array.max())
+    if low >= 0 and high <= 1:
+        return _round_to_uint8(array * 255)
+    if low >= 0 and high <= 255:
+        return _round_to_uint8(array)
+    return _stretch(array, low, high)
+
+
+def _round_to_uint8(array: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+
+
+def _stretch(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high == low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return _round_to_uint8((array - low) * (255.0 / (high - low)))
+
+
+def to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Any PIL mode -> ``"L"`` (single-channel sources) or ``"RGB"``, 8 bits per channel.
+
+    Alpha is dropped, not composited: the colour under a transparent pixel is kept, which is what
+    ``image.convert("RGB")`` gives, so features match the usual ``convert("RGB")`` pipelines.
+    16-bit and 32-bit modes are scaled by their range (see `scale_to_uint8`), never clipped at 255.
+    """
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    if mode in ("1", "LA", "La"):
+        return image.convert("L")
+    if mode.startswith("I") or mode.startswith("F"):
+        return PIL.Image.fromarray(scale_to_uint8(np.asarray(image)))
+    if mode in ("P", "PA") and ("transparency" in image.info or mode == "PA"):
+        # Through RGBA: PIL warns when a palette with transparency goes straight to RGB.
+        return image.convert("RGBA").convert("RGB")
+    return image.convert("RGB")
+
+
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """A random crop ``(left, top, right, bottom)`` covering ``scale`` of the area, width/height in ``ratio``.
+
+    Same sampling as torchvision's ``RandomResizedCrop``: area uniform in ``scale``, log aspect
+    ratio uniform in ``log(ratio)``, up to 10 tries for a crop that fits, else a centre crop of the
+    whole image clamped to ``ratio``.
+    """
+    area = width * height
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect_ratio = math.exp(rng.uniform(log_low, log_high))
+        crop_width = int(round(math.sqrt(target_area * aspect_ratio)))
+        crop_height = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = int(rng.integers(0, height - crop_height + 1))
+            left = int(rng.integers(0, width - crop_width + 1))
+            return left, top, left + crop_width, top + crop_height
+    image_ratio = width / height
+    if image_ratio < ratio[0]:
+        crop_width, crop_height = width, int(round(width / ratio[0]))
+    elif image_ratio > ratio[1]:
+        crop_width, crop_height = int(round(height * ratio[1])), height
+    else:
+        crop_width, crop_height = width, height
+    top, left = (height - crop_height) // 2, (width - crop_width) // 2
+    return left, top, left + crop_width, top + crop_height
+
+
+def crop_into(image: PIL.Image.Image, box: tuple[int, int, int, int], size: int, resample: int, out: np.ndarray) -> None:
+    """Resize ``box`` of an ``"L"``/``"RGB"`` image to ``size`` x ``size`` into ``out`` (``(3, size, size)`` uint8).
+
+    PIL's ``resize(box=...)`` reads only the box and resizes with antialiasing, like
+    torchvision's crop-then-resize on PIL images. An ``"L"`` crop is replicated to three channels.
+    """
+    pixels = np.asarray(image.resize((size, size), resample, box=box))
+    if pixels.ndim == 2:
+        out[:] = pixels
+    else:
+        out[:] = pixels.transpose(2, 0, 1)

@@ -1,0 +1,172 @@
+"""CPU stage of the multi-crop pipeline: decode, random resized crops, collation.
+
+    dataset --(MultiCropTransform, in DataLoader workers)--> per-example uint8 crops
+            --(MultiCropCollator)--> {"global_crops": (G, B, 3, H, W), "local_crops": (L, B, 3, h, w), ...}
+            --(DeviceAugmentation, on the accelerator)--> normalised float crops
+
+Only geometry happens here; colour, blur and solarize run batched on the device
+(`hf_ssl.data.device_augmentation`), so workers ship small uint8 crops.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+
+from .config import MultiCropConfig
+from .images import RESAMPLING, crop_into, decode_image, random_resized_crop_box, to_8bit
+
+logger = logging.getLogger(__name__)
+
+
+class MultiCropTransform:
+    """Batch transform for ``Dataset.with_transform``: images -> DINO global and local crops.
+
+    Takes a batch ``{"image": [...], "label": [...] (optional), ...}`` and returns, per example,
+    ``global_crops`` uint8 ``(G, 3, global_crop_size, global_crop_size)``, ``local_crops`` uint8
+    ``(L, 3, local_crop_size, local_crop_size)`` (absent when ``local_crops_number == 0``),
+    ``valid`` (False for an image that could not be decoded) and ``label`` when the batch has one.
+    Other columns are dropped.
+
+    An image may be a PIL image, a ``{"bytes", "path"}`` dict (an undecoded ``datasets.Image``),
+    bytes, a path or an array, in any PIL mode; it is brought to 8-bit RGB (alpha dropped, 16-bit
+    scaled by its range, see `hf_ssl.data.images.to_8bit`). Crops are torchvision
+    ``RandomResizedCrop`` crops: images smaller than the crop are upscaled.
+
+    An image that fails to decode gives zero crops with ``valid=False`` and a logged warning when
+    ``skip_bad_images`` (`MultiCropCollator` drops and counts it), else a ``ValueError``.
+
+    Randomness comes from torch's global RNG (one draw per batch seeds a numpy generator), so
+    ``torch.manual_seed`` makes it reproducible and DataLoader workers, which torch seeds apart,
+    draw different crops.
+    """
+
+    def __init__(self, config: MultiCropConfig, skip_bad_images: bool = True):
+        self.config = config
+        self.skip_bad_images = skip_bad_images
+        self.resample = RESAMPLING[config.interpolation]
+        # Images skipped by this copy of the transform (each DataLoader worker holds its own copy).
+        self.num_bad_images = 0
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if "image" not in batch:
+            raise KeyError(
+                f"MultiCropTransform needs an 'image' column, the batch has {sorted(batch)}: "
+                "load the dataset with hf_ssl.data.load_image_dataset(..., image_column=...) to rename it"
+            )
+        config = self.config
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        output: dict[str, list] = {"global_crops": [], "valid": []}
+        if config.local_crops_number > 0:
+            output["local_crops"] = []
+        for position, item in enumerate(batch["image"]):
+            try:
+                image = to_8bit(decode_image(item))
+            except Exception as error:  # any failure to read the pixels makes the example a bad image
+                image = None
+                self._handle_bad_image(item, position, error)
+            global_crops, local_crops = self.make_crops(image, rng)
+            output["global_crops"].append(global_crops)
+            if local_crops is not None:
+                output["local_crops"].append(local_crops)
+            output["valid"].append(image is not None)
+        if "label" in batch:
+            output["label"] = list(batch["label"])
+        return output
+
+    def make_crops(self, image: PIL.Image.Image | None, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Global crops ``(G, 3, S, S)`` and local crops ``(L, 3, s, s)`` (``None`` if L == 0) of one
+        ``"L"``/``"RGB"`` image, as uint8 tensors; all zeros when ``image`` is ``None``."""
+        config = self.config
+        global_crops = np.zeros((config.global_crops_number, 3, config.global_crop_size, config.global_crop_size), np.uint8)
+        local_crops = np.zeros((config.local_crops_number, 3, config.local_crop_size, config.local_crop_size), np.uint8)
+        if image is not None:
+            width, height = image.size
+            for out in global_crops:
+                box = random_resized_crop_box(width, height, config.global_crops_scale, config.crop_ratio, rng)
+                crop_into(image, box, config.global_crop_size, self.resample, out)
+            for out in local_crops:
+                box = random_resized_crop_box(width, height, config.local_crops_scale, config.crop_ratio, rng)
+                crop_into(image, box, config.local_crop_size, self.resample, out)
+        return torch.from_numpy(global_crops), (torch.from_numpy(local_crops) if config.local_crops_number > 0 else None)
+
+    def _handle_bad_image(self, item: Any, position: int, error: Exception) -> None:
+        where = _describe(item, position)
+        if not self.skip_bad_images:
+            raise ValueError(
+                f"cannot read {where}: {type(error).__name__}: {error}. "
+                "Fix or remove the file, or pass skip_bad_images=True to skip such images"
+            ) from error
+        self.num_bad_images += 1
+        logger.warning(
+            "Skipping %s: %s: %s (%d bad images so far in this process)",
+            where,
+            type(error).__name__,
+            error,
+            self.num_bad_images,
+        )
+
+
+def _describe(item: Any, position: int) -> str:
+    """Name an example for an error message: its file if known, else its place in the batch."""
+    if isinstance(item, dict) and item.get("path"):
+        return f"image {item['path']!r}"
+    if isinstance(item, str):
+        return f"image {item!r}"
+    return f"the image at position {position} of the batch (no file path: in-memory bytes or array)"
+
+
+def with_multicrop(dataset, transform: MultiCropTransform):
+    """Attach ``transform`` to ``dataset`` (a ``Dataset``, ``DatasetDict`` or ``IterableDataset``).
+
+    An ``Image`` column is switched to ``decode=False`` first: the transform then decodes the bytes
+    itself, so a corrupt file becomes a skipped example instead of an exception inside ``datasets``.
+    """
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return type(dataset)({split: with_multicrop(part, transform) for split, part in dataset.items()})
+    features = dataset.features
+    image_feature = features.get("image") if features is not None else None
+    if isinstance(image_feature, datasets.Image) and image_feature.decode:
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    if isinstance(dataset, datasets.IterableDataset):
+        # Streaming datasets have no with_transform; a batched map runs lazily the same way.
+        return dataset.map(transform, batched=True, remove_columns=dataset.column_names)
+    return dataset.with_transform(transform)
+
+
+class MultiCropCollator:
+    """Stack examples from `MultiCropTransform` into one multi-crop batch, crop index first.
+
+    Returns ``{"global_crops": uint8 (G, B, 3, H, W), "local_crops": uint8 (L, B, 3, h, w),
+    "labels": int64 (B,), "num_skipped": int64 ()}``; ``local_crops`` and ``labels`` only when the
+    examples have them. Crops of one size share a tensor so the backbone runs once per size.
+
+    Examples with ``valid=False`` are dropped and counted in ``num_skipped``: the collator runs in
+    the DataLoader workers, so the count travels with the batch. When every example is bad the
+    batch has ``B == 0`` (the trainer skips it).
+    """
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("MultiCropCollator got an empty list of examples")
+        kept = [example for example in examples if example.get("valid", True)]
+        batch = {"global_crops": _stack_crops(examples, kept, "global_crops")}
+        if "local_crops" in examples[0]:
+            batch["local_crops"] = _stack_crops(examples, kept, "local_crops")
+        if "label" in examples[0]:
+            batch["labels"] = torch.tensor([int(example["label"]) for example in kept], dtype=torch.int64)
+        batch["num_skipped"] = torch.tensor(len(examples) - len(kept), dtype=torch.int64)
+        return batch
+
+
+def _stack_crops(examples: list[dict[str, Any]], kept: list[dict[str, Any]], key: str) -> torch.Tensor:
+    """``B`` tensors ``(C, 3, H, W)`` -> ``(C, B, 3, H, W)``; bad examples still tell the shape when B == 0."""
+    if kept:
+        return torch.stack([torch.as_tensor(example[key], dtype=torch.uint8) for example in kept], dim=1)
+    reference = torch.as_tensor(examples[0][key], dtype=torch.uint8)
+    return reference.new_empty((reference.shape[0], 0, *reference.shape[1:]))
