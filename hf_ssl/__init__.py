@@ -4,4 +4,14 @@ Importing the package registers every method with the transformers Auto classes,
 ``AutoModel.from_pretrained`` and ``AutoModelForPreTraining.from_pretrained`` load hf_ssl checkpoints.
 """
 
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+from .models import DinoConfig, DinoForPretraining, DinoHead, DinoLoss, DinoModel
+
 __version__ = "0.1.0"
+
+AutoConfig.register(DinoConfig.model_type, DinoConfig, exist_ok=True)
+AutoModel.register(DinoConfig, DinoModel, exist_ok=True)
+AutoModelForPreTraining.register(DinoConfig, DinoForPretraining, exist_ok=True)
+
+__all__ = ["DinoConfig", "DinoForPretraining", "DinoHead", "DinoLoss", "DinoModel", "__version__"]

@@ -1,0 +1,27 @@
+"""DINO: self-distillation with no labels (Caron et al., 2021)."""
+
+from .configuration_dino import DinoConfig
+from .loss_dino import DinoLoss
+from .modeling_dino import (
+    DinoForPretraining,
+    DinoForPretrainingOutput,
+    DinoHead,
+    DinoModel,
+    DinoNetwork,
+    DinoPreTrainedModel,
+    get_backbone_embed_dim,
+    get_backbone_features,
+)
+
+__all__ = [
+    "DinoConfig",
+    "DinoForPretraining",
+    "DinoForPretrainingOutput",
+    "DinoHead",
+    "DinoLoss",
+    "DinoModel",
+    "DinoNetwork",
+    "DinoPreTrainedModel",
+    "get_backbone_embed_dim",
+    "get_backbone_features",
+]

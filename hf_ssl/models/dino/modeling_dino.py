@@ -1,0 +1,551 @@
+"""DINO (Caron et al., 2021, arXiv:2104.14294) on top of any transformers vision backbone.
+
+- `DinoHead`: the projection head (MLP, L2-normalised bottleneck, weight-normalised prototypes).
+- `DinoNetwork`: backbone + head; the student and the teacher are two instances of it, so their parameter
+  names match and the EMA (`hf_ssl.training.ema.ema_update_`) pairs them by name.
+- `DinoModel` (`AutoModel`): the teacher backbone alone, for feature extraction and k-NN evaluation.
+- `DinoForPretraining` (`AutoModelForPreTraining`): student, teacher and `DinoLoss`; what the trainer optimises.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+from torch.nn.utils.parametrize import ParametrizationList, is_parametrized
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.auto.image_processing_auto import (
+    IMAGE_PROCESSOR_MAPPING_NAMES,
+    get_image_processor_class_from_name,
+)
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.utils import ModelOutput
+
+from .configuration_dino import DinoConfig
+from .loss_dino import DinoLoss
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Backbones
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_backbone(backbone_config: PretrainedConfig) -> PreTrainedModel:
+    """The transformers base model for `backbone_config` (what `AutoModel.from_config` builds), without the
+    optional pooling layer of ViT-like models: DINO does not use it, and a parameter without gradient breaks DDP."""
+    if type(backbone_config) not in MODEL_MAPPING:
+        raise ValueError(
+            f"backbone_config of model_type {backbone_config.model_type!r} has no transformers AutoModel class; "
+            "use a vision backbone such as 'vit', 'dinov2' or 'resnet'"
+        )
+    model_kwargs = {}
+    if "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(backbone_config)].__init__).parameters:
+        model_kwargs["add_pooling_layer"] = False
+    return AutoModel.from_config(backbone_config, **model_kwargs)
+
+
+def get_backbone_embed_dim(config: PretrainedConfig) -> int:
+    """Size D of the global embedding `get_backbone_features` returns for a backbone built from `config`."""
+    hidden_sizes = getattr(config, "hidden_sizes", None)
+    if hidden_sizes:  # CNNs (ResNet, ConvNext): channels of the last stage
+        return int(hidden_sizes[-1])
+    hidden_size = getattr(config, "hidden_size", None)
+    if hidden_size:
+        return int(hidden_size)
+    raise ValueError(
+        f"cannot tell the embedding size of a {type(config).__name__}: it has neither `hidden_sizes` nor `hidden_size`"
+    )
+
+
+def get_backbone_features(backbone: PreTrainedModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a transformers vision backbone and split its output into a global embedding and patch tokens.
+
+    Args:
+        backbone: a transformers base model (ViT, DeiT, Dinov2, Dinov2WithRegisters, IJepa, ResNet, ConvNext, ...).
+        pixel_values: (B, 3, H, W). Any H, W the backbone accepts: ViT-like models interpolate their position
+            embeddings, so 96-px local crops work with a 224-px backbone.
+
+    Returns:
+        cls_embedding: (B, D). Transformers: the final-normed CLS token (the mean of the patch tokens for models
+            without one, e.g. IJepa). CNNs: the backbone's pooled output, flattened.
+        patch_tokens: (B, N, D). Transformers: the tokens after CLS, distillation and register tokens.
+            CNNs: the last feature map (B, C, h, w) flattened to (B, h * w, C).
+    """
+    outputs = backbone(pixel_values=pixel_values, **_forward_kwargs(type(backbone)))
+    return _split_backbone_output(backbone, outputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_kwargs(backbone_class: type) -> dict:
+    # Dinov2 always interpolates; ViT, DeiT and IJepa only when asked.
+    if "interpolate_pos_encoding" in inspect.signature(backbone_class.forward).parameters:
+        return {"interpolate_pos_encoding": True}
+    return {}
+
+
+def _split_backbone_output(backbone: nn.Module, outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden_state = outputs.last_hidden_state
+    if hidden_state.ndim == 4:  # CNN feature map (B, C, h, w)
+        patch_tokens = hidden_state.flatten(2).transpose(1, 2)
+        pooled = outputs.pooler_output
+        cls_embedding = pooled.flatten(1) if pooled is not None else patch_tokens.mean(dim=1)
+        return cls_embedding, patch_tokens
+    has_cls_token, num_prefix_tokens = _prefix_tokens(backbone)
+    patch_tokens = hidden_state[:, num_prefix_tokens:]
+    cls_embedding = hidden_state[:, 0] if has_cls_token else patch_tokens.mean(dim=1)
+    return cls_embedding, patch_tokens
+
+
+def _prefix_tokens(backbone: nn.Module) -> tuple[bool, int]:
+    """(has a CLS token, number of tokens before the patch tokens: CLS, DeiT's distillation token, registers)."""
+    embeddings = getattr(backbone, "embeddings", None)
+    token_counts = {
+        name: getattr(embeddings, name).shape[1]
+        for name in ("cls_token", "distillation_token", "register_tokens")
+        if isinstance(getattr(embeddings, name, None), torch.Tensor)
+    }
+    return "cls_token" in token_counts, sum(token_counts.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Head
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class DinoHead(nn.Module):
+    r"""DINO projection head: `num_layers` linear layers (GELU between them, optional BatchNorm) down to the
+    bottleneck, L2 normalisation, then a weight-normalised linear layer without bias onto the `out_dim` prototypes.
+
+    The last layer is `torch.nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim))`: its weight is
+    `g * v / ||v||` row by row, stored as `last_layer.parametrizations.weight.original0` (g, (out_dim, 1)) and
+    `...original1` (v, (out_dim, bottleneck_dim)); both save and load through safetensors and `from_pretrained`.
+    g starts at 1; with `norm_last_layer` it stays fixed at 1 (`requires_grad=False`), so every prototype has norm 1.
+
+    Init as in DINO: truncated normal (std 0.02) for the MLP linears, zero biases; the last layer keeps PyTorch's
+    default Linear init for v (DINO builds it after its init pass) and g = 1.
+
+    Input (N, in_dim) -> output (N, out_dim) logits.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"`num_layers` must be >= 1, got {num_layers}")
+        layer_dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
+        layers: list[nn.Module] = []
+        for index, (layer_in, layer_out) in enumerate(zip(layer_dims[:-1], layer_dims[1:])):
+            layers.append(nn.Linear(layer_in, layer_out))
+            if index < num_layers - 1:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(layer_out))
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        self.norm_last_layer = norm_last_layer
+        self.last_layer_magnitude.requires_grad_(not norm_last_layer)
+        self.reset_parameters()
+
+    @property
+    def last_layer_magnitude(self) -> nn.Parameter:
+        """g of the weight norm, (out_dim, 1)."""
+        return self.last_layer.parametrizations.weight.original0
+
+    @property
+    def last_layer_direction(self) -> nn.Parameter:
+        """v of the weight norm, (out_dim, bottleneck_dim)."""
+        return self.last_layer.parametrizations.weight.original1
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            _init_dino_module(module)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        bottleneck = F.normalize(self.mlp(embeddings), dim=-1, p=2)
+        return self.last_layer(bottleneck)
+
+
+def _init_dino_module(module: nn.Module) -> None:
+    """DINO's init for one of our own (non-backbone) modules; other modules are left alone.
+
+    Uses transformers' init functions, which skip tensors that `from_pretrained` already loaded. Works leaf by
+    leaf because transformers initialises module by module (a module without direct parameters, like `DinoHead`
+    itself or the weight-normed `last_layer`, is never handed to `_init_weights` for custom models).
+    """
+    if isinstance(module, ParametrizationList) and hasattr(module, "original1"):
+        # weight norm of DinoHead.last_layer: v as nn.Linear's default init (DINO builds this layer after its
+        # init pass), g = 1
+        init.kaiming_uniform_(module.original1, a=math.sqrt(5))
+        init.ones_(module.original0)
+    elif isinstance(module, nn.Linear) and not is_parametrized(module):
+        init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm1d):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+        init.zeros_(module.running_mean)
+        init.ones_(module.running_var)
+        init.zeros_(module.num_batches_tracked)
+    elif isinstance(module, DinoLoss):
+        init.zeros_(module.center)
+
+
+class DinoNetwork(nn.Module):
+    """Backbone + `DinoHead`. The student and the teacher are two instances, so parameter names match."""
+
+    def __init__(self, backbone_config: PretrainedConfig, config: DinoConfig):
+        super().__init__()
+        self.backbone = build_backbone(backbone_config)
+        self.head = DinoHead(
+            in_dim=get_backbone_embed_dim(backbone_config),
+            out_dim=config.out_dim,
+            hidden_dim=config.head_hidden_dim,
+            bottleneck_dim=config.head_bottleneck_dim,
+            num_layers=config.head_num_layers,
+            use_bn=config.head_use_bn,
+            norm_last_layer=config.norm_last_layer,
+        )
+
+    def forward(self, crops_by_resolution: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            crops_by_resolution: one (N_r, 3, H_r, W_r) tensor per crop resolution; each goes through the
+                backbone in a single pass.
+
+        Returns:
+            embeddings (sum N_r, D): the backbone's global embeddings, in input order.
+            logits (sum N_r, out_dim): the head output, from one head pass over all embeddings.
+        """
+        embeddings = torch.cat([get_backbone_features(self.backbone, crops)[0] for crops in crops_by_resolution])
+        return embeddings, self.head(embeddings)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pretrained models
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class DinoPreTrainedModel(PreTrainedModel):
+    """Shared base: config class, weight init of the DINO modules, and how checkpoints map onto the base model.
+
+    `base_model_prefix = "teacher"`: `DinoForPretraining` keeps its teacher under `teacher.` and the teacher
+    backbone under `teacher.backbone.`, while `DinoModel` keeps the same backbone under `backbone.`; when
+    `DinoModel` loads a `DinoForPretraining` checkpoint, transformers strips the `teacher.` prefix, so it gets
+    the teacher backbone.
+    """
+
+    config_class = DinoConfig
+    base_model_prefix = "teacher"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True  # applies to the backbone layers (ViT-like backbones support it)
+    # We run no attention ourselves: these let `attn_implementation=...` pass through to the backbone, which checks
+    # its own support (e.g. `attn_implementation="eager"` to get attention maps).
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only our own modules reach here: transformers hands every backbone (itself a PreTrainedModel) and its
+        # submodules to the backbone's own `_init_weights`.
+        _init_dino_module(module)
+
+
+@dataclass
+class DinoForPretrainingOutput(ModelOutput):
+    """
+    Output of `DinoForPretraining.forward`. Everything but `loss` is detached, for logging.
+
+    Args:
+        loss: scalar DINO loss (float32).
+        teacher_entropy: mean entropy of the centred, sharpened teacher distribution (before this step's
+            center update). Near `max_entropy` = uniform collapse, near 0 = one-hot collapse.
+        student_entropy: mean entropy of the student distribution over all crops.
+        max_entropy: ln(out_dim), for comparison: a loss stuck at ln(out_dim) is the classic collapse.
+        embedding_std: std over the batch of the L2-normalised teacher CLS embeddings, averaged over dims:
+            ~0 for a collapsed backbone, ~1/sqrt(D) for embeddings spread uniformly on the sphere.
+        teacher_temperature: the teacher temperature used for this step.
+        center_norm: L2 norm of the center after this step.
+    """
+
+    loss: torch.FloatTensor | None = None
+    teacher_entropy: torch.FloatTensor | None = None
+    student_entropy: torch.FloatTensor | None = None
+    max_entropy: torch.FloatTensor | None = None
+    embedding_std: torch.FloatTensor | None = None
+    teacher_temperature: torch.FloatTensor | None = None
+    center_norm: torch.FloatTensor | None = None
+
+
+class DinoModel(DinoPreTrainedModel):
+    r"""The DINO backbone alone, holding the teacher weights (the ones DINO evaluates): what `AutoModel` returns
+    for a DINO checkpoint. Use it for features, k-NN evaluation or fine-tuning.
+
+    Loading a `DinoForPretraining` checkpoint picks its `teacher.backbone.*` tensors; the student, the heads
+    and the center are skipped without warnings (`_keys_to_ignore_on_load_unexpected`).
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^student\.", r"^teacher\.head\.", r"^loss\."]
+
+    def __init__(self, config: DinoConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config.teacher_backbone_config())
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        Args:
+            pixel_values: (B, 3, H, W), normalised as the image processor saved by `export_backbone` does.
+            output_hidden_states: also return the backbone's hidden states.
+
+        Returns:
+            `BaseModelOutputWithPooling` with
+            - `pooler_output` (B, D): the DINO embedding (`get_backbone_features`): the final-normed CLS token
+              for transformers, the pooled feature map for CNNs. The k-NN evaluator uses it.
+            - `last_hidden_state` (B, N, D): the patch tokens only (CLS and register tokens removed; a CNN's
+              last feature map flattened), the same layout for every backbone.
+            - `hidden_states`: the backbone's own, when asked for.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        backbone_kwargs = dict(_forward_kwargs(type(self.backbone)))
+        if output_hidden_states is not None:
+            backbone_kwargs["output_hidden_states"] = output_hidden_states
+        outputs = self.backbone(pixel_values=pixel_values, **backbone_kwargs)
+        cls_embedding, patch_tokens = _split_backbone_output(self.backbone, outputs)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=patch_tokens, pooler_output=cls_embedding, hidden_states=outputs.hidden_states
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class DinoForPretraining(DinoPreTrainedModel):
+    r"""DINO self-distillation: a student and an EMA teacher (`DinoNetwork` each) and the `DinoLoss`.
+
+    - The teacher starts as an exact copy of the student and never gets gradients (`requires_grad=False`);
+      the trainer moves it with `ema_update_(*model.teacher_student_parameter_pairs(), momentum)`.
+    - The student uses `config.student_drop_path_rate` where the backbone supports it; the teacher none.
+    - Checkpoints (`save_pretrained`) hold the student, the teacher and the loss center (`loss.center`).
+    """
+
+    main_input_name = "global_crops"
+
+    def __init__(self, config: DinoConfig):
+        super().__init__(config)
+        self.student = DinoNetwork(config.student_backbone_config(), config)
+        self.teacher = DinoNetwork(config.teacher_backbone_config(), config)
+        self.loss = DinoLoss(config.out_dim, config.student_temperature, config.center_momentum)
+        self._freeze_untrained_parameters()
+        self.post_init()
+
+    def initialize_weights(self) -> None:
+        """Initialise every module, then make the teacher an exact copy of the student (as DINO starts).
+
+        transformers calls this at construction and again after `from_pretrained` for weights the checkpoint
+        lacks; the guarded `init.copy_` leaves loaded teacher tensors untouched, and a teacher missing from the
+        checkpoint starts from the loaded student.
+        """
+        super().initialize_weights()
+        with torch.no_grad():
+            student_tensors = _named_tensors(self.student)
+            for name, teacher_tensor in _named_tensors(self.teacher).items():
+                init.copy_(teacher_tensor, student_tensors[name])
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # transformers loads every weight as a fresh `requires_grad=True` parameter: freeze the teacher and a
+        # norm-fixed last layer again.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model._freeze_untrained_parameters()
+        return loaded
+
+    def _freeze_untrained_parameters(self) -> None:
+        """The teacher learns only through the EMA; with `norm_last_layer` the last layer's g stays at 1."""
+        self.teacher.requires_grad_(False)
+        self.student.head.last_layer_magnitude.requires_grad_(not self.config.norm_last_layer)
+
+    def forward(
+        self,
+        global_crops: torch.Tensor,
+        local_crops: torch.Tensor | None = None,
+        teacher_temperature: float | torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> DinoForPretrainingOutput | tuple:
+        r"""
+        Args:
+            global_crops: (G, B, 3, H, W) float; the teacher sees these, the student too.
+            local_crops: (L, B, 3, h, w) float or None; the student only.
+            teacher_temperature: defaults to `config.teacher_temperature`; the trainer passes the scheduled value.
+
+        The student runs its backbone once per resolution (G * B global crops in one pass, L * B local crops in
+        another) and its head once on all embeddings; the teacher runs once on the global crops, without grad.
+        In training mode the loss center is updated after the loss.
+
+        Returns:
+            `DinoForPretrainingOutput`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if teacher_temperature is None:
+            teacher_temperature = self.config.teacher_temperature
+        num_global_crops = self._check_crops(global_crops, local_crops)
+
+        global_flat = global_crops.flatten(0, 1)  # (G * B, 3, H, W), crop-major
+        student_inputs = [global_flat] if local_crops is None else [global_flat, local_crops.flatten(0, 1)]
+        _, student_logits = self.student(student_inputs)
+        with torch.no_grad():
+            teacher_embeddings, teacher_logits = self.teacher([global_flat])
+            teacher_entropy = self.loss.teacher_entropy(teacher_logits, teacher_temperature)
+            student_entropy = self.loss.student_entropy(student_logits)
+            embedding_std = F.normalize(teacher_embeddings.float(), dim=-1).std(dim=0).mean()
+
+        loss = self.loss(student_logits, teacher_logits, num_global_crops, teacher_temperature)
+
+        output = DinoForPretrainingOutput(
+            loss=loss,
+            teacher_entropy=teacher_entropy,
+            student_entropy=student_entropy,
+            max_entropy=torch.tensor(self.loss.max_entropy, device=loss.device),
+            embedding_std=embedding_std,
+            teacher_temperature=torch.as_tensor(teacher_temperature, dtype=torch.float32, device=loss.device),
+            center_norm=self.loss.center.detach().float().norm(),
+        )
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _check_crops(global_crops: torch.Tensor, local_crops: torch.Tensor | None) -> int:
+        if global_crops.ndim != 5:
+            raise ValueError(
+                f"global_crops must be (num_global_crops, batch, 3, H, W), got shape {tuple(global_crops.shape)}"
+            )
+        if local_crops is not None and (local_crops.ndim != 5 or local_crops.shape[1] != global_crops.shape[1]):
+            raise ValueError(
+                f"local_crops must be (num_local_crops, batch, 3, h, w) with the batch size of global_crops "
+                f"({global_crops.shape[1]}), got shape {tuple(local_crops.shape)}"
+            )
+        return global_crops.shape[0]
+
+    def teacher_student_parameter_pairs(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(teacher parameters, student parameters), aligned by name, for the EMA update. Parameters only:
+        buffers (BatchNorm statistics, the center) are not averaged, as in DINO."""
+        teacher_named = dict(self.teacher.named_parameters())
+        student_named = dict(self.student.named_parameters())
+        if teacher_named.keys() != student_named.keys():
+            raise RuntimeError(
+                "student and teacher parameter names differ: "
+                f"{sorted(teacher_named.keys() ^ student_named.keys())}"
+            )
+        names = list(teacher_named)
+        return [teacher_named[name] for name in names], [student_named[name] for name in names]
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """The student's last head layer (weight-norm g and v): DINO drops their gradients in the first epoch."""
+        return list(self.student.head.last_layer.parameters())
+
+    def export_backbone(
+        self,
+        save_directory: str | os.PathLike,
+        image_size: int | None = None,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+    ) -> str:
+        """Save the TEACHER backbone as a plain transformers model plus its image processor.
+
+        `transformers.AutoModel.from_pretrained(save_directory)` and `AutoImageProcessor.from_pretrained(save_directory)`
+        then load it without hf_ssl. Models that `AutoModel` builds with a pooling layer (ViT, DeiT) get an
+        identity pooler (weight I, bias 0, `pooler_act="linear"`), so `pooler_output` is the DINO CLS embedding,
+        the same as `DinoModel`'s `pooler_output`, and loading reports no missing weights.
+
+        Args:
+            save_directory: where to write `config.json`, `model.safetensors` and `preprocessor_config.json`.
+            image_size: input resolution of the processor; defaults to the backbone config's `image_size`, else 224.
+            image_mean, image_std: normalisation; default to ImageNet's, as in DINO.
+
+        Returns:
+            `save_directory` as a string.
+        """
+        backbone = self.teacher.backbone
+        export_config = copy.deepcopy(backbone.config)
+        if hasattr(export_config, "pooler_act"):
+            export_config.pooler_act = "linear"
+            export_config.pooler_output_size = export_config.hidden_size
+        exported = AutoModel.from_config(export_config)  # exactly what a plain `AutoModel.from_pretrained` builds
+        incompatible = exported.load_state_dict(backbone.state_dict(), strict=False)
+        pooler = getattr(exported, "pooler", None)
+        pooler_keys = {f"pooler.{name}" for name, _ in pooler.named_parameters()} if pooler is not None else set()
+        if incompatible.unexpected_keys or set(incompatible.missing_keys) - pooler_keys:
+            raise RuntimeError(
+                f"cannot export the {type(backbone).__name__} backbone as {type(exported).__name__}: missing keys "
+                f"{incompatible.missing_keys}, unexpected keys {incompatible.unexpected_keys}"
+            )
+        if pooler_keys:
+            with torch.no_grad():
+                pooler.dense.weight.copy_(torch.eye(*pooler.dense.weight.shape))
+                pooler.dense.bias.zero_()
+        exported.save_pretrained(save_directory)
+
+        if image_size is None:
+            config_image_size = getattr(export_config, "image_size", None) or 224
+            image_size = config_image_size if isinstance(config_image_size, int) else int(config_image_size[0])
+        image_processor = _build_image_processor(
+            export_config.model_type,
+            image_size=image_size,
+            image_mean=list(image_mean if image_mean is not None else IMAGENET_DEFAULT_MEAN),
+            image_std=list(image_std if image_std is not None else IMAGENET_DEFAULT_STD),
+        )
+        image_processor.save_pretrained(save_directory)
+        return str(save_directory)
+
+
+def _named_tensors(network: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(network.named_parameters()), **dict(network.named_buffers())}
+
+
+def _build_image_processor(model_type: str, image_size: int, image_mean: list[float], image_std: list[float]):
+    """The image processor of the backbone's family (ViT's for unknown families), PIL backend so that it needs no
+    torchvision; `preprocessor_config.json` records the family name, so a torchvision install gets the fast one."""
+    class_names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {"pil": "ViTImageProcessorPil"}
+    processor_class = get_image_processor_class_from_name(class_names.get("pil") or "ViTImageProcessorPil")
+    defaults = processor_class()
+    processor_kwargs = {
+        "do_resize": True,
+        "resample": PILImageResampling.BICUBIC,
+        "do_rescale": True,
+        "do_normalize": True,
+        "image_mean": image_mean,
+        "image_std": image_std,
+        "do_convert_rgb": True,  # grayscale and RGBA images become 3-channel
+    }
+    if defaults.size.shortest_edge is not None:  # resize the short side, then center-crop (BiT, ConvNext)
+        processor_kwargs["size"] = {"shortest_edge": image_size}
+    else:
+        processor_kwargs["size"] = {"height": image_size, "width": image_size}
+    if getattr(defaults, "crop_size", None) is not None:
+        processor_kwargs["crop_size"] = {"height": image_size, "width": image_size}
+    return processor_class(**processor_kwargs)

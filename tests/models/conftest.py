@@ -1,0 +1,28 @@
+"""Factories for tiny DINO configs and models."""
+
+import pytest
+import torch
+
+from hf_ssl import DinoConfig, DinoForPretraining
+from tests.models.tiny_dino import TINY_HEAD, TINY_VIT
+
+
+@pytest.fixture
+def tiny_config():
+    """Factory: a DinoConfig with a tiny backbone (ViT unless given) and a tiny head."""
+
+    def make(backbone_config=None, **overrides):
+        return DinoConfig(backbone_config=dict(backbone_config or TINY_VIT), **{**TINY_HEAD, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    """Factory: a freshly initialised, seeded DinoForPretraining."""
+
+    def make(backbone_config=None, **overrides):
+        torch.manual_seed(0)
+        return DinoForPretraining(tiny_config(backbone_config, **overrides))
+
+    return make
