@@ -1,0 +1,227 @@
+"""DINO on the transformers ``Trainer``: ``DinoTrainingArguments`` + ``DinoTrainer``.
+
+The Trainer supplies the loop, mixed precision, gradient accumulation, DDP/FSDP/DeepSpeed through
+accelerate, checkpointing and Hub pushes. DINO adds, per optimizer step: the lr / weight-decay /
+teacher-momentum / teacher-temperature schedules, last-layer freezing, the EMA teacher update, the
+device-side photometric augmentation and the collapse metrics in the logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from hf_ssl.data import DeviceAugmentation, MultiCropCollator, MultiCropConfig
+from hf_ssl.training.callbacks import EmaCallback, LastLayerFreezeCallback, NonFiniteLossCallback, ScheduleCallback
+from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
+
+LOGGED_OUTPUTS = ("teacher_entropy", "student_entropy", "embedding_std", "center_norm")
+
+
+@dataclass
+class DinoTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus DINO's per-iteration schedules. Defaults are the official ViT-S/16
+    recipe (main_dino.py); ``learning_rate`` is the reference lr for a total batch of 256 when
+    ``scale_learning_rate`` is true."""
+
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak lr (for a total batch of 256 if scale_learning_rate)."})
+    scale_learning_rate: bool = field(default=True, metadata={"help": "Peak lr = learning_rate * total batch / 256."})
+    warmup_epochs: float = field(default=10.0, metadata={"help": "Epochs of linear lr warmup."})
+    warmup_start_lr: float = field(default=0.0, metadata={"help": "lr at step 0 of the warmup."})
+    min_lr: float = field(default=1e-6, metadata={"help": "lr at the end of the cosine decay."})
+    weight_decay: float = field(default=0.04, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."})
+    weight_decay_end: float = field(default=0.4, metadata={"help": "Weight decay at the last step (cosine schedule)."})
+    teacher_momentum: float = field(default=0.996, metadata={"help": "EMA momentum at step 0."})
+    teacher_momentum_end: float = field(default=1.0, metadata={"help": "EMA momentum at the last step (cosine schedule)."})
+    freeze_last_layer_epochs: float = field(default=1.0, metadata={"help": "Epochs during which the head's last layer gets no update."})
+    max_grad_norm: float = field(default=3.0, metadata={"help": "Gradient clipping (global norm); 0 disables."})
+    max_consecutive_nonfinite_steps: int = field(default=5, metadata={"help": "Stop after this many NaN/inf losses in a row."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay false: crops are built by a transform."})
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "Drop the last incomplete batch."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Trackers: none, all, wandb, tensorboard, trackio."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpointing: no, steps, epoch."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must be false for DINO: the crops come from a dataset transform")
+        for name in ("teacher_momentum", "teacher_momentum_end"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        for name in ("warmup_epochs", "freeze_last_layer_epochs", "min_lr", "warmup_start_lr", "weight_decay_end"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_consecutive_nonfinite_steps < 1:
+            raise ValueError(f"max_consecutive_nonfinite_steps must be >= 1, got {self.max_consecutive_nonfinite_steps}")
+
+
+@dataclass(frozen=True)
+class DinoSchedules:
+    """Every per-optimizer-step schedule of a DINO run, built once the run length is known."""
+
+    learning_rate: WarmupCosineSchedule
+    weight_decay: WarmupCosineSchedule
+    teacher_momentum: WarmupCosineSchedule
+    teacher_temperature: LinearWarmupConstantSchedule
+    freeze_last_layer_steps: int
+    peak_learning_rate: float
+
+    @classmethod
+    def build(cls, args: DinoTrainingArguments, model_config, total_steps: int, steps_per_epoch: int, total_batch_size: int):
+        peak = scaled_learning_rate(args.learning_rate, total_batch_size) if args.scale_learning_rate else args.learning_rate
+        warmup_steps = min(round(args.warmup_epochs * steps_per_epoch), total_steps)
+        temperature_warmup = round(model_config.warmup_teacher_temperature_epochs * steps_per_epoch)
+        return cls(
+            learning_rate=WarmupCosineSchedule(peak, args.min_lr, total_steps, warmup_steps, args.warmup_start_lr),
+            weight_decay=WarmupCosineSchedule(args.weight_decay, args.weight_decay_end, total_steps),
+            teacher_momentum=WarmupCosineSchedule(args.teacher_momentum, args.teacher_momentum_end, total_steps),
+            teacher_temperature=LinearWarmupConstantSchedule(
+                model_config.warmup_teacher_temperature, model_config.teacher_temperature, temperature_warmup
+            ),
+            freeze_last_layer_steps=round(args.freeze_last_layer_epochs * steps_per_epoch),
+            peak_learning_rate=peak,
+        )
+
+
+def parameter_groups(model: torch.nn.Module) -> list[dict]:
+    """Trainable parameters split as in DINO: weights (ndim > 1) get the weight-decay schedule;
+    biases and normalisation parameters (ndim <= 1) never get weight decay."""
+    decayed, not_decayed = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (not_decayed if parameter.ndim <= 1 or name.endswith(".bias") else decayed).append(parameter)
+    return [
+        {"params": decayed, "apply_weight_decay": True},
+        {"params": not_decayed, "weight_decay": 0.0, "apply_weight_decay": False},
+    ]
+
+
+class DinoTrainer(Trainer):
+    """``Trainer`` for ``DinoForPretraining`` on batches from ``MultiCropCollator``.
+
+    Args:
+        model: a ``DinoForPretraining``.
+        args: ``DinoTrainingArguments``.
+        multicrop_config: the crop/augmentation settings; its photometric part runs batched on the
+            training device inside ``compute_loss``.
+        train_dataset: a dataset with the ``MultiCropTransform`` attached (``with_multicrop``).
+        Other keyword arguments go to ``transformers.Trainer`` (``callbacks``, ``processing_class``...).
+    """
+
+    def __init__(self, model, args: DinoTrainingArguments, multicrop_config: MultiCropConfig | None = None, data_collator=None, **kwargs):
+        super().__init__(model=model, args=args, data_collator=data_collator or MultiCropCollator(), **kwargs)
+        self.multicrop_config = multicrop_config or MultiCropConfig()
+        self.device_augmentation = DeviceAugmentation(self.multicrop_config)
+        self.augmentation_generator: torch.Generator | None = None
+        self.schedules: DinoSchedules | None = None
+        self.ema_parameter_pairs = model.teacher_student_parameter_pairs()
+        self.last_layer_parameters = model.last_layer_parameters()
+        self.step_had_nonfinite_loss = False
+        self.step_skipped = False
+        self.skipped_steps = 0
+        self.skipped_images = 0
+        self._window = defaultdict(float)
+        self._window_count = 0
+        for callback in (
+            ScheduleCallback(self),
+            NonFiniteLossCallback(self, args.max_consecutive_nonfinite_steps),
+            LastLayerFreezeCallback(self),
+            EmaCallback(self),
+        ):
+            self.add_callback(callback)
+
+    # ----- optimizer and schedules -------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            groups = parameter_groups(self.model)
+            self.optimizer = torch.optim.AdamW(
+                groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon
+            )
+        return self.optimizer
+
+    def updates_per_epoch(self) -> int:
+        batches = len(self.get_train_dataloader())
+        return max(math.ceil(batches / self.args.gradient_accumulation_steps), 1)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            optimizer = optimizer or self.optimizer
+            total_batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            self.schedules = DinoSchedules.build(
+                self.args, self.model.config, num_training_steps, self.updates_per_epoch(), total_batch
+            )
+            # LambdaLR multiplies each group's initial lr; set it to 1 so the factor is the lr itself
+            for group in optimizer.param_groups:
+                group["lr"] = 1.0
+                group["initial_lr"] = 1.0
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedules.learning_rate)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # ----- one micro-batch ---------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        skipped = inputs.pop("num_skipped", None)
+        if skipped is not None:
+            self.skipped_images += int(skipped.sum())
+        inputs.pop("labels", None)
+        if inputs["global_crops"].shape[1] == 0:
+            # every image of this micro-batch was unreadable: a zero loss that still touches every
+            # trainable parameter, so distributed ranks stay in step
+            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            return (loss, None) if return_outputs else loss
+        global_crops, local_crops = self.augment(inputs["global_crops"], inputs.get("local_crops"))
+        step = self.state.global_step
+        outputs = model(
+            global_crops=global_crops,
+            local_crops=local_crops,
+            teacher_temperature=self.schedules.teacher_temperature(step) if self.schedules else None,
+        )
+        loss = outputs.loss
+        if not torch.isfinite(loss.detach()):
+            self.step_had_nonfinite_loss = True
+            # keep the graph (DDP expects every rank to run backward); the gradients are dropped
+            # before the optimizer step by NonFiniteLossCallback
+        elif model.training:
+            self._accumulate_metrics(outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def augment(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None):
+        """Photometric augmentation on the training device, with per-process random streams."""
+        if self.augmentation_generator is None:
+            self.augmentation_generator = torch.Generator(device=global_crops.device)
+            self.augmentation_generator.manual_seed(self.args.seed * 1000 + self.args.process_index)
+        return self.device_augmentation(global_crops, local_crops, generator=self.augmentation_generator)
+
+    def _accumulate_metrics(self, outputs):
+        for name in LOGGED_OUTPUTS:
+            value = getattr(outputs, name, None)
+            if value is not None:
+                self._window[name] += value.detach().float()
+        self._window_count += 1
+
+    # ----- logging -----------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.schedules is not None:
+            step = max(self.state.global_step - 1, 0)
+            logs["learning_rate"] = self.schedules.learning_rate(step)
+            logs["weight_decay"] = self.schedules.weight_decay(step)
+            logs["teacher_momentum"] = self.schedules.teacher_momentum(step)
+            logs["teacher_temperature"] = self.schedules.teacher_temperature(step)
+            if self._window_count:
+                for name, total in self._window.items():
+                    logs[name] = round(float(total) / self._window_count, 6)
+                if "teacher_entropy" in logs:
+                    logs["teacher_entropy_ratio"] = round(logs["teacher_entropy"] / math.log(self.model.config.out_dim), 6)
+            self._window.clear()
+            self._window_count = 0
+            logs["skipped_steps"] = self.skipped_steps
+            logs["skipped_images"] = self.skipped_images
+        super().log(logs, start_time)

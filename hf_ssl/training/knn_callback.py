@@ -1,0 +1,42 @@
+"""Periodic k-NN evaluation of the teacher during training."""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+
+class KnnCallback(TrainerCallback):
+    """Runs a ``KnnEvaluator`` on the teacher backbone every ``eval_steps`` optimizer steps (0: never
+    during training) and at the end of training, and logs ``knn_top1``/``knn_top5``.
+
+    Evaluation runs on the main process only (the backbone forward uses no collective op); the
+    other processes go on. The last result is kept in ``self.last_metrics``.
+    """
+
+    def __init__(self, trainer, evaluator, eval_steps: int = 0, at_end: bool = True):
+        self.trainer = trainer
+        self.evaluator = evaluator
+        self.eval_steps = eval_steps
+        self.at_end = at_end
+        self.last_metrics: dict[str, float] = {}
+
+    def _evaluate(self, state):
+        if not self.trainer.is_world_process_zero():
+            return
+        backbone = self.trainer.model.teacher.backbone
+        metrics = self.evaluator(backbone, device=self.trainer.args.device)
+        self.last_metrics = metrics
+        logger.info("step %d: %s", state.global_step, {key: round(value, 2) for key, value in metrics.items()})
+        self.trainer.log(dict(metrics))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.eval_steps and state.global_step % self.eval_steps == 0 and state.global_step < state.max_steps:
+            self._evaluate(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.at_end:
+            self._evaluate(state)
