@@ -1,0 +1,188 @@
+"""Weighted k-nearest-neighbour evaluation of frozen features (Wu et al. 2018, as used by DINO).
+
+Features are L2-normalised; each test image takes the ``k`` most cosine-similar training images,
+and each neighbour votes for its class with weight ``exp(similarity / temperature)``.
+
+Command line::
+
+    python -m hf_ssl.evaluation.knn --model outputs/dino-demo --dataset fashion_mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Class scores of a weighted k-NN vote.
+
+    Args:
+        train_features: (N, D) features of the labelled bank (normalised here).
+        train_labels: (N,) int64 class ids in [0, num_classes).
+        test_features: (M, D) features to classify.
+    Returns:
+        (M, num_classes) float scores; ``argmax`` is the prediction.
+    """
+    if train_features.shape[0] != train_labels.shape[0]:
+        raise ValueError(f"{train_features.shape[0]} train features but {train_labels.shape[0]} labels")
+    k = min(k, train_features.shape[0])
+    bank = F.normalize(train_features.float(), dim=1)
+    queries = F.normalize(test_features.float(), dim=1)
+    scores = []
+    for start in range(0, queries.shape[0], chunk_size):
+        similarity = queries[start : start + chunk_size] @ bank.T  # (m, N)
+        top_similarity, top_index = similarity.topk(k, dim=1)
+        weights = (top_similarity / temperature).exp()
+        votes = torch.zeros(top_index.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+        votes.scatter_add_(1, train_labels[top_index], weights)
+        scores.append(votes)
+    return torch.cat(scores) if scores else torch.zeros(0, num_classes)
+
+
+def knn_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (in %) of the weighted k-NN classifier."""
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    scores = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
+    ranked = scores.argsort(dim=1, descending=True)
+    top1 = (ranked[:, 0] == test_labels).float().mean().item() * 100
+    top5 = (ranked[:, : min(5, num_classes)] == test_labels[:, None]).any(dim=1).float().mean().item() * 100
+    return {"knn_top1": top1, "knn_top5": top5}
+
+
+def image_embedding(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The image-level feature of a transformers vision model: ``pooler_output`` when the model has
+    one (hf_ssl models put the CLS embedding there; CNNs their pooled map), else the CLS token."""
+    outputs = model(pixel_values=pixel_values)
+    pooled = getattr(outputs, "pooler_output", None)
+    if pooled is not None:
+        return pooled.flatten(1)
+    return outputs.last_hidden_state[:, 0]
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    dataset,
+    image_processor,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    show_progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of every example of a ``datasets.Dataset``, images prepared by
+    ``image_processor`` exactly as a transformers user would (``processor(images)["pixel_values"]``)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    features, labels = [], []
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc="features", disable=not show_progress, leave=False):
+        batch = dataset[start : start + batch_size]
+        pixel_values = image_processor(batch[image_column], return_tensors="pt")["pixel_values"]
+        features.append(image_embedding(model, pixel_values.to(device)).float().cpu())
+        labels.append(torch.as_tensor(batch[label_column], dtype=torch.long))
+    model.train(was_training)
+    return torch.cat(features), torch.cat(labels)
+
+
+@dataclass
+class KnnEvaluator:
+    """k-NN accuracy of a model's features on a labelled (train, test) pair of datasets."""
+
+    train_dataset: object
+    test_dataset: object
+    image_processor: object
+    k: int = 20
+    temperature: float = 0.07
+    batch_size: int = 256
+    show_progress: bool = True
+
+    def __call__(self, model: torch.nn.Module, device=None) -> dict[str, float]:
+        train = extract_features(model, self.train_dataset, self.image_processor, self.batch_size, device, show_progress=self.show_progress)
+        test = extract_features(model, self.test_dataset, self.image_processor, self.batch_size, device, show_progress=self.show_progress)
+        return knn_accuracy(train[0], train[1], test[0], test[1], self.k, self.temperature)
+
+
+def subsample(dataset, max_samples: int | None, seed: int = 0):
+    """A fixed random subset of at most ``max_samples`` rows (the whole dataset when None)."""
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    indices = np.random.default_rng(seed).permutation(len(dataset))[:max_samples]
+    return dataset.select(np.sort(indices))
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    from transformers import AutoImageProcessor, AutoModel
+
+    import hf_ssl  # noqa: F401  (registers hf_ssl models with AutoModel)
+    from hf_ssl.data import load_image_dataset
+
+    parser = argparse.ArgumentParser(description="Weighted k-NN accuracy of a pretrained model's frozen features.")
+    parser.add_argument("--model", required=True, help="Model directory or Hub id (hf_ssl checkpoint or plain transformers model).")
+    parser.add_argument("--dataset", default="fashion_mnist", help="Dataset: a Hub id, a local directory, 'imagefolder', 'parquet', or 'fashion_mnist'.")
+    parser.add_argument("--dataset-config", default=None, help="Dataset configuration name.")
+    parser.add_argument("--data-dir", default=None, help="data_dir for imagefolder-style datasets.")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--image-column", default=None)
+    parser.add_argument("--label-column", default=None)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-train-samples", type=int, default=None)
+    parser.add_argument("--max-test-samples", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    model = AutoModel.from_pretrained(args.model).to(args.device)
+    image_processor = AutoImageProcessor.from_pretrained(args.model)
+    data = load_image_dataset(
+        args.dataset, name=args.dataset_config, data_dir=args.data_dir, image_column=args.image_column, label_column=args.label_column
+    )
+    for split in (args.train_split, args.test_split):
+        if split not in data:
+            raise SystemExit(f"split {split!r} not in the dataset; it has {list(data)}")
+        if "label" not in data[split].column_names:
+            raise SystemExit(f"split {split!r} has no label column; pass --label-column (columns: {data[split].column_names})")
+    evaluator = KnnEvaluator(
+        subsample(data[args.train_split], args.max_train_samples),
+        subsample(data[args.test_split], args.max_test_samples),
+        image_processor,
+        k=args.k,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+    )
+    metrics = evaluator(model, args.device)
+    print(json.dumps({key: round(value, 2) for key, value in metrics.items()}))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
