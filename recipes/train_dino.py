@@ -19,7 +19,7 @@ from transformers import set_seed
 from hf_ssl import DinoForPretraining
 from hf_ssl.data import MultiCropTransform, with_multicrop
 from hf_ssl.evaluation import KnnEvaluator, subsample
-from hf_ssl.models.dino.modeling_dino import _build_image_processor as build_image_processor
+from hf_ssl.models import build_image_processor
 from hf_ssl.training import DinoRecipe, DinoTrainer, KnnCallback
 
 logger = logging.getLogger("train_dino")
@@ -73,9 +73,7 @@ def main():
     trainer.save_model()
     if trainer.is_world_process_zero():
         image_processor.save_pretrained(training_args.output_dir)
-        model.export_backbone(
-            f"{training_args.output_dir}/backbone", recipe.evaluation_image_size, recipe.augmentation.mean, recipe.augmentation.std
-        )
+        model.export_backbone(f"{training_args.output_dir}/backbone", image_processor=image_processor)
         recipe.save(training_args.output_dir)
         with open(f"{training_args.output_dir}/knn_results.json", "w") as handle:
             json.dump(results, handle, indent=2)

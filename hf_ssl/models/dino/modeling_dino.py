@@ -23,15 +23,12 @@ from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.parametrize import ParametrizationList, is_parametrized
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.auto.image_processing_auto import (
-    IMAGE_PROCESSOR_MAPPING_NAMES,
-    get_image_processor_class_from_name,
-)
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput
 
+from ..image_processing import build_image_processor
 from .configuration_dino import DinoConfig
 from .loss_dino import DinoLoss
 
@@ -474,6 +471,7 @@ class DinoForPretraining(DinoPreTrainedModel):
         image_size: int | None = None,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
+        image_processor=None,
     ) -> str:
         """Save the TEACHER backbone as a plain transformers model plus its image processor.
 
@@ -486,6 +484,7 @@ class DinoForPretraining(DinoPreTrainedModel):
             save_directory: where to write `config.json`, `model.safetensors` and `preprocessor_config.json`.
             image_size: input resolution of the processor; defaults to the backbone config's `image_size`, else 224.
             image_mean, image_std: normalisation; default to ImageNet's, as in DINO.
+            image_processor: save this processor instead of building one from the three arguments above.
 
         Returns:
             `save_directory` as a string.
@@ -510,10 +509,13 @@ class DinoForPretraining(DinoPreTrainedModel):
                 pooler.dense.bias.zero_()
         exported.save_pretrained(save_directory)
 
+        if image_processor is not None:
+            image_processor.save_pretrained(save_directory)
+            return str(save_directory)
         if image_size is None:
             config_image_size = getattr(export_config, "image_size", None) or 224
             image_size = config_image_size if isinstance(config_image_size, int) else int(config_image_size[0])
-        image_processor = _build_image_processor(
+        image_processor = build_image_processor(
             export_config.model_type,
             image_size=image_size,
             image_mean=list(image_mean if image_mean is not None else IMAGENET_DEFAULT_MEAN),
@@ -525,27 +527,3 @@ class DinoForPretraining(DinoPreTrainedModel):
 
 def _named_tensors(network: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(network.named_parameters()), **dict(network.named_buffers())}
-
-
-def _build_image_processor(model_type: str, image_size: int, image_mean: list[float], image_std: list[float]):
-    """The image processor of the backbone's family (ViT's for unknown families), PIL backend so that it needs no
-    torchvision; `preprocessor_config.json` records the family name, so a torchvision install gets the fast one."""
-    class_names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {"pil": "ViTImageProcessorPil"}
-    processor_class = get_image_processor_class_from_name(class_names.get("pil") or "ViTImageProcessorPil")
-    defaults = processor_class()
-    processor_kwargs = {
-        "do_resize": True,
-        "resample": PILImageResampling.BICUBIC,
-        "do_rescale": True,
-        "do_normalize": True,
-        "image_mean": image_mean,
-        "image_std": image_std,
-        "do_convert_rgb": True,  # grayscale and RGBA images become 3-channel
-    }
-    if defaults.size.shortest_edge is not None:  # resize the short side, then center-crop (BiT, ConvNext)
-        processor_kwargs["size"] = {"shortest_edge": image_size}
-    else:
-        processor_kwargs["size"] = {"height": image_size, "width": image_size}
-    if getattr(defaults, "crop_size", None) is not None:
-        processor_kwargs["crop_size"] = {"height": image_size, "width": image_size}
-    return processor_class(**processor_kwargs)
