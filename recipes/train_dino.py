@@ -38,7 +38,7 @@ def main():
 
     # 1. data: decode + random resized crops on the CPU, per example, in DataLoader workers
     train_dataset, knn_splits = recipe.load_datasets()
-    train_dataset = with_multicrop(train_dataset, MultiCropTransform(recipe.augmentation))
+    train_dataset = with_multicrop(train_dataset, MultiCropTransform(recipe.augmentation, recipe.data.skip_bad_images))
 
     # 2. model: student and teacher, or continue from a pretrained hf_ssl checkpoint
     pretrained = recipe.model.get("pretrained_model_name_or_path")
@@ -75,6 +75,7 @@ def main():
         image_processor.save_pretrained(training_args.output_dir)
         model.export_backbone(f"{training_args.output_dir}/backbone", image_processor=image_processor)
         recipe.save(training_args.output_dir)
+        trainer.create_model_card(dataset=recipe.data.dataset)
         with open(f"{training_args.output_dir}/knn_results.json", "w") as handle:
             json.dump(results, handle, indent=2)
         for name, metrics in results.items():
@@ -83,7 +84,7 @@ def main():
 
     # 5. share
     if training_args.push_to_hub:
-        trainer.push_to_hub()
+        trainer.push_to_hub(dataset=recipe.data.dataset)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,14 @@ def trained(image_folder, tmp_path_factory):
 def test_script_trains_saves_and_reports_knn(trained):
     output_dir, stdout = trained
     assert "k-NN top-1 (random init)" in stdout and "k-NN top-1 (trained)" in stdout
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "recipe.yaml", "knn_results.json",
+    for name in ("README.md", "config.json", "model.safetensors", "preprocessor_config.json", "recipe.yaml", "knn_results.json",
                  "backbone/config.json", "backbone/model.safetensors", "backbone/preprocessor_config.json"):
         assert (output_dir / name).is_file(), name
     results = json.loads((output_dir / "knn_results.json").read_text())
     assert 0 <= results["trained"]["knn_top1"] <= 100
+    card = (output_dir / "README.md").read_text()
+    assert "pipeline_tag: image-feature-extraction" in card and "ViTModel" in card and "optimizer steps | 3" in card
+    assert f"top-1 {results['trained']['knn_top1']:.2f}%" in card
     saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
     assert saved["training"]["max_steps"] == 3 and saved["training"]["logging_steps"] == 1
 

@@ -104,7 +104,8 @@ class EmaCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
-        if trainer.step_skipped:
+        # a step skipped for a NaN loss, or by the fp16 gradient scaler on overflow, left the student as it was
+        if trainer.step_skipped or trainer.accelerator.optimizer_step_was_skipped:
             return
         # global_step was already incremented: the update that just happened is step global_step - 1
         momentum = trainer.schedules.teacher_momentum(state.global_step - 1)

@@ -39,6 +39,7 @@ class DataArguments:
     image_column: str | None = field(default=None, metadata={"help": "Image column (default 'image', else 'img')."})
     label_column: str | None = field(default=None, metadata={"help": "Label column for k-NN (default 'label' when present)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Pretrain on the first N images only."})
+    skip_bad_images: bool = field(default=True, metadata={"help": "Skip and count unreadable images (false: stop with an error)."})
 
 
 @dataclass

@@ -166,3 +166,21 @@ def test_bad_images_are_skipped_and_training_goes_on(tmp_path):
     trainer.train()
     assert trainer.skipped_images == 2  # the truncated file, once per epoch over 2 steps
     assert all(math.isfinite(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry)
+
+
+def test_periodic_knn_is_logged_every_n_steps_and_at_the_end(tmp_path, tiny_image_dataset):
+    from hf_ssl.evaluation import KnnEvaluator
+    from hf_ssl.models import build_image_processor
+    from hf_ssl.training import KnnCallback
+
+    trainer = make_trainer(tmp_path, tiny_image_dataset, max_steps=4)
+    processor = build_image_processor("vit", 16, [0.5] * 3, [0.5] * 3)
+    evaluator = KnnEvaluator(tiny_image_dataset, tiny_image_dataset, processor, k=3, show_progress=False)
+    callback = KnnCallback(trainer, evaluator, eval_steps=2)
+    trainer.add_callback(callback)
+    trainer.train()
+    knn_logs = [entry for entry in trainer.state.log_history if "knn_top1" in entry]
+    assert [entry["step"] for entry in knn_logs] == [2, 4]
+    assert callback.last_metrics["knn_top1"] == knn_logs[-1]["knn_top1"]
+    # the evaluator measures the teacher: the same numbers as evaluating the teacher backbone directly
+    assert evaluator(trainer.model.teacher.backbone)["knn_top1"] == pytest.approx(knn_logs[-1]["knn_top1"])
