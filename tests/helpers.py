@@ -5,7 +5,7 @@ import io
 import numpy as np
 from PIL import Image
 
-TINY_BACKBONE = {
+TINY_VIT = {
     "model_type": "vit",
     "hidden_size": 32,
     "num_hidden_layers": 2,
@@ -15,12 +15,16 @@ TINY_BACKBONE = {
     "image_size": 16,
     "layer_norm_eps": 1e-6,
 }
+TINY_DINOV2 = {**TINY_VIT, "model_type": "dinov2"}
+TINY_DINOV2_WITH_REGISTERS = {**TINY_VIT, "model_type": "dinov2_with_registers", "num_register_tokens": 2}
+TINY_RESNET = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic"}
+TINY_HEAD = {"out_dim": 64, "head_hidden_dim": 48, "head_bottleneck_dim": 16}
 
 
 def tiny_dino_config(**overrides):
     from hf_ssl import DinoConfig
 
-    values = dict(backbone_config=dict(TINY_BACKBONE), out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16)
+    values = dict(backbone_config=dict(TINY_VIT), **TINY_HEAD)
     values.update(overrides)
     return DinoConfig(**values)
 
@@ -52,3 +56,25 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def tiny_training_arguments(output_dir, **overrides):
+    """DinoTrainingArguments for a few CPU steps: constant-ish lr, no warmup, no last-layer freeze, log every step."""
+    from hf_ssl.training import DinoTrainingArguments
+
+    values = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        scale_learning_rate=False,
+        warmup_epochs=0.0,
+        freeze_last_layer_epochs=0.0,
+        logging_steps=1,
+        report_to="none",
+        dataloader_num_workers=0,
+        seed=0,
+        use_cpu=True,
+    )
+    values.update(overrides)
+    return DinoTrainingArguments(**values)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import TINY_BACKBONE, random_images
+from tests.helpers import TINY_VIT, random_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def run(arguments, timeout=300):
 def trained(image_folder, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run")
     recipe = {
-        "model": {"backbone_config": TINY_BACKBONE, "out_dim": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16},
+        "model": {"backbone_config": TINY_VIT, "out_dim": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16},
         "data": {"dataset": "imagefolder", "data_dir": str(image_folder), "train_split": "train", "eval_split": "test"},
         "augmentation": {"global_crop_size": 16, "local_crops_number": 2, "local_crop_size": 8},
         "training": {

@@ -55,9 +55,9 @@ def test_k_larger_than_bank_and_length_mismatch():
 def test_image_embedding_uses_pooler_or_cls():
     from transformers import ViTConfig, ViTModel
 
-    from tests.helpers import TINY_BACKBONE
+    from tests.helpers import TINY_VIT
 
-    config = ViTConfig(**{k: v for k, v in TINY_BACKBONE.items() if k != "model_type"})
+    config = ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"})
     model = ViTModel(config, add_pooling_layer=False).eval()
     pixels = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

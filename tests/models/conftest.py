@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_ssl import DinoConfig, DinoForPretraining
-from tests.models.tiny_dino import TINY_HEAD, TINY_VIT
+from tests.helpers import TINY_HEAD, TINY_VIT
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from transformers import AutoConfig, Dinov2Config, ViTConfig
 
 from hf_ssl import DinoConfig
 
-from tests.models.tiny_dino import TINY_DINOV2, TINY_VIT
+from tests.helpers import TINY_DINOV2, TINY_VIT
 
 
 def test_default_backbone_is_vit_small_16():

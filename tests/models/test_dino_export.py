@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModel
 
 from hf_ssl import DinoConfig, DinoForPretraining, DinoModel
-from tests.models.tiny_dino import TINY_DINOV2, TINY_HEAD, TINY_VIT
+from tests.helpers import TINY_DINOV2, TINY_HEAD, TINY_VIT
 
 # Runs in a fresh interpreter where hf_ssl cannot be imported: for each export directory, load the model and the
 # image processor, preprocess a grayscale image and save the pixel values and the features.

@@ -8,7 +8,7 @@ from transformers import AutoModel, AutoModelForPreTraining
 from hf_ssl import DinoForPretraining, DinoHead, DinoModel
 from hf_ssl.models.dino import get_backbone_embed_dim, get_backbone_features
 from hf_ssl.models.dino.modeling_dino import build_backbone
-from tests.models.tiny_dino import TINY_DINOV2, TINY_DINOV2_WITH_REGISTERS, TINY_RESNET, TINY_VIT
+from tests.helpers import TINY_DINOV2, TINY_DINOV2_WITH_REGISTERS, TINY_RESNET, TINY_VIT
 
 
 def crops(num_global=2, num_local=2, batch_size=3, global_size=16, local_size=8):

@@ -13,28 +13,14 @@ from datasets import Dataset  # noqa: E402
 
 from hf_ssl import DinoForPretraining  # noqa: E402
 from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
-from hf_ssl.training import DinoTrainer, DinoTrainingArguments  # noqa: E402
-from tests.helpers import random_images, tiny_dino_config, tiny_multicrop_config  # noqa: E402
+from hf_ssl.training import DinoTrainer  # noqa: E402
+from tests.helpers import random_images, tiny_dino_config, tiny_multicrop_config, tiny_training_arguments  # noqa: E402
 
 
 def main(output_dir: str, max_steps: int = 3):
     multicrop = tiny_multicrop_config()
     dataset = with_multicrop(Dataset.from_dict({"image": random_images(32)}), MultiCropTransform(multicrop))
-    arguments = DinoTrainingArguments(
-        output_dir=output_dir,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        max_steps=max_steps,
-        learning_rate=1e-3,
-        scale_learning_rate=False,
-        warmup_epochs=0.0,
-        freeze_last_layer_epochs=0.0,
-        logging_steps=1,
-        report_to="none",
-        dataloader_num_workers=0,
-        seed=0,
-        use_cpu=True,
-    )
+    arguments = tiny_training_arguments(output_dir, gradient_accumulation_steps=2, max_steps=max_steps)
     trainer = DinoTrainer(model=DinoForPretraining(tiny_dino_config()), args=arguments, multicrop_config=multicrop, train_dataset=dataset)
     trainer.train()
     state = {name: tensor.detach().contiguous() for name, tensor in trainer.model.state_dict().items()}

@@ -100,5 +100,5 @@ def test_resolved_recipe_round_trips(tmp_path):
     saved = recipe.save(tmp_path)
     reloaded = yaml.safe_load(saved.read_text())
     assert reloaded["training"]["max_steps"] == recipe.training.max_steps
-    assert reloaded["augmentation"]["global_crop_size"] == 32
-    assert reloaded["model"]["backbone_config"]["patch_size"] == 4
+    assert reloaded["augmentation"]["global_crop_size"] == 28
+    assert reloaded["model"]["backbone_config"]["patch_size"] == 7

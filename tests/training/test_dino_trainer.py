@@ -5,30 +5,16 @@ import torch
 
 from hf_ssl import DinoForPretraining
 from hf_ssl.data import MultiCropTransform, with_multicrop
-from hf_ssl.training import DinoTrainer, DinoTrainingArguments, callbacks
-from tests.helpers import tiny_dino_config, tiny_multicrop_config
+from hf_ssl.training import DinoTrainer, callbacks
+from tests.helpers import tiny_dino_config, tiny_multicrop_config, tiny_training_arguments
 
 
 def make_trainer(tmp_path, dataset, model=None, **argument_overrides):
-    arguments = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_steps=4,
-        learning_rate=1e-3,
-        scale_learning_rate=False,
-        warmup_epochs=0.0,
-        freeze_last_layer_epochs=0.0,
-        logging_steps=1,
-        report_to="none",
-        dataloader_num_workers=0,
-        seed=0,
-        use_cpu=True,
-    )
-    arguments.update(argument_overrides)
     multicrop = tiny_multicrop_config()
     model = model or DinoForPretraining(tiny_dino_config())
     train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop))
-    return DinoTrainer(model=model, args=DinoTrainingArguments(**arguments), multicrop_config=multicrop, train_dataset=train_dataset)
+    arguments = tiny_training_arguments(tmp_path / "out", **argument_overrides)
+    return DinoTrainer(model=model, args=arguments, multicrop_config=multicrop, train_dataset=train_dataset)
 
 
 def snapshot(module):
