@@ -74,7 +74,6 @@ def tiny_training_arguments(output_dir, **overrides):
         report_to="none",
         dataloader_num_workers=0,
         seed=0,
-        use_cpu=True,
     )
     values.update(overrides)
     return DinoTrainingArguments(**values)

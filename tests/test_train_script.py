@@ -43,7 +43,7 @@ def trained(image_folder, tmp_path_factory):
         "augmentation": {"global_crop_size": 16, "local_crops_number": 2, "local_crop_size": 8},
         "training": {
             "output_dir": str(output_dir), "max_steps": 3, "per_device_train_batch_size": 4, "warmup_epochs": 0,
-            "dataloader_num_workers": 0, "use_cpu": True,
+            "dataloader_num_workers": 0,
         },
         "evaluation": {"knn_k": 5, "knn_at_start": True, "knn_max_train_samples": None, "knn_max_eval_samples": None},
     }

@@ -9,6 +9,7 @@ device-side photometric augmentation and the collapse metrics in the logs.
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,12 @@ class DinoTrainingArguments(TrainingArguments):
     save_strategy: str = field(default="no", metadata={"help": "Checkpointing: no, steps, epoch."})
 
     def __post_init__(self):
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinned memory only helps host-to-GPU copies
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                # several processes launched on a machine without CUDA (accelerate_configs/cpu.yaml): without
+                # use_cpu each process would silently train alone instead of joining the gloo process group
+                self.use_cpu = True
         super().__post_init__()
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be false for DINO: the crops come from a dataset transform")
