@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,8 @@ class DinoTrainer(Trainer):
         self.skipped_images = 0
         self._window = defaultdict(float)
         self._window_count = 0
+        self._window_images = 0
+        self._window_start = time.perf_counter()
         for callback in (
             ScheduleCallback(self),
             NonFiniteLossCallback(self, args.max_consecutive_nonfinite_steps),
@@ -187,6 +190,7 @@ class DinoTrainer(Trainer):
             # trainable parameter, so distributed ranks stay in step
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
             return (loss, None) if return_outputs else loss
+        self._window_images += inputs["global_crops"].shape[1]
         global_crops, local_crops = self.augment(inputs["global_crops"], inputs.get("local_crops"))
         step = self.state.global_step
         outputs = model(
@@ -232,6 +236,11 @@ class DinoTrainer(Trainer):
                     logs["teacher_entropy_ratio"] = round(logs["teacher_entropy"] / math.log(self.model.config.out_dim), 6)
             self._window.clear()
             self._window_count = 0
+            now = time.perf_counter()
+            logs["images_per_second"] = round(self._window_images * self.args.world_size / max(now - self._window_start, 1e-9), 2)
+            self._window_images, self._window_start = 0, now
+            if torch.cuda.is_available():
+                logs["max_memory_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             logs["skipped_steps"] = self.skipped_steps
             logs["skipped_images"] = self.skipped_images
         super().log(logs, start_time)

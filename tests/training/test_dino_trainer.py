@@ -30,8 +30,9 @@ def test_tiny_end_to_end_run_logs_and_updates(tmp_path, tiny_image_dataset):
     assert len(logs) == 4
     for entry in logs:
         assert math.isfinite(entry["loss"])
-        for key in ("learning_rate", "weight_decay", "teacher_momentum", "teacher_temperature", "teacher_entropy", "embedding_std"):
+        for key in ("learning_rate", "weight_decay", "teacher_momentum", "teacher_temperature", "teacher_entropy", "embedding_std", "grad_norm"):
             assert key in entry, key
+        assert entry["images_per_second"] > 0
     changed_student = [n for n, t in snapshot(model.student).items() if not torch.equal(t, student_before[n])]
     changed_teacher = [n for n, t in snapshot(model.teacher).items() if not torch.equal(t, teacher_before[n])]
     assert changed_student and changed_teacher
