@@ -1,7 +1,8 @@
 """Training machinery: the DINO Trainer, its callbacks, schedules, EMA and recipe configuration."""
 
-from hf_ssl.training.callbacks import EmaCallback, LastLayerFreezeCallback, NonFiniteLossCallback, ScheduleCallback
+from hf_ssl.training.callbacks import DinoStepCallback, EmaCallback
 from hf_ssl.training.config import ConfigError
+from hf_ssl.training.dino_step import DinoStep
 from hf_ssl.training.dino_trainer import DinoSchedules, DinoTrainer, DinoTrainingArguments, parameter_groups
 from hf_ssl.training.ema import ema_update_
 from hf_ssl.training.knn_callback import KnnCallback
@@ -13,15 +14,14 @@ __all__ = [
     "DataArguments",
     "DinoRecipe",
     "DinoSchedules",
+    "DinoStep",
+    "DinoStepCallback",
     "DinoTrainer",
     "DinoTrainingArguments",
     "EmaCallback",
     "EvaluationArguments",
     "KnnCallback",
-    "LastLayerFreezeCallback",
     "LinearWarmupConstantSchedule",
-    "NonFiniteLossCallback",
-    "ScheduleCallback",
     "WarmupCosineSchedule",
     "ema_update_",
     "parameter_groups",

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +17,11 @@ import torch
 from huggingface_hub import ModelCardData
 from transformers import Trainer, TrainingArguments
 
-from hf_ssl.data import DeviceAugmentation, MultiCropCollator, MultiCropConfig
-from hf_ssl.training.callbacks import EmaCallback, LastLayerFreezeCallback, NonFiniteLossCallback, ScheduleCallback
+from hf_ssl.data import MultiCropCollator, MultiCropConfig
+from hf_ssl.training.callbacks import DinoStepCallback, EmaCallback
+from hf_ssl.training.dino_step import DinoStep
 from hf_ssl.training.model_card import render_model_card
 from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
-
-LOGGED_OUTPUTS = ("teacher_entropy", "student_entropy", "embedding_std", "center_norm")
 
 
 @dataclass
@@ -130,26 +127,21 @@ class DinoTrainer(Trainer):
     def __init__(self, model, args: DinoTrainingArguments, multicrop_config: MultiCropConfig | None = None, data_collator=None, **kwargs):
         super().__init__(model=model, args=args, data_collator=data_collator or MultiCropCollator(), **kwargs)
         self.multicrop_config = multicrop_config or MultiCropConfig()
-        self.device_augmentation = DeviceAugmentation(self.multicrop_config)
-        self.augmentation_generator: torch.Generator | None = None
+        self.dino_step = DinoStep(
+            model, self.multicrop_config, args.seed, args.process_index, args.max_consecutive_nonfinite_steps,
+            reduce=lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
+        )
         self.schedules: DinoSchedules | None = None
-        self.ema_parameter_pairs = model.teacher_student_parameter_pairs()
-        self.last_layer_parameters = model.last_layer_parameters()
-        self.step_had_nonfinite_loss = False
-        self.step_skipped = False
-        self.skipped_steps = 0
-        self.skipped_images = 0
-        self._window = defaultdict(float)
-        self._window_count = 0
-        self._window_images = 0
-        self._window_start = time.perf_counter()
-        for callback in (
-            ScheduleCallback(self),
-            NonFiniteLossCallback(self, args.max_consecutive_nonfinite_steps),
-            LastLayerFreezeCallback(self),
-            EmaCallback(self),
-        ):
-            self.add_callback(callback)
+        self.add_callback(DinoStepCallback(self))
+        self.add_callback(EmaCallback(self))
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.dino_step.skipped_steps
+
+    @property
+    def skipped_images(self) -> int:
+        return self.dino_step.skipped_images
 
     # ----- optimizer and schedules -------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -175,74 +167,20 @@ class DinoTrainer(Trainer):
             for group in optimizer.param_groups:
                 group["lr"] = 1.0
                 group["initial_lr"] = 1.0
+            self.dino_step.schedules = self.schedules
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedules.learning_rate)
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
     # ----- one micro-batch ---------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        skipped = inputs.pop("num_skipped", None)
-        if skipped is not None:
-            self.skipped_images += int(skipped.sum())
-        inputs.pop("labels", None)
-        if inputs["global_crops"].shape[1] == 0:
-            # every image of this micro-batch was unreadable: a zero loss that still touches every
-            # trainable parameter, so distributed ranks stay in step
-            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-            return (loss, None) if return_outputs else loss
-        self._window_images += inputs["global_crops"].shape[1]
-        global_crops, local_crops = self.augment(inputs["global_crops"], inputs.get("local_crops"))
-        step = self.state.global_step
-        outputs = model(
-            global_crops=global_crops,
-            local_crops=local_crops,
-            teacher_temperature=self.schedules.teacher_temperature(step) if self.schedules else None,
-        )
-        loss = outputs.loss
-        if not torch.isfinite(loss.detach()):
-            self.step_had_nonfinite_loss = True
-            # keep the graph (DDP expects every rank to run backward); the gradients are dropped
-            # before the optimizer step by NonFiniteLossCallback
-        elif model.training:
-            self._accumulate_metrics(outputs)
+        loss, outputs = self.dino_step.loss(model, inputs, self.state.global_step)
         return (loss, outputs) if return_outputs else loss
-
-    def augment(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None):
-        """Photometric augmentation on the training device, with per-process random streams."""
-        if self.augmentation_generator is None:
-            self.augmentation_generator = torch.Generator(device=global_crops.device)
-            self.augmentation_generator.manual_seed(self.args.seed * 1000 + self.args.process_index)
-        return self.device_augmentation(global_crops, local_crops, generator=self.augmentation_generator)
-
-    def _accumulate_metrics(self, outputs):
-        for name in LOGGED_OUTPUTS:
-            value = getattr(outputs, name, None)
-            if value is not None:
-                self._window[name] += value.detach().float()
-        self._window_count += 1
 
     # ----- logging -----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.schedules is not None:
-            step = max(self.state.global_step - 1, 0)
-            logs["learning_rate"] = self.schedules.learning_rate(step)
-            logs["weight_decay"] = self.schedules.weight_decay(step)
-            logs["teacher_momentum"] = self.schedules.teacher_momentum(step)
-            logs["teacher_temperature"] = self.schedules.teacher_temperature(step)
-            if self._window_count:
-                for name, total in self._window.items():
-                    logs[name] = round(float(total) / self._window_count, 6)
-                if "teacher_entropy" in logs:
-                    logs["teacher_entropy_ratio"] = round(logs["teacher_entropy"] / math.log(self.model.config.out_dim), 6)
-            self._window.clear()
-            self._window_count = 0
-            now = time.perf_counter()
-            logs["images_per_second"] = round(self._window_images * self.args.world_size / max(now - self._window_start, 1e-9), 2)
-            self._window_images, self._window_start = 0, now
-            if torch.cuda.is_available():
-                logs["max_memory_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-            logs["skipped_steps"] = self.skipped_steps
-            logs["skipped_images"] = self.skipped_images
+            logs.update(self.dino_step.log_metrics(max(self.state.global_step - 1, 0), self.args.world_size))
         super().log(logs, start_time)
 
     # ----- sharing -----------------------------------------------------------------------------

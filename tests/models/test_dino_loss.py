@@ -143,3 +143,22 @@ def test_center_uses_the_global_batch_mean_across_processes():
         centers = [torch.load(f"{result_file}.{rank}") for rank in range(2)]
     for center in centers:
         torch.testing.assert_close(center, torch.full((1, 2), 0.5 * 1.75))
+
+
+def test_deferred_center_update_equals_one_update_of_the_whole_batch():
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [3.0, 4.0, 2.0], [5.0, 2.0, -1.0], [-1.0, 2.0, 3.0]])
+    student = torch.randn(8, 3)
+    whole = DinoLoss(out_dim=3, center_momentum=0.9).train()
+    whole(student, teacher, num_global_crops=2, teacher_temperature=0.5)
+    deferred = DinoLoss(out_dim=3, center_momentum=0.9).train()
+    for image in (0, 1):
+        # a micro-batch of one image: its rows of the crop-major (crops * batch) layout, batch size 2
+        deferred(student[[image, 2 + image, 4 + image, 6 + image]], teacher[[image, 2 + image]],
+                 num_global_crops=2, teacher_temperature=0.5, update_center=False)
+    assert torch.equal(deferred.center, torch.zeros(1, 3))  # nothing applied yet
+    deferred.apply_pending_center_update()
+    torch.testing.assert_close(deferred.center, whole.center)
+    torch.testing.assert_close(whole.center, 0.1 * teacher.mean(dim=0, keepdim=True))
+    deferred.apply_pending_center_update()  # nothing pending: the center stays
+    torch.testing.assert_close(deferred.center, whole.center)
+    assert "pending_center_statistics" not in deferred.state_dict()

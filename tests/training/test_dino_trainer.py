@@ -5,7 +5,7 @@ import torch
 
 from hf_ssl import DinoForPretraining
 from hf_ssl.data import MultiCropTransform, with_multicrop
-from hf_ssl.training import DinoTrainer, callbacks
+from hf_ssl.training import DinoTrainer, dino_step
 from tests.helpers import tiny_dino_config, tiny_multicrop_config, tiny_training_arguments
 
 
@@ -58,13 +58,13 @@ def test_logged_schedules_follow_the_step(tmp_path, tiny_image_dataset):
 
 def test_ema_runs_once_per_optimizer_step_under_accumulation(tmp_path, tiny_image_dataset, monkeypatch):
     calls = []
-    original = callbacks.ema_update_
+    original = dino_step.ema_update_
 
     def counting(teacher, student, momentum):
         calls.append(momentum)
         original(teacher, student, momentum)
 
-    monkeypatch.setattr(callbacks, "ema_update_", counting)
+    monkeypatch.setattr(dino_step, "ema_update_", counting)
     trainer = make_trainer(tmp_path, tiny_image_dataset, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3, teacher_momentum=0.9)
     trainer.train()
     assert len(calls) == 3  # 6 micro-batches, 3 optimizer steps

@@ -47,6 +47,9 @@ class DinoLoss(nn.Module):
         self.student_temperature = student_temperature
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim), persistent=True)
+        # (sum of teacher logits, row count) of micro-batches whose center update is deferred to the optimizer
+        # step (gradient accumulation); not saved: a checkpoint is taken between optimizer steps
+        self.register_buffer("pending_center_statistics", torch.zeros(out_dim + 1), persistent=False)
 
     @property
     def max_entropy(self) -> float:
@@ -59,6 +62,7 @@ class DinoLoss(nn.Module):
         teacher_logits: torch.Tensor,
         num_global_crops: int,
         teacher_temperature: float | torch.Tensor,
+        update_center: bool = True,
     ) -> torch.Tensor:
         """
         Args:
@@ -67,6 +71,9 @@ class DinoLoss(nn.Module):
             teacher_logits: (num_global_crops * B, K), crop-major, same images and order as the student's first crops.
             num_global_crops: G, the number of crops the teacher saw.
             teacher_temperature: teacher softmax temperature, > 0.
+            update_center: in training mode, update the center now (True), or add this batch to the pending
+                statistics that `apply_pending_center_update` turns into one update (gradient accumulation: one
+                center update per optimizer step, from the whole accumulated batch, as with one large batch).
 
         Returns:
             The scalar loss (float32).
@@ -82,7 +89,10 @@ class DinoLoss(nn.Module):
             same_crop = torch.eye(num_global_crops, num_student_crops, dtype=torch.bool, device=cross_entropy.device)
             loss = cross_entropy.masked_select(~same_crop).mean()
         if self.training:
-            self.update_center(teacher_logits)
+            if update_center:
+                self.update_center(teacher_logits)
+            else:
+                self.accumulate_center_statistics(teacher_logits)
         return loss
 
     @torch.no_grad()
@@ -92,13 +102,28 @@ class DinoLoss(nn.Module):
         Under `torch.distributed` with more than one process, the sum and the row count are all-reduced (one
         collective), so every process gets the same center even with unequal per-process batches.
         """
-        logits = teacher_logits.detach().float()
-        sum_and_count = torch.cat([logits.sum(dim=0), logits.new_tensor([logits.shape[0]])])
+        self._apply_center_update(_sum_and_count(teacher_logits))
+
+    @torch.no_grad()
+    def accumulate_center_statistics(self, teacher_logits: torch.Tensor) -> None:
+        """Add a micro-batch's teacher logits (N, K) to the pending center statistics (no collective)."""
+        self.pending_center_statistics += _sum_and_count(teacher_logits)
+
+    @torch.no_grad()
+    def apply_pending_center_update(self) -> None:
+        """One center update from all micro-batches accumulated since the last call (all processes must call
+        it together); the center is unchanged when nothing was accumulated on any process."""
+        self._apply_center_update(self.pending_center_statistics.clone())
+        self.pending_center_statistics.zero_()
+
+    def _apply_center_update(self, sum_and_count: torch.Tensor) -> None:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sum_and_count)
-        batch_mean = sum_and_count[:-1] / sum_and_count[-1]
+        count = sum_and_count[-1]
+        batch_mean = sum_and_count[:-1] / count.clamp(min=1.0)
         new_center = self.center.float() * self.center_momentum + batch_mean * (1.0 - self.center_momentum)
-        self.center.copy_(new_center)
+        # torch.where instead of an `if` on count: no host-device synchronisation
+        self.center.copy_(torch.where(count > 0, new_center, self.center.float()))
 
     @torch.no_grad()
     def teacher_entropy(self, teacher_logits: torch.Tensor, teacher_temperature: float | torch.Tensor) -> torch.Tensor:
@@ -147,6 +172,12 @@ class DinoLoss(nn.Module):
                 f"got {num_student_crops} student crops"
             )
         return batch_size, num_student_crops
+
+
+def _sum_and_count(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """(K + 1,) float32: the column sums of (N, K) logits, then N."""
+    logits = teacher_logits.detach().float()
+    return torch.cat([logits.sum(dim=0), logits.new_tensor([logits.shape[0]])])
 
 
 def _mean_entropy(log_probs: torch.Tensor) -> torch.Tensor:

@@ -393,6 +393,7 @@ class DinoForPretraining(DinoPreTrainedModel):
         global_crops: torch.Tensor,
         local_crops: torch.Tensor | None = None,
         teacher_temperature: float | torch.Tensor | None = None,
+        update_center: bool = True,
         return_dict: bool | None = None,
     ) -> DinoForPretrainingOutput | tuple:
         r"""
@@ -400,6 +401,8 @@ class DinoForPretraining(DinoPreTrainedModel):
             global_crops: (G, B, 3, H, W) float; the teacher sees these, the student too.
             local_crops: (L, B, 3, h, w) float or None; the student only.
             teacher_temperature: defaults to `config.teacher_temperature`; the trainer passes the scheduled value.
+            update_center: False defers this batch's center update to `loss.apply_pending_center_update()` (the
+                trainers call it once per optimizer step, so gradient accumulation matches one large batch).
 
         The student runs its backbone once per resolution (G * B global crops in one pass, L * B local crops in
         another) and its head once on all embeddings; the teacher runs once on the global crops, without grad.
@@ -422,7 +425,7 @@ class DinoForPretraining(DinoPreTrainedModel):
             student_entropy = self.loss.student_entropy(student_logits)
             embedding_std = F.normalize(teacher_embeddings.float(), dim=-1).std(dim=0).mean()
 
-        loss = self.loss(student_logits, teacher_logits, num_global_crops, teacher_temperature)
+        loss = self.loss(student_logits, teacher_logits, num_global_crops, teacher_temperature, update_center)
 
         output = DinoForPretrainingOutput(
             loss=loss,
