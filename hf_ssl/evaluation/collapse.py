@@ -59,7 +59,8 @@ def effective_rank(embeddings: torch.Tensor) -> torch.Tensor:
     4 * eps * ||X||_F (eps of the input's dtype, or of the compute dtype if coarser: the most that
     rounding the input can add) or below 2 * sqrt(eps_compute) * the largest one (the accuracy of the
     Gram route). A float32 rank-1 matrix thus has effective rank 1, not 1 + noise. Constant embeddings
-    (zero after centring) have effective rank **0**, their true rank, rather than NaN.
+    (zero after centring) have effective rank **0**, their true rank, rather than NaN; embeddings with
+    NaN or inf give NaN.
 
     Args:
         embeddings: (N, D).
@@ -69,6 +70,8 @@ def effective_rank(embeddings: torch.Tensor) -> torch.Tensor:
     _check_embeddings(embeddings)
     zero = torch.zeros((), dtype=torch.float32, device=embeddings.device)
     embeddings = embeddings.detach()
+    if not bool(torch.isfinite(embeddings).all()):  # NaN/inf in, NaN out, rather than a LAPACK error
+        return torch.full((), math.nan, dtype=torch.float32, device=embeddings.device)
     if bool((embeddings == embeddings[:1]).all()):  # exactly constant: skip the rounding of the mean
         return zero
     dtype = torch.float32 if embeddings.device.type == "mps" else torch.float64

@@ -11,16 +11,17 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCardData
 from transformers import Trainer, TrainingArguments
 
 from hf_ssl.data import MultiCropCollator, MultiCropConfig
+from hf_ssl.evaluation.collapse import CollapseDetector
+from hf_ssl.models.dino import get_backbone_embed_dim
 from hf_ssl.training.callbacks import DinoStepCallback, EmaCallback
 from hf_ssl.training.dino_step import DinoStep
-from hf_ssl.training.model_card import render_model_card
+from hf_ssl.training.history import HistoryCallback
+from hf_ssl.training.model_card import write_dino_model_card
 from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
 
 
@@ -134,6 +135,9 @@ class DinoTrainer(Trainer):
         self.schedules: DinoSchedules | None = None
         self.add_callback(DinoStepCallback(self))
         self.add_callback(EmaCallback(self))
+        detector = CollapseDetector(out_dim=model.config.out_dim, embedding_dim=get_backbone_embed_dim(model.config.backbone_config))
+        self.history_callback = HistoryCallback(args.output_dir, collapse_detector=detector)
+        self.add_callback(self.history_callback)
 
     @property
     def skipped_steps(self) -> int:
@@ -186,45 +190,8 @@ class DinoTrainer(Trainer):
     # ----- sharing -----------------------------------------------------------------------------
     def create_model_card(self, model_name: str | None = None, dataset: str | list[str] | None = None, tags=None, license: str | None = None, **kwargs) -> None:
         """Write ``<output_dir>/README.md`` from ``model_cards/dino.md`` (``push_to_hub`` uploads it)."""
-        if not self.is_world_process_zero():
-            return
-        config = self.model.config
-        backbone = config.backbone_config
-        crops = self.multicrop_config
-        knn = [entry for entry in self.state.log_history if "knn_top1" in entry]
-        if knn:
-            last = knn[-1]
-            evaluation = f"Weighted k-NN (k=20 by default, T=0.07) on frozen teacher features at step {last['step']}: top-1 {last['knn_top1']:.2f}%, top-5 {last['knn_top5']:.2f}%."
-        else:
-            evaluation = "No k-NN evaluation was run."
-        precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
-        repo_id = self.args.hub_model_id or model_name or Path(self.args.output_dir).name
-        card_data = ModelCardData(
-            library_name="transformers",
-            license=license,
-            tags=["hf_ssl", "dino", "self-supervised", "image-feature-extraction", *(tags or [])],
-            datasets=[dataset] if isinstance(dataset, str) else dataset,
-            pipeline_tag="image-feature-extraction",
-        )
-        render_model_card(
-            "dino",
-            self.args.output_dir,
-            card_data,
-            model_name=model_name or repo_id,
-            repo_id=repo_id,
-            backbone_class=self.model.teacher.backbone.__class__.__name__,
-            backbone_summary=f"{backbone.model_type}, " + ", ".join(
-                f"{key} {getattr(backbone, key)}" for key in ("hidden_size", "num_hidden_layers", "patch_size", "image_size") if hasattr(backbone, key)
-            ),
-            out_dim=config.out_dim,
-            head_hidden_dim=config.head_hidden_dim,
-            head_bottleneck_dim=config.head_bottleneck_dim,
-            norm_last_layer=config.norm_last_layer,
-            crops=f"{crops.global_crops_number} x {crops.global_crop_size}px (scale {tuple(crops.global_crops_scale)}), {crops.local_crops_number} x {crops.local_crop_size}px (scale {tuple(crops.local_crops_scale)})",
-            steps=self.state.global_step,
-            total_batch_size=self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
-            peak_learning_rate=f"{self.schedules.peak_learning_rate:.3g}" if self.schedules else self.args.learning_rate,
-            teacher_temperature=f"{config.warmup_teacher_temperature} -> {config.teacher_temperature} over {config.warmup_teacher_temperature_epochs} epochs",
-            precision=precision,
-            evaluation=evaluation,
-        )
+        if self.is_world_process_zero():
+            write_dino_model_card(
+                self.model, self.args, self.multicrop_config, self.schedules, self.state.global_step,
+                self.state.log_history, model_name=model_name, dataset=dataset, tags=tags, license=license,
+            )

@@ -44,6 +44,7 @@ def test_effective_rank_of_constant_embeddings_is_zero_not_nan():
     assert effective_rank(constant).item() == 0.0
     assert effective_rank(torch.zeros(16, 8)).item() == 0.0
     assert effective_rank(torch.randn(1, 8)).item() == 0.0
+    assert math.isnan(effective_rank(torch.tensor([[1.0, float("nan")], [0.0, 1.0]])).item())
 
 
 def test_embedding_std_constant_and_gaussian():
@@ -141,3 +142,12 @@ def test_constant_collapse_message_and_generic_advice():
     # the threshold is 0.1/sqrt(D) = 0.0051 for D=384: 0.01 is fine, 0.004 is collapse
     assert feed(CollapseDetector(patience=0, embedding_dim=384), [(1, {"embedding_std": 0.01})]) == []
     assert len(feed(CollapseDetector(patience=0, embedding_dim=384), [(1, {"embedding_std": 0.004})])) == 1
+
+
+def test_dino_trainer_logs_give_the_loss_check_its_ln_out_dim():
+    # DinoTrainer logs teacher_entropy and teacher_entropy_ratio but not out_dim: ln(out_dim) = their quotient
+    entropy = 0.99 * LN_65536
+    logs = [(step, {"loss": LN_65536, "teacher_entropy": entropy, "teacher_entropy_ratio": 0.99}) for step in range(0, 60, 10)]
+    warnings = feed(CollapseDetector(patience=50), logs)
+    assert [step for step, _ in warnings] == [50]
+    assert "teacher entropy is 0.990" in warnings[0][1] and f"ln(out_dim) = {LN_65536:.4f}" in warnings[0][1]

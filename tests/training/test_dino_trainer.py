@@ -38,6 +38,12 @@ def test_tiny_end_to_end_run_logs_and_updates(tmp_path, tiny_image_dataset):
     assert changed_student and changed_teacher
     for parameter in model.teacher.parameters():
         assert not parameter.requires_grad
+    # the history of the run is saved as JSON and plotted
+    from hf_ssl.training.history import History
+
+    history = History.load(tmp_path / "out" / "history.json")
+    assert [entry["loss"] for entry in history.steps if "loss" in entry] == [entry["loss"] for entry in logs]
+    assert (tmp_path / "out" / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_logged_schedules_follow_the_step(tmp_path, tiny_image_dataset):
