@@ -20,7 +20,7 @@ from hf_ssl import DinoForPretraining
 from hf_ssl.data import MultiCropTransform, with_multicrop
 from hf_ssl.evaluation import KnnEvaluator, subsample
 from hf_ssl.models import build_image_processor
-from hf_ssl.training import DinoRecipe, DinoTrainer, KnnCallback
+from hf_ssl.training import DinoRecipe, DinoTrainer
 
 logger = logging.getLogger("train_dino")
 
@@ -28,7 +28,7 @@ logger = logging.getLogger("train_dino")
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="Recipe YAML file.")
-    parser.add_argument("--resume", default=None, help="Checkpoint directory to resume from.")
+    parser.add_argument("--resume", default=None, help="Checkpoint folder to resume from, or 'auto' for the latest in the output dir.")
     args, overrides = parser.parse_known_args()
     recipe = DinoRecipe.from_yaml(args.config, overrides)
     training_args = recipe.training
@@ -38,7 +38,7 @@ def main():
 
     # 1. data: decode + random resized crops on the CPU, per example, in DataLoader workers
     train_dataset, knn_splits = recipe.load_datasets()
-    train_dataset = with_multicrop(train_dataset, MultiCropTransform(recipe.augmentation, recipe.data.skip_bad_images))
+    train_dataset = with_multicrop(train_dataset, MultiCropTransform(recipe.augmentation, recipe.data.skip_bad_images), seed=training_args.seed)
 
     # 2. model: student and teacher, or continue from a pretrained hf_ssl checkpoint
     pretrained = recipe.model.get("pretrained_model_name_or_path")
@@ -47,11 +47,9 @@ def main():
         model.config.backbone_config.model_type, recipe.evaluation_image_size, recipe.augmentation.mean, recipe.augmentation.std
     )
 
-    # 3. trainer, with k-NN on the labelled split
-    trainer = DinoTrainer(model=model, args=training_args, multicrop_config=recipe.augmentation, train_dataset=train_dataset)
-    results = {}
+    # 3. k-NN on the labelled split, then the trainer
+    results, evaluator, evaluation = {}, None, recipe.evaluation
     if knn_splits is not None:
-        evaluation = recipe.evaluation
         evaluator = KnnEvaluator(
             subsample(knn_splits[0], evaluation.knn_max_train_samples),
             subsample(knn_splits[1], evaluation.knn_max_eval_samples),
@@ -60,16 +58,21 @@ def main():
             temperature=evaluation.knn_temperature,
             batch_size=evaluation.batch_size,
         )
-        if evaluation.knn_at_start and trainer.is_world_process_zero():
-            results["random_init"] = evaluator(model.teacher.backbone, device=training_args.device)
-            logger.info("k-NN of the randomly initialised model: %s", results["random_init"])
-        knn_callback = KnnCallback(trainer, evaluator, evaluation.knn_eval_steps, evaluation.knn_at_end)
-        trainer.add_callback(knn_callback)
+    trainer = DinoTrainer(
+        model=model, args=training_args, multicrop_config=recipe.augmentation, train_dataset=train_dataset,
+        knn_evaluator=evaluator, knn_eval_steps=evaluation.knn_eval_steps, knn_at_end=evaluation.knn_at_end,
+    )
+    if evaluator is not None and evaluation.knn_at_start and trainer.is_world_process_zero():
+        results["random_init"] = evaluator(model.teacher.backbone, device=training_args.device)
+        logger.info("k-NN of the randomly initialised model: %s", results["random_init"])
 
     # 4. train, save (hf_ssl model + plain transformers backbone + processor + recipe)
     trainer.train(resume_from_checkpoint=args.resume)
-    if knn_splits is not None and knn_callback.last_metrics:
-        results["trained"] = knn_callback.last_metrics
+    if trainer.run_control.stop_reason is not None and trainer.is_world_process_zero():
+        print(f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step}; "
+              f"continue with --resume auto (checkpoints in {training_args.output_dir})")
+    if trainer.knn_callback is not None and trainer.knn_callback.last_metrics:
+        results["trained"] = trainer.knn_callback.last_metrics
     trainer.save_model()
     if trainer.is_world_process_zero():
         image_processor.save_pretrained(training_args.output_dir)

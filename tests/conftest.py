@@ -1,9 +1,12 @@
 """Shared fixtures: everything is generated, nothing is downloaded."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# trackio reads its folder once, at import: keep the tests' databases out of the user's cache
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="hf_ssl-trackio-"))
 
 import pytest
 

@@ -77,3 +77,17 @@ def tiny_training_arguments(output_dir, **overrides):
     )
     values.update(overrides)
     return DinoTrainingArguments(**values)
+
+
+def make_dino_trainer(output_dir, dataset, engine: str = "trainer", model=None, multicrop=None, seed: int = 0, **overrides):
+    """A tiny DINO run on either engine (``DinoTrainer`` or ``DinoAccelerateTrainer``) over ``dataset``
+    (a ``datasets.Dataset`` with an ``image`` column); ``overrides`` go to ``tiny_training_arguments``."""
+    from hf_ssl import DinoForPretraining
+    from hf_ssl.data import MultiCropTransform, with_multicrop
+    from hf_ssl.training import build_dino_trainer
+
+    multicrop = multicrop or tiny_multicrop_config()
+    model = model or DinoForPretraining(tiny_dino_config())
+    arguments = tiny_training_arguments(output_dir, engine=engine, **overrides)
+    train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop), seed=seed)
+    return build_dino_trainer(model=model, args=arguments, multicrop_config=multicrop, train_dataset=train_dataset)

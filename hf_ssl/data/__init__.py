@@ -12,14 +12,16 @@
 from .config import IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig
 from .device_augmentation import DeviceAugmentation
 from .loading import load_fashion_mnist, load_image_dataset
-from .multicrop import MultiCropCollator, MultiCropTransform, with_multicrop
+from .multicrop import EpochShuffleSampler, MultiCropCollator, MultiCropDataset, MultiCropTransform, with_multicrop
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DeviceAugmentation",
+    "EpochShuffleSampler",
     "MultiCropCollator",
     "MultiCropConfig",
+    "MultiCropDataset",
     "MultiCropTransform",
     "load_fashion_mnist",
     "load_image_dataset",

@@ -41,7 +41,8 @@ class MultiCropTransform:
     An image that fails to decode gives zero crops with ``valid=False`` and a logged warning when
     ``skip_bad_images`` (`MultiCropCollator` drops and counts it), else a ``ValueError``.
 
-    Randomness comes from torch's global RNG (one draw per batch seeds a numpy generator), so
+    Randomness comes from ``rng`` when given (`MultiCropDataset` passes one seeded by seed, epoch
+    and index), else from torch's global RNG (one draw per batch seeds a numpy generator), so
     ``torch.manual_seed`` makes it reproducible and DataLoader workers, which torch seeds apart,
     draw different crops.
     """
@@ -53,14 +54,15 @@ class MultiCropTransform:
         # Images skipped by this copy of the transform (each DataLoader worker holds its own copy).
         self.num_bad_images = 0
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+    def __call__(self, batch: dict[str, list], rng: np.random.Generator | None = None) -> dict[str, list]:
         if "image" not in batch:
             raise KeyError(
                 f"MultiCropTransform needs an 'image' column, the batch has {sorted(batch)}: "
                 "load the dataset with hf_ssl.data.load_image_dataset(..., image_column=...) to rename it"
             )
         config = self.config
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        if rng is None:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         output: dict[str, list] = {"global_crops": [], "valid": []}
         if config.local_crops_number > 0:
             output["local_crops"] = []
@@ -121,22 +123,95 @@ def _describe(item: Any, position: int) -> str:
     return f"the image at position {position} of the batch (no file path: in-memory bytes or array)"
 
 
-def with_multicrop(dataset, transform: MultiCropTransform):
+def with_multicrop(dataset, transform: MultiCropTransform, seed: int = 0):
     """Attach ``transform`` to ``dataset`` (a ``Dataset``, ``DatasetDict`` or ``IterableDataset``).
+
+    A map-style ``Dataset`` becomes a `MultiCropDataset`, whose crops are a function of ``seed``, the
+    epoch and the example's index (exact resume, the same crops for any number of DataLoader
+    workers); a ``DatasetDict`` becomes a dict of them. A streaming ``IterableDataset`` gets the
+    transform through a lazy batched ``map`` and draws its crops from torch's global RNG.
 
     An ``Image`` column is switched to ``decode=False`` first: the transform then decodes the bytes
     itself, so a corrupt file becomes a skipped example instead of an exception inside ``datasets``.
     """
     if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        return type(dataset)({split: with_multicrop(part, transform) for split, part in dataset.items()})
+        parts = {split: with_multicrop(part, transform, seed) for split, part in dataset.items()}
+        return type(dataset)(parts) if isinstance(dataset, datasets.IterableDatasetDict) else parts
+    dataset = _undecoded_images(dataset)
+    if isinstance(dataset, datasets.IterableDataset):
+        # Streaming datasets have no random access; a batched map runs lazily the same way.
+        return dataset.map(transform, batched=True, remove_columns=dataset.column_names)
+    return MultiCropDataset(dataset, transform, seed)
+
+
+def _undecoded_images(dataset):
     features = dataset.features
     image_feature = features.get("image") if features is not None else None
     if isinstance(image_feature, datasets.Image) and image_feature.decode:
         dataset = dataset.cast_column("image", datasets.Image(decode=False))
-    if isinstance(dataset, datasets.IterableDataset):
-        # Streaming datasets have no with_transform; a batched map runs lazily the same way.
-        return dataset.map(transform, batched=True, remove_columns=dataset.column_names)
-    return dataset.with_transform(transform)
+    return dataset
+
+
+class MultiCropDataset(torch.utils.data.Dataset):
+    """Multi-crop examples of a map-style ``datasets.Dataset`` with reproducible randomness.
+
+    ``dataset[key]`` is `MultiCropTransform`'s output for example ``key % len(dataset)``, with crops
+    drawn from a generator seeded by ``(seed, key // len(dataset), key % len(dataset))``: a key
+    carries its epoch (`EpochShuffleSampler` yields ``epoch * len(dataset) + index``), so every epoch
+    sees new crops, and a resumed run, or one with another number of DataLoader workers, sees exactly
+    the crops of an uninterrupted one. Plain indices ``0 .. len - 1`` are epoch 0.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, transform: MultiCropTransform, seed: int = 0):
+        if len(dataset) == 0:
+            raise ValueError("the dataset is empty: there is nothing to pretrain on")
+        self.dataset = _undecoded_images(dataset)
+        self.transform = transform
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        epoch, index = divmod(int(key), len(self.dataset))
+        example = self.dataset[index]
+        rng = np.random.default_rng((self.seed, epoch, index))
+        output = self.transform({name: [value] for name, value in example.items()}, rng=rng)
+        return {name: values[0] for name, values in output.items()}
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.dataset.column_names
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """Shuffles ``range(num_examples)`` anew each epoch, from ``seed + epoch`` alone, and yields the keys
+    ``epoch * num_examples + index`` that `MultiCropDataset` turns into per-epoch random crops.
+
+    The order depends on nothing but the seed and the epoch (``set_epoch``, which the Trainer and the
+    Accelerate loop call at the start of each epoch), so it is the same in every process and after a
+    resume; accelerate splits its batches between processes.
+    """
+
+    def __init__(self, num_examples: int, seed: int = 0, shuffle: bool = True):
+        self.num_examples = num_examples
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_examples, generator=generator)
+        else:
+            order = torch.arange(self.num_examples)
+        yield from (order + self.epoch * self.num_examples).tolist()
 
 
 class MultiCropCollator:

@@ -21,6 +21,7 @@ import math
 import time
 from collections import defaultdict
 
+import numpy as np
 import torch
 
 from hf_ssl.data import DeviceAugmentation, MultiCropConfig
@@ -37,7 +38,9 @@ class DinoStep:
     Args:
         model: the unwrapped ``DinoForPretraining`` (its teacher, student and loss are reached by name).
         multicrop_config: the photometric part runs batched on the training device in ``loss``.
-        seed, process_index: seed the device augmentation so every process draws its own stream.
+        seed, process_index: the device augmentation of micro-batch ``i`` of optimizer step ``t`` draws from a
+            generator seeded by ``(seed, process_index, t, i)``: every process draws its own stream, and a
+            resumed run draws exactly what an uninterrupted one would.
         max_consecutive_nonfinite_steps: stop after this many NaN/inf steps in a row.
         reduce: ``fn(tensor) -> tensor`` summing over processes (``accelerator.reduce(t, "sum")``).
     """
@@ -45,8 +48,10 @@ class DinoStep:
     def __init__(self, model, multicrop_config: MultiCropConfig, seed: int, process_index: int, max_consecutive_nonfinite_steps: int, reduce):
         self.model = model
         self.device_augmentation = DeviceAugmentation(multicrop_config)
-        self.seed = seed * 1000 + process_index
+        self.seed = seed
+        self.process_index = process_index
         self.augmentation_generator: torch.Generator | None = None
+        self.micro_batch_index = 0
         self.max_consecutive_nonfinite_steps = max_consecutive_nonfinite_steps
         self.reduce = reduce
         self.schedules = None  # DinoSchedules, set once the run length is known
@@ -65,6 +70,7 @@ class DinoStep:
     # ----- before the micro-batches --------------------------------------------------------------
     def begin_step(self, optimizer, step: int) -> None:
         """Weight decay of this step on the regularised groups (see ``parameter_groups``)."""
+        self.micro_batch_index = 0
         weight_decay = self.schedules.weight_decay(step)
         for group in optimizer.param_groups:
             if group.get("apply_weight_decay", False):
@@ -84,7 +90,7 @@ class DinoStep:
         if global_crops.shape[1] == 0:
             return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad), None
         self._window_images += global_crops.shape[1]
-        global_crops, local_crops = self.augment(global_crops, local_crops)
+        global_crops, local_crops = self.augment(global_crops, local_crops, step)
         outputs = model(
             global_crops=global_crops,
             local_crops=local_crops,
@@ -102,11 +108,14 @@ class DinoStep:
             self._window_count += 1
         return outputs.loss, outputs
 
-    def augment(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None):
-        """Photometric augmentation on the training device, with a per-process random stream."""
-        if self.augmentation_generator is None:
+    def augment(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, step: int):
+        """Photometric augmentation on the training device, from a generator seeded by (seed, process,
+        step, micro-batch): a pure function of where training is, so a resume needs no generator state."""
+        if self.augmentation_generator is None or self.augmentation_generator.device != global_crops.device:
             self.augmentation_generator = torch.Generator(device=global_crops.device)
-            self.augmentation_generator.manual_seed(self.seed)
+        seed_sequence = np.random.SeedSequence((self.seed, self.process_index, step, self.micro_batch_index))
+        self.augmentation_generator.manual_seed(int(seed_sequence.generate_state(1, np.uint64)[0] >> 1))
+        self.micro_batch_index += 1
         return self.device_augmentation(global_crops, local_crops, generator=self.augmentation_generator)
 
     # ----- after backward and clipping -----------------------------------------------------------
@@ -151,6 +160,19 @@ class DinoStep:
             return
         teacher, student = self.ema_parameter_pairs
         ema_update_(teacher, student, self.schedules.teacher_momentum(step))
+
+    # ----- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        """Counters that a resume restores (everything else is a function of the step or in the model)."""
+        return {
+            "skipped_steps": self.skipped_steps,
+            "skipped_images": self.skipped_images,
+            "consecutive_nonfinite_steps": self.consecutive_nonfinite_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for name in ("skipped_steps", "skipped_images", "consecutive_nonfinite_steps"):
+            setattr(self, name, int(state.get(name, 0)))
 
     # ----- logging -------------------------------------------------------------------------------
     def log_metrics(self, step: int, world_size: int) -> dict[str, float]:

@@ -8,6 +8,7 @@ device-side photometric augmentation and the collapse metrics in the logs.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,14 +16,22 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainingArguments
 
-from hf_ssl.data import MultiCropCollator, MultiCropConfig
+from hf_ssl.data import EpochShuffleSampler, MultiCropCollator, MultiCropConfig, MultiCropDataset
 from hf_ssl.evaluation.collapse import CollapseDetector
 from hf_ssl.models.dino import get_backbone_embed_dim
-from hf_ssl.training.callbacks import DinoStepCallback, EmaCallback
+from hf_ssl.training import checkpointing
+from hf_ssl.training.callbacks import DinoStepCallback, EmaCallback, RunControlCallback
 from hf_ssl.training.dino_step import DinoStep
-from hf_ssl.training.history import HistoryCallback
+from hf_ssl.training.history import History, HistoryCallback
+from hf_ssl.training.knn_callback import KnnCallback
 from hf_ssl.training.model_card import write_dino_model_card
+from hf_ssl.training.run_control import build_run_control
 from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
+
+
+ENGINES = ("trainer", "accelerate")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +58,12 @@ class DinoTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Trackers: none, all, wandb, tensorboard, trackio."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpointing: no, steps, epoch."})
+    engine: str = field(default="trainer", metadata={"help": "trainer (the transformers Trainer) or accelerate (the raw Accelerate loop)."})
+    save_best_total_limit: int = field(default=0, metadata={"help": "Also keep the N best checkpoints by metric_for_best_model."})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after N evaluations of metric_for_best_model without improvement."})
+    early_stopping_min_delta: float = field(default=0.0, metadata={"help": "Smallest change of the metric that counts as an improvement."})
+    max_time_seconds: float | None = field(default=None, metadata={"help": "Save a checkpoint and stop after this much wall time (per session)."})
+    save_on_interrupt: bool = field(default=True, metadata={"help": "On SIGTERM/SIGINT, save a checkpoint at the end of the step and stop."})
 
     def __post_init__(self):
         if not torch.cuda.is_available():
@@ -67,6 +82,12 @@ class DinoTrainingArguments(TrainingArguments):
         for name in ("warmup_epochs", "freeze_last_layer_epochs", "min_lr", "warmup_start_lr", "weight_decay_end"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if (self.save_best_total_limit or self.early_stopping_patience) and not self.metric_for_best_model:
+            raise ValueError("save_best_total_limit and early_stopping_patience need metric_for_best_model (e.g. knn_top1)")
+        if self.max_time_seconds is not None and self.max_time_seconds <= 0:
+            raise ValueError(f"max_time_seconds must be > 0 or null, got {self.max_time_seconds}")
         if self.max_consecutive_nonfinite_steps < 1:
             raise ValueError(f"max_consecutive_nonfinite_steps must be >= 1, got {self.max_consecutive_nonfinite_steps}")
 
@@ -121,11 +142,29 @@ class DinoTrainer(Trainer):
         args: ``DinoTrainingArguments``.
         multicrop_config: the crop/augmentation settings; its photometric part runs batched on the
             training device inside ``compute_loss``.
-        train_dataset: a dataset with the ``MultiCropTransform`` attached (``with_multicrop``).
+        train_dataset: a dataset with the ``MultiCropTransform`` attached (``with_multicrop``); a
+            ``MultiCropDataset`` is shuffled by ``EpochShuffleSampler`` so that a resume is exact.
+        knn_evaluator: a ``KnnEvaluator`` run every ``knn_eval_steps`` optimizer steps (0: never during
+            training) and at the end when ``knn_at_end``; it logs ``knn_top1``/``knn_top5``.
         Other keyword arguments go to ``transformers.Trainer`` (``callbacks``, ``processing_class``...).
+
+    Checkpoints (``save_strategy``/``save_steps``, at the end, on SIGTERM/SIGINT, at ``max_time_seconds``, on
+    early stopping) are committed atomically and rotated by ``save_total_limit`` (last K) and
+    ``save_best_total_limit`` (best N by ``metric_for_best_model``); ``train(resume_from_checkpoint="auto")``
+    continues from the latest one.
     """
 
-    def __init__(self, model, args: DinoTrainingArguments, multicrop_config: MultiCropConfig | None = None, data_collator=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        args: DinoTrainingArguments,
+        multicrop_config: MultiCropConfig | None = None,
+        data_collator=None,
+        knn_evaluator=None,
+        knn_eval_steps: int = 0,
+        knn_at_end: bool = True,
+        **kwargs,
+    ):
         super().__init__(model=model, args=args, data_collator=data_collator or MultiCropCollator(), **kwargs)
         self.multicrop_config = multicrop_config or MultiCropConfig()
         self.dino_step = DinoStep(
@@ -138,6 +177,17 @@ class DinoTrainer(Trainer):
         detector = CollapseDetector(out_dim=model.config.out_dim, embedding_dim=get_backbone_embed_dim(model.config.backbone_config))
         self.history_callback = HistoryCallback(args.output_dir, collapse_detector=detector)
         self.add_callback(self.history_callback)
+        self.knn_callback = None
+        if knn_evaluator is not None:
+            self.knn_callback = KnnCallback(self, knn_evaluator, knn_eval_steps, knn_at_end)
+            self.add_callback(self.knn_callback)
+        # last: it decides on the metrics the callbacks above logged in the same step
+        self.run_control = build_run_control(args, reduce_max=self._reduce_max if args.world_size > 1 else None)
+        self.add_callback(RunControlCallback(self.run_control))
+        self._staging_dir = None
+
+    def _reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor.to(self.args.device), reduction="max")
 
     @property
     def skipped_steps(self) -> int:
@@ -146,6 +196,14 @@ class DinoTrainer(Trainer):
     @property
     def skipped_images(self) -> int:
         return self.dino_step.skipped_images
+
+    # ----- data order ----------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, MultiCropDataset):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochShuffleSampler(len(dataset), seed=seed)
+        return super()._get_train_sampler(train_dataset)
 
     # ----- optimizer and schedules -------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -180,6 +238,99 @@ class DinoTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = self.dino_step.loss(model, inputs, self.state.global_step)
         return (loss, outputs) if return_outputs else loss
+
+    # ----- checkpoints and resume ---------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint`` may also be ``"auto"`` (the latest checkpoint of
+        ``output_dir``, or a fresh start when there is none) and defaults to ``args.resume_from_checkpoint``.
+        A checkpoint of another method, engine, model configuration or total batch is refused before training."""
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = self.args.resume_from_checkpoint
+        checkpoint = checkpointing.resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        if checkpoint is not None:
+            state = checkpointing.check_resume_compatible(
+                checkpoint, method="dino", engine="trainer", model_config=self.model.config,
+                total_batch_size=self.total_batch_size, world_size=self.args.world_size,
+            )
+            self.dino_step.load_state_dict(state.get("method_state", {}))
+            if self.run_control.early_stopping is not None:
+                self.run_control.early_stopping.load_state_dict(state.get("control_state", {}).get("early_stopping", {}))
+            if (checkpoint / "history.json").is_file():
+                self.history_callback.history = History.load(checkpoint / "history.json")
+            checkpointing.restore_tracker_run_ids(state.get("tracker_run_ids", {}))
+        return super().train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # Saved checkpoints carry the backbones' checkpoint key names, which transformers converts when it
+        # loads with from_pretrained, not when the Trainer loads the raw state dict (the backbone would
+        # silently stay as initialised). Load through from_pretrained, then copy in place, so the EMA and
+        # the optimizer keep pointing at the same tensors. DeepSpeed and FSDP load their own formats.
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = model if model is not None else self.model
+        loaded = type(self.model).from_pretrained(resume_from_checkpoint, dtype=next(self.model.parameters()).dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+
+    @property
+    def total_batch_size(self) -> int:
+        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+
+    def _get_output_dir(self, trial) -> str:
+        # while a checkpoint is saved, the Trainer writes it under the staging folder (see _save_checkpoint)
+        return str(self._staging_dir) if self._staging_dir is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint (model, optimizer, scheduler, scaler, RNG states, trainer state) plus
+        ``hf_ssl_state.json`` and ``history.json``, written under a staging folder by every process and
+        then renamed to ``checkpoint-<step>`` by the main process: a kill during a save loses nothing."""
+        step = self.state.global_step
+        output_dir = self.args.output_dir
+        staging_parent = checkpointing.staging_path(output_dir, step)
+        if self.args.should_save:
+            checkpointing.prepare_staging(output_dir, step)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging_parent
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        written = staging_parent / f"{checkpointing.CHECKPOINT_PREFIX}-{step}"
+        tracker_ids = checkpointing.tracker_run_ids()
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            self.history_callback.history.save(written / "history.json")
+            checkpointing.write_state(written, self.checkpoint_record(step, tracker_ids))
+            final = checkpointing.commit_checkpoint(written, checkpointing.checkpoint_path(output_dir, step))
+            staging_parent.rmdir()
+            checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args))
+            logger.info("Saved checkpoint %s", final)
+        self.accelerator.wait_for_everyone()
+
+    def checkpoint_record(self, step: int, tracker_ids: dict[str, str]) -> dict:
+        metric = self.args.metric_for_best_model
+        metrics = {}
+        if metric:
+            value = self.history_callback.history.latest(metric)
+            if value is not None:
+                metrics[metric] = value
+        control_state = {}
+        if self.run_control.early_stopping is not None:
+            control_state["early_stopping"] = self.run_control.early_stopping.state_dict()
+        return vars(checkpointing.CheckpointRecord(
+            method="dino", engine="trainer", step=step, epoch=float(self.state.epoch or 0.0),
+            world_size=self.args.world_size, total_batch_size=self.total_batch_size, metrics=metrics,
+            tracker_run_ids=tracker_ids, method_state=self.dino_step.state_dict(), control_state=control_state,
+        ))
+
+    def best_checkpoint(self) -> str | None:
+        """The kept checkpoint with the best ``metric_for_best_model`` (None without one)."""
+        if not self.args.metric_for_best_model:
+            return None
+        ranked = checkpointing.ranked_by_metric(
+            checkpointing.list_checkpoints(self.args.output_dir), self.args.metric_for_best_model,
+            self.args.greater_is_better if self.args.greater_is_better is not None else True,
+        )
+        return str(ranked[0]) if ranked else None
 
     # ----- logging -----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

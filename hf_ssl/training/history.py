@@ -133,6 +133,14 @@ class History:
         self.epochs.append(entry)
         return entry
 
+    def latest(self, key: str) -> float | None:
+        """The last recorded value of ``key`` (step entries first, then epoch entries), or None."""
+        for entries in (self.steps, self.epochs):
+            for entry in reversed(entries):
+                if key in entry:
+                    return entry[key]
+        return None
+
     def metric_names(self) -> list[str]:
         """Every recorded metric (step or epoch level), in plotting order: ``PREFERRED_PLOT_KEYS`` first."""
         names = {key for entry in (*self.steps, *self.epochs) for key in entry if key not in _INDEX_KEYS}

@@ -38,5 +38,8 @@ class KnnCallback(TrainerCallback):
             self._evaluate(state)
 
     def on_train_end(self, args, state, control, **kwargs):
+        run_control = getattr(self.trainer, "run_control", None)
+        if run_control is not None and run_control.stop_reason in ("signal", "max_time"):
+            return  # a cut session has seconds left: the checkpoint is saved, the evaluation can wait
         if self.at_end:
             self._evaluate(state)

@@ -11,12 +11,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_end_with_identical_weights(tmp_path):
+@pytest.mark.parametrize("engine, port", [("trainer", 29533), ("accelerate", 29534)])
+def test_two_cpu_processes_end_with_identical_weights(engine, port, tmp_path):
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(ROOT / "accelerate_configs" / "cpu.yaml"),
-        "--num_processes", "2", "--main_process_port", "29533",
-        str(ROOT / "tests" / "training" / "ddp_worker.py"), str(tmp_path),
+        "--num_processes", "2", "--main_process_port", str(port),
+        str(ROOT / "tests" / "training" / "ddp_worker.py"), str(tmp_path), engine,
     ]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,393 @@
+"""DINO on a raw Accelerate loop: the ``training.engine: accelerate`` engine.
+
+The loop below reads top to bottom like the transformers ``*_no_trainer`` examples. It takes the same
+``DinoTrainingArguments`` as ``DinoTrainer`` and shares everything that is DINO with it: the model and
+loss, ``DinoStep`` (schedules, device augmentation, center update, NaN guard, last-layer freeze, EMA),
+``History`` and collapse detection, k-NN evaluation, checkpoints (``hf_ssl.training.checkpointing``)
+and ``RunControl`` (signals, time budget, early stopping). What it owns is only the loop itself.
+
+    trainer = DinoAccelerateTrainer(model, args, multicrop_config, train_dataset)
+    trainer.train(resume_from_checkpoint="auto")
+    trainer.save_model()
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from tqdm.auto import tqdm
+
+from hf_ssl.data import EpochShuffleSampler, MultiCropCollator, MultiCropConfig, MultiCropDataset
+from hf_ssl.evaluation.collapse import CollapseDetector
+from hf_ssl.models.dino import get_backbone_embed_dim
+from hf_ssl.training import checkpointing
+from hf_ssl.training.dino_step import DinoStep
+from hf_ssl.training.dino_trainer import DinoSchedules, DinoTrainingArguments, parameter_groups
+from hf_ssl.training.history import History
+from hf_ssl.training.model_card import write_dino_model_card
+from hf_ssl.training.run_control import build_run_control
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; ``log_history`` mirrors ``TrainerState.log_history`` (one dict per log)."""
+
+    global_step: int = 0
+    epoch: float = 0.0
+    max_steps: int = 0
+    log_history: list[dict] = field(default_factory=list)
+
+
+class DinoAccelerateTrainer:
+    """DINO on ``accelerate.Accelerator``, with the constructor and ``train`` of ``DinoTrainer``.
+
+    Args:
+        model: a ``DinoForPretraining``.
+        args: ``DinoTrainingArguments`` (batch size, accumulation, bf16/fp16, schedules, saving, report_to...).
+        multicrop_config: the crop/augmentation settings (the photometric part runs on the device).
+        train_dataset: ``with_multicrop(dataset, transform)``; a ``MultiCropDataset`` makes resumes exact.
+        knn_evaluator, knn_eval_steps, knn_at_end: k-NN of the teacher backbone, as in ``DinoTrainer``.
+    """
+
+    def __init__(
+        self,
+        model,
+        args: DinoTrainingArguments,
+        multicrop_config: MultiCropConfig | None = None,
+        train_dataset=None,
+        data_collator=None,
+        knn_evaluator=None,
+        knn_eval_steps: int = 0,
+        knn_at_end: bool = True,
+    ):
+        if train_dataset is None:
+            raise ValueError("DinoAccelerateTrainer needs a train_dataset (with_multicrop(dataset, MultiCropTransform(...)))")
+        self.args = args
+        self.model = model
+        self.multicrop_config = multicrop_config or MultiCropConfig()
+        self.train_dataset = train_dataset
+        self.data_collator = data_collator or MultiCropCollator()
+        self.knn_evaluator, self.knn_eval_steps, self.knn_at_end = knn_evaluator, knn_eval_steps, knn_at_end
+        self.last_knn_metrics: dict[str, float] = {}
+        self.trackers = [name for name in _as_list(args.report_to) if name != "none"]
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+            log_with=self.trackers or None,
+            # TensorBoard event files under <output_dir>/runs, as with the Trainer (or $TENSORBOARD_LOGGING_DIR)
+            project_config=ProjectConfiguration(
+                project_dir=args.output_dir,
+                logging_dir=os.environ.get("TENSORBOARD_LOGGING_DIR", os.path.join(args.output_dir, "runs")),
+            ),
+            cpu=args.use_cpu,
+        )
+        self.state = LoopState()
+        self.dino_step = DinoStep(
+            model, self.multicrop_config, args.seed, self.accelerator.process_index, args.max_consecutive_nonfinite_steps,
+            reduce=lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
+        )
+        self.run_control = build_run_control(args, reduce_max=self._reduce_max if self.accelerator.num_processes > 1 else None)
+        self.history = History()
+        self.collapse_detector = CollapseDetector(
+            out_dim=model.config.out_dim, embedding_dim=get_backbone_embed_dim(model.config.backbone_config)
+        )
+        self.schedules: DinoSchedules | None = None
+        self.optimizer = None
+
+    # ----- small helpers ---------------------------------------------------------------------------
+    def is_world_process_zero(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def total_batch_size(self) -> int:
+        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.accelerator.num_processes
+
+    def _reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor.to(self.accelerator.device), reduction="max")
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        """Per-process batches of ``per_device_train_batch_size``; accelerate shards them after ``prepare``."""
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if isinstance(self.train_dataset, MultiCropDataset):
+            self.sampler = EpochShuffleSampler(len(self.train_dataset), seed=seed)
+        else:
+            self.sampler = torch.utils.data.RandomSampler(self.train_dataset, generator=torch.Generator().manual_seed(seed))
+        return torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_size=self.args.per_device_train_batch_size,
+            sampler=self.sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            drop_last=self.args.dataloader_drop_last,
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor if self.args.dataloader_num_workers > 0 else None,
+        )
+
+    # ----- the loop --------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> LoopState:
+        args, accelerator = self.args, self.accelerator
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = args.resume_from_checkpoint
+        checkpoint = checkpointing.resolve_resume(resume_from_checkpoint, args.output_dir)
+        saved_state = None
+        if checkpoint is not None:
+            saved_state = checkpointing.check_resume_compatible(
+                checkpoint, method="dino", engine="accelerate", model_config=self.model.config,
+                total_batch_size=self.total_batch_size, world_size=accelerator.num_processes,
+            )
+
+        # 1. data, optimizer and the length of the run (in optimizer steps)
+        dataloader = self.get_train_dataloader()
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
+        )
+        model, self.optimizer, dataloader = accelerator.prepare(self.model, self.optimizer, dataloader)
+        updates_per_epoch = max(math.ceil(len(dataloader) / args.gradient_accumulation_steps), 1)
+        if args.max_steps > 0:
+            total_steps = args.max_steps
+        else:
+            total_steps = math.ceil(args.num_train_epochs * updates_per_epoch)
+        num_epochs = math.ceil(total_steps / updates_per_epoch)
+        self.schedules = DinoSchedules.build(args, self.model.config, total_steps, updates_per_epoch, self.total_batch_size)
+        self.dino_step.schedules = self.schedules
+        self.state.max_steps = total_steps
+
+        # 2. resume: weights, optimizer, scaler, RNG states (accelerate), then our own state
+        if checkpoint is not None:
+            accelerator.load_state(str(checkpoint))
+            self.state.global_step = int(saved_state["step"])
+            self.dino_step.load_state_dict(saved_state.get("method_state", {}))
+            if self.run_control.early_stopping is not None:
+                self.run_control.early_stopping.load_state_dict(saved_state.get("control_state", {}).get("early_stopping", {}))
+            if (checkpoint / "history.json").is_file():
+                self.history = History.load(checkpoint / "history.json")
+                self.state.log_history = list(self.history.steps)
+            checkpointing.restore_tracker_run_ids(saved_state.get("tracker_run_ids", {}))
+            logger.info("Resumed from %s at step %d", checkpoint, self.state.global_step)
+        if self.trackers:
+            run_name = {"name": args.run_name} if args.run_name else {}
+            accelerator.init_trackers(
+                os.environ.get("WANDB_PROJECT", args.project) if "wandb" in self.trackers else args.project,
+                config=_tracker_config(args),
+                init_kwargs={"wandb": run_name, "trackio": run_name},
+            )
+
+        # 3. the loop: one iteration per micro-batch, DINO's per-step work on the optimizer-step boundaries
+        start_epoch, updates_done_in_epoch = divmod(self.state.global_step, updates_per_epoch)
+        progress = tqdm(total=total_steps, initial=self.state.global_step, desc="dino", disable=not accelerator.is_local_main_process)
+        self.run_control.start()
+        loss_sum, loss_count, grad_norm = torch.zeros((), device=accelerator.device), 0, None
+        model.train()
+        try:
+            for epoch in range(start_epoch, num_epochs):
+                batches = dataloader
+                if epoch == start_epoch and updates_done_in_epoch:
+                    batches = accelerator.skip_first_batches(dataloader, updates_done_in_epoch * args.gradient_accumulation_steps)
+                # on the loader, not the sampler: a prepared loader sets its sampler's epoch to its own count
+                batches.set_epoch(epoch)
+                micro_batch = 0
+                for batch in batches:
+                    step = self.state.global_step
+                    if micro_batch == 0:
+                        self.dino_step.begin_step(self.optimizer, step)
+                    with accelerator.accumulate(model):
+                        loss, _ = self.dino_step.loss(model, batch, step)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            if args.max_grad_norm > 0:
+                                grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                            self.dino_step.before_optimizer_step(self.optimizer, step)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    if torch.isfinite(loss.detach()):
+                        loss_sum += loss.detach().float()
+                        loss_count += 1
+                    micro_batch += 1
+                    if not accelerator.sync_gradients:
+                        continue
+
+                    # an optimizer step happened (or was skipped as a whole): EMA, bookkeeping, logs, saves
+                    micro_batch = 0
+                    self.dino_step.after_optimizer_step(step, accelerator.optimizer_step_was_skipped)
+                    self.state.global_step += 1
+                    self.state.epoch = epoch + min((updates_done_in_epoch + 1) / updates_per_epoch, 1.0)
+                    updates_done_in_epoch += 1
+                    progress.update(1)
+                    if self.state.global_step % max(int(args.logging_steps), 1) == 0 or self.state.global_step == total_steps:
+                        logs = self._step_logs(loss_sum, loss_count, grad_norm)
+                        loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+                        progress.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
+                        self.log(logs)
+                    if self.knn_eval_steps and self.state.global_step % self.knn_eval_steps == 0 and self.state.global_step < total_steps:
+                        self.evaluate_knn()
+                    stop_reason = self.run_control.check(accelerator.device)
+                    if stop_reason is not None:
+                        logger.warning("step %d: %s; saving a checkpoint", self.state.global_step, self.run_control.describe_stop())
+                    if stop_reason is not None or self._save_due(total_steps):
+                        self.save_checkpoint()
+                    if stop_reason is not None or self.state.global_step >= total_steps:
+                        break
+                if updates_done_in_epoch >= updates_per_epoch:
+                    self.history.record_epoch(epoch + 1, step=self.state.global_step)
+                updates_done_in_epoch = 0
+                if self.run_control.stop_reason is not None or self.state.global_step >= total_steps:
+                    break
+        finally:
+            self.run_control.finish()
+            progress.close()
+
+        # 4. the end: k-NN (unless the session was cut), history and trackers
+        if self.knn_at_end and self.run_control.stop_reason not in ("signal", "max_time"):
+            self.evaluate_knn()
+        if accelerator.is_main_process:
+            self.save_history()
+        accelerator.end_training()
+        return self.state
+
+    def _save_due(self, total_steps: int) -> bool:
+        step, args = self.state.global_step, self.args
+        strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
+        if strategy == "steps":
+            return step % max(int(args.save_steps), 1) == 0 or step >= total_steps
+        if strategy == "epoch":
+            return self.state.epoch == int(self.state.epoch) or step >= total_steps
+        return False
+
+    # ----- logging -----------------------------------------------------------------------------------
+    def _step_logs(self, loss_sum: torch.Tensor, loss_count: int, grad_norm) -> dict[str, float]:
+        """The logged numbers since the last log: loss (mean over micro-batches and processes), grad norm,
+        schedules, collapse signals, throughput and skip counters (``DinoStep.log_metrics``)."""
+        accelerator = self.accelerator
+        totals = accelerator.reduce(torch.stack([loss_sum, loss_sum.new_tensor(float(loss_count))]), reduction="sum")
+        logs = {}
+        if totals[1] > 0:
+            logs["loss"] = round(float(totals[0] / totals[1]), 6)
+        if grad_norm is not None:
+            logs["grad_norm"] = float(grad_norm)
+        logs.update(self.dino_step.log_metrics(self.state.global_step - 1, accelerator.num_processes))
+        logs["epoch"] = round(self.state.epoch, 4)
+        return logs
+
+    def log(self, logs: dict[str, float]) -> None:
+        """Record ``logs`` at the current step: history, trackers, collapse warnings and early stopping."""
+        step = self.state.global_step
+        self.state.log_history.append({**logs, "step": step})
+        self.history.record_step(step, logs, epoch=self.state.epoch)
+        # "train/<name>", the names the Trainer's tracker callbacks use, so both engines' runs compare
+        self.accelerator.log({f"train/{key}": value for key, value in logs.items()}, step=step)
+        self.run_control.observe(logs)
+        message = self.collapse_detector.update(logs, step=step)
+        if message is not None and self.accelerator.is_main_process:
+            logger.warning(message)
+        if self.accelerator.is_main_process:
+            logger.info("step %d: %s", step, logs)
+
+    def evaluate_knn(self) -> dict[str, float]:
+        """k-NN of the teacher backbone on the main process (the others go on), logged as ``knn_top1``..."""
+        if self.knn_evaluator is None or not self.accelerator.is_main_process:
+            return {}
+        backbone = self.accelerator.unwrap_model(self.model).teacher.backbone
+        self.last_knn_metrics = self.knn_evaluator(backbone, device=self.accelerator.device)
+        self.log(dict(self.last_knn_metrics))
+        return self.last_knn_metrics
+
+    def save_history(self) -> None:
+        path = self.history.save(Path(self.args.output_dir) / "history.json")
+        if any(key not in ("step", "epoch") for key in self.history.metric_names()):
+            self.history.plot(path.with_suffix(".png"))
+
+    # ----- checkpoints -------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """``accelerator.save_state`` (model, optimizer, scaler, RNG states of every process) plus config,
+        history and ``hf_ssl_state.json``, in a staging folder renamed to ``checkpoint-<step>`` once complete."""
+        accelerator, step, output_dir = self.accelerator, self.state.global_step, self.args.output_dir
+        staging = checkpointing.staging_path(output_dir, step)
+        if accelerator.is_main_process:
+            checkpointing.prepare_staging(output_dir, step)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        tracker_ids = checkpointing.tracker_run_ids()
+        accelerator.wait_for_everyone()
+        final = checkpointing.checkpoint_path(output_dir, step)
+        if accelerator.is_main_process:
+            self.model.config.save_pretrained(staging)
+            self.history.save(staging / "history.json")
+            checkpointing.write_state(staging, self.checkpoint_record(tracker_ids))
+            checkpointing.commit_checkpoint(staging, final)
+            checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args))
+            logger.info("Saved checkpoint %s", final)
+        accelerator.wait_for_everyone()
+        return final
+
+    def checkpoint_record(self, tracker_ids: dict[str, str]) -> dict:
+        metric = self.args.metric_for_best_model
+        value = self.history.latest(metric) if metric else None
+        control_state = {}
+        if self.run_control.early_stopping is not None:
+            control_state["early_stopping"] = self.run_control.early_stopping.state_dict()
+        return vars(checkpointing.CheckpointRecord(
+            method="dino", engine="accelerate", step=self.state.global_step, epoch=self.state.epoch,
+            world_size=self.accelerator.num_processes, total_batch_size=self.total_batch_size,
+            metrics={metric: value} if value is not None else {}, tracker_run_ids=tracker_ids,
+            method_state=self.dino_step.state_dict(), control_state=control_state,
+        ))
+
+    # ----- saving and sharing ------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None) -> None:
+        """``save_pretrained`` of the hf_ssl model (main process)."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
+
+    def create_model_card(self, model_name: str | None = None, dataset=None, tags=None, license: str | None = None) -> None:
+        if self.accelerator.is_main_process:
+            write_dino_model_card(
+                self.model, self.args, self.multicrop_config, self.schedules, self.state.global_step,
+                self.state.log_history, model_name=model_name, dataset=dataset, tags=tags, license=license,
+            )
+
+    def push_to_hub(self, dataset=None, commit_message: str = "End of training") -> None:
+        """Upload the output directory (model, backbone/, card, recipe; not the checkpoints) to ``hub_model_id``."""
+        if not self.accelerator.is_main_process:
+            return
+        from huggingface_hub import HfApi
+
+        self.create_model_card(dataset=dataset)
+        api = HfApi(token=self.args.hub_token)
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).name
+        api.create_repo(repo_id, private=self.args.hub_private_repo, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id, folder_path=self.args.output_dir, commit_message=commit_message,
+            ignore_patterns=[f"{checkpointing.CHECKPOINT_PREFIX}-*", ".staging-*", "runs/*"],
+        )
+
+
+def _as_list(report_to) -> list[str]:
+    if report_to is None:
+        return []
+    return [report_to] if isinstance(report_to, str) else list(report_to)
+
+
+def _tracker_config(args: DinoTrainingArguments) -> dict:
+    """The training arguments as flat scalars, the form trackers accept as a run config."""
+    return {key: value for key, value in args.to_dict().items() if isinstance(value, (int, float, str, bool))}
+
+
+def build_dino_trainer(model, args: DinoTrainingArguments, **kwargs):
+    """The engine ``args.engine`` names: ``DinoTrainer`` ("trainer") or ``DinoAccelerateTrainer`` ("accelerate").
+    Both take the same arguments and offer ``train``, ``save_model``, ``create_model_card`` and ``push_to_hub``."""
+    if args.engine == "accelerate":
+        return DinoAccelerateTrainer(model, args, **kwargs)
+    from hf_ssl.training.dino_trainer import DinoTrainer
+
+    return DinoTrainer(model=model, args=args, **kwargs)
