@@ -1,10 +1,12 @@
-"""Pretrain DINO (Caron et al., 2021) with the transformers Trainer.
+"""Pretrain DINO (Caron et al., 2021) with the transformers Trainer or a raw Accelerate loop (training.engine).
 
     python recipes/train_dino.py --config recipes/dino_fashion_mnist_demo.yaml
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/train_dino.py \
         --config recipes/dino.yaml data.data_dir=/path/to/images training.output_dir=outputs/run1
 
-Every key of the YAML file can be overridden as section.key=value. The output directory receives
+Every key of the YAML file can be overridden as section.key=value. Checkpoints go to
+<output_dir>/checkpoint-<step>; --resume auto continues from the latest (SIGTERM/SIGINT and
+training.max_time_seconds save one and stop). The output directory receives
 the hf_ssl model (AutoModelForPreTraining / AutoModel), the teacher backbone as a plain transformers
 model in backbone/, the image processor, the resolved recipe.yaml and a model card.
 """
@@ -12,6 +14,7 @@ model in backbone/, the image processor, the resolved recipe.yaml and a model ca
 import argparse
 import json
 import logging
+import sys
 
 import transformers
 from transformers import set_seed
@@ -20,7 +23,7 @@ from hf_ssl import DinoForPretraining
 from hf_ssl.data import MultiCropTransform, with_multicrop
 from hf_ssl.evaluation import KnnEvaluator, subsample
 from hf_ssl.models import build_image_processor
-from hf_ssl.training import DinoRecipe, DinoTrainer
+from hf_ssl.training import ConfigError, DinoRecipe, build_dino_trainer
 
 logger = logging.getLogger("train_dino")
 
@@ -58,7 +61,7 @@ def main():
             temperature=evaluation.knn_temperature,
             batch_size=evaluation.batch_size,
         )
-    trainer = DinoTrainer(
+    trainer = build_dino_trainer(  # DinoTrainer, or DinoAccelerateTrainer with training.engine=accelerate
         model=model, args=training_args, multicrop_config=recipe.augmentation, train_dataset=train_dataset,
         knn_evaluator=evaluator, knn_eval_steps=evaluation.knn_eval_steps, knn_at_end=evaluation.knn_at_end,
     )
@@ -71,8 +74,8 @@ def main():
     if trainer.run_control.stop_reason is not None and trainer.is_world_process_zero():
         print(f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step}; "
               f"continue with --resume auto (checkpoints in {training_args.output_dir})")
-    if trainer.knn_callback is not None and trainer.knn_callback.last_metrics:
-        results["trained"] = trainer.knn_callback.last_metrics
+    if trainer.last_knn_metrics:
+        results["trained"] = trainer.last_knn_metrics
     trainer.save_model()
     if trainer.is_world_process_zero():
         image_processor.save_pretrained(training_args.output_dir)
@@ -91,4 +94,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as error:  # a bad recipe, override or resume path: say what to fix, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -84,3 +84,27 @@ def test_resolved_recipe_can_be_rerun(trained):
     output_dir, _ = trained
     recipe = DinoRecipe.from_yaml(output_dir / "recipe.yaml")
     assert recipe.training.max_steps == 3 and recipe.augmentation.global_crop_size == 16
+
+
+def test_accelerate_engine_script_checkpoints_and_resume_errors(trained, image_folder, tmp_path):
+    output_dir, _ = trained
+    config = output_dir / "recipe.yaml"  # the first run's resolved recipe, on the other engine
+    run_dir = tmp_path / "accelerate"
+    common = ["recipes/train_dino.py", "--config", str(config), f"training.output_dir={run_dir}", "training.engine=accelerate"]
+    stdout = run([*common, "training.max_steps=4", "training.save_strategy=steps", "training.save_steps=2"])
+    assert "k-NN top-1 (trained)" in stdout
+    assert sorted(path.name for path in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    for name in ("model.safetensors", "backbone/model.safetensors", "history.json", "history.png", "README.md"):
+        assert (run_dir / name).is_file(), name
+    state = json.loads((run_dir / "checkpoint-4" / "hf_ssl_state.json").read_text())
+    assert state["engine"] == "accelerate" and state["step"] == 4
+
+    # resuming the accelerate checkpoint with the Trainer, or from a missing folder, stops before training
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for extra, message in (
+        (["training.engine=trainer", "--resume", str(run_dir / "checkpoint-4")], "resume it with training.engine=accelerate"),
+        (["--resume", str(run_dir / "checkpoint-99")], "checkpoint-99' does not exist"),
+    ):
+        result = subprocess.run([sys.executable, *common, *extra], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -190,6 +190,11 @@ class DinoTrainer(Trainer):
         return self.accelerator.reduce(tensor.to(self.args.device), reduction="max")
 
     @property
+    def last_knn_metrics(self) -> dict[str, float]:
+        """The last k-NN result (empty without an evaluator or before the first evaluation)."""
+        return self.knn_callback.last_metrics if self.knn_callback is not None else {}
+
+    @property
     def skipped_steps(self) -> int:
         return self.dino_step.skipped_steps
 
