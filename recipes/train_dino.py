@@ -79,7 +79,9 @@ def main():
     trainer.save_model()
     if trainer.is_world_process_zero():
         image_processor.save_pretrained(training_args.output_dir)
-        model.export_backbone(f"{training_args.output_dir}/backbone", image_processor=image_processor)
+        # from the saved model: whole weights even when training sharded them (FSDP)
+        saved = DinoForPretraining.from_pretrained(training_args.output_dir)
+        saved.export_backbone(f"{training_args.output_dir}/backbone", image_processor=image_processor)
         recipe.save(training_args.output_dir)
         trainer.create_model_card(dataset=recipe.data.dataset)
         with open(f"{training_args.output_dir}/knn_results.json", "w") as handle:

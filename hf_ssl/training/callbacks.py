@@ -21,6 +21,10 @@ class DinoStepCallback(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # the Trainer has wrapped the model by now (DDP, FSDP): take the parameters it will update
+        self.trainer.dino_step.bind(self.trainer.accelerator.unwrap_model(self.trainer.model))
+
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer.dino_step.begin_step(self.trainer.optimizer, state.global_step)
 

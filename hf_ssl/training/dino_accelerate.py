@@ -28,7 +28,7 @@ from hf_ssl.data import EpochShuffleSampler, MultiCropCollator, MultiCropConfig,
 from hf_ssl.evaluation.collapse import CollapseDetector
 from hf_ssl.models.dino import get_backbone_embed_dim
 from hf_ssl.training import checkpointing
-from hf_ssl.training.dino_step import DinoStep
+from hf_ssl.training.dino_step import DinoStep, check_distributed_type, teacher_backbone_for_evaluation
 from hf_ssl.training.dino_trainer import DinoSchedules, DinoTrainingArguments, parameter_groups
 from hf_ssl.training.history import History
 from hf_ssl.training.model_card import write_dino_model_card
@@ -90,6 +90,7 @@ class DinoAccelerateTrainer:
             ),
             cpu=args.use_cpu,
         )
+        check_distributed_type(self.accelerator.distributed_type)
         self.state = LoopState()
         self.dino_step = DinoStep(
             model, self.multicrop_config, args.seed, self.accelerator.process_index, args.max_consecutive_nonfinite_steps,
@@ -102,6 +103,7 @@ class DinoAccelerateTrainer:
         )
         self.schedules: DinoSchedules | None = None
         self.optimizer = None
+        self.wrapped_model = model
 
     # ----- small helpers ---------------------------------------------------------------------------
     def is_world_process_zero(self) -> bool:
@@ -152,6 +154,8 @@ class DinoAccelerateTrainer:
             parameter_groups(self.model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
         )
         model, self.optimizer, dataloader = accelerator.prepare(self.model, self.optimizer, dataloader)
+        self.wrapped_model = model
+        self.dino_step.bind(accelerator.unwrap_model(model))  # FSDP2 swaps in sharded parameters
         updates_per_epoch = max(math.ceil(len(dataloader) / args.gradient_accumulation_steps), 1)
         if args.max_steps > 0:
             total_steps = args.max_steps
@@ -294,9 +298,11 @@ class DinoAccelerateTrainer:
 
     def evaluate_knn(self) -> dict[str, float]:
         """k-NN of the teacher backbone on the main process (the others go on), logged as ``knn_top1``..."""
-        if self.knn_evaluator is None or not self.accelerator.is_main_process:
+        if self.knn_evaluator is None:
             return {}
-        backbone = self.accelerator.unwrap_model(self.model).teacher.backbone
+        backbone = teacher_backbone_for_evaluation(self.accelerator, self.wrapped_model)  # every process
+        if not self.accelerator.is_main_process:
+            return {}
         self.last_knn_metrics = self.knn_evaluator(backbone, device=self.accelerator.device)
         self.log(dict(self.last_knn_metrics))
         return self.last_knn_metrics
@@ -344,10 +350,11 @@ class DinoAccelerateTrainer:
 
     # ----- saving and sharing ------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None) -> None:
-        """``save_pretrained`` of the hf_ssl model (main process)."""
+        """``save_pretrained`` of the hf_ssl model (the full state gathered from every process under FSDP)."""
         self.accelerator.wait_for_everyone()
+        state_dict = self.accelerator.get_state_dict(self.wrapped_model)  # a collective under FSDP
         if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
+            self.accelerator.unwrap_model(self.wrapped_model).save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
 
     def create_model_card(self, model_name: str | None = None, dataset=None, tags=None, license: str | None = None) -> None:
         if self.accelerator.is_main_process:

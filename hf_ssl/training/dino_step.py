@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from hf_ssl.data import DeviceAugmentation, MultiCropConfig
-from hf_ssl.training.ema import ema_update_
+from hf_ssl.models.dino.modeling_dino import build_backbone
+from hf_ssl.training.ema import ema_update_, local_shards
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ class DinoStep:
         self.max_consecutive_nonfinite_steps = max_consecutive_nonfinite_steps
         self.reduce = reduce
         self.schedules = None  # DinoSchedules, set once the run length is known
-        self.ema_parameter_pairs = model.teacher_student_parameter_pairs()
-        self.last_layer_parameters = model.last_layer_parameters()
+        self.bind(model)
         self.step_had_nonfinite_loss = False
         self.step_skipped = False
         self.consecutive_nonfinite_steps = 0
@@ -66,6 +66,13 @@ class DinoStep:
         self._window_count = 0
         self._window_images = 0
         self._window_start = time.perf_counter()
+
+    def bind(self, model) -> None:
+        """Collect the EMA pairs and the last-layer parameters from ``model`` as the engine runs it. Call it
+        again after accelerate's ``prepare``: FSDP2 replaces parameters with sharded ``DTensor`` ones, and an
+        EMA over the old objects would leave the teacher unchanged without any error."""
+        self.ema_parameter_pairs = local_shards(*model.teacher_student_parameter_pairs())
+        self.last_layer_parameters = model.last_layer_parameters()
 
     # ----- before the micro-batches --------------------------------------------------------------
     def begin_step(self, optimizer, step: int) -> None:
@@ -199,3 +206,36 @@ class DinoStep:
         self._window_count = 0
         self._window_images, self._window_start = 0, now
         return logs
+
+
+def check_distributed_type(distributed_type) -> None:
+    """Refuse the setups DINO's step cannot run correctly, before any training."""
+    if str(getattr(distributed_type, "value", distributed_type)).upper() == "DEEPSPEED":
+        raise ValueError(
+            "DeepSpeed is not supported by hf_ssl's DINO step yet: DeepSpeed takes the optimizer step inside "
+            "backward, before the NaN guard and the last-layer freeze can act on the gradients. Shard with FSDP "
+            "(accelerate_configs/fsdp_full_shard.yaml or fsdp_shard_grad_op.yaml) or use DDP (multi_gpu.yaml)."
+        )
+
+
+def teacher_backbone_for_evaluation(accelerator, wrapped_model):
+    """The whole teacher backbone on the main process (None on the others), for k-NN evaluation.
+
+    Under FSDP the weights are sharded: every process must call this, the full state is gathered (a
+    collective) and loaded into an unsharded copy. Otherwise the teacher backbone itself is returned.
+    """
+    model = accelerator.unwrap_model(wrapped_model)
+    if str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)).upper() != "FSDP":
+        return model.teacher.backbone if accelerator.is_main_process else None
+    state = accelerator.get_state_dict(wrapped_model)
+    if not accelerator.is_main_process:
+        return None
+    prefix = "teacher.backbone."
+    weights = {}
+    for name, tensor in state.items():
+        name = name.replace("_fsdp_wrapped_module.", "")
+        if name.startswith(prefix):
+            weights[name[len(prefix):]] = tensor
+    backbone = build_backbone(model.config.teacher_backbone_config())
+    backbone.load_state_dict(weights, strict=True)
+    return backbone.to(accelerator.device).eval()

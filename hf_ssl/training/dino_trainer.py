@@ -21,7 +21,7 @@ from hf_ssl.evaluation.collapse import CollapseDetector
 from hf_ssl.models.dino import get_backbone_embed_dim
 from hf_ssl.training import checkpointing
 from hf_ssl.training.callbacks import DinoStepCallback, EmaCallback, RunControlCallback
-from hf_ssl.training.dino_step import DinoStep
+from hf_ssl.training.dino_step import DinoStep, check_distributed_type
 from hf_ssl.training.history import History, HistoryCallback
 from hf_ssl.training.knn_callback import KnnCallback
 from hf_ssl.training.model_card import write_dino_model_card
@@ -166,6 +166,7 @@ class DinoTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(model=model, args=args, data_collator=data_collator or MultiCropCollator(), **kwargs)
+        check_distributed_type(self.accelerator.distributed_type)
         self.multicrop_config = multicrop_config or MultiCropConfig()
         self.dino_step = DinoStep(
             model, self.multicrop_config, args.seed, args.process_index, args.max_consecutive_nonfinite_steps,

@@ -24,3 +24,40 @@ def ema_update_(teacher_params: Sequence[torch.Tensor], student_params: Sequence
         return
     # lerp_(teacher, student, w) = teacher + w * (student - teacher) = m * teacher + (1 - m) * student
     torch._foreach_lerp_(teacher, student, 1.0 - momentum)
+
+
+def local_shards(teacher_params: Sequence[torch.Tensor], student_params: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The part of each (teacher, student) pair this process holds, for ``ema_update_`` under sharding.
+
+    - unsharded parameters (one process, DDP, DeepSpeed ZeRO-2): as they are;
+    - FSDP2 ``DTensor`` parameters: their local shards (``to_local()`` shares storage, so the update lands
+      in the parameter); teacher and student are sharded alike, parameter by parameter;
+    - FSDP1 with ``use_orig_params=True``: the views into the flat parameters, which line up only when
+      teacher and student are wrapped alike (wrap ``DinoNetwork`` as well as the transformer layers).
+
+    Pairs whose local parts are both empty (this process holds nothing of them) are left out. DeepSpeed
+    ZeRO-3 partitions parameters outside autograd's view and is refused.
+    """
+    teacher_local, student_local = [], []
+    for index, (teacher, student) in enumerate(zip(teacher_params, student_params, strict=True)):
+        if hasattr(teacher, "ds_tensor") or hasattr(student, "ds_tensor"):
+            raise ValueError(
+                "DeepSpeed ZeRO-3 partitions the teacher and the student outside autograd, and the EMA update does not "
+                "support it: shard with FSDP instead (accelerate_configs/fsdp_full_shard.yaml)"
+            )
+        teacher, student = _local(teacher), _local(student)
+        if teacher.shape != student.shape:
+            raise ValueError(
+                f"teacher and student parameter {index} are sharded differently on this process ({tuple(teacher.shape)} vs "
+                f"{tuple(student.shape)}): with FSDP1, wrap the DinoNetwork class too (fsdp_transformer_layer_cls_to_wrap: "
+                "ViTLayer,DinoNetwork) or use fsdp_version: 2"
+            )
+        if teacher.numel() == 0:
+            continue
+        teacher_local.append(teacher)
+        student_local.append(student)
+    return teacher_local, student_local
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor

@@ -6,6 +6,8 @@ import logging
 
 from transformers import TrainerCallback
 
+from hf_ssl.training.dino_step import teacher_backbone_for_evaluation
+
 logger = logging.getLogger(__name__)
 
 
@@ -13,8 +15,8 @@ class KnnCallback(TrainerCallback):
     """Runs a ``KnnEvaluator`` on the teacher backbone every ``eval_steps`` optimizer steps (0: never
     during training) and at the end of training, and logs ``knn_top1``/``knn_top5``.
 
-    Evaluation runs on the main process only (the backbone forward uses no collective op); the
-    other processes go on. The last result is kept in ``self.last_metrics``.
+    Evaluation runs on the main process (under FSDP after gathering the teacher from every process);
+    the other processes go on. The last result is kept in ``self.last_metrics``.
     """
 
     def __init__(self, trainer, evaluator, eval_steps: int = 0, at_end: bool = True):
@@ -25,9 +27,10 @@ class KnnCallback(TrainerCallback):
         self.last_metrics: dict[str, float] = {}
 
     def _evaluate(self, state):
+        # every process takes part: under FSDP the teacher's shards are gathered first
+        backbone = teacher_backbone_for_evaluation(self.trainer.accelerator, self.trainer.model_wrapped)
         if not self.trainer.is_world_process_zero():
             return
-        backbone = self.trainer.model.teacher.backbone
         metrics = self.evaluator(backbone, device=self.trainer.args.device)
         self.last_metrics = metrics
         logger.info("step %d: %s", state.global_step, {key: round(value, 2) for key, value in metrics.items()})

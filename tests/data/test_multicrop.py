@@ -124,6 +124,10 @@ def test_every_pil_mode_becomes_three_channel_uint8(mode, encoded):
     if encoded:  # through the file format, as an undecoded datasets.Image column holds it
         buffer = io.BytesIO()
         image.save(buffer, format="TIFF")
+        try:
+            PIL.Image.open(io.BytesIO(buffer.getvalue())).load()
+        except OSError as error:  # Pillow 12 writes YCbCr TIFFs it cannot read back
+            pytest.skip(f"this Pillow ({PIL.__version__}) cannot read its own {mode} TIFF: {error}")
         image = {"bytes": buffer.getvalue(), "path": None}
     output = MultiCropTransform(small_config())({"image": [image]})
     assert output["valid"] == [True]

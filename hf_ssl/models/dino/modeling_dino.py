@@ -263,6 +263,10 @@ class DinoPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
 
+    def get_input_embeddings(self) -> None:
+        # Images, no token embeddings (accelerate's FSDP2 preparation asks; transformers' default would raise).
+        return None
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Only our own modules reach here: transformers hands every backbone (itself a PreTrainedModel) and its
