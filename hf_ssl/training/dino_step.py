@@ -3,7 +3,7 @@ Accelerate loop) so that neither holds a copy of it.
 
 One optimizer step, in order::
 
-    begin_step(optimizer, step)              weight decay of this step
+    begin_step(optimizer, step)              learning rate and weight decay of this step
     loss(model, batch, step)  x micro-batches device augmentation, forward with this step's teacher
                                              temperature; center statistics are accumulated, not applied
     (backward, gradient clipping)
@@ -76,10 +76,12 @@ class DinoStep:
 
     # ----- before the micro-batches --------------------------------------------------------------
     def begin_step(self, optimizer, step: int) -> None:
-        """Weight decay of this step on the regularised groups (see ``parameter_groups``)."""
+        """Learning rate of this step on every group, weight decay on the regularised ones (see
+        ``parameter_groups``): both are functions of the step, so a resume needs no scheduler state."""
         self.micro_batch_index = 0
-        weight_decay = self.schedules.weight_decay(step)
+        learning_rate, weight_decay = self.schedules.learning_rate(step), self.schedules.weight_decay(step)
         for group in optimizer.param_groups:
+            group["lr"] = learning_rate
             if group.get("apply_weight_decay", False):
                 group["weight_decay"] = weight_decay
 
