@@ -29,6 +29,15 @@ def tiny_dino_config(**overrides):
     return DinoConfig(**values)
 
 
+# every crop is the whole (centre-cropped) image and no photometric randomness: runs that group the same
+# images differently (accumulation, another number of processes) must then give the same update
+DETERMINISTIC_CROPS = dict(
+    global_crops_scale=(1.0, 1.0), local_crops_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_probability=0.0,
+    color_jitter_probability=0.0, grayscale_probability=0.0, global_blur_probabilities=(0.0, 0.0),
+    local_blur_probability=0.0, global_solarize_probabilities=(0.0, 0.0),
+)
+
+
 def tiny_multicrop_config(**overrides):
     from hf_ssl.data import MultiCropConfig
 
@@ -79,7 +88,10 @@ def tiny_training_arguments(output_dir, **overrides):
     return DinoTrainingArguments(**values)
 
 
-def make_dino_trainer(output_dir, dataset, engine: str = "trainer", model=None, multicrop=None, seed: int = 0, **overrides):
+def make_dino_trainer(
+    output_dir, dataset, engine: str = "trainer", model=None, multicrop=None, seed: int = 0,
+    knn_evaluator=None, knn_eval_steps: int = 0, **overrides,
+):
     """A tiny DINO run on either engine (``DinoTrainer`` or ``DinoAccelerateTrainer``) over ``dataset``
     (a ``datasets.Dataset`` with an ``image`` column); ``overrides`` go to ``tiny_training_arguments``."""
     from hf_ssl import DinoForPretraining
@@ -90,4 +102,7 @@ def make_dino_trainer(output_dir, dataset, engine: str = "trainer", model=None, 
     model = model or DinoForPretraining(tiny_dino_config())
     arguments = tiny_training_arguments(output_dir, engine=engine, **overrides)
     train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop), seed=seed)
-    return build_dino_trainer(model=model, args=arguments, multicrop_config=multicrop, train_dataset=train_dataset)
+    return build_dino_trainer(
+        model=model, args=arguments, multicrop_config=multicrop, train_dataset=train_dataset,
+        knn_evaluator=knn_evaluator, knn_eval_steps=knn_eval_steps,
+    )

@@ -25,8 +25,10 @@ class KnnCallback(TrainerCallback):
         self.eval_steps = eval_steps
         self.at_end = at_end
         self.last_metrics: dict[str, float] = {}
+        self.last_step: int | None = None
 
     def _evaluate(self, state):
+        self.last_step = state.global_step
         # every process takes part: under FSDP the teacher's shards are gathered first
         backbone = teacher_backbone_for_evaluation(self.trainer.accelerator, self.trainer.model_wrapped)
         if not self.trainer.is_world_process_zero():
@@ -44,5 +46,5 @@ class KnnCallback(TrainerCallback):
         run_control = getattr(self.trainer, "run_control", None)
         if run_control is not None and run_control.stop_reason in ("signal", "max_time"):
             return  # a cut session has seconds left: the checkpoint is saved, the evaluation can wait
-        if self.at_end:
+        if self.at_end and self.last_step != state.global_step:  # early stopping right after an evaluation
             self._evaluate(state)

@@ -6,15 +6,7 @@ import torch
 from datasets import Dataset
 
 from hf_ssl import DinoForPretraining
-from tests.helpers import make_dino_trainer, random_images, tiny_dino_config, tiny_multicrop_config
-
-# every crop is the whole (centre-cropped) image and no photometric randomness: the batch grouping is
-# the only difference between the runs
-DETERMINISTIC_CROPS = dict(
-    global_crops_scale=(1.0, 1.0), local_crops_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_probability=0.0,
-    color_jitter_probability=0.0, grayscale_probability=0.0, global_blur_probabilities=(0.0, 0.0),
-    local_blur_probability=0.0, global_solarize_probabilities=(0.0, 0.0),
-)
+from tests.helpers import DETERMINISTIC_CROPS, make_dino_trainer, random_images, tiny_dino_config, tiny_multicrop_config
 
 
 def state_after_one_step(tmp_path, engine, batch_size, accumulation):
