@@ -11,6 +11,8 @@ import logging
 
 from transformers import TrainerCallback
 
+from hf_ssl.training.dino_step import is_deepspeed
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,8 +24,14 @@ class DinoStepCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # the Trainer has wrapped the model by now (DDP, FSDP): take the parameters it will update
-        self.trainer.dino_step.bind(self.trainer.accelerator.unwrap_model(self.trainer.model))
+        # the Trainer has wrapped the model by now (DDP, FSDP, DeepSpeed): take the parameters it will update;
+        # DeepSpeed steps the optimizer inside backward and may have cast the model to bf16/fp16
+        accelerator = self.trainer.accelerator
+        self.trainer.dino_step.bind(accelerator.unwrap_model(self.trainer.model), optimizer_steps_in_backward=is_deepspeed(accelerator))
+        self.trainer.restore_full_precision_teacher()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer.set_sampler_epoch(state.global_step)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer.dino_step.begin_step(self.trainer.optimizer, state.global_step)

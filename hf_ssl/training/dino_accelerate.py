@@ -21,14 +21,20 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 from tqdm.auto import tqdm
 
 from hf_ssl.data import EpochShuffleSampler, MultiCropCollator, MultiCropConfig, MultiCropDataset
 from hf_ssl.evaluation.collapse import CollapseDetector
 from hf_ssl.models.dino import get_backbone_embed_dim
 from hf_ssl.training import checkpointing
-from hf_ssl.training.dino_step import DinoStep, check_distributed_type, teacher_backbone_for_evaluation
+from hf_ssl.training.dino_step import (
+    DinoStep,
+    check_distributed_setup,
+    full_precision_state_dict,
+    is_deepspeed,
+    teacher_backbone_for_evaluation,
+)
 from hf_ssl.training.dino_trainer import DinoSchedules, DinoTrainingArguments, parameter_groups
 from hf_ssl.training.history import History
 from hf_ssl.training.model_card import write_dino_model_card
@@ -78,6 +84,7 @@ class DinoAccelerateTrainer:
         self.data_collator = data_collator or MultiCropCollator()
         self.knn_evaluator, self.knn_eval_steps, self.knn_at_end = knn_evaluator, knn_eval_steps, knn_at_end
         self.last_knn_metrics: dict[str, float] = {}
+        self._knn_step: int | None = None  # the step of the last k-NN evaluation
         self.trackers = [name for name in _as_list(args.report_to) if name != "none"]
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -89,8 +96,12 @@ class DinoAccelerateTrainer:
                 logging_dir=os.environ.get("TENSORBOARD_LOGGING_DIR", os.path.join(args.output_dir, "runs")),
             ),
             cpu=args.use_cpu,
+            kwargs_handlers=_process_group_kwargs(),
         )
-        check_distributed_type(self.accelerator.distributed_type)
+        check_distributed_setup(self.accelerator, engine="accelerate")
+        self.deepspeed = is_deepspeed(self.accelerator)
+        if self.deepspeed:
+            self._configure_deepspeed()
         self.state = LoopState()
         self.dino_step = DinoStep(
             model, self.multicrop_config, args.seed, self.accelerator.process_index, args.max_consecutive_nonfinite_steps,
@@ -104,6 +115,18 @@ class DinoAccelerateTrainer:
         self.schedules: DinoSchedules | None = None
         self.optimizer = None
         self.wrapped_model = model
+
+    def _configure_deepspeed(self) -> None:
+        """The recipe decides what DeepSpeed does inside its step: clipping (``max_grad_norm``, 0 = none) and
+        the accumulation that its step boundary and loss scaling follow."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        config = plugin.deepspeed_config
+        recipe = {"gradient_clipping": float(self.args.max_grad_norm), "gradient_accumulation_steps": int(self.args.gradient_accumulation_steps)}
+        for key, value in recipe.items():
+            if config.get(key, "auto") not in ("auto", value):
+                logger.info("DeepSpeed config has %s=%s; the recipe's %s is used", key, config[key], value)
+            config[key] = value
+        self.accelerator.gradient_accumulation_steps = self.args.gradient_accumulation_steps
 
     # ----- small helpers ---------------------------------------------------------------------------
     def is_world_process_zero(self) -> bool:
@@ -155,7 +178,10 @@ class DinoAccelerateTrainer:
         )
         model, self.optimizer, dataloader = accelerator.prepare(self.model, self.optimizer, dataloader)
         self.wrapped_model = model
-        self.dino_step.bind(accelerator.unwrap_model(model))  # FSDP2 swaps in sharded parameters
+        # FSDP2 swaps in sharded parameters; DeepSpeed steps inside backward and may cast the model to bf16/fp16
+        self.dino_step.bind(accelerator.unwrap_model(model), optimizer_steps_in_backward=self.deepspeed)
+        if self.dino_step.full_precision_teacher is not None:
+            accelerator.register_for_checkpointing(self.dino_step.full_precision_teacher)
         updates_per_epoch = max(math.ceil(len(dataloader) / args.gradient_accumulation_steps), 1)
         if args.max_steps > 0:
             total_steps = args.max_steps
@@ -197,8 +223,11 @@ class DinoAccelerateTrainer:
                 batches = dataloader
                 if epoch == start_epoch and updates_done_in_epoch:
                     batches = accelerator.skip_first_batches(dataloader, updates_done_in_epoch * args.gradient_accumulation_steps)
-                # on the loader, not the sampler: a prepared loader sets its sampler's epoch to its own count
+                # on the loader (a prepared loader sets its sampler's epoch to its own count) and on the sampler
+                # (the loader that skips batches on several processes does not reach it)
                 batches.set_epoch(epoch)
+                if hasattr(self.sampler, "set_epoch"):
+                    self.sampler.set_epoch(epoch)
                 micro_batch = 0
                 for batch in batches:
                     step = self.state.global_step
@@ -251,11 +280,13 @@ class DinoAccelerateTrainer:
             progress.close()
 
         # 4. the end: k-NN (unless the session was cut), history and trackers
-        if self.knn_at_end and self.run_control.stop_reason not in ("signal", "max_time"):
+        if self.knn_at_end and self.run_control.stop_reason not in ("signal", "max_time") and self._knn_step != self.state.global_step:
             self.evaluate_knn()
         if accelerator.is_main_process:
             self.save_history()
-        accelerator.end_training()
+        # the trackers end here; not the process group (accelerator.end_training): save_model still gathers
+        for tracker in accelerator.trackers:
+            tracker.finish()
         return self.state
 
     def _save_due(self, total_steps: int) -> bool:
@@ -300,6 +331,7 @@ class DinoAccelerateTrainer:
         """k-NN of the teacher backbone on the main process (the others go on), logged as ``knn_top1``..."""
         if self.knn_evaluator is None:
             return {}
+        self._knn_step = self.state.global_step
         backbone = teacher_backbone_for_evaluation(self.accelerator, self.wrapped_model)  # every process
         if not self.accelerator.is_main_process:
             return {}
@@ -350,11 +382,20 @@ class DinoAccelerateTrainer:
 
     # ----- saving and sharing ------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None) -> None:
-        """``save_pretrained`` of the hf_ssl model (the full state gathered from every process under FSDP)."""
+        """``save_pretrained`` of the hf_ssl model: the full state gathered from every process under FSDP; in
+        float32 from DeepSpeed's master weights and the float32 teacher when DeepSpeed trained in bf16/fp16."""
         self.accelerator.wait_for_everyone()
+        model = self.accelerator.unwrap_model(self.wrapped_model)
+        if self.dino_step.full_precision_teacher is not None:
+            state_dict = full_precision_state_dict(model, self.dino_step.full_precision_teacher)  # a collective
+            if self.accelerator.is_main_process:
+                copy = type(model)(model.config)
+                copy.load_state_dict(state_dict)
+                copy.save_pretrained(output_dir or self.args.output_dir)
+            return
         state_dict = self.accelerator.get_state_dict(self.wrapped_model)  # a collective under FSDP
         if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.wrapped_model).save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
+            model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
 
     def create_model_card(self, model_name: str | None = None, dataset=None, tags=None, license: str | None = None) -> None:
         if self.accelerator.is_main_process:
@@ -377,6 +418,15 @@ class DinoAccelerateTrainer:
             repo_id=repo_id, folder_path=self.args.output_dir, commit_message=commit_message,
             ignore_patterns=[f"{checkpointing.CHECKPOINT_PREFIX}-*", ".staging-*", "runs/*"],
         )
+
+
+def _process_group_kwargs() -> list:
+    """accelerate leaves the process-group backend unset for DeepSpeed without a GPU (every process then
+    believes it is alone): name gloo there. Elsewhere accelerate's choice stands."""
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed and not torch.cuda.is_available():
+        return [InitProcessGroupKwargs(backend="gloo")]
+    return []
 
 
 def _as_list(report_to) -> list[str]:

@@ -12,6 +12,10 @@ One optimizer step, in order::
                                              batch, last-layer gradients dropped during the freeze
     optimizer.step(); lr scheduler step
     after_optimizer_step(step)               EMA teacher update with this step's momentum
+
+Under DeepSpeed the optimizer step happens inside ``backward`` (``bind(..., optimizer_steps_in_backward=True)``):
+DeepSpeed itself skips a step whose gradients are not finite, the last layer's gradients are zeroed by tensor
+hooks as they are produced, and the center update moves to ``after_optimizer_step``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import numpy as np
 import torch
 
 from hf_ssl.data import DeviceAugmentation, MultiCropConfig
+from hf_ssl.evaluation.collapse import effective_rank, mean_l2_norm
 from hf_ssl.models.dino.modeling_dino import build_backbone
-from hf_ssl.training.ema import ema_update_, local_shards
+from hf_ssl.training.ema import FullPrecisionTeacher, ema_update_, local_shards
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ class DinoStep:
         self.max_consecutive_nonfinite_steps = max_consecutive_nonfinite_steps
         self.reduce = reduce
         self.schedules = None  # DinoSchedules, set once the run length is known
+        self.current_step = 0
+        self._hooks = []
         self.bind(model)
         self.step_had_nonfinite_loss = False
         self.step_skipped = False
@@ -66,24 +73,55 @@ class DinoStep:
         self._window_count = 0
         self._window_images = 0
         self._window_start = time.perf_counter()
+        self._last_teacher_embeddings: torch.Tensor | None = None
 
-    def bind(self, model) -> None:
+    def bind(self, model, optimizer_steps_in_backward: bool = False) -> None:
         """Collect the EMA pairs and the last-layer parameters from ``model`` as the engine runs it. Call it
         again after accelerate's ``prepare``: FSDP2 replaces parameters with sharded ``DTensor`` ones, and an
-        EMA over the old objects would leave the teacher unchanged without any error."""
-        self.ema_parameter_pairs = local_shards(*model.teacher_student_parameter_pairs())
+        EMA over the old objects would leave the teacher unchanged without any error; DeepSpeed bf16/fp16 casts
+        the model (the EMA then runs on float32 copies of the teacher, the loss buffers go back to float32).
+
+        ``optimizer_steps_in_backward``: the engine steps the optimizer inside ``backward`` (DeepSpeed), so
+        nothing can act between the gradients and the update; see the module docstring.
+        """
+        self.optimizer_steps_in_backward = optimizer_steps_in_backward
+        teacher, student = local_shards(*model.teacher_student_parameter_pairs())
+        self.ema_parameter_pairs = (teacher, student)
+        self.full_precision_teacher = FullPrecisionTeacher(teacher) if FullPrecisionTeacher.needed(teacher) else None
         self.last_layer_parameters = model.last_layer_parameters()
+        model.loss.float()  # the center and its pending sums stay float32 whatever the engine did to the model
+        self.input_dtype = next((p.dtype for p in model.student.parameters() if p.is_floating_point()), torch.float32)
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        if optimizer_steps_in_backward:
+            self._hooks = [p.register_hook(self._zero_while_frozen) for p in self.last_layer_parameters if p.requires_grad]
+
+    def _zero_while_frozen(self, gradient: torch.Tensor) -> torch.Tensor | None:
+        if self.schedules is not None and self.current_step < self.schedules.freeze_last_layer_steps:
+            return torch.zeros_like(gradient)
+        return None
 
     # ----- before the micro-batches --------------------------------------------------------------
     def begin_step(self, optimizer, step: int) -> None:
         """Learning rate of this step on every group, weight decay on the regularised ones (see
-        ``parameter_groups``): both are functions of the step, so a resume needs no scheduler state."""
+        ``parameter_groups``): both are functions of the step, so a resume needs no scheduler state.
+
+        The last-layer groups get lr 0 while the last layer is frozen, and their Adam moments start afresh
+        at the first step after the freeze, as when DINO drops their gradients (then AdamW has no state for
+        them yet). This matters where the gradients cannot be dropped (DeepSpeed: they are zeroed instead,
+        and ZeRO keeps one step count per flat group).
+        """
+        self.current_step = step
         self.micro_batch_index = 0
         learning_rate, weight_decay = self.schedules.learning_rate(step), self.schedules.weight_decay(step)
+        frozen = step < self.schedules.freeze_last_layer_steps
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate
+            group["lr"] = 0.0 if frozen and group.get("last_layer", False) else learning_rate
             if group.get("apply_weight_decay", False):
                 group["weight_decay"] = weight_decay
+        if step == self.schedules.freeze_last_layer_steps > 0:
+            restart_last_layer_moments(optimizer)
 
     # ----- one micro-batch -----------------------------------------------------------------------
     def loss(self, model, batch: dict, step: int):
@@ -100,6 +138,9 @@ class DinoStep:
             return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad), None
         self._window_images += global_crops.shape[1]
         global_crops, local_crops = self.augment(global_crops, local_crops, step)
+        if self.input_dtype != global_crops.dtype:  # a model cast to bf16/fp16 by the engine (DeepSpeed)
+            global_crops = global_crops.to(self.input_dtype)
+            local_crops = local_crops.to(self.input_dtype) if local_crops is not None else None
         outputs = model(
             global_crops=global_crops,
             local_crops=local_crops,
@@ -115,6 +156,7 @@ class DinoStep:
                 if value is not None:
                     self._window[name] += value.detach().float()
             self._window_count += 1
+            self._last_teacher_embeddings = outputs.teacher_embeddings  # measured only when logging
         return outputs.loss, outputs
 
     def augment(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, step: int):
@@ -130,7 +172,10 @@ class DinoStep:
     # ----- after backward and clipping -----------------------------------------------------------
     def before_optimizer_step(self, optimizer, step: int) -> bool:
         """Returns True when the step must be skipped (a NaN/inf loss on any process); then every gradient
-        is dropped, so AdamW leaves parameters and moments as they were."""
+        is dropped, so AdamW leaves parameters and moments as they were. Does nothing when the optimizer
+        steps inside backward (DeepSpeed): ``after_optimizer_step`` does this work then."""
+        if self.optimizer_steps_in_backward:
+            return False
         nonfinite = torch.tensor(float(self.step_had_nonfinite_loss), device=self.model.loss.center.device)
         self.step_had_nonfinite_loss = False
         self.step_skipped = bool(self.reduce(nonfinite).item() > 0)
@@ -164,11 +209,32 @@ class DinoStep:
     # ----- after the optimizer step --------------------------------------------------------------
     def after_optimizer_step(self, step: int, optimizer_step_was_skipped: bool = False) -> None:
         """EMA teacher update with the momentum of ``step`` (the update that just happened), unless the step
-        was skipped here or by the fp16 gradient scaler (the student did not change)."""
+        was skipped here or by the fp16 gradient scaler (the student did not change).
+
+        When the optimizer stepped inside backward (DeepSpeed), this is also where a NaN/inf loss on any
+        process is counted (DeepSpeed skipped that step: its gradients were not finite) and where the center
+        takes the step's statistics, or drops them if the step was skipped.
+        """
+        if self.optimizer_steps_in_backward:
+            nonfinite = torch.tensor(float(self.step_had_nonfinite_loss), device=self.model.loss.center.device)
+            self.step_had_nonfinite_loss = False
+            nonfinite = bool(self.reduce(nonfinite).item() > 0)
+            self.step_skipped = nonfinite or optimizer_step_was_skipped
+            if self.step_skipped:
+                self.model.loss.pending_center_statistics.zero_()
+                if nonfinite:
+                    self._count_nonfinite_step(step)
+                return
+            self.consecutive_nonfinite_steps = 0
+            self.model.loss.apply_pending_center_update()
         if self.step_skipped or optimizer_step_was_skipped:
             return
         teacher, student = self.ema_parameter_pairs
-        ema_update_(teacher, student, self.schedules.teacher_momentum(step))
+        momentum = self.schedules.teacher_momentum(step)
+        if self.full_precision_teacher is not None:
+            self.full_precision_teacher.update_(student, momentum)
+        else:
+            ema_update_(teacher, student, momentum)
 
     # ----- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
@@ -198,6 +264,12 @@ class DinoStep:
                 logs[name] = round(float(total) / self._window_count, 6)
             if "teacher_entropy" in logs:
                 logs["teacher_entropy_ratio"] = round(logs["teacher_entropy"] / math.log(self.model.config.out_dim), 6)
+        embeddings = self._last_teacher_embeddings
+        if embeddings is not None and embeddings.shape[0] >= 2:
+            # of the last micro-batch's teacher CLS embeddings (an SVD per log, not per step)
+            logs["effective_rank"] = round(float(effective_rank(embeddings)), 4)
+            logs["mean_l2_norm"] = round(float(mean_l2_norm(embeddings)), 6)
+        self._last_teacher_embeddings = None
         now = time.perf_counter()
         logs["images_per_second"] = round(self._window_images * world_size / max(now - self._window_start, 1e-9), 2)
         if torch.cuda.is_available():
@@ -210,13 +282,64 @@ class DinoStep:
         return logs
 
 
-def check_distributed_type(distributed_type) -> None:
-    """Refuse the setups DINO's step cannot run correctly, before any training."""
-    if str(getattr(distributed_type, "value", distributed_type)).upper() == "DEEPSPEED":
+def restart_last_layer_moments(optimizer) -> None:
+    """Zero the Adam state (step count and moments) of the ``last_layer`` parameter groups of ``optimizer``
+    or of the optimizer it wraps (accelerate's ``AcceleratedOptimizer``, DeepSpeed's ZeRO optimizer)."""
+    inner = optimizer
+    while hasattr(inner, "optimizer"):
+        inner = inner.optimizer
+    for group in inner.param_groups:
+        if not group.get("last_layer", False):
+            continue
+        for parameter in group["params"]:
+            state = inner.state.get(parameter)
+            if not state:
+                continue
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    value.zero_()
+                elif key == "step":
+                    state[key] = 0
+
+
+FULL_PRECISION_TEACHER_FILE = "teacher_float32.safetensors"
+
+
+def full_precision_state_dict(model, full_precision_teacher: FullPrecisionTeacher) -> dict[str, torch.Tensor]:
+    """The model's state in float32 when DeepSpeed holds it in bf16/fp16: the trained student parameters from
+    the optimizer's float32 master copies (a collective: every process must call it), the teacher from the
+    EMA's float32 copies, everything else cast."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    teacher_copies = {id(parameter): copy for parameter, copy in zip(full_precision_teacher.parameters, full_precision_teacher.copies)}
+    state = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            value = safe_get_full_fp32_param(parameter)
+        else:
+            value = teacher_copies.get(id(parameter), parameter.detach())
+        state[name] = value.detach().float().cpu()
+    persistent = model.state_dict()
+    for name, buffer in model.named_buffers():
+        if name in persistent:
+            state[name] = buffer.detach().float().cpu() if buffer.is_floating_point() else buffer.detach().cpu()
+    return state
+
+
+def is_deepspeed(accelerator) -> bool:
+    return str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)).upper() == "DEEPSPEED"
+
+
+def check_distributed_setup(accelerator, engine: str) -> None:
+    """Refuse, before any training, the setups DINO's step cannot run correctly."""
+    if not is_deepspeed(accelerator):
+        return
+    stage = getattr(accelerator.state.deepspeed_plugin, "zero_stage", None)
+    if stage == 3:
         raise ValueError(
-            "DeepSpeed is not supported by hf_ssl's DINO step yet: DeepSpeed takes the optimizer step inside "
-            "backward, before the NaN guard and the last-layer freeze can act on the gradients. Shard with FSDP "
-            "(accelerate_configs/fsdp_full_shard.yaml or fsdp_shard_grad_op.yaml) or use DDP (multi_gpu.yaml)."
+            "DeepSpeed ZeRO-3 partitions the teacher and the student outside autograd, and DINO's EMA update "
+            "does not support that: use ZeRO-2 (accelerate_configs/deepspeed_zero2.yaml) or FSDP "
+            "(accelerate_configs/fsdp_full_shard.yaml), which also shards the parameters."
         )
 
 
@@ -228,7 +351,15 @@ def teacher_backbone_for_evaluation(accelerator, wrapped_model):
     """
     model = accelerator.unwrap_model(wrapped_model)
     if str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)).upper() != "FSDP":
-        return model.teacher.backbone if accelerator.is_main_process else None
+        if not accelerator.is_main_process:
+            return None
+        backbone = model.teacher.backbone
+        if next(backbone.parameters()).dtype == torch.float32:
+            return backbone
+        # cast to bf16/fp16 by the engine (DeepSpeed): evaluate a float32 copy, as the exported backbone will be
+        copy = build_backbone(model.config.teacher_backbone_config())
+        copy.load_state_dict({name: tensor.float() for name, tensor in backbone.state_dict().items()})
+        return copy.to(accelerator.device).eval()
     state = accelerator.get_state_dict(wrapped_model)
     if not accelerator.is_main_process:
         return None

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 
 from hf_ssl.data import EpochShuffleSampler, MultiCropCollator, MultiCropConfig, MultiCropDataset
@@ -21,7 +23,13 @@ from hf_ssl.evaluation.collapse import CollapseDetector
 from hf_ssl.models.dino import get_backbone_embed_dim
 from hf_ssl.training import checkpointing
 from hf_ssl.training.callbacks import DinoStepCallback, EmaCallback, RunControlCallback
-from hf_ssl.training.dino_step import DinoStep, check_distributed_type
+from hf_ssl.training.dino_step import (
+    FULL_PRECISION_TEACHER_FILE,
+    DinoStep,
+    check_distributed_setup,
+    full_precision_state_dict,
+    is_deepspeed,
+)
 from hf_ssl.training.history import History, HistoryCallback
 from hf_ssl.training.knn_callback import KnnCallback
 from hf_ssl.training.model_card import write_dino_model_card
@@ -68,7 +76,11 @@ class DinoTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinned memory only helps host-to-GPU copies
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+                # DeepSpeed on CPU processes: accelerate names no backend there (each process would think it is
+                # alone), and use_cpu would turn DeepSpeed off
+                self.ddp_backend = self.ddp_backend or "gloo"
+            elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 # several processes launched on a machine without CUDA (accelerate_configs/cpu.yaml): without
                 # use_cpu each process would silently train alone instead of joining the gloo process group
                 self.use_cpu = True
@@ -121,17 +133,23 @@ class DinoSchedules:
 
 
 def parameter_groups(model: torch.nn.Module) -> list[dict]:
-    """Trainable parameters split as in DINO: weights (ndim > 1) get the weight-decay schedule;
-    biases and normalisation parameters (ndim <= 1) never get weight decay."""
-    decayed, not_decayed = [], []
+    """Trainable parameters split as in DINO: weights (ndim > 1) get the weight-decay schedule; biases and
+    normalisation parameters (ndim <= 1) never get weight decay. The head's last layer comes in groups of its
+    own (``last_layer``), after the others, so that its freeze can also be an lr of 0 (``DinoStep.begin_step``)."""
+    last_layer = {id(parameter) for parameter in model.last_layer_parameters()}
+    groups = {
+        (False, True): {"apply_weight_decay": True},
+        (False, False): {"weight_decay": 0.0, "apply_weight_decay": False},
+        (True, True): {"apply_weight_decay": True, "last_layer": True},
+        (True, False): {"weight_decay": 0.0, "apply_weight_decay": False, "last_layer": True},
+    }
+    members = {key: [] for key in groups}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        (not_decayed if parameter.ndim <= 1 or name.endswith(".bias") else decayed).append(parameter)
-    return [
-        {"params": decayed, "apply_weight_decay": True},
-        {"params": not_decayed, "weight_decay": 0.0, "apply_weight_decay": False},
-    ]
+        decayed = not (parameter.ndim <= 1 or name.endswith(".bias"))
+        members[(id(parameter) in last_layer, decayed)].append(parameter)
+    return [{"params": members[key], **options} for key, options in groups.items() if members[key]]
 
 
 class DinoTrainer(Trainer):
@@ -166,7 +184,7 @@ class DinoTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(model=model, args=args, data_collator=data_collator or MultiCropCollator(), **kwargs)
-        check_distributed_type(self.accelerator.distributed_type)
+        check_distributed_setup(self.accelerator, engine="trainer")
         self.multicrop_config = multicrop_config or MultiCropConfig()
         self.dino_step = DinoStep(
             model, self.multicrop_config, args.seed, args.process_index, args.max_consecutive_nonfinite_steps,
@@ -186,6 +204,9 @@ class DinoTrainer(Trainer):
         self.run_control = build_run_control(args, reduce_max=self._reduce_max if args.world_size > 1 else None)
         self.add_callback(RunControlCallback(self.run_control))
         self._staging_dir = None
+        self._updates_per_epoch = 0
+        self._epoch_samplers = weakref.WeakSet()
+        self._resume_checkpoint = None
 
     def _reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor.to(self.args.device), reduction="max")
@@ -208,8 +229,17 @@ class DinoTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if isinstance(dataset, MultiCropDataset):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return EpochShuffleSampler(len(dataset), seed=seed)
+            sampler = EpochShuffleSampler(len(dataset), seed=seed)
+            self._epoch_samplers.add(sampler)  # the Trainer builds more than one loader (e.g. to count batches)
+            return sampler
         return super()._get_train_sampler(train_dataset)
+
+    def set_sampler_epoch(self, global_step: int) -> None:
+        """Give the sampler the epoch the Trainer is starting (``DinoStepCallback.on_epoch_begin``): when it
+        resumes mid-epoch on several processes, the loader that skips batches does not pass its epoch on."""
+        if self._updates_per_epoch:
+            for sampler in self._epoch_samplers:
+                sampler.set_epoch(global_step // self._updates_per_epoch)
 
     # ----- optimizer and schedules -------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -228,8 +258,9 @@ class DinoTrainer(Trainer):
         if self.lr_scheduler is None:
             optimizer = optimizer or self.optimizer
             total_batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            self._updates_per_epoch = self.updates_per_epoch()
             self.schedules = DinoSchedules.build(
-                self.args, self.model.config, num_training_steps, self.updates_per_epoch(), total_batch
+                self.args, self.model.config, num_training_steps, self._updates_per_epoch, total_batch
             )
             # LambdaLR multiplies each group's initial lr; set it to 1 so the factor is the lr itself
             for group in optimizer.param_groups:
@@ -264,6 +295,7 @@ class DinoTrainer(Trainer):
             if (checkpoint / "history.json").is_file():
                 self.history_callback.history = History.load(checkpoint / "history.json")
             checkpointing.restore_tracker_run_ids(state.get("tracker_run_ids", {}))
+        self._resume_checkpoint = checkpoint
         return super().train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -301,6 +333,10 @@ class DinoTrainer(Trainer):
         finally:
             self._staging_dir = None
         written = staging_parent / f"{checkpointing.CHECKPOINT_PREFIX}-{step}"
+        if self.dino_step.full_precision_teacher is not None and self.args.should_save:
+            # DeepSpeed bf16/fp16: its checkpoint holds the rounded teacher; the EMA's float32 copy goes beside it
+            copies = self.dino_step.full_precision_teacher.state_dict()["teacher"]
+            save_file({str(index): copy.contiguous() for index, copy in enumerate(copies)}, str(written / FULL_PRECISION_TEACHER_FILE))
         tracker_ids = checkpointing.tracker_run_ids()
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
@@ -310,6 +346,30 @@ class DinoTrainer(Trainer):
             staging_parent.rmdir()
             checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args))
             logger.info("Saved checkpoint %s", final)
+        self.accelerator.wait_for_everyone()
+
+    def restore_full_precision_teacher(self) -> None:
+        """After DeepSpeed loaded a checkpoint: the EMA's float32 teacher saved beside it (bf16/fp16 runs)."""
+        checkpoint = getattr(self, "_resume_checkpoint", None)
+        if self.dino_step.full_precision_teacher is None or checkpoint is None:
+            return
+        path = checkpoint / FULL_PRECISION_TEACHER_FILE
+        if not path.is_file():
+            logger.warning("%s has no %s: the EMA continues from the checkpoint's rounded teacher", checkpoint, FULL_PRECISION_TEACHER_FILE)
+            return
+        saved = load_file(path)
+        self.dino_step.full_precision_teacher.load_state_dict({"teacher": [saved[str(index)] for index in range(len(saved))]})
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``; after DeepSpeed bf16/fp16 training the model is saved in float32 from the
+        optimizer's master weights and the EMA's float32 teacher (every process must call it)."""
+        if self.dino_step.full_precision_teacher is None or _internal_call:
+            return super().save_model(output_dir, _internal_call)
+        state_dict = full_precision_state_dict(self.model, self.dino_step.full_precision_teacher)
+        if self.is_world_process_zero():
+            copy = type(self.model)(self.model.config)
+            copy.load_state_dict(state_dict)
+            copy.save_pretrained(output_dir or self.args.output_dir)
         self.accelerator.wait_for_everyone()
 
     def checkpoint_record(self, step: int, tracker_ids: dict[str, str]) -> dict:

@@ -61,3 +61,40 @@ def local_shards(teacher_params: Sequence[torch.Tensor], student_params: Sequenc
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+class FullPrecisionTeacher:
+    """float32 copies of a teacher held in lower precision, for the EMA.
+
+    DeepSpeed's bf16/fp16 modes cast the whole module, teacher included. With 8 bits of mantissa an update
+    ``teacher += (1 - m) * (student - teacher)`` with ``1 - m`` around 0.004 mostly rounds to no change, and
+    the teacher freezes without any error. Here the EMA runs on float32 copies and each result is written
+    back, rounded, into the parameters the forward pass uses. The copies are part of the training state:
+    ``state_dict`` / ``load_state_dict`` (accelerate's ``register_for_checkpointing``).
+    """
+
+    def __init__(self, teacher_params: Sequence[torch.Tensor]):
+        self.parameters = list(teacher_params)
+        self.params = [t.data if isinstance(t, torch.nn.Parameter) else t for t in teacher_params]
+        self.copies = [t.detach().float().clone() for t in self.params]
+
+    @staticmethod
+    def needed(teacher_params: Sequence[torch.Tensor]) -> bool:
+        return any(t.is_floating_point() and t.dtype != torch.float32 for t in teacher_params)
+
+    @torch.no_grad()
+    def update_(self, student_params: Sequence[torch.Tensor], momentum: float) -> None:
+        ema_update_(self.copies, [s.detach().float() for s in student_params], momentum)
+        torch._foreach_copy_(self.params, self.copies)
+
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        return {"teacher": [copy.cpu() for copy in self.copies]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
+        saved = state["teacher"]
+        if len(saved) != len(self.copies) or any(s.shape != c.shape for s, c in zip(saved, self.copies)):
+            raise ValueError("the saved float32 teacher does not match this model's teacher parameters")
+        for copy, value in zip(self.copies, saved):
+            copy.copy_(value)
+        torch._foreach_copy_(self.params, self.copies)

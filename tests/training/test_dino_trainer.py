@@ -30,7 +30,7 @@ def test_tiny_end_to_end_run_logs_and_updates(tmp_path, tiny_image_dataset):
     assert len(logs) == 4
     for entry in logs:
         assert math.isfinite(entry["loss"])
-        for key in ("learning_rate", "weight_decay", "teacher_momentum", "teacher_temperature", "teacher_entropy", "embedding_std", "grad_norm"):
+        for key in ("learning_rate", "weight_decay", "teacher_momentum", "teacher_temperature", "teacher_entropy", "embedding_std", "effective_rank", "mean_l2_norm", "grad_norm"):
             assert key in entry, key
         assert entry["images_per_second"] > 0
     changed_student = [n for n, t in snapshot(model.student).items() if not torch.equal(t, student_before[n])]
@@ -57,9 +57,12 @@ def test_logged_schedules_follow_the_step(tmp_path, tiny_image_dataset):
     assert logs[0]["weight_decay"] == pytest.approx(0.04) and logs[-1]["weight_decay"] == pytest.approx(0.4)
     assert logs[-1]["learning_rate"] == pytest.approx(1e-4)
     groups = trainer.optimizer.param_groups
-    assert [g["apply_weight_decay"] for g in groups] == [True, False]
+    # weights, biases/norms, then the head's last layer (a weight-norm direction: decayed) in a group of its own
+    assert [(g["apply_weight_decay"], g.get("last_layer", False)) for g in groups] == [(True, False), (False, False), (True, True)]
     assert groups[1]["weight_decay"] == 0.0 and groups[0]["weight_decay"] == pytest.approx(schedules.weight_decay(3))
+    assert groups[2]["weight_decay"] == pytest.approx(schedules.weight_decay(3))
     assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim <= 1 for p in groups[1]["params"])
+    assert groups[2]["params"] == [p for p in trainer.model.last_layer_parameters() if p.requires_grad]
 
 
 def test_ema_runs_once_per_optimizer_step_under_accumulation(tmp_path, tiny_image_dataset, monkeypatch):

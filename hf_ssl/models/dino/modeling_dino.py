@@ -289,6 +289,8 @@ class DinoForPretrainingOutput(ModelOutput):
             ~0 for a collapsed backbone, ~1/sqrt(D) for embeddings spread uniformly on the sphere.
         teacher_temperature: the teacher temperature used for this step.
         center_norm: L2 norm of the center after this step.
+        teacher_embeddings: the teacher CLS embeddings of the global crops, (G * B, D), detached: the trainers
+            measure their effective rank and mean L2 norm when they log.
     """
 
     loss: torch.FloatTensor | None = None
@@ -298,6 +300,7 @@ class DinoForPretrainingOutput(ModelOutput):
     embedding_std: torch.FloatTensor | None = None
     teacher_temperature: torch.FloatTensor | None = None
     center_norm: torch.FloatTensor | None = None
+    teacher_embeddings: torch.FloatTensor | None = None
 
 
 class DinoModel(DinoPreTrainedModel):
@@ -439,6 +442,7 @@ class DinoForPretraining(DinoPreTrainedModel):
             embedding_std=embedding_std,
             teacher_temperature=torch.as_tensor(teacher_temperature, dtype=torch.float32, device=loss.device),
             center_norm=self.loss.center.detach().float().norm(),
+            teacher_embeddings=teacher_embeddings.detach(),
         )
         return output if return_dict else output.to_tuple()
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# GPU checks behind benchmarks/README.md: both engines at fp32/bf16/fp16, FSDP2 (both sharding modes),
+# DeepSpeed ZeRO-2 (bf16, both engines).
+#   bash benchmarks/gpu_checks.sh precision|fsdp|deepspeed RESULTS.jsonl
+set -u
+mode=${1:-precision}
+results=${2:-gpu_results.jsonl}
+run() {  # one benchmark run; its JSON line goes to $results, its log tail to stderr on failure
+    log=$(mktemp)
+    if timeout 300 "$@" >"$log" 2>&1; then grep '^{' "$log" | tee -a "$results"; else echo "FAILED: $*" | tee -a "$results"; tail -40 "$log"; fi
+}
+if [ "$mode" = precision ]; then
+    for engine in trainer accelerate; do
+        for precision in fp32 bf16 fp16; do
+            run python3 benchmarks/bench_engines.py --engine "$engine" --precision "$precision" --steps 30 --workers 12
+        done
+    done
+elif [ "$mode" = deepspeed ]; then
+    for engine in trainer accelerate; do
+        run accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml --num_processes 1 \
+            benchmarks/bench_engines.py --engine "$engine" --precision bf16 --steps 10 --workers 12 --knn
+    done
+else
+    for config in fsdp_full_shard fsdp_shard_grad_op; do
+        for engine in trainer accelerate; do
+            run accelerate launch --config_file "accelerate_configs/$config.yaml" --num_processes 1 \
+                benchmarks/bench_engines.py --engine "$engine" --precision bf16 --steps 10 --workers 12 --knn
+        done
+    done
+fi
