@@ -54,9 +54,12 @@ def run(tmp_path, engine, **overrides):
     return model.state_dict(), seen, trainer.schedules
 
 
-def test_both_engines_end_with_the_same_weights(tmp_path):
-    trainer_state, trainer_seen, schedules = run(tmp_path, "trainer")
-    accelerate_state, accelerate_seen, _ = run(tmp_path, "accelerate")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_both_engines_end_with_the_same_weights(precision, tmp_path):
+    # bf16: autocast on the CPU (use_cpu), the weights and the EMA stay float32
+    options = {"bf16": True, "use_cpu": True} if precision == "bf16" else {}
+    trainer_state, trainer_seen, schedules = run(tmp_path, "trainer", **options)
+    accelerate_state, accelerate_seen, _ = run(tmp_path, "accelerate", **options)
     # 16 images / batch 4 / accumulation 2 = 2 updates per epoch: 1 warmup epoch, last layer frozen for 2 steps
     expected = [(pytest.approx(schedules.learning_rate(step)), pytest.approx(schedules.weight_decay(step))) for step in range(6)]
     assert trainer_seen == expected
@@ -66,4 +69,5 @@ def test_both_engines_end_with_the_same_weights(tmp_path):
     initial = DinoForPretraining(tiny_dino_config()).state_dict()
     assert not torch.equal(trainer_state["teacher.backbone.embeddings.cls_token"], initial["teacher.backbone.embeddings.cls_token"])
     for name in trainer_state:
+        assert trainer_state[name].dtype == initial[name].dtype
         torch.testing.assert_close(accelerate_state[name], trainer_state[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -61,3 +61,21 @@ def test_deepspeed_zero3_is_refused_before_training():
     check_distributed_setup(deepspeed_accelerator(2), engine="accelerate")
     with pytest.raises(ValueError, match="ZeRO-3.*deepspeed_zero2.yaml.*fsdp_full_shard.yaml"):
         check_distributed_setup(deepspeed_accelerator(3), engine="accelerate")
+
+
+def test_a_step_the_gradient_scaler_skipped_leaves_the_teacher_alone():
+    from hf_ssl import DinoForPretraining
+    from hf_ssl.training.dino_step import DinoStep
+    from tests.helpers import tiny_dino_config, tiny_multicrop_config
+
+    model = DinoForPretraining(tiny_dino_config())
+    with torch.no_grad():
+        for parameter in model.student.parameters():
+            parameter.add_(0.1)  # the student moved away from the teacher
+    step = DinoStep(model, tiny_multicrop_config(), seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    step.schedules = SimpleNamespace(teacher_momentum=lambda _: 0.9)
+    before = [p.detach().clone() for p in model.teacher.parameters()]
+    step.after_optimizer_step(0, optimizer_step_was_skipped=True)  # fp16 overflow: the student did not change
+    assert all(torch.equal(p, b) for p, b in zip(model.teacher.parameters(), before))
+    step.after_optimizer_step(0)
+    assert any(not torch.equal(p, b) for p, b in zip(model.teacher.parameters(), before))
