@@ -1,6 +1,7 @@
 """Tiny models and generated images for the tests: nothing is downloaded."""
 
 import io
+import socket
 
 import numpy as np
 from PIL import Image
@@ -106,3 +107,11 @@ def make_dino_trainer(
         model=model, args=arguments, multicrop_config=multicrop, train_dataset=train_dataset,
         knn_evaluator=knn_evaluator, knn_eval_steps=knn_eval_steps,
     )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for one multi-process launch (a fixed port can still be held, in
+    TIME_WAIT, by the launch just before)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

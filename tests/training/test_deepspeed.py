@@ -19,6 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import free_port
+
 pytest.importorskip("deepspeed")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,10 +46,10 @@ use_cpu: false
 pytestmark = pytest.mark.slow
 
 
-def launch(config: Path, output_dir: Path, *options: str, port: int = 29545) -> dict:
+def launch(config: Path, output_dir: Path, *options: str) -> dict:
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
-        "--main_process_port", str(port), str(WORKER), str(output_dir), *options,
+        "--main_process_port", str(free_port()), str(WORKER), str(output_dir), *options,
     ]
     result = subprocess.run(command, cwd=ROOT, env=ENVIRONMENT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -99,7 +101,7 @@ def test_zero2_matches_ddp(zero2_run, tmp_path):
     report, weights = zero2_run
     assert report["distributed_type"] == "DistributedType.DEEPSPEED" and report["world_size"] == 2
     assert report["step"] == 6 and report["skipped_steps"] == 1  # the NaN step, skipped by DeepSpeed on both
-    ddp = launch(ROOT / "accelerate_configs" / "cpu.yaml", tmp_path / "ddp", "--nan-step", "3", port=29546)
+    ddp = launch(ROOT / "accelerate_configs" / "cpu.yaml", tmp_path / "ddp", "--nan-step", "3")
     assert ddp["distributed_type"] == "DistributedType.MULTI_CPU" and ddp["skipped_steps"] == 1
     assert_close(weights, load_file(tmp_path / "ddp" / "final.safetensors"), rtol=1e-5, atol=1e-6)
 

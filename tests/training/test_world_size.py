@@ -12,18 +12,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "training" / "world_size_worker.py"
 ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def run(arguments: list[str], processes: int = 1, port: int = 0) -> str:
+def run(arguments: list[str], processes: int = 1) -> str:
     if processes == 1:
         command = [sys.executable, str(WORKER), *arguments]
     else:
         command = [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu.yaml"),
-            "--num_processes", str(processes), "--main_process_port", str(port), str(WORKER), *arguments,
+            "--num_processes", str(processes), "--main_process_port", str(free_port()), str(WORKER), *arguments,
         ]
     result = subprocess.run(command, cwd=ROOT, env=ENVIRONMENT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -31,12 +33,12 @@ def run(arguments: list[str], processes: int = 1, port: int = 0) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine, port", [("trainer", 29535), ("accelerate", 29536)])
-def test_checkpoint_of_one_process_resumes_on_two(engine, port, tmp_path):
+@pytest.mark.parametrize("engine", ["trainer", "accelerate"])
+def test_checkpoint_of_one_process_resumes_on_two(engine, tmp_path):
     run([str(tmp_path / "whole"), engine])
     run([str(tmp_path / "cut"), engine, "--stop-after", "4"])  # in the second epoch (3 steps per epoch)
     assert (tmp_path / "cut" / "checkpoint-4").is_dir()
-    log = run([str(tmp_path / "cut"), engine, "--resume", "auto"], processes=2, port=port)
+    log = run([str(tmp_path / "cut"), engine, "--resume", "auto"], processes=2)
     assert "world size 2, finished at step 6" in log
     assert "Resuming a 1-process checkpoint on 2 processes" in log
     whole, resumed = load_file(tmp_path / "whole" / "final.safetensors"), load_file(tmp_path / "cut" / "final.safetensors")
