@@ -170,11 +170,21 @@ def check_resume_compatible(
     model_config,
     total_batch_size: int,
     world_size: int,
+    sharding: str = "none",
 ) -> dict[str, Any]:
     """Raise a ``ConfigError`` naming the difference when ``checkpoint`` cannot continue this run (another
-    method, engine, ``model_config`` (a ``PretrainedConfig``) or total batch); return its state. A different world size is fine when the total batch (per device x accumulation x processes)
-    is the same: schedules and the data position count optimizer steps of that batch."""
+    method, engine, ``model_config`` (a ``PretrainedConfig``), total batch, or sharding backend: DeepSpeed and
+    FSDP write their own formats); return its state. A different world size is fine when the total batch
+    (per device x accumulation x processes) is the same: schedules and the data position count optimizer
+    steps of that batch."""
     state = read_state(checkpoint)
+    saved_sharding = state.get("sharding", "none")
+    if saved_sharding != sharding:
+        raise ConfigError(
+            f"{checkpoint} was written under {saved_sharding!r} sharding and this run uses {sharding!r}: DeepSpeed and FSDP "
+            "save model and optimizer in their own formats. Resume with the accelerate config that wrote it, or start a "
+            "new output_dir from its weights (model.pretrained_model_name_or_path)."
+        )
     if state.get("method") != method:
         raise ConfigError(f"{checkpoint} is a {state.get('method')!r} checkpoint; this run trains {method!r}")
     if state.get("engine") != engine:
@@ -306,6 +316,13 @@ class CheckpointRecord:
     tracker_run_ids: dict[str, str] = field(default_factory=dict)
     method_state: dict[str, Any] = field(default_factory=dict)
     control_state: dict[str, Any] = field(default_factory=dict)
+    sharding: str = "none"  # "deepspeed", "fsdp" or "none" (one process, DDP): see sharding_of
+
+
+def sharding_of(accelerator) -> str:
+    """How the engine lays out model and optimizer state in a checkpoint: "deepspeed", "fsdp" or "none"."""
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)).upper()
+    return {"DEEPSPEED": "deepspeed", "FSDP": "fsdp"}.get(kind, "none")
 
 
 def retention_policy(args) -> RetentionPolicy:

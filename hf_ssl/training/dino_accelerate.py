@@ -169,6 +169,7 @@ class DinoAccelerateTrainer:
             saved_state = checkpointing.check_resume_compatible(
                 checkpoint, method="dino", engine="accelerate", model_config=self.model.config,
                 total_batch_size=self.total_batch_size, world_size=accelerator.num_processes,
+                sharding=checkpointing.sharding_of(accelerator),
             )
 
         # 1. data, optimizer and the length of the run (in optimizer steps)
@@ -378,6 +379,7 @@ class DinoAccelerateTrainer:
             world_size=self.accelerator.num_processes, total_batch_size=self.total_batch_size,
             metrics={metric: value} if value is not None else {}, tracker_run_ids=tracker_ids,
             method_state=self.dino_step.state_dict(), control_state=control_state,
+            sharding=checkpointing.sharding_of(self.accelerator),
         ))
 
     # ----- saving and sharing ------------------------------------------------------------------------

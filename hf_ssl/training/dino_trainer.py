@@ -288,6 +288,7 @@ class DinoTrainer(Trainer):
             state = checkpointing.check_resume_compatible(
                 checkpoint, method="dino", engine="trainer", model_config=self.model.config,
                 total_batch_size=self.total_batch_size, world_size=self.args.world_size,
+                sharding=checkpointing.sharding_of(self.accelerator),
             )
             self.dino_step.load_state_dict(state.get("method_state", {}))
             if self.run_control.early_stopping is not None:
@@ -386,6 +387,7 @@ class DinoTrainer(Trainer):
             method="dino", engine="trainer", step=step, epoch=float(self.state.epoch or 0.0),
             world_size=self.args.world_size, total_batch_size=self.total_batch_size, metrics=metrics,
             tracker_run_ids=tracker_ids, method_state=self.dino_step.state_dict(), control_state=control_state,
+            sharding=checkpointing.sharding_of(self.accelerator),
         ))
 
     def best_checkpoint(self) -> str | None:

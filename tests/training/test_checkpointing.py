@@ -1,7 +1,9 @@
 """Checkpoint commits, rotation, resume resolution and compatibility checks, early stopping and run control."""
 
+import json
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -113,6 +115,16 @@ def test_resume_compatibility_errors_name_the_difference(tmp_path):
         checkpointing.check_resume_compatible(checkpoint, **{**arguments, "total_batch_size": 16, "world_size": 2})
     # another world size with the same total batch resumes
     assert checkpointing.check_resume_compatible(checkpoint, **{**arguments, "world_size": 2})["step"] == 4
+    # DeepSpeed and FSDP checkpoints hold their own formats: only the same backend resumes them
+    with pytest.raises(ConfigError, match="written under 'none' sharding and this run uses 'deepspeed'"):
+        checkpointing.check_resume_compatible(checkpoint, **{**arguments, "sharding": "deepspeed"})
+    state = json.loads((checkpoint / checkpointing.STATE_FILE).read_text())
+    (checkpoint / checkpointing.STATE_FILE).write_text(json.dumps({**state, "sharding": "fsdp"}))
+    with pytest.raises(ConfigError, match="'fsdp' sharding and this run uses 'none'"):
+        checkpointing.check_resume_compatible(checkpoint, **arguments)
+    assert checkpointing.check_resume_compatible(checkpoint, **{**arguments, "sharding": "fsdp"})["step"] == 4
+    assert checkpointing.sharding_of(SimpleNamespace(distributed_type="DEEPSPEED")) == "deepspeed"
+    assert checkpointing.sharding_of(SimpleNamespace(distributed_type="MULTI_GPU")) == "none"
 
 
 def test_early_stopping_counts_evaluations_without_improvement():
