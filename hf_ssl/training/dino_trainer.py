@@ -363,8 +363,10 @@ class DinoTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """``Trainer.save_model``; after DeepSpeed bf16/fp16 training the model is saved in float32 from the
-        optimizer's master weights and the EMA's float32 teacher (every process must call it)."""
-        if self.dino_step.full_precision_teacher is None or _internal_call:
+        optimizer's master weights and the EMA's float32 teacher (every process must call it). Checkpoints (an
+        internal call with a folder) keep DeepSpeed's own save: their float32 teacher is saved beside it."""
+        checkpoint_save = _internal_call and output_dir is not None
+        if self.dino_step.full_precision_teacher is None or checkpoint_save:
             return super().save_model(output_dir, _internal_call)
         state_dict = full_precision_state_dict(self.model, self.dino_step.full_precision_teacher)
         if self.is_world_process_zero():
