@@ -173,6 +173,8 @@ class DinoAccelerateTrainer:
             )
 
         # 1. data, optimizer and the length of the run (in optimizer steps)
+        if args.activation_checkpointing:  # recompute the backbone's activations in backward: less memory per crop
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
         dataloader = self.get_train_dataloader()
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
