@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, TorchDynamoPlugin
 from tqdm.auto import tqdm
 
 from hf_ssl.data import EpochShuffleSampler, MultiCropCollator, MultiCropConfig, MultiCropDataset
@@ -97,6 +97,9 @@ class DinoAccelerateTrainer:
             ),
             cpu=args.use_cpu,
             kwargs_handlers=_process_group_kwargs(),
+            # training.torch_compile (+ torch_compile_backend / torch_compile_mode): prepare compiles the model
+            dynamo_plugin=TorchDynamoPlugin(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode)
+            if args.torch_compile else None,
         )
         check_distributed_setup(self.accelerator, engine="accelerate")
         self.deepspeed = is_deepspeed(self.accelerator)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 import math
 import os
@@ -65,7 +64,9 @@ def get_backbone_embed_dim(config: PretrainedConfig) -> int:
     )
 
 
-def get_backbone_features(backbone: PreTrainedModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def get_backbone_features(
+    backbone: PreTrainedModel, pixel_values: torch.Tensor, forward_kwargs: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a transformers vision backbone and split its output into a global embedding and patch tokens.
 
     Args:
@@ -78,14 +79,19 @@ def get_backbone_features(backbone: PreTrainedModel, pixel_values: torch.Tensor)
             without one, e.g. IJepa). CNNs: the backbone's pooled output, flattened.
         patch_tokens: (B, N, D). Transformers: the tokens after CLS, distillation and register tokens.
             CNNs: the last feature map (B, C, h, w) flattened to (B, h * w, C).
+
+    ``forward_kwargs`` (``backbone_forward_kwargs(type(backbone))``, looked up once by the caller) keeps the
+    signature inspection out of the forward pass, where ``torch.compile`` cannot trace it.
     """
-    outputs = backbone(pixel_values=pixel_values, **_forward_kwargs(type(backbone)))
+    if forward_kwargs is None:
+        forward_kwargs = backbone_forward_kwargs(type(backbone))
+    outputs = backbone(pixel_values=pixel_values, **forward_kwargs)
     return _split_backbone_output(backbone, outputs)
 
 
-@functools.lru_cache(maxsize=None)
-def _forward_kwargs(backbone_class: type) -> dict:
-    # Dinov2 always interpolates; ViT, DeiT and IJepa only when asked.
+def backbone_forward_kwargs(backbone_class: type) -> dict:
+    """Keyword arguments every forward of this backbone class gets: position-embedding interpolation where the
+    class takes the flag (Dinov2 always interpolates; ViT, DeiT and IJepa only when asked)."""
     if "interpolate_pos_encoding" in inspect.signature(backbone_class.forward).parameters:
         return {"interpolate_pos_encoding": True}
     return {}
@@ -214,6 +220,7 @@ class DinoNetwork(nn.Module):
     def __init__(self, backbone_config: PretrainedConfig, config: DinoConfig):
         super().__init__()
         self.backbone = build_backbone(backbone_config)
+        self.backbone_forward_kwargs = backbone_forward_kwargs(type(self.backbone))
         self.head = DinoHead(
             in_dim=get_backbone_embed_dim(backbone_config),
             out_dim=config.out_dim,
@@ -234,7 +241,9 @@ class DinoNetwork(nn.Module):
             embeddings (sum N_r, D): the backbone's global embeddings, in input order.
             logits (sum N_r, out_dim): the head output, from one head pass over all embeddings.
         """
-        embeddings = torch.cat([get_backbone_features(self.backbone, crops)[0] for crops in crops_by_resolution])
+        embeddings = torch.cat(
+            [get_backbone_features(self.backbone, crops, self.backbone_forward_kwargs)[0] for crops in crops_by_resolution]
+        )
         return embeddings, self.head(embeddings)
 
 
@@ -316,6 +325,7 @@ class DinoModel(DinoPreTrainedModel):
     def __init__(self, config: DinoConfig):
         super().__init__(config)
         self.backbone = build_backbone(config.teacher_backbone_config())
+        self.backbone_forward_kwargs = backbone_forward_kwargs(type(self.backbone))
         self.post_init()
 
     def forward(
@@ -338,7 +348,7 @@ class DinoModel(DinoPreTrainedModel):
             - `hidden_states`: the backbone's own, when asked for.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        backbone_kwargs = dict(_forward_kwargs(type(self.backbone)))
+        backbone_kwargs = dict(self.backbone_forward_kwargs)
         if output_hidden_states is not None:
             backbone_kwargs["output_hidden_states"] = output_hidden_states
         outputs = self.backbone(pixel_values=pixel_values, **backbone_kwargs)
