@@ -1,6 +1,8 @@
 """Tiny models and generated images for the tests: nothing is downloaded."""
 
 import io
+import os
+import signal
 import socket
 
 import numpy as np
@@ -115,3 +117,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def sigterm_during_step(trainer, stop_after: int | None) -> None:
+    """Make ``trainer`` receive SIGTERM during optimizer step ``stop_after`` (counted from 1), as a cluster's
+    scheduler would: it then saves ``checkpoint-<stop_after>`` and stops. None: no signal."""
+    if stop_after is None:
+        return
+    dino_step = trainer.dino_step
+    after_optimizer_step = dino_step.after_optimizer_step
+
+    def signal_after(step, *args, **kwargs):
+        after_optimizer_step(step, *args, **kwargs)
+        if step + 1 == stop_after:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    dino_step.after_optimizer_step = signal_after

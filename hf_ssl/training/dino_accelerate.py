@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, TorchDynamoPlugin
+from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
 from tqdm.auto import tqdm
 
 from hf_ssl.data import EpochShuffleSampler, MultiCropCollator, MultiCropConfig, MultiCropDataset
@@ -31,8 +31,8 @@ from hf_ssl.training import checkpointing
 from hf_ssl.training.dino_step import (
     DinoStep,
     check_distributed_setup,
-    full_precision_state_dict,
     is_deepspeed,
+    save_full_precision_model,
     teacher_backbone_for_evaluation,
 )
 from hf_ssl.training.dino_trainer import DinoSchedules, DinoTrainingArguments, parameter_groups
@@ -96,7 +96,6 @@ class DinoAccelerateTrainer:
                 logging_dir=os.environ.get("TENSORBOARD_LOGGING_DIR", os.path.join(args.output_dir, "runs")),
             ),
             cpu=args.use_cpu,
-            kwargs_handlers=_process_group_kwargs(),
             # training.torch_compile (+ torch_compile_backend / torch_compile_mode): prepare compiles the model
             dynamo_plugin=TorchDynamoPlugin(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode)
             if args.torch_compile else None,
@@ -393,12 +392,10 @@ class DinoAccelerateTrainer:
         float32 from DeepSpeed's master weights and the float32 teacher when DeepSpeed trained in bf16/fp16."""
         self.accelerator.wait_for_everyone()
         model = self.accelerator.unwrap_model(self.wrapped_model)
-        if self.dino_step.full_precision_teacher is not None:
-            state_dict = full_precision_state_dict(model, self.dino_step.full_precision_teacher)  # a collective
-            if self.accelerator.is_main_process:
-                copy = type(model)(model.config)
-                copy.load_state_dict(state_dict)
-                copy.save_pretrained(output_dir or self.args.output_dir)
+        if self.dino_step.full_precision_teacher is not None:  # a collective
+            save_full_precision_model(
+                model, self.dino_step.full_precision_teacher, output_dir or self.args.output_dir, self.accelerator.is_main_process
+            )
             return
         state_dict = self.accelerator.get_state_dict(self.wrapped_model)  # a collective under FSDP
         if self.accelerator.is_main_process:
@@ -425,15 +422,6 @@ class DinoAccelerateTrainer:
             repo_id=repo_id, folder_path=self.args.output_dir, commit_message=commit_message,
             ignore_patterns=[f"{checkpointing.CHECKPOINT_PREFIX}-*", ".staging-*", "runs/*"],
         )
-
-
-def _process_group_kwargs() -> list:
-    """accelerate leaves the process-group backend unset for DeepSpeed without a GPU (every process then
-    believes it is alone): name gloo there. Elsewhere accelerate's choice stands."""
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if deepspeed and not torch.cuda.is_available():
-        return [InitProcessGroupKwargs(backend="gloo")]
-    return []
 
 
 def _as_list(report_to) -> list[str]:

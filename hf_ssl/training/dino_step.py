@@ -31,6 +31,7 @@ import torch
 from hf_ssl.data import DeviceAugmentation, MultiCropConfig
 from hf_ssl.evaluation.collapse import effective_rank, mean_l2_norm
 from hf_ssl.models.dino.modeling_dino import build_backbone
+from hf_ssl.training.checkpointing import sharding_of
 from hf_ssl.training.ema import FullPrecisionTeacher, ema_update_, local_shards
 
 logger = logging.getLogger(__name__)
@@ -176,19 +177,29 @@ class DinoStep:
         steps inside backward (DeepSpeed): ``after_optimizer_step`` does this work then."""
         if self.optimizer_steps_in_backward:
             return False
-        nonfinite = torch.tensor(float(self.step_had_nonfinite_loss), device=self.model.loss.center.device)
-        self.step_had_nonfinite_loss = False
-        self.step_skipped = bool(self.reduce(nonfinite).item() > 0)
-        if self.step_skipped:
-            self.model.loss.pending_center_statistics.zero_()
+        if self._settle_step(step):
             optimizer.zero_grad(set_to_none=True)
-            self._count_nonfinite_step(step)
             return True
-        self.consecutive_nonfinite_steps = 0
-        self.model.loss.apply_pending_center_update()
         if step < self.schedules.freeze_last_layer_steps:
             for parameter in self.last_layer_parameters:
                 parameter.grad = None
+        return False
+
+    def _settle_step(self, step: int, optimizer_step_was_skipped: bool = False) -> bool:
+        """Whether this step is skipped: a NaN/inf loss on any process (agreed by one reduction, counted) or a
+        skip decided elsewhere (DeepSpeed's overflow check). A skipped step drops its center statistics; a kept
+        one applies them as one center update."""
+        nonfinite = torch.tensor(float(self.step_had_nonfinite_loss), device=self.model.loss.center.device)
+        self.step_had_nonfinite_loss = False
+        nonfinite = bool(self.reduce(nonfinite).item() > 0)
+        self.step_skipped = nonfinite or optimizer_step_was_skipped
+        if self.step_skipped:
+            self.model.loss.pending_center_statistics.zero_()
+            if nonfinite:
+                self._count_nonfinite_step(step)
+            return True
+        self.consecutive_nonfinite_steps = 0
+        self.model.loss.apply_pending_center_update()
         return False
 
     def _count_nonfinite_step(self, step: int) -> None:
@@ -216,17 +227,7 @@ class DinoStep:
         takes the step's statistics, or drops them if the step was skipped.
         """
         if self.optimizer_steps_in_backward:
-            nonfinite = torch.tensor(float(self.step_had_nonfinite_loss), device=self.model.loss.center.device)
-            self.step_had_nonfinite_loss = False
-            nonfinite = bool(self.reduce(nonfinite).item() > 0)
-            self.step_skipped = nonfinite or optimizer_step_was_skipped
-            if self.step_skipped:
-                self.model.loss.pending_center_statistics.zero_()
-                if nonfinite:
-                    self._count_nonfinite_step(step)
-                return
-            self.consecutive_nonfinite_steps = 0
-            self.model.loss.apply_pending_center_update()
+            self._settle_step(step, optimizer_step_was_skipped)
         if self.step_skipped or optimizer_step_was_skipped:
             return
         teacher, student = self.ema_parameter_pairs
@@ -326,8 +327,18 @@ def full_precision_state_dict(model, full_precision_teacher: FullPrecisionTeache
     return state
 
 
+def save_full_precision_model(model, full_precision_teacher: FullPrecisionTeacher, output_dir, is_main_process: bool) -> None:
+    """``save_pretrained`` of a float32 copy of ``model`` built from ``full_precision_state_dict`` (every process
+    must call it; the main process writes)."""
+    state_dict = full_precision_state_dict(model, full_precision_teacher)
+    if is_main_process:
+        copy = type(model)(model.config)
+        copy.load_state_dict(state_dict)
+        copy.save_pretrained(output_dir)
+
+
 def is_deepspeed(accelerator) -> bool:
-    return str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)).upper() == "DEEPSPEED"
+    return sharding_of(accelerator) == "deepspeed"
 
 
 def check_distributed_setup(accelerator, engine: str) -> None:
@@ -350,7 +361,7 @@ def teacher_backbone_for_evaluation(accelerator, wrapped_model):
     collective) and loaded into an unsharded copy. Otherwise the teacher backbone itself is returned.
     """
     model = accelerator.unwrap_model(wrapped_model)
-    if str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)).upper() != "FSDP":
+    if sharding_of(accelerator) != "fsdp":
         if not accelerator.is_main_process:
             return None
         backbone = model.teacher.backbone

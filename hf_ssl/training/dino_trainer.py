@@ -27,8 +27,7 @@ from hf_ssl.training.dino_step import (
     FULL_PRECISION_TEACHER_FILE,
     DinoStep,
     check_distributed_setup,
-    full_precision_state_dict,
-    is_deepspeed,
+    save_full_precision_model,
 )
 from hf_ssl.training.history import History, HistoryCallback
 from hf_ssl.training.knn_callback import KnnCallback
@@ -368,11 +367,9 @@ class DinoTrainer(Trainer):
         checkpoint_save = _internal_call and output_dir is not None
         if self.dino_step.full_precision_teacher is None or checkpoint_save:
             return super().save_model(output_dir, _internal_call)
-        state_dict = full_precision_state_dict(self.model, self.dino_step.full_precision_teacher)
-        if self.is_world_process_zero():
-            copy = type(self.model)(self.model.config)
-            copy.load_state_dict(state_dict)
-            copy.save_pretrained(output_dir or self.args.output_dir)
+        save_full_precision_model(
+            self.model, self.dino_step.full_precision_teacher, output_dir or self.args.output_dir, self.is_world_process_zero()
+        )
         self.accelerator.wait_for_everyone()
 
     def checkpoint_record(self, step: int, tracker_ids: dict[str, str]) -> dict:

@@ -6,7 +6,6 @@ The main process writes ``final.safetensors`` (the model as saved by ``save_mode
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -26,7 +25,13 @@ from safetensors.torch import load_file  # noqa: E402
 from hf_ssl import DinoForPretraining  # noqa: E402
 from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
 from hf_ssl.training import build_dino_trainer  # noqa: E402
-from tests.helpers import random_images, tiny_dino_config, tiny_multicrop_config, tiny_training_arguments  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    random_images,
+    sigterm_during_step,
+    tiny_dino_config,
+    tiny_multicrop_config,
+    tiny_training_arguments,
+)
 
 
 def main() -> None:
@@ -68,7 +73,6 @@ def main() -> None:
     )
     step_object = trainer.dino_step
     loss = step_object.loss
-    after_optimizer_step = step_object.after_optimizer_step
 
     def loss_with_nan(model, batch, step):
         value, outputs = loss(model, batch, step)
@@ -77,13 +81,8 @@ def main() -> None:
             step_object.step_had_nonfinite_loss = True
         return value, outputs
 
-    def stop_here(step, *args, **kwargs):
-        after_optimizer_step(step, *args, **kwargs)
-        if step + 1 == options.stop_after:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     step_object.loss = loss_with_nan
-    step_object.after_optimizer_step = stop_here
+    sigterm_during_step(trainer, options.stop_after)
     trainer.train(resume_from_checkpoint=options.resume)
     trainer.save_model()
     if trainer.is_world_process_zero():

@@ -5,7 +5,6 @@ random crops or photometric augmentation) with a total batch of 8 on any number 
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +15,14 @@ from datasets import Dataset  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from hf_ssl import DinoForPretraining  # noqa: E402
-from tests.helpers import DETERMINISTIC_CROPS, make_dino_trainer, random_images, tiny_dino_config, tiny_multicrop_config  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    DETERMINISTIC_CROPS,
+    make_dino_trainer,
+    random_images,
+    sigterm_during_step,
+    tiny_dino_config,
+    tiny_multicrop_config,
+)
 
 TOTAL_BATCH = 8
 
@@ -36,15 +42,7 @@ def main() -> None:
         multicrop=tiny_multicrop_config(**DETERMINISTIC_CROPS), per_device_train_batch_size=TOTAL_BATCH // world_size,
         max_steps=6, warmup_epochs=1.0, save_strategy="steps", save_steps=100, adam_epsilon=1e-4,
     )
-    if options.stop_after is not None:
-        after_optimizer_step = trainer.dino_step.after_optimizer_step
-
-        def stop_here(step, *args, **kwargs):
-            after_optimizer_step(step, *args, **kwargs)
-            if step + 1 == options.stop_after:
-                os.kill(os.getpid(), signal.SIGTERM)  # as a cluster's scheduler would
-
-        trainer.dino_step.after_optimizer_step = stop_here
+    sigterm_during_step(trainer, options.stop_after)
     trainer.train(resume_from_checkpoint=options.resume)
     if trainer.is_world_process_zero():
         state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
