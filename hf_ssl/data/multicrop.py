@@ -168,6 +168,11 @@ class MultiCropDataset(torch.utils.data.Dataset):
         self.dataset = _undecoded_images(dataset)
         self.transform = transform
         self.seed = int(seed)
+        self.epoch = 0  # the epoch training is in, for an EpochShuffleSampler built on this dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by accelerate's data loaders (directly, or through ``EpochShuffleSampler.set_epoch``)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -191,16 +196,28 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     The order depends on nothing but the seed and the epoch (``set_epoch``, which the Trainer and the
     Accelerate loop call at the start of each epoch), so it is the same in every process and after a
     resume; accelerate splits its batches between processes.
+
+    ``epoch_holder`` (a ``MultiCropDataset``): keep the epoch there rather than here. accelerate passes the
+    epoch to the sampler or, where it cannot reach it (the loader that skips the batches a resumed run has
+    already seen, on several processes), to the dataset; with one holder both paths agree.
     """
 
-    def __init__(self, num_examples: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, num_examples: int, seed: int = 0, shuffle: bool = True, epoch_holder=None):
         self.num_examples = num_examples
         self.seed = int(seed)
         self.shuffle = shuffle
-        self.epoch = 0
+        self.epoch_holder = epoch_holder
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        return self.epoch_holder.epoch if self.epoch_holder is not None else self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        if self.epoch_holder is not None:
+            self.epoch_holder.set_epoch(epoch)
+        else:
+            self._epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.num_examples

@@ -30,9 +30,6 @@ class DinoStepCallback(TrainerCallback):
         self.trainer.dino_step.bind(accelerator.unwrap_model(self.trainer.model), optimizer_steps_in_backward=is_deepspeed(accelerator))
         self.trainer.restore_full_precision_teacher()
 
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.trainer.set_sampler_epoch(state.global_step)
-
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer.dino_step.begin_step(self.trainer.optimizer, state.global_step)
 

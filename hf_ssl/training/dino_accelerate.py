@@ -145,7 +145,7 @@ class DinoAccelerateTrainer:
         """Per-process batches of ``per_device_train_batch_size``; accelerate shards them after ``prepare``."""
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         if isinstance(self.train_dataset, MultiCropDataset):
-            self.sampler = EpochShuffleSampler(len(self.train_dataset), seed=seed)
+            self.sampler = EpochShuffleSampler(len(self.train_dataset), seed=seed, epoch_holder=self.train_dataset)
         else:
             self.sampler = torch.utils.data.RandomSampler(self.train_dataset, generator=torch.Generator().manual_seed(seed))
         return torch.utils.data.DataLoader(
@@ -228,11 +228,8 @@ class DinoAccelerateTrainer:
                 batches = dataloader
                 if epoch == start_epoch and updates_done_in_epoch:
                     batches = accelerator.skip_first_batches(dataloader, updates_done_in_epoch * args.gradient_accumulation_steps)
-                # on the loader (a prepared loader sets its sampler's epoch to its own count) and on the sampler
-                # (the loader that skips batches on several processes does not reach it)
+                # on the loader, not the sampler: a prepared loader sets its sampler's epoch to its own count
                 batches.set_epoch(epoch)
-                if hasattr(self.sampler, "set_epoch"):
-                    self.sampler.set_epoch(epoch)
                 micro_batch = 0
                 for batch in batches:
                     step = self.state.global_step

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -203,8 +202,6 @@ class DinoTrainer(Trainer):
         self.run_control = build_run_control(args, reduce_max=self._reduce_max if args.world_size > 1 else None)
         self.add_callback(RunControlCallback(self.run_control))
         self._staging_dir = None
-        self._updates_per_epoch = 0
-        self._epoch_samplers = weakref.WeakSet()
         self._resume_checkpoint = None
 
     def _reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -228,17 +225,8 @@ class DinoTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if isinstance(dataset, MultiCropDataset):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            sampler = EpochShuffleSampler(len(dataset), seed=seed)
-            self._epoch_samplers.add(sampler)  # the Trainer builds more than one loader (e.g. to count batches)
-            return sampler
+            return EpochShuffleSampler(len(dataset), seed=seed, epoch_holder=dataset)
         return super()._get_train_sampler(train_dataset)
-
-    def set_sampler_epoch(self, global_step: int) -> None:
-        """Give the sampler the epoch the Trainer is starting (``DinoStepCallback.on_epoch_begin``): when it
-        resumes mid-epoch on several processes, the loader that skips batches does not pass its epoch on."""
-        if self._updates_per_epoch:
-            for sampler in self._epoch_samplers:
-                sampler.set_epoch(global_step // self._updates_per_epoch)
 
     # ----- optimizer and schedules -------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -257,9 +245,8 @@ class DinoTrainer(Trainer):
         if self.lr_scheduler is None:
             optimizer = optimizer or self.optimizer
             total_batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-            self._updates_per_epoch = self.updates_per_epoch()
             self.schedules = DinoSchedules.build(
-                self.args, self.model.config, num_training_steps, self._updates_per_epoch, total_batch
+                self.args, self.model.config, num_training_steps, self.updates_per_epoch(), total_batch
             )
             # LambdaLR multiplies each group's initial lr; set it to 1 so the factor is the lr itself
             for group in optimizer.param_groups:

@@ -292,3 +292,23 @@ def test_with_multicrop_on_a_streaming_dataset():
     batch = MultiCropCollator()(list(dataset))
     assert batch["global_crops"].shape == (2, 2, 3, 32, 32)
     assert batch["num_skipped"].item() == 2 and batch["labels"].tolist() == [0, 3]
+
+
+def test_epoch_shuffle_sampler_orders_by_seed_and_epoch_and_keeps_the_epoch_in_the_dataset():
+    from hf_ssl.data import EpochShuffleSampler
+
+    plain = EpochShuffleSampler(6, seed=3)
+    first = list(plain)
+    assert sorted(first) == list(range(6)) and first == list(EpochShuffleSampler(6, seed=3))
+    plain.set_epoch(2)
+    second = list(plain)
+    assert sorted(second) == list(range(12, 18))  # keys carry the epoch: epoch * 6 + index
+    assert [key - 12 for key in second] != first  # a new order each epoch
+
+    image = PIL.Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
+    dataset = with_multicrop(datasets.Dataset.from_dict({"image": [image] * 6}), MultiCropTransform(small_config()))
+    held = EpochShuffleSampler(len(dataset), seed=3, epoch_holder=dataset)
+    dataset.set_epoch(2)  # what accelerate does where it cannot reach the sampler
+    assert list(held) == second
+    held.set_epoch(1)  # and through the sampler, the dataset follows
+    assert dataset.epoch == 1 and held.epoch == 1 and min(held) == 6
