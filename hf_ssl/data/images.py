@@ -29,6 +29,15 @@ RESAMPLING = {
 _ORIENTATION_TAG = 0x0112
 
 
+def describe_image(item: Any, where: str) -> str:
+    """Name an image in a message: its file when known, else ``where`` (e.g. "position 3 of the batch")."""
+    if isinstance(item, dict) and item.get("path"):
+        return f"image {item['path']!r}"
+    if isinstance(item, str):
+        return f"image {item!r}"
+    return f"the image at {where} (no file path: in-memory bytes or array)"
+
+
 def decode_image(item: Any) -> PIL.Image.Image:
     """Open ``item`` and load its pixels, so a truncated file fails here and not later.
 

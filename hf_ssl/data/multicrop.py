@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 
 from .config import MultiCropConfig
-from .images import RESAMPLING, crop_into, decode_image, random_resized_crop_box, to_8bit
+from .images import RESAMPLING, crop_into, decode_image, describe_image, random_resized_crop_box, to_8bit
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class MultiCropTransform:
         return torch.from_numpy(global_crops), (torch.from_numpy(local_crops) if config.local_crops_number > 0 else None)
 
     def _handle_bad_image(self, item: Any, position: int, error: Exception) -> None:
-        where = _describe(item, position)
+        where = describe_image(item, f"position {position} of the batch")
         if not self.skip_bad_images:
             raise ValueError(
                 f"cannot read {where}: {type(error).__name__}: {error}. "
@@ -112,15 +112,6 @@ class MultiCropTransform:
             error,
             self.num_bad_images,
         )
-
-
-def _describe(item: Any, position: int) -> str:
-    """Name an example for an error message: its file if known, else its place in the batch."""
-    if isinstance(item, dict) and item.get("path"):
-        return f"image {item['path']!r}"
-    if isinstance(item, str):
-        return f"image {item!r}"
-    return f"the image at position {position} of the batch (no file path: in-memory bytes or array)"
 
 
 def with_multicrop(dataset, transform: MultiCropTransform, seed: int = 0):

@@ -1,5 +1,23 @@
 """Evaluation of frozen features: weighted k-NN."""
 
-from hf_ssl.evaluation.knn import KnnEvaluator, extract_features, image_embedding, knn_accuracy, knn_predict, subsample
+from hf_ssl.evaluation.knn import (
+    ExtractedFeatures,
+    KnnEvaluator,
+    extract_features,
+    extract_readable_features,
+    image_embedding,
+    knn_accuracy,
+    knn_predict,
+    subsample,
+)
 
-__all__ = ["KnnEvaluator", "extract_features", "image_embedding", "knn_accuracy", "knn_predict", "subsample"]
+__all__ = [
+    "ExtractedFeatures",
+    "KnnEvaluator",
+    "extract_features",
+    "extract_readable_features",
+    "image_embedding",
+    "knn_accuracy",
+    "knn_predict",
+    "subsample",
+]

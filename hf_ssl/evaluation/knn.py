@@ -3,6 +3,10 @@
 Features are L2-normalised; each test image takes the ``k`` most cosine-similar training images,
 and each neighbour votes for its class with weight ``exp(similarity / temperature)``.
 
+Images are decoded here, as in training (`hf_ssl.data.images`); an unreadable one (a truncated
+file, a text file named .jpg) is left out with its label, logged and counted rather than stopping
+the evaluation.
+
 Command line::
 
     python -m hf_ssl.evaluation.knn --model outputs/dino-demo --dataset fashion_mnist
@@ -13,12 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from hf_ssl.data.images import decode_image, describe_image, to_8bit
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +93,68 @@ def image_embedding(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch
     return outputs.last_hidden_state[:, 0]
 
 
+@dataclass
+class ExtractedFeatures:
+    """What `extract_readable_features` read from a labelled dataset.
+
+    ``features``: (N, D) float32 on the CPU, one row per readable image, in dataset order ((0, 0) when
+    no image could be read); ``labels``: (N,) int64, ``labels[i]`` the label of ``features[i]``;
+    ``num_skipped``: the unreadable images left out, each with its label (N + num_skipped rows in all).
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    num_skipped: int
+
+
 @torch.no_grad()
+def extract_readable_features(
+    model: torch.nn.Module,
+    dataset,
+    image_processor,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    show_progress: bool = True,
+) -> ExtractedFeatures:
+    """Features and labels of every readable image of a ``datasets.Dataset``, and how many were not.
+
+    Images are decoded as training decodes them (`hf_ssl.data.images.decode_image`, then `to_8bit`:
+    16-bit scaled by its range, alpha dropped, CMYK and palettes to RGB), then prepared by
+    ``image_processor`` exactly as a transformers user would (``processor(images)["pixel_values"]``).
+    A decoding ``Image`` column is read undecoded, so a file that cannot be decoded is left out
+    together with its label and logged (its path when known) instead of raising inside ``datasets``.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dataset = _undecoded_images(dataset, image_column)
+    was_training = model.training
+    model.eval()
+    features, labels, num_skipped = [], [], 0
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc="features", disable=not show_progress, leave=False):
+        batch = dataset[start : start + batch_size]
+        images, kept = [], []
+        for offset, item in enumerate(batch[image_column]):
+            try:
+                images.append(to_8bit(decode_image(item)))
+            except Exception as error:  # any failure to read the pixels makes the row unreadable, as in training
+                num_skipped += 1
+                logger.warning("Skipping unreadable %s: %s: %s", describe_image(item, f"row {start + offset}"), type(error).__name__, error)
+            else:
+                kept.append(offset)
+        if not images:
+            continue
+        pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
+        features.append(image_embedding(model, pixel_values.to(device)).float().cpu())
+        batch_labels = batch[label_column]
+        labels.append(torch.as_tensor([batch_labels[offset] for offset in kept], dtype=torch.long))
+    model.train(was_training)
+    if not features:
+        return ExtractedFeatures(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), num_skipped)
+    return ExtractedFeatures(torch.cat(features), torch.cat(labels), num_skipped)
+
+
 def extract_features(
     model: torch.nn.Module,
     dataset,
@@ -96,25 +165,36 @@ def extract_features(
     label_column: str = "label",
     show_progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and labels of every example of a ``datasets.Dataset``, images prepared by
-    ``image_processor`` exactly as a transformers user would (``processor(images)["pixel_values"]``)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    features, labels = [], []
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, desc="features", disable=not show_progress, leave=False):
-        batch = dataset[start : start + batch_size]
-        pixel_values = image_processor(batch[image_column], return_tensors="pt")["pixel_values"]
-        features.append(image_embedding(model, pixel_values.to(device)).float().cpu())
-        labels.append(torch.as_tensor(batch[label_column], dtype=torch.long))
-    model.train(was_training)
-    return torch.cat(features), torch.cat(labels)
+    """``(features (N, D), labels (N,))`` of the readable images of a ``datasets.Dataset``; see
+    `extract_readable_features`, which also says how many images were left out."""
+    extracted = extract_readable_features(
+        model, dataset, image_processor, batch_size, device, image_column, label_column, show_progress
+    )
+    return extracted.features, extracted.labels
+
+
+def _undecoded_images(dataset, image_column: str):
+    """``dataset`` with its ``image_column`` switched to ``Image(decode=False)`` if it is a decoding ``Image``.
+
+    A dataset with a custom transform is left alone: the transform, not ``datasets``, sees the raw rows."""
+    features = getattr(dataset, "features", None)
+    image_feature = features.get(image_column) if features is not None else None
+    custom_transform = getattr(dataset, "format", {}).get("type") == "custom"
+    if isinstance(image_feature, datasets.Image) and image_feature.decode and not custom_transform:
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
 
 
 @dataclass
 class KnnEvaluator:
-    """k-NN accuracy of a model's features on a labelled (train, test) pair of datasets."""
+    """k-NN accuracy of a model's features on a labelled (train, test) pair of datasets.
+
+    The train split is the bank of labelled neighbours, the test split the queries. Unreadable images
+    are left out of both (see `extract_readable_features`); ``num_skipped_bank`` and
+    ``num_skipped_queries`` count them for the last call, and a split with no readable image is a
+    ``ValueError``.
+    """
 
     train_dataset: object
     test_dataset: object
@@ -123,11 +203,37 @@ class KnnEvaluator:
     temperature: float = 0.07
     batch_size: int = 256
     show_progress: bool = True
+    num_skipped_bank: int = field(default=0, init=False)
+    num_skipped_queries: int = field(default=0, init=False)
 
     def __call__(self, model: torch.nn.Module, device=None) -> dict[str, float]:
-        train = extract_features(model, self.train_dataset, self.image_processor, self.batch_size, device, show_progress=self.show_progress)
-        test = extract_features(model, self.test_dataset, self.image_processor, self.batch_size, device, show_progress=self.show_progress)
-        return knn_accuracy(train[0], train[1], test[0], test[1], self.k, self.temperature)
+        self.num_skipped_bank = self.num_skipped_queries = 0
+        bank = self._extract(model, self.train_dataset, "bank (train_dataset)", device)
+        self.num_skipped_bank = bank.num_skipped
+        queries = self._extract(model, self.test_dataset, "queries (test_dataset)", device)
+        self.num_skipped_queries = queries.num_skipped
+        if self.num_skipped_bank or self.num_skipped_queries:
+            logger.warning(
+                "k-NN left out %d of %d bank images and %d of %d query images: they could not be read (the warnings above name them)",
+                self.num_skipped_bank,
+                len(self.train_dataset),
+                self.num_skipped_queries,
+                len(self.test_dataset),
+            )
+        return knn_accuracy(bank.features, bank.labels, queries.features, queries.labels, self.k, self.temperature)
+
+    def _extract(self, model: torch.nn.Module, dataset, split: str, device) -> ExtractedFeatures:
+        if len(dataset) == 0:
+            raise ValueError(f"the k-NN {split} is empty: give it a labelled dataset with at least one image")
+        extracted = extract_readable_features(
+            model, dataset, self.image_processor, self.batch_size, device, show_progress=self.show_progress
+        )
+        if extracted.num_skipped == len(dataset):
+            raise ValueError(
+                f"the k-NN {split}: every one of its {len(dataset)} images is unreadable (the warnings above name "
+                "the files and errors); fix or replace the files, or point the evaluation at another split"
+            )
+        return extracted
 
 
 def subsample(dataset, max_samples: int | None, seed: int = 0):
@@ -180,6 +286,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         batch_size=args.batch_size,
     )
     metrics = evaluator(model, args.device)
+    print(
+        f"{evaluator.num_skipped_bank + evaluator.num_skipped_queries} unreadable images skipped: "
+        f"{evaluator.num_skipped_bank} of {len(evaluator.train_dataset)} in the bank (split {args.train_split!r}), "
+        f"{evaluator.num_skipped_queries} of {len(evaluator.test_dataset)} queries (split {args.test_split!r})",
+        file=sys.stderr,
+    )
     print(json.dumps({key: round(value, 2) for key, value in metrics.items()}))
     return metrics
 

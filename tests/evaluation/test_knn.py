@@ -1,9 +1,57 @@
+import json
+import logging
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import datasets
 import pytest
 import torch
+from transformers import ViTConfig, ViTModel
 
-from hf_ssl.evaluation.knn import image_embedding, knn_accuracy, knn_predict, subsample
+from hf_ssl.evaluation.knn import (
+    KnnEvaluator,
+    extract_readable_features,
+    image_embedding,
+    knn_accuracy,
+    knn_predict,
+    subsample,
+)
+from hf_ssl.models import build_image_processor
+from tests.helpers import TINY_VIT, png_bytes, random_images, tiny_dino_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tiny_vit():
+    torch.manual_seed(0)
+    return ViTModel(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}), add_pooling_layer=False).eval()
+
+
+def _processor():
+    return build_image_processor("vit", 16, [0.5] * 3, [0.5] * 3)
+
+
+def _labelled_dataset(rows, labels):
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["vertical", "horizontal"])})
+    return datasets.Dataset.from_dict({"image": rows, "label": labels}, features=features)
+
+
+def _encoded(images):
+    return [{"bytes": png_bytes(image), "path": None} for image in images]
+
+
+TRUNCATED_PNG = "truncated.png"
+NOT_AN_IMAGE = "notes.jpg"
+
+
+def _unreadable(name):
+    """An undecodable ``Image`` row that names its file: a truncated PNG, or a text file."""
+    if name == TRUNCATED_PNG:
+        return {"bytes": png_bytes(random_images(1)[0])[:60], "path": name}
+    return {"bytes": b"this is a text file, not an image", "path": name}
 
 
 def test_weighted_vote_matches_hand_computation():
@@ -53,12 +101,7 @@ def test_k_larger_than_bank_and_length_mismatch():
 
 
 def test_image_embedding_uses_pooler_or_cls():
-    from transformers import ViTConfig, ViTModel
-
-    from tests.helpers import TINY_VIT
-
-    config = ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"})
-    model = ViTModel(config, add_pooling_layer=False).eval()
+    model = _tiny_vit()
     pixels = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(image_embedding(model, pixels), model(pixel_values=pixels).last_hidden_state[:, 0])
@@ -69,3 +112,81 @@ def test_subsample_is_fixed_and_bounded(tiny_image_dataset):
     second = subsample(tiny_image_dataset, 5, seed=1)
     assert len(first) == 5 and first["label"] == second["label"]
     assert subsample(tiny_image_dataset, None) is tiny_image_dataset
+
+
+def test_unreadable_images_are_dropped_with_their_labels_and_counted(caplog):
+    rows, labels = _encoded(random_images(14)), [index % 2 for index in range(14)]
+    clean_bank, clean_queries = _labelled_dataset(rows[:10], labels[:10]), _labelled_dataset(rows[10:], labels[10:])
+    # batch_size 2: the bank's second batch is all unreadable, the queries' first batch is half unreadable;
+    # each unreadable row carries the label its neighbours do not, so a misaligned label changes the votes
+    bank = _labelled_dataset(
+        rows[:2] + [_unreadable(TRUNCATED_PNG), _unreadable(NOT_AN_IMAGE)] + rows[2:10], labels[:2] + [1, 0] + labels[2:10]
+    )
+    queries = _labelled_dataset(rows[10:11] + [_unreadable(TRUNCATED_PNG)] + rows[11:], labels[10:11] + [1] + labels[11:])
+    model = _tiny_vit()
+
+    evaluator = KnnEvaluator(bank, queries, _processor(), k=3, batch_size=2, show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="hf_ssl.evaluation.knn"):
+        metrics = evaluator(model)
+    expected = KnnEvaluator(clean_bank, clean_queries, _processor(), k=3, batch_size=2, show_progress=False)(model)
+    assert metrics == pytest.approx(expected)
+    assert (evaluator.num_skipped_bank, evaluator.num_skipped_queries) == (2, 1)
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum(TRUNCATED_PNG in message for message in messages) == 2 and sum(NOT_AN_IMAGE in message for message in messages) == 1
+    assert sum("2 of 12 bank images" in message and "1 of 5 query images" in message for message in messages) == 1
+
+    read = extract_readable_features(model, bank, _processor(), batch_size=2, show_progress=False)
+    clean = extract_readable_features(model, clean_bank, _processor(), batch_size=2, show_progress=False)
+    assert read.num_skipped == 2 and clean.num_skipped == 0
+    torch.testing.assert_close(read.features, clean.features)
+    assert read.labels.tolist() == clean.labels.tolist() == labels[:10]
+
+
+def test_knn_command_skips_a_corrupt_file_in_each_imagefolder_split(tmp_path):
+    from transformers import AutoImageProcessor, AutoModel
+
+    from hf_ssl import DinoForPretraining
+    from hf_ssl.data import load_image_dataset
+
+    model_dir = tmp_path / "model"
+    model = DinoForPretraining(tiny_dino_config())
+    model.save_pretrained(model_dir)
+    model.export_backbone(model_dir / "backbone")
+    _processor().save_pretrained(model_dir)
+
+    images = random_images(16)
+    for root in (tmp_path / "clean", tmp_path / "corrupt"):
+        for split, indices in (("train", range(12)), ("test", range(12, 16))):
+            for index in indices:
+                folder = root / split / ("horizontal" if index % 2 else "vertical")
+                folder.mkdir(parents=True, exist_ok=True)
+                images[index].save(folder / f"{index}.png")
+    (tmp_path / "corrupt" / "train" / "horizontal" / "broken.png").write_bytes(png_bytes(images[0])[:60])
+    (tmp_path / "corrupt" / "test" / "vertical" / "broken.png").write_bytes(b"this is a text file, not an image")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_ssl.evaluation.knn", "--model", str(model_dir), "--dataset", "imagefolder",
+         "--data-dir", str(tmp_path / "corrupt"), "--k", "3", "--device", "cpu"],
+        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sorted(metrics) == ["knn_top1", "knn_top5"]
+    summary = [line for line in result.stderr.splitlines() if "unreadable images skipped" in line]
+    assert len(summary) == 1 and summary[0].startswith("2 unreadable images skipped"), result.stderr[-4000:]
+
+    # the same numbers as the good images alone
+    clean = load_image_dataset("imagefolder", data_dir=str(tmp_path / "clean"))
+    evaluator = KnnEvaluator(clean["train"], clean["test"], AutoImageProcessor.from_pretrained(model_dir), k=3, show_progress=False)
+    expected = evaluator(AutoModel.from_pretrained(model_dir))
+    assert metrics == {key: round(value, 2) for key, value in expected.items()}
+
+
+@pytest.mark.parametrize("unreadable_split", ["bank", "queries"])
+def test_a_split_with_no_readable_image_is_an_error(unreadable_split):
+    good = _labelled_dataset(_encoded(random_images(4)), [0, 1, 0, 1])
+    bad = _labelled_dataset([_unreadable(TRUNCATED_PNG), _unreadable(NOT_AN_IMAGE)], [0, 1])
+    bank, queries = (bad, good) if unreadable_split == "bank" else (good, bad)
+    evaluator = KnnEvaluator(bank, queries, _processor(), k=3, show_progress=False)
+    with pytest.raises(ValueError, match=rf"{unreadable_split}.*every one of its 2 images is unreadable"):
+        evaluator(_tiny_vit())
