@@ -133,8 +133,9 @@ def test_every_pil_mode_becomes_three_channel_uint8(mode, encoded):
     assert output["valid"] == [True]
     crops = output["global_crops"][0]
     assert crops.shape == (2, 3, 32, 32) and crops.dtype == torch.uint8
-    if mode in ("1", "L", "LA", "I;16", "I", "F"):
-        assert torch.equal(crops[:, 0], crops[:, 1]) and torch.equal(crops[:, 1], crops[:, 2])
+    identical_channels = torch.equal(crops[:, 0], crops[:, 1]) and torch.equal(crops[:, 1], crops[:, 2])
+    # single-channel modes give one plane three times; the colour modes of random colours keep their colours
+    assert identical_channels == (mode in ("1", "L", "LA", "I;16", "I", "F"))
 
 
 @pytest.mark.parametrize("mode, dtype", [("I;16", np.uint16), ("I", np.int32)])
@@ -168,17 +169,34 @@ def test_alpha_is_dropped_not_composited():
     assert crop[:, 0, 0].tolist() == [200, 10, 30]
 
 
+GREY_PIXELS = np.random.default_rng(1).integers(0, 256, (16, 16), dtype=np.uint8)
+COLOUR_PIXELS = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)  # HWC
+ALPHA_PIXELS = np.random.default_rng(3).integers(0, 256, (16, 16, 1), dtype=np.uint8)
+GREY_AS_RGB = np.stack([GREY_PIXELS] * 3)  # CHW: the grey plane in every channel
+COLOUR_AS_CHW = np.ascontiguousarray(COLOUR_PIXELS.transpose(2, 0, 1))
+
+
 @pytest.mark.parametrize(
-    "array",
+    "source, expected",
     [
-        np.full((16, 16, 3), (9, 99, 199), dtype=np.uint8),  # HWC
-        np.full((3, 16, 16), 1, dtype=np.uint8) * np.array([9, 99, 199], dtype=np.uint8).reshape(3, 1, 1),  # CHW
-        torch.full((16, 16, 4), 9, dtype=torch.uint8),  # a tensor with alpha
+        (PIL.Image.fromarray(GREY_PIXELS), GREY_AS_RGB),
+        (GREY_PIXELS, GREY_AS_RGB),
+        (GREY_PIXELS[..., None], GREY_AS_RGB),
+        (COLOUR_PIXELS, COLOUR_AS_CHW),
+        (COLOUR_AS_CHW, COLOUR_AS_CHW),
+        (torch.from_numpy(COLOUR_PIXELS), COLOUR_AS_CHW),
+        (torch.from_numpy(np.concatenate([COLOUR_PIXELS, ALPHA_PIXELS], -1)), COLOUR_AS_CHW),  # alpha dropped
     ],
+    ids=["grey-image", "grey-hw", "grey-hw1", "colour-hwc", "colour-chw", "colour-tensor", "colour-tensor-alpha"],
 )
-def test_arrays_and_tensors_are_images(array):
-    crop = MultiCropTransform(whole_image_config(16))({"image": [array]})["global_crops"][0][0]
-    assert crop[:, 3, 3].tolist() in ([9, 99, 199], [9, 9, 9])
+def test_a_whole_image_crop_is_the_source_pixels(source, expected):
+    if isinstance(source, PIL.Image.Image):
+        assert source.mode == "L"
+    crop = MultiCropTransform(whole_image_config(16))({"image": [source]})["global_crops"][0][0]
+    assert crop.shape == (3, 16, 16) and crop.dtype == torch.uint8
+    assert torch.equal(crop, torch.from_numpy(expected))
+    grey = expected is GREY_AS_RGB
+    assert torch.equal(crop[0], crop[1]) == grey and torch.equal(crop[1], crop[2]) == grey
 
 
 def test_image_path_and_path_dict(tmp_path):

@@ -173,13 +173,32 @@ def test_save_and_load_round_trip_is_bit_exact(tiny_model, tmp_path):
     loaded, info = AutoModelForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
     assert isinstance(loaded, DinoForPretraining)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    expected, actual = model.state_dict(), loaded.state_dict()
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
+    # every parameter and every buffer, the non-persistent ones too (state_dict() leaves those out)
+    for named in ("named_parameters", "named_buffers"):
+        expected, actual = dict(getattr(model, named)()), dict(getattr(loaded, named)())
+        assert expected.keys() == actual.keys()
+        for name in expected:
+            assert expected[name].dtype == actual[name].dtype, name
+            assert torch.equal(expected[name], actual[name]), name
+    assert "loss.pending_center_statistics" in dict(loaded.named_buffers())
+    assert "loss.pending_center_statistics" not in loaded.state_dict()
     # loading must not unfreeze the teacher or the norm-fixed last layer
     assert not any(p.requires_grad for p in loaded.teacher.parameters())
     assert not loaded.student.head.last_layer_magnitude.requires_grad
+
+
+def test_loaded_model_starts_with_no_pending_center_statistics(tiny_model, tmp_path):
+    # The pending sums are not saved, so loading never fills them: they must start at zero, not at whatever
+    # memory they were given. Several loads in a row, since leftover memory is sometimes zero by chance.
+    model = tiny_model().train()
+    model(*crops(), update_center=False)
+    assert model.loss.pending_center_statistics.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    for _ in range(5):
+        loaded = DinoForPretraining.from_pretrained(tmp_path)
+        pending = loaded.loss.pending_center_statistics
+        assert pending.shape == (loaded.config.out_dim + 1,)
+        assert torch.count_nonzero(pending) == 0, pending
 
 
 def test_teacher_missing_from_a_checkpoint_starts_from_the_student(tiny_model, tmp_path):

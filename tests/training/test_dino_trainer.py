@@ -2,11 +2,12 @@ import math
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from hf_ssl import DinoForPretraining
 from hf_ssl.data import MultiCropTransform, with_multicrop
 from hf_ssl.training import DinoTrainer, dino_step
-from tests.helpers import tiny_dino_config, tiny_multicrop_config, tiny_training_arguments
+from tests.helpers import make_dino_trainer, tiny_dino_config, tiny_multicrop_config, tiny_training_arguments
 
 
 def make_trainer(tmp_path, dataset, model=None, **argument_overrides):
@@ -46,23 +47,64 @@ def test_tiny_end_to_end_run_logs_and_updates(tmp_path, tiny_image_dataset):
     assert (tmp_path / "out" / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_logged_schedules_follow_the_step(tmp_path, tiny_image_dataset):
-    trainer = make_trainer(tmp_path, tiny_image_dataset, max_steps=4, weight_decay=0.04, weight_decay_end=0.4, learning_rate=1e-3, min_lr=1e-4)
+def record_param_groups(trainer, engine):
+    """``[(step, [(lr, weight_decay) of each param group])]``, read as the optimizer is about to step."""
+    seen = []
+
+    def record(step):
+        seen.append((step, [(group["lr"], group["weight_decay"]) for group in trainer.optimizer.param_groups]))
+
+    if engine == "trainer":
+        class Recorder(TrainerCallback):  # added after DinoStepCallback, so it runs after it
+            def on_pre_optimizer_step(self, args, state, control, **kwargs):
+                record(state.global_step)
+
+        trainer.add_callback(Recorder())
+    else:
+        before_optimizer_step = trainer.dino_step.before_optimizer_step
+
+        def recording(optimizer, step):
+            skipped = before_optimizer_step(optimizer, step)
+            record(step)
+            return skipped
+
+        trainer.dino_step.before_optimizer_step = recording
+    return seen
+
+
+@pytest.mark.parametrize("engine", ["trainer", "accelerate"])
+def test_optimizer_gets_the_scheduled_lr_and_weight_decay_at_every_step(tmp_path, tiny_image_dataset, engine):
+    # 16 images in batches of 4: 4 optimizer steps per epoch, 7 steps in all. Warmup 1 epoch = steps 0-3,
+    # last layer frozen 0.5 epoch = steps 0-1, peak lr = 0.0512 * total batch 4 / 256 = 8e-4.
+    trainer = make_dino_trainer(
+        tmp_path, tiny_image_dataset, engine=engine, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+        max_steps=7, learning_rate=0.0512, scale_learning_rate=True, warmup_epochs=1.0, warmup_start_lr=1e-4,
+        min_lr=2e-5, weight_decay=0.04, weight_decay_end=0.4, freeze_last_layer_epochs=0.5,
+    )
+    seen = record_param_groups(trainer, engine)
     trainer.train()
-    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    schedules = trainer.schedules
-    for step, entry in enumerate(logs):
-        assert entry["learning_rate"] == pytest.approx(schedules.learning_rate(step))
-        assert entry["weight_decay"] == pytest.approx(schedules.weight_decay(step))
-    assert logs[0]["weight_decay"] == pytest.approx(0.04) and logs[-1]["weight_decay"] == pytest.approx(0.4)
-    assert logs[-1]["learning_rate"] == pytest.approx(1e-4)
+
+    # warmup: 1e-4 + (8e-4 - 1e-4) * step / 4; then a half cosine from 8e-4 (step 4) to 2e-5 (step 6, the last)
+    expected_lr = [1e-4, 2.75e-4, 4.5e-4, 6.25e-4, 8e-4, (8e-4 + 2e-5) / 2, 2e-5]
+    # a half cosine from 0.04 (step 0) to 0.4 (step 6): 0.4 - 0.18 * (1 + cos(pi * step / 6))
+    expected_weight_decay = [0.04, 0.4 - 0.18 * (1 + math.sqrt(3) / 2), 0.13, 0.22, 0.31, 0.4 - 0.18 * (1 - math.sqrt(3) / 2), 0.4]
+    assert [step for step, _ in seen] == list(range(7))
     groups = trainer.optimizer.param_groups
     # weights, biases/norms, then the head's last layer (a weight-norm direction: decayed) in a group of its own
     assert [(g["apply_weight_decay"], g.get("last_layer", False)) for g in groups] == [(True, False), (False, False), (True, True)]
-    assert groups[1]["weight_decay"] == 0.0 and groups[0]["weight_decay"] == pytest.approx(schedules.weight_decay(3))
-    assert groups[2]["weight_decay"] == pytest.approx(schedules.weight_decay(3))
     assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim <= 1 for p in groups[1]["params"])
     assert groups[2]["params"] == [p for p in trainer.model.last_layer_parameters() if p.requires_grad]
+    for step, values in seen:
+        lr, weight_decay = expected_lr[step], expected_weight_decay[step]
+        last_layer_lr = 0.0 if step < 2 else lr
+        assert values == [
+            (pytest.approx(lr), pytest.approx(weight_decay)),
+            (pytest.approx(lr), 0.0),
+            (pytest.approx(last_layer_lr), pytest.approx(weight_decay)),
+        ], f"step {step}"
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["learning_rate"] for entry in logs] == pytest.approx(expected_lr)
+    assert [entry["weight_decay"] for entry in logs] == pytest.approx(expected_weight_decay)
 
 
 def test_ema_runs_once_per_optimizer_step_under_accumulation(tmp_path, tiny_image_dataset, monkeypatch):
@@ -81,14 +123,32 @@ def test_ema_runs_once_per_optimizer_step_under_accumulation(tmp_path, tiny_imag
     assert calls[0] == pytest.approx(0.9)
 
 
-def test_ema_update_equals_formula_after_one_step(tmp_path, tiny_image_dataset):
-    trainer = make_trainer(tmp_path, tiny_image_dataset, max_steps=1, teacher_momentum=0.5)
-    teacher_before = snapshot(trainer.model.teacher)
+def floating_parameters(module):
+    return {name: parameter.detach().clone() for name, parameter in module.named_parameters() if parameter.is_floating_point()}
+
+
+@pytest.mark.parametrize("engine", ["trainer", "accelerate"])
+def test_ema_update_equals_formula_after_one_step(tmp_path, tiny_image_dataset, engine):
+    # A constant momentum and a constant lr: the schedules of a one-step run sit at their end values, and the
+    # defaults (momentum 1.0, min_lr 1e-6) would leave the teacher where it was, within any tolerance.
+    # 0.9, not 0.5, so that an update with momentum and 1 - momentum swapped shows too.
+    momentum, atol, rtol = 0.9, 1e-6, 1e-5
+    trainer = make_dino_trainer(
+        tmp_path, tiny_image_dataset, engine=engine, max_steps=1, teacher_momentum=momentum, teacher_momentum_end=momentum,
+        learning_rate=1e-2, min_lr=1e-2,
+    )
+    teacher_before = floating_parameters(trainer.model.teacher)
     trainer.train()
-    student_after = snapshot(trainer.model.student)
-    for name, value in snapshot(trainer.model.teacher).items():
-        if value.is_floating_point() and name in student_after:
-            torch.testing.assert_close(value, 0.5 * teacher_before[name] + 0.5 * student_after[name])
+    student_after, teacher_after = floating_parameters(trainer.model.student), floating_parameters(trainer.model.teacher)
+    assert teacher_after.keys() == student_after.keys() == teacher_before.keys()
+    for name, value in teacher_after.items():
+        expected = momentum * teacher_before[name] + (1 - momentum) * student_after[name]
+        torch.testing.assert_close(value, expected, rtol=rtol, atol=atol, msg=name)
+    # Adam's first step moves every trained weight by about lr, the teacher follows by (1 - momentum) of it
+    movement = {name: (teacher_after[name] - teacher_before[name]).abs().max().item() for name in teacher_after}
+    assert max(movement.values()) > 1e-3 > 100 * atol
+    moved = [name for name, value in movement.items() if value > 100 * atol]
+    assert len(moved) > 0.9 * len(movement), sorted(set(movement) - set(moved))
 
 
 def test_last_layer_is_frozen_for_the_first_epochs(tmp_path, tiny_image_dataset):

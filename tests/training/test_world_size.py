@@ -12,11 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import free_port
+from hf_ssl import DinoForPretraining
+from tests.helpers import free_port, tiny_dino_config
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "training" / "world_size_worker.py"
 ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+RTOL, ATOL = 1e-4, 1e-5
 
 
 def run(arguments: list[str], processes: int = 1) -> str:
@@ -32,16 +34,32 @@ def run(arguments: list[str], processes: int = 1) -> str:
     return result.stdout + result.stderr
 
 
+def moved_far(after, before, prefix):
+    """Names under ``prefix`` whose tensors moved by more than 10 times the comparison's tolerance."""
+    return [
+        name for name in after
+        if name.startswith(prefix) and after[name].is_floating_point()
+        and ((after[name] - before[name]).abs() > 10 * (ATOL + RTOL * before[name].abs())).any()
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["trainer", "accelerate"])
 def test_checkpoint_of_one_process_resumes_on_two(engine, tmp_path):
     run([str(tmp_path / "whole"), engine])
+    whole = load_file(tmp_path / "whole" / "final.safetensors")
+    torch.manual_seed(0)  # the worker's initial model
+    initial = DinoForPretraining(tiny_dino_config()).state_dict()
+    for prefix in ("student.", "teacher."):  # the comparison below can then tell a wrong resume from float noise
+        tensors = [name for name in whole if name.startswith(prefix) and whole[name].is_floating_point()]
+        moved = moved_far(whole, initial, prefix)
+        assert len(moved) > 0.8 * len(tensors), f"{prefix}: only {len(moved)} of {len(tensors)} tensors moved"
     run([str(tmp_path / "cut"), engine, "--stop-after", "4"])  # in the second epoch (3 steps per epoch)
     assert (tmp_path / "cut" / "checkpoint-4").is_dir()
     log = run([str(tmp_path / "cut"), engine, "--resume", "auto"], processes=2)
     assert "world size 2, finished at step 6" in log
     assert "Resuming a 1-process checkpoint on 2 processes" in log
-    whole, resumed = load_file(tmp_path / "whole" / "final.safetensors"), load_file(tmp_path / "cut" / "final.safetensors")
+    resumed = load_file(tmp_path / "cut" / "final.safetensors")
     assert whole.keys() == resumed.keys()
     for name in whole:
-        torch.testing.assert_close(resumed[name], whole[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(resumed[name], whole[name], rtol=RTOL, atol=ATOL, msg=name)

@@ -212,6 +212,8 @@ def _init_dino_module(module: nn.Module) -> None:
         init.zeros_(module.num_batches_tracked)
     elif isinstance(module, DinoLoss):
         init.zeros_(module.center)
+        # not saved (persistent=False), so never loaded: without this it holds whatever memory it was given
+        init.zeros_(module.pending_center_statistics)
 
 
 class DinoNetwork(nn.Module):
