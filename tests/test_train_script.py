@@ -3,11 +3,13 @@ k-NN numbers; then the k-NN command on what it saved."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.helpers import TINY_VIT, random_images
@@ -27,11 +29,38 @@ def image_folder(tmp_path_factory):
     return root
 
 
-def run(arguments, timeout=300):
+def run(arguments, timeout=300, returncode=0):
+    """Run ``python <arguments>`` from the repository root; check the exit code; return stdout (or, for an
+    expected failure, the whole result)."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, *arguments], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result.stdout
+    assert result.returncode == returncode, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout if returncode == 0 else result
+
+
+def error_line(stderr: str) -> str:
+    """The script's one-line error (progress bars may still write to stderr after it)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def folder_knn(backbone_dir, image_folder, k=5):
+    """k-NN top-1 of an exported backbone on the image folder, with plain transformers only."""
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModel
+
+    from hf_ssl.evaluation import knn_accuracy
+
+    model, processor = AutoModel.from_pretrained(backbone_dir).eval(), AutoImageProcessor.from_pretrained(backbone_dir)
+    splits = {}
+    for split in ("train", "test"):
+        files = sorted((image_folder / split).glob("*/*.png"))
+        with torch.no_grad():
+            features = model(**processor([Image.open(path) for path in files], return_tensors="pt")).pooler_output
+        labels = torch.tensor([0 if path.parent.name == "horizontal" else 1 for path in files])
+        splits[split] = (features, labels)
+    return knn_accuracy(*splits["train"], *splits["test"], k=k)["knn_top1"]
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +82,15 @@ def trained(image_folder, tmp_path_factory):
     return output_dir, stdout
 
 
-def test_script_trains_saves_and_reports_knn(trained):
+def test_script_trains_saves_and_reports_knn(trained, image_folder):
     output_dir, stdout = trained
     assert "k-NN top-1 (random init)" in stdout and "k-NN top-1 (trained)" in stdout
     for name in ("README.md", "config.json", "model.safetensors", "preprocessor_config.json", "recipe.yaml", "knn_results.json",
                  "backbone/config.json", "backbone/model.safetensors", "backbone/preprocessor_config.json"):
         assert (output_dir / name).is_file(), name
     results = json.loads((output_dir / "knn_results.json").read_text())
-    assert 0 <= results["trained"]["knn_top1"] <= 100
+    # the reported number is that of the exported (trained teacher) backbone, measured here without hf_ssl's evaluator
+    assert results["trained"]["knn_top1"] == pytest.approx(folder_knn(output_dir / "backbone", image_folder), abs=0.01)
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: image-feature-extraction" in card and "ViTModel" in card and "optimizer steps | 3" in card
     assert f"top-1 {results['trained']['knn_top1']:.2f}%" in card
@@ -108,3 +138,64 @@ def test_accelerate_engine_script_checkpoints_and_resume_errors(trained, image_f
         result = subprocess.run([sys.executable, *common, *extra], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
         assert "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_a_failure_after_training_keeps_the_model_and_a_resume_writes_only_what_is_missing(trained, tmp_path):
+    output_dir, _ = trained
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "backbone").write_text("a file where the export goes")  # the export step will fail
+    common = ["recipes/train_dino.py", "--config", str(output_dir / "recipe.yaml"), "--output_dir", str(run_dir),
+              "--max_steps", "2", "training.save_strategy=steps", "training.save_steps=2", "evaluation.knn_at_start=false"]
+    failed = run(common, returncode=1)
+    assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    message = error_line(failed.stderr)
+    assert message.startswith("error: writing the plain transformers backbone (backbone/) failed after training"), message
+    assert f"Saved in {run_dir}: the trained model (config.json, model.safetensors); the image processor" in message
+    assert "Not written: the plain transformers backbone (backbone/); the resolved recipe (recipe.yaml)" in message
+    assert "checkpoint-2 holds the final weights" in message
+    model_file = run_dir / "model.safetensors"
+    saved_model = model_file.read_bytes()
+    modified = model_file.stat().st_mtime_ns
+
+    (run_dir / "backbone").unlink()  # fixed: the same command with --resume auto finishes the job without training
+    stdout = run([*common, "--resume", "auto"])
+    assert "Saved to" in stdout
+    for name in ("backbone/model.safetensors", "recipe.yaml", "README.md", "knn_results.json"):
+        assert (run_dir / name).is_file(), name
+    assert model_file.stat().st_mtime_ns == modified and model_file.read_bytes() == saved_model
+    assert sorted(path.name for path in run_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_unreadable_images_in_the_labelled_splits_are_skipped_by_the_end_of_training_knn(trained, image_folder, tmp_path):
+    output_dir, _ = trained
+    broken_folder = tmp_path / "images"
+    shutil.copytree(image_folder, broken_folder)
+    for split in ("train", "test"):
+        (broken_folder / split / "vertical" / "broken.png").write_bytes(b"not a png")
+    run_dir = tmp_path / "run"
+    stdout = run(["recipes/train_dino.py", "--config", str(output_dir / "recipe.yaml"), f"training.output_dir={run_dir}",
+                  f"data.data_dir={broken_folder}", "training.max_steps=1", "evaluation.knn_at_start=false"])
+    assert "k-NN top-1 (trained)" in stdout
+    assert (run_dir / "backbone" / "model.safetensors").is_file()
+    assert "trained" in json.loads((run_dir / "knn_results.json").read_text())
+
+
+def test_a_nonfinite_streak_stops_with_a_message_naming_the_last_good_checkpoint(trained, tmp_path):
+    output_dir, _ = trained
+    run_dir = tmp_path / "run"
+    failed = run(["recipes/train_dino.py", "--config", str(output_dir / "recipe.yaml"), f"training.output_dir={run_dir}",
+                  "training.learning_rate=1e6", "training.max_steps=40", "training.save_strategy=steps", "training.save_steps=1",
+                  "training.save_total_limit=1", "training.max_consecutive_nonfinite_steps=3", "evaluation.knn_at_start=false"], returncode=1)
+    assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    message = error_line(failed.stderr)
+    kept = [path.name for path in run_dir.glob("checkpoint-*")]
+    assert len(kept) == 1 and f"{run_dir / kept[0]}" in message, (kept, message)
+    assert message.startswith("error: the loss was NaN or inf for 3 optimizer steps in a row")
+    assert not (run_dir / "model.safetensors").exists()  # no final model from a diverged run
+
+
+def test_values_that_make_no_sense_stop_before_anything_runs(trained):
+    output_dir, _ = trained
+    failed = run(["recipes/train_dino.py", "--config", str(output_dir / "recipe.yaml"), "--per_device_train_batch_size", "0"], returncode=2)
+    assert error_line(failed.stderr) == "error: invalid 'training' section: per_device_train_batch_size must be an integer >= 1, got 0"

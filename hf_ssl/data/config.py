@@ -8,7 +8,7 @@ same config, so one YAML ``augmentation:`` section describes the whole pipeline.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,28 +25,28 @@ class MultiCropConfig:
     Scales are fractions of the image area, ``crop_ratio`` is the (min, max) width/height ratio.
     """
 
-    global_crops_number: int = 2
-    global_crop_size: int = 224
-    global_crops_scale: tuple[float, float] = (0.4, 1.0)
-    local_crops_number: int = 8
-    local_crop_size: int = 96
-    local_crops_scale: tuple[float, float] = (0.05, 0.4)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    interpolation: str = "bicubic"
-    flip_probability: float = 0.5
-    color_jitter_probability: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_probability: float = 0.2
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    global_blur_probabilities: tuple[float, ...] = (1.0, 0.1)
-    local_blur_probability: float = 0.5
-    global_solarize_probabilities: tuple[float, ...] = (0.0, 0.2)
-    local_solarize_probability: float = 0.0
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    global_crops_number: int = field(default=2, metadata={"help": "Global (large) crops per image; the teacher sees only these."})
+    global_crop_size: int = field(default=224, metadata={"help": "Side of a global crop, in pixels."})
+    global_crops_scale: tuple[float, float] = field(default=(0.4, 1.0), metadata={"help": "(min, max) fraction of the image area a global crop covers."})
+    local_crops_number: int = field(default=8, metadata={"help": "Local (small) crops per image, seen by the student only (0: none)."})
+    local_crop_size: int = field(default=96, metadata={"help": "Side of a local crop, in pixels (at most global_crop_size)."})
+    local_crops_scale: tuple[float, float] = field(default=(0.05, 0.4), metadata={"help": "(min, max) fraction of the image area a local crop covers."})
+    crop_ratio: tuple[float, float] = field(default=(3 / 4, 4 / 3), metadata={"help": "(min, max) width/height ratio of a crop before it is resized."})
+    interpolation: str = field(default="bicubic", metadata={"help": "Resampling of the crop resize: nearest, bilinear, bicubic, lanczos, box or hamming."})
+    flip_probability: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
+    color_jitter_probability: float = field(default=0.8, metadata={"help": "Probability of colour jitter (brightness, contrast, saturation, hue)."})
+    brightness: float = field(default=0.4, metadata={"help": "Brightness jitter: a factor drawn from [max(0, 1 - brightness), 1 + brightness]."})
+    contrast: float = field(default=0.4, metadata={"help": "Contrast jitter: a factor drawn from [max(0, 1 - contrast), 1 + contrast]."})
+    saturation: float = field(default=0.2, metadata={"help": "Saturation jitter: a factor drawn from [max(0, 1 - saturation), 1 + saturation]."})
+    hue: float = field(default=0.1, metadata={"help": "Hue jitter: a shift drawn from [-hue, hue] of a full turn, in [0, 0.5]."})
+    grayscale_probability: float = field(default=0.2, metadata={"help": "Probability of turning the crop to grayscale."})
+    blur_sigma: tuple[float, float] = field(default=(0.1, 2.0), metadata={"help": "(min, max) sigma of the Gaussian blur, in pixels of the crop."})
+    global_blur_probabilities: tuple[float, ...] = field(default=(1.0, 0.1), metadata={"help": "Blur probability of each global crop, one value per global crop."})
+    local_blur_probability: float = field(default=0.5, metadata={"help": "Blur probability of each local crop."})
+    global_solarize_probabilities: tuple[float, ...] = field(default=(0.0, 0.2), metadata={"help": "Solarize probability of each global crop, one value per global crop."})
+    local_solarize_probability: float = field(default=0.0, metadata={"help": "Solarize probability of each local crop."})
+    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN, metadata={"help": "Per-channel (RGB) mean of the final normalisation."})
+    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"help": "Per-channel (RGB) standard deviation of the final normalisation."})
 
     def __post_init__(self):
         if not isinstance(self.global_crops_number, int) or self.global_crops_number < 1:
@@ -57,6 +57,11 @@ class MultiCropConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer (pixels), got {value!r}")
+        if self.local_crops_number > 0 and self.local_crop_size > self.global_crop_size:
+            raise ValueError(
+                f"local_crop_size ({self.local_crop_size}) is larger than global_crop_size ({self.global_crop_size}): "
+                "local crops are the small views (DINO: 96 vs 224); swap the two sizes, or set local_crops_number=0"
+            )
 
         for name in ("global_crops_scale", "local_crops_scale"):
             low, high = self._pair(name)

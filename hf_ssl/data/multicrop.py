@@ -179,6 +179,22 @@ class MultiCropDataset(torch.utils.data.Dataset):
     def column_names(self) -> list[str]:
         return self.dataset.column_names
 
+    def probe_readable_images(self, max_images: int = 32) -> tuple[int, int, str | None]:
+        """Decode up to ``max_images`` images spread evenly over the dataset (no crops) and return
+        ``(readable, checked, first error)``: a cheap look, before training, for a dataset none of whose images
+        can be read (training would only skip them)."""
+        positions = np.unique(np.linspace(0, len(self.dataset) - 1, num=min(max_images, len(self.dataset))).astype(np.int64))
+        readable, first_error = 0, None
+        for position in positions.tolist():
+            item = self.dataset[position]["image"]
+            try:
+                to_8bit(decode_image(item))
+                readable += 1
+            except Exception as error:  # the same rule as the transform: anything that stops decoding
+                if first_error is None:
+                    first_error = f"{describe_image(item, f'row {position}')}: {type(error).__name__}: {error}"
+        return readable, len(positions), first_error
+
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """Shuffles ``range(num_examples)`` anew each epoch, from ``seed + epoch`` alone, and yields the keys

@@ -1,6 +1,7 @@
 """Training machinery: the DINO Trainer, its callbacks, schedules, EMA and recipe configuration."""
 
 from hf_ssl.training.callbacks import DinoStepCallback, EmaCallback
+from hf_ssl.training.cli import parse_command_line
 from hf_ssl.training.config import ConfigError
 from hf_ssl.training.dino_accelerate import DinoAccelerateTrainer, build_dino_trainer
 from hf_ssl.training.dino_step import DinoStep
@@ -31,5 +32,6 @@ __all__ = [
     "build_dino_trainer",
     "ema_update_",
     "parameter_groups",
+    "parse_command_line",
     "scaled_learning_rate",
 ]

@@ -29,6 +29,7 @@ class DinoStepCallback(TrainerCallback):
         accelerator = self.trainer.accelerator
         self.trainer.dino_step.bind(accelerator.unwrap_model(self.trainer.model), optimizer_steps_in_backward=is_deepspeed(accelerator))
         self.trainer.restore_full_precision_teacher()
+        self.trainer.begin_session(state)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer.dino_step.begin_step(self.trainer.optimizer, state.global_step)

@@ -11,17 +11,28 @@ A checkpoint is a folder ``<output_dir>/checkpoint-<step>`` holding what its eng
 Every process writes into ``<output_dir>/.staging-checkpoint-<step>``; once all are done, the main
 process renames it to ``checkpoint-<step>`` (``os.replace``, atomic on POSIX). A save killed half way
 leaves a staging folder that is ignored and removed by the next save, never a partial checkpoint, and
-the previous checkpoints stay as they were.
+the previous checkpoints stay as they were. ``hf_ssl_state.json`` is written last and lists the size of
+every other file, so a checkpoint truncated afterwards (a copy cut short, a disk that filled up) is
+recognised before a resume loads it (``checkpoint_damage``).
+
+One run at a time per output directory: the main process holds ``<output_dir>/_hf_ssl.lock``
+(``guard_output_dir``), and a fresh run refuses a directory that already holds a run's checkpoints or
+model unless it resumes them or ``overwrite_output_dir`` is set.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import socket
+import struct
+import time
+from contextlib import contextmanager
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +47,9 @@ STATE_FILE = "hf_ssl_state.json"
 STATE_FORMAT_VERSION = 1
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)$")
 _STAGING_PREFIX = f".staging-{CHECKPOINT_PREFIX}-"
+LOCK_FILE = "_hf_ssl.lock"  # "_*" files are left out of Hub uploads by the Trainer
+# Files that make a folder a finished run's output (the model that save_model writes).
+MODEL_FILES = ("model.safetensors", "config.json")
 
 
 def checkpoint_path(output_dir: str | os.PathLike, step: int) -> Path:
@@ -114,10 +128,13 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def write_state(directory: str | os.PathLike, state: Mapping[str, Any]) -> Path:
+    """Write ``hf_ssl_state.json`` into the finished checkpoint folder ``directory``, with the size of every
+    other file in it (``files``), so that a file truncated later is caught by ``checkpoint_damage``."""
     path = Path(directory) / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    files = file_sizes(directory)
     with path.open("w", encoding="utf-8") as handle:
-        json.dump({"format_version": STATE_FORMAT_VERSION, **state}, handle, indent=1)
+        json.dump({"format_version": STATE_FORMAT_VERSION, **state, "files": files}, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
     return path
@@ -140,26 +157,234 @@ def read_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def file_sizes(directory: str | os.PathLike) -> dict[str, int]:
+    """``{relative path: size in bytes}`` of every file under ``directory`` except ``hf_ssl_state.json``."""
+    directory = Path(directory)
+    return {
+        path.relative_to(directory).as_posix(): path.stat().st_size
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != STATE_FILE
+    }
+
+
+def checkpoint_damage(checkpoint: str | os.PathLike) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (an unreadable state file, a missing file, a file whose size
+    is not the size it was saved with, a safetensors file shorter than its header says), or None if intact.
+    Reads sizes and headers only, never the tensors."""
+    checkpoint = Path(checkpoint)
+    try:
+        state = read_state(checkpoint)
+    except ConfigError as error:
+        return str(error)
+    for name, size in (state.get("files") or {}).items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} holds {path.stat().st_size} bytes, {size} were saved"
+    for path in sorted(checkpoint.rglob("*.safetensors")):  # also for checkpoints written before the size list
+        problem = _safetensors_damage(path)
+        if problem is not None:
+            return f"{path.relative_to(checkpoint).as_posix()} {problem}"
+    return None
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    """A safetensors file is an 8-byte header length, a JSON header giving each tensor's byte range, then the
+    data: the file must be exactly as long as the header says."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            (header_length,) = struct.unpack("<Q", handle.read(8))
+            if header_length > size - 8:
+                return f"is truncated ({size} bytes, its header alone needs {header_length + 8})"
+            header = json.loads(handle.read(header_length))
+    except (struct.error, ValueError) as error:
+        return f"is not a readable safetensors file ({error})"
+    data_length = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if size != 8 + header_length + data_length:
+        return f"is truncated ({size} bytes, its header says {8 + header_length + data_length})"
+    return None
+
+
 def resolve_resume(resume: str | os.PathLike | bool | None, output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint to resume from: ``None``/``False`` -> none; ``"auto"``/``True`` -> the latest in
-    ``output_dir`` (none when there is none yet, so the same command starts and resumes a job); a path ->
-    that checkpoint, which must exist. Raises ``ConfigError`` before any training for a bad path."""
+    """The checkpoint to resume from: ``None``/``False`` -> none; ``"auto"``/``True`` -> the latest intact one
+    in ``output_dir`` (a damaged one is passed over with a warning naming it; none when there is no checkpoint
+    yet, so the same command starts and resumes a job); a path -> that checkpoint, which must exist and be
+    intact. Raises ``ConfigError`` before any training for a bad path or when every checkpoint is damaged."""
     if resume is None or resume is False or resume == "":
         return None
     if resume is True or str(resume).lower() in ("auto", "latest", "true"):
-        found = latest_checkpoint(output_dir)
-        if found is None:
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
             logger.info("resume=auto: no checkpoint in %s yet, starting from scratch", output_dir)
-        else:
-            logger.info("resume=auto: resuming from %s", found)
-        return found
+            return None
+        problems = []
+        for candidate in reversed(checkpoints):
+            damage = checkpoint_damage(candidate)
+            if damage is None:
+                if problems:
+                    logger.warning("resume=auto: %s; resuming from %s instead", "; ".join(problems), candidate.name)
+                logger.info("resume=auto: resuming from %s", candidate)
+                return candidate
+            problems.append(f"{candidate.name} is damaged ({damage})")
+        raise ConfigError(
+            f"no intact checkpoint in {output_dir}: {'; '.join(problems)}. Delete the damaged folders to start again, "
+            "or restore them from a copy"
+        )
     path = Path(resume)
+    if path.is_file():
+        raise ConfigError(f"resume checkpoint {str(path)!r} is a file: give its folder ({CHECKPOINT_PREFIX}-<step>), or 'auto'")
     if not path.is_dir():
         raise ConfigError(f"resume checkpoint {str(path)!r} does not exist (use a {CHECKPOINT_PREFIX}-<step> folder, or 'auto')")
     if not (path / STATE_FILE).is_file() and list_checkpoints(path):
         raise ConfigError(f"{path} is an output directory, not a checkpoint: resume from {latest_checkpoint(path)} or use 'auto'")
-    read_state(path)
+    damage = checkpoint_damage(path)
+    if damage is not None:
+        earlier = [candidate for candidate in list_checkpoints(path.parent) if candidate.name != path.name and checkpoint_damage(candidate) is None]
+        earlier = [candidate for candidate in earlier if _step_of(candidate) < _step_of(path)]
+        hint = f" The latest intact checkpoint before it is {earlier[-1]}: resume from it, or use 'auto'." if earlier else ""
+        raise ConfigError(f"checkpoint {path} is damaged: {damage}.{hint}")
     return path
+
+
+def _step_of(checkpoint: Path) -> int:
+    match = _CHECKPOINT_NAME.match(checkpoint.name)
+    return int(match.group(1)) if match else -1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One run per output directory
+# ----------------------------------------------------------------------------------------------------------------------
+
+_held_locks: dict[str, Any] = {}
+
+
+def lock_output_dir(output_dir: str | os.PathLike) -> None:
+    """Hold ``<output_dir>/_hf_ssl.lock`` for the rest of this process (main process only), or raise a
+    ``ConfigError`` naming the run that holds it. The operating system drops the lock when the process ends,
+    however it ends (SIGKILL included), so a killed run never leaves a stale lock. Taking it again in the same
+    process is a no-op (a notebook or a test that trains twice into one folder)."""
+    directory = Path(output_dir).resolve()
+    if str(directory) in _held_locks:
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks, no guard
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"output_dir {str(output_dir)!r} is in use by another run ({holder}): two runs in one folder overwrite each "
+            "other's checkpoints and model. Wait for it to end, or give this run another training.output_dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    _held_locks[str(directory)] = handle
+
+
+def release_output_dir(output_dir: str | os.PathLike) -> None:
+    """Give up the lock ``lock_output_dir`` took (it also goes when the process ends)."""
+    handle = _held_locks.pop(str(Path(output_dir).resolve()), None)
+    if handle is not None:
+        handle.close()
+
+
+def guard_output_dir(output_dir: str | os.PathLike, checkpoint: Path | None, resume_requested: bool, overwrite: bool) -> None:
+    """Before training, on the main process: lock ``output_dir`` for this run, and refuse to start a fresh run
+    (``checkpoint`` None) in a folder that holds another run's checkpoints or model, which it would overwrite
+    and mix with its own. With ``overwrite`` the old checkpoints are deleted (a later ``--resume auto`` must not
+    pick them up) and the old model is replaced when this run saves its own."""
+    lock_output_dir(output_dir)
+    if checkpoint is not None:
+        return
+    directory = Path(output_dir)
+    checkpoints = list_checkpoints(directory)
+    model_files = [name for name in MODEL_FILES if (directory / name).is_file()]
+    if not checkpoints and not model_files:
+        return
+    found = ", ".join([path.name for path in checkpoints[-3:]] + model_files)
+    if overwrite:
+        logger.warning("overwrite_output_dir: deleting the checkpoints of the previous run in %s (%s)", directory, found)
+        for path in checkpoints:
+            shutil.rmtree(path)
+        return
+    if resume_requested:
+        raise ConfigError(
+            f"output_dir {str(directory)!r} holds a trained model ({found}) but no checkpoint to resume from. To continue "
+            f"training it, start a new run from its weights (model.pretrained_model_name_or_path={directory}, another "
+            "output_dir); to train again from scratch here, set training.overwrite_output_dir=true"
+        )
+    raise ConfigError(
+        f"output_dir {str(directory)!r} already holds a run ({found}). Continue it with --resume auto, set "
+        "training.overwrite_output_dir=true to replace it, or choose another training.output_dir"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class CheckpointSaveError(RuntimeError):
+    """Saving checkpoint ``step`` failed; its staging folder is removed and the earlier checkpoints are intact."""
+
+    def __init__(self, step: int, output_dir: str | os.PathLike, cause: BaseException):
+        self.step, self.cause = step, cause
+        self.no_space = _is_out_of_space(cause, output_dir)
+        latest = latest_checkpoint(output_dir)
+        intact = f"{latest.name} is intact" if latest is not None else "no earlier checkpoint exists"
+        if self.no_space:
+            free = _free_bytes(output_dir)
+            message = (
+                f"no space left on device while saving checkpoint {step} in {output_dir} ({free / 2**20:.1f} MiB free); "
+                f"{intact}. Free some space (a lower training.save_total_limit keeps fewer checkpoints), then continue with --resume auto"
+            )
+        else:
+            message = f"saving checkpoint {step} in {output_dir} failed ({type(cause).__name__}: {cause}); {intact}"
+        super().__init__(message)
+
+
+@contextmanager
+def saving_checkpoint(output_dir: str | os.PathLike, step: int):
+    """Wrap the writing of checkpoint ``step``: on any error, remove its staging folder and raise a
+    ``CheckpointSaveError`` that says whether the disk is full and which checkpoint is intact."""
+    try:
+        yield
+    except CheckpointSaveError:
+        raise
+    except Exception as error:
+        save_error = CheckpointSaveError(step, output_dir, error)  # measures free space before the cleanup
+        shutil.rmtree(staging_path(output_dir, step), ignore_errors=True)
+        raise save_error from error
+
+
+def _free_bytes(path: str | os.PathLike) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return -1
+
+
+def _is_out_of_space(error: BaseException, output_dir: str | os.PathLike) -> bool:
+    """ENOSPC/EDQUOT, or an error of a writer that hides the errno (torch.save: "file write failed",
+    "iostream error") while the disk has less than 16 MiB left."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    free = _free_bytes(output_dir)
+    return 0 <= free < 16 * 2**20
 
 
 def check_resume_compatible(
@@ -171,6 +396,8 @@ def check_resume_compatible(
     total_batch_size: int,
     world_size: int,
     sharding: str = "none",
+    settings: Mapping[str, Any] | None = None,
+    allow_changed_settings: bool = False,
 ) -> dict[str, Any]:
     """Raise a ``ConfigError`` naming the difference when ``checkpoint`` cannot continue this run (another
     method, engine, ``model_config`` (a ``PretrainedConfig``), total batch, or sharding backend: DeepSpeed and
@@ -208,12 +435,45 @@ def check_resume_compatible(
             "of that batch: set per_device_train_batch_size x gradient_accumulation_steps x processes back to "
             f"{saved_batch}, or start a new run from its weights with model.pretrained_model_name_or_path."
         )
+    if settings is not None and state.get("settings") is not None:
+        differences = config_differences(state["settings"], _as_plain_json(settings))
+        changes = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, old, new in differences[:10])
+        if differences and allow_changed_settings:
+            logger.warning("Resuming %s with changed settings (resume_with_changed_settings): %s. The new values apply from step %s on.", checkpoint, changes, state.get("step"))
+        elif differences:
+            raise ConfigError(
+                f"{checkpoint} was trained with other settings: {changes}. A resume continues the run that wrote the "
+                "checkpoint, so only max_steps / num_train_epochs (every schedule then follows the new length) and what "
+                "does not change the training (logging, saving, evaluation, trackers, time limits, workers) may change. "
+                "Put these back (the run's recipe.yaml has them); or, to continue this run with the new values from the "
+                "checkpoint's step on (e.g. a lower learning rate after a divergence), set "
+                "training.resume_with_changed_settings=true; or start a new run from its weights: "
+                f"model.pretrained_model_name_or_path={checkpoint} with another training.output_dir."
+            )
     if state.get("world_size") not in (None, world_size):
         logger.warning(
             "Resuming a %s-process checkpoint on %s processes (same total batch %s): the data order is the same; "
             "per-process random states start afresh.", state.get("world_size"), world_size, total_batch_size,
         )
     return state
+
+
+def log_resume_position(checkpoint: Path, saved_state: Mapping[str, Any], step: int, total_steps: int) -> bool:
+    """Say where a resumed run stands; True when it has nothing left to train (``step >= total_steps``)."""
+    saved_total = saved_state.get("total_steps")
+    if step >= total_steps:
+        where = "the last step" if step == total_steps else f"past the last step ({total_steps})"
+        logger.warning(
+            "%s is at step %d, %s: nothing left to train; the model now holds its weights, the final ones.",
+            checkpoint, step, where,
+        )
+        return True
+    if saved_total is not None and saved_total != total_steps:
+        logger.warning(
+            "The run was planned for %d optimizer steps and now has %d: every schedule (learning rate, weight decay, "
+            "teacher momentum and temperature, ...) follows the new length from step %d on.", saved_total, total_steps, step,
+        )
+    return False
 
 
 # Keys of a saved config.json that say nothing about the architecture or the loss.
@@ -229,17 +489,23 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], pre
         old, new = saved.get(key), current.get(key)
         if isinstance(old, Mapping) and isinstance(new, Mapping):
             differences += config_differences(old, new, f"{prefix}{key}.")
-        elif _normalise(old) != _normalise(new):
+        elif comparable(old) != comparable(new):
             differences.append((f"{prefix}{key}", old, new))
     return differences
 
 
-def _normalise(value: Any) -> Any:
+def comparable(value: Any) -> Any:
+    """A config value as it compares across YAML, config.json and Python: lists and tuples alike, 1.0 and 1 alike."""
     if isinstance(value, (list, tuple)):
-        return [_normalise(item) for item in value]
+        return [comparable(item) for item in value]
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _as_plain_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, int keys strings)."""
+    return json.loads(json.dumps(value))
 
 
 def _as_json(config) -> dict[str, Any]:
@@ -317,6 +583,8 @@ class CheckpointRecord:
     method_state: dict[str, Any] = field(default_factory=dict)
     control_state: dict[str, Any] = field(default_factory=dict)
     sharding: str = "none"  # "deepspeed", "fsdp" or "none" (one process, DDP): see sharding_of
+    total_steps: int | None = None  # the length of the run (optimizer steps) when this checkpoint was saved
+    settings: dict[str, Any] = field(default_factory=dict)  # what a resume may not change (see check_resume_compatible)
 
 
 def sharding_of(accelerator) -> str:

@@ -30,13 +30,22 @@ from hf_ssl.models.dino import get_backbone_embed_dim
 from hf_ssl.training import checkpointing
 from hf_ssl.training.dino_step import (
     DinoStep,
+    NonFiniteLossError,
     check_distributed_setup,
+    check_training_data,
     is_deepspeed,
     save_full_precision_model,
     teacher_backbone_for_evaluation,
 )
-from hf_ssl.training.dino_trainer import DinoSchedules, DinoTrainingArguments, parameter_groups
+from hf_ssl.training.dino_trainer import (
+    DinoSchedules,
+    DinoTrainingArguments,
+    apply_adam_settings,
+    parameter_groups,
+    resume_settings,
+)
 from hf_ssl.training.history import History
+from hf_ssl.training.knn_callback import run_knn_evaluation
 from hf_ssl.training.model_card import write_dino_model_card
 from hf_ssl.training.run_control import build_run_control
 
@@ -84,6 +93,7 @@ class DinoAccelerateTrainer:
         self.data_collator = data_collator or MultiCropCollator()
         self.knn_evaluator, self.knn_eval_steps, self.knn_at_end = knn_evaluator, knn_eval_steps, knn_at_end
         self.last_knn_metrics: dict[str, float] = {}
+        self.knn_error: str | None = None  # the last k-NN evaluation that failed (logged; training went on)
         self._knn_step: int | None = None  # the step of the last k-NN evaluation
         self.trackers = [name for name in _as_list(args.report_to) if name != "none"]
         self.accelerator = Accelerator(
@@ -117,6 +127,7 @@ class DinoAccelerateTrainer:
         self.schedules: DinoSchedules | None = None
         self.optimizer = None
         self.wrapped_model = model
+        self.finished_before_start = False  # resumed at or past the last step: this session trains nothing
 
     def _configure_deepspeed(self) -> None:
         """The recipe decides what DeepSpeed does inside its step: clipping (``max_grad_norm``, 0 = none) and
@@ -166,12 +177,17 @@ class DinoAccelerateTrainer:
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint
         checkpoint = checkpointing.resolve_resume(resume_from_checkpoint, args.output_dir)
+        check_training_data(self.train_dataset, args.per_device_train_batch_size, accelerator.num_processes, args.dataloader_drop_last)
+        if accelerator.is_main_process:
+            checkpointing.guard_output_dir(args.output_dir, checkpoint, bool(resume_from_checkpoint), args.overwrite_output_dir)
         saved_state = None
         if checkpoint is not None:
             saved_state = checkpointing.check_resume_compatible(
                 checkpoint, method="dino", engine="accelerate", model_config=self.model.config,
                 total_batch_size=self.total_batch_size, world_size=accelerator.num_processes,
                 sharding=checkpointing.sharding_of(accelerator),
+                settings=resume_settings(args, self.multicrop_config, self.train_dataset),
+                allow_changed_settings=args.resume_with_changed_settings,
             )
 
         # 1. data, optimizer and the length of the run (in optimizer steps)
@@ -200,6 +216,7 @@ class DinoAccelerateTrainer:
         # 2. resume: weights, optimizer, scaler, RNG states (accelerate), then our own state
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
+            apply_adam_settings(self.optimizer, args)
             self.state.global_step = int(saved_state["step"])
             self.dino_step.load_state_dict(saved_state.get("method_state", {}))
             if self.run_control.early_stopping is not None:
@@ -209,6 +226,7 @@ class DinoAccelerateTrainer:
                 self.state.log_history = list(self.history.steps)
             checkpointing.restore_tracker_run_ids(saved_state.get("tracker_run_ids", {}))
             logger.info("Resumed from %s at step %d", checkpoint, self.state.global_step)
+            self.finished_before_start = checkpointing.log_resume_position(checkpoint, saved_state, self.state.global_step, total_steps)
         if self.trackers:
             run_name = {"name": args.run_name} if args.run_name else {}
             accelerator.init_trackers(
@@ -224,7 +242,8 @@ class DinoAccelerateTrainer:
         loss_sum, loss_count, grad_norm = torch.zeros((), device=accelerator.device), 0, None
         model.train()
         try:
-            for epoch in range(start_epoch, num_epochs):
+            # a run resumed at (or past) its last step has nothing left to train
+            for epoch in range(start_epoch, start_epoch if self.finished_before_start else num_epochs):
                 batches = dataloader
                 if epoch == start_epoch and updates_done_in_epoch:
                     batches = accelerator.skip_first_batches(dataloader, updates_done_in_epoch * args.gradient_accumulation_steps)
@@ -236,7 +255,7 @@ class DinoAccelerateTrainer:
                     if micro_batch == 0:
                         self.dino_step.begin_step(self.optimizer, step)
                     with accelerator.accumulate(model):
-                        loss, _ = self.dino_step.loss(model, batch, step)
+                        loss, outputs = self.dino_step.loss(model, batch, step)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients:
                             if args.max_grad_norm > 0:
@@ -244,7 +263,7 @@ class DinoAccelerateTrainer:
                             self.dino_step.before_optimizer_step(self.optimizer, step)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
-                    if torch.isfinite(loss.detach()):
+                    if outputs is not None and torch.isfinite(loss.detach()):  # not an all-unreadable batch's zero
                         loss_sum += loss.detach().float()
                         loss_count += 1
                     micro_batch += 1
@@ -277,6 +296,9 @@ class DinoAccelerateTrainer:
                 updates_done_in_epoch = 0
                 if self.run_control.stop_reason is not None or self.state.global_step >= total_steps:
                     break
+        except NonFiniteLossError as error:
+            error.last_good_checkpoint = checkpointing.latest_checkpoint(args.output_dir)
+            raise
         finally:
             self.run_control.finish()
             progress.close()
@@ -337,7 +359,11 @@ class DinoAccelerateTrainer:
         backbone = teacher_backbone_for_evaluation(self.accelerator, self.wrapped_model)  # every process
         if not self.accelerator.is_main_process:
             return {}
-        self.last_knn_metrics = self.knn_evaluator(backbone, device=self.accelerator.device)
+        metrics = run_knn_evaluation(self.knn_evaluator, backbone, self.accelerator.device, self.state.global_step)
+        if metrics is None:
+            self.knn_error = f"k-NN evaluation at step {self.state.global_step} failed (see the log)"
+            return {}
+        self.last_knn_metrics = metrics
         self.log(dict(self.last_knn_metrics))
         return self.last_knn_metrics
 
@@ -351,19 +377,25 @@ class DinoAccelerateTrainer:
         """``accelerator.save_state`` (model, optimizer, scaler, RNG states of every process) plus config,
         history and ``hf_ssl_state.json``, in a staging folder renamed to ``checkpoint-<step>`` once complete."""
         accelerator, step, output_dir = self.accelerator, self.state.global_step, self.args.output_dir
+        final = checkpointing.checkpoint_path(output_dir, step)
+        if self.dino_step.in_nonfinite_streak:
+            # its weights are those that gave NaN/inf: rotating the good checkpoints away for it would lose the run
+            logger.warning("Step %d: no checkpoint while the loss is NaN/inf; the latest one is kept as it is.", step)
+            return None
         staging = checkpointing.staging_path(output_dir, step)
         if accelerator.is_main_process:
             checkpointing.prepare_staging(output_dir, step)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        tracker_ids = checkpointing.tracker_run_ids()
-        accelerator.wait_for_everyone()
-        final = checkpointing.checkpoint_path(output_dir, step)
+        with checkpointing.saving_checkpoint(output_dir, step):
+            accelerator.save_state(str(staging))
+            tracker_ids = checkpointing.tracker_run_ids()
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                self.model.config.save_pretrained(staging)
+                self.history.save(staging / "history.json")
+                checkpointing.write_state(staging, self.checkpoint_record(tracker_ids))
+                checkpointing.commit_checkpoint(staging, final)
         if accelerator.is_main_process:
-            self.model.config.save_pretrained(staging)
-            self.history.save(staging / "history.json")
-            checkpointing.write_state(staging, self.checkpoint_record(tracker_ids))
-            checkpointing.commit_checkpoint(staging, final)
             checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args))
             logger.info("Saved checkpoint %s", final)
         accelerator.wait_for_everyone()
@@ -380,7 +412,8 @@ class DinoAccelerateTrainer:
             world_size=self.accelerator.num_processes, total_batch_size=self.total_batch_size,
             metrics={metric: value} if value is not None else {}, tracker_run_ids=tracker_ids,
             method_state=self.dino_step.state_dict(), control_state=control_state,
-            sharding=checkpointing.sharding_of(self.accelerator),
+            sharding=checkpointing.sharding_of(self.accelerator), total_steps=self.state.max_steps,
+            settings=resume_settings(self.args, self.multicrop_config, self.train_dataset),
         ))
 
     # ----- saving and sharing ------------------------------------------------------------------------

@@ -28,15 +28,42 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from hf_ssl.data import DeviceAugmentation, MultiCropConfig
+from hf_ssl.data import DeviceAugmentation, MultiCropConfig, MultiCropDataset
 from hf_ssl.evaluation.collapse import effective_rank, mean_l2_norm
-from hf_ssl.models.dino.modeling_dino import build_backbone
+from hf_ssl.models.dino.modeling_dino import build_backbone, check_input_sizes
 from hf_ssl.training.checkpointing import sharding_of
+from hf_ssl.training.config import ConfigError
 from hf_ssl.training.ema import FullPrecisionTeacher, ema_update_, local_shards
 
 logger = logging.getLogger(__name__)
 
 LOGGED_OUTPUTS = ("teacher_entropy", "student_entropy", "embedding_std", "center_norm")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was NaN or inf for ``count`` optimizer steps in a row, up to ``step``. The engines fill in
+    ``last_good_checkpoint``: no checkpoint is written during such a streak, so the latest one predates it."""
+
+    def __init__(self, step: int, count: int):
+        super().__init__(step, count)
+        self.step, self.count = step, count
+        self.last_good_checkpoint = None
+
+    def __str__(self) -> str:
+        if self.last_good_checkpoint is not None:
+            checkpoint = (
+                f"The last checkpoint before the NaN/inf steps is {self.last_good_checkpoint}: continue from it with "
+                "--resume auto and training.resume_with_changed_settings=true after the change. "
+            )
+        else:
+            checkpoint = "No checkpoint was saved before it. "
+        return (
+            f"the loss was NaN or inf for {self.count} optimizer steps in a row (up to step {self.step}): training stopped. "
+            + checkpoint
+            + "Try: a lower training.learning_rate or a longer training.warmup_epochs; bf16 instead of fp16 (fp16 "
+            "overflows in the DINO head); a smaller training.max_grad_norm; a higher model.teacher_temperature. "
+            "Raise training.max_consecutive_nonfinite_steps to tolerate more."
+        )
 
 
 class DinoStep:
@@ -54,6 +81,10 @@ class DinoStep:
 
     def __init__(self, model, multicrop_config: MultiCropConfig, seed: int, process_index: int, max_consecutive_nonfinite_steps: int, reduce):
         self.model = model
+        sizes = {"augmentation.global_crop_size": multicrop_config.global_crop_size}
+        if multicrop_config.local_crops_number:
+            sizes["augmentation.local_crop_size"] = multicrop_config.local_crop_size
+        check_input_sizes(model.config.backbone_config, sizes, native=("augmentation.global_crop_size",))
         self.device_augmentation = DeviceAugmentation(multicrop_config)
         self.seed = seed
         self.process_index = process_index
@@ -66,6 +97,7 @@ class DinoStep:
         self._hooks = []
         self.bind(model)
         self.step_had_nonfinite_loss = False
+        self.step_images = 0  # readable images this process fed into the current optimizer step
         self.step_skipped = False
         self.consecutive_nonfinite_steps = 0
         self.skipped_steps = 0
@@ -138,6 +170,7 @@ class DinoStep:
         if global_crops.shape[1] == 0:
             return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad), None
         self._window_images += global_crops.shape[1]
+        self.step_images += global_crops.shape[1]
         global_crops, local_crops = self.augment(global_crops, local_crops, step)
         if self.input_dtype != global_crops.dtype:  # a model cast to bf16/fp16 by the engine (DeepSpeed)
             global_crops = global_crops.to(self.input_dtype)
@@ -185,18 +218,28 @@ class DinoStep:
                 parameter.grad = None
         return False
 
+    @property
+    def in_nonfinite_streak(self) -> bool:
+        """The last optimizer step had a NaN/inf loss: the engines write no checkpoint until a finite one."""
+        return self.consecutive_nonfinite_steps > 0
+
     def _settle_step(self, step: int, optimizer_step_was_skipped: bool = False) -> bool:
-        """Whether this step is skipped: a NaN/inf loss on any process (agreed by one reduction, counted) or a
-        skip decided elsewhere (DeepSpeed's overflow check). A skipped step drops its center statistics; a kept
-        one applies them as one center update."""
-        nonfinite = torch.tensor(float(self.step_had_nonfinite_loss), device=self.model.loss.center.device)
-        self.step_had_nonfinite_loss = False
-        nonfinite = bool(self.reduce(nonfinite).item() > 0)
-        self.step_skipped = nonfinite or optimizer_step_was_skipped
+        """Whether this step is skipped: a NaN/inf loss on any process, or no readable image on any process
+        (an all-unreadable batch gives a zero loss, and AdamW would still move the weights by momentum and weight
+        decay), both agreed by one reduction and counted; or a skip decided elsewhere (DeepSpeed's overflow
+        check). A skipped step drops its center statistics; a kept one applies them as one center update."""
+        flags = torch.tensor([float(self.step_had_nonfinite_loss), float(self.step_images)], device=self.model.loss.center.device)
+        self.step_had_nonfinite_loss, self.step_images = False, 0
+        nonfinite_processes, images = self.reduce(flags).tolist()
+        nonfinite, empty = nonfinite_processes > 0, images == 0
+        self.step_skipped = nonfinite or empty or optimizer_step_was_skipped
         if self.step_skipped:
             self.model.loss.pending_center_statistics.zero_()
             if nonfinite:
                 self._count_nonfinite_step(step)
+            elif empty:
+                self.skipped_steps += 1
+                logger.warning("Step %d had no readable image on any process: optimizer step skipped (%d skipped in total).", step, self.skipped_steps)
             return True
         self.consecutive_nonfinite_steps = 0
         self.model.loss.apply_pending_center_update()
@@ -210,12 +253,7 @@ class DinoStep:
             step, self.consecutive_nonfinite_steps, self.skipped_steps,
         )
         if self.consecutive_nonfinite_steps >= self.max_consecutive_nonfinite_steps:
-            raise RuntimeError(
-                f"The loss was NaN or inf for {self.consecutive_nonfinite_steps} optimizer steps in a row (step {step}). "
-                "Training stopped. Try: a lower training.learning_rate or a longer training.warmup_epochs; "
-                "bf16 instead of fp16 (fp16 overflows in the DINO head); a smaller training.max_grad_norm; "
-                "a higher model.teacher_temperature. Raise training.max_consecutive_nonfinite_steps to tolerate more."
-            )
+            raise NonFiniteLossError(step, self.consecutive_nonfinite_steps)
 
     # ----- after the optimizer step --------------------------------------------------------------
     def after_optimizer_step(self, step: int, optimizer_step_was_skipped: bool = False) -> None:
@@ -335,6 +373,36 @@ def save_full_precision_model(model, full_precision_teacher: FullPrecisionTeache
         copy = type(model)(model.config)
         copy.load_state_dict(state_dict)
         copy.save_pretrained(output_dir)
+
+
+def check_training_data(train_dataset, per_device_batch_size: int, world_size: int, drop_last: bool) -> None:
+    """Stop before training, saying what to change, when the data cannot give one real step: no image, fewer
+    images than one batch while incomplete batches are dropped, or (a ``MultiCropDataset``) not one readable
+    image among a sample spread over the dataset. Streaming datasets (no length) are not checked."""
+    if not hasattr(train_dataset, "__len__"):
+        return
+    count, batch = len(train_dataset), per_device_batch_size * world_size
+    if count == 0:
+        raise ConfigError("the training split has no images: check data.dataset, data.data_dir and data.train_split")
+    if drop_last and count < batch:
+        raise ConfigError(
+            f"the training split has {count} images, fewer than one batch of {batch} (per_device_train_batch_size "
+            f"{per_device_batch_size} x {world_size} processes), and training.dataloader_drop_last=true drops an "
+            "incomplete batch: not one step would run. Lower training.per_device_train_batch_size, or set "
+            "training.dataloader_drop_last=false"
+        )
+    if isinstance(train_dataset, MultiCropDataset):
+        readable, checked, first_error = train_dataset.probe_readable_images()
+        if readable == 0:
+            raise ConfigError(
+                f"none of the {checked} training images checked could be read (first: {first_error}). Check "
+                "data.dataset / data.data_dir: training would skip every image"
+            )
+        if readable < checked:
+            logger.warning(
+                "%d of %d training images checked cannot be read (first: %s): such images are skipped and counted "
+                "(skipped_images in the logs).", checked - readable, checked, first_error,
+            )
 
 
 def is_deepspeed(accelerator) -> bool:

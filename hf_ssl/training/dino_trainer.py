@@ -21,11 +21,14 @@ from hf_ssl.data import EpochShuffleSampler, MultiCropCollator, MultiCropConfig,
 from hf_ssl.evaluation.collapse import CollapseDetector
 from hf_ssl.models.dino import get_backbone_embed_dim
 from hf_ssl.training import checkpointing
+from hf_ssl.training.config import to_plain
 from hf_ssl.training.callbacks import DinoStepCallback, EmaCallback, RunControlCallback
 from hf_ssl.training.dino_step import (
     FULL_PRECISION_TEACHER_FILE,
     DinoStep,
+    NonFiniteLossError,
     check_distributed_setup,
+    check_training_data,
     save_full_precision_model,
 )
 from hf_ssl.training.history import History, HistoryCallback
@@ -70,6 +73,53 @@ class DinoTrainingArguments(TrainingArguments):
     early_stopping_min_delta: float = field(default=0.0, metadata={"help": "Smallest change of the metric that counts as an improvement."})
     max_time_seconds: float | None = field(default=None, metadata={"help": "Save a checkpoint and stop after this much wall time (per session)."})
     save_on_interrupt: bool = field(default=True, metadata={"help": "On SIGTERM/SIGINT, save a checkpoint at the end of the step and stop."})
+    resume_with_changed_settings: bool = field(
+        default=False,
+        metadata={"help": "Resume even though settings that shape the run changed (lr and its schedule, weight decay, augmentation...): the new values apply from the checkpoint's step on."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a fresh run in an output_dir that holds another run's checkpoints or model (they are deleted / replaced)."},
+    )
+
+    def _check_ranges(self) -> None:
+        """Values that make no sense stop here, named, before torch meets them."""
+        at_least_one = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_consecutive_nonfinite_steps")
+        for name in at_least_one:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        non_negative = (
+            "learning_rate", "min_lr", "warmup_start_lr", "warmup_epochs", "weight_decay", "weight_decay_end",
+            "freeze_last_layer_epochs", "max_grad_norm", "early_stopping_min_delta", "dataloader_num_workers",
+            "save_best_total_limit",
+        )
+        for name in non_negative:
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not self.adam_epsilon > 0:
+            raise ValueError(f"adam_epsilon must be > 0, got {self.adam_epsilon!r}")
+        for name in ("teacher_momentum", "teacher_momentum_end"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise ValueError(f"set max_steps > 0 or num_train_epochs > 0 (got max_steps={self.max_steps}, num_train_epochs={self.num_train_epochs})")
+        if self.max_steps == 0:
+            raise ValueError("max_steps must be > 0, or -1 to train for num_train_epochs")
+        for name in ("logging_steps", "save_steps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1 (or null to keep every checkpoint), got {self.save_total_limit}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be >= 1 (or null), got {self.early_stopping_patience}")
+        if self.max_time_seconds is not None and self.max_time_seconds <= 0:
+            raise ValueError(f"max_time_seconds must be > 0 or null, got {self.max_time_seconds}")
 
     def __post_init__(self):
         if not torch.cuda.is_available():
@@ -82,24 +132,38 @@ class DinoTrainingArguments(TrainingArguments):
                 # several processes launched on a machine without CUDA (accelerate_configs/cpu.yaml): without
                 # use_cpu each process would silently train alone instead of joining the gloo process group
                 self.use_cpu = True
-        super().__post_init__()
+        self._check_ranges()
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be false for DINO: the crops come from a dataset transform")
-        for name in ("teacher_momentum", "teacher_momentum_end"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        for name in ("warmup_epochs", "freeze_last_layer_epochs", "min_lr", "warmup_start_lr", "weight_decay_end"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
         if (self.save_best_total_limit or self.early_stopping_patience) and not self.metric_for_best_model:
             raise ValueError("save_best_total_limit and early_stopping_patience need metric_for_best_model (e.g. knn_top1)")
-        if self.max_time_seconds is not None and self.max_time_seconds <= 0:
-            raise ValueError(f"max_time_seconds must be > 0 or null, got {self.max_time_seconds}")
-        if self.max_consecutive_nonfinite_steps < 1:
-            raise ValueError(f"max_consecutive_nonfinite_steps must be >= 1, got {self.max_consecutive_nonfinite_steps}")
+        super().__post_init__()
+        if self.fp16 and self.device.type == "cpu":
+            # autocast to float16 is for GPUs; say so, and record what really runs (recipe.yaml, the model card)
+            logger.warning("training.fp16=true needs a GPU and this run has none: training in float32 (fp16 is set to false).")
+            self.fp16 = False
+
+
+# Training arguments a resume must keep: they shape the run (schedules, optimizer, data order). max_steps and
+# num_train_epochs may change (every schedule follows the new length), as may whatever does not change the
+# training: logging, saving, evaluation, trackers, time limits, workers, and the precision (hardware changes).
+RESUME_FIXED_ARGUMENTS = (
+    "learning_rate", "scale_learning_rate", "warmup_epochs", "warmup_start_lr", "min_lr", "weight_decay",
+    "weight_decay_end", "teacher_momentum", "teacher_momentum_end", "freeze_last_layer_epochs", "max_grad_norm",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "data_seed", "dataloader_drop_last",
+)
+
+
+def resume_settings(args: DinoTrainingArguments, multicrop_config: MultiCropConfig, train_dataset) -> dict:
+    """What a checkpoint records and a resume must match (see ``checkpointing.check_resume_compatible``): the
+    ``RESUME_FIXED_ARGUMENTS``, the augmentation and the number of training images (the model configuration
+    and the total batch are checked on their own)."""
+    settings = {name: getattr(args, name) for name in RESUME_FIXED_ARGUMENTS}
+    settings["augmentation"] = to_plain(multicrop_config)
+    settings["num_train_images"] = len(train_dataset) if hasattr(train_dataset, "__len__") else None
+    return settings
 
 
 @dataclass(frozen=True)
@@ -128,6 +192,14 @@ class DinoSchedules:
             freeze_last_layer_steps=round(args.freeze_last_layer_epochs * steps_per_epoch),
             peak_learning_rate=peak,
         )
+
+
+def apply_adam_settings(optimizer, args: DinoTrainingArguments) -> None:
+    """Set the recipe's betas and eps on every param group: loading an optimizer state brings back the saved
+    ones, and ``resume_with_changed_settings`` promises the new values (lr and weight decay are set every step)."""
+    for group in optimizer.param_groups:
+        group["betas"] = (args.adam_beta1, args.adam_beta2)
+        group["eps"] = args.adam_epsilon
 
 
 def parameter_groups(model: torch.nn.Module) -> list[dict]:
@@ -203,6 +275,15 @@ class DinoTrainer(Trainer):
         self.add_callback(RunControlCallback(self.run_control))
         self._staging_dir = None
         self._resume_checkpoint = None
+        self._resume_state = None
+        self.finished_before_start = False  # resumed at or past the last step: this session trains nothing
+
+    def begin_session(self, state) -> None:
+        """At the start of ``train`` (``DinoStepCallback.on_train_begin``): where a resumed run stands."""
+        if self._resume_checkpoint is not None:
+            self.finished_before_start = checkpointing.log_resume_position(
+                self._resume_checkpoint, self._resume_state, state.global_step, state.max_steps
+            )
 
     def _reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor.to(self.args.device), reduction="max")
@@ -211,6 +292,11 @@ class DinoTrainer(Trainer):
     def last_knn_metrics(self) -> dict[str, float]:
         """The last k-NN result (empty without an evaluator or before the first evaluation)."""
         return self.knn_callback.last_metrics if self.knn_callback is not None else {}
+
+    @property
+    def knn_error(self) -> str | None:
+        """The last k-NN evaluation that failed (logged; training went on), or None."""
+        return self.knn_callback.last_error if self.knn_callback is not None else None
 
     @property
     def skipped_steps(self) -> int:
@@ -253,7 +339,9 @@ class DinoTrainer(Trainer):
                 group["lr"] = 1.0
                 group["initial_lr"] = 1.0
             self.dino_step.schedules = self.schedules
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedules.learning_rate)
+            # A closure, not the schedule object: LambdaLR saves callable objects in its state and a resume would
+            # load the old run's schedule into this one (its lr and length), whatever the new run says.
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedules.learning_rate(step))
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
@@ -270,12 +358,19 @@ class DinoTrainer(Trainer):
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint
         checkpoint = checkpointing.resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        check_training_data(self.train_dataset, self.args.per_device_train_batch_size, self.args.world_size, self.args.dataloader_drop_last)
+        if self.args.should_save:
+            checkpointing.guard_output_dir(self.args.output_dir, checkpoint, bool(resume_from_checkpoint), self.args.overwrite_output_dir)
+        self._resume_state = None
         if checkpoint is not None:
             state = checkpointing.check_resume_compatible(
                 checkpoint, method="dino", engine="trainer", model_config=self.model.config,
                 total_batch_size=self.total_batch_size, world_size=self.args.world_size,
                 sharding=checkpointing.sharding_of(self.accelerator),
+                settings=resume_settings(self.args, self.multicrop_config, self.train_dataset),
+                allow_changed_settings=self.args.resume_with_changed_settings,
             )
+            self._resume_state = state
             self.dino_step.load_state_dict(state.get("method_state", {}))
             if self.run_control.early_stopping is not None:
                 self.run_control.early_stopping.load_state_dict(state.get("control_state", {}).get("early_stopping", {}))
@@ -283,7 +378,26 @@ class DinoTrainer(Trainer):
                 self.history_callback.history = History.load(checkpoint / "history.json")
             checkpointing.restore_tracker_run_ids(state.get("tracker_run_ids", {}))
         self._resume_checkpoint = checkpoint
-        return super().train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None, **kwargs)
+        except NonFiniteLossError as error:
+            error.last_good_checkpoint = checkpointing.latest_checkpoint(self.args.output_dir)
+            raise
+        finally:
+            # on_train_end does this after a normal end; a run that raised must not keep Ctrl-C (a notebook)
+            self.run_control.finish()
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            apply_adam_settings(self.optimizer, self.args)
+
+    def _run_epoch(self, *args, **kwargs):
+        # A run resumed at (or past) its last step has nothing left to train; the Trainer would still run one
+        # step of the epoch it resumes in before it looks at max_steps.
+        if self.state.global_step >= self.state.max_steps:
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # Saved checkpoints carry the backbones' checkpoint key names, which transformers converts when it
@@ -310,27 +424,33 @@ class DinoTrainer(Trainer):
         then renamed to ``checkpoint-<step>`` by the main process: a kill during a save loses nothing."""
         step = self.state.global_step
         output_dir = self.args.output_dir
+        if self.dino_step.in_nonfinite_streak:
+            # its weights are those that gave NaN/inf: rotating the good checkpoints away for it would lose the run
+            logger.warning("Step %d: no checkpoint while the loss is NaN/inf; the latest one is kept as it is.", step)
+            return
         staging_parent = checkpointing.staging_path(output_dir, step)
         if self.args.should_save:
             checkpointing.prepare_staging(output_dir, step)
         self.accelerator.wait_for_everyone()
-        self._staging_dir = staging_parent
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging_dir = None
-        written = staging_parent / f"{checkpointing.CHECKPOINT_PREFIX}-{step}"
-        if self.dino_step.full_precision_teacher is not None and self.args.should_save:
-            # DeepSpeed bf16/fp16: its checkpoint holds the rounded teacher; the EMA's float32 copy goes beside it
-            copies = self.dino_step.full_precision_teacher.state_dict()["teacher"]
-            save_file({str(index): copy.contiguous() for index, copy in enumerate(copies)}, str(written / FULL_PRECISION_TEACHER_FILE))
-        tracker_ids = checkpointing.tracker_run_ids()
-        self.accelerator.wait_for_everyone()
+        with checkpointing.saving_checkpoint(output_dir, step):
+            self._staging_dir = staging_parent
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_dir = None
+            written = staging_parent / f"{checkpointing.CHECKPOINT_PREFIX}-{step}"
+            if self.dino_step.full_precision_teacher is not None and self.args.should_save:
+                # DeepSpeed bf16/fp16: its checkpoint holds the rounded teacher; the EMA's float32 copy goes beside it
+                copies = self.dino_step.full_precision_teacher.state_dict()["teacher"]
+                save_file({str(index): copy.contiguous() for index, copy in enumerate(copies)}, str(written / FULL_PRECISION_TEACHER_FILE))
+            tracker_ids = checkpointing.tracker_run_ids()
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                self.history_callback.history.save(written / "history.json")
+                checkpointing.write_state(written, self.checkpoint_record(step, tracker_ids))
+                final = checkpointing.commit_checkpoint(written, checkpointing.checkpoint_path(output_dir, step))
+                staging_parent.rmdir()
         if self.args.should_save:
-            self.history_callback.history.save(written / "history.json")
-            checkpointing.write_state(written, self.checkpoint_record(step, tracker_ids))
-            final = checkpointing.commit_checkpoint(written, checkpointing.checkpoint_path(output_dir, step))
-            staging_parent.rmdir()
             checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args))
             logger.info("Saved checkpoint %s", final)
         self.accelerator.wait_for_everyone()
@@ -373,7 +493,8 @@ class DinoTrainer(Trainer):
             method="dino", engine="trainer", step=step, epoch=float(self.state.epoch or 0.0),
             world_size=self.args.world_size, total_batch_size=self.total_batch_size, metrics=metrics,
             tracker_run_ids=tracker_ids, method_state=self.dino_step.state_dict(), control_state=control_state,
-            sharding=checkpointing.sharding_of(self.accelerator),
+            sharding=checkpointing.sharding_of(self.accelerator), total_steps=self.state.max_steps,
+            settings=resume_settings(self.args, self.multicrop_config, self.train_dataset),
         ))
 
     def best_checkpoint(self) -> str | None:

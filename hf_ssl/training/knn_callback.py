@@ -11,6 +11,16 @@ from hf_ssl.training.dino_step import teacher_backbone_for_evaluation
 logger = logging.getLogger(__name__)
 
 
+def run_knn_evaluation(evaluator, backbone, device, step: int) -> dict[str, float] | None:
+    """``evaluator(backbone)``, or None after logging the error with its traceback: an evaluation that fails
+    (unreadable images, out of memory) must not end the run before its model is saved."""
+    try:
+        return evaluator(backbone, device=device)
+    except Exception:
+        logger.exception("k-NN evaluation at step %d failed; training goes on and the model will be saved", step)
+        return None
+
+
 class KnnCallback(TrainerCallback):
     """Runs a ``KnnEvaluator`` on the teacher backbone every ``eval_steps`` optimizer steps (0: never
     during training) and at the end of training, and logs ``knn_top1``/``knn_top5``.
@@ -26,6 +36,7 @@ class KnnCallback(TrainerCallback):
         self.at_end = at_end
         self.last_metrics: dict[str, float] = {}
         self.last_step: int | None = None
+        self.last_error: str | None = None
 
     def _evaluate(self, state):
         self.last_step = state.global_step
@@ -33,7 +44,10 @@ class KnnCallback(TrainerCallback):
         backbone = teacher_backbone_for_evaluation(self.trainer.accelerator, self.trainer.model_wrapped)
         if not self.trainer.is_world_process_zero():
             return
-        metrics = self.evaluator(backbone, device=self.trainer.args.device)
+        metrics = run_knn_evaluation(self.evaluator, backbone, self.trainer.args.device, state.global_step)
+        if metrics is None:
+            self.last_error = f"k-NN evaluation at step {state.global_step} failed (see the log)"
+            return
         self.last_metrics = metrics
         logger.info("step %d: %s", state.global_step, {key: round(value, 2) for key, value in metrics.items()})
         self.trainer.log(dict(metrics))

@@ -173,3 +173,91 @@ def test_run_control_combines_the_flags_of_every_process():
     control.start()
     assert control.check() == "signal"
     assert "another process" in control.describe_stop()
+
+
+# ----- damaged checkpoints -------------------------------------------------------------------------------------------
+
+
+def make_safetensors_checkpoint(output_dir, step):
+    from safetensors.torch import save_file
+
+    staging = checkpointing.prepare_staging(output_dir, step)
+    staging.mkdir(parents=True)
+    save_file({"weight": torch.arange(64, dtype=torch.float32)}, str(staging / "model.safetensors"))
+    checkpointing.write_state(staging, {"method": "dino", "engine": "trainer", "step": step, "total_batch_size": 8, "world_size": 1})
+    return checkpointing.commit_checkpoint(staging, checkpointing.checkpoint_path(output_dir, step))
+
+
+def truncate(path, keep_bytes):
+    data = path.read_bytes()
+    path.write_bytes(data[:keep_bytes])
+
+
+def test_the_state_file_lists_every_file_and_its_size(tmp_path):
+    checkpoint = make_safetensors_checkpoint(tmp_path, 2)
+    files = checkpointing.read_state(checkpoint)["files"]
+    assert files == {"model.safetensors": (checkpoint / "model.safetensors").stat().st_size}
+    assert checkpointing.checkpoint_damage(checkpoint) is None
+
+
+def test_resume_auto_passes_over_a_truncated_latest_checkpoint(tmp_path, caplog):
+    make_safetensors_checkpoint(tmp_path, 2)
+    latest = make_safetensors_checkpoint(tmp_path, 4)
+    truncate(latest / "model.safetensors", 100)
+    assert "model.safetensors holds 100 bytes" in checkpointing.checkpoint_damage(latest)
+    with caplog.at_level("WARNING"):
+        assert checkpointing.resolve_resume("auto", tmp_path).name == "checkpoint-2"
+    assert "checkpoint-4 is damaged (model.safetensors holds 100 bytes" in caplog.text
+    assert "resuming from checkpoint-2 instead" in caplog.text
+    # named explicitly, the damaged checkpoint is refused with the file at fault and the one to use instead
+    with pytest.raises(ConfigError, match=r"checkpoint-4 is damaged: model.safetensors holds 100 bytes.*checkpoint-2"):
+        checkpointing.resolve_resume(str(latest), tmp_path)
+
+
+def test_a_truncated_safetensors_file_is_found_without_the_size_list(tmp_path):
+    checkpoint = make_safetensors_checkpoint(tmp_path, 2)
+    state = checkpointing.read_state(checkpoint)
+    del state["files"]  # a checkpoint written before the size list existed
+    (checkpoint / checkpointing.STATE_FILE).write_text(json.dumps(state))
+    truncate(checkpoint / "model.safetensors", (checkpoint / "model.safetensors").stat().st_size - 4)
+    assert "model.safetensors is truncated" in checkpointing.checkpoint_damage(checkpoint)
+    truncate(checkpoint / "model.safetensors", 5)
+    assert "model.safetensors is not a readable safetensors file" in checkpointing.checkpoint_damage(checkpoint)
+
+
+def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(tmp_path):
+    truncate(make_safetensors_checkpoint(tmp_path, 2) / "model.safetensors", 10)
+    with pytest.raises(ConfigError, match="no intact checkpoint.*checkpoint-2 is damaged"):
+        checkpointing.resolve_resume("auto", tmp_path)
+
+
+def test_resume_from_a_file_says_it_is_a_file(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="is a file: give its folder"):
+        checkpointing.resolve_resume(str(tmp_path / "model.safetensors"), tmp_path)
+
+
+# ----- a full disk ---------------------------------------------------------------------------------------------------
+
+
+def test_a_failed_save_says_the_disk_is_full_and_removes_its_staging_folder(tmp_path, monkeypatch):
+    make_checkpoint(tmp_path, 1)
+    monkeypatch.setattr(checkpointing, "_free_bytes", lambda path: 4096)
+    staging = checkpointing.prepare_staging(tmp_path, 2)
+    with pytest.raises(checkpointing.CheckpointSaveError) as raised:
+        with checkpointing.saving_checkpoint(tmp_path, 2):
+            staging.mkdir()
+            (staging / "optimizer.pt").write_bytes(b"partial")
+            raise RuntimeError("basic_ios::clear: iostream error")  # what torch.save says, without an errno
+    message = str(raised.value)
+    assert message.startswith("no space left on device while saving checkpoint 2") and "checkpoint-1 is intact" in message
+    assert not staging.exists()
+    assert [path.name for path in checkpointing.list_checkpoints(tmp_path)] == ["checkpoint-1"]
+    # an errno says so even when space is left; another error is reported as it is
+    monkeypatch.setattr(checkpointing, "_free_bytes", lambda path: 2**40)
+    with pytest.raises(checkpointing.CheckpointSaveError, match="no space left on device"):
+        with checkpointing.saving_checkpoint(tmp_path, 3):
+            raise OSError(28, "No space left on device")
+    with pytest.raises(checkpointing.CheckpointSaveError, match=r"saving checkpoint 3 .* failed \(PermissionError"):
+        with checkpointing.saving_checkpoint(tmp_path, 3):
+            raise PermissionError("read-only file system")

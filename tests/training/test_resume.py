@@ -1,8 +1,8 @@
-"""Kill a run at a random step and resume it: it must end with the weights of an uninterrupted run
-(both engines). Also: SIGTERM saves a checkpoint and stops cleanly, and bad resume paths fail early."""
+"""Kill a run at reproducible points (right after a checkpoint mid-run, and after its last checkpoint once
+training is over) and resume it: it must end with the weights of an uninterrupted run (both engines). Also:
+SIGTERM saves a checkpoint and stops cleanly."""
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,10 +21,11 @@ MAX_STEPS = 7  # 24 images, batch 4 x accumulation 2: 3 optimizer steps per epoc
 ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_worker(output_dir: Path, engine: str, resume: str | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(WORKER), str(output_dir), engine, str(MAX_STEPS)] + ([resume] if resume else [])
+def run_worker(output_dir: Path, engine: str, resume: str | None = None, *options: str, expect_killed: bool = False):
+    command = [sys.executable, str(WORKER), str(output_dir), engine, str(MAX_STEPS)] + ([resume] if resume else []) + list(options)
     result = subprocess.run(command, cwd=ROOT, env=ENVIRONMENT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    expected = -signal.SIGKILL if expect_killed else 0
+    assert result.returncode == expected, result.stderr[-3000:]
     return result
 
 
@@ -67,18 +68,19 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["trainer", "accelerate"])
-def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(engine, tmp_path, uninterrupted):
-    kill_after = random.randint(1, MAX_STEPS - 2)
-    process = start_worker(tmp_path, engine)
-    wait_for_checkpoint(tmp_path, kill_after, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    survivors = checkpointing.list_checkpoints(tmp_path)
-    assert survivors, f"no complete checkpoint survived the kill after checkpoint-{kill_after}"
-    assert not (tmp_path / "final.safetensors").exists(), "the run finished before it was killed"
+@pytest.mark.parametrize("kill", ["--kill-after-checkpoint=4", "--kill-after-training"])
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(engine, kill, tmp_path, uninterrupted):
+    """Killed right after checkpoint-4 (mid-epoch: 3 steps per epoch), or after training ended and checkpoint-7,
+    the last, was written but before the final weights: --resume auto ends with the uninterrupted run's weights,
+    and a run resumed at its last step trains nothing more (no checkpoint-8)."""
+    run_worker(tmp_path, engine, None, kill, expect_killed=True)
+    killed_at = 4 if kill.startswith("--kill-after-checkpoint") else MAX_STEPS
+    assert checkpointing.latest_checkpoint(tmp_path).name == f"checkpoint-{killed_at}"
+    assert not (tmp_path / "final.safetensors").exists()
 
-    result = run_worker(tmp_path, engine, resume="auto")
+    result = run_worker(tmp_path, engine, "auto")
     assert f"finished at step {MAX_STEPS}" in result.stdout
+    assert checkpointing.latest_checkpoint(tmp_path).name == f"checkpoint-{MAX_STEPS}"
     assert_same_weights(load_file(tmp_path / "final.safetensors"), uninterrupted(engine))
 
 

@@ -9,6 +9,7 @@ from .modeling_dino import (
     DinoModel,
     DinoNetwork,
     DinoPreTrainedModel,
+    check_input_sizes,
     get_backbone_embed_dim,
     get_backbone_features,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "DinoModel",
     "DinoNetwork",
     "DinoPreTrainedModel",
+    "check_input_sizes",
     "get_backbone_embed_dim",
     "get_backbone_features",
 ]

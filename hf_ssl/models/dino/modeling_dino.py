@@ -97,6 +97,50 @@ def backbone_forward_kwargs(backbone_class: type) -> dict:
     return {}
 
 
+def check_input_sizes(backbone_config: PretrainedConfig, sizes: dict[str, int], native: tuple[str, ...] = ()) -> None:
+    """Check, before training, that the image sizes a run uses suit its backbone; raise a ``ValueError`` naming
+    the key and what to set otherwise.
+
+    Args:
+        backbone_config: the backbone's transformers config.
+        sizes: ``{recipe key: size in pixels}``, e.g. ``{"augmentation.global_crop_size": 224, ...}``.
+        native: the keys of ``sizes`` the exported model must run at without interpolation (the global crop size
+            and the evaluation size).
+
+    Patch transformers (ViT, DeiT, IJepa, Dinov2...) need sizes that are multiples of ``patch_size`` (otherwise
+    the border is silently cut off). ViT, DeiT and IJepa also run only at ``image_size`` unless asked to
+    interpolate their position embeddings, which a plain ``AutoModel`` user does not do: training interpolates,
+    so the run trains, but its exported backbone would reject the images its own processor makes. Dinov2 always
+    interpolates; CNNs take any size.
+    """
+    model_class = MODEL_MAPPING.get(type(backbone_config), None)
+    patch_size = getattr(backbone_config, "patch_size", None) if hasattr(backbone_config, "hidden_size") else None
+    if isinstance(patch_size, (list, tuple)):
+        patch_size = patch_size[0]
+    image_size = getattr(backbone_config, "image_size", None)
+    if isinstance(image_size, (list, tuple)):
+        image_size = image_size[0]
+    fixed_size = (
+        image_size
+        if image_size and model_class is not None and "interpolate_pos_encoding" in inspect.signature(model_class.forward).parameters
+        else None
+    )
+    kind = backbone_config.model_type
+    for key, size in sizes.items():
+        if patch_size and size % patch_size:
+            raise ValueError(
+                f"{key}={size} is not a multiple of the {kind} backbone's patch_size {patch_size}: the last "
+                f"{size % patch_size} pixels of each row and column would be cut off. Use a multiple of {patch_size}"
+            )
+        if fixed_size and key in native and size != fixed_size:
+            raise ValueError(
+                f"{key}={size} differs from the {kind} backbone's image_size {fixed_size}: a plain transformers "
+                f"{model_class.__name__} runs only at {fixed_size} pixels, so the exported backbone would reject the "
+                f"images of its own processor. Set {key}={fixed_size}, or give the backbone image_size: {size} "
+                "(model.backbone_config.image_size) when training from scratch"
+            )
+
+
 def _split_backbone_output(backbone: nn.Module, outputs) -> tuple[torch.Tensor, torch.Tensor]:
     hidden_state = outputs.last_hidden_state
     if hidden_state.ndim == 4:  # CNN feature map (B, C, h, w)

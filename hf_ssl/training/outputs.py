@@ -1,0 +1,108 @@
+"""What a training script writes once training is over, in an order that never loses the trained model.
+
+    model        config.json, model.safetensors      the hf_ssl model (save_model; first, before anything can fail)
+    processor    preprocessor_config.json             how evaluation prepared images
+    backbone     backbone/                             the teacher backbone as a plain transformers model
+    recipe       recipe.yaml                           the resolved recipe of what ran
+    card         README.md                             the model card
+    knn          knn_results.json                      k-NN of the random init and of the trained model
+
+Each later step runs only once the model is on disk; when one fails, ``RunOutputError`` says what was saved
+where and what is missing. A run resumed after its last step (``only_missing``) writes only what is not there
+yet, so a session cut after training and before the export finishes the job without touching the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from hf_ssl.training import checkpointing
+
+logger = logging.getLogger(__name__)
+
+# (name, what a user looks for, the path that shows the step is done)
+OUTPUTS = (
+    ("model", "the trained model (config.json, model.safetensors)", "model.safetensors"),
+    ("processor", "the image processor (preprocessor_config.json)", "preprocessor_config.json"),
+    ("backbone", "the plain transformers backbone (backbone/)", "backbone/model.safetensors"),
+    ("recipe", "the resolved recipe (recipe.yaml)", "recipe.yaml"),
+    ("card", "the model card (README.md)", "README.md"),
+    ("knn", "the k-NN results (knn_results.json)", "knn_results.json"),
+)
+
+
+class RunOutputError(RuntimeError):
+    """Writing ``step`` (one of ``OUTPUTS``) failed after training; the message lists what is saved where."""
+
+    def __init__(self, step: str, output_dir: str | Path, cause: BaseException, final_step: int | None = None):
+        self.step, self.cause = step, cause
+        output_dir = Path(output_dir)
+        done = [label for _, label, marker in OUTPUTS if (output_dir / marker).exists()]
+        missing = [label for _, label, marker in OUTPUTS if not (output_dir / marker).exists()]
+        label = dict((name, label) for name, label, _ in OUTPUTS).get(step, step)
+        parts = [f"writing {label} failed after training ({type(cause).__name__}: {cause})."]
+        parts.append(f"Saved in {output_dir}: {'; '.join(done)}." if done else f"Nothing was saved in {output_dir}.")
+        if missing:
+            parts.append(f"Not written: {'; '.join(missing)}.")
+        latest = checkpointing.latest_checkpoint(output_dir)
+        if latest is not None and latest.name == checkpointing.checkpoint_path(output_dir, final_step or -1).name:
+            parts.append(f"{latest.name} holds the final weights: once the cause is fixed, the same command with "
+                         "--resume auto writes what is missing without training again.")
+        elif latest is not None:
+            parts.append(f"The checkpoints are intact (latest: {latest.name}).")
+        super().__init__(" ".join(parts))
+
+
+def save_run_outputs(
+    trainer,
+    output_dir: str | Path,
+    *,
+    image_processor,
+    recipe,
+    knn_results: dict,
+    only_missing: bool = False,
+    dataset: str | None = None,
+    export_backbone: Callable[[str], None],
+) -> list[str]:
+    """Write the outputs of a finished training run into ``output_dir`` (see the module docstring) and return
+    the names of the steps that wrote something.
+
+    ``trainer.save_model()`` is called on every process (it gathers sharded weights); everything else runs on
+    the main process. ``export_backbone(path)`` writes the plain backbone (from the saved model, so that sharded
+    training exports whole weights). ``only_missing``: skip every output that already exists.
+    """
+    output_dir = Path(output_dir)
+
+    def wanted(marker: str) -> bool:
+        return not (only_missing and (output_dir / marker).exists())
+
+    written = []
+    if wanted("model.safetensors"):
+        try:
+            trainer.save_model()
+        except Exception as error:
+            raise RunOutputError("model", output_dir, error, trainer.state.global_step) from error
+        written.append("model")
+    if not trainer.is_world_process_zero():
+        return written
+    steps = (
+        ("processor", "preprocessor_config.json", lambda: image_processor.save_pretrained(output_dir)),
+        ("backbone", "backbone/model.safetensors", lambda: export_backbone(str(output_dir / "backbone"))),
+        ("recipe", "recipe.yaml", lambda: recipe.save(output_dir)),
+        ("card", "README.md", lambda: trainer.create_model_card(dataset=dataset)),
+        ("knn", "knn_results.json", lambda: (output_dir / "knn_results.json").write_text(json.dumps(knn_results, indent=2))),
+    )
+    for name, marker, write in steps:
+        if not wanted(marker):
+            continue
+        try:
+            write()
+        except Exception as error:
+            raise RunOutputError(name, output_dir, error, trainer.state.global_step) from error
+        written.append(name)
+    if only_missing:
+        logger.info("Wrote the missing outputs: %s", ", ".join(written) or "none (all were there)")
+    return written
