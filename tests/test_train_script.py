@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from tests.helpers import TINY_VIT, random_images
 
@@ -19,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
+    """Striped images labelled by their orientation, plus pure-noise images under random labels: the stripes
+    are easy for any model, and the noise makes a k-NN number depend on the exact features of the model measured."""
     root = tmp_path_factory.mktemp("images")
     images = random_images(24)
     for split, indices in (("train", range(16)), ("test", range(16, 24))):
@@ -26,6 +30,11 @@ def image_folder(tmp_path_factory):
             folder = root / split / ("horizontal" if index % 2 else "vertical")
             folder.mkdir(parents=True, exist_ok=True)
             images[index].save(folder / f"{index}.png")
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for index in range(16):
+            folder = root / split / ("horizontal", "vertical")[int(rng.integers(2))]
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"noise-{index}.png")
     return root
 
 
@@ -47,7 +56,6 @@ def error_line(stderr: str) -> str:
 
 def folder_knn(backbone_dir, image_folder, k=5):
     """k-NN top-1 of an exported backbone on the image folder, with plain transformers only."""
-    from PIL import Image
     from transformers import AutoImageProcessor, AutoModel
 
     from hf_ssl.evaluation import knn_accuracy
@@ -73,6 +81,8 @@ def trained(image_folder, tmp_path_factory):
         "training": {
             "output_dir": str(output_dir), "max_steps": 3, "per_device_train_batch_size": 4, "warmup_epochs": 0,
             "dataloader_num_workers": 0,
+            # a constant lr and momentum that move the teacher in 3 steps (DINO's defaults would leave it at its init)
+            "learning_rate": 0.01, "min_lr": 0.01, "scale_learning_rate": False, "teacher_momentum": 0.5, "teacher_momentum_end": 0.5,
         },
         "evaluation": {"knn_k": 5, "knn_at_start": True, "knn_max_train_samples": None, "knn_max_eval_samples": None},
     }
@@ -89,8 +99,10 @@ def test_script_trains_saves_and_reports_knn(trained, image_folder):
                  "backbone/config.json", "backbone/model.safetensors", "backbone/preprocessor_config.json"):
         assert (output_dir / name).is_file(), name
     results = json.loads((output_dir / "knn_results.json").read_text())
-    # the reported number is that of the exported (trained teacher) backbone, measured here without hf_ssl's evaluator
+    # the reported number is that of the exported (trained teacher) backbone, measured here without hf_ssl's
+    # evaluator; the noise images make it another number than the random initialisation's
     assert results["trained"]["knn_top1"] == pytest.approx(folder_knn(output_dir / "backbone", image_folder), abs=0.01)
+    assert results["trained"]["knn_top1"] != results["random_init"]["knn_top1"]
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: image-feature-extraction" in card and "ViTModel" in card and "optimizer steps | 3" in card
     assert f"top-1 {results['trained']['knn_top1']:.2f}%" in card

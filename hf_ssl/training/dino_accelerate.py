@@ -450,7 +450,7 @@ class DinoAccelerateTrainer:
         api.create_repo(repo_id, private=self.args.hub_private_repo, exist_ok=True)
         api.upload_folder(
             repo_id=repo_id, folder_path=self.args.output_dir, commit_message=commit_message,
-            ignore_patterns=[f"{checkpointing.CHECKPOINT_PREFIX}-*", ".staging-*", "runs/*"],
+            ignore_patterns=[f"{checkpointing.CHECKPOINT_PREFIX}-*", ".staging-*", "runs/*", checkpointing.LOCK_FILE],
         )
 
 
