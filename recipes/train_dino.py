@@ -86,12 +86,15 @@ def main():
         for name, metrics in results.items():
             print(f"k-NN top-1 ({name.replace('_', ' ')}): {metrics['knn_top1']:.2f}%")
         print(f"Saved to {output_dir} (backbone for plain transformers in {output_dir}/backbone)")
-        if trainer.knn_error is not None:
-            raise RunOutputError("knn", output_dir, RuntimeError(trainer.knn_error), trainer.state.global_step)
 
-    # 5. share
+    # 5. share (every process: the Trainer gathers sharded weights), then report a k-NN evaluation that failed
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset=recipe.data.dataset)
+        try:
+            trainer.push_to_hub(dataset=recipe.data.dataset)
+        except Exception as error:
+            raise RunOutputError("push", output_dir, error, trainer.state.global_step) from error
+    if trainer.knn_error is not None and trainer.is_world_process_zero():
+        raise RunOutputError("knn", output_dir, RuntimeError(trainer.knn_error), trainer.state.global_step)
 
 
 if __name__ == "__main__":

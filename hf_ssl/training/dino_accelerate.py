@@ -47,6 +47,7 @@ from hf_ssl.training.dino_trainer import (
 from hf_ssl.training.history import History
 from hf_ssl.training.knn_callback import run_knn_evaluation
 from hf_ssl.training.model_card import write_dino_model_card
+from hf_ssl.training.outputs import hub_repo_error
 from hf_ssl.training.run_control import build_run_control
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ class DinoAccelerateTrainer:
         self.optimizer = None
         self.wrapped_model = model
         self.finished_before_start = False  # resumed at or past the last step: this session trains nothing
+        # as the Trainer does: the repository of push_to_hub exists before training, or the run does not start
+        self.hub_repo_id = self._create_hub_repo() if args.push_to_hub and self.accelerator.is_main_process else None
 
     def _configure_deepspeed(self) -> None:
         """The recipe decides what DeepSpeed does inside its step: clipping (``max_grad_norm``, 0 = none) and
@@ -445,13 +448,21 @@ class DinoAccelerateTrainer:
         from huggingface_hub import HfApi
 
         self.create_model_card(dataset=dataset)
-        api = HfApi(token=self.args.hub_token)
-        repo_id = self.args.hub_model_id or Path(self.args.output_dir).name
-        api.create_repo(repo_id, private=self.args.hub_private_repo, exist_ok=True)
-        api.upload_folder(
+        repo_id = self.hub_repo_id or self._create_hub_repo()
+        HfApi(token=self.args.hub_token).upload_folder(
             repo_id=repo_id, folder_path=self.args.output_dir, commit_message=commit_message,
             ignore_patterns=[f"{checkpointing.CHECKPOINT_PREFIX}-*", ".staging-*", "runs/*", checkpointing.LOCK_FILE],
         )
+
+
+    def _create_hub_repo(self) -> str:
+        from huggingface_hub import HfApi
+
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        try:
+            return HfApi(token=self.args.hub_token).create_repo(repo_id, private=self.args.hub_private_repo, exist_ok=True).repo_id
+        except Exception as error:
+            raise hub_repo_error(repo_id, error) from error
 
 
 def _as_list(report_to) -> list[str]:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -34,6 +35,7 @@ from hf_ssl.training.dino_step import (
 from hf_ssl.training.history import History, HistoryCallback
 from hf_ssl.training.knn_callback import KnnCallback
 from hf_ssl.training.model_card import write_dino_model_card
+from hf_ssl.training.outputs import hub_repo_error
 from hf_ssl.training.run_control import build_run_control
 from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
 
@@ -386,6 +388,13 @@ class DinoTrainer(Trainer):
         finally:
             # on_train_end does this after a normal end; a run that raised must not keep Ctrl-C (a notebook)
             self.run_control.finish()
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        # The Trainer creates the Hub repository of push_to_hub in its constructor: say what to do, not a traceback
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except Exception as error:
+            raise hub_repo_error(self.args.hub_model_id or Path(self.args.output_dir).absolute().name, error) from error
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

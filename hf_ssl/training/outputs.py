@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hf_ssl.training import checkpointing
+from hf_ssl.training.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +35,43 @@ OUTPUTS = (
 )
 
 
+# what failed, for the steps that are not the writing of one of OUTPUTS
+FAILED_STEPS = {
+    "knn": "the k-NN evaluation (the log has its traceback)",
+    "push": "uploading the output directory to the Hub (push_to_hub)",
+}
+
+
 class RunOutputError(RuntimeError):
-    """Writing ``step`` (one of ``OUTPUTS``) failed after training; the message lists what is saved where."""
+    """``step`` (one of ``OUTPUTS`` or ``FAILED_STEPS``) failed after training; the message lists what is saved
+    where, what is missing, and how to write the rest."""
 
     def __init__(self, step: str, output_dir: str | Path, cause: BaseException, final_step: int | None = None):
         self.step, self.cause = step, cause
         output_dir = Path(output_dir)
         done = [label for _, label, marker in OUTPUTS if (output_dir / marker).exists()]
         missing = [label for _, label, marker in OUTPUTS if not (output_dir / marker).exists()]
-        label = dict((name, label) for name, label, _ in OUTPUTS).get(step, step)
-        parts = [f"writing {label} failed after training ({type(cause).__name__}: {cause})."]
+        labels = {name: f"writing {label}" for name, label, _ in OUTPUTS}
+        parts = [f"{FAILED_STEPS.get(step) or labels.get(step, step)} failed after training ({type(cause).__name__}: {cause})."]
         parts.append(f"Saved in {output_dir}: {'; '.join(done)}." if done else f"Nothing was saved in {output_dir}.")
         if missing:
             parts.append(f"Not written: {'; '.join(missing)}.")
         latest = checkpointing.latest_checkpoint(output_dir)
         if latest is not None and latest.name == checkpointing.checkpoint_path(output_dir, final_step or -1).name:
             parts.append(f"{latest.name} holds the final weights: once the cause is fixed, the same command with "
-                         "--resume auto writes what is missing without training again.")
+                         "--resume auto finishes the job without training again.")
         elif latest is not None:
             parts.append(f"The checkpoints are intact (latest: {latest.name}).")
         super().__init__(" ".join(parts))
+
+
+def hub_repo_error(repo_id: str, error: BaseException) -> ConfigError:
+    """The error for a Hub repository that ``push_to_hub`` cannot create, raised before training."""
+    return ConfigError(
+        f"training.push_to_hub=true, but the Hub repository {repo_id!r} cannot be created ({type(error).__name__}: "
+        f"{error}). Log in (hf auth login, or HF_TOKEN), check training.hub_model_id, or set training.push_to_hub=false; "
+        "the run has not started"
+    )
 
 
 def save_run_outputs(

@@ -273,3 +273,30 @@ def test_an_unreadable_image_among_good_ones_only_warns(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         trainer.train()
     assert "1 of 8 training images checked cannot be read" in caplog.text
+
+
+# ----- 10. after training ---------------------------------------------------------------------------------------------
+
+
+class FailingKnn:
+    def __call__(self, backbone, device=None):
+        raise OSError("image file is truncated")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_failing_knn_evaluation_is_logged_and_the_run_ends_normally(engine, tmp_path, tiny_image_dataset, caplog):
+    trainer = make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=2, knn_evaluator=FailingKnn(), knn_eval_steps=1)
+    with caplog.at_level("ERROR"):
+        trainer.train()
+    assert trainer.state.global_step == 2 and not trainer.last_knn_metrics
+    assert trainer.knn_error == "k-NN evaluation at step 2 failed (see the log)"
+    assert "k-NN evaluation at step 1 failed" in caplog.text and "image file is truncated" in caplog.text
+    trainer.save_model()  # what the script does next: the model is saved
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_push_to_hub_without_a_reachable_hub_stops_before_training(engine, tmp_path, tiny_image_dataset, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"push_to_hub=true, but the Hub repository 'someone/tiny-dino' cannot be created.*has not started"):
+        make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, push_to_hub=True, hub_model_id="someone/tiny-dino")
