@@ -32,7 +32,6 @@ from hf_ssl.training.dino_step import (
     DinoStep,
     NonFiniteLossError,
     check_distributed_setup,
-    check_training_data,
     is_deepspeed,
     save_full_precision_model,
     teacher_backbone_for_evaluation,
@@ -42,6 +41,7 @@ from hf_ssl.training.dino_trainer import (
     DinoTrainingArguments,
     apply_adam_settings,
     parameter_groups,
+    prepare_run,
     resume_settings,
 )
 from hf_ssl.training.history import History
@@ -179,19 +179,11 @@ class DinoAccelerateTrainer:
         args, accelerator = self.args, self.accelerator
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint
-        checkpoint = checkpointing.resolve_resume(resume_from_checkpoint, args.output_dir)
-        check_training_data(self.train_dataset, args.per_device_train_batch_size, accelerator.num_processes, args.dataloader_drop_last)
-        if accelerator.is_main_process:
-            checkpointing.guard_output_dir(args.output_dir, checkpoint, bool(resume_from_checkpoint), args.overwrite_output_dir)
-        saved_state = None
-        if checkpoint is not None:
-            saved_state = checkpointing.check_resume_compatible(
-                checkpoint, method="dino", engine="accelerate", model_config=self.model.config,
-                total_batch_size=self.total_batch_size, world_size=accelerator.num_processes,
-                sharding=checkpointing.sharding_of(accelerator),
-                settings=resume_settings(args, self.multicrop_config, self.train_dataset),
-                allow_changed_settings=args.resume_with_changed_settings,
-            )
+        checkpoint, saved_state = prepare_run(
+            resume_from_checkpoint, args, engine="accelerate", model=self.model, multicrop_config=self.multicrop_config,
+            train_dataset=self.train_dataset, world_size=accelerator.num_processes, total_batch_size=self.total_batch_size,
+            accelerator=accelerator,
+        )
 
         # 1. data, optimizer and the length of the run (in optimizer steps)
         if args.activation_checkpointing:  # recompute the backbone's activations in backward: less memory per crop

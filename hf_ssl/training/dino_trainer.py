@@ -168,6 +168,26 @@ def resume_settings(args: DinoTrainingArguments, multicrop_config: MultiCropConf
     return settings
 
 
+def prepare_run(resume, args: DinoTrainingArguments, *, engine: str, model, multicrop_config: MultiCropConfig, train_dataset,
+                world_size: int, total_batch_size: int, accelerator) -> tuple[Path | None, dict | None]:
+    """What both engines do before training, so that a mistake stops the run before it starts: resolve the
+    checkpoint to resume from, check the data (``check_training_data``), take the output directory (main
+    process: ``checkpointing.guard_output_dir``) and check that the checkpoint can continue this run. Returns the
+    checkpoint and its saved state, or ``(None, None)`` for a fresh start."""
+    checkpoint = checkpointing.resolve_resume(resume, args.output_dir)
+    check_training_data(train_dataset, args.per_device_train_batch_size, world_size, args.dataloader_drop_last)
+    if accelerator.is_main_process:
+        checkpointing.guard_output_dir(args.output_dir, checkpoint, bool(resume), args.overwrite_output_dir)
+    if checkpoint is None:
+        return None, None
+    state = checkpointing.check_resume_compatible(
+        checkpoint, method="dino", engine=engine, model_config=model.config, total_batch_size=total_batch_size,
+        world_size=world_size, sharding=checkpointing.sharding_of(accelerator),
+        settings=resume_settings(args, multicrop_config, train_dataset), allow_changed_settings=args.resume_with_changed_settings,
+    )
+    return checkpoint, state
+
+
 @dataclass(frozen=True)
 class DinoSchedules:
     """Every per-optimizer-step schedule of a DINO run, built once the run length is known."""
@@ -359,20 +379,13 @@ class DinoTrainer(Trainer):
         A checkpoint of another method, engine, model configuration or total batch is refused before training."""
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint
-        checkpoint = checkpointing.resolve_resume(resume_from_checkpoint, self.args.output_dir)
-        check_training_data(self.train_dataset, self.args.per_device_train_batch_size, self.args.world_size, self.args.dataloader_drop_last)
-        if self.args.should_save:
-            checkpointing.guard_output_dir(self.args.output_dir, checkpoint, bool(resume_from_checkpoint), self.args.overwrite_output_dir)
-        self._resume_state = None
+        checkpoint, state = prepare_run(
+            resume_from_checkpoint, self.args, engine="trainer", model=self.model, multicrop_config=self.multicrop_config,
+            train_dataset=self.train_dataset, world_size=self.args.world_size, total_batch_size=self.total_batch_size,
+            accelerator=self.accelerator,
+        )
+        self._resume_state = state
         if checkpoint is not None:
-            state = checkpointing.check_resume_compatible(
-                checkpoint, method="dino", engine="trainer", model_config=self.model.config,
-                total_batch_size=self.total_batch_size, world_size=self.args.world_size,
-                sharding=checkpointing.sharding_of(self.accelerator),
-                settings=resume_settings(self.args, self.multicrop_config, self.train_dataset),
-                allow_changed_settings=self.args.resume_with_changed_settings,
-            )
-            self._resume_state = state
             self.dino_step.load_state_dict(state.get("method_state", {}))
             if self.run_control.early_stopping is not None:
                 self.run_control.early_stopping.load_state_dict(state.get("control_state", {}).get("early_stopping", {}))
