@@ -20,7 +20,7 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     yield mount_point
     checkpointing.release_output_dir(mount_point / "run")  # the run's lock file is open on this disk
-    subprocess.run(["umount", str(mount_point)], check=True)
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)  # lazy: detached even if a file is still open
 
 
 def fill_disk_before_the_save_of(trainer, step_to_fail: int, filler):
