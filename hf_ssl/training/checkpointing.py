@@ -241,8 +241,7 @@ def resolve_resume(resume: str | os.PathLike | bool | None, output_dir: str | os
         raise ConfigError(f"{path} is an output directory, not a checkpoint: resume from {latest_checkpoint(path)} or use 'auto'")
     damage = checkpoint_damage(path)
     if damage is not None:
-        earlier = [candidate for candidate in list_checkpoints(path.parent) if candidate.name != path.name and checkpoint_damage(candidate) is None]
-        earlier = [candidate for candidate in earlier if _step_of(candidate) < _step_of(path)]
+        earlier = [candidate for candidate in list_checkpoints(path.parent) if _step_of(candidate) < _step_of(path) and checkpoint_damage(candidate) is None]
         hint = f" The latest intact checkpoint before it is {earlier[-1]}: resume from it, or use 'auto'." if earlier else ""
         raise ConfigError(f"checkpoint {path} is damaged: {damage}.{hint}")
     return path

@@ -47,7 +47,7 @@ from hf_ssl.training.dino_trainer import (
 from hf_ssl.training.history import History
 from hf_ssl.training.knn_callback import run_knn_evaluation
 from hf_ssl.training.model_card import write_dino_model_card
-from hf_ssl.training.outputs import hub_repo_error
+from hf_ssl.training.outputs import hub_repo_error, hub_repo_name
 from hf_ssl.training.run_control import build_run_control
 
 logger = logging.getLogger(__name__)
@@ -373,9 +373,7 @@ class DinoAccelerateTrainer:
         history and ``hf_ssl_state.json``, in a staging folder renamed to ``checkpoint-<step>`` once complete."""
         accelerator, step, output_dir = self.accelerator, self.state.global_step, self.args.output_dir
         final = checkpointing.checkpoint_path(output_dir, step)
-        if self.dino_step.in_nonfinite_streak:
-            # its weights are those that gave NaN/inf: rotating the good checkpoints away for it would lose the run
-            logger.warning("Step %d: no checkpoint while the loss is NaN/inf; the latest one is kept as it is.", step)
+        if not self.dino_step.may_checkpoint(step):
             return None
         staging = checkpointing.staging_path(output_dir, step)
         if accelerator.is_main_process:
@@ -450,11 +448,10 @@ class DinoAccelerateTrainer:
     def _create_hub_repo(self) -> str:
         from huggingface_hub import HfApi
 
-        repo_id = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
         try:
-            return HfApi(token=self.args.hub_token).create_repo(repo_id, private=self.args.hub_private_repo, exist_ok=True).repo_id
+            return HfApi(token=self.args.hub_token).create_repo(hub_repo_name(self.args), private=self.args.hub_private_repo, exist_ok=True).repo_id
         except Exception as error:
-            raise hub_repo_error(repo_id, error) from error
+            raise hub_repo_error(self.args, error) from error
 
 
 def _as_list(report_to) -> list[str]:

@@ -218,10 +218,13 @@ class DinoStep:
                 parameter.grad = None
         return False
 
-    @property
-    def in_nonfinite_streak(self) -> bool:
-        """The last optimizer step had a NaN/inf loss: the engines write no checkpoint until a finite one."""
-        return self.consecutive_nonfinite_steps > 0
+    def may_checkpoint(self, step: int) -> bool:
+        """False (with a warning) while the loss is NaN/inf: the weights are those that gave it, and saving them
+        would let checkpoint rotation delete the good ones. The engines write no checkpoint until a finite step."""
+        if self.consecutive_nonfinite_steps == 0:
+            return True
+        logger.warning("Step %d: no checkpoint while the loss is NaN/inf; the latest one is kept as it is.", step)
+        return False
 
     def _settle_step(self, step: int, optimizer_step_was_skipped: bool = False) -> bool:
         """Whether this step is skipped: a NaN/inf loss on any process, or no readable image on any process

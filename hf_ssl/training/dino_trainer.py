@@ -407,7 +407,7 @@ class DinoTrainer(Trainer):
         try:
             super().init_hf_repo(token=token, private=private)
         except Exception as error:
-            raise hub_repo_error(self.args.hub_model_id or Path(self.args.output_dir).absolute().name, error) from error
+            raise hub_repo_error(self.args, error) from error
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -446,9 +446,7 @@ class DinoTrainer(Trainer):
         then renamed to ``checkpoint-<step>`` by the main process: a kill during a save loses nothing."""
         step = self.state.global_step
         output_dir = self.args.output_dir
-        if self.dino_step.in_nonfinite_streak:
-            # its weights are those that gave NaN/inf: rotating the good checkpoints away for it would lose the run
-            logger.warning("Step %d: no checkpoint while the loss is NaN/inf; the latest one is kept as it is.", step)
+        if not self.dino_step.may_checkpoint(step):
             return
         staging_parent = checkpointing.staging_path(output_dir, step)
         if self.args.should_save:

@@ -65,10 +65,15 @@ class RunOutputError(RuntimeError):
         super().__init__(" ".join(parts))
 
 
-def hub_repo_error(repo_id: str, error: BaseException) -> ConfigError:
+def hub_repo_name(args) -> str:
+    """The repository ``push_to_hub`` uploads to: ``hub_model_id``, else the output directory's name (as the Trainer)."""
+    return args.hub_model_id or Path(args.output_dir).absolute().name
+
+
+def hub_repo_error(args, error: BaseException) -> ConfigError:
     """The error for a Hub repository that ``push_to_hub`` cannot create, raised before training."""
     return ConfigError(
-        f"training.push_to_hub=true, but the Hub repository {repo_id!r} cannot be created ({type(error).__name__}: "
+        f"training.push_to_hub=true, but the Hub repository {hub_repo_name(args)!r} cannot be created ({type(error).__name__}: "
         f"{error}). Log in (hf auth login, or HF_TOKEN), check training.hub_model_id, or set training.push_to_hub=false; "
         "the run has not started"
     )
