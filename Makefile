@@ -1,12 +1,13 @@
-# make demo : set up .venv and pretrain DINO on Fashion-MNIST (about 10 minutes on 2 CPU cores)
-# make test : set up .venv and run the test suite
+# make demo        : set up .venv and pretrain DINO on Fashion-MNIST (about 10 minutes on 2 CPU cores)
+# make demo-simclr : the same for SimCLR
+# make test        : set up .venv and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo test fashion-mnist bench clean
+.PHONY: setup demo demo-simclr test fashion-mnist bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ fashion-mnist:
 
 demo: setup fashion-mnist
 	$(PY) recipes/train_dino.py --config recipes/dino_fashion_mnist_demo.yaml
+
+demo-simclr: setup fashion-mnist
+	$(PY) recipes/train_simclr.py --config recipes/simclr_fashion_mnist_demo.yaml
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests

@@ -24,7 +24,7 @@ from hf_ssl import DinoConfig, DinoForPretraining
 from hf_ssl.data import MultiCropConfig, MultiCropTransform, with_multicrop
 from hf_ssl.evaluation import KnnEvaluator
 from hf_ssl.models import build_image_processor
-from hf_ssl.training import DinoTrainingArguments, build_dino_trainer
+from hf_ssl.training import DinoTrainingArguments, build_trainer
 
 VIT_SMALL_16 = dict(model_type="vit", hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
                     patch_size=16, image_size=224, layer_norm_eps=1e-6, qkv_bias=True)
@@ -76,8 +76,8 @@ def main():
         if args.knn:
             processor = build_image_processor("vit", 224, list(multicrop.mean), list(multicrop.std))
             evaluator = KnnEvaluator(dataset.select(range(512)), dataset.select(range(512, 640)), processor, k=5, batch_size=128, show_progress=False)
-        trainer = build_dino_trainer(
-            model=model, args=training, multicrop_config=multicrop, train_dataset=with_multicrop(dataset, MultiCropTransform(multicrop)),
+        trainer = build_trainer(
+            model=model, args=training, view_config=multicrop, train_dataset=with_multicrop(dataset, MultiCropTransform(multicrop)),
             knn_evaluator=evaluator, knn_eval_steps=args.warmup if args.knn else 0, knn_at_end=args.knn,
         )
         trainer.train()

@@ -1,9 +1,9 @@
-"""Training throughput of a DINO recipe (default: the Fashion-MNIST demo) with the DinoTrainer.
+"""Training throughput of a recipe of any method (default: the DINO Fashion-MNIST demo) with the SslTrainer.
 
     python benchmarks/bench_train.py [--config recipes/dino_fashion_mnist_demo.yaml] [--steps 40]
 
-Runs the real pipeline (dataset transform, DataLoader workers, device augmentation, student and
-teacher forward, backward, AdamW, EMA) and prints optimizer steps/s and images/s, measured after
+Runs the real pipeline (dataset transform, DataLoader workers, device augmentation, the method's forward,
+backward, the optimizer, the EMA of EMA methods) and prints optimizer steps/s and images/s, measured after
 a few warm-up steps.
 """
 
@@ -14,9 +14,8 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from hf_ssl import DinoForPretraining
 from hf_ssl.data import MultiCropTransform, with_multicrop
-from hf_ssl.training import DinoRecipe, DinoTrainer
+from hf_ssl.training import Recipe, SslTrainer
 
 
 class StepTimer(TrainerCallback):
@@ -39,13 +38,13 @@ def main():
     args, overrides = parser.parse_known_args()
 
     with tempfile.TemporaryDirectory() as output_dir:
-        recipe = DinoRecipe.from_yaml(
+        recipe = Recipe.from_yaml(
             args.config, [*overrides, f"training.output_dir={output_dir}", f"training.max_steps={args.steps + args.warmup}", "training.logging_steps=1000"]
         )
         train_dataset, _ = recipe.load_datasets()
-        train_dataset = with_multicrop(train_dataset, MultiCropTransform(recipe.augmentation))
-        model = DinoForPretraining(recipe.build_model_config())
-        trainer = DinoTrainer(model=model, args=recipe.training, multicrop_config=recipe.augmentation, train_dataset=train_dataset)
+        train_dataset = with_multicrop(train_dataset, MultiCropTransform(recipe.view_config))
+        model = recipe.build_model()
+        trainer = SslTrainer(model=model, args=recipe.training, view_config=recipe.view_config, train_dataset=train_dataset, method=recipe.method)
         timer = StepTimer(args.warmup)
         trainer.add_callback(timer)
         trainer.train()
@@ -53,10 +52,10 @@ def main():
     seconds = timer.end - timer.start
     batch = recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps * recipe.training.world_size
     steps_per_second = args.steps / seconds
-    augmentation = recipe.augmentation
+    augmentation = recipe.view_config
     crops = f"{augmentation.global_crops_number}x{augmentation.global_crop_size} + {augmentation.local_crops_number}x{augmentation.local_crop_size}"
-    parameters = sum(p.numel() for p in model.student.parameters()) / 1e6
-    print(f"config: {args.config}  crops: {crops}  batch: {batch}  student parameters: {parameters:.2f}M")
+    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+    print(f"config: {args.config}  method: {recipe.method}  crops: {crops}  batch: {batch}  trained parameters: {parameters:.2f}M")
     print(f"device: {recipe.training.device}  torch threads: {torch.get_num_threads()}")
     print(f"training: {steps_per_second:.3f} steps/s, {steps_per_second * batch:.1f} images/s ({args.steps} steps in {seconds:.1f} s)")
 

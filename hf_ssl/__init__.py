@@ -6,12 +6,29 @@ Importing the package registers every method with the transformers Auto classes,
 
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
-from .models import DinoConfig, DinoForPretraining, DinoHead, DinoLoss, DinoModel
+from .models import (
+    DinoConfig,
+    DinoForPretraining,
+    DinoHead,
+    DinoLoss,
+    DinoModel,
+    NTXentLoss,
+    SimClrConfig,
+    SimClrForPretraining,
+    SimClrModel,
+    SimClrProjectionHead,
+)
 
 __version__ = "0.1.0"
 
 AutoConfig.register(DinoConfig.model_type, DinoConfig, exist_ok=True)
 AutoModel.register(DinoConfig, DinoModel, exist_ok=True)
 AutoModelForPreTraining.register(DinoConfig, DinoForPretraining, exist_ok=True)
+AutoConfig.register(SimClrConfig.model_type, SimClrConfig, exist_ok=True)
+AutoModel.register(SimClrConfig, SimClrModel, exist_ok=True)
+AutoModelForPreTraining.register(SimClrConfig, SimClrForPretraining, exist_ok=True)
 
-__all__ = ["DinoConfig", "DinoForPretraining", "DinoHead", "DinoLoss", "DinoModel", "__version__"]
+__all__ = [
+    "DinoConfig", "DinoForPretraining", "DinoHead", "DinoLoss", "DinoModel", "NTXentLoss", "SimClrConfig",
+    "SimClrForPretraining", "SimClrModel", "SimClrProjectionHead", "__version__",
+]

@@ -95,18 +95,18 @@ def make_dino_trainer(
     output_dir, dataset, engine: str = "trainer", model=None, multicrop=None, seed: int = 0,
     knn_evaluator=None, knn_eval_steps: int = 0, **overrides,
 ):
-    """A tiny DINO run on either engine (``DinoTrainer`` or ``DinoAccelerateTrainer``) over ``dataset``
+    """A tiny DINO run on either engine (``SslTrainer`` or ``AccelerateTrainer``) over ``dataset``
     (a ``datasets.Dataset`` with an ``image`` column); ``overrides`` go to ``tiny_training_arguments``."""
     from hf_ssl import DinoForPretraining
     from hf_ssl.data import MultiCropTransform, with_multicrop
-    from hf_ssl.training import build_dino_trainer
+    from hf_ssl.training import build_trainer
 
     multicrop = multicrop or tiny_multicrop_config()
     model = model or DinoForPretraining(tiny_dino_config())
     arguments = tiny_training_arguments(output_dir, engine=engine, **overrides)
     train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop), seed=seed)
-    return build_dino_trainer(
-        model=model, args=arguments, multicrop_config=multicrop, train_dataset=train_dataset,
+    return build_trainer(
+        model=model, args=arguments, view_config=multicrop, train_dataset=train_dataset,
         knn_evaluator=knn_evaluator, knn_eval_steps=knn_eval_steps,
     )
 
@@ -124,12 +124,12 @@ def sigterm_during_step(trainer, stop_after: int | None) -> None:
     scheduler would: it then saves ``checkpoint-<stop_after>`` and stops. None: no signal."""
     if stop_after is None:
         return
-    dino_step = trainer.dino_step
-    after_optimizer_step = dino_step.after_optimizer_step
+    method = trainer.method
+    after_optimizer_step = method.after_optimizer_step
 
     def signal_after(step, *args, **kwargs):
         after_optimizer_step(step, *args, **kwargs)
         if step + 1 == stop_after:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    dino_step.after_optimizer_step = signal_after
+    method.after_optimizer_step = signal_after

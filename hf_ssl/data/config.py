@@ -41,6 +41,7 @@ class MultiCropConfig:
     hue: float = field(default=0.1, metadata={"help": "Hue jitter: a shift drawn from [-hue, hue] of a full turn, in [0, 0.5]."})
     grayscale_probability: float = field(default=0.2, metadata={"help": "Probability of turning the crop to grayscale."})
     blur_sigma: tuple[float, float] = field(default=(0.1, 2.0), metadata={"help": "(min, max) sigma of the Gaussian blur, in pixels of the crop."})
+    blur_kernel_size: int | None = field(default=None, metadata={"help": "Taps of the blur kernel (odd); null: 2 * ceil(3 * max sigma) + 1, the whole Gaussian."})
     global_blur_probabilities: tuple[float, ...] = field(default=(1.0, 0.1), metadata={"help": "Blur probability of each global crop, one value per global crop."})
     local_blur_probability: float = field(default=0.5, metadata={"help": "Blur probability of each local crop."})
     global_solarize_probabilities: tuple[float, ...] = field(default=(0.0, 0.2), metadata={"help": "Solarize probability of each global crop, one value per global crop."})
@@ -73,6 +74,12 @@ class MultiCropConfig:
         low, high = self._pair("blur_sigma")
         if not 0 < low <= high:
             raise ValueError(f"blur_sigma must be (min, max) with 0 < min <= max (pixels), got {(low, high)}")
+
+        if self.blur_kernel_size is not None and (
+            isinstance(self.blur_kernel_size, bool) or not isinstance(self.blur_kernel_size, int)
+            or self.blur_kernel_size < 1 or self.blur_kernel_size % 2 == 0
+        ):
+            raise ValueError(f"blur_kernel_size must be an odd integer >= 1 (taps of the blur kernel) or null, got {self.blur_kernel_size!r}")
 
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}")

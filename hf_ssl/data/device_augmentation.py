@@ -43,7 +43,8 @@ class DeviceAugmentation(nn.Module):
     crops with ``local_blur_probability``; solarize (pixels >= 128/255 become ``1 - x``) likewise.
 
     The blur kernel has ``2 * ceil(3 * blur_sigma[1]) + 1`` taps (13 for sigma up to 2): the whole
-    Gaussian of the largest sigma, one size for every crop, reflect padding. Sigma is in pixels of
+    Gaussian of the largest sigma, one size for every crop, reflect padding; ``blur_kernel_size`` taps instead
+    when the config sets it (the truncated kernel is renormalised). Sigma is in pixels of
     the output crop, as in DINO, which blurs after resizing.
 
     No parameters; ``mean``/``std`` are non-persistent buffers, so ``.to(device)`` moves them and
@@ -55,7 +56,8 @@ class DeviceAugmentation(nn.Module):
         self.config = config
         self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.blur_radius = math.ceil(3 * config.blur_sigma[1])
+        # the whole Gaussian of the largest sigma, unless the config gives the kernel size (SimCLR: 10% of the image)
+        self.blur_radius = math.ceil(3 * config.blur_sigma[1]) if config.blur_kernel_size is None else (config.blur_kernel_size - 1) // 2
 
     def forward(
         self,

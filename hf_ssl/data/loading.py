@@ -158,7 +158,14 @@ def load_fashion_mnist(root: str | os.PathLike = FASHION_MNIST_ROOT, *, cache_di
     files = {split: tuple(root / name for name in names) for split, names in FASHION_MNIST_FILES.items()}
     if not all(path.is_file() for paths in files.values() for path in paths):
         logger.info("Fashion-MNIST IDX files not found in %s; loading %s from the Hub", root, FASHION_MNIST_HUB_ID)
-        dataset = normalize_columns(datasets.load_dataset(FASHION_MNIST_HUB_ID))
+        try:
+            dataset = normalize_columns(datasets.load_dataset(FASHION_MNIST_HUB_ID))
+        except (ConnectionError, OSError) as error:
+            raise FileNotFoundError(
+                f"Fashion-MNIST: the IDX files are not in {root} and the Hub copy {FASHION_MNIST_HUB_ID!r} cannot be "
+                f"loaded ({type(error).__name__}: {error}). Install them (Debian/Ubuntu: apt-get install "
+                "dataset-fashion-mnist, or `make fashion-mnist`), or go online"
+            ) from error
         # Same class order as the IDX files; this gives both sources the same label names.
         return dataset.cast_column("label", datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES)))
 

@@ -3,6 +3,7 @@
 from hf_ssl.evaluation.knn import (
     ExtractedFeatures,
     KnnEvaluator,
+    RawPixels,
     extract_features,
     extract_readable_features,
     image_embedding,
@@ -14,6 +15,7 @@ from hf_ssl.evaluation.knn import (
 __all__ = [
     "ExtractedFeatures",
     "KnnEvaluator",
+    "RawPixels",
     "extract_features",
     "extract_readable_features",
     "image_embedding",

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from hf_ssl.data.images import decode_image, describe_image, to_8bit
 
@@ -93,6 +94,14 @@ def image_embedding(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch
     return outputs.last_hidden_state[:, 0]
 
 
+class RawPixels(torch.nn.Module):
+    """The identity as a "backbone": the feature of an image is its pixels as the image processor prepares them,
+    flattened to (B, 3 * H * W). k-NN on these is the bar a learned representation has to clear."""
+
+    def forward(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
+        return BaseModelOutputWithPooling(last_hidden_state=pixel_values, pooler_output=pixel_values.flatten(1))
+
+
 @dataclass
 class ExtractedFeatures:
     """What `extract_readable_features` read from a labelled dataset.
@@ -126,7 +135,7 @@ def extract_readable_features(
     A decoding ``Image`` column is read undecoded, so a file that cannot be decoded is left out
     together with its label and logged (its path when known) instead of raising inside ``datasets``.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     dataset = _undecoded_images(dataset, image_column)
     was_training = model.training
     model.eval()

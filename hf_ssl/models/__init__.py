@@ -2,5 +2,9 @@
 
 from .dino import DinoConfig, DinoForPretraining, DinoHead, DinoLoss, DinoModel
 from .image_processing import build_image_processor
+from .simclr import NTXentLoss, SimClrConfig, SimClrForPretraining, SimClrModel, SimClrProjectionHead
 
-__all__ = ["DinoConfig", "DinoForPretraining", "DinoHead", "DinoLoss", "DinoModel", "build_image_processor"]
+__all__ = [
+    "DinoConfig", "DinoForPretraining", "DinoHead", "DinoLoss", "DinoModel", "NTXentLoss", "SimClrConfig",
+    "SimClrForPretraining", "SimClrModel", "SimClrProjectionHead", "build_image_processor",
+]

@@ -1,37 +1,67 @@
-"""Training machinery: the DINO Trainer, its callbacks, schedules, EMA and recipe configuration."""
+"""Training machinery shared by every method: the two engines, the method interface, schedules, EMA,
+optimizers, checkpoints and recipe configuration."""
 
-from hf_ssl.training.callbacks import DinoStepCallback, EmaCallback
+from hf_ssl.training.accelerate_loop import AccelerateTrainer, build_trainer
+from hf_ssl.training.arguments import EmaTeacherArguments, PretrainingArguments
+from hf_ssl.training.callbacks import EmaCallback, MethodStepCallback
 from hf_ssl.training.cli import parse_command_line
 from hf_ssl.training.config import ConfigError
-from hf_ssl.training.dino_accelerate import DinoAccelerateTrainer, build_dino_trainer
-from hf_ssl.training.dino_step import DinoStep
-from hf_ssl.training.dino_trainer import DinoSchedules, DinoTrainer, DinoTrainingArguments, parameter_groups
 from hf_ssl.training.ema import ema_update_
 from hf_ssl.training.knn_callback import KnnCallback
+from hf_ssl.training.methods import (
+    EmaTeacherMethod,
+    MethodSpec,
+    NonFiniteLossError,
+    PretrainingMethod,
+    Schedules,
+    get_method,
+    register_method,
+    registered_methods,
+)
+from hf_ssl.training.methods.dino import DinoMethod, DinoSchedules, DinoTrainingArguments
+from hf_ssl.training.optimizers import LARS, build_optimizer
+from hf_ssl.training.methods.simclr import SimClrMethod, SimClrTrainingArguments, SimClrViewConfig
+from hf_ssl.training.recipe import DataArguments, DinoRecipe, EvaluationArguments, Recipe, SimClrRecipe
 from hf_ssl.training.run_control import EarlyStopping, RunControl
-from hf_ssl.training.recipe import DataArguments, DinoRecipe, EvaluationArguments
 from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
+from hf_ssl.training.trainer import SslTrainer
 
 __all__ = [
+    "LARS",
+    "AccelerateTrainer",
     "ConfigError",
     "DataArguments",
-    "DinoAccelerateTrainer",
+    "DinoMethod",
     "DinoRecipe",
     "DinoSchedules",
-    "DinoStep",
-    "DinoStepCallback",
-    "DinoTrainer",
     "DinoTrainingArguments",
     "EarlyStopping",
     "EmaCallback",
+    "EmaTeacherArguments",
+    "EmaTeacherMethod",
     "EvaluationArguments",
     "KnnCallback",
     "LinearWarmupConstantSchedule",
+    "MethodSpec",
+    "MethodStepCallback",
+    "NonFiniteLossError",
+    "PretrainingArguments",
+    "PretrainingMethod",
+    "Recipe",
     "RunControl",
+    "Schedules",
+    "SimClrMethod",
+    "SimClrRecipe",
+    "SimClrTrainingArguments",
+    "SimClrViewConfig",
+    "SslTrainer",
     "WarmupCosineSchedule",
-    "build_dino_trainer",
+    "build_optimizer",
+    "build_trainer",
     "ema_update_",
-    "parameter_groups",
+    "get_method",
     "parse_command_line",
+    "register_method",
+    "registered_methods",
     "scaled_learning_rate",
 ]

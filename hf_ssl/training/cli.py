@@ -15,8 +15,8 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from hf_ssl.training.config import ConfigError, SectionHelp, first_paragraph
-from hf_ssl.training.recipe import DinoRecipe
+from hf_ssl.training.config import ConfigError, SectionHelp, first_paragraph, load_yaml
+from hf_ssl.training.recipe import Recipe
 
 OVERRIDES_HELP = (
     "Every key below can be set in the recipe file under its section, or on the command line as section.key=value "
@@ -27,15 +27,17 @@ OVERRIDES_HELP = (
 
 
 def parse_command_line(
-    argv: Sequence[str] | None = None, recipe_class: type = DinoRecipe, description: str | None = None
-) -> tuple[DinoRecipe, str | None]:
+    argv: Sequence[str] | None = None, recipe_class: type = Recipe, description: str | None = None, prog: str | None = None
+) -> tuple[Recipe, str | None]:
     """Parse ``argv`` (default: ``sys.argv[1:]``) into the recipe and the ``--resume`` value.
 
     ``--config`` names the recipe file; every other argument overrides one of its keys. ``--help`` prints
-    ``description``, the options and every section and key of ``recipe_class``, then exits. A missing
-    ``--config``, a bad override or a bad value raises ``ConfigError``.
+    ``description``, the options and every section and key of the recipe's method (the ``method:`` of the
+    ``--config`` file, else ``recipe_class.default_method``), then exits. A missing ``--config``, a bad override or
+    a bad value raises ``ConfigError``.
     """
-    parser = _RecipeArgumentParser(recipe_class, description=description)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _RecipeArgumentParser(recipe_class, method=_method_for_help(argv, recipe_class), description=description, prog=prog)
     parser.add_argument("--config", required=True, help="Recipe YAML file, e.g. recipes/dino.yaml.")
     parser.add_argument(
         "--resume",
@@ -43,21 +45,41 @@ def parse_command_line(
         help="Checkpoint folder to resume from, or 'auto' for the latest checkpoint in training.output_dir "
         "(a fresh start when there is none).",
     )
-    arguments, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    arguments, overrides = parser.parse_known_args(argv)
     return recipe_class.from_yaml(arguments.config, overrides), arguments.resume
+
+
+def _method_for_help(argv: Sequence[str], recipe_class: type) -> str:
+    """The method whose keys ``--help`` lists: the ``--config`` file's, else the recipe class's, else DINO's."""
+    for index, argument in enumerate(argv):
+        path = argument.split("=", 1)[1] if argument.startswith("--config=") else argv[index + 1] if argument == "--config" and index + 1 < len(argv) else None
+        if path is None:
+            continue
+        try:
+            named = load_yaml(path).get("method")
+        except Exception:  # an unreadable file is reported by the parse itself, not by --help
+            named = None
+        if isinstance(named, str):
+            return named
+    return recipe_class.default_method or "dino"
 
 
 class _RecipeArgumentParser(argparse.ArgumentParser):
     """``ArgumentParser`` whose mistakes raise ``ConfigError`` and whose ``--help`` ends with every recipe key."""
 
-    def __init__(self, recipe_class: type, **kwargs):
+    def __init__(self, recipe_class: type, method: str, **kwargs):
         # allow_abbrev=False: a misspelt key such as --res must reach the overrides (and their error), not
         # silently become --resume
         super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False, **kwargs)
         self.recipe_class = recipe_class
+        self.method = method
 
     def format_help(self) -> str:
-        return f"{super().format_help()}\n{format_sections_help(self.recipe_class.sections_help(), help_width())}\n"
+        try:
+            sections = self.recipe_class.sections_help(self.method)
+        except KeyError as error:
+            return f"{super().format_help()}\n{error.args[0]}\n"
+        return f"{super().format_help()}\nThe keys of a {self.method!r} recipe:\n{format_sections_help(sections, help_width())}\n"
 
     def error(self, message: str):
         raise ConfigError(f"{message} (usage: {self.format_usage().removeprefix('usage: ').strip()}; --help lists every key)")

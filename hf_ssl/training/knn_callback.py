@@ -1,4 +1,4 @@
-"""Periodic k-NN evaluation of the teacher during training."""
+"""Periodic k-NN evaluation of the evaluated backbone (DINO: the teacher) during training."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 from transformers import TrainerCallback
 
-from hf_ssl.training.dino_step import teacher_backbone_for_evaluation
+from hf_ssl.training.engine import evaluation_backbone_on_main
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +22,10 @@ def run_knn_evaluation(evaluator, backbone, device, step: int) -> dict[str, floa
 
 
 class KnnCallback(TrainerCallback):
-    """Runs a ``KnnEvaluator`` on the teacher backbone every ``eval_steps`` optimizer steps (0: never
+    """Runs a ``KnnEvaluator`` on the model's ``evaluation_backbone()`` every ``eval_steps`` optimizer steps (0: never
     during training) and at the end of training, and logs ``knn_top1``/``knn_top5``.
 
-    Evaluation runs on the main process (under FSDP after gathering the teacher from every process);
+    Evaluation runs on the main process (under FSDP after gathering the backbone from every process);
     the other processes go on. The last result is kept in ``self.last_metrics``.
     """
 
@@ -40,8 +40,8 @@ class KnnCallback(TrainerCallback):
 
     def _evaluate(self, state):
         self.last_step = state.global_step
-        # every process takes part: under FSDP the teacher's shards are gathered first
-        backbone = teacher_backbone_for_evaluation(self.trainer.accelerator, self.trainer.model_wrapped)
+        # every process takes part: under FSDP the backbone's shards are gathered first
+        backbone = evaluation_backbone_on_main(self.trainer.accelerator, self.trainer.model_wrapped)
         if not self.trainer.is_world_process_zero():
             return
         metrics = run_knn_evaluation(self.evaluator, backbone, self.trainer.args.device, state.global_step)

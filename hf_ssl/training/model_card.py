@@ -23,17 +23,16 @@ def render_model_card(method: str, output_dir: str | Path, card_data: ModelCardD
     return card
 
 
-def write_dino_model_card(model, args, multicrop_config, schedules, steps: int, log_history: list[dict], model_name=None, dataset=None, tags=None, license=None) -> ModelCard:
-    """The card of a DINO run in ``args.output_dir``: architecture, recipe and the last k-NN result found in
-    ``log_history`` (the logged dicts of either engine)."""
-    config = model.config
-    backbone = config.backbone_config
-    crops = multicrop_config
+def write_model_card(method, model, args, schedules, steps: int, log_history: list[dict], model_name=None, dataset=None, tags=None, license=None) -> ModelCard:
+    """The card of a run in ``args.output_dir`` from ``model_cards/<method.name>.md``: the shared part (backbone,
+    steps, batch, lr, precision, the last k-NN result found in ``log_history``, the logged dicts of either engine)
+    and the method's own values (``method.model_card_values``)."""
+    backbone = model.config.backbone_config
     knn = [entry for entry in log_history if "knn_top1" in entry]
     if knn:
         last = knn[-1]
         evaluation = (
-            f"Weighted k-NN (T=0.07) on frozen teacher features at step {last.get('step', steps)}: "
+            f"Weighted k-NN (T=0.07) on frozen {method.evaluated_features} at step {last.get('step', steps)}: "
             f"top-1 {last['knn_top1']:.2f}%, top-5 {last['knn_top5']:.2f}%."
         )
     else:
@@ -43,34 +42,24 @@ def write_dino_model_card(model, args, multicrop_config, schedules, steps: int, 
     card_data = ModelCardData(
         library_name="transformers",
         license=license,
-        tags=["hf_ssl", "dino", "self-supervised", "image-feature-extraction", *(tags or [])],
+        tags=["hf_ssl", method.name, "self-supervised", "image-feature-extraction", *(tags or [])],
         datasets=[dataset] if isinstance(dataset, str) else dataset,
         pipeline_tag="image-feature-extraction",
     )
-    described = ("hidden_size", "num_hidden_layers", "patch_size", "image_size")
+    described = ("hidden_size", "num_hidden_layers", "patch_size", "image_size", "hidden_sizes", "depths")
     return render_model_card(
-        "dino",
+        method.name,
         args.output_dir,
         card_data,
         model_name=model_name or repo_id,
         repo_id=repo_id,
-        backbone_class=model.teacher.backbone.__class__.__name__,
+        backbone_class=model.evaluation_backbone().__class__.__name__,
         backbone_summary=f"{backbone.model_type}, " + ", ".join(f"{key} {getattr(backbone, key)}" for key in described if hasattr(backbone, key)),
-        out_dim=config.out_dim,
-        head_hidden_dim=config.head_hidden_dim,
-        head_bottleneck_dim=config.head_bottleneck_dim,
-        norm_last_layer=config.norm_last_layer,
-        crops=(
-            f"{crops.global_crops_number} x {crops.global_crop_size}px (scale {tuple(crops.global_crops_scale)}), "
-            f"{crops.local_crops_number} x {crops.local_crop_size}px (scale {tuple(crops.local_crops_scale)})"
-        ),
         steps=steps,
         total_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         peak_learning_rate=f"{schedules.peak_learning_rate:.3g}" if schedules else args.learning_rate,
-        teacher_temperature=(
-            f"{config.warmup_teacher_temperature} -> {config.teacher_temperature} over "
-            f"{config.warmup_teacher_temperature_epochs} epochs"
-        ),
+        optimizer=args.optimizer,
         precision=precision,
         evaluation=evaluation,
+        **method.model_card_values(model, args, schedules),
     )

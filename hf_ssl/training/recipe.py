@@ -1,4 +1,12 @@
-"""The DINO recipe: typed sections of a YAML file, and the steps a training script takes with them."""
+"""A recipe: the method it trains and the typed sections of a YAML file, and the steps a training script takes with them.
+
+    method: dino            # any registered method (hf_ssl.training.methods.registered_methods())
+    model: {...}            # the method's config (DinoConfig, SimClrConfig, ...) or a pretrained model to continue
+    data: {...}             # DataArguments
+    augmentation: {...}     # the method's augmentation config (MultiCropConfig, SimClrViewConfig, ...)
+    training: {...}         # the method's training arguments (a PretrainingArguments subclass)
+    evaluation: {...}       # EvaluationArguments (k-NN)
+"""
 
 from __future__ import annotations
 
@@ -7,13 +15,13 @@ import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from transformers import PretrainedConfig
 
 from hf_ssl.data import MultiCropConfig, load_image_dataset
-from hf_ssl.models.dino import DinoConfig, DinoForPretraining, check_input_sizes
+from hf_ssl.models.backbone import check_input_sizes
 from hf_ssl.training.checkpointing import comparable
 from hf_ssl.training.config import (
     ConfigError,
@@ -29,7 +37,7 @@ from hf_ssl.training.config import (
     parse_overrides,
     to_plain,
 )
-from hf_ssl.training.dino_trainer import DinoTrainingArguments
+from hf_ssl.training.methods import MethodSpec, as_multicrop_config, get_method, registered_methods
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +64,14 @@ class DataArguments:
 
 @dataclass
 class EvaluationArguments:
-    """Weighted k-NN on frozen teacher features (DINO: k=20, T=0.07)."""
+    """Weighted k-NN on frozen features of the evaluated backbone (DINO's teacher; k=20, T=0.07 as in DINO)."""
 
     knn_k: int = field(default=20, metadata={"help": "Number of neighbours that vote for the class of a query."})
     knn_temperature: float = field(default=0.07, metadata={"help": "Each neighbour's vote weighs exp(cosine similarity / knn_temperature)."})
     knn_eval_steps: int = field(default=0, metadata={"help": "Evaluate every N optimizer steps (0: only at the end)."})
     knn_at_end: bool = field(default=True, metadata={"help": "Evaluate once more when training ends."})
     knn_at_start: bool = field(default=False, metadata={"help": "Also measure the randomly initialised model before training."})
+    knn_raw_pixels: bool = field(default=False, metadata={"help": "Also measure k-NN on the raw pixels (the evaluation image processor's output, flattened): the bar a representation should clear."})
     knn_max_train_samples: int | None = field(default=10000, metadata={"help": "Size of the labelled feature bank (None: whole split)."})
     knn_max_eval_samples: int | None = field(default=2000, metadata={"help": "Number of query images (None: whole split)."})
     batch_size: int = field(default=256, metadata={"help": "Images per forward pass when extracting the k-NN features."})
@@ -81,80 +90,123 @@ class EvaluationArguments:
 
 SECTIONS = ("model", "data", "augmentation", "training", "evaluation")
 MODEL_EXTRA_KEYS = ("pretrained_model_name_or_path",)
-# What the model section may change when it continues from a pretrained model (no weight's shape depends on
-# them); the architecture keys come from the pretrained model's config and are refused.
-PRETRAINED_OVERRIDABLE_KEYS = (
-    "student_temperature", "teacher_temperature", "warmup_teacher_temperature", "warmup_teacher_temperature_epochs",
-    "center_momentum", "student_drop_path_rate",
-)
 
 
 @dataclass
-class DinoRecipe:
+class Recipe:
+    """A whole run: ``method`` names the method, the sections hold its settings (see the module docstring).
+
+    ``Recipe.from_yaml(path)`` reads the method from the file's ``method:`` key; a subclass with
+    ``default_method`` (``DinoRecipe``, what ``recipes/train_dino.py`` reads) takes files without one and refuses
+    a file of another method."""
+
+    method: str
     model: dict[str, Any]
     data: DataArguments
-    augmentation: MultiCropConfig
-    training: DinoTrainingArguments
+    augmentation: Any
+    training: Any
     evaluation: EvaluationArguments
 
+    default_method: ClassVar[str | None] = None
+
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "DinoRecipe":
+    def method_of(cls, raw: dict[str, Any], method: str | None = None, source: str = "config") -> MethodSpec:
+        """The method of a raw recipe: its ``method:`` key, else ``method``, else ``default_method``."""
+        named = raw.get("method")
+        wanted = method or cls.default_method
+        if named is None and wanted is None:
+            raise ConfigError(f"{source} names no method: add `method: <name>` at its top, one of {registered_methods()}")
+        if named is not None and not isinstance(named, str):
+            raise ConfigError(f"method must be a name, one of {registered_methods()}, got {named!r}")
+        if named is not None and wanted is not None and named != wanted:
+            raise ConfigError(
+                f"{source} is a {named!r} recipe and this command trains {wanted!r}: run it with recipes/train_{named}.py "
+                "or `hf-ssl pretrain --config ...`, which reads the method from the recipe"
+            )
+        name = named or wanted
+        try:
+            return get_method(name)
+        except KeyError as error:
+            raise ConfigError(f"method: {error.args[0]}") from None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config", method: str | None = None) -> "Recipe":
+        raw = dict(raw)
+        spec = cls.method_of(raw, method, source)
+        raw.pop("method", None)
         check_sections(raw, SECTIONS, source)
         training = dict(raw.get("training") or {})
-        training.setdefault("output_dir", "outputs/dino")
+        training.setdefault("output_dir", spec.default_output_dir)
         recipe = cls(
-            model=check_keyword_arguments(DinoConfig.__init__, raw.get("model"), "model", extra=MODEL_EXTRA_KEYS),
+            method=spec.name,
+            model=check_keyword_arguments(spec.config_class.__init__, raw.get("model"), "model", extra=MODEL_EXTRA_KEYS),
             data=build_dataclass(DataArguments, raw.get("data"), "data"),
-            augmentation=build_dataclass(MultiCropConfig, raw.get("augmentation"), "augmentation"),
-            training=build_dataclass(DinoTrainingArguments, training, "training"),
+            augmentation=build_dataclass(spec.view_config_class, raw.get("augmentation"), "augmentation"),
+            training=build_dataclass(spec.training_arguments_class, training, "training"),
             evaluation=build_dataclass(EvaluationArguments, raw.get("evaluation"), "evaluation"),
         )
         recipe.check_image_sizes()
         return recipe
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "DinoRecipe":
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None, method: str | None = None) -> "Recipe":
         """The recipe of YAML file ``path`` with ``overrides`` (``section.key=value``, ``--section.key value``,
         or without the section for a key that only one section has) applied."""
-        raw = apply_overrides(load_yaml(path), parse_overrides(overrides or [], cls.section_keys()))
-        return cls.from_dict(raw, source=str(path))
+        raw = load_yaml(path)
+        spec = cls.method_of(raw, method, str(path))
+        raw = apply_overrides(raw, parse_overrides(overrides or [], cls.section_keys(spec.name)))
+        return cls.from_dict(raw, source=str(path), method=spec.name)
 
     @classmethod
-    def section_keys(cls) -> dict[str, list[str]]:
+    def section_keys(cls, method: str | None = None) -> dict[str, list[str]]:
         """Section name -> every key it accepts (how an override written without its section finds it)."""
-        return {section.name: section.keys for section in cls.sections_help()}
+        return {section.name: section.keys for section in cls.sections_help(method)}
 
     @classmethod
-    def sections_help(cls) -> list[SectionHelp]:
-        """Every section and key with its type, default and help, as ``--help`` prints them."""
-        own_model_keys = inspect.get_annotations(DinoConfig)  # the rest are keys of every transformers config
-        model_keys = keyword_arguments_help(DinoConfig.__init__, DinoConfig.__doc__, PretrainedConfig.__doc__)
+    def sections_help(cls, method: str | None = None) -> list[SectionHelp]:
+        """Every section and key of ``method`` (default: ``default_method``) with its type, default and help,
+        as ``--help`` prints them."""
+        spec = get_method(method or cls.default_method or "dino")
+        config_class, arguments_class = spec.config_class, spec.training_arguments_class
+        own_model_keys = inspect.get_annotations(config_class)  # the rest are keys of every transformers config
+        model_keys = keyword_arguments_help(config_class.__init__, config_class.__doc__, PretrainedConfig.__doc__)
         pretrained = KeyHelp(
             "pretrained_model_name_or_path", "str | None", "null",
-            "Hub id or folder of a trained hf_ssl DINO model to continue from. Its architecture is kept (architecture "
-            f"keys set beside it must agree); only {', '.join(PRETRAINED_OVERRIDABLE_KEYS)} may change.",
+            f"Hub id or folder of a trained hf_ssl {spec.name} model to continue from. Its architecture is kept "
+            "(architecture keys set beside it must agree)"
+            + (f"; only {', '.join(spec.pretrained_overridable_keys)} may change." if spec.pretrained_overridable_keys else "."),
         )
-        own_training_keys = inspect.get_annotations(DinoTrainingArguments)  # DINO's keys and DINO defaults
-        other_training_keys = tuple(key for key in dataclass_help(DinoTrainingArguments) if key.name not in own_training_keys)
+        own_training_keys = arguments_class.own_field_names()  # hf_ssl's keys and hf_ssl defaults
+        other_training_keys = tuple(key for key in dataclass_help(arguments_class) if key.name not in own_training_keys)
         return [
-            SectionHelp("model", DinoConfig.__doc__, (
+            SectionHelp("model", config_class.__doc__, (
                 ("", (pretrained, *(key for key in model_keys if key.name in own_model_keys))),
                 ("Keys of every transformers config (PretrainedConfig), rarely needed here:",
                  tuple(key for key in model_keys if key.name not in own_model_keys)),
             )),
             SectionHelp("data", DataArguments.__doc__, (("", dataclass_help(DataArguments)),)),
-            SectionHelp("augmentation", MultiCropConfig.__doc__, (("", dataclass_help(MultiCropConfig)),)),
-            SectionHelp("training", DinoTrainingArguments.__doc__, (
-                ("hf_ssl's DINO keys, and TrainingArguments keys with a DINO default:",
-                 dataclass_help(DinoTrainingArguments, list(own_training_keys))),
+            SectionHelp("augmentation", spec.view_config_class.__doc__, (("", dataclass_help(spec.view_config_class)),)),
+            SectionHelp("training", arguments_class.__doc__, (
+                (f"hf_ssl's {spec.name} keys, and TrainingArguments keys with an hf_ssl default:",
+                 dataclass_help(arguments_class, list(own_training_keys))),
                 ("The training section also takes every other transformers.TrainingArguments key:", other_training_keys),
             )),
             SectionHelp("evaluation", EvaluationArguments.__doc__, (("", dataclass_help(EvaluationArguments)),)),
         ]
 
+    @property
+    def spec(self) -> MethodSpec:
+        return get_method(self.method)
+
+    @property
+    def view_config(self) -> MultiCropConfig:
+        """The augmentation section as the data pipeline runs it (a ``MultiCropConfig``)."""
+        return as_multicrop_config(self.augmentation)
+
     def to_dict(self) -> dict[str, Any]:
         training = {key: to_plain(value) for key, value in self.training.to_dict().items()}
         return {
+            "method": self.method,
             "model": to_plain(self.model),
             "data": to_plain(self.data),
             "augmentation": to_plain(self.augmentation),
@@ -178,14 +230,17 @@ class DinoRecipe:
             raise ConfigError(f"data.data_dir={data.data_dir!r} {what}")
         if data.dataset.startswith((".", "/", "~")) and not Path(data.dataset).expanduser().exists():
             raise ConfigError(f"data.dataset={data.dataset!r} looks like a local path and does not exist")
-        dataset = load_image_dataset(
-            data.dataset,
-            name=data.dataset_config_name,
-            data_dir=data.data_dir,
-            data_files=data.data_files,
-            image_column=data.image_column,
-            label_column=data.label_column,
-        )
+        try:
+            dataset = load_image_dataset(
+                data.dataset,
+                name=data.dataset_config_name,
+                data_dir=data.data_dir,
+                data_files=data.data_files,
+                image_column=data.image_column,
+                label_column=data.label_column,
+            )
+        except (ConnectionError, FileNotFoundError) as error:  # offline without a local copy, a wrong Hub id or path
+            raise ConfigError(f"data.dataset={data.dataset!r} cannot be loaded: {error}") from error
         splits = list(dataset) if hasattr(dataset, "keys") else []
         if data.train_split not in splits:
             raise ConfigError(f"data.train_split={data.train_split!r} is not a split of {data.dataset!r}; splits: {splits}")
@@ -204,50 +259,59 @@ class DinoRecipe:
         return train, knn_splits
 
     @cached_property
-    def model_config(self) -> DinoConfig:
-        """The model's configuration: built from the model section, or the pretrained model's with the keys of
-        ``PRETRAINED_OVERRIDABLE_KEYS`` the section sets. Architecture keys beside a pretrained model must agree
+    def model_config(self):
+        """The model's configuration: built from the model section, or the pretrained model's with the method's
+        ``pretrained_overridable_keys`` the section sets. Architecture keys beside a pretrained model must agree
         with it (so the recipe that trained a model can continue it). ``ConfigError`` for a value that makes no
         sense, an architecture that differs from the pretrained one, or a pretrained model that cannot be found."""
+        spec = self.spec
+        config_class = spec.config_class
         kwargs = {key: value for key, value in self.model.items() if key not in MODEL_EXTRA_KEYS}
         pretrained = self.model.get("pretrained_model_name_or_path")
         try:
             if pretrained is None:
-                return DinoConfig(**kwargs)
-            DinoConfig(**kwargs)  # the same checks as for a new model
+                return config_class(**kwargs)
+            config_class(**kwargs)  # the same checks as for a new model
         except ValueError as error:
             raise ConfigError(f"invalid 'model' section: {error}") from error
         try:
-            config = DinoConfig.from_pretrained(pretrained)
+            config = config_class.from_pretrained(pretrained)
         except (OSError, ValueError) as error:
             raise ConfigError(f"model.pretrained_model_name_or_path={pretrained!r} cannot be loaded: {error}") from error
+        if not isinstance(config, config_class) or config.model_type != config_class.model_type:
+            raise ConfigError(
+                f"model.pretrained_model_name_or_path={pretrained!r} is a {config.model_type!r} model, not a {spec.name} one "
+                f"({config_class.model_type!r}): continue it with its own method"
+            )
         conflicts = [
             f"model.{key}: {given!r} here, {saved!r} in the pretrained model"
-            for key, given, saved in _architecture_conflicts(config, kwargs)
+            for key, given, saved in _architecture_conflicts(config, kwargs, spec.pretrained_overridable_keys)
         ]
         if conflicts:
             raise ConfigError(
                 f"the model section differs from the pretrained model {pretrained!r}: {'; '.join(conflicts[:5])}. The "
-                "architecture is the pretrained model's: remove these keys or give them its values. Only "
-                f"{', '.join(PRETRAINED_OVERRIDABLE_KEYS)} may change when continuing from a pretrained model"
+                "architecture is the pretrained model's: remove these keys or give them its values"
+                + (f". Only {', '.join(spec.pretrained_overridable_keys)} may change when continuing from a pretrained model"
+                   if spec.pretrained_overridable_keys else "")
             )
-        for key in PRETRAINED_OVERRIDABLE_KEYS:
+        for key in spec.pretrained_overridable_keys:
             if key in kwargs and getattr(config, key) != kwargs[key]:
                 logger.info("model.%s: %r (the pretrained model had %r)", key, kwargs[key], getattr(config, key))
                 setattr(config, key, kwargs[key])
         return config
 
-    def build_model(self) -> DinoForPretraining:
-        """A new ``DinoForPretraining``, or the pretrained one (``model.pretrained_model_name_or_path``) with the
-        loss settings of the model section applied."""
+    def build_model(self):
+        """A new pretraining model of the method, or the pretrained one (``model.pretrained_model_name_or_path``)
+        with the loss settings of the model section applied."""
+        model_class = self.spec.pretraining_model_class
         pretrained = self.model.get("pretrained_model_name_or_path")
         if pretrained is None:
-            return DinoForPretraining(self.model_config)
-        return DinoForPretraining.from_pretrained(pretrained, config=self.model_config)
+            return model_class(self.model_config)
+        return model_class.from_pretrained(pretrained, config=self.model_config)
 
     def check_image_sizes(self) -> None:
         """The crop and evaluation sizes against the backbone (``check_input_sizes``), before anything runs."""
-        crops = self.augmentation
+        crops = self.view_config
         sizes = {"augmentation.global_crop_size": crops.global_crop_size}
         if crops.local_crops_number:
             sizes["augmentation.local_crop_size"] = crops.local_crop_size
@@ -256,19 +320,37 @@ class DinoRecipe:
         try:
             check_input_sizes(self.model_config.backbone_config, sizes, native=("augmentation.global_crop_size", "evaluation.image_size"))
         except ValueError as error:
-            raise ConfigError(str(error)) from error
+            raise ConfigError(str(error).replace("augmentation.global_crop_size", self.augmentation_size_key)) from error
+
+    @property
+    def augmentation_size_key(self) -> str:
+        """The recipe key of the (global) crop size in this method's augmentation section."""
+        return getattr(self.augmentation, "size_key", "augmentation.global_crop_size")
 
     @property
     def evaluation_image_size(self) -> int:
-        return self.evaluation.image_size or self.augmentation.global_crop_size
+        return self.evaluation.image_size or self.view_config.global_crop_size
 
 
-def _architecture_conflicts(config: DinoConfig, values: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+class DinoRecipe(Recipe):
+    """The recipe ``recipes/train_dino.py`` reads: ``method: dino`` unless the file says otherwise (it refuses
+    another method's recipe)."""
+
+    default_method = "dino"
+
+
+class SimClrRecipe(Recipe):
+    """The recipe ``recipes/train_simclr.py`` reads: ``method: simclr`` unless the file says otherwise."""
+
+    default_method = "simclr"
+
+
+def _architecture_conflicts(config, values: dict[str, Any], overridable: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
     """``(key, recipe value, pretrained value)`` for each architecture key of ``values`` that ``config`` (a
     pretrained model's) does not share; for ``backbone_config``, each key the recipe gives."""
     conflicts = []
     for key, value in values.items():
-        if key in PRETRAINED_OVERRIDABLE_KEYS:
+        if key in overridable:
             continue
         if key == "backbone_config":
             given = value.to_dict() if isinstance(value, PretrainedConfig) else dict(value or {})
@@ -279,4 +361,3 @@ def _architecture_conflicts(config: DinoConfig, values: dict[str, Any]) -> list[
         elif comparable(value) != comparable(getattr(config, key, None)):
             conflicts.append((key, value, getattr(config, key, None)))
     return conflicts
-

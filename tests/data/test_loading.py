@@ -182,3 +182,10 @@ def test_real_fashion_mnist_through_load_image_dataset(tmp_path, monkeypatch):
     assert len(load_image_dataset("fashion_mnist", split="test")) == 10000
     with pytest.raises(ValueError, match="splits"):
         load_image_dataset("fashion_mnist", split="validation")
+
+
+def test_fashion_mnist_without_files_offline_says_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match=r"not in .*dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path, cache_dir=tmp_path / "cache")

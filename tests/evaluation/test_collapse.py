@@ -145,7 +145,7 @@ def test_constant_collapse_message_and_generic_advice():
 
 
 def test_dino_trainer_logs_give_the_loss_check_its_ln_out_dim():
-    # DinoTrainer logs teacher_entropy and teacher_entropy_ratio but not out_dim: ln(out_dim) = their quotient
+    # the DINO method logs teacher_entropy and teacher_entropy_ratio but not out_dim: ln(out_dim) = their quotient
     entropy = 0.99 * LN_65536
     logs = [(step, {"loss": LN_65536, "teacher_entropy": entropy, "teacher_entropy_ratio": 0.99}) for step in range(0, 60, 10)]
     warnings = feed(CollapseDetector(patience=50), logs)

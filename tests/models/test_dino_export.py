@@ -102,7 +102,7 @@ def test_exported_vit_loads_without_hf_ssl_and_matches_dino_model(exports):
     features = dino_model_features(checkpoint_dir, plain["pixel_values"])
     torch.testing.assert_close(plain["pooler_output"], features.pooler_output, rtol=0, atol=1e-6)
     torch.testing.assert_close(plain["last_hidden_state"][:, 0], features.pooler_output, rtol=0, atol=1e-6)
-    torch.testing.assert_close(plain["last_hidden_state"][:, 1:], features.last_hidden_state, rtol=0, atol=1e-6)
+    torch.testing.assert_close(plain["last_hidden_state"], features.last_hidden_state, rtol=0, atol=1e-6)
 
 
 def test_exported_dinov2_loads_without_hf_ssl_and_matches_dino_model(exports):

@@ -230,8 +230,10 @@ def test_auto_model_loads_the_teacher_backbone_without_warnings(tiny_model, tmp_
     output = backbone_model(pixel_values)
     expected_cls, expected_patches = get_backbone_features(model.teacher.backbone.eval(), pixel_values)
     torch.testing.assert_close(output.pooler_output, expected_cls, rtol=0, atol=0)
-    torch.testing.assert_close(output.last_hidden_state, expected_patches, rtol=0, atol=0)
-    assert output.pooler_output.shape == (3, 32) and output.last_hidden_state.shape == (3, 16, 32)
+    # the feature convention of every hf_ssl model: the backbone's own tokens, CLS first, as the exported model
+    torch.testing.assert_close(output.last_hidden_state[:, 0], expected_cls, rtol=0, atol=0)
+    torch.testing.assert_close(output.last_hidden_state[:, 1:], expected_patches, rtol=0, atol=0)
+    assert output.pooler_output.shape == (3, 32) and output.last_hidden_state.shape == (3, 17, 32)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from hf_ssl import DinoForPretraining  # noqa: E402
 from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
-from hf_ssl.training import build_dino_trainer  # noqa: E402
+from hf_ssl.training import build_trainer  # noqa: E402
 from tests.helpers import (  # noqa: E402
     random_images,
     sigterm_during_step,
@@ -68,10 +68,10 @@ def main() -> None:
         features = backbone(pixel_values=torch.rand(2, 3, 16, 16, device=device)).last_hidden_state
         return {"knn_top1": float(torch.isfinite(features).all()) * 100.0}
 
-    trainer = build_dino_trainer(
-        model=model, args=arguments, multicrop_config=multicrop, train_dataset=dataset, knn_evaluator=knn_stand_in,
+    trainer = build_trainer(
+        model=model, args=arguments, view_config=multicrop, train_dataset=dataset, knn_evaluator=knn_stand_in,
     )
-    step_object = trainer.dino_step
+    step_object = trainer.method
     loss = step_object.loss
 
     def loss_with_nan(model, batch, step):

@@ -1,5 +1,5 @@
 """Run by test_fsdp.py under torchrun (2 CPU processes, gloo): shard a DinoForPretraining with FSDP2,
-bind DinoStep after sharding, run one EMA update on the local shards, and check on process 0 that the
+bind DinoMethod after sharding, run one EMA update on the local shards, and check on process 0 that the
 gathered teacher equals the EMA computed on an unsharded copy."""
 
 import copy
@@ -16,7 +16,7 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 from transformers.models.vit.modeling_vit import ViTLayer  # noqa: E402
 
 from hf_ssl import DinoForPretraining  # noqa: E402
-from hf_ssl.training import DinoStep, ema_update_  # noqa: E402
+from hf_ssl.training import DinoMethod, ema_update_  # noqa: E402
 from tests.helpers import tiny_dino_config, tiny_multicrop_config  # noqa: E402
 
 MOMENTUM = 0.9
@@ -42,7 +42,7 @@ def main() -> None:
     fully_shard(model)
     assert not {id(parameter) for parameter in model.teacher.parameters()} & unsharded_teacher_ids, "FSDP2 kept the parameters"
 
-    step = DinoStep(model, tiny_multicrop_config(), seed=0, process_index=rank, max_consecutive_nonfinite_steps=5, reduce=None)
+    step = DinoMethod(model, tiny_multicrop_config(), seed=0, process_index=rank, max_consecutive_nonfinite_steps=5, reduce=None)
     teacher_shards, student_shards = step.ema_parameter_pairs
     ema_update_(teacher_shards, student_shards, MOMENTUM)
 

@@ -7,9 +7,15 @@ import pytest
 import yaml
 
 from hf_ssl.training import ConfigError, DinoRecipe
+from hf_ssl.training import Recipe, SimClrRecipe
 from hf_ssl.training.cli import parse_command_line
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def parse_dino(argv, **kwargs):
+    """The command line of recipes/train_dino.py: a recipe without a method: key is a DINO recipe."""
+    return parse_command_line(argv, recipe_class=DinoRecipe, **kwargs)
 
 
 def write(tmp_path, content: dict) -> Path:
@@ -20,7 +26,7 @@ def write(tmp_path, content: dict) -> Path:
 
 def test_config_resume_and_overrides_in_every_form(tmp_path):
     path = write(tmp_path, {"training": {"output_dir": str(tmp_path / "from_file")}})
-    recipe, resume = parse_command_line(
+    recipe, resume = parse_dino(
         ["--config", str(path), "--output_dir", str(tmp_path / "run"), "--max_steps", "5", "--resume", "auto",
          "save_steps=2", "--training.seed=3", "evaluation.knn_k=7", "--augmentation.local_crops_number", "2"]
     )
@@ -28,7 +34,7 @@ def test_config_resume_and_overrides_in_every_form(tmp_path):
     assert recipe.training.output_dir == str(tmp_path / "run") and recipe.training.max_steps == 5
     assert (recipe.training.save_steps, recipe.training.seed) == (2, 3)
     assert recipe.evaluation.knn_k == 7 and recipe.augmentation.local_crops_number == 2
-    recipe, resume = parse_command_line([f"--config={path}"])
+    recipe, resume = parse_dino([f"--config={path}"])
     assert resume is None and recipe.training.output_dir == str(tmp_path / "from_file")
 
 
@@ -48,13 +54,13 @@ def test_config_resume_and_overrides_in_every_form(tmp_path):
 def test_every_mistake_is_a_config_error(tmp_path, arguments, message):
     recipe = str(write(tmp_path, {}))
     with pytest.raises(ConfigError, match=message):
-        parse_command_line([recipe if argument == "RECIPE" else argument for argument in arguments])
+        parse_dino([recipe if argument == "RECIPE" else argument for argument in arguments])
 
 
 def print_help(capsys, monkeypatch, columns: int) -> str:
     monkeypatch.setenv("COLUMNS", str(columns))
     with pytest.raises(SystemExit) as exit_info:
-        parse_command_line(["--help"], description="Pretrain DINO.")
+        parse_dino(["--help"], description="Pretrain DINO.")
     assert exit_info.value.code == 0
     return capsys.readouterr().out
 
@@ -97,3 +103,32 @@ def test_help_from_a_fresh_interpreter(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPOSITORY, env=environment, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "--config CONFIG" in result.stdout and "\naugmentation:\n" in result.stdout and "save_steps (" in result.stdout
+
+
+def test_the_recipe_names_its_method(tmp_path):
+    simclr = write(tmp_path, {"method": "simclr", "augmentation": {"input_size": 32}, "model": {"temperature": 0.2}})
+    recipe, _ = parse_command_line(["--config", str(simclr), "--max_steps", "3"])
+    assert recipe.method == "simclr" and recipe.model["temperature"] == 0.2 and recipe.training.max_steps == 3
+    assert type(recipe.training).__name__ == "SimClrTrainingArguments" and recipe.training.optimizer == "lars"
+    assert recipe.view_config.global_crops_number == 2 and recipe.view_config.local_crops_number == 0
+    assert recipe.to_dict()["method"] == "simclr"
+    # a DINO key in a SimCLR recipe names the key and the SimCLR keys
+    with pytest.raises(ConfigError, match=r"local_crops_number.*input_size"):
+        parse_command_line(["--config", str(simclr), "augmentation.local_crops_number=2"])
+    with pytest.raises(ConfigError, match="train_simclr.py"):
+        parse_dino(["--config", str(simclr)])
+    assert parse_command_line(["--config", str(write(tmp_path, {}))], recipe_class=SimClrRecipe)[0].method == "simclr"
+    with pytest.raises(ConfigError, match=r"names no method.*\['dino', 'simclr'\]"):
+        parse_command_line(["--config", str(write(tmp_path, {}))], recipe_class=Recipe)
+    with pytest.raises(ConfigError, match="unknown method 'byol'"):
+        parse_command_line(["--config", str(write(tmp_path, {"method": "byol"}))])
+
+
+def test_help_lists_the_keys_of_the_recipe_method(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    simclr = write(tmp_path, {"method": "simclr"})
+    with pytest.raises(SystemExit):
+        parse_command_line(["--config", str(simclr), "--help"])
+    text = capsys.readouterr().out
+    assert "keys of a 'simclr' recipe" in text and "    cj_strength (" in text and "    projection_dim (" in text
+    assert "    out_dim (" not in text and "    local_crops_number (" not in text

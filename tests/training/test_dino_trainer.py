@@ -6,7 +6,8 @@ from transformers import TrainerCallback
 
 from hf_ssl import DinoForPretraining
 from hf_ssl.data import MultiCropTransform, with_multicrop
-from hf_ssl.training import DinoTrainer, dino_step
+from hf_ssl.training import SslTrainer
+from hf_ssl.training.methods import base as method_base
 from tests.helpers import make_dino_trainer, tiny_dino_config, tiny_multicrop_config, tiny_training_arguments
 
 
@@ -15,7 +16,7 @@ def make_trainer(tmp_path, dataset, model=None, **argument_overrides):
     model = model or DinoForPretraining(tiny_dino_config())
     train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop))
     arguments = tiny_training_arguments(tmp_path / "out", **argument_overrides)
-    return DinoTrainer(model=model, args=arguments, multicrop_config=multicrop, train_dataset=train_dataset)
+    return SslTrainer(model=model, args=arguments, view_config=multicrop, train_dataset=train_dataset)
 
 
 def snapshot(module):
@@ -55,20 +56,20 @@ def record_param_groups(trainer, engine):
         seen.append((step, [(group["lr"], group["weight_decay"]) for group in trainer.optimizer.param_groups]))
 
     if engine == "trainer":
-        class Recorder(TrainerCallback):  # added after DinoStepCallback, so it runs after it
+        class Recorder(TrainerCallback):  # added after MethodStepCallback, so it runs after it
             def on_pre_optimizer_step(self, args, state, control, **kwargs):
                 record(state.global_step)
 
         trainer.add_callback(Recorder())
     else:
-        before_optimizer_step = trainer.dino_step.before_optimizer_step
+        before_optimizer_step = trainer.method.before_optimizer_step
 
         def recording(optimizer, step):
             skipped = before_optimizer_step(optimizer, step)
             record(step)
             return skipped
 
-        trainer.dino_step.before_optimizer_step = recording
+        trainer.method.before_optimizer_step = recording
     return seen
 
 
@@ -109,13 +110,13 @@ def test_optimizer_gets_the_scheduled_lr_and_weight_decay_at_every_step(tmp_path
 
 def test_ema_runs_once_per_optimizer_step_under_accumulation(tmp_path, tiny_image_dataset, monkeypatch):
     calls = []
-    original = dino_step.ema_update_
+    original = method_base.ema_update_
 
     def counting(teacher, student, momentum):
         calls.append(momentum)
         original(teacher, student, momentum)
 
-    monkeypatch.setattr(dino_step, "ema_update_", counting)
+    monkeypatch.setattr(method_base, "ema_update_", counting)
     trainer = make_trainer(tmp_path, tiny_image_dataset, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3, teacher_momentum=0.9)
     trainer.train()
     assert len(calls) == 3  # 6 micro-batches, 3 optimizer steps

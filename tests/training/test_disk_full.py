@@ -25,7 +25,7 @@ def small_disk(tmp_path):
 
 def fill_disk_before_the_save_of(trainer, step_to_fail: int, filler):
     """Leave the disk 1 KiB of room right before checkpoint ``step_to_fail`` is written."""
-    after = trainer.dino_step.after_optimizer_step
+    after = trainer.method.after_optimizer_step
 
     def filling(step, *args, **kwargs):
         after(step, *args, **kwargs)
@@ -35,7 +35,7 @@ def fill_disk_before_the_save_of(trainer, step_to_fail: int, filler):
                 handle.truncate(0)
                 handle.write(b"\0" * (free - 1024))
 
-    trainer.dino_step.after_optimizer_step = filling
+    trainer.method.after_optimizer_step = filling
 
 
 @pytest.mark.parametrize("engine", ["trainer", "accelerate"])

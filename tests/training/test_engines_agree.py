@@ -1,5 +1,5 @@
-"""The two engines run the same DINO: from the same model, data and seed, ``DinoTrainer`` and
-``DinoAccelerateTrainer`` end with the same weights (float tolerance), and the optimizer really used each
+"""The two engines run the same DINO: from the same model, data and seed, ``SslTrainer`` and
+``AccelerateTrainer`` end with the same weights (float tolerance), and the optimizer really used each
 step's scheduled learning rate and weight decay."""
 
 import pytest

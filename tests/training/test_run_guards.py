@@ -15,7 +15,7 @@ from datasets import Dataset, Features, Image as ImageFeature
 from hf_ssl.data import MultiCropCollator
 from hf_ssl.training import checkpointing
 from hf_ssl.training.config import ConfigError
-from hf_ssl.training.dino_step import NonFiniteLossError
+from hf_ssl.training import NonFiniteLossError
 from tests.helpers import make_dino_trainer, png_bytes, random_images
 
 ENGINES = ["trainer", "accelerate"]
@@ -81,14 +81,14 @@ def test_a_resume_refuses_another_learning_rate(engine, tmp_path, tiny_image_dat
 def record_learning_rates(trainer):
     """{step: lr of the first (decayed weights) group} as set on the optimizer before each update."""
     rates = {}
-    dino_step = trainer.dino_step
-    before = dino_step.before_optimizer_step
+    method = trainer.method
+    before = method.before_optimizer_step
 
     def recording(optimizer, step):
         rates[step] = optimizer.param_groups[0]["lr"]
         return before(optimizer, step)
 
-    dino_step.before_optimizer_step = recording
+    method.before_optimizer_step = recording
     return rates
 
 
@@ -106,7 +106,7 @@ def test_a_longer_max_steps_stretches_every_schedule_including_the_learning_rate
     # the old length ended at min_lr: the resumed steps are well above it
     assert rates[4] > 4e-4
     # weight decay and teacher momentum follow the same new length
-    assert longer.dino_step.schedules.weight_decay(4) == pytest.approx(0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * 4 / 7)))
+    assert longer.method.schedules.weight_decay(4) == pytest.approx(0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * 4 / 7)))
 
 
 # ----- 4. NaN/inf streaks and checkpoints -------------------------------------------------------------------------------
@@ -193,25 +193,25 @@ class DropEveryExampleOfBatch(MultiCropCollator):
 def test_a_step_without_one_readable_image_does_not_move_the_weights(engine, tmp_path, tiny_image_dataset):
     from hf_ssl import DinoForPretraining
     from hf_ssl.data import MultiCropTransform, with_multicrop
-    from hf_ssl.training import build_dino_trainer
+    from hf_ssl.training import build_trainer
     from tests.helpers import tiny_dino_config, tiny_multicrop_config, tiny_training_arguments
 
     multicrop = tiny_multicrop_config()
-    trainer = build_dino_trainer(
+    trainer = build_trainer(
         model=DinoForPretraining(tiny_dino_config()), args=tiny_training_arguments(tmp_path, engine=engine, max_steps=3, weight_decay=0.4),
-        multicrop_config=multicrop, train_dataset=with_multicrop(tiny_image_dataset, MultiCropTransform(multicrop)),
+        view_config=multicrop, train_dataset=with_multicrop(tiny_image_dataset, MultiCropTransform(multicrop)),
         data_collator=DropEveryExampleOfBatch({1}),
     )
     snapshots = []
-    after = trainer.dino_step.after_optimizer_step
+    after = trainer.method.after_optimizer_step
 
     def snapshot_after(step, *args, **kwargs):
         after(step, *args, **kwargs)
         snapshots.append(weights(trainer))
 
-    trainer.dino_step.after_optimizer_step = snapshot_after
+    trainer.method.after_optimizer_step = snapshot_after
     trainer.train()
-    assert trainer.dino_step.skipped_steps == 1 and trainer.dino_step.skipped_images == 4
+    assert trainer.method.skipped_steps == 1 and trainer.method.skipped_images == 4
     # step 1 saw no image: AdamW with weight decay and momentum would still have moved every weight
     for name, tensor in snapshots[1].items():
         assert torch.equal(tensor, snapshots[0][name]), name

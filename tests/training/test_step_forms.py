@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hf_ssl.training.dino_step import check_distributed_setup, restart_last_layer_moments
+from hf_ssl.training.engine import check_distributed_setup
+from hf_ssl.training.methods.base import restart_moments
 from hf_ssl.training.ema import FullPrecisionTeacher, ema_update_
 
 
@@ -46,7 +47,7 @@ def test_last_layer_moments_restart_and_other_groups_keep_theirs():
     optimizer = torch.optim.AdamW([{"params": [body]}, {"params": [last], "last_layer": True}], lr=0.1)
     (body.sum() + last.sum()).backward()
     optimizer.step()
-    restart_last_layer_moments(SimpleNamespace(optimizer=optimizer))  # as wrapped by accelerate
+    restart_moments(SimpleNamespace(optimizer=optimizer), "last_layer")  # as wrapped by accelerate
     assert float(optimizer.state[last]["step"]) == 0 and not optimizer.state[last]["exp_avg"].any()
     assert not optimizer.state[last]["exp_avg_sq"].any()
     assert float(optimizer.state[body]["step"]) == 1 and optimizer.state[body]["exp_avg"].any()
@@ -65,14 +66,14 @@ def test_deepspeed_zero3_is_refused_before_training():
 
 def test_a_step_the_gradient_scaler_skipped_leaves_the_teacher_alone():
     from hf_ssl import DinoForPretraining
-    from hf_ssl.training.dino_step import DinoStep
+    from hf_ssl.training.methods.dino import DinoMethod
     from tests.helpers import tiny_dino_config, tiny_multicrop_config
 
     model = DinoForPretraining(tiny_dino_config())
     with torch.no_grad():
         for parameter in model.student.parameters():
             parameter.add_(0.1)  # the student moved away from the teacher
-    step = DinoStep(model, tiny_multicrop_config(), seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    step = DinoMethod(model, tiny_multicrop_config(), seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
     step.schedules = SimpleNamespace(teacher_momentum=lambda _: 0.9)
     before = [p.detach().clone() for p in model.teacher.parameters()]
     step.after_optimizer_step(0, optimizer_step_was_skipped=True)  # fp16 overflow: the student did not change

@@ -1,5 +1,6 @@
 """DINO: self-distillation with no labels (Caron et al., 2021)."""
 
+from ..backbone import check_input_sizes, get_backbone_embed_dim, get_backbone_features
 from .configuration_dino import DinoConfig
 from .loss_dino import DinoLoss
 from .modeling_dino import (
@@ -9,9 +10,6 @@ from .modeling_dino import (
     DinoModel,
     DinoNetwork,
     DinoPreTrainedModel,
-    check_input_sizes,
-    get_backbone_embed_dim,
-    get_backbone_features,
 )
 
 __all__ = [

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-import numbers
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from ..backbone import backbone_config_for_training, resolve_backbone_config
+from ..validation import check_integer, check_number
 
 # ViT-S/16 as trained in the DINO paper. DINO uses LayerNorm eps 1e-6 (ViTConfig's default is 1e-12).
 VIT_SMALL_PATCH16_KWARGS = {
@@ -82,72 +82,23 @@ class DinoConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         # transformers 5 configs are dataclasses: this runs at the end of the generated `__init__`.
-        self.backbone_config = _resolve_backbone_config(self.backbone_config)
+        self.backbone_config = resolve_backbone_config(self.backbone_config, "vit", VIT_SMALL_PATCH16_KWARGS, owner=DinoConfig)
         for name in ("out_dim", "head_hidden_dim", "head_bottleneck_dim", "head_num_layers"):
-            _check_integer(name, getattr(self, name), minimum=1)
-        _check_integer("warmup_teacher_temperature_epochs", self.warmup_teacher_temperature_epochs, minimum=0)
+            check_integer(name, getattr(self, name), minimum=1)
+        check_integer("warmup_teacher_temperature_epochs", self.warmup_teacher_temperature_epochs, minimum=0)
         for name in ("head_use_bn", "norm_last_layer"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
         for name in ("student_temperature", "teacher_temperature", "warmup_teacher_temperature"):
-            _check_number(name, getattr(self, name), low=0.0, high=None, low_inclusive=False, allowed="> 0")
-        _check_number("center_momentum", self.center_momentum, low=0.0, high=1.0, allowed="in [0, 1)")
-        _check_number("student_drop_path_rate", self.student_drop_path_rate, low=0.0, high=1.0, allowed="in [0, 1)")
+            check_number(name, getattr(self, name), low=0.0, high=None, low_inclusive=False, allowed="> 0")
+        check_number("center_momentum", self.center_momentum, low=0.0, high=1.0, allowed="in [0, 1)")
+        check_number("student_drop_path_rate", self.student_drop_path_rate, low=0.0, high=1.0, allowed="in [0, 1)")
         super().__post_init__(**kwargs)
 
     def student_backbone_config(self) -> PretrainedConfig:
         """Backbone config of the student: `student_drop_path_rate` where the backbone supports drop path."""
-        return _backbone_config_for_dino(self.backbone_config, self.student_drop_path_rate)
+        return backbone_config_for_training(self.backbone_config, self.student_drop_path_rate)
 
     def teacher_backbone_config(self) -> PretrainedConfig:
         """Backbone config of the teacher (and of `DinoModel` and the exported backbone): no drop path."""
-        return _backbone_config_for_dino(self.backbone_config, 0.0)
-
-
-def _resolve_backbone_config(backbone_config) -> PretrainedConfig:
-    if backbone_config is None:
-        return CONFIG_MAPPING["vit"](**VIT_SMALL_PATCH16_KWARGS)
-    if isinstance(backbone_config, dict):
-        model_type = backbone_config.get("model_type")
-        if model_type not in CONFIG_MAPPING:
-            raise ValueError(
-                f"`backbone_config` must name a model type known to transformers under 'model_type' "
-                f"(e.g. 'vit', 'dinov2', 'resnet'), got model_type={model_type!r}"
-            )
-        backbone_kwargs = {key: value for key, value in backbone_config.items() if key != "model_type"}
-        backbone_config = AutoConfig.for_model(model_type, **backbone_kwargs)
-    if not isinstance(backbone_config, PretrainedConfig):
-        raise ValueError(
-            "`backbone_config` must be None, a dict with a 'model_type' or a transformers PretrainedConfig, "
-            f"got {type(backbone_config).__name__}"
-        )
-    if isinstance(backbone_config, DinoConfig):
-        raise ValueError("`backbone_config` must be the config of a vision backbone, not another DinoConfig")
-    return backbone_config
-
-
-def _backbone_config_for_dino(backbone_config: PretrainedConfig, drop_path_rate: float) -> PretrainedConfig:
-    config = copy.deepcopy(backbone_config)
-    if hasattr(config, "drop_path_rate"):
-        config.drop_path_rate = drop_path_rate
-    # DINO never masks patches: a mask token (Dinov2 builds one by default) would be a parameter without
-    # gradient, which DistributedDataParallel rejects unless find_unused_parameters=True.
-    if hasattr(config, "use_mask_token"):
-        config.use_mask_token = False
-    return config
-
-
-def _check_integer(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_number(
-    name: str, value, low: float, high: float | None, allowed: str, low_inclusive: bool = True
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a number {allowed}, got {value!r}")
-    too_low = value < low if low_inclusive else value <= low
-    too_high = high is not None and value >= high
-    if too_low or too_high:
-        raise ValueError(f"`{name}` must be {allowed}, got {value!r}")
+        return backbone_config_for_training(self.backbone_config, 0.0)

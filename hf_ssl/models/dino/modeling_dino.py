@@ -9,10 +9,7 @@
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -20,149 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.parametrize import ParametrizationList, is_parametrized
-from transformers import AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig
 from transformers import initialization as init
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput
 
-from ..image_processing import build_image_processor
+from ..backbone import backbone_forward_kwargs, build_backbone, get_backbone_embed_dim, get_backbone_features
+from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, named_tensors
 from .configuration_dino import DinoConfig
 from .loss_dino import DinoLoss
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Backbones
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def build_backbone(backbone_config: PretrainedConfig) -> PreTrainedModel:
-    """The transformers base model for `backbone_config` (what `AutoModel.from_config` builds), without the
-    optional pooling layer of ViT-like models: DINO does not use it, and a parameter without gradient breaks DDP."""
-    if type(backbone_config) not in MODEL_MAPPING:
-        raise ValueError(
-            f"backbone_config of model_type {backbone_config.model_type!r} has no transformers AutoModel class; "
-            "use a vision backbone such as 'vit', 'dinov2' or 'resnet'"
-        )
-    model_kwargs = {}
-    if "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(backbone_config)].__init__).parameters:
-        model_kwargs["add_pooling_layer"] = False
-    return AutoModel.from_config(backbone_config, **model_kwargs)
-
-
-def get_backbone_embed_dim(config: PretrainedConfig) -> int:
-    """Size D of the global embedding `get_backbone_features` returns for a backbone built from `config`."""
-    hidden_sizes = getattr(config, "hidden_sizes", None)
-    if hidden_sizes:  # CNNs (ResNet, ConvNext): channels of the last stage
-        return int(hidden_sizes[-1])
-    hidden_size = getattr(config, "hidden_size", None)
-    if hidden_size:
-        return int(hidden_size)
-    raise ValueError(
-        f"cannot tell the embedding size of a {type(config).__name__}: it has neither `hidden_sizes` nor `hidden_size`"
-    )
-
-
-def get_backbone_features(
-    backbone: PreTrainedModel, pixel_values: torch.Tensor, forward_kwargs: dict | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a transformers vision backbone and split its output into a global embedding and patch tokens.
-
-    Args:
-        backbone: a transformers base model (ViT, DeiT, Dinov2, Dinov2WithRegisters, IJepa, ResNet, ConvNext, ...).
-        pixel_values: (B, 3, H, W). Any H, W the backbone accepts: ViT-like models interpolate their position
-            embeddings, so 96-px local crops work with a 224-px backbone.
-
-    Returns:
-        cls_embedding: (B, D). Transformers: the final-normed CLS token (the mean of the patch tokens for models
-            without one, e.g. IJepa). CNNs: the backbone's pooled output, flattened.
-        patch_tokens: (B, N, D). Transformers: the tokens after CLS, distillation and register tokens.
-            CNNs: the last feature map (B, C, h, w) flattened to (B, h * w, C).
-
-    ``forward_kwargs`` (``backbone_forward_kwargs(type(backbone))``, looked up once by the caller) keeps the
-    signature inspection out of the forward pass, where ``torch.compile`` cannot trace it.
-    """
-    if forward_kwargs is None:
-        forward_kwargs = backbone_forward_kwargs(type(backbone))
-    outputs = backbone(pixel_values=pixel_values, **forward_kwargs)
-    return _split_backbone_output(backbone, outputs)
-
-
-def backbone_forward_kwargs(backbone_class: type) -> dict:
-    """Keyword arguments every forward of this backbone class gets: position-embedding interpolation where the
-    class takes the flag (Dinov2 always interpolates; ViT, DeiT and IJepa only when asked)."""
-    if "interpolate_pos_encoding" in inspect.signature(backbone_class.forward).parameters:
-        return {"interpolate_pos_encoding": True}
-    return {}
-
-
-def check_input_sizes(backbone_config: PretrainedConfig, sizes: dict[str, int], native: tuple[str, ...] = ()) -> None:
-    """Check, before training, that the image sizes a run uses suit its backbone; raise a ``ValueError`` naming
-    the key and what to set otherwise.
-
-    Args:
-        backbone_config: the backbone's transformers config.
-        sizes: ``{recipe key: size in pixels}``, e.g. ``{"augmentation.global_crop_size": 224, ...}``.
-        native: the keys of ``sizes`` the exported model must run at without interpolation (the global crop size
-            and the evaluation size).
-
-    Patch transformers (ViT, DeiT, IJepa, Dinov2...) need sizes that are multiples of ``patch_size`` (otherwise
-    the border is silently cut off). ViT, DeiT and IJepa also run only at ``image_size`` unless asked to
-    interpolate their position embeddings, which a plain ``AutoModel`` user does not do: training interpolates,
-    so the run trains, but its exported backbone would reject the images its own processor makes. Dinov2 always
-    interpolates; CNNs take any size.
-    """
-    model_class = MODEL_MAPPING.get(type(backbone_config), None)
-    patch_size = getattr(backbone_config, "patch_size", None) if hasattr(backbone_config, "hidden_size") else None
-    if isinstance(patch_size, (list, tuple)):
-        patch_size = patch_size[0]
-    image_size = getattr(backbone_config, "image_size", None)
-    if isinstance(image_size, (list, tuple)):
-        image_size = image_size[0]
-    fixed_size = (
-        image_size
-        if image_size and model_class is not None and "interpolate_pos_encoding" in inspect.signature(model_class.forward).parameters
-        else None
-    )
-    kind = backbone_config.model_type
-    for key, size in sizes.items():
-        if patch_size and size % patch_size:
-            raise ValueError(
-                f"{key}={size} is not a multiple of the {kind} backbone's patch_size {patch_size}: the last "
-                f"{size % patch_size} pixels of each row and column would be cut off. Use a multiple of {patch_size}"
-            )
-        if fixed_size and key in native and size != fixed_size:
-            raise ValueError(
-                f"{key}={size} differs from the {kind} backbone's image_size {fixed_size}: a plain transformers "
-                f"{model_class.__name__} runs only at {fixed_size} pixels, so the exported backbone would reject the "
-                f"images of its own processor. Set {key}={fixed_size}, or give the backbone image_size: {size} "
-                "(model.backbone_config.image_size) when training from scratch"
-            )
-
-
-def _split_backbone_output(backbone: nn.Module, outputs) -> tuple[torch.Tensor, torch.Tensor]:
-    hidden_state = outputs.last_hidden_state
-    if hidden_state.ndim == 4:  # CNN feature map (B, C, h, w)
-        patch_tokens = hidden_state.flatten(2).transpose(1, 2)
-        pooled = outputs.pooler_output
-        cls_embedding = pooled.flatten(1) if pooled is not None else patch_tokens.mean(dim=1)
-        return cls_embedding, patch_tokens
-    has_cls_token, num_prefix_tokens = _prefix_tokens(backbone)
-    patch_tokens = hidden_state[:, num_prefix_tokens:]
-    cls_embedding = hidden_state[:, 0] if has_cls_token else patch_tokens.mean(dim=1)
-    return cls_embedding, patch_tokens
-
-
-def _prefix_tokens(backbone: nn.Module) -> tuple[bool, int]:
-    """(has a CLS token, number of tokens before the patch tokens: CLS, DeiT's distillation token, registers)."""
-    embeddings = getattr(backbone, "embeddings", None)
-    token_counts = {
-        name: getattr(embeddings, name).shape[1]
-        for name in ("cls_token", "distillation_token", "register_tokens")
-        if isinstance(getattr(embeddings, name, None), torch.Tensor)
-    }
-    return "cls_token" in token_counts, sum(token_counts.values())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -298,7 +160,7 @@ class DinoNetwork(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class DinoPreTrainedModel(PreTrainedModel):
+class DinoPreTrainedModel(SslPreTrainedModel):
     """Shared base: config class, weight init of the DINO modules, and how checkpoints map onto the base model.
 
     `base_model_prefix = "teacher"`: `DinoForPretraining` keeps its teacher under `teacher.` and the teacher
@@ -309,18 +171,6 @@ class DinoPreTrainedModel(PreTrainedModel):
 
     config_class = DinoConfig
     base_model_prefix = "teacher"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True  # applies to the backbone layers (ViT-like backbones support it)
-    # We run no attention ourselves: these let `attn_implementation=...` pass through to the backbone, which checks
-    # its own support (e.g. `attn_implementation="eager"` to get attention maps).
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-
-    def get_input_embeddings(self) -> None:
-        # Images, no token embeddings (accelerate's FSDP2 preparation asks; transformers' default would raise).
-        return None
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -358,9 +208,12 @@ class DinoForPretrainingOutput(ModelOutput):
     teacher_embeddings: torch.FloatTensor | None = None
 
 
-class DinoModel(DinoPreTrainedModel):
+class DinoModel(SslFeatureModel, DinoPreTrainedModel):
     r"""The DINO backbone alone, holding the teacher weights (the ones DINO evaluates): what `AutoModel` returns
-    for a DINO checkpoint. Use it for features, k-NN evaluation or fine-tuning.
+    for a DINO checkpoint. Use it for features, k-NN evaluation or fine-tuning. Its outputs follow the convention of
+    every hf_ssl feature model (`hf_ssl.models.modeling_ssl`): `pooler_output` (B, D) is the DINO embedding (the
+    final-normed CLS token for transformers, the pooled feature map for CNNs), `last_hidden_state` the backbone's
+    own, CLS token included, exactly as the exported plain backbone returns it.
 
     Loading a `DinoForPretraining` checkpoint picks its `teacher.backbone.*` tensors; the student, the heads
     and the center are skipped without warnings (`_keys_to_ignore_on_load_unexpected`).
@@ -368,41 +221,9 @@ class DinoModel(DinoPreTrainedModel):
 
     _keys_to_ignore_on_load_unexpected = [r"^student\.", r"^teacher\.head\.", r"^loss\."]
 
-    def __init__(self, config: DinoConfig):
-        super().__init__(config)
-        self.backbone = build_backbone(config.teacher_backbone_config())
-        self.backbone_forward_kwargs = backbone_forward_kwargs(type(self.backbone))
-        self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> BaseModelOutputWithPooling | tuple:
-        r"""
-        Args:
-            pixel_values: (B, 3, H, W), normalised as the image processor saved by `export_backbone` does.
-            output_hidden_states: also return the backbone's hidden states.
-
-        Returns:
-            `BaseModelOutputWithPooling` with
-            - `pooler_output` (B, D): the DINO embedding (`get_backbone_features`): the final-normed CLS token
-              for transformers, the pooled feature map for CNNs. The k-NN evaluator uses it.
-            - `last_hidden_state` (B, N, D): the patch tokens only (CLS and register tokens removed; a CNN's
-              last feature map flattened), the same layout for every backbone.
-            - `hidden_states`: the backbone's own, when asked for.
-        """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        backbone_kwargs = dict(self.backbone_forward_kwargs)
-        if output_hidden_states is not None:
-            backbone_kwargs["output_hidden_states"] = output_hidden_states
-        outputs = self.backbone(pixel_values=pixel_values, **backbone_kwargs)
-        cls_embedding, patch_tokens = _split_backbone_output(self.backbone, outputs)
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=patch_tokens, pooler_output=cls_embedding, hidden_states=outputs.hidden_states
-        )
-        return output if return_dict else output.to_tuple()
+    @staticmethod
+    def feature_backbone_config(config: DinoConfig) -> PretrainedConfig:
+        return config.teacher_backbone_config()
 
 
 class DinoForPretraining(DinoPreTrainedModel):
@@ -415,6 +236,7 @@ class DinoForPretraining(DinoPreTrainedModel):
     """
 
     main_input_name = "global_crops"
+    evaluation_backbone_prefix = "teacher.backbone."
 
     def __init__(self, config: DinoConfig):
         super().__init__(config)
@@ -433,8 +255,8 @@ class DinoForPretraining(DinoPreTrainedModel):
         """
         super().initialize_weights()
         with torch.no_grad():
-            student_tensors = _named_tensors(self.student)
-            for name, teacher_tensor in _named_tensors(self.teacher).items():
+            student_tensors = named_tensors(self.student)
+            for name, teacher_tensor in named_tensors(self.teacher).items():
                 init.copy_(teacher_tensor, student_tensors[name])
 
     @classmethod
@@ -532,65 +354,9 @@ class DinoForPretraining(DinoPreTrainedModel):
         """The student's last head layer (weight-norm g and v): DINO drops their gradients in the first epoch."""
         return list(self.student.head.last_layer.parameters())
 
-    def export_backbone(
-        self,
-        save_directory: str | os.PathLike,
-        image_size: int | None = None,
-        image_mean: list[float] | None = None,
-        image_std: list[float] | None = None,
-        image_processor=None,
-    ) -> str:
-        """Save the TEACHER backbone as a plain transformers model plus its image processor.
+    def evaluation_backbone(self):
+        """The teacher backbone: DINO evaluates (k-NN) and exports the teacher."""
+        return self.teacher.backbone
 
-        `transformers.AutoModel.from_pretrained(save_directory)` and `AutoImageProcessor.from_pretrained(save_directory)`
-        then load it without hf_ssl. Models that `AutoModel` builds with a pooling layer (ViT, DeiT) get an
-        identity pooler (weight I, bias 0, `pooler_act="linear"`), so `pooler_output` is the DINO CLS embedding,
-        the same as `DinoModel`'s `pooler_output`, and loading reports no missing weights.
-
-        Args:
-            save_directory: where to write `config.json`, `model.safetensors` and `preprocessor_config.json`.
-            image_size: input resolution of the processor; defaults to the backbone config's `image_size`, else 224.
-            image_mean, image_std: normalisation; default to ImageNet's, as in DINO.
-            image_processor: save this processor instead of building one from the three arguments above.
-
-        Returns:
-            `save_directory` as a string.
-        """
-        backbone = self.teacher.backbone
-        export_config = copy.deepcopy(backbone.config)
-        if hasattr(export_config, "pooler_act"):
-            export_config.pooler_act = "linear"
-            export_config.pooler_output_size = export_config.hidden_size
-        exported = AutoModel.from_config(export_config)  # exactly what a plain `AutoModel.from_pretrained` builds
-        incompatible = exported.load_state_dict(backbone.state_dict(), strict=False)
-        pooler = getattr(exported, "pooler", None)
-        pooler_keys = {f"pooler.{name}" for name, _ in pooler.named_parameters()} if pooler is not None else set()
-        if incompatible.unexpected_keys or set(incompatible.missing_keys) - pooler_keys:
-            raise RuntimeError(
-                f"cannot export the {type(backbone).__name__} backbone as {type(exported).__name__}: missing keys "
-                f"{incompatible.missing_keys}, unexpected keys {incompatible.unexpected_keys}"
-            )
-        if pooler_keys:
-            with torch.no_grad():
-                pooler.dense.weight.copy_(torch.eye(*pooler.dense.weight.shape))
-                pooler.dense.bias.zero_()
-        exported.save_pretrained(save_directory)
-
-        if image_processor is not None:
-            image_processor.save_pretrained(save_directory)
-            return str(save_directory)
-        if image_size is None:
-            config_image_size = getattr(export_config, "image_size", None) or 224
-            image_size = config_image_size if isinstance(config_image_size, int) else int(config_image_size[0])
-        image_processor = build_image_processor(
-            export_config.model_type,
-            image_size=image_size,
-            image_mean=list(image_mean if image_mean is not None else IMAGENET_DEFAULT_MEAN),
-            image_std=list(image_std if image_std is not None else IMAGENET_DEFAULT_STD),
-        )
-        image_processor.save_pretrained(save_directory)
-        return str(save_directory)
-
-
-def _named_tensors(network: nn.Module) -> dict[str, torch.Tensor]:
-    return {**dict(network.named_parameters()), **dict(network.named_buffers())}
+    def evaluation_backbone_config(self) -> PretrainedConfig:
+        return self.config.teacher_backbone_config()

@@ -1,12 +1,12 @@
-"""DINO on a raw Accelerate loop: the ``training.engine: accelerate`` engine.
+"""Any hf_ssl method on a raw Accelerate loop: the ``training.engine: accelerate`` engine.
 
 The loop below reads top to bottom like the transformers ``*_no_trainer`` examples. It takes the same
-``DinoTrainingArguments`` as ``DinoTrainer`` and shares everything that is DINO with it: the model and
-loss, ``DinoStep`` (schedules, device augmentation, center update, NaN guard, last-layer freeze, EMA),
-``History`` and collapse detection, k-NN evaluation, checkpoints (``hf_ssl.training.checkpointing``)
+training arguments as ``SslTrainer`` and shares everything else with it: the model and loss, the method
+(``hf_ssl.training.methods``: schedules, device augmentation, NaN guard, what happens around the optimizer
+step, EMA), ``History`` and collapse detection, k-NN evaluation, checkpoints (``hf_ssl.training.checkpointing``)
 and ``RunControl`` (signals, time budget, early stopping). What it owns is only the loop itself.
 
-    trainer = DinoAccelerateTrainer(model, args, multicrop_config, train_dataset)
+    trainer = AccelerateTrainer(model, args, view_config, train_dataset)
     trainer.train(resume_from_checkpoint="auto")
     trainer.save_model()
 """
@@ -24,29 +24,28 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
 from tqdm.auto import tqdm
 
-from hf_ssl.data import EpochShuffleSampler, MultiCropCollator, MultiCropConfig, MultiCropDataset
-from hf_ssl.evaluation.collapse import CollapseDetector
-from hf_ssl.models.dino import get_backbone_embed_dim
+from hf_ssl.data import MultiCropCollator
 from hf_ssl.training import checkpointing
-from hf_ssl.training.dino_step import (
-    DinoStep,
-    NonFiniteLossError,
+from hf_ssl.training.arguments import PretrainingArguments
+from hf_ssl.training.engine import (
+    build_method,
     check_distributed_setup,
+    checkpoint_record,
+    create_optimizer,
+    evaluation_backbone_on_main,
     is_deepspeed,
-    save_full_precision_model,
-    teacher_backbone_for_evaluation,
-)
-from hf_ssl.training.dino_trainer import (
-    DinoSchedules,
-    DinoTrainingArguments,
-    apply_adam_settings,
-    parameter_groups,
     prepare_run,
-    resume_settings,
+    resolve_method,
+    restore_optimizer_settings,
+    restore_run_state,
+    save_full_precision_model,
+    train_sampler,
 )
 from hf_ssl.training.history import History
 from hf_ssl.training.knn_callback import run_knn_evaluation
-from hf_ssl.training.model_card import write_dino_model_card
+from hf_ssl.training.methods import as_multicrop_config
+from hf_ssl.training.methods.base import NonFiniteLossError
+from hf_ssl.training.model_card import write_model_card
 from hf_ssl.training.outputs import hub_repo_error, hub_repo_name
 from hf_ssl.training.run_control import build_run_control
 
@@ -63,33 +62,36 @@ class LoopState:
     log_history: list[dict] = field(default_factory=list)
 
 
-class DinoAccelerateTrainer:
-    """DINO on ``accelerate.Accelerator``, with the constructor and ``train`` of ``DinoTrainer``.
+class AccelerateTrainer:
+    """Any registered method on ``accelerate.Accelerator``, with the constructor and ``train`` of ``SslTrainer``.
 
     Args:
-        model: a ``DinoForPretraining``.
-        args: ``DinoTrainingArguments`` (batch size, accumulation, bf16/fp16, schedules, saving, report_to...).
-        multicrop_config: the crop/augmentation settings (the photometric part runs on the device).
+        model: the method's pretraining model (``DinoForPretraining``, ``SimClrForPretraining``...).
+        args: the method's training arguments (batch size, accumulation, bf16/fp16, schedules, saving, report_to...).
+        view_config: the augmentation settings (the photometric part runs on the device); default: the method's.
         train_dataset: ``with_multicrop(dataset, transform)``; a ``MultiCropDataset`` makes resumes exact.
-        knn_evaluator, knn_eval_steps, knn_at_end: k-NN of the teacher backbone, as in ``DinoTrainer``.
+        knn_evaluator, knn_eval_steps, knn_at_end: k-NN of the evaluated backbone, as in ``SslTrainer``.
+        method: the method's name or ``MethodSpec``; default: the method whose pretraining model ``model`` is.
     """
 
     def __init__(
         self,
         model,
-        args: DinoTrainingArguments,
-        multicrop_config: MultiCropConfig | None = None,
+        args: PretrainingArguments,
+        view_config=None,
         train_dataset=None,
         data_collator=None,
         knn_evaluator=None,
         knn_eval_steps: int = 0,
         knn_at_end: bool = True,
+        method=None,
     ):
         if train_dataset is None:
-            raise ValueError("DinoAccelerateTrainer needs a train_dataset (with_multicrop(dataset, MultiCropTransform(...)))")
+            raise ValueError("AccelerateTrainer needs a train_dataset (with_multicrop(dataset, MultiCropTransform(...)))")
         self.args = args
         self.model = model
-        self.multicrop_config = multicrop_config or MultiCropConfig()
+        self.method_spec = resolve_method(model, method)
+        self.view_config = as_multicrop_config(view_config if view_config is not None else self.method_spec.view_config_class())
         self.train_dataset = train_dataset
         self.data_collator = data_collator or MultiCropCollator()
         self.knn_evaluator, self.knn_eval_steps, self.knn_at_end = knn_evaluator, knn_eval_steps, knn_at_end
@@ -116,16 +118,14 @@ class DinoAccelerateTrainer:
         if self.deepspeed:
             self._configure_deepspeed()
         self.state = LoopState()
-        self.dino_step = DinoStep(
-            model, self.multicrop_config, args.seed, self.accelerator.process_index, args.max_consecutive_nonfinite_steps,
+        self.method = build_method(
+            self.method_spec, model, self.view_config, args, self.accelerator.process_index,
             reduce=lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
         )
         self.run_control = build_run_control(args, reduce_max=self._reduce_max if self.accelerator.num_processes > 1 else None)
         self.history = History()
-        self.collapse_detector = CollapseDetector(
-            out_dim=model.config.out_dim, embedding_dim=get_backbone_embed_dim(model.config.backbone_config)
-        )
-        self.schedules: DinoSchedules | None = None
+        self.collapse_detector = self.method.collapse_detector()
+        self.schedules = None
         self.optimizer = None
         self.wrapped_model = model
         self.finished_before_start = False  # resumed at or past the last step: this session trains nothing
@@ -158,9 +158,8 @@ class DinoAccelerateTrainer:
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         """Per-process batches of ``per_device_train_batch_size``; accelerate shards them after ``prepare``."""
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        if isinstance(self.train_dataset, MultiCropDataset):
-            self.sampler = EpochShuffleSampler(len(self.train_dataset), seed=seed, epoch_holder=self.train_dataset)
-        else:
+        self.sampler = train_sampler(self.train_dataset, self.args)
+        if self.sampler is None:
             self.sampler = torch.utils.data.RandomSampler(self.train_dataset, generator=torch.Generator().manual_seed(seed))
         return torch.utils.data.DataLoader(
             self.train_dataset,
@@ -180,7 +179,7 @@ class DinoAccelerateTrainer:
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint
         checkpoint, saved_state = prepare_run(
-            resume_from_checkpoint, args, engine="accelerate", model=self.model, multicrop_config=self.multicrop_config,
+            resume_from_checkpoint, args, method=self.method.name, engine="accelerate", model=self.model, view_config=self.view_config,
             train_dataset=self.train_dataset, world_size=accelerator.num_processes, total_batch_size=self.total_batch_size,
             accelerator=accelerator,
         )
@@ -189,37 +188,31 @@ class DinoAccelerateTrainer:
         if args.activation_checkpointing:  # recompute the backbone's activations in backward: less memory per crop
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
         dataloader = self.get_train_dataloader()
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
-        )
+        self.optimizer = create_optimizer(self.method, self.model, args)
         model, self.optimizer, dataloader = accelerator.prepare(self.model, self.optimizer, dataloader)
         self.wrapped_model = model
         # FSDP2 swaps in sharded parameters; DeepSpeed steps inside backward and may cast the model to bf16/fp16
-        self.dino_step.bind(accelerator.unwrap_model(model), optimizer_steps_in_backward=self.deepspeed)
-        if self.dino_step.full_precision_teacher is not None:
-            accelerator.register_for_checkpointing(self.dino_step.full_precision_teacher)
+        self.method.bind(accelerator.unwrap_model(model), optimizer_steps_in_backward=self.deepspeed)
+        if self.method.full_precision_teacher is not None:
+            accelerator.register_for_checkpointing(self.method.full_precision_teacher)
         updates_per_epoch = max(math.ceil(len(dataloader) / args.gradient_accumulation_steps), 1)
         if args.max_steps > 0:
             total_steps = args.max_steps
         else:
             total_steps = math.ceil(args.num_train_epochs * updates_per_epoch)
         num_epochs = math.ceil(total_steps / updates_per_epoch)
-        self.schedules = DinoSchedules.build(args, self.model.config, total_steps, updates_per_epoch, self.total_batch_size)
-        self.dino_step.schedules = self.schedules
+        self.schedules = self.method.build_schedules(args, total_steps, updates_per_epoch, self.total_batch_size)
         self.state.max_steps = total_steps
 
         # 2. resume: weights, optimizer, scaler, RNG states (accelerate), then our own state
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
-            apply_adam_settings(self.optimizer, args)
+            restore_optimizer_settings(self.optimizer, args)
             self.state.global_step = int(saved_state["step"])
-            self.dino_step.load_state_dict(saved_state.get("method_state", {}))
-            if self.run_control.early_stopping is not None:
-                self.run_control.early_stopping.load_state_dict(saved_state.get("control_state", {}).get("early_stopping", {}))
+            restore_run_state(saved_state, self.method, self.run_control)
             if (checkpoint / "history.json").is_file():
                 self.history = History.load(checkpoint / "history.json")
                 self.state.log_history = list(self.history.steps)
-            checkpointing.restore_tracker_run_ids(saved_state.get("tracker_run_ids", {}))
             logger.info("Resumed from %s at step %d", checkpoint, self.state.global_step)
             self.finished_before_start = checkpointing.log_resume_position(checkpoint, saved_state, self.state.global_step, total_steps)
         if self.trackers:
@@ -230,9 +223,9 @@ class DinoAccelerateTrainer:
                 init_kwargs={"wandb": run_name, "trackio": run_name},
             )
 
-        # 3. the loop: one iteration per micro-batch, DINO's per-step work on the optimizer-step boundaries
+        # 3. the loop: one iteration per micro-batch, the method's per-step work on the optimizer-step boundaries
         start_epoch, updates_done_in_epoch = divmod(self.state.global_step, updates_per_epoch)
-        progress = tqdm(total=total_steps, initial=self.state.global_step, desc="dino", disable=not accelerator.is_local_main_process)
+        progress = tqdm(total=total_steps, initial=self.state.global_step, desc=self.method.name, disable=not accelerator.is_local_main_process)
         self.run_control.start()
         loss_sum, loss_count, grad_norm = torch.zeros((), device=accelerator.device), 0, None
         model.train()
@@ -248,14 +241,14 @@ class DinoAccelerateTrainer:
                 for batch in batches:
                     step = self.state.global_step
                     if micro_batch == 0:
-                        self.dino_step.begin_step(self.optimizer, step)
+                        self.method.begin_step(self.optimizer, step)
                     with accelerator.accumulate(model):
-                        loss, outputs = self.dino_step.loss(model, batch, step)
+                        loss, outputs = self.method.loss(model, batch, step)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients:
                             if args.max_grad_norm > 0:
                                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                            self.dino_step.before_optimizer_step(self.optimizer, step)
+                            self.method.before_optimizer_step(self.optimizer, step)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                     if outputs is not None and torch.isfinite(loss.detach()):  # not an all-unreadable batch's zero
@@ -267,7 +260,7 @@ class DinoAccelerateTrainer:
 
                     # an optimizer step happened (or was skipped as a whole): EMA, bookkeeping, logs, saves
                     micro_batch = 0
-                    self.dino_step.after_optimizer_step(step, accelerator.optimizer_step_was_skipped)
+                    self.method.after_optimizer_step(step, accelerator.optimizer_step_was_skipped)
                     self.state.global_step += 1
                     self.state.epoch = epoch + min((updates_done_in_epoch + 1) / updates_per_epoch, 1.0)
                     updates_done_in_epoch += 1
@@ -320,7 +313,7 @@ class DinoAccelerateTrainer:
     # ----- logging -----------------------------------------------------------------------------------
     def _step_logs(self, loss_sum: torch.Tensor, loss_count: int, grad_norm) -> dict[str, float]:
         """The logged numbers since the last log: loss (mean over micro-batches and processes), grad norm,
-        schedules, collapse signals, throughput and skip counters (``DinoStep.log_metrics``)."""
+        schedules, collapse signals, throughput and skip counters (``PretrainingMethod.log_metrics``)."""
         accelerator = self.accelerator
         totals = accelerator.reduce(torch.stack([loss_sum, loss_sum.new_tensor(float(loss_count))]), reduction="sum")
         logs = {}
@@ -328,7 +321,7 @@ class DinoAccelerateTrainer:
             logs["loss"] = round(float(totals[0] / totals[1]), 6)
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
-        logs.update(self.dino_step.log_metrics(self.state.global_step - 1, accelerator.num_processes))
+        logs.update(self.method.log_metrics(self.state.global_step - 1, accelerator.num_processes))
         logs["epoch"] = round(self.state.epoch, 4)
         return logs
 
@@ -347,11 +340,11 @@ class DinoAccelerateTrainer:
             logger.info("step %d: %s", step, logs)
 
     def evaluate_knn(self) -> dict[str, float]:
-        """k-NN of the teacher backbone on the main process (the others go on), logged as ``knn_top1``..."""
+        """k-NN of the evaluated backbone on the main process (the others go on), logged as ``knn_top1``..."""
         if self.knn_evaluator is None:
             return {}
         self._knn_step = self.state.global_step
-        backbone = teacher_backbone_for_evaluation(self.accelerator, self.wrapped_model)  # every process
+        backbone = evaluation_backbone_on_main(self.accelerator, self.wrapped_model)  # every process
         if not self.accelerator.is_main_process:
             return {}
         metrics = run_knn_evaluation(self.knn_evaluator, backbone, self.accelerator.device, self.state.global_step)
@@ -373,7 +366,7 @@ class DinoAccelerateTrainer:
         history and ``hf_ssl_state.json``, in a staging folder renamed to ``checkpoint-<step>`` once complete."""
         accelerator, step, output_dir = self.accelerator, self.state.global_step, self.args.output_dir
         final = checkpointing.checkpoint_path(output_dir, step)
-        if not self.dino_step.may_checkpoint(step):
+        if not self.method.may_checkpoint(step):
             return None
         staging = checkpointing.staging_path(output_dir, step)
         if accelerator.is_main_process:
@@ -395,29 +388,22 @@ class DinoAccelerateTrainer:
         return final
 
     def checkpoint_record(self, tracker_ids: dict[str, str]) -> dict:
-        metric = self.args.metric_for_best_model
-        value = self.history.latest(metric) if metric else None
-        control_state = {}
-        if self.run_control.early_stopping is not None:
-            control_state["early_stopping"] = self.run_control.early_stopping.state_dict()
-        return vars(checkpointing.CheckpointRecord(
-            method="dino", engine="accelerate", step=self.state.global_step, epoch=self.state.epoch,
-            world_size=self.accelerator.num_processes, total_batch_size=self.total_batch_size,
-            metrics={metric: value} if value is not None else {}, tracker_run_ids=tracker_ids,
-            method_state=self.dino_step.state_dict(), control_state=control_state,
-            sharding=checkpointing.sharding_of(self.accelerator), total_steps=self.state.max_steps,
-            settings=resume_settings(self.args, self.multicrop_config, self.train_dataset),
-        ))
+        return checkpoint_record(
+            method=self.method, engine="accelerate", args=self.args, step=self.state.global_step, epoch=self.state.epoch,
+            world_size=self.accelerator.num_processes, total_batch_size=self.total_batch_size, history=self.history,
+            run_control=self.run_control, accelerator=self.accelerator, total_steps=self.state.max_steps,
+            view_config=self.view_config, train_dataset=self.train_dataset, tracker_ids=tracker_ids,
+        )
 
     # ----- saving and sharing ------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None) -> None:
         """``save_pretrained`` of the hf_ssl model: the full state gathered from every process under FSDP; in
-        float32 from DeepSpeed's master weights and the float32 teacher when DeepSpeed trained in bf16/fp16."""
+        float32 from DeepSpeed's master weights and the float32 teacher when DeepSpeed trained an EMA method in bf16/fp16."""
         self.accelerator.wait_for_everyone()
         model = self.accelerator.unwrap_model(self.wrapped_model)
-        if self.dino_step.full_precision_teacher is not None:  # a collective
+        if self.method.full_precision_teacher is not None:  # a collective
             save_full_precision_model(
-                model, self.dino_step.full_precision_teacher, output_dir or self.args.output_dir, self.accelerator.is_main_process
+                model, self.method.full_precision_teacher, output_dir or self.args.output_dir, self.accelerator.is_main_process
             )
             return
         state_dict = self.accelerator.get_state_dict(self.wrapped_model)  # a collective under FSDP
@@ -426,8 +412,8 @@ class DinoAccelerateTrainer:
 
     def create_model_card(self, model_name: str | None = None, dataset=None, tags=None, license: str | None = None) -> None:
         if self.accelerator.is_main_process:
-            write_dino_model_card(
-                self.model, self.args, self.multicrop_config, self.schedules, self.state.global_step,
+            write_model_card(
+                self.method, self.model, self.args, self.schedules, self.state.global_step,
                 self.state.log_history, model_name=model_name, dataset=dataset, tags=tags, license=license,
             )
 
@@ -460,16 +446,17 @@ def _as_list(report_to) -> list[str]:
     return [report_to] if isinstance(report_to, str) else list(report_to)
 
 
-def _tracker_config(args: DinoTrainingArguments) -> dict:
+def _tracker_config(args: PretrainingArguments) -> dict:
     """The training arguments as flat scalars, the form trackers accept as a run config."""
     return {key: value for key, value in args.to_dict().items() if isinstance(value, (int, float, str, bool))}
 
 
-def build_dino_trainer(model, args: DinoTrainingArguments, **kwargs):
-    """The engine ``args.engine`` names: ``DinoTrainer`` ("trainer") or ``DinoAccelerateTrainer`` ("accelerate").
-    Both take the same arguments and offer ``train``, ``save_model``, ``create_model_card`` and ``push_to_hub``."""
+def build_trainer(model, args: PretrainingArguments, **kwargs):
+    """The engine ``args.engine`` names: ``SslTrainer`` ("trainer") or ``AccelerateTrainer`` ("accelerate").
+    Both take the same arguments (``view_config``, ``train_dataset``, ``knn_evaluator``..., ``method``) and offer
+    ``train``, ``save_model``, ``create_model_card`` and ``push_to_hub``."""
     if args.engine == "accelerate":
-        return DinoAccelerateTrainer(model, args, **kwargs)
-    from hf_ssl.training.dino_trainer import DinoTrainer
+        return AccelerateTrainer(model, args, **kwargs)
+    from hf_ssl.training.trainer import SslTrainer
 
-    return DinoTrainer(model=model, args=args, **kwargs)
+    return SslTrainer(model=model, args=args, **kwargs)

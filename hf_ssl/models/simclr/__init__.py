@@ -1,0 +1,24 @@
+"""SimCLR: a simple framework for contrastive learning of visual representations (Chen et al., 2020)."""
+
+from .configuration_simclr import RESNET18_KWARGS, RESNET50_KWARGS, SimClrConfig
+from .loss_simclr import NTXentLoss, NTXentOutput
+from .modeling_simclr import (
+    SimClrForPretraining,
+    SimClrForPretrainingOutput,
+    SimClrModel,
+    SimClrPreTrainedModel,
+    SimClrProjectionHead,
+)
+
+__all__ = [
+    "NTXentLoss",
+    "NTXentOutput",
+    "RESNET18_KWARGS",
+    "RESNET50_KWARGS",
+    "SimClrConfig",
+    "SimClrForPretraining",
+    "SimClrForPretrainingOutput",
+    "SimClrModel",
+    "SimClrPreTrainedModel",
+    "SimClrProjectionHead",
+]

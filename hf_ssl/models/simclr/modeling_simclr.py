@@ -1,0 +1,235 @@
+"""SimCLR (Chen et al., 2020, arXiv:2002.05709) on top of any transformers vision backbone.
+
+- `SimClrProjectionHead`: the MLP between the backbone embedding and the contrastive loss.
+- `SimClrModel` (`AutoModel`): the backbone alone, for feature extraction and k-NN evaluation.
+- `SimClrForPretraining` (`AutoModelForPreTraining`): backbone, projection head and `NTXentLoss`; what the trainer
+  optimises.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from ..backbone import (
+    backbone_forward_kwargs,
+    build_backbone,
+    export_backbone,
+    get_backbone_embed_dim,
+    get_backbone_features,
+)
+from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel
+from .configuration_simclr import SimClrConfig
+from .loss_simclr import NTXentLoss
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Head
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class SimClrProjectionHead(nn.Module):
+    r"""SimCLR projection head g(.): `num_layers` linear layers, each hidden one followed by BatchNorm (optional)
+    and ReLU; the output layer has neither, as in lightly's `SimCLRProjectionHead`. A linear layer followed by
+    BatchNorm has no bias (the BatchNorm shift replaces it).
+
+    `num_layers=2` is SimCLR v1's Linear-BN-ReLU-Linear, `3` SimCLR v2's deeper head, `1` a linear projection.
+
+    Input (N, in_dim) backbone embeddings -> output (N, out_dim) projections (not normalised: the loss does it).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int = 2048, num_layers: int = 2, use_bn: bool = True):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"`num_layers` must be >= 1, got {num_layers}")
+        layer_dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        layers: list[nn.Module] = []
+        for index, (layer_in, layer_out) in enumerate(zip(layer_dims[:-1], layer_dims[1:])):
+            is_hidden = index < num_layers - 1
+            layers.append(nn.Linear(layer_in, layer_out, bias=not (is_hidden and use_bn)))
+            if is_hidden:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(layer_out))
+                layers.append(nn.ReLU())
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.mlp(embeddings)
+
+
+def _init_simclr_module(module: nn.Module) -> None:
+    """SimCLR's init for one of our own (non-backbone) modules; other modules are left alone.
+
+    Uses transformers' init functions, which skip tensors that `from_pretrained` already loaded.
+    """
+    if isinstance(module, nn.Linear):
+        # PyTorch's default Linear init, which lightly's SimCLR head (the ANCHORS reference results) trains with
+        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+        if module.bias is not None:
+            bound = 1.0 / math.sqrt(module.in_features)
+            init.uniform_(module.bias, -bound, bound)
+    elif isinstance(module, nn.BatchNorm1d):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+        init.zeros_(module.running_mean)
+        init.ones_(module.running_var)
+        init.zeros_(module.num_batches_tracked)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pretrained models
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class SimClrPreTrainedModel(SslPreTrainedModel):
+    """Shared base: config class and weight init of the SimCLR modules.
+
+    `SimClrForPretraining` and `SimClrModel` both keep the backbone under `backbone.`, so checkpoints of one load
+    into the other key for key; `base_model_prefix = "simclr"` names no module and makes transformers add or strip
+    no prefix.
+    """
+
+    config_class = SimClrConfig
+    base_model_prefix = "simclr"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only our own modules reach here: transformers hands every backbone (itself a PreTrainedModel) and its
+        # submodules to the backbone's own `_init_weights`.
+        _init_simclr_module(module)
+
+
+@dataclass
+class SimClrForPretrainingOutput(ModelOutput):
+    """
+    Output of `SimClrForPretraining.forward`. Everything but `loss` is detached, for logging.
+
+    Args:
+        loss: scalar NT-Xent loss (float32).
+        positive_similarity: mean cosine similarity of the two projections of each image.
+        negative_similarity: mean cosine similarity between projections of different images (all global
+            negatives of this process's rows). Near `positive_similarity`: the projections do not tell images apart.
+        accuracy: fraction of rows whose other view has the highest logit among all 2N - 1 global candidates.
+        embedding_std: std over the batch of the L2-normalised backbone embeddings, averaged over dims:
+            ~0 for a collapsed backbone, ~1/sqrt(D) for embeddings spread uniformly on the sphere.
+        embeddings: the backbone embeddings of both views, (2 * B, D), view-major, detached: the trainers measure
+            their effective rank and mean L2 norm when they log.
+    """
+
+    loss: torch.FloatTensor | None = None
+    positive_similarity: torch.FloatTensor | None = None
+    negative_similarity: torch.FloatTensor | None = None
+    accuracy: torch.FloatTensor | None = None
+    embedding_std: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+
+
+class SimClrModel(SslFeatureModel, SimClrPreTrainedModel):
+    r"""The SimCLR backbone alone: what `AutoModel` returns for a SimCLR checkpoint. Use it for features, k-NN
+    evaluation or fine-tuning. Its outputs follow the convention of every hf_ssl feature model
+    (`hf_ssl.models.modeling_ssl`): `pooler_output` (B, D) is the embedding SimCLR trains (the pooled feature map
+    for CNNs, the final-normed CLS token for transformers), `last_hidden_state` the backbone's own, exactly as the
+    exported plain backbone returns it.
+
+    Loading a `SimClrForPretraining` checkpoint picks its `backbone.*` tensors; the projection head is skipped
+    without warnings (`_keys_to_ignore_on_load_unexpected`).
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^projection_head\."]
+
+    @staticmethod
+    def feature_backbone_config(config: SimClrConfig) -> PretrainedConfig:
+        return config.feature_backbone_config()
+
+
+class SimClrForPretraining(SimClrPreTrainedModel):
+    r"""SimCLR: one backbone and projection head applied to two augmented views of each image, trained with the
+    NT-Xent loss (`NTXentLoss`) to pick each view's partner among the other views of the global batch.
+
+    The backbone uses `config.drop_path_rate` where it supports drop path. Checkpoints (`save_pretrained`) hold
+    the backbone (`backbone.`) and the projection head (`projection_head.`); `evaluation_backbone()` (k-NN,
+    `export_backbone`) is the backbone.
+    """
+
+    main_input_name = "views"
+    evaluation_backbone_prefix = "backbone."
+
+    def __init__(self, config: SimClrConfig):
+        super().__init__(config)
+        backbone_config = config.backbone_config_for_training()
+        self.backbone = build_backbone(backbone_config)
+        self.backbone_forward_kwargs = backbone_forward_kwargs(type(self.backbone))
+        self.projection_head = SimClrProjectionHead(
+            in_dim=get_backbone_embed_dim(backbone_config),
+            out_dim=config.projection_dim,
+            hidden_dim=config.projection_hidden_dim,
+            num_layers=config.projection_num_layers,
+            use_bn=config.projection_use_bn,
+        )
+        self.loss = NTXentLoss(config.temperature)
+        self.post_init()
+
+    def forward(self, views: torch.Tensor, return_dict: bool | None = None) -> SimClrForPretrainingOutput | tuple:
+        r"""
+        Args:
+            views: (2, B, 3, H, W) float, normalised: the two augmented views of each image, view-major (as
+                `MultiCropCollator` stacks global crops); `views[0, i]` and `views[1, i]` are the same image.
+
+        The backbone runs once on all 2B views (so BatchNorm normalises over both views together) and the
+        projection head once on all embeddings.
+
+        Returns:
+            `SimClrForPretrainingOutput`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        batch_size = self._check_views(views)
+
+        embeddings, _ = get_backbone_features(self.backbone, views.flatten(0, 1), self.backbone_forward_kwargs)
+        projections = self.projection_head(embeddings)  # (2B, P): view a of every image, then view b
+        contrastive = self.loss.forward_with_statistics(projections[:batch_size], projections[batch_size:])
+        with torch.no_grad():
+            embedding_std = F.normalize(embeddings.float(), dim=-1).std(dim=0).mean()
+
+        output = SimClrForPretrainingOutput(
+            loss=contrastive.loss,
+            positive_similarity=contrastive.positive_similarity,
+            negative_similarity=contrastive.negative_similarity,
+            accuracy=contrastive.accuracy,
+            embedding_std=embedding_std,
+            embeddings=embeddings.detach(),
+        )
+        return output if return_dict else output.to_tuple()
+
+    def evaluation_backbone_config(self) -> PretrainedConfig:
+        """The backbone's config with drop path 0, as `SimClrModel` builds it."""
+        return self.config.feature_backbone_config()
+
+    def export_backbone(self, save_directory, **kwargs) -> str:
+        """Save the backbone as a plain transformers model with its image processor (arguments as
+        `hf_ssl.models.backbone.export_backbone`). The exported config has drop path 0, as `SimClrModel`: the
+        training backbone's config carries `config.drop_path_rate`."""
+        backbone = build_backbone(self.evaluation_backbone_config())
+        backbone.load_state_dict(self.backbone.state_dict())
+        return export_backbone(backbone, save_directory, **kwargs)
+
+    @staticmethod
+    def _check_views(views: torch.Tensor) -> int:
+        """Returns the batch size B or raises a ValueError saying what is wrong."""
+        if views.ndim != 5 or views.shape[0] != 2 or views.shape[1] < 1:
+            raise ValueError(
+                f"views must be (2, batch, channels, H, W): the two views of at least one image, view-major; got "
+                f"shape {tuple(views.shape)}"
+            )
+        if not views.is_floating_point():
+            raise ValueError(
+                f"views must be a float tensor normalised for the backbone, got dtype {views.dtype} (uint8 crops "
+                "go through the device augmentation first)"
+            )
+        return views.shape[1]

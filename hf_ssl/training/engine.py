@@ -1,0 +1,232 @@
+"""What both engines (``SslTrainer`` and ``AccelerateTrainer``) do the same way, written once: the method object,
+the optimizer, the checks before a run, the resume record, the backbone k-NN evaluates, the float32 save after
+DeepSpeed bf16/fp16 training, and the checkpoint record in ``hf_ssl_state.json``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from hf_ssl.data import EpochShuffleSampler, MultiCropConfig, MultiCropDataset
+from hf_ssl.models.backbone import build_backbone
+from hf_ssl.training import checkpointing
+from hf_ssl.training.config import ConfigError, to_plain
+from hf_ssl.training.ema import FullPrecisionTeacher
+from hf_ssl.training.methods import MethodSpec, as_multicrop_config, get_method, method_for_model
+from hf_ssl.training.methods.base import PretrainingMethod
+from hf_ssl.training.optimizers import apply_optimizer_settings, build_optimizer
+
+logger = logging.getLogger(__name__)
+
+FULL_PRECISION_TEACHER_FILE = "teacher_float32.safetensors"
+
+
+def resolve_method(model, method: str | MethodSpec | None) -> MethodSpec:
+    """The spec of ``method`` (a name or a spec), or of the method whose pretraining model ``model`` is."""
+    spec = method_for_model(model) if method is None else get_method(method) if isinstance(method, str) else method
+    if not isinstance(model.config, spec.config_class):
+        raise ValueError(f"the {spec.name!r} method trains a {spec.pretraining_model_class.__name__}, not a {type(model).__name__}")
+    return spec
+
+
+def build_method(spec: MethodSpec, model, view_config, args, process_index: int, reduce) -> PretrainingMethod:
+    """The spec's ``PretrainingMethod`` around ``model`` for this process."""
+    return spec.method_class(
+        model, as_multicrop_config(view_config), args.seed, process_index, args.max_consecutive_nonfinite_steps, reduce=reduce
+    )
+
+
+def create_optimizer(method: PretrainingMethod, model, args) -> torch.optim.Optimizer:
+    """``args.optimizer`` (adamw, sgd or lars) over the method's parameter groups; lr and weight decay are set
+    every step by ``method.begin_step``."""
+    return build_optimizer(
+        args.optimizer, method.parameter_groups(model), learning_rate=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, momentum=args.momentum,
+        nesterov=args.nesterov, trust_coefficient=args.lars_trust_coefficient,
+    )
+
+
+def restore_optimizer_settings(optimizer, args) -> None:
+    """The recipe's optimizer hyper-parameters (not lr and weight decay, set every step) on every param group:
+    loading an optimizer state brings back the saved ones, and ``resume_with_changed_settings`` promises the new."""
+    apply_optimizer_settings(
+        optimizer, args.optimizer, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+        momentum=args.momentum, nesterov=args.nesterov, trust_coefficient=args.lars_trust_coefficient,
+    )
+
+
+def train_sampler(dataset, args):
+    """``EpochShuffleSampler`` for a ``MultiCropDataset`` (exact resume), None for other datasets."""
+    if isinstance(dataset, MultiCropDataset):
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        return EpochShuffleSampler(len(dataset), seed=seed, epoch_holder=dataset)
+    return None
+
+
+def resume_settings(args, view_config: MultiCropConfig, train_dataset) -> dict:
+    """What a checkpoint records and a resume must match (see ``checkpointing.check_resume_compatible``): the
+    arguments that shape the run (``args.fixed_settings()``), the augmentation and the number of training images
+    (the model configuration and the total batch are checked on their own)."""
+    settings = args.fixed_settings()
+    settings["augmentation"] = to_plain(view_config)
+    settings["num_train_images"] = len(train_dataset) if hasattr(train_dataset, "__len__") else None
+    return settings
+
+
+def prepare_run(resume, args, *, method: str, engine: str, model, view_config, train_dataset, world_size: int,
+                total_batch_size: int, accelerator) -> tuple[Path | None, dict | None]:
+    """What both engines do before training, so that a mistake stops the run before it starts: resolve the
+    checkpoint to resume from, check the data (``check_training_data``), take the output directory (main
+    process: ``checkpointing.guard_output_dir``) and check that the checkpoint can continue this run. Returns the
+    checkpoint and its saved state, or ``(None, None)`` for a fresh start."""
+    checkpoint = checkpointing.resolve_resume(resume, args.output_dir)
+    check_training_data(train_dataset, args.per_device_train_batch_size, world_size, args.dataloader_drop_last)
+    if accelerator.is_main_process:
+        checkpointing.guard_output_dir(args.output_dir, checkpoint, bool(resume), args.overwrite_output_dir)
+    if checkpoint is None:
+        return None, None
+    state = checkpointing.check_resume_compatible(
+        checkpoint, method=method, engine=engine, model_config=model.config, total_batch_size=total_batch_size,
+        world_size=world_size, sharding=checkpointing.sharding_of(accelerator),
+        settings=resume_settings(args, view_config, train_dataset), allow_changed_settings=args.resume_with_changed_settings,
+    )
+    return checkpoint, state
+
+
+def checkpoint_record(*, method: PretrainingMethod, engine: str, args, step: int, epoch: float, world_size: int,
+                      total_batch_size: int, history, run_control, accelerator, total_steps: int, view_config,
+                      train_dataset, tracker_ids: dict[str, str]) -> dict:
+    """The ``hf_ssl_state.json`` of a checkpoint at ``step`` (``checkpointing.CheckpointRecord``)."""
+    metric = args.metric_for_best_model
+    value = history.latest(metric) if metric else None
+    control_state = {}
+    if run_control.early_stopping is not None:
+        control_state["early_stopping"] = run_control.early_stopping.state_dict()
+    return vars(checkpointing.CheckpointRecord(
+        method=method.name, engine=engine, step=step, epoch=epoch, world_size=world_size,
+        total_batch_size=total_batch_size, metrics={metric: value} if value is not None else {},
+        tracker_run_ids=tracker_ids, method_state=method.state_dict(), control_state=control_state,
+        sharding=checkpointing.sharding_of(accelerator), total_steps=total_steps,
+        settings=resume_settings(args, view_config, train_dataset),
+    ))
+
+
+def restore_run_state(state: dict, method: PretrainingMethod, run_control) -> None:
+    """The method's counters and the early-stopping state of a checkpoint's ``hf_ssl_state.json``; the tracker
+    run ids go to the environment, so a resumed run continues the same tracker runs."""
+    method.load_state_dict(state.get("method_state", {}))
+    if run_control.early_stopping is not None:
+        run_control.early_stopping.load_state_dict(state.get("control_state", {}).get("early_stopping", {}))
+    checkpointing.restore_tracker_run_ids(state.get("tracker_run_ids", {}))
+
+
+def check_training_data(train_dataset, per_device_batch_size: int, world_size: int, drop_last: bool) -> None:
+    """Stop before training, saying what to change, when the data cannot give one real step: no image, fewer
+    images than one batch while incomplete batches are dropped, or (a ``MultiCropDataset``) not one readable
+    image among a sample spread over the dataset. Streaming datasets (no length) are not checked."""
+    if not hasattr(train_dataset, "__len__"):
+        return
+    count, batch = len(train_dataset), per_device_batch_size * world_size
+    if count == 0:
+        raise ConfigError("the training split has no images: check data.dataset, data.data_dir and data.train_split")
+    if drop_last and count < batch:
+        raise ConfigError(
+            f"the training split has {count} images, fewer than one batch of {batch} (per_device_train_batch_size "
+            f"{per_device_batch_size} x {world_size} processes), and training.dataloader_drop_last=true drops an "
+            "incomplete batch: not one step would run. Lower training.per_device_train_batch_size, or set "
+            "training.dataloader_drop_last=false"
+        )
+    if isinstance(train_dataset, MultiCropDataset):
+        readable, checked, first_error = train_dataset.probe_readable_images()
+        if readable == 0:
+            raise ConfigError(
+                f"none of the {checked} training images checked could be read (first: {first_error}). Check "
+                "data.dataset / data.data_dir: training would skip every image"
+            )
+        if readable < checked:
+            logger.warning(
+                "%d of %d training images checked cannot be read (first: %s): such images are skipped and counted "
+                "(skipped_images in the logs).", checked - readable, checked, first_error,
+            )
+
+
+def is_deepspeed(accelerator) -> bool:
+    return checkpointing.sharding_of(accelerator) == "deepspeed"
+
+
+def check_distributed_setup(accelerator, engine: str) -> None:
+    """Refuse, before any training, the setups the training step cannot run correctly."""
+    if not is_deepspeed(accelerator):
+        return
+    stage = getattr(accelerator.state.deepspeed_plugin, "zero_stage", None)
+    if stage == 3:
+        raise ValueError(
+            "DeepSpeed ZeRO-3 partitions the parameters outside autograd, and the engines' EMA teacher update and "
+            "state handling do not support that: use ZeRO-2 (accelerate_configs/deepspeed_zero2.yaml) or FSDP "
+            "(accelerate_configs/fsdp_full_shard.yaml), which also shards the parameters."
+        )
+
+
+def evaluation_backbone_on_main(accelerator, wrapped_model):
+    """The whole evaluated backbone (``model.evaluation_backbone()``: DINO's teacher backbone, SimCLR's backbone)
+    on the main process (None on the others), for k-NN evaluation.
+
+    Under FSDP the weights are sharded: every process must call this, the full state is gathered (a
+    collective) and loaded into an unsharded copy. Otherwise the backbone itself is returned (a float32 copy
+    where the engine cast it to bf16/fp16, as the exported backbone will be).
+    """
+    model = accelerator.unwrap_model(wrapped_model)
+    if checkpointing.sharding_of(accelerator) != "fsdp":
+        if not accelerator.is_main_process:
+            return None
+        backbone = model.evaluation_backbone()
+        if next(backbone.parameters()).dtype == torch.float32:
+            return backbone
+        copy = build_backbone(model.evaluation_backbone_config())
+        copy.load_state_dict({name: tensor.float() for name, tensor in backbone.state_dict().items()})
+        return copy.to(accelerator.device).eval()
+    state = accelerator.get_state_dict(wrapped_model)
+    if not accelerator.is_main_process:
+        return None
+    prefix = model.evaluation_backbone_prefix
+    weights = {}
+    for name, tensor in state.items():
+        name = name.replace("_fsdp_wrapped_module.", "")
+        if name.startswith(prefix):
+            weights[name[len(prefix):]] = tensor
+    backbone = build_backbone(model.evaluation_backbone_config())
+    backbone.load_state_dict(weights, strict=True)
+    return backbone.to(accelerator.device).eval()
+
+
+def full_precision_state_dict(model, full_precision_teacher: FullPrecisionTeacher) -> dict[str, torch.Tensor]:
+    """The model's state in float32 when DeepSpeed holds it in bf16/fp16: the trained parameters from the
+    optimizer's float32 master copies (a collective: every process must call it), the teacher from the EMA's
+    float32 copies, everything else cast."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    teacher_copies = {id(parameter): copy for parameter, copy in zip(full_precision_teacher.parameters, full_precision_teacher.copies)}
+    state = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            value = safe_get_full_fp32_param(parameter)
+        else:
+            value = teacher_copies.get(id(parameter), parameter.detach())
+        state[name] = value.detach().float().cpu()
+    persistent = model.state_dict()
+    for name, buffer in model.named_buffers():
+        if name in persistent:
+            state[name] = buffer.detach().float().cpu() if buffer.is_floating_point() else buffer.detach().cpu()
+    return state
+
+
+def save_full_precision_model(model, full_precision_teacher: FullPrecisionTeacher, output_dir, is_main_process: bool) -> None:
+    """``save_pretrained`` of a float32 copy of ``model`` built from ``full_precision_state_dict`` (every process
+    must call it; the main process writes)."""
+    state_dict = full_precision_state_dict(model, full_precision_teacher)
+    if is_main_process:
+        copy = type(model)(model.config)
+        copy.load_state_dict(state_dict)
+        copy.save_pretrained(output_dir)

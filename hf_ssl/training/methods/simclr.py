@@ -1,0 +1,152 @@
+"""SimCLR's training step on the shared engines: ``SimClrViewConfig``, ``SimClrTrainingArguments``, ``SimClrMethod``.
+
+SimCLR has no state around the optimizer step: two augmented views of each image, one backbone and projection
+head, the NT-Xent loss over the global batch (``hf_ssl.models.simclr``). What it sets here are its augmentation
+(the parameter names of lightly's ``SimCLRTransform``, as the SimCLR training guides use them) and its optimizer
+defaults (the paper's LARS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hf_ssl.data import IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig
+from hf_ssl.training.arguments import PretrainingArguments
+from hf_ssl.training.methods.base import PretrainingMethod
+
+
+@dataclass
+class SimClrViewConfig:
+    """The two augmented views of SimCLR (Chen et al., 2020, Appendix A), named as lightly's ``SimCLRTransform``.
+    Defaults are the paper's: random resized crop of scale (0.08, 1), horizontal flip 0.5, colour jitter with
+    probability 0.8 at strength 1 (brightness, contrast and saturation 0.8 x strength, hue 0.2 x strength),
+    grayscale 0.2, Gaussian blur with probability 0.5 and sigma in (0.1, 2.0), no solarisation.
+
+    Both views are drawn alike; the crops are cut on the CPU, everything photometric runs batched on the training
+    device (``to_multicrop_config`` gives the pipeline's config).
+    """
+
+    input_size: int = field(default=224, metadata={"help": "Side of each view, in pixels."})
+    min_scale: float = field(default=0.08, metadata={"help": "Smallest fraction of the image area a view covers (random resized crop up to 1.0)."})
+    crop_ratio: tuple[float, float] = field(default=(3 / 4, 4 / 3), metadata={"help": "(min, max) width/height ratio of a crop before it is resized."})
+    interpolation: str = field(default="bilinear", metadata={"help": "Resampling of the crop resize: nearest, bilinear, bicubic, lanczos, box or hamming."})
+    hf_prob: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
+    cj_prob: float = field(default=0.8, metadata={"help": "Probability of colour jitter."})
+    cj_strength: float = field(default=1.0, metadata={"help": "Colour jitter strength s: multiplies cj_bright, cj_contrast, cj_sat and cj_hue."})
+    cj_bright: float = field(default=0.8, metadata={"help": "Brightness jitter at strength 1."})
+    cj_contrast: float = field(default=0.8, metadata={"help": "Contrast jitter at strength 1."})
+    cj_sat: float = field(default=0.8, metadata={"help": "Saturation jitter at strength 1."})
+    cj_hue: float = field(default=0.2, metadata={"help": "Hue jitter at strength 1 (cj_hue x cj_strength at most 0.5)."})
+    random_gray_scale: float = field(default=0.2, metadata={"help": "Probability of turning a view to grayscale."})
+    gaussian_blur: float = field(default=0.5, metadata={"help": "Probability of a Gaussian blur."})
+    kernel_size: float | None = field(default=None, metadata={"help": "Blur kernel side as a fraction of input_size (the paper: 0.1); null: the whole Gaussian of the largest sigma."})
+    sigmas: tuple[float, float] = field(default=(0.1, 2.0), metadata={"help": "(min, max) sigma of the blur, in pixels of the view."})
+    solarize_prob: float = field(default=0.0, metadata={"help": "Probability of solarising a view (pixels >= 0.5 inverted)."})
+    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN, metadata={"help": "Per-channel (RGB) mean of the final normalisation."})
+    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"help": "Per-channel (RGB) standard deviation of the final normalisation."})
+
+    size_key = "augmentation.input_size"  # the key an error about the view size names
+
+    def __post_init__(self):
+        for name in ("hf_prob", "cj_prob", "random_gray_scale", "gaussian_blur", "solarize_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        for name in ("cj_strength", "cj_bright", "cj_contrast", "cj_sat", "cj_hue"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if self.cj_hue * self.cj_strength > 0.5:
+            raise ValueError(f"cj_hue x cj_strength must be at most 0.5 (a hue shift of half a turn), got {self.cj_hue * self.cj_strength:g}")
+        if isinstance(self.min_scale, bool) or not isinstance(self.min_scale, (int, float)) or not 0 < self.min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1] (a fraction of the image area), got {self.min_scale!r}")
+        if self.kernel_size is not None and (isinstance(self.kernel_size, bool) or not 0 < self.kernel_size <= 1):
+            raise ValueError(f"kernel_size must be a fraction of input_size in (0, 1] or null, got {self.kernel_size!r}")
+        try:
+            self.to_multicrop_config()
+        except ValueError as error:  # the other checks, in the pipeline's terms
+            raise ValueError(f"invalid SimCLR views: {error}") from None
+
+    def blur_kernel_size(self) -> int | None:
+        """Odd taps of the blur kernel: ``kernel_size`` x ``input_size`` rounded to the nearest odd number (at least 1)."""
+        if self.kernel_size is None:
+            return None
+        taps = max(1, round(self.kernel_size * self.input_size))
+        return taps if taps % 2 else taps + 1
+
+    def to_multicrop_config(self) -> MultiCropConfig:
+        """The data pipeline's config: 2 global crops of ``input_size`` drawn alike, no local crops."""
+        strength = self.cj_strength
+        return MultiCropConfig(
+            global_crops_number=2,
+            global_crop_size=self.input_size,
+            global_crops_scale=(self.min_scale, 1.0),
+            local_crops_number=0,
+            crop_ratio=tuple(self.crop_ratio),
+            interpolation=self.interpolation,
+            flip_probability=self.hf_prob,
+            color_jitter_probability=self.cj_prob,
+            brightness=self.cj_bright * strength,
+            contrast=self.cj_contrast * strength,
+            saturation=self.cj_sat * strength,
+            hue=self.cj_hue * strength,
+            grayscale_probability=self.random_gray_scale,
+            blur_sigma=tuple(self.sigmas),
+            blur_kernel_size=self.blur_kernel_size(),
+            global_blur_probabilities=(self.gaussian_blur, self.gaussian_blur),
+            global_solarize_probabilities=(self.solarize_prob, self.solarize_prob),
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+        )
+
+
+@dataclass
+class SimClrTrainingArguments(PretrainingArguments):
+    """``PretrainingArguments`` with SimCLR's defaults (the paper's ImageNet recipe): LARS, lr 0.3 x total batch /
+    256, 10 warmup epochs then cosine, weight decay 1e-6 (not on biases and BatchNorm), no clipping."""
+
+    optimizer: str = field(default="lars", metadata={"help": "adamw, sgd (with momentum) or lars (SGD with layer-wise trust ratios; biases and norms excluded)."})
+    learning_rate: float = field(default=0.3, metadata={"help": "Peak lr (for a total batch of 256 if scale_learning_rate)."})
+    scale_learning_rate: bool = field(default=True, metadata={"help": "Peak lr = learning_rate * total batch / 256."})
+    warmup_epochs: float = field(default=10.0, metadata={"help": "Epochs of linear lr warmup."})
+    weight_decay: float = field(default=1e-6, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."})
+
+
+class SimClrMethod(PretrainingMethod):
+    """SimCLR's per-step logic around a ``SimClrForPretraining``: the two views into the model; nothing happens
+    around the optimizer step."""
+
+    name = "simclr"
+    logged_outputs = ("embedding_std", "positive_similarity", "negative_similarity", "accuracy")
+    monitored_embeddings = "embeddings"
+    nonfinite_advice = "a higher model.temperature"
+
+    @staticmethod
+    def check_view_sizes(model_config, view_config: MultiCropConfig) -> None:
+        if view_config.global_crops_number != 2 or view_config.local_crops_number:
+            raise ValueError(
+                f"SimCLR trains on 2 views of each image and no local crops; the augmentation has "
+                f"{view_config.global_crops_number} global and {view_config.local_crops_number} local crops "
+                "(use SimClrViewConfig, the simclr recipe's augmentation section)"
+            )
+        PretrainingMethod.check_view_sizes(model_config, view_config)
+
+    def compute_outputs(self, model, views, step: int):
+        return model(views=views["global_crops"])
+
+    def empty_batch_loss(self, model) -> torch.Tensor:
+        # the loss gathers the projections of every process: this one takes part with none of its own
+        loss_module = self.model.loss
+        projections = torch.zeros(0, self.model.config.projection_dim, device=self.reduction_device(), requires_grad=True)
+        return super().empty_batch_loss(model) + loss_module(projections, projections)
+
+    def model_card_values(self, model, args, schedules) -> dict:
+        config = model.config
+        views = self.view_config
+        return {
+            "projection": f"{config.projection_num_layers} layers, hidden {config.projection_hidden_dim}, output {config.projection_dim}, BatchNorm {config.projection_use_bn}",
+            "temperature": config.temperature,
+            "views": f"2 x {views.global_crop_size}px (scale {tuple(views.global_crops_scale)})",
+        }

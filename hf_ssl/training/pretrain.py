@@ -1,0 +1,129 @@
+"""Pretrain any registered method from a recipe, on the transformers Trainer or a raw Accelerate loop
+(``training.engine``): what ``hf-ssl pretrain`` and ``recipes/train_<method>.py`` run.
+
+    hf-ssl pretrain --config recipes/simclr_fashion_mnist_demo.yaml
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m hf_ssl.cli pretrain \\
+        --config recipes/dino.yaml data.data_dir=/path/to/images --output_dir outputs/run1
+
+Every key of the YAML file can be overridden as section.key=value (or --key value for a key only one
+section has, e.g. --max_steps 100); --help lists them all. Checkpoints go to <output_dir>/checkpoint-<step>;
+--resume auto continues from the latest (SIGTERM/SIGINT and training.max_time_seconds save one and stop).
+The output directory receives the hf_ssl model (AutoModelForPreTraining / AutoModel), the evaluated backbone
+as a plain transformers model in backbone/, the image processor, the resolved recipe.yaml and a model card.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import transformers
+from transformers import set_seed
+
+from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.evaluation import KnnEvaluator, RawPixels, subsample
+from hf_ssl.models import build_image_processor
+from hf_ssl.training.accelerate_loop import build_trainer
+from hf_ssl.training.checkpointing import CheckpointSaveError
+from hf_ssl.training.cli import parse_command_line
+from hf_ssl.training.config import ConfigError
+from hf_ssl.training.methods.base import NonFiniteLossError
+from hf_ssl.training.outputs import RunOutputError, save_run_outputs
+from hf_ssl.training.recipe import Recipe
+
+logger = logging.getLogger("hf_ssl.pretrain")
+
+
+def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
+    """Train ``recipe`` and write its outputs; returns the k-NN results (``random_init`` / ``trained``)."""
+    training_args = recipe.training
+    set_seed(training_args.seed)
+    view_config = recipe.view_config
+
+    # 1. data: decode + random resized crops on the CPU, per example, in DataLoader workers
+    train_dataset, knn_splits = recipe.load_datasets()
+    train_dataset = with_multicrop(train_dataset, MultiCropTransform(view_config, recipe.data.skip_bad_images), seed=training_args.seed)
+
+    # 2. model: a new one, or continue from a pretrained hf_ssl model of the same method
+    model = recipe.build_model()
+    image_processor = build_image_processor(
+        model.config.backbone_config.model_type, recipe.evaluation_image_size, view_config.mean, view_config.std
+    )
+
+    # 3. k-NN on the labelled split, then the trainer
+    results, evaluator, evaluation = {}, None, recipe.evaluation
+    if knn_splits is not None:
+        evaluator = KnnEvaluator(
+            subsample(knn_splits[0], evaluation.knn_max_train_samples),
+            subsample(knn_splits[1], evaluation.knn_max_eval_samples),
+            image_processor,
+            k=evaluation.knn_k,
+            temperature=evaluation.knn_temperature,
+            batch_size=evaluation.batch_size,
+        )
+    trainer = build_trainer(  # SslTrainer, or AccelerateTrainer with training.engine=accelerate
+        model=model, args=training_args, view_config=view_config, train_dataset=train_dataset, method=recipe.method,
+        knn_evaluator=evaluator, knn_eval_steps=evaluation.knn_eval_steps, knn_at_end=evaluation.knn_at_end,
+    )
+    if evaluator is not None and evaluation.knn_raw_pixels and trainer.is_world_process_zero():
+        results["raw_pixels"] = evaluator(RawPixels(), device=training_args.device)
+        logger.info("k-NN of the raw pixels: %s", results["raw_pixels"])
+    if evaluator is not None and evaluation.knn_at_start and trainer.is_world_process_zero():
+        results["random_init"] = evaluator(model.evaluation_backbone(), device=training_args.device)
+        logger.info("k-NN of the randomly initialised model: %s", results["random_init"])
+
+    # 4. train, then save: the model first, then the backbone for plain transformers, processor, recipe, card
+    trainer.train(resume_from_checkpoint=resume)
+    output_dir = training_args.output_dir
+    if trainer.run_control.stop_reason is not None and trainer.is_world_process_zero():
+        print(f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step}; "
+              f"continue with --resume auto (checkpoints in {output_dir})")
+    if trainer.last_knn_metrics:
+        results["trained"] = trainer.last_knn_metrics
+
+    model_class = recipe.spec.pretraining_model_class
+
+    def export_backbone(path):  # from the saved model: whole weights even when training sharded them (FSDP)
+        model_class.from_pretrained(output_dir).export_backbone(path, image_processor=image_processor)
+
+    save_run_outputs(
+        trainer, output_dir, image_processor=image_processor, recipe=recipe, knn_results=results,
+        only_missing=trainer.finished_before_start, dataset=recipe.data.dataset, export_backbone=export_backbone,
+    )
+    if trainer.is_world_process_zero():
+        for name, metrics in results.items():
+            print(f"k-NN top-1 ({name.replace('_', ' ')}): {metrics['knn_top1']:.2f}%")
+        print(f"Saved to {output_dir} (backbone for plain transformers in {output_dir}/backbone)")
+
+    # 5. share (every process: the Trainer gathers sharded weights), then report a k-NN evaluation that failed
+    if training_args.push_to_hub:
+        try:
+            trainer.push_to_hub(dataset=recipe.data.dataset)
+        except Exception as error:
+            raise RunOutputError("push", output_dir, error, trainer.state.global_step) from error
+    if trainer.knn_error is not None and trainer.is_world_process_zero():
+        raise RunOutputError("knn", output_dir, RuntimeError(trainer.knn_error), trainer.state.global_step)
+    return results
+
+
+def main(argv: Sequence[str] | None = None, recipe_class: type[Recipe] = Recipe, description: str | None = None, prog: str | None = None) -> int:
+    """Parse the command line into a recipe (``recipe_class``: ``Recipe`` reads the method from the file,
+    ``DinoRecipe`` defaults to DINO), run it, and return the exit code: 2 for a recipe or command-line mistake
+    (``error: ...`` on stderr, no traceback), 1 for a run that stopped on NaN/inf losses, a failed checkpoint save
+    or a failed output step (the message says what is saved where), 0 otherwise."""
+    try:
+        recipe, resume = parse_command_line(argv, recipe_class=recipe_class, description=description or __doc__, prog=prog)
+        logging.basicConfig(
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            level=logging.INFO if recipe.training.should_log else logging.WARNING,
+        )
+        transformers.utils.logging.set_verbosity_warning()
+        run_pretraining(recipe, resume)
+    except ConfigError as error:  # a bad recipe, override, resume path or dataset: say what to fix, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, CheckpointSaveError, RunOutputError) as error:  # the message says what is saved where
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,323 @@
+"""Any hf_ssl method on the transformers ``Trainer``: ``SslTrainer``.
+
+The Trainer supplies the loop, mixed precision, gradient accumulation, DDP/FSDP/DeepSpeed through
+accelerate, checkpointing and Hub pushes. The method (``hf_ssl.training.methods``) adds, per optimizer step:
+the lr / weight-decay schedules and its own (DINO: teacher momentum and temperature, last-layer freeze), the
+device-side photometric augmentation, its loss, what happens around the optimizer step (an EMA teacher update)
+and the collapse metrics in the logs; callbacks call it at the Trainer's moments.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer
+
+from hf_ssl.data import MultiCropCollator
+from hf_ssl.training import checkpointing
+from hf_ssl.training.arguments import PretrainingArguments
+from hf_ssl.training.callbacks import EmaCallback, MethodStepCallback, RunControlCallback
+from hf_ssl.training.engine import (
+    FULL_PRECISION_TEACHER_FILE,
+    build_method,
+    checkpoint_record,
+    check_distributed_setup,
+    create_optimizer,
+    prepare_run,
+    resolve_method,
+    restore_optimizer_settings,
+    restore_run_state,
+    save_full_precision_model,
+    train_sampler,
+)
+from hf_ssl.training.history import History, HistoryCallback
+from hf_ssl.training.knn_callback import KnnCallback
+from hf_ssl.training.methods import as_multicrop_config
+from hf_ssl.training.methods.base import NonFiniteLossError
+from hf_ssl.training.model_card import write_model_card
+from hf_ssl.training.outputs import hub_repo_error
+from hf_ssl.training.run_control import build_run_control
+
+logger = logging.getLogger(__name__)
+
+
+class SslTrainer(Trainer):
+    """``Trainer`` for the pretraining model of any registered method, on batches from ``MultiCropCollator``.
+
+    Args:
+        model: the method's pretraining model (``DinoForPretraining``, ``SimClrForPretraining``...).
+        args: the method's training arguments (``DinoTrainingArguments``, ...: a ``PretrainingArguments``).
+        view_config: the augmentation settings (the recipe's ``augmentation`` section); its photometric part runs
+            batched on the training device inside ``compute_loss``. Default: the method's defaults.
+        method: the method's name or ``MethodSpec``; default: the method whose pretraining model ``model`` is.
+        train_dataset: a dataset with the ``MultiCropTransform`` attached (``with_multicrop``); a
+            ``MultiCropDataset`` is shuffled by ``EpochShuffleSampler`` so that a resume is exact.
+        knn_evaluator: a ``KnnEvaluator`` run every ``knn_eval_steps`` optimizer steps (0: never during
+            training) and at the end when ``knn_at_end``; it logs ``knn_top1``/``knn_top5``.
+        Other keyword arguments go to ``transformers.Trainer`` (``callbacks``, ``processing_class``...).
+
+    Checkpoints (``save_strategy``/``save_steps``, at the end, on SIGTERM/SIGINT, at ``max_time_seconds``, on
+    early stopping) are committed atomically and rotated by ``save_total_limit`` (last K) and
+    ``save_best_total_limit`` (best N by ``metric_for_best_model``); ``train(resume_from_checkpoint="auto")``
+    continues from the latest one.
+    """
+
+    def __init__(
+        self,
+        model,
+        args: PretrainingArguments,
+        view_config=None,
+        data_collator=None,
+        method=None,
+        knn_evaluator=None,
+        knn_eval_steps: int = 0,
+        knn_at_end: bool = True,
+        **kwargs,
+    ):
+        super().__init__(model=model, args=args, data_collator=data_collator or MultiCropCollator(), **kwargs)
+        check_distributed_setup(self.accelerator, engine="trainer")
+        self.method_spec = resolve_method(model, method)
+        self.view_config = as_multicrop_config(view_config if view_config is not None else self.method_spec.view_config_class())
+        self.method = build_method(
+            self.method_spec, model, self.view_config, args, args.process_index,
+            reduce=lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
+        )
+        self.schedules = None
+        self.add_callback(MethodStepCallback(self))
+        self.add_callback(EmaCallback(self))
+        self.history_callback = HistoryCallback(args.output_dir, collapse_detector=self.method.collapse_detector())
+        self.add_callback(self.history_callback)
+        self.knn_callback = None
+        if knn_evaluator is not None:
+            self.knn_callback = KnnCallback(self, knn_evaluator, knn_eval_steps, knn_at_end)
+            self.add_callback(self.knn_callback)
+        # last: it decides on the metrics the callbacks above logged in the same step
+        self.run_control = build_run_control(args, reduce_max=self._reduce_max if args.world_size > 1 else None)
+        self.add_callback(RunControlCallback(self.run_control))
+        self._staging_dir = None
+        self._resume_checkpoint = None
+        self._resume_state = None
+        self.finished_before_start = False  # resumed at or past the last step: this session trains nothing
+
+    def begin_session(self, state) -> None:
+        """At the start of ``train`` (``MethodStepCallback.on_train_begin``): where a resumed run stands."""
+        if self._resume_checkpoint is not None:
+            self.finished_before_start = checkpointing.log_resume_position(
+                self._resume_checkpoint, self._resume_state, state.global_step, state.max_steps
+            )
+
+    def _reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor.to(self.args.device), reduction="max")
+
+    @property
+    def last_knn_metrics(self) -> dict[str, float]:
+        """The last k-NN result (empty without an evaluator or before the first evaluation)."""
+        return self.knn_callback.last_metrics if self.knn_callback is not None else {}
+
+    @property
+    def knn_error(self) -> str | None:
+        """The last k-NN evaluation that failed (logged; training went on), or None."""
+        return self.knn_callback.last_error if self.knn_callback is not None else None
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.method.skipped_steps
+
+    @property
+    def skipped_images(self) -> int:
+        return self.method.skipped_images
+
+    # ----- data order ----------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = train_sampler(train_dataset if train_dataset is not None else self.train_dataset, self.args)
+        return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
+
+    # ----- optimizer and schedules -------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            self.optimizer = create_optimizer(self.method, self.model, self.args)
+        return self.optimizer
+
+    def updates_per_epoch(self) -> int:
+        batches = len(self.get_train_dataloader())
+        return max(math.ceil(batches / self.args.gradient_accumulation_steps), 1)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            optimizer = optimizer or self.optimizer
+            total_batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            self.schedules = self.method.build_schedules(self.args, num_training_steps, self.updates_per_epoch(), total_batch)
+            # LambdaLR multiplies each group's initial lr; set it to 1 so the factor is the lr itself
+            for group in optimizer.param_groups:
+                group["lr"] = 1.0
+                group["initial_lr"] = 1.0
+            # A closure, not the schedule object: LambdaLR saves callable objects in its state and a resume would
+            # load the old run's schedule into this one (its lr and length), whatever the new run says.
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedules.learning_rate(step))
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # ----- one micro-batch ---------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = self.method.loss(model, inputs, self.state.global_step)
+        return (loss, outputs) if return_outputs else loss
+
+    # ----- checkpoints and resume ---------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint`` may also be ``"auto"`` (the latest checkpoint of
+        ``output_dir``, or a fresh start when there is none) and defaults to ``args.resume_from_checkpoint``.
+        A checkpoint of another method, engine, model configuration or total batch is refused before training."""
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = self.args.resume_from_checkpoint
+        checkpoint, state = prepare_run(
+            resume_from_checkpoint, self.args, method=self.method.name, engine="trainer", model=self.model, view_config=self.view_config,
+            train_dataset=self.train_dataset, world_size=self.args.world_size, total_batch_size=self.total_batch_size,
+            accelerator=self.accelerator,
+        )
+        self._resume_state = state
+        if checkpoint is not None:
+            restore_run_state(state, self.method, self.run_control)
+            if (checkpoint / "history.json").is_file():
+                self.history_callback.history = History.load(checkpoint / "history.json")
+        self._resume_checkpoint = checkpoint
+        try:
+            return super().train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None, **kwargs)
+        except NonFiniteLossError as error:
+            error.last_good_checkpoint = checkpointing.latest_checkpoint(self.args.output_dir)
+            raise
+        finally:
+            # on_train_end does this after a normal end; a run that raised must not keep Ctrl-C (a notebook)
+            self.run_control.finish()
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        # The Trainer creates the Hub repository of push_to_hub in its constructor: say what to do, not a traceback
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except Exception as error:
+            raise hub_repo_error(self.args, error) from error
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            restore_optimizer_settings(self.optimizer, self.args)
+
+    def _run_epoch(self, *args, **kwargs):
+        # A run resumed at (or past) its last step has nothing left to train; the Trainer would still run one
+        # step of the epoch it resumes in before it looks at max_steps.
+        if self.state.global_step >= self.state.max_steps:
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # Saved checkpoints carry the backbones' checkpoint key names, which transformers converts when it
+        # loads with from_pretrained, not when the Trainer loads the raw state dict (the backbone would
+        # silently stay as initialised). Load through from_pretrained, then copy in place, so the EMA and
+        # the optimizer keep pointing at the same tensors. DeepSpeed and FSDP load their own formats.
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = model if model is not None else self.model
+        loaded = type(self.model).from_pretrained(resume_from_checkpoint, dtype=next(self.model.parameters()).dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+
+    @property
+    def total_batch_size(self) -> int:
+        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+
+    def _get_output_dir(self, trial) -> str:
+        # while a checkpoint is saved, the Trainer writes it under the staging folder (see _save_checkpoint)
+        return str(self._staging_dir) if self._staging_dir is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint (model, optimizer, scheduler, scaler, RNG states, trainer state) plus
+        ``hf_ssl_state.json`` and ``history.json``, written under a staging folder by every process and
+        then renamed to ``checkpoint-<step>`` by the main process: a kill during a save loses nothing."""
+        step = self.state.global_step
+        output_dir = self.args.output_dir
+        if not self.method.may_checkpoint(step):
+            return
+        staging_parent = checkpointing.staging_path(output_dir, step)
+        if self.args.should_save:
+            checkpointing.prepare_staging(output_dir, step)
+        self.accelerator.wait_for_everyone()
+        with checkpointing.saving_checkpoint(output_dir, step):
+            self._staging_dir = staging_parent
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_dir = None
+            written = staging_parent / f"{checkpointing.CHECKPOINT_PREFIX}-{step}"
+            if self.method.full_precision_teacher is not None and self.args.should_save:
+                # DeepSpeed bf16/fp16: its checkpoint holds the rounded teacher; the EMA's float32 copy goes beside it
+                copies = self.method.full_precision_teacher.state_dict()["teacher"]
+                save_file({str(index): copy.contiguous() for index, copy in enumerate(copies)}, str(written / FULL_PRECISION_TEACHER_FILE))
+            tracker_ids = checkpointing.tracker_run_ids()
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                self.history_callback.history.save(written / "history.json")
+                checkpointing.write_state(written, self.checkpoint_record(step, tracker_ids))
+                final = checkpointing.commit_checkpoint(written, checkpointing.checkpoint_path(output_dir, step))
+                staging_parent.rmdir()
+        if self.args.should_save:
+            checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args))
+            logger.info("Saved checkpoint %s", final)
+        self.accelerator.wait_for_everyone()
+
+    def restore_full_precision_teacher(self) -> None:
+        """After DeepSpeed loaded a checkpoint: the EMA's float32 teacher saved beside it (bf16/fp16 runs)."""
+        checkpoint = getattr(self, "_resume_checkpoint", None)
+        if self.method.full_precision_teacher is None or checkpoint is None:
+            return
+        path = checkpoint / FULL_PRECISION_TEACHER_FILE
+        if not path.is_file():
+            logger.warning("%s has no %s: the EMA continues from the checkpoint's rounded teacher", checkpoint, FULL_PRECISION_TEACHER_FILE)
+            return
+        saved = load_file(path)
+        self.method.full_precision_teacher.load_state_dict({"teacher": [saved[str(index)] for index in range(len(saved))]})
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``; after DeepSpeed bf16/fp16 training the model is saved in float32 from the
+        optimizer's master weights and the EMA's float32 teacher (every process must call it). Checkpoints (an
+        internal call with a folder) keep DeepSpeed's own save: their float32 teacher is saved beside it."""
+        checkpoint_save = _internal_call and output_dir is not None
+        if self.method.full_precision_teacher is None or checkpoint_save:
+            return super().save_model(output_dir, _internal_call)
+        save_full_precision_model(
+            self.model, self.method.full_precision_teacher, output_dir or self.args.output_dir, self.is_world_process_zero()
+        )
+        self.accelerator.wait_for_everyone()
+
+    def checkpoint_record(self, step: int, tracker_ids: dict[str, str]) -> dict:
+        return checkpoint_record(
+            method=self.method, engine="trainer", args=self.args, step=step, epoch=float(self.state.epoch or 0.0),
+            world_size=self.args.world_size, total_batch_size=self.total_batch_size, history=self.history_callback.history,
+            run_control=self.run_control, accelerator=self.accelerator, total_steps=self.state.max_steps,
+            view_config=self.view_config, train_dataset=self.train_dataset, tracker_ids=tracker_ids,
+        )
+
+    def best_checkpoint(self) -> str | None:
+        """The kept checkpoint with the best ``metric_for_best_model`` (None without one)."""
+        if not self.args.metric_for_best_model:
+            return None
+        ranked = checkpointing.ranked_by_metric(
+            checkpointing.list_checkpoints(self.args.output_dir), self.args.metric_for_best_model,
+            self.args.greater_is_better if self.args.greater_is_better is not None else True,
+        )
+        return str(ranked[0]) if ranked else None
+
+    # ----- logging -----------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.schedules is not None:
+            logs.update(self.method.log_metrics(max(self.state.global_step - 1, 0), self.args.world_size))
+        super().log(logs, start_time)
+
+    # ----- sharing -----------------------------------------------------------------------------
+    def create_model_card(self, model_name: str | None = None, dataset: str | list[str] | None = None, tags=None, license: str | None = None, **kwargs) -> None:
+        """Write ``<output_dir>/README.md`` from ``model_cards/<method>.md`` (``push_to_hub`` uploads it)."""
+        if self.is_world_process_zero():
+            write_model_card(
+                self.method, self.model, self.args, self.schedules, self.state.global_step,
+                self.state.log_history, model_name=model_name, dataset=dataset, tags=tags, license=license,
+            )

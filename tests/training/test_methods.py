@@ -1,0 +1,139 @@
+"""Every registered method on both engines, through the same machinery: a few steps (forward, backward, optimizer
+step), a run interrupted by SIGTERM and resumed that ends with the weights of an uninterrupted one, a resume of
+the finished run that trains nothing, the export to a plain transformers model and the reload of the saved model.
+A method joins this test by registering itself and adding its tiny setup to ``TINY_SETUPS``."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForPreTraining
+
+import hf_ssl  # noqa: F401  (registers the Auto classes)
+from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.training import build_trainer, get_method, registered_methods
+from hf_ssl.training.methods import as_multicrop_config
+from tests.helpers import TINY_HEAD, TINY_VIT, random_images, sigterm_during_step, tiny_multicrop_config
+
+MAX_STEPS = 4
+
+
+def _dino_setup():
+    from hf_ssl import DinoConfig
+
+    return DinoConfig(backbone_config=dict(TINY_VIT), **TINY_HEAD), tiny_multicrop_config(), {"freeze_last_layer_epochs": 0.0}
+
+
+def _simclr_setup():
+    from hf_ssl.models.simclr import SimClrConfig
+    from hf_ssl.training.methods.simclr import SimClrViewConfig
+
+    config = SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, temperature=0.5)
+    return config, SimClrViewConfig(input_size=16, sigmas=(0.1, 0.5)), {"optimizer": "lars", "learning_rate": 0.3}
+
+
+# method -> (model config, augmentation config, training-argument overrides): tiny, a few CPU steps
+TINY_SETUPS = {"dino": _dino_setup, "simclr": _simclr_setup}
+
+
+def test_every_registered_method_has_a_tiny_setup():
+    assert set(registered_methods()) == set(TINY_SETUPS), "add the new method's tiny setup to TINY_SETUPS"
+
+
+@pytest.fixture(scope="module")
+def image_dataset():
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["vertical", "horizontal"])})
+    return Dataset.from_dict({"image": random_images(24), "label": [i % 2 for i in range(24)]}, features=features)
+
+
+def make_trainer(method: str, engine: str, output_dir: Path, dataset, **overrides):
+    spec = get_method(method)
+    config, view_config, method_overrides = TINY_SETUPS[method]()
+    torch.manual_seed(0)
+    model = spec.pretraining_model_class(config)
+    values = dict(
+        output_dir=str(output_dir), engine=engine, per_device_train_batch_size=4, max_steps=MAX_STEPS,
+        learning_rate=1e-3, scale_learning_rate=False, warmup_epochs=0.0, logging_steps=1, report_to="none",
+        dataloader_num_workers=0, seed=0, save_strategy="steps", save_steps=2,
+    )
+    values.update(method_overrides)
+    values.update(overrides)
+    arguments = spec.training_arguments_class(**values)
+    multicrop = as_multicrop_config(view_config)
+    train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop), seed=0)
+    return build_trainer(model=model, args=arguments, view_config=view_config, train_dataset=train_dataset, method=method)
+
+
+def state_of(model) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("engine", ["trainer", "accelerate"])
+@pytest.mark.parametrize("method", sorted(TINY_SETUPS))
+def test_method_trains_resumes_exports_and_reloads(tmp_path, image_dataset, method, engine):
+    # an uninterrupted run: it logs the method's loss and moves the weights
+    full = make_trainer(method, engine, tmp_path / "full", image_dataset)
+    initial = state_of(full.model)
+    full.train()
+    assert full.state.global_step == MAX_STEPS
+    final = state_of(full.model)
+    moved = [name for name in initial if initial[name].is_floating_point() and not torch.equal(initial[name], final[name])]
+    assert len(moved) > len(initial) // 2, f"{method}: only {len(moved)} of {len(initial)} tensors changed"
+    losses = [entry["loss"] for entry in full.state.log_history if "loss" in entry]
+    assert len(losses) == MAX_STEPS and all(torch.isfinite(torch.tensor(losses)))
+    assert (tmp_path / "full" / "checkpoint-4" / "hf_ssl_state.json").is_file()
+
+    # interrupted by SIGTERM during step 2 (a checkpoint is saved and the run stops), then resumed
+    cut = make_trainer(method, engine, tmp_path / "cut", image_dataset)
+    sigterm_during_step(cut, stop_after=2)
+    cut.train()
+    assert cut.state.global_step == 2 and (tmp_path / "cut" / "checkpoint-2").is_dir()
+    resumed = make_trainer(method, engine, tmp_path / "cut", image_dataset)
+    resumed.train(resume_from_checkpoint="auto")
+    assert resumed.state.global_step == MAX_STEPS
+    resumed_state = state_of(resumed.model)
+    for name in final:
+        torch.testing.assert_close(resumed_state[name], final[name], rtol=1e-5, atol=1e-6, msg=f"{method} {engine}: {name}")
+
+    # a resume of the finished run trains nothing and keeps the final weights
+    again = make_trainer(method, engine, tmp_path / "full", image_dataset)
+    again.train(resume_from_checkpoint="auto")
+    assert again.finished_before_start
+    for name, tensor in state_of(again.model).items():
+        torch.testing.assert_close(tensor, final[name], rtol=0, atol=0, msg=name)
+
+    # save, reload through the Auto classes, export a plain transformers backbone with the same features
+    full.save_model(str(tmp_path / "saved"))
+    reloaded = AutoModelForPreTraining.from_pretrained(tmp_path / "saved")
+    assert type(reloaded) is get_method(method).pretraining_model_class
+    for name, tensor in state_of(reloaded).items():
+        torch.testing.assert_close(tensor, final[name], rtol=0, atol=0, msg=name)
+    features = AutoModel.from_pretrained(tmp_path / "saved").eval()
+    reloaded.export_backbone(tmp_path / "backbone")
+    plain = AutoModel.from_pretrained(tmp_path / "backbone").eval()
+    assert not type(plain).__module__.startswith("hf_ssl")
+    pixels = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        ours, theirs = features(pixel_values=pixels), plain(pixel_values=pixels)
+    torch.testing.assert_close(ours.pooler_output, theirs.pooler_output.flatten(1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.last_hidden_state, theirs.last_hidden_state, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", sorted(TINY_SETUPS))
+def test_a_batch_without_readable_images_gives_a_zero_loss_that_touches_every_parameter(method):
+    # under DDP every process must run backward through every parameter (and SimCLR's gather) even then
+    spec = get_method(method)
+    config, view_config, _ = TINY_SETUPS[method]()
+    model = spec.pretraining_model_class(config)
+    multicrop = as_multicrop_config(view_config)
+    step = spec.method_class(model, multicrop, seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    size = multicrop.global_crop_size
+    batch = {"global_crops": torch.zeros(multicrop.global_crops_number, 0, 3, size, size, dtype=torch.uint8), "num_skipped": torch.tensor(4)}
+    if multicrop.local_crops_number:
+        batch["local_crops"] = torch.zeros(multicrop.local_crops_number, 0, 3, multicrop.local_crop_size, multicrop.local_crop_size, dtype=torch.uint8)
+    loss, outputs = step.loss(model, batch, 0)
+    assert outputs is None and loss.item() == 0.0 and step.skipped_images == 4
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
