@@ -4,6 +4,7 @@ import io
 import os
 import signal
 import socket
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -133,3 +134,55 @@ def sigterm_during_step(trainer, stop_after: int | None) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     method.after_optimizer_step = signal_after
+
+
+# Runs in a fresh interpreter where hf_ssl cannot be imported: for each export directory, load the model and the
+# image processor, preprocess one image (grayscale "L" or colour "RGB", the first argument) and save the pixel
+# values and the features.
+PLAIN_TRANSFORMERS_SCRIPT = """
+import sys
+
+sys.modules["hf_ssl"] = None  # any attempt to import hf_ssl fails: the export must stand on its own
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+mode = sys.argv[1]
+shape = (30, 40) if mode == "L" else (30, 40, 3)
+image = Image.fromarray((np.arange(int(np.prod(shape))).reshape(shape) % 251).astype("uint8"), mode=mode)
+for export_dir in sys.argv[2:]:
+    model, loading_info = AutoModel.from_pretrained(export_dir, output_loading_info=True)
+    processor = AutoImageProcessor.from_pretrained(export_dir)
+    pixel_values = processor(images=image, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values)
+    torch.save(
+        {
+            "model_class": type(model).__name__,
+            "loading_info": {key: sorted(value) for key, value in loading_info.items()},
+            "pixel_values": pixel_values,
+            "pooler_output": outputs.pooler_output,
+            "last_hidden_state": outputs.last_hidden_state,
+        },
+        f"{export_dir}/plain_transformers_features.pt",
+    )
+"""
+
+
+def plain_transformers_features(export_dirs, image_mode: str, cwd) -> dict:
+    """``{export dir: what PLAIN_TRANSFORMERS_SCRIPT saved}``: the exports loaded by transformers alone, in one
+    subprocess without hf_ssl on its path."""
+    import subprocess
+    import sys
+
+    import torch
+
+    completed = subprocess.run(
+        [sys.executable, "-c", PLAIN_TRANSFORMERS_SCRIPT, image_mode, *(str(path) for path in export_dirs)],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}, cwd=cwd,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return {path: torch.load(Path(path) / "plain_transformers_features.pt") for path in export_dirs}

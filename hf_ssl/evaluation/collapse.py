@@ -142,7 +142,7 @@ class CollapseDetector:
 
     - ``loss`` and ``teacher_entropy_ratio`` (or ``teacher_entropy`` with ``max_entropy``, ``out_dim`` or
       the ``out_dim`` given here; the loss check needs ln(out_dim) from one of these, or from
-      teacher_entropy / teacher_entropy_ratio as ``DinoTrainer`` logs them) for **uniform collapse**: the teacher entropy stays above
+      teacher_entropy / teacher_entropy_ratio as the DINO method logs them) for **uniform collapse**: the teacher entropy stays above
       ``entropy_ratio_threshold`` x ln(out_dim), or the loss stays within ``loss_tolerance`` (relative) of
       ln(out_dim) and does not go down by more than ``min_loss_decrease`` x ln(out_dim) over the window;
     - ``embedding_std`` and ``effective_rank`` for **constant collapse**: ``embedding_std`` stays below

@@ -180,7 +180,7 @@ class RunControl:
 
 
 def build_run_control(args, reduce_max: Callable[[torch.Tensor], torch.Tensor] | None) -> RunControl:
-    """The ``RunControl`` of a run's training arguments (``DinoTrainingArguments`` or alike)."""
+    """The ``RunControl`` of a run's training arguments (any ``PretrainingArguments``)."""
     early_stopping = None
     if args.early_stopping_patience:
         early_stopping = EarlyStopping(

@@ -1,50 +1,14 @@
 """export_backbone: the teacher backbone loads with plain transformers (no hf_ssl) and gives DinoModel's features."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 from transformers import AutoModel
 
 from hf_ssl import DinoConfig, DinoForPretraining, DinoModel
-from tests.helpers import TINY_DINOV2, TINY_HEAD, TINY_VIT
+from tests.helpers import TINY_DINOV2, TINY_HEAD, TINY_VIT, plain_transformers_features
 
-# Runs in a fresh interpreter where hf_ssl cannot be imported: for each export directory, load the model and the
-# image processor, preprocess a grayscale image and save the pixel values and the features.
-PLAIN_TRANSFORMERS_SCRIPT = textwrap.dedent(
-    """
-    import sys
-
-    sys.modules["hf_ssl"] = None  # any attempt to import hf_ssl fails: the export must stand on its own
-
-    import numpy as np
-    import torch
-    from PIL import Image
-    from transformers import AutoImageProcessor, AutoModel
-
-    image = Image.fromarray((np.arange(30 * 40).reshape(30, 40) % 251).astype("uint8"), mode="L")
-    for export_dir in sys.argv[1:]:
-        model, loading_info = AutoModel.from_pretrained(export_dir, output_loading_info=True)
-        processor = AutoImageProcessor.from_pretrained(export_dir)
-        pixel_values = processor(images=image, return_tensors="pt").pixel_values
-        with torch.no_grad():
-            outputs = model(pixel_values=pixel_values)
-        torch.save(
-            {
-                "model_class": type(model).__name__,
-                "loading_info": {key: sorted(value) for key, value in loading_info.items()},
-                "pixel_values": pixel_values,
-                "pooler_output": outputs.pooler_output,
-                "last_hidden_state": outputs.last_hidden_state,
-            },
-            f"{export_dir}/plain_transformers_features.pt",
-        )
-    """
-)
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +30,9 @@ def exports(tmp_path_factory):
             model.export_backbone(export_dir)
         directories[family] = (checkpoint_dir, export_dir)
 
-    completed = subprocess.run(
-        [sys.executable, "-c", PLAIN_TRANSFORMERS_SCRIPT, *(str(export) for _, export in directories.values())],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}, cwd=root,
-        timeout=120,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    plain = plain_transformers_features([export for _, export in directories.values()], "L", cwd=root)
     return {
-        family: (checkpoint, export, torch.load(export / "plain_transformers_features.pt"))
+        family: (checkpoint, export, plain[export])
         for family, (checkpoint, export) in directories.items()
     }
 

@@ -137,3 +137,23 @@ def test_a_batch_without_readable_images_gives_a_zero_loss_that_touches_every_pa
     assert outputs is None and loss.item() == 0.0 and step.skipped_images == 4
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_what_a_collator_adds_beside_the_crops_reaches_the_method():
+    # a masked method's collator puts its masks in the batch: the method's forward gets them as they are
+    spec = get_method("simclr")
+    config, view_config, _ = TINY_SETUPS["simclr"]()
+    model = spec.pretraining_model_class(config)
+    step = spec.method_class(model, as_multicrop_config(view_config), seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    seen = {}
+
+    def compute_outputs(model, views, step_index):
+        seen.update(views)
+        return model(views=views["global_crops"])
+
+    step.compute_outputs = compute_outputs
+    masks = torch.ones(4, 16, dtype=torch.bool)
+    batch = {"global_crops": torch.zeros(2, 4, 3, 16, 16, dtype=torch.uint8), "labels": torch.zeros(4), "num_skipped": torch.tensor(0), "masks": masks}
+    step.loss(model, batch, 0)
+    assert seen["masks"] is masks and "labels" not in seen and "num_skipped" not in seen
+    assert seen["global_crops"].dtype == torch.float32 and seen["local_crops"] is None

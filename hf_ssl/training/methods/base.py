@@ -42,6 +42,9 @@ from hf_ssl.training.schedules import WarmupCosineSchedule, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
 
+# batch keys that are not inputs of a method's forward: the crops (passed augmented), labels (k-NN only), counters
+NOT_VIEWS = frozenset({"global_crops", "local_crops", "labels", "num_skipped"})
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss was NaN or inf for ``count`` optimizer steps in a row, up to ``step``. The engines fill in
@@ -258,7 +261,10 @@ class PretrainingMethod:
         if self.input_dtype != global_crops.dtype:  # a model cast to bf16/fp16 by the engine (DeepSpeed)
             global_crops = global_crops.to(self.input_dtype)
             local_crops = local_crops.to(self.input_dtype) if local_crops is not None else None
-        outputs = self.compute_outputs(model, {"global_crops": global_crops, "local_crops": local_crops}, step)
+        views = {"global_crops": global_crops, "local_crops": local_crops}
+        # whatever else a method's collator adds (the masks of a masked method) goes to the method as it is
+        views.update({key: value for key, value in batch.items() if key not in NOT_VIEWS})
+        outputs = self.compute_outputs(model, views, step)
         if not torch.isfinite(outputs.loss.detach()):
             # keep the graph (DDP expects every rank to run backward); before_optimizer_step drops the gradients
             self.step_had_nonfinite_loss = True
@@ -279,8 +285,8 @@ class PretrainingMethod:
 
     def compute_outputs(self, model, views: dict[str, torch.Tensor | None], step: int):
         """The model's forward on this micro-batch's augmented, normalised views (``views["global_crops"]``
-        (G, B, 3, H, W), ``views["local_crops"]`` (L, B, 3, h, w) or None); returns its ``ModelOutput`` with a
-        ``loss``."""
+        (G, B, 3, H, W), ``views["local_crops"]`` (L, B, 3, h, w) or None, plus any other tensor the collator
+        put in the batch, such as masks); returns its ``ModelOutput`` with a ``loss``."""
         raise NotImplementedError
 
     def augment(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, step: int):
