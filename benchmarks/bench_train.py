@@ -53,7 +53,9 @@ def main():
     batch = recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps * recipe.training.world_size
     steps_per_second = args.steps / seconds
     augmentation = recipe.view_config
-    crops = f"{augmentation.global_crops_number}x{augmentation.global_crop_size} + {augmentation.local_crops_number}x{augmentation.local_crop_size}"
+    crops = f"{augmentation.global_crops_number}x{augmentation.global_crop_size}"
+    if augmentation.local_crops_number:
+        crops += f" + {augmentation.local_crops_number}x{augmentation.local_crop_size}"
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
     print(f"config: {args.config}  method: {recipe.method}  crops: {crops}  batch: {batch}  trained parameters: {parameters:.2f}M")
     print(f"device: {recipe.training.device}  torch threads: {torch.get_num_threads()}")
