@@ -212,6 +212,7 @@ def export_backbone(
     image_mean: list[float] | None = None,
     image_std: list[float] | None = None,
     image_processor=None,
+    config: PretrainedConfig | None = None,
 ) -> str:
     """Save ``backbone`` as the plain transformers model ``AutoModel`` builds for its config, plus its processor.
 
@@ -226,11 +227,13 @@ def export_backbone(
         image_size: input resolution of the processor; defaults to the backbone config's ``image_size``, else 224.
         image_mean, image_std: normalisation; default to ImageNet's.
         image_processor: save this processor instead of building one from the three arguments above.
+        config: the config to export under, when it is not ``backbone.config`` (a training backbone's config carries
+            its drop path rate; the exported model is for inference and fine-tuning).
 
     Returns:
         ``save_directory`` as a string.
     """
-    export_config = copy.deepcopy(backbone.config)
+    export_config = copy.deepcopy(config if config is not None else backbone.config)
     if hasattr(export_config, "pooler_act"):
         export_config.pooler_act = "linear"
         export_config.pooler_output_size = export_config.hidden_size

@@ -64,12 +64,12 @@ class SslPreTrainedModel(PreTrainedModel):
         image_std: list[float] | None = None,
         image_processor=None,
     ) -> str:
-        """Save ``evaluation_backbone()`` as a plain transformers model with its image processor
-        (``hf_ssl.models.backbone.export_backbone``): it then loads with ``AutoModel.from_pretrained`` without
-        hf_ssl and returns the embedding of this model in ``pooler_output``."""
+        """Save ``evaluation_backbone()`` under ``evaluation_backbone_config()`` as a plain transformers model with
+        its image processor (``hf_ssl.models.backbone.export_backbone``): it then loads with
+        ``AutoModel.from_pretrained`` without hf_ssl and returns the embedding of this model in ``pooler_output``."""
         return export_backbone(
             self.evaluation_backbone(), save_directory, image_size=image_size, image_mean=image_mean,
-            image_std=image_std, image_processor=image_processor,
+            image_std=image_std, image_processor=image_processor, config=self.evaluation_backbone_config(),
         )
 
 

@@ -35,7 +35,6 @@ from hf_ssl.training.engine import (
     evaluation_backbone_on_main,
     is_deepspeed,
     prepare_run,
-    resolve_method,
     restore_optimizer_settings,
     restore_run_state,
     save_full_precision_model,
@@ -43,7 +42,6 @@ from hf_ssl.training.engine import (
 )
 from hf_ssl.training.history import History
 from hf_ssl.training.knn_callback import run_knn_evaluation
-from hf_ssl.training.methods import as_multicrop_config
 from hf_ssl.training.methods.base import NonFiniteLossError
 from hf_ssl.training.model_card import write_model_card
 from hf_ssl.training.outputs import hub_repo_error, hub_repo_name
@@ -90,8 +88,6 @@ class AccelerateTrainer:
             raise ValueError("AccelerateTrainer needs a train_dataset (with_multicrop(dataset, MultiCropTransform(...)))")
         self.args = args
         self.model = model
-        self.method_spec = resolve_method(model, method)
-        self.view_config = as_multicrop_config(view_config if view_config is not None else self.method_spec.view_config_class())
         self.train_dataset = train_dataset
         self.data_collator = data_collator or MultiCropCollator()
         self.knn_evaluator, self.knn_eval_steps, self.knn_at_end = knn_evaluator, knn_eval_steps, knn_at_end
@@ -119,9 +115,10 @@ class AccelerateTrainer:
             self._configure_deepspeed()
         self.state = LoopState()
         self.method = build_method(
-            self.method_spec, model, self.view_config, args, self.accelerator.process_index,
+            model, method, view_config, args, self.accelerator.process_index,
             reduce=lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
         )
+        self.view_config = self.method.view_config
         self.run_control = build_run_control(args, reduce_max=self._reduce_max if self.accelerator.num_processes > 1 else None)
         self.history = History()
         self.collapse_detector = self.method.collapse_detector()

@@ -31,11 +31,13 @@ def resolve_method(model, method: str | MethodSpec | None) -> MethodSpec:
     return spec
 
 
-def build_method(spec: MethodSpec, model, view_config, args, process_index: int, reduce) -> PretrainingMethod:
-    """The spec's ``PretrainingMethod`` around ``model`` for this process."""
-    return spec.method_class(
-        model, as_multicrop_config(view_config), args.seed, process_index, args.max_consecutive_nonfinite_steps, reduce=reduce
-    )
+def build_method(model, method: str | MethodSpec | None, view_config, args, process_index: int, reduce) -> PretrainingMethod:
+    """The ``PretrainingMethod`` of ``method`` (``resolve_method``) around ``model`` for this process; ``view_config``
+    is the recipe's augmentation section (None: the method's defaults), kept as the pipeline's ``MultiCropConfig``
+    in ``.view_config``."""
+    spec = resolve_method(model, method)
+    view_config = as_multicrop_config(view_config if view_config is not None else spec.view_config_class())
+    return spec.method_class(model, view_config, args.seed, process_index, args.max_consecutive_nonfinite_steps, reduce=reduce)
 
 
 def create_optimizer(method: PretrainingMethod, model, args) -> torch.optim.Optimizer:

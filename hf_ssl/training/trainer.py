@@ -27,7 +27,6 @@ from hf_ssl.training.engine import (
     check_distributed_setup,
     create_optimizer,
     prepare_run,
-    resolve_method,
     restore_optimizer_settings,
     restore_run_state,
     save_full_precision_model,
@@ -35,7 +34,6 @@ from hf_ssl.training.engine import (
 )
 from hf_ssl.training.history import History, HistoryCallback
 from hf_ssl.training.knn_callback import KnnCallback
-from hf_ssl.training.methods import as_multicrop_config
 from hf_ssl.training.methods.base import NonFiniteLossError
 from hf_ssl.training.model_card import write_model_card
 from hf_ssl.training.outputs import hub_repo_error
@@ -79,12 +77,11 @@ class SslTrainer(Trainer):
     ):
         super().__init__(model=model, args=args, data_collator=data_collator or MultiCropCollator(), **kwargs)
         check_distributed_setup(self.accelerator, engine="trainer")
-        self.method_spec = resolve_method(model, method)
-        self.view_config = as_multicrop_config(view_config if view_config is not None else self.method_spec.view_config_class())
         self.method = build_method(
-            self.method_spec, model, self.view_config, args, args.process_index,
+            model, method, view_config, args, args.process_index,
             reduce=lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
         )
+        self.view_config = self.method.view_config
         self.schedules = None
         self.add_callback(MethodStepCallback(self))
         self.add_callback(EmaCallback(self))
@@ -148,8 +145,7 @@ class SslTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
             optimizer = optimizer or self.optimizer
-            total_batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-            self.schedules = self.method.build_schedules(self.args, num_training_steps, self.updates_per_epoch(), total_batch)
+            self.schedules = self.method.build_schedules(self.args, num_training_steps, self.updates_per_epoch(), self.total_batch_size)
             # LambdaLR multiplies each group's initial lr; set it to 1 so the factor is the lr itself
             for group in optimizer.param_groups:
                 group["lr"] = 1.0

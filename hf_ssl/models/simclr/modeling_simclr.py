@@ -21,7 +21,6 @@ from transformers.utils import ModelOutput
 from ..backbone import (
     backbone_forward_kwargs,
     build_backbone,
-    export_backbone,
     get_backbone_embed_dim,
     get_backbone_features,
 )
@@ -208,16 +207,9 @@ class SimClrForPretraining(SimClrPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def evaluation_backbone_config(self) -> PretrainedConfig:
-        """The backbone's config with drop path 0, as `SimClrModel` builds it."""
+        """The backbone's config with drop path 0, as `SimClrModel` builds it and `export_backbone` exports it (the
+        training backbone's config carries `config.drop_path_rate`)."""
         return self.config.feature_backbone_config()
-
-    def export_backbone(self, save_directory, **kwargs) -> str:
-        """Save the backbone as a plain transformers model with its image processor (arguments as
-        `hf_ssl.models.backbone.export_backbone`). The exported config has drop path 0, as `SimClrModel`: the
-        training backbone's config carries `config.drop_path_rate`."""
-        backbone = build_backbone(self.evaluation_backbone_config())
-        backbone.load_state_dict(self.backbone.state_dict())
-        return export_backbone(backbone, save_directory, **kwargs)
 
     @staticmethod
     def _check_views(views: torch.Tensor) -> int:
