@@ -104,11 +104,11 @@ def run_ours(dataset: datasets.Dataset, config: MultiCropConfig, batch_size: int
     generator = torch.Generator().manual_seed(0)
     num_images, start = 0, None
     for index, batch in enumerate(loader):
-        global_crops, local_crops = augment(batch["global_crops"], batch.get("local_crops"), generator=generator)
+        views = augment({name: batch[name] for name in augment.views.names}, generator=generator)
         if index == 0:  # warm-up batch
             start = time.perf_counter()
         else:
-            num_images += global_crops.shape[1]
+            num_images += views["global_crops"].shape[1]
     return num_images / (time.perf_counter() - start)
 
 
@@ -218,8 +218,10 @@ def time_device_stage(config: MultiCropConfig, batch_size: int, repeats: int) ->
     augment = DeviceAugmentation(config)
     global_chains, local_chain = kornia_chains(config)
 
+    crops = {"global_crops": global_crops, "local_crops": local_crops} if config.local_crops_number else {"global_crops": global_crops}
+
     def ours():
-        augment(global_crops, local_crops if config.local_crops_number else None)
+        augment(crops)
 
     def kornia():
         for chain, crops in zip(global_chains, global_crops):

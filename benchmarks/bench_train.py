@@ -44,7 +44,7 @@ def main():
         train_dataset, _ = recipe.load_datasets()
         train_dataset = with_multicrop(train_dataset, MultiCropTransform(recipe.view_config))
         model = recipe.build_model()
-        trainer = SslTrainer(model=model, args=recipe.training, view_config=recipe.view_config, train_dataset=train_dataset, method=recipe.method)
+        trainer = SslTrainer(model=model, args=recipe.training, view_config=recipe.augmentation, train_dataset=train_dataset, method=recipe.method)
         timer = StepTimer(args.warmup)
         trainer.add_callback(timer)
         trainer.train()
@@ -52,10 +52,7 @@ def main():
     seconds = timer.end - timer.start
     batch = recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps * recipe.training.world_size
     steps_per_second = args.steps / seconds
-    augmentation = recipe.view_config
-    crops = f"{augmentation.global_crops_number}x{augmentation.global_crop_size}"
-    if augmentation.local_crops_number:
-        crops += f" + {augmentation.local_crops_number}x{augmentation.local_crop_size}"
+    crops = " + ".join(f"{group.number}x{group.size}" for group in recipe.view_config.groups.values())
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
     print(f"config: {args.config}  method: {recipe.method}  crops: {crops}  batch: {batch}  trained parameters: {parameters:.2f}M")
     print(f"device: {recipe.training.device}  torch threads: {torch.get_num_threads()}")

@@ -1,18 +1,20 @@
-"""Data pipeline: dataset loading, multi-crop CPU transform and collator, device-side augmentation.
+"""Data pipeline: dataset loading, named view groups, multi-crop CPU transform and collator, device-side augmentation.
 
     dataset = load_image_dataset("fashion_mnist", split="train")
-    config = MultiCropConfig()
+    config = MultiCropConfig()  # DINO's terms; or ViewsConfig(groups={"views": ViewGroup(number=2, size=224)})
     loader = DataLoader(with_multicrop(dataset, MultiCropTransform(config)), batch_size=64,
                         collate_fn=MultiCropCollator(), num_workers=8)
     augment = DeviceAugmentation(config).to(device)
     for batch in loader:
-        global_crops, local_crops = augment(batch["global_crops"].to(device), batch["local_crops"].to(device))
+        views = augment({name: batch[name].to(device) for name in augment.views.names})
+        views["global_crops"], views["local_crops"]  # (2, 64, 3, 224, 224), (8, 64, 3, 96, 96) float32
 """
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig
 from .device_augmentation import DeviceAugmentation
 from .loading import load_fashion_mnist, load_image_dataset
 from .multicrop import EpochShuffleSampler, MultiCropCollator, MultiCropDataset, MultiCropTransform, with_multicrop
+from .views import ViewGroup, ViewsConfig, as_views_config, view_size_keys
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -23,7 +25,11 @@ __all__ = [
     "MultiCropConfig",
     "MultiCropDataset",
     "MultiCropTransform",
+    "ViewGroup",
+    "ViewsConfig",
+    "as_views_config",
     "load_fashion_mnist",
     "load_image_dataset",
+    "view_size_keys",
     "with_multicrop",
 ]

@@ -1,8 +1,8 @@
 """`MultiCropConfig`: every knob of DINO's multi-crop augmentation, with the official defaults.
 
-The CPU stage (`MultiCropTransform`: random resized crops) and the device stage
-(`DeviceAugmentation`: flip, colour jitter, grayscale, blur, solarize, normalisation) read the
-same config, so one YAML ``augmentation:`` section describes the whole pipeline.
+It is DINO's ``augmentation:`` section in DINO's own terms; ``to_views_config()`` gives the two named view
+groups (``global_crops``, ``local_crops``) that the CPU stage (`MultiCropTransform`: random resized crops) and
+the device stage (`DeviceAugmentation`: flip, colour jitter, grayscale, blur, solarize, normalisation) run.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+from .views import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, ViewGroup, ViewsConfig, check_probability, normalisation_values
 
 
 @dataclass
@@ -91,7 +88,7 @@ class MultiCropConfig:
             "local_blur_probability",
             "local_solarize_probability",
         ):
-            self._check_probability(name, getattr(self, name))
+            check_probability(name, getattr(self, name))
         for name in ("global_blur_probabilities", "global_solarize_probabilities"):
             try:
                 values = tuple(float(value) for value in getattr(self, name))
@@ -106,7 +103,7 @@ class MultiCropConfig:
                     f"{self.global_crops_number}), got {len(values)}: {getattr(self, name)!r}"
                 )
             for index, value in enumerate(values):
-                self._check_probability(f"{name}[{index}]", value)
+                check_probability(f"{name}[{index}]", value)
             setattr(self, name, values)
 
         for name in ("brightness", "contrast", "saturation"):
@@ -117,15 +114,32 @@ class MultiCropConfig:
             raise ValueError(f"hue must be in [0, 0.5] (shift drawn from [-hue, hue] of a full turn), got {self.hue!r}")
 
         for name in ("mean", "std"):
-            try:
-                values = tuple(float(value) for value in getattr(self, name))
-            except (TypeError, ValueError):
-                raise ValueError(f"{name} must be 3 numbers (one per RGB channel), got {getattr(self, name)!r}") from None
-            if len(values) != 3:
-                raise ValueError(f"{name} must have 3 values (one per RGB channel), got {getattr(self, name)!r}")
-            setattr(self, name, values)
-        if any(value <= 0 for value in self.std):
-            raise ValueError(f"std must be positive for every channel, got {self.std!r}")
+            setattr(self, name, normalisation_values(name, getattr(self, name)))
+
+    def to_views_config(self) -> ViewsConfig:
+        """The pipeline's view groups: ``global_crops`` (``global_crops_number`` views) and, when
+        ``local_crops_number > 0``, ``local_crops``, drawn in that order."""
+        shared = dict(
+            crop_ratio=self.crop_ratio, interpolation=self.interpolation, flip_probability=self.flip_probability,
+            color_jitter_probability=self.color_jitter_probability, brightness=self.brightness, contrast=self.contrast,
+            saturation=self.saturation, hue=self.hue, grayscale_probability=self.grayscale_probability,
+            blur_sigma=self.blur_sigma, blur_kernel_size=self.blur_kernel_size,
+        )
+        groups = {"global_crops": ViewGroup(
+            number=self.global_crops_number, size=self.global_crop_size, scale=self.global_crops_scale,
+            blur_probabilities=self.global_blur_probabilities, solarize_probabilities=self.global_solarize_probabilities, **shared,
+        )}
+        if self.local_crops_number > 0:
+            groups["local_crops"] = ViewGroup(
+                number=self.local_crops_number, size=self.local_crop_size, scale=self.local_crops_scale,
+                blur_probabilities=(self.local_blur_probability,), solarize_probabilities=(self.local_solarize_probability,), **shared,
+            )
+        return ViewsConfig(groups=groups, mean=self.mean, std=self.std)
+
+    @staticmethod
+    def size_keys() -> dict[str, str]:
+        """Group name -> the key of this section that sets its size."""
+        return {"global_crops": "augmentation.global_crop_size", "local_crops": "augmentation.local_crop_size"}
 
     def _pair(self, name: str) -> tuple[float, float]:
         """Check that field ``name`` is a (min, max) pair of finite numbers, store it as a float tuple."""
@@ -138,8 +152,3 @@ class MultiCropConfig:
             raise ValueError(f"{name} must hold finite numbers, got {value!r}")
         setattr(self, name, (low, high))
         return low, high
-
-    @staticmethod
-    def _check_probability(name: str, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")

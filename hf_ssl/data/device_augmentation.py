@@ -1,7 +1,7 @@
 """Device stage of the multi-crop pipeline: photometric augmentation of whole batches of crops.
 
-The CPU stage (`MultiCropTransform`) only cuts and resizes crops; everything that touches pixel
-values runs here, batched, on whatever device the crops are on (the GPU during training), with
+The CPU stage (`MultiCropTransform`) only cuts and resizes the views of each group; everything that touches
+pixel values runs here, batched, on whatever device the crops are on (the GPU during training), with
 random parameters drawn per sample. The order is DINO's: flip, colour jitter, grayscale, Gaussian
 blur, solarize, normalise.
 
@@ -14,12 +14,12 @@ RNG, while these take a ``torch.Generator``.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from .config import MultiCropConfig
+from .views import ViewGroup, as_views_config
 
 # ITU-R BT.601 luma weights, the ones PIL's convert("L") uses (DINO augmented PIL images).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -33,84 +33,68 @@ CPU_CHUNK_PIXELS = 200_000
 
 
 class DeviceAugmentation(nn.Module):
-    """Per-sample random flip, colour jitter, grayscale, blur and solarize, then mean/std normalisation.
+    """Per-sample random flip, colour jitter, grayscale, blur and solarize, then mean/std normalisation, of every
+    view group of a config (a ``ViewsConfig`` or an augmentation section with ``to_views_config()``, such as
+    ``MultiCropConfig``), each with its group's settings.
 
     Every image of the batch draws its own parameters: flip with ``flip_probability``; colour jitter
     with ``color_jitter_probability`` (brightness, contrast, saturation and hue factors drawn like
-    torchvision's ``ColorJitter``, the four ops applied in one random order per call and crop group,
+    torchvision's ``ColorJitter``, the four ops applied in one random order per call and group,
     not per image); grayscale with ``grayscale_probability``; Gaussian blur with sigma uniform in
-    ``blur_sigma``, applied to global crop ``i`` with ``global_blur_probabilities[i]`` and to local
-    crops with ``local_blur_probability``; solarize (pixels >= 128/255 become ``1 - x``) likewise.
+    ``blur_sigma``, applied to view ``i`` of a group with its ``blur_probabilities[i]``; solarize (pixels
+    >= 128/255 become ``1 - x``) likewise with ``solarize_probabilities[i]``.
 
     The blur kernel has ``2 * ceil(3 * blur_sigma[1]) + 1`` taps (13 for sigma up to 2): the whole
-    Gaussian of the largest sigma, one size for every crop, reflect padding; ``blur_kernel_size`` taps instead
-    when the config sets it (the truncated kernel is renormalised). Sigma is in pixels of
-    the output crop, as in DINO, which blurs after resizing.
+    Gaussian of the largest sigma, one size for every view of a group, reflect padding; ``blur_kernel_size``
+    taps instead when the group sets it (the truncated kernel is renormalised). Sigma is in pixels of
+    the output view, as in DINO, which blurs after resizing.
 
     No parameters; ``mean``/``std`` are non-persistent buffers, so ``.to(device)`` moves them and
-    checkpoints do not hold them. All random numbers come from ``generator`` when one is given.
+    checkpoints do not hold them. All random numbers come from ``generator`` when one is given, group by group
+    in the config's order.
     """
 
-    def __init__(self, config: MultiCropConfig):
+    def __init__(self, config):
         super().__init__()
         self.config = config
-        self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        # the whole Gaussian of the largest sigma, unless the config gives the kernel size (SimCLR: 10% of the image)
-        self.blur_radius = math.ceil(3 * config.blur_sigma[1]) if config.blur_kernel_size is None else (config.blur_kernel_size - 1) // 2
+        self.views = as_views_config(config)
+        self.register_buffer("mean", torch.tensor(self.views.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.views.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
-    def forward(
-        self,
-        global_crops: torch.Tensor,
-        local_crops: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Augment and normalise a multi-crop batch.
+    def forward(self, views: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Augment and normalise a batch of view groups.
 
         Args:
-            global_crops: ``(G, B, 3, H, W)`` uint8 (or float in [0, 255]), crop index first, as
-                `MultiCropCollator` returns them.
-            local_crops: ``(L, B, 3, h, w)`` likewise, or ``None``.
+            views: group name -> ``(V, B, 3, H, W)`` uint8 (or float in [0, 255]), view index first, as
+                `MultiCropCollator` returns them; one entry per group of the config.
             generator: makes the random parameters reproducible. It may live on another device than
-                the crops: the draws are made on its device, then moved.
+                the views: the draws are made on its device, then moved.
 
         Returns:
-            ``(global, local)`` float32 tensors of the input shapes, normalised with ``mean``/``std``;
-            ``local`` is ``None`` when ``local_crops`` is.
+            group name -> float32 tensor of the input shape, normalised with ``mean``/``std``.
         """
-        config = self.config
-        global_out = self._augment(
-            global_crops, config.global_blur_probabilities, config.global_solarize_probabilities, generator, "global_crops"
-        )
-        if local_crops is None:
-            return global_out, None
-        num_local = local_crops.shape[0]
-        local_out = self._augment(
-            local_crops,
-            (config.local_blur_probability,) * num_local,
-            (config.local_solarize_probability,) * num_local,
-            generator,
-            "local_crops",
-        )
-        return global_out, local_out
-
-    def _augment(self, crops, blur_probabilities, solarize_probabilities, generator, name):
-        if crops.dim() != 5 or crops.shape[2] != 3:
-            raise ValueError(f"{name} must have shape (num_crops, batch, 3, height, width), got {tuple(crops.shape)}")
-        num_crops, batch_size, _, height, width = crops.shape
-        if len(blur_probabilities) != num_crops:
+        if set(views) != set(self.views.names):
             raise ValueError(
-                f"{name} holds {num_crops} crops per image but the config has global_crops_number="
-                f"{self.config.global_crops_number}: build the transform and the augmentation from one config"
+                f"the batch holds the view groups {sorted(views)} but the augmentation config has {list(self.views.names)}: "
+                "build the transform and the augmentation from one config"
+            )
+        return {name: self._augment(views[name], group, generator, name) for name, group in self.views.groups.items()}
+
+    def _augment(self, crops, group: ViewGroup, generator, name):
+        if crops.dim() != 5 or crops.shape[2] != 3:
+            raise ValueError(f"{name} must have shape (num_views, batch, 3, height, width), got {tuple(crops.shape)}")
+        num_crops, batch_size, _, height, width = crops.shape
+        if num_crops != group.number:
+            raise ValueError(
+                f"{name} holds {num_crops} views per image but its view group has number={group.number}: "
+                "build the transform and the augmentation from one config"
             )
         images = crops.reshape(num_crops * batch_size, 3, height, width)
         output = torch.empty(images.shape, dtype=torch.float32, device=images.device)
         if images.shape[0] == 0:
             return output.view(crops.shape)
 
-        parameters, jitter_order = self._draw_parameters(
-            images.shape[0], blur_probabilities, solarize_probabilities, batch_size, generator, images.device
-        )
+        parameters, jitter_order = self._draw_parameters(images.shape[0], group, batch_size, generator, images.device)
         if images.device.type == "cpu":
             chunk_size = max(1, CPU_CHUNK_PIXELS // (height * width))
         else:
@@ -118,15 +102,15 @@ class DeviceAugmentation(nn.Module):
         for start in range(0, images.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
             chunk_parameters = {key: value[chunk] for key, value in parameters.items()}
-            output[chunk] = self._augment_images(images[chunk], chunk_parameters, jitter_order)
+            output[chunk] = self._augment_images(images[chunk], chunk_parameters, jitter_order, group)
         return output.view(crops.shape)
 
-    def _draw_parameters(self, num_images, blur_probabilities, solarize_probabilities, batch_size, generator, device):
+    @staticmethod
+    def _draw_parameters(num_images, group: ViewGroup, batch_size, generator, device):
         """Per-image parameters (a dict of ``(N,)`` tensors) and the colour-jitter order of this call.
 
         Everything is drawn in one fixed order, whatever the probabilities, so a generator reproduces it.
         """
-        config = self.config
         draw_device = generator.device if generator is not None else device
         uniform = torch.rand((num_images, 10), generator=generator, device=draw_device).to(device)
         jitter_order = torch.randperm(4, generator=generator, device=draw_device).tolist()
@@ -134,43 +118,45 @@ class DeviceAugmentation(nn.Module):
         def between(column, low, high):
             return low + (high - low) * uniform[:, column]
 
-        def per_crop(probabilities):
-            # Crop i's probability repeats for the B images of that crop (crops are the leading dim).
+        def per_view(probabilities):
+            # View i's probability repeats for the B images of that view (views are the leading dim).
             return torch.tensor(probabilities, dtype=torch.float32, device=device).repeat_interleave(batch_size)
 
-        jitter = uniform[:, 1] < config.color_jitter_probability
+        jitter = uniform[:, 1] < group.color_jitter_probability
         ones = torch.ones(num_images, device=device)
         parameters = {
-            "flip": uniform[:, 0] < config.flip_probability,
+            "flip": uniform[:, 0] < group.flip_probability,
             "jitter": jitter,
             # Images that skip the jitter get identity factors: 1 * x + 0 * y == x exactly.
-            "brightness": torch.where(jitter, between(2, max(0.0, 1 - config.brightness), 1 + config.brightness), ones),
-            "contrast": torch.where(jitter, between(3, max(0.0, 1 - config.contrast), 1 + config.contrast), ones),
-            "saturation": torch.where(jitter, between(4, max(0.0, 1 - config.saturation), 1 + config.saturation), ones),
-            "hue": between(5, -config.hue, config.hue),
-            "grayscale": uniform[:, 6] < config.grayscale_probability,
-            "blur": uniform[:, 7] < per_crop(blur_probabilities),
-            "sigma": between(8, *config.blur_sigma),
-            "solarize": uniform[:, 9] < per_crop(solarize_probabilities),
+            "brightness": torch.where(jitter, between(2, max(0.0, 1 - group.brightness), 1 + group.brightness), ones),
+            "contrast": torch.where(jitter, between(3, max(0.0, 1 - group.contrast), 1 + group.contrast), ones),
+            "saturation": torch.where(jitter, between(4, max(0.0, 1 - group.saturation), 1 + group.saturation), ones),
+            "hue": between(5, -group.hue, group.hue),
+            "grayscale": uniform[:, 6] < group.grayscale_probability,
+            "blur": uniform[:, 7] < per_view(group.blur_probabilities),
+            "sigma": between(8, *group.blur_sigma),
+            "solarize": uniform[:, 9] < per_view(group.solarize_probabilities),
         }
         return parameters, jitter_order
 
-    def _augment_images(self, images: torch.Tensor, parameters: dict[str, torch.Tensor], jitter_order: list[int]) -> torch.Tensor:
+    def _augment_images(self, images: torch.Tensor, parameters: dict[str, torch.Tensor], jitter_order: list[int], group: ViewGroup) -> torch.Tensor:
         """``(n, 3, H, W)`` raw pixels -> ``(n, 3, H, W)`` augmented, normalised float32."""
-        config = self.config
         # Flip the input before the float conversion: a quarter of the bytes when it is uint8.
-        images = torch.where(_per_image(parameters["flip"]), images.flip(-1), images)
-        images = images.float().div_(255)  # in place is safe: torch.where returned a new tensor
+        flip = parameters["flip"]
+        if bool(flip.any()):
+            images = torch.where(_per_image(flip), images.flip(-1), images)
+        images = images.to(torch.float32, copy=True).div_(255)  # a copy: a float input is the caller's tensor
 
         jitter = parameters["jitter"]
-        for operation in jitter_order:
-            if operation == 0 and config.brightness > 0:
+        # Without a jittered image every factor is 1 and the four ops return their input exactly: skip them.
+        for operation in jitter_order if bool(jitter.any()) else ():
+            if operation == 0 and group.brightness > 0:
                 images = adjust_brightness(images, parameters["brightness"])
-            elif operation == 1 and config.contrast > 0:
+            elif operation == 1 and group.contrast > 0:
                 images = adjust_contrast(images, parameters["contrast"])
-            elif operation == 2 and config.saturation > 0:
+            elif operation == 2 and group.saturation > 0:
                 images = adjust_saturation(images, parameters["saturation"])
-            elif operation == 3 and config.hue > 0 and bool(jitter.any()):
+            elif operation == 3 and group.hue > 0:
                 # The HSV round trip is not exact, so images without jitter take the original.
                 images = torch.where(_per_image(jitter), adjust_hue(images, parameters["hue"]), images)
 
@@ -178,7 +164,7 @@ class DeviceAugmentation(nn.Module):
         if bool(grayscale.any()):
             images = torch.where(_per_image(grayscale), luma(images).expand_as(images), images)
 
-        images = self._blur_selected(images, parameters["blur"], parameters["sigma"])
+        images = self._blur_selected(images, parameters["blur"], parameters["sigma"], group.blur_radius)
 
         solarize = parameters["solarize"]
         if bool(solarize.any()):
@@ -186,15 +172,16 @@ class DeviceAugmentation(nn.Module):
 
         return images.sub_(self.mean.to(images.device)).div_(self.std.to(images.device))
 
-    def _blur_selected(self, images, blur, sigma):
+    @staticmethod
+    def _blur_selected(images, blur, sigma, radius):
         """Blur only the selected images: at p=0.1 (second global crop) that skips 90% of the work."""
         if not bool(blur.any()):
             return images
         if bool(blur.all()):
-            return gaussian_blur(images, sigma, self.blur_radius)
+            return gaussian_blur(images, sigma, radius)
         selected = blur.nonzero().squeeze(1)
         images = images.clone()
-        images[selected] = gaussian_blur(images[selected], sigma[selected], self.blur_radius)
+        images[selected] = gaussian_blur(images[selected], sigma[selected], radius)
         return images
 
 

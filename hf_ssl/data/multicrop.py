@@ -1,8 +1,11 @@
-"""CPU stage of the multi-crop pipeline: decode, random resized crops, collation.
+"""CPU stage of the multi-crop pipeline: decode, random resized crops of every view group, collation.
 
-    dataset --(MultiCropTransform, in DataLoader workers)--> per-example uint8 crops
+    dataset --(MultiCropTransform, in DataLoader workers)--> per-example uint8 views, one entry per group
             --(MultiCropCollator)--> {"global_crops": (G, B, 3, H, W), "local_crops": (L, B, 3, h, w), ...}
-            --(DeviceAugmentation, on the accelerator)--> normalised float crops
+            --(DeviceAugmentation, on the accelerator)--> normalised float views
+
+The groups are a config's named view groups (`hf_ssl.data.views`): DINO's ``global_crops`` and ``local_crops``,
+SimCLR's ``views``, I-JEPA's ``image``.
 
 Only geometry happens here; colour, blur and solarize run batched on the device
 (`hf_ssl.data.device_augmentation`), so workers ship small uint8 crops.
@@ -11,6 +14,7 @@ Only geometry happens here; colour, blur and solarize run batched on the device
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import datasets
@@ -18,27 +22,28 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .config import MultiCropConfig
 from .images import RESAMPLING, crop_into, decode_image, describe_image, random_resized_crop_box, to_8bit
+from .views import as_views_config
 
 logger = logging.getLogger(__name__)
 
 
 class MultiCropTransform:
-    """Batch transform for ``Dataset.with_transform``: images -> DINO global and local crops.
+    """Batch transform for ``Dataset.with_transform``: images -> the views of every group of a config.
 
-    Takes a batch ``{"image": [...], "label": [...] (optional), ...}`` and returns, per example,
-    ``global_crops`` uint8 ``(G, 3, global_crop_size, global_crop_size)``, ``local_crops`` uint8
-    ``(L, 3, local_crop_size, local_crop_size)`` (absent when ``local_crops_number == 0``),
-    ``valid`` (False for an image that could not be decoded) and ``label`` when the batch has one.
-    Other columns are dropped.
+    ``config`` is a ``ViewsConfig`` or an augmentation section with ``to_views_config()`` (DINO's
+    ``MultiCropConfig``: groups ``global_crops`` and ``local_crops``). Takes a batch ``{"image": [...],
+    "label": [...] (optional), ...}`` and returns, per example, one uint8 ``(number, 3, size, size)`` tensor per
+    group under the group's name, ``valid`` (False for an image that could not be decoded) and ``label`` when
+    the batch has one. Other columns are dropped.
 
     An image may be a PIL image, a ``{"bytes", "path"}`` dict (an undecoded ``datasets.Image``),
     bytes, a path or an array, in any PIL mode; it is brought to 8-bit RGB (alpha dropped, 16-bit
-    scaled by its range, see `hf_ssl.data.images.to_8bit`). Crops are torchvision
-    ``RandomResizedCrop`` crops: images smaller than the crop are upscaled.
+    scaled by its range, see `hf_ssl.data.images.to_8bit`). Views are torchvision
+    ``RandomResizedCrop`` crops: images smaller than the view are upscaled. The groups are cut in the
+    config's order, view by view.
 
-    An image that fails to decode gives zero crops with ``valid=False`` and a logged warning when
+    An image that fails to decode gives zero views with ``valid=False`` and a logged warning when
     ``skip_bad_images`` (`MultiCropCollator` drops and counts it), else a ``ValueError``.
 
     Randomness comes from ``rng`` when given (`MultiCropDataset` passes one seeded by seed, epoch
@@ -47,10 +52,11 @@ class MultiCropTransform:
     draw different crops.
     """
 
-    def __init__(self, config: MultiCropConfig, skip_bad_images: bool = True):
+    def __init__(self, config, skip_bad_images: bool = True):
         self.config = config
+        self.views = as_views_config(config)
         self.skip_bad_images = skip_bad_images
-        self.resample = RESAMPLING[config.interpolation]
+        self.resample = {name: RESAMPLING[group.interpolation] for name, group in self.views.groups.items()}
         # Images skipped by this copy of the transform (each DataLoader worker holds its own copy).
         self.num_bad_images = 0
 
@@ -60,42 +66,36 @@ class MultiCropTransform:
                 f"MultiCropTransform needs an 'image' column, the batch has {sorted(batch)}: "
                 "load the dataset with hf_ssl.data.load_image_dataset(..., image_column=...) to rename it"
             )
-        config = self.config
         if rng is None:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-        output: dict[str, list] = {"global_crops": [], "valid": []}
-        if config.local_crops_number > 0:
-            output["local_crops"] = []
+        output: dict[str, list] = {name: [] for name in self.views.names}
+        output["valid"] = []
         for position, item in enumerate(batch["image"]):
             try:
                 image = to_8bit(decode_image(item))
             except Exception as error:  # any failure to read the pixels makes the example a bad image
                 image = None
                 self._handle_bad_image(item, position, error)
-            global_crops, local_crops = self.make_crops(image, rng)
-            output["global_crops"].append(global_crops)
-            if local_crops is not None:
-                output["local_crops"].append(local_crops)
+            for name, crops in self.make_crops(image, rng).items():
+                output[name].append(crops)
             output["valid"].append(image is not None)
         if "label" in batch:
             output["label"] = list(batch["label"])
         return output
 
-    def make_crops(self, image: PIL.Image.Image | None, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Global crops ``(G, 3, S, S)`` and local crops ``(L, 3, s, s)`` (``None`` if L == 0) of one
-        ``"L"``/``"RGB"`` image, as uint8 tensors; all zeros when ``image`` is ``None``."""
-        config = self.config
-        global_crops = np.zeros((config.global_crops_number, 3, config.global_crop_size, config.global_crop_size), np.uint8)
-        local_crops = np.zeros((config.local_crops_number, 3, config.local_crop_size, config.local_crop_size), np.uint8)
-        if image is not None:
-            width, height = image.size
-            for out in global_crops:
-                box = random_resized_crop_box(width, height, config.global_crops_scale, config.crop_ratio, rng)
-                crop_into(image, box, config.global_crop_size, self.resample, out)
-            for out in local_crops:
-                box = random_resized_crop_box(width, height, config.local_crops_scale, config.crop_ratio, rng)
-                crop_into(image, box, config.local_crop_size, self.resample, out)
-        return torch.from_numpy(global_crops), (torch.from_numpy(local_crops) if config.local_crops_number > 0 else None)
+    def make_crops(self, image: PIL.Image.Image | None, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Group name -> uint8 ``(number, 3, size, size)`` views of one ``"L"``/``"RGB"`` image; all zeros
+        when ``image`` is ``None``."""
+        crops = {}
+        for name, group in self.views.groups.items():
+            views = np.zeros((group.number, 3, group.size, group.size), np.uint8)
+            if image is not None:
+                width, height = image.size
+                for out in views:
+                    box = random_resized_crop_box(width, height, group.scale, group.crop_ratio, rng)
+                    crop_into(image, box, group.size, self.resample[name], out)
+            crops[name] = torch.from_numpy(views)
+        return crops
 
     def _handle_bad_image(self, item: Any, position: int, error: Exception) -> None:
         where = describe_image(item, f"position {position} of the batch")
@@ -239,24 +239,29 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
 
 class MultiCropCollator:
-    """Stack examples from `MultiCropTransform` into one multi-crop batch, crop index first.
+    """Stack examples from `MultiCropTransform` into one batch, view index first.
 
-    Returns ``{"global_crops": uint8 (G, B, 3, H, W), "local_crops": uint8 (L, B, 3, h, w),
-    "labels": int64 (B,), "num_skipped": int64 ()}``; ``local_crops`` and ``labels`` only when the
-    examples have them. Crops of one size share a tensor so the backbone runs once per size.
+    Returns one uint8 ``(number, B, 3, size, size)`` tensor per view group (DINO: ``{"global_crops": (G, B, 3,
+    H, W), "local_crops": (L, B, 3, h, w)}``), ``"labels": int64 (B,)`` when the examples have labels, and
+    ``"num_skipped": int64 ()``. The groups are every key of an example but ``valid`` and ``label`` (or
+    ``view_names`` when given). Views of one size share a tensor so the backbone runs once per group.
 
     Examples with ``valid=False`` are dropped and counted in ``num_skipped``: the collator runs in
     the DataLoader workers, so the count travels with the batch. When every example is bad the
     batch has ``B == 0`` (the trainer skips it).
     """
 
+    view_names: tuple[str, ...] | None = None  # also for a subclass that does not call __init__
+
+    def __init__(self, view_names: Sequence[str] | None = None):
+        self.view_names = tuple(view_names) if view_names is not None else None
+
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("MultiCropCollator got an empty list of examples")
         kept = [example for example in examples if example.get("valid", True)]
-        batch = {"global_crops": _stack_crops(examples, kept, "global_crops")}
-        if "local_crops" in examples[0]:
-            batch["local_crops"] = _stack_crops(examples, kept, "local_crops")
+        names = self.view_names or [name for name in examples[0] if name not in ("valid", "label")]
+        batch = {name: _stack_crops(examples, kept, name) for name in names}
         if "label" in examples[0]:
             batch["labels"] = torch.tensor([int(example["label"]) for example in kept], dtype=torch.int64)
         batch["num_skipped"] = torch.tensor(len(examples) - len(kept), dtype=torch.int64)
@@ -264,7 +269,9 @@ class MultiCropCollator:
 
 
 def _stack_crops(examples: list[dict[str, Any]], kept: list[dict[str, Any]], key: str) -> torch.Tensor:
-    """``B`` tensors ``(C, 3, H, W)`` -> ``(C, B, 3, H, W)``; bad examples still tell the shape when B == 0."""
+    """``B`` tensors ``(V, 3, H, W)`` -> ``(V, B, 3, H, W)``; bad examples still tell the shape when B == 0."""
+    if key not in examples[0]:
+        raise KeyError(f"the examples have no view group {key!r}; they have {sorted(examples[0])}")
     if kept:
         return torch.stack([torch.as_tensor(example[key], dtype=torch.uint8) for example in kept], dim=1)
     reference = torch.as_tensor(examples[0][key], dtype=torch.uint8)

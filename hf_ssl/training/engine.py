@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from hf_ssl.data import EpochShuffleSampler, MultiCropConfig, MultiCropDataset
+from hf_ssl.data import EpochShuffleSampler, MultiCropDataset
 from hf_ssl.models.backbone import build_backbone
 from hf_ssl.training import checkpointing
 from hf_ssl.training.config import ConfigError, to_plain
 from hf_ssl.training.ema import FullPrecisionTeacher
-from hf_ssl.training.methods import MethodSpec, as_multicrop_config, get_method, method_for_model
+from hf_ssl.training.methods import MethodSpec, get_method, method_for_model
 from hf_ssl.training.methods.base import PretrainingMethod
 from hf_ssl.training.optimizers import apply_optimizer_settings, build_optimizer
 
@@ -33,10 +33,10 @@ def resolve_method(model, method: str | MethodSpec | None) -> MethodSpec:
 
 def build_method(model, method: str | MethodSpec | None, view_config, args, process_index: int, reduce) -> PretrainingMethod:
     """The ``PretrainingMethod`` of ``method`` (``resolve_method``) around ``model`` for this process; ``view_config``
-    is the recipe's augmentation section (None: the method's defaults), kept as the pipeline's ``MultiCropConfig``
-    in ``.view_config``."""
+    is the recipe's augmentation section (None: the method's defaults), kept as given in ``.view_config`` (what a
+    checkpoint records) and as the pipeline's ``ViewsConfig`` in ``.views``."""
     spec = resolve_method(model, method)
-    view_config = as_multicrop_config(view_config if view_config is not None else spec.view_config_class())
+    view_config = view_config if view_config is not None else spec.view_config_class()
     return spec.method_class(model, view_config, args.seed, process_index, args.max_consecutive_nonfinite_steps, reduce=reduce)
 
 
@@ -67,10 +67,10 @@ def train_sampler(dataset, args):
     return None
 
 
-def resume_settings(args, view_config: MultiCropConfig, train_dataset) -> dict:
+def resume_settings(args, view_config, train_dataset) -> dict:
     """What a checkpoint records and a resume must match (see ``checkpointing.check_resume_compatible``): the
-    arguments that shape the run (``args.fixed_settings()``), the augmentation and the number of training images
-    (the model configuration and the total batch are checked on their own)."""
+    arguments that shape the run (``args.fixed_settings()``), the augmentation section as the recipe gives it and
+    the number of training images (the model configuration and the total batch are checked on their own)."""
     settings = args.fixed_settings()
     settings["augmentation"] = to_plain(view_config)
     settings["num_train_images"] = len(train_dataset) if hasattr(train_dataset, "__len__") else None
@@ -232,3 +232,12 @@ def save_full_precision_model(model, full_precision_teacher: FullPrecisionTeache
         copy = type(model)(model.config)
         copy.load_state_dict(state_dict)
         copy.save_pretrained(output_dir)
+
+
+def end_process_group() -> None:
+    """Close the process group of a distributed run once every process has finished (a barrier first). Without
+    it, a process may leave while communication threads still run, and abort at exit ("terminate called without
+    an active exception") after a run that succeeded. Nothing to do on one process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -28,6 +28,7 @@ from hf_ssl.training.accelerate_loop import build_trainer
 from hf_ssl.training.checkpointing import CheckpointSaveError
 from hf_ssl.training.cli import parse_command_line
 from hf_ssl.training.config import ConfigError
+from hf_ssl.training.engine import end_process_group
 from hf_ssl.training.methods.base import NonFiniteLossError
 from hf_ssl.training.outputs import RunOutputError, save_run_outputs
 from hf_ssl.training.recipe import Recipe
@@ -39,16 +40,16 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
     """Train ``recipe`` and write its outputs; returns the k-NN results (``random_init`` / ``trained``)."""
     training_args = recipe.training
     set_seed(training_args.seed)
-    view_config = recipe.view_config
+    views = recipe.view_config  # the augmentation section's named view groups
 
     # 1. data: decode + random resized crops on the CPU, per example, in DataLoader workers
     train_dataset, knn_splits = recipe.load_datasets()
-    train_dataset = with_multicrop(train_dataset, MultiCropTransform(view_config, recipe.data.skip_bad_images), seed=training_args.seed)
+    train_dataset = with_multicrop(train_dataset, MultiCropTransform(views, recipe.data.skip_bad_images), seed=training_args.seed)
 
     # 2. model: a new one, or continue from a pretrained hf_ssl model of the same method
     model = recipe.build_model()
     image_processor = build_image_processor(
-        model.config.backbone_config.model_type, recipe.evaluation_image_size, view_config.mean, view_config.std
+        model.config.backbone_config.model_type, recipe.evaluation_image_size, views.mean, views.std
     )
 
     # 3. k-NN on the labelled split, then the trainer
@@ -63,7 +64,7 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
             batch_size=evaluation.batch_size,
         )
     trainer = build_trainer(  # SslTrainer, or AccelerateTrainer with training.engine=accelerate
-        model=model, args=training_args, view_config=view_config, train_dataset=train_dataset, method=recipe.method,
+        model=model, args=training_args, view_config=recipe.augmentation, train_dataset=train_dataset, method=recipe.method,
         knn_evaluator=evaluator, knn_eval_steps=evaluation.knn_eval_steps, knn_at_end=evaluation.knn_at_end,
     )
     if evaluator is not None and evaluation.knn_raw_pixels and trainer.is_world_process_zero():
@@ -120,6 +121,7 @@ def main(argv: Sequence[str] | None = None, recipe_class: type[Recipe] = Recipe,
         )
         transformers.utils.logging.set_verbosity_warning()
         run_pretraining(recipe, resume)
+        end_process_group()  # every process got here: close the group so that none aborts at exit
     except ConfigError as error:  # a bad recipe, override, resume path or dataset: say what to fix, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

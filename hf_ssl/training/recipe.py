@@ -3,7 +3,7 @@
     method: dino            # any registered method (hf_ssl.training.methods.registered_methods())
     model: {...}            # the method's config (DinoConfig, SimClrConfig, ...) or a pretrained model to continue
     data: {...}             # DataArguments
-    augmentation: {...}     # the method's augmentation config (MultiCropConfig, SimClrViewConfig, ...)
+    augmentation: {...}     # the method's augmentation config (MultiCropConfig, SimClrViewConfig, ViewsConfig...)
     training: {...}         # the method's training arguments (a PretrainingArguments subclass)
     evaluation: {...}       # EvaluationArguments (k-NN)
 """
@@ -20,8 +20,7 @@ from typing import Any, ClassVar
 import yaml
 from transformers import PretrainedConfig
 
-from hf_ssl.data import MultiCropConfig, load_image_dataset
-from hf_ssl.models.backbone import check_input_sizes
+from hf_ssl.data import ViewsConfig, as_views_config, load_image_dataset
 from hf_ssl.training.checkpointing import comparable
 from hf_ssl.training.config import (
     ConfigError,
@@ -37,7 +36,8 @@ from hf_ssl.training.config import (
     parse_overrides,
     to_plain,
 )
-from hf_ssl.training.methods import MethodSpec, as_multicrop_config, get_method, registered_methods
+from hf_ssl.training.methods import MethodSpec, get_method, registered_methods
+from hf_ssl.training.methods.base import check_view_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +199,9 @@ class Recipe:
         return get_method(self.method)
 
     @property
-    def view_config(self) -> MultiCropConfig:
-        """The augmentation section as the data pipeline runs it (a ``MultiCropConfig``)."""
-        return as_multicrop_config(self.augmentation)
+    def view_config(self) -> ViewsConfig:
+        """The augmentation section as the data pipeline runs it: its named view groups."""
+        return as_views_config(self.augmentation)
 
     def to_dict(self) -> dict[str, Any]:
         training = {key: to_plain(value) for key, value in self.training.to_dict().items()}
@@ -310,26 +310,18 @@ class Recipe:
         return model_class.from_pretrained(pretrained, config=self.model_config)
 
     def check_image_sizes(self) -> None:
-        """The crop and evaluation sizes against the backbone (``check_input_sizes``), before anything runs."""
-        crops = self.view_config
-        sizes = {"augmentation.global_crop_size": crops.global_crop_size}
-        if crops.local_crops_number:
-            sizes["augmentation.local_crop_size"] = crops.local_crop_size
-        if self.evaluation.image_size is not None:
-            sizes["evaluation.image_size"] = self.evaluation.image_size
+        """The view groups against the method, their sizes and the evaluation size against the backbone
+        (``check_view_sizes``), before anything runs."""
         try:
-            check_input_sizes(self.model_config.backbone_config, sizes, native=("augmentation.global_crop_size", "evaluation.image_size"))
+            self.spec.method_class.check_view_groups(self.view_config)
+            check_view_sizes(self.model_config, self.augmentation, self.evaluation.image_size)
         except ValueError as error:
-            raise ConfigError(str(error).replace("augmentation.global_crop_size", self.augmentation_size_key)) from error
-
-    @property
-    def augmentation_size_key(self) -> str:
-        """The recipe key of the (global) crop size in this method's augmentation section."""
-        return getattr(self.augmentation, "size_key", "augmentation.global_crop_size")
+            raise ConfigError(str(error)) from error
 
     @property
     def evaluation_image_size(self) -> int:
-        return self.evaluation.image_size or self.view_config.global_crop_size
+        """``evaluation.image_size``, else the size of the first view group (DINO's global crops)."""
+        return self.evaluation.image_size or self.view_config.first.size
 
 
 class DinoRecipe(Recipe):

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from datasets import Dataset  # noqa: E402
 
+from hf_ssl.training.engine import end_process_group  # noqa: E402
 from tests.helpers import make_dino_trainer, random_images  # noqa: E402
 
 
@@ -27,3 +28,4 @@ def main(output_dir: str, engine: str = "trainer", max_steps: int = 3):
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "trainer")
+    end_process_group()

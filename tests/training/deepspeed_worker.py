@@ -25,6 +25,7 @@ from safetensors.torch import load_file  # noqa: E402
 from hf_ssl import DinoForPretraining  # noqa: E402
 from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
 from hf_ssl.training import build_trainer  # noqa: E402
+from hf_ssl.training.engine import end_process_group  # noqa: E402
 from tests.helpers import (  # noqa: E402
     random_images,
     sigterm_during_step,
@@ -99,6 +100,7 @@ def main() -> None:
             "knn_top1": trainer.last_knn_metrics.get("knn_top1"),
         }
         (Path(options.output_dir) / "run.json").write_text(json.dumps(report))
+    end_process_group()
 
 
 if __name__ == "__main__":

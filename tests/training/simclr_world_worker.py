@@ -15,6 +15,7 @@ from safetensors.torch import save_file  # noqa: E402
 from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
 from hf_ssl.models.simclr import SimClrConfig, SimClrForPretraining  # noqa: E402
 from hf_ssl.training import SimClrTrainingArguments, SimClrViewConfig, build_trainer  # noqa: E402
+from hf_ssl.training.engine import end_process_group  # noqa: E402
 from tests.helpers import TINY_VIT, random_images  # noqa: E402
 
 TOTAL_BATCH = 8
@@ -30,7 +31,7 @@ def main(output_dir: str, engine: str) -> None:
         optimizer="sgd", learning_rate=0.5, scale_learning_rate=False, warmup_epochs=0.0, min_lr=0.5, weight_decay=0.0,
         logging_steps=1, report_to="none", dataloader_num_workers=0, seed=0,
     )
-    dataset = with_multicrop(Dataset.from_dict({"image": random_images(24)}), MultiCropTransform(views.to_multicrop_config()))
+    dataset = with_multicrop(Dataset.from_dict({"image": random_images(24)}), MultiCropTransform(views))
     trainer = build_trainer(model=model, args=arguments, view_config=views, train_dataset=dataset)
     trainer.train()
     if trainer.is_world_process_zero():
@@ -41,3 +42,4 @@ def main(output_dir: str, engine: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    end_process_group()

@@ -110,7 +110,7 @@ def test_the_recipe_names_its_method(tmp_path):
     recipe, _ = parse_command_line(["--config", str(simclr), "--max_steps", "3"])
     assert recipe.method == "simclr" and recipe.model["temperature"] == 0.2 and recipe.training.max_steps == 3
     assert type(recipe.training).__name__ == "SimClrTrainingArguments" and recipe.training.optimizer == "lars"
-    assert recipe.view_config.global_crops_number == 2 and recipe.view_config.local_crops_number == 0
+    assert recipe.view_config.names == ("views",) and recipe.view_config.first.number == 2 and recipe.view_config.first.size == 32
     assert recipe.to_dict()["method"] == "simclr"
     # a DINO key in a SimCLR recipe names the key and the SimCLR keys
     with pytest.raises(ConfigError, match=r"local_crops_number.*input_size"):

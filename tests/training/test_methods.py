@@ -10,9 +10,8 @@ import torch
 from transformers import AutoModel, AutoModelForPreTraining
 
 import hf_ssl  # noqa: F401  (registers the Auto classes)
-from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.data import MultiCropTransform, as_views_config, with_multicrop
 from hf_ssl.training import build_trainer, get_method, registered_methods
-from hf_ssl.training.methods import as_multicrop_config
 from tests.helpers import TINY_HEAD, TINY_VIT, random_images, sigterm_during_step, tiny_multicrop_config
 
 MAX_STEPS = 4
@@ -61,8 +60,7 @@ def make_trainer(method: str, engine: str, output_dir: Path, dataset, **override
     values.update(method_overrides)
     values.update(overrides)
     arguments = spec.training_arguments_class(**values)
-    multicrop = as_multicrop_config(view_config)
-    train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop), seed=0)
+    train_dataset = with_multicrop(dataset, MultiCropTransform(view_config), seed=0)
     return build_trainer(model=model, args=arguments, view_config=view_config, train_dataset=train_dataset, method=method)
 
 
@@ -127,12 +125,12 @@ def test_a_batch_without_readable_images_gives_a_zero_loss_that_touches_every_pa
     spec = get_method(method)
     config, view_config, _ = TINY_SETUPS[method]()
     model = spec.pretraining_model_class(config)
-    multicrop = as_multicrop_config(view_config)
-    step = spec.method_class(model, multicrop, seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
-    size = multicrop.global_crop_size
-    batch = {"global_crops": torch.zeros(multicrop.global_crops_number, 0, 3, size, size, dtype=torch.uint8), "num_skipped": torch.tensor(4)}
-    if multicrop.local_crops_number:
-        batch["local_crops"] = torch.zeros(multicrop.local_crops_number, 0, 3, multicrop.local_crop_size, multicrop.local_crop_size, dtype=torch.uint8)
+    step = spec.method_class(model, view_config, seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    batch = {
+        name: torch.zeros(group.number, 0, 3, group.size, group.size, dtype=torch.uint8)
+        for name, group in as_views_config(view_config).groups.items()
+    }
+    batch["num_skipped"] = torch.tensor(4)
     loss, outputs = step.loss(model, batch, 0)
     assert outputs is None and loss.item() == 0.0 and step.skipped_images == 4
     loss.backward()
@@ -144,16 +142,74 @@ def test_what_a_collator_adds_beside_the_crops_reaches_the_method():
     spec = get_method("simclr")
     config, view_config, _ = TINY_SETUPS["simclr"]()
     model = spec.pretraining_model_class(config)
-    step = spec.method_class(model, as_multicrop_config(view_config), seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    step = spec.method_class(model, view_config, seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
     seen = {}
 
     def compute_outputs(model, views, step_index):
         seen.update(views)
-        return model(views=views["global_crops"])
+        return model(views=views["views"])
 
     step.compute_outputs = compute_outputs
     masks = torch.ones(4, 16, dtype=torch.bool)
-    batch = {"global_crops": torch.zeros(2, 4, 3, 16, 16, dtype=torch.uint8), "labels": torch.zeros(4), "num_skipped": torch.tensor(0), "masks": masks}
+    batch = {"views": torch.zeros(2, 4, 3, 16, 16, dtype=torch.uint8), "labels": torch.zeros(4), "num_skipped": torch.tensor(0), "masks": masks}
     step.loss(model, batch, 0)
     assert seen["masks"] is masks and "labels" not in seen and "num_skipped" not in seen
-    assert seen["global_crops"].dtype == torch.float32 and seen["local_crops"] is None
+    assert seen["views"].dtype == torch.float32 and set(seen) == {"views", "masks"}
+
+
+def test_a_method_trains_on_named_view_groups_given_directly(tmp_path, image_dataset):
+    # the engines take a ViewsConfig as well as a method's own augmentation section: SimCLR on its "views" group
+    from hf_ssl.data import ViewGroup, ViewsConfig
+
+    views = ViewsConfig(groups={"views": ViewGroup(number=2, size=16, blur_probabilities=(1.0, 0.1), solarize_probabilities=(0.0, 0.2))})
+    spec = get_method("simclr")
+    config, _, overrides = TINY_SETUPS["simclr"]()
+    model = spec.pretraining_model_class(config)
+    arguments = spec.training_arguments_class(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to="none", save_strategy="no",
+        logging_steps=1, dataloader_num_workers=0, scale_learning_rate=False, warmup_epochs=0.0, **overrides,
+    )
+    trainer = build_trainer(model=model, args=arguments, view_config=views, method="simclr",
+                            train_dataset=with_multicrop(image_dataset, MultiCropTransform(views), seed=0))
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.method.views is views
+
+
+@pytest.mark.parametrize(("method", "groups", "message"), [
+    ("dino", {"views": {"number": 2, "size": 16}}, r"dino trains on the view groups \['global_crops'\], optionally \['local_crops'\]; the augmentation has \['views'\]"),
+    ("simclr", {"views": {"number": 3, "size": 16}}, "SimCLR trains on 2 views of each image; the augmentation's views group has 3"),
+    ("simclr", {"views": {"number": 2, "size": 12}}, r"augmentation\.groups\.views\.size"),
+])
+def test_view_groups_a_method_cannot_train_on_are_refused_before_training(method, groups, message):
+    from hf_ssl.data import ViewsConfig
+
+    spec = get_method(method)
+    config, _, _ = TINY_SETUPS[method]()
+    with pytest.raises(ValueError, match=message):
+        spec.method_class(spec.pretraining_model_class(config), ViewsConfig(groups=groups), seed=0, process_index=0,
+                          max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+
+
+def test_a_recipe_section_of_named_view_groups(tmp_path):
+    # a method whose augmentation section is a ViewsConfig reads it from YAML, and size errors name its keys
+    from dataclasses import replace
+
+    from hf_ssl.data import ViewsConfig
+    from hf_ssl.training.config import ConfigError
+    from hf_ssl.training.methods import _METHODS, register_method
+    from hf_ssl.training.recipe import Recipe
+
+    register_method(replace(get_method("simclr"), name="simclr_views", view_config_class=ViewsConfig))
+    try:
+        raw = {"method": "simclr_views", "model": {"backbone_config": dict(TINY_VIT)},
+               "augmentation": {"groups": {"views": {"number": 2, "size": 16, "blur_probabilities": [1.0, 0.1]}}, "mean": [0.5, 0.5, 0.5]}}
+        recipe = Recipe.from_dict(raw)
+        assert recipe.view_config.groups["views"].blur_probabilities == (1.0, 0.1) and recipe.evaluation_image_size == 16
+        raw["augmentation"]["groups"]["views"]["size"] = 12
+        with pytest.raises(ConfigError, match=r"augmentation\.groups\.views\.size"):
+            Recipe.from_dict(raw)
+        raw["augmentation"]["groups"]["views"] = {"number": 2, "sise": 16}
+        with pytest.raises(ConfigError, match="unknown key 'sise' in view group 'views'"):
+            Recipe.from_dict(raw)
+    finally:
+        _METHODS.pop("simclr_views", None)

@@ -15,6 +15,7 @@ from datasets import Dataset  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from hf_ssl import DinoForPretraining  # noqa: E402
+from hf_ssl.training.engine import end_process_group  # noqa: E402
 from tests.helpers import (  # noqa: E402
     DETERMINISTIC_CROPS,
     make_dino_trainer,
@@ -56,3 +57,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process_group()

@@ -34,8 +34,9 @@ class MethodSpec:
         pretraining_model_class: the ``AutoModelForPreTraining`` class the engines train.
         method_class: the ``PretrainingMethod`` the engines call around each step.
         training_arguments_class: the recipe's ``training:`` section.
-        view_config_class: the recipe's ``augmentation:`` section: a ``MultiCropConfig``, or a class with
-            ``to_multicrop_config()`` (SimCLR's names of the augmentation parameters).
+        view_config_class: the recipe's ``augmentation:`` section: a ``ViewsConfig`` (named view groups), or a class
+            in the method's own terms with ``to_views_config()`` (DINO's ``MultiCropConfig``, SimCLR's
+            ``SimClrViewConfig``).
         pretrained_overridable_keys: model keys that may change when continuing from a pretrained model (loss
             settings; no weight's shape depends on them).
         default_output_dir: ``training.output_dir`` when the recipe gives none.
@@ -87,11 +88,6 @@ def method_for_model(model) -> MethodSpec:
     )
 
 
-def as_multicrop_config(view_config) -> MultiCropConfig:
-    """The ``MultiCropConfig`` the data pipeline runs for a method's augmentation section."""
-    return view_config if isinstance(view_config, MultiCropConfig) else view_config.to_multicrop_config()
-
-
 _BUILTIN_REGISTERED = False
 
 
@@ -131,7 +127,6 @@ __all__ = [
     "NonFiniteLossError",
     "PretrainingMethod",
     "Schedules",
-    "as_multicrop_config",
     "decay_parameter_groups",
     "get_method",
     "method_for_model",

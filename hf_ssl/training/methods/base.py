@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from hf_ssl.data import DeviceAugmentation, MultiCropConfig
+from hf_ssl.data import DeviceAugmentation, ViewsConfig, as_views_config, view_size_keys
 from hf_ssl.evaluation.collapse import CollapseDetector, effective_rank, mean_l2_norm
 from hf_ssl.models.backbone import check_input_sizes, get_backbone_embed_dim
 from hf_ssl.training.ema import FullPrecisionTeacher, ema_update_, local_shards
@@ -42,8 +42,8 @@ from hf_ssl.training.schedules import WarmupCosineSchedule, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
 
-# batch keys that are not inputs of a method's forward: the crops (passed augmented), labels (k-NN only), counters
-NOT_VIEWS = frozenset({"global_crops", "local_crops", "labels", "num_skipped"})
+# batch keys that are not inputs of a method's forward (beside the view groups, which it gets augmented)
+NOT_INPUTS = frozenset({"labels", "num_skipped"})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -121,12 +121,26 @@ def decay_parameter_groups(model: torch.nn.Module, tagged: dict[str, set[int]] |
     return groups
 
 
+def check_view_sizes(model_config, view_config, evaluation_image_size: int | None = None) -> None:
+    """Every view group's size against the backbone (``check_input_sizes``): patch multiples, and the first group's
+    size (and ``evaluation_image_size``) at the backbone's own ``image_size`` where the exported model needs it.
+    Errors name the keys of the augmentation section ``view_config`` (``view_size_keys``)."""
+    views, size_keys = as_views_config(view_config), view_size_keys(view_config)
+    sizes = {size_keys.get(name, f"augmentation.groups.{name}.size"): group.size for name, group in views.groups.items()}
+    native = [size_keys.get(views.names[0], f"augmentation.groups.{views.names[0]}.size")]
+    if evaluation_image_size is not None:
+        sizes["evaluation.image_size"] = evaluation_image_size
+        native.append("evaluation.image_size")
+    check_input_sizes(model_config.backbone_config, sizes, native=tuple(native))
+
+
 class PretrainingMethod:
     """A method's per-step logic around its pretraining model (``<Method>ForPretraining``).
 
     Args:
         model: the unwrapped pretraining model.
-        view_config: the augmentation settings; the photometric part runs batched on the training device in ``loss``.
+        view_config: the augmentation section (a ``ViewsConfig`` or a config with ``to_views_config()``, such as
+            ``MultiCropConfig``); its view groups' photometric part runs batched on the training device in ``loss``.
         seed, process_index: the device augmentation of micro-batch ``i`` of optimizer step ``t`` draws from a
             generator seeded by ``(seed, process_index, t, i)``: every process draws its own stream, and a
             resumed run draws exactly what an uninterrupted one would.
@@ -138,7 +152,9 @@ class PretrainingMethod:
     - ``name``: the method's name in recipes, checkpoints and model cards (``"dino"``).
     - ``logged_outputs``: scalar fields of the model output averaged into the logs.
     - ``monitored_embeddings``: the output field with the (N, D) embeddings whose effective rank is logged.
-    - ``compute_outputs(model, views, step)``: the model's forward on this step's augmented views.
+    - ``required_view_groups`` / ``optional_view_groups``: the batch keys of the view groups it trains on
+      (``check_view_groups`` refuses others); ``compute_outputs(model, views, step)``: the model's forward on
+      this step's augmented views.
     - ``build_schedules(...)``: ``Schedules`` plus the method's own (a teacher momentum, a temperature...).
     - ``parameter_groups(model)``: the optimizer's groups (weight decay on weights only by default).
     - ``bind_model``, ``group_learning_rate``, ``on_begin_step``, ``commit_step_statistics``,
@@ -152,12 +168,16 @@ class PretrainingMethod:
     monitored_embeddings: ClassVar[str] = "embeddings"
     nonfinite_advice: ClassVar[str] = ""
     evaluated_features: ClassVar[str] = "backbone features"  # what k-NN measures, in the model card
+    required_view_groups: ClassVar[tuple[str, ...]] = ()  # empty: any groups
+    optional_view_groups: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, model, view_config: MultiCropConfig, seed: int, process_index: int, max_consecutive_nonfinite_steps: int, reduce):
+    def __init__(self, model, view_config, seed: int, process_index: int, max_consecutive_nonfinite_steps: int, reduce):
         self.model = model
-        self.view_config = view_config
-        self.check_view_sizes(model.config, view_config)
-        self.device_augmentation = DeviceAugmentation(view_config)
+        self.view_config = view_config  # the section as given: what a checkpoint records
+        self.views = as_views_config(view_config)
+        self.check_view_groups(self.views)
+        check_view_sizes(model.config, view_config)
+        self.device_augmentation = DeviceAugmentation(self.views)
         self.seed = seed
         self.process_index = process_index
         self.augmentation_generator: torch.Generator | None = None
@@ -179,14 +199,20 @@ class PretrainingMethod:
         self._window_start = time.perf_counter()
         self._last_embeddings: torch.Tensor | None = None
 
-    @staticmethod
-    def check_view_sizes(model_config, view_config: MultiCropConfig) -> None:
-        """The crop sizes against the backbone (``check_input_sizes``): patch multiples, and the global crop size
-        at the backbone's own ``image_size`` where the exported model needs it."""
-        sizes = {"augmentation.global_crop_size": view_config.global_crop_size}
-        if view_config.local_crops_number:
-            sizes["augmentation.local_crop_size"] = view_config.local_crop_size
-        check_input_sizes(model_config.backbone_config, sizes, native=("augmentation.global_crop_size",))
+    @classmethod
+    def check_view_groups(cls, views: ViewsConfig) -> None:
+        """The view groups against what the method trains on (``required_view_groups``, ``optional_view_groups``);
+        a method adds its own rules (SimCLR: exactly 2 views)."""
+        if not cls.required_view_groups:
+            return
+        names = set(views.names)
+        allowed = (*cls.required_view_groups, *cls.optional_view_groups)
+        if any(name not in names for name in cls.required_view_groups) or not names <= set(allowed):
+            optional = f", optionally {list(cls.optional_view_groups)}" if cls.optional_view_groups else ""
+            raise ValueError(
+                f"{cls.name} trains on the view groups {list(cls.required_view_groups)}{optional}; the augmentation has "
+                f"{list(views.names)} (use the {cls.name} recipe's augmentation section)"
+            )
 
     # ----- the model as the engine runs it ---------------------------------------------------------
     def bind(self, model, optimizer_steps_in_backward: bool = False) -> None:
@@ -252,18 +278,17 @@ class PretrainingMethod:
         skipped = batch.get("num_skipped")
         if skipped is not None:
             self.skipped_images += int(skipped.sum())
-        global_crops, local_crops = batch["global_crops"], batch.get("local_crops")
-        if global_crops.shape[1] == 0:
+        names = self.views.names
+        num_images = batch[names[0]].shape[1]
+        if num_images == 0:
             return self.empty_batch_loss(model), None
-        self._window_images += global_crops.shape[1]
-        self.step_images += global_crops.shape[1]
-        global_crops, local_crops = self.augment(global_crops, local_crops, step)
-        if self.input_dtype != global_crops.dtype:  # a model cast to bf16/fp16 by the engine (DeepSpeed)
-            global_crops = global_crops.to(self.input_dtype)
-            local_crops = local_crops.to(self.input_dtype) if local_crops is not None else None
-        views = {"global_crops": global_crops, "local_crops": local_crops}
+        self._window_images += num_images
+        self.step_images += num_images
+        views = self.augment({name: batch[name] for name in names}, step)
+        if self.input_dtype != torch.float32:  # a model cast to bf16/fp16 by the engine (DeepSpeed)
+            views = {name: value.to(self.input_dtype) for name, value in views.items()}
         # whatever else a method's collator adds (the masks of a masked method) goes to the method as it is
-        views.update({key: value for key, value in batch.items() if key not in NOT_VIEWS})
+        views.update({key: value for key, value in batch.items() if key not in NOT_INPUTS and key not in views})
         outputs = self.compute_outputs(model, views, step)
         if not torch.isfinite(outputs.loss.detach()):
             # keep the graph (DDP expects every rank to run backward); before_optimizer_step drops the gradients
@@ -283,21 +308,22 @@ class PretrainingMethod:
         forward holds a collective (SimCLR's gather of the global batch) must take part in it here too."""
         return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
 
-    def compute_outputs(self, model, views: dict[str, torch.Tensor | None], step: int):
-        """The model's forward on this micro-batch's augmented, normalised views (``views["global_crops"]``
-        (G, B, 3, H, W), ``views["local_crops"]`` (L, B, 3, h, w) or None, plus any other tensor the collator
-        put in the batch, such as masks); returns its ``ModelOutput`` with a ``loss``."""
+    def compute_outputs(self, model, views: dict[str, torch.Tensor], step: int):
+        """The model's forward on this micro-batch's augmented, normalised views: one ``(V, B, 3, H, W)`` tensor
+        per view group under its name (DINO: ``global_crops``, ``local_crops``), plus any other tensor the
+        collator put in the batch, such as masks; returns its ``ModelOutput`` with a ``loss``."""
         raise NotImplementedError
 
-    def augment(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, step: int):
-        """Photometric augmentation on the training device, from a generator seeded by (seed, process,
-        step, micro-batch): a pure function of where training is, so a resume needs no generator state."""
-        if self.augmentation_generator is None or self.augmentation_generator.device != global_crops.device:
-            self.augmentation_generator = torch.Generator(device=global_crops.device)
+    def augment(self, crops: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """Photometric augmentation of every view group on the training device, from a generator seeded by (seed,
+        process, step, micro-batch): a pure function of where training is, so a resume needs no generator state."""
+        device = next(iter(crops.values())).device
+        if self.augmentation_generator is None or self.augmentation_generator.device != device:
+            self.augmentation_generator = torch.Generator(device=device)
         seed_sequence = np.random.SeedSequence((self.seed, self.process_index, step, self.micro_batch_index))
         self.augmentation_generator.manual_seed(int(seed_sequence.generate_state(1, np.uint64)[0] >> 1))
         self.micro_batch_index += 1
-        return self.device_augmentation(global_crops, local_crops, generator=self.augmentation_generator)
+        return self.device_augmentation(crops, generator=self.augmentation_generator)
 
     # ----- after backward and clipping -----------------------------------------------------------
     def before_optimizer_step(self, optimizer, step: int) -> bool:

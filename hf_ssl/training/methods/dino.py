@@ -56,6 +56,8 @@ class DinoMethod(EmaTeacherMethod):
     monitored_embeddings = "teacher_embeddings"
     evaluated_features = "teacher features"
     nonfinite_advice = "bf16 rather than fp16 (fp16 overflows in the DINO head); a higher model.teacher_temperature"
+    required_view_groups = ("global_crops",)  # the teacher's views, seen by the student too
+    optional_view_groups = ("local_crops",)  # the student's only
 
     def bind_model(self, model, optimizer_steps_in_backward: bool) -> None:
         super().bind_model(model, optimizer_steps_in_backward)
@@ -105,7 +107,7 @@ class DinoMethod(EmaTeacherMethod):
     def compute_outputs(self, model, views, step: int):
         return model(
             global_crops=views["global_crops"],
-            local_crops=views["local_crops"],
+            local_crops=views.get("local_crops"),
             teacher_temperature=self.schedules.teacher_temperature(step) if self.schedules else None,
             update_center=False,
         )
@@ -139,16 +141,12 @@ class DinoMethod(EmaTeacherMethod):
 
     def model_card_values(self, model, args, schedules) -> dict:
         config = model.config
-        crops = self.view_config
         return {
             "out_dim": config.out_dim,
             "head_hidden_dim": config.head_hidden_dim,
             "head_bottleneck_dim": config.head_bottleneck_dim,
             "norm_last_layer": config.norm_last_layer,
-            "crops": (
-                f"{crops.global_crops_number} x {crops.global_crop_size}px (scale {tuple(crops.global_crops_scale)}), "
-                f"{crops.local_crops_number} x {crops.local_crop_size}px (scale {tuple(crops.local_crops_scale)})"
-            ),
+            "crops": self.views.describe(),
             "teacher_temperature": (
                 f"{config.warmup_teacher_temperature} -> {config.teacher_temperature} over "
                 f"{config.warmup_teacher_temperature_epochs} epochs"

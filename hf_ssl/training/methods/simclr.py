@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hf_ssl.data import IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig
+from hf_ssl.data import IMAGENET_MEAN, IMAGENET_STD, ViewGroup, ViewsConfig
 from hf_ssl.training.arguments import PretrainingArguments
 from hf_ssl.training.methods.base import PretrainingMethod
 
@@ -25,7 +25,7 @@ class SimClrViewConfig:
     grayscale 0.2, Gaussian blur with probability 0.5 and sigma in (0.1, 2.0), no solarisation.
 
     Both views are drawn alike; the crops are cut on the CPU, everything photometric runs batched on the training
-    device (``to_multicrop_config`` gives the pipeline's config).
+    device (``to_views_config`` gives the pipeline's view group).
     """
 
     input_size: int = field(default=224, metadata={"help": "Side of each view, in pixels."})
@@ -47,8 +47,6 @@ class SimClrViewConfig:
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN, metadata={"help": "Per-channel (RGB) mean of the final normalisation."})
     std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"help": "Per-channel (RGB) standard deviation of the final normalisation."})
 
-    size_key = "augmentation.input_size"  # the key an error about the view size names
-
     def __post_init__(self):
         for name in ("hf_prob", "cj_prob", "random_gray_scale", "gaussian_blur", "solarize_prob"):
             value = getattr(self, name)
@@ -65,7 +63,7 @@ class SimClrViewConfig:
         if self.kernel_size is not None and (isinstance(self.kernel_size, bool) or not 0 < self.kernel_size <= 1):
             raise ValueError(f"kernel_size must be a fraction of input_size in (0, 1] or null, got {self.kernel_size!r}")
         try:
-            self.to_multicrop_config()
+            self.to_views_config()
         except ValueError as error:  # the other checks, in the pipeline's terms
             raise ValueError(f"invalid SimCLR views: {error}") from None
 
@@ -76,14 +74,18 @@ class SimClrViewConfig:
         taps = max(1, round(self.kernel_size * self.input_size))
         return taps if taps % 2 else taps + 1
 
-    def to_multicrop_config(self) -> MultiCropConfig:
-        """The data pipeline's config: 2 global crops of ``input_size`` drawn alike, no local crops."""
+    @staticmethod
+    def size_keys() -> dict[str, str]:
+        """Group name -> the key of this section that sets its size."""
+        return {"views": "augmentation.input_size"}
+
+    def to_views_config(self) -> ViewsConfig:
+        """The data pipeline's view groups: one group ``views`` of 2 views of ``input_size``, drawn alike."""
         strength = self.cj_strength
-        return MultiCropConfig(
-            global_crops_number=2,
-            global_crop_size=self.input_size,
-            global_crops_scale=(self.min_scale, 1.0),
-            local_crops_number=0,
+        group = ViewGroup(
+            number=2,
+            size=self.input_size,
+            scale=(self.min_scale, 1.0),
             crop_ratio=tuple(self.crop_ratio),
             interpolation=self.interpolation,
             flip_probability=self.hf_prob,
@@ -95,11 +97,10 @@ class SimClrViewConfig:
             grayscale_probability=self.random_gray_scale,
             blur_sigma=tuple(self.sigmas),
             blur_kernel_size=self.blur_kernel_size(),
-            global_blur_probabilities=(self.gaussian_blur, self.gaussian_blur),
-            global_solarize_probabilities=(self.solarize_prob, self.solarize_prob),
-            mean=tuple(self.mean),
-            std=tuple(self.std),
+            blur_probabilities=(self.gaussian_blur,),
+            solarize_probabilities=(self.solarize_prob,),
         )
+        return ViewsConfig(groups={"views": group}, mean=self.mean, std=self.std)
 
 
 @dataclass
@@ -123,18 +124,16 @@ class SimClrMethod(PretrainingMethod):
     monitored_embeddings = "embeddings"
     nonfinite_advice = "a higher model.temperature"
 
-    @staticmethod
-    def check_view_sizes(model_config, view_config: MultiCropConfig) -> None:
-        if view_config.global_crops_number != 2 or view_config.local_crops_number:
-            raise ValueError(
-                f"SimCLR trains on 2 views of each image and no local crops; the augmentation has "
-                f"{view_config.global_crops_number} global and {view_config.local_crops_number} local crops "
-                "(use SimClrViewConfig, the simclr recipe's augmentation section)"
-            )
-        PretrainingMethod.check_view_sizes(model_config, view_config)
+    required_view_groups = ("views",)
+
+    @classmethod
+    def check_view_groups(cls, views: ViewsConfig) -> None:
+        super().check_view_groups(views)
+        if views.groups["views"].number != 2:
+            raise ValueError(f"SimCLR trains on 2 views of each image; the augmentation's views group has {views.groups['views'].number}")
 
     def compute_outputs(self, model, views, step: int):
-        return model(views=views["global_crops"])
+        return model(views=views["views"])
 
     def empty_batch_loss(self, model) -> torch.Tensor:
         # the loss gathers the projections of every process: this one takes part with none of its own
@@ -144,9 +143,8 @@ class SimClrMethod(PretrainingMethod):
 
     def model_card_values(self, model, args, schedules) -> dict:
         config = model.config
-        views = self.view_config
         return {
             "projection": f"{config.projection_num_layers} layers, hidden {config.projection_hidden_dim}, output {config.projection_dim}, BatchNorm {config.projection_use_bn}",
             "temperature": config.temperature,
-            "views": f"2 x {views.global_crop_size}px (scale {tuple(views.global_crops_scale)})",
+            "views": self.views.describe(),
         }
