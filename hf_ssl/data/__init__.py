@@ -13,6 +13,7 @@
 from .config import IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig
 from .device_augmentation import DeviceAugmentation
 from .loading import load_fashion_mnist, load_image_dataset
+from .masks import MultiBlockMaskCollator
 from .multicrop import EpochShuffleSampler, MultiCropCollator, MultiCropDataset, MultiCropTransform, with_multicrop
 from .views import ViewGroup, ViewsConfig, as_views_config, view_size_keys
 
@@ -21,6 +22,7 @@ __all__ = [
     "IMAGENET_STD",
     "DeviceAugmentation",
     "EpochShuffleSampler",
+    "MultiBlockMaskCollator",
     "MultiCropCollator",
     "MultiCropConfig",
     "MultiCropDataset",
