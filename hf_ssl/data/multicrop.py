@@ -27,6 +27,9 @@ from .views import as_views_config
 
 logger = logging.getLogger(__name__)
 
+# What an example holds beside its view groups: the decode flag, the label and MultiCropDataset's sampler key.
+EXAMPLE_FIELDS = ("valid", "label", "key")
+
 
 class MultiCropTransform:
     """Batch transform for ``Dataset.with_transform``: images -> the views of every group of a config.
@@ -150,7 +153,8 @@ class MultiCropDataset(torch.utils.data.Dataset):
     drawn from a generator seeded by ``(seed, key // len(dataset), key % len(dataset))``: a key
     carries its epoch (`EpochShuffleSampler` yields ``epoch * len(dataset) + index``), so every epoch
     sees new crops, and a resumed run, or one with another number of DataLoader workers, sees exactly
-    the crops of an uninterrupted one. Plain indices ``0 .. len - 1`` are epoch 0.
+    the crops of an uninterrupted one. Plain indices ``0 .. len - 1`` are epoch 0. The example also carries
+    ``key``, so that a collator's own draws (I-JEPA's masks, `MultiBlockMaskCollator`) are seeded the same way.
     """
 
     def __init__(self, dataset: datasets.Dataset, transform: MultiCropTransform, seed: int = 0):
@@ -173,7 +177,9 @@ class MultiCropDataset(torch.utils.data.Dataset):
         example = self.dataset[index]
         rng = np.random.default_rng((self.seed, epoch, index))
         output = self.transform({name: [value] for name, value in example.items()}, rng=rng)
-        return {name: values[0] for name, values in output.items()}
+        example = {name: values[0] for name, values in output.items()}
+        example["key"] = int(key)  # where the sampler is: seeds what a collator draws (masks) like the crops
+        return example
 
     @property
     def column_names(self) -> list[str]:
@@ -243,8 +249,8 @@ class MultiCropCollator:
 
     Returns one uint8 ``(number, B, 3, size, size)`` tensor per view group (DINO: ``{"global_crops": (G, B, 3,
     H, W), "local_crops": (L, B, 3, h, w)}``), ``"labels": int64 (B,)`` when the examples have labels, and
-    ``"num_skipped": int64 ()``. The groups are every key of an example but ``valid`` and ``label`` (or
-    ``view_names`` when given). Views of one size share a tensor so the backbone runs once per group.
+    ``"num_skipped": int64 ()``. The groups are every key of an example but ``valid``, ``label`` and ``key``
+    (`MultiCropDataset`'s sampler key; or ``view_names`` when given). Views of one size share a tensor so the backbone runs once per group.
 
     Examples with ``valid=False`` are dropped and counted in ``num_skipped``: the collator runs in
     the DataLoader workers, so the count travels with the batch. When every example is bad the
@@ -260,7 +266,7 @@ class MultiCropCollator:
         if not examples:
             raise ValueError("MultiCropCollator got an empty list of examples")
         kept = [example for example in examples if example.get("valid", True)]
-        names = self.view_names or [name for name in examples[0] if name not in ("valid", "label")]
+        names = self.view_names or [name for name in examples[0] if name not in EXAMPLE_FIELDS]
         batch = {name: _stack_crops(examples, kept, name) for name in names}
         if "label" in examples[0]:
             batch["labels"] = torch.tensor([int(example["label"]) for example in kept], dtype=torch.int64)

@@ -24,11 +24,11 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
 from tqdm.auto import tqdm
 
-from hf_ssl.data import MultiCropCollator
 from hf_ssl.training import checkpointing
 from hf_ssl.training.arguments import PretrainingArguments
 from hf_ssl.training.engine import (
     build_method,
+    default_collator,
     check_distributed_setup,
     checkpoint_record,
     create_optimizer,
@@ -89,7 +89,7 @@ class AccelerateTrainer:
         self.args = args
         self.model = model
         self.train_dataset = train_dataset
-        self.data_collator = data_collator or MultiCropCollator()
+        self.data_collator = data_collator or default_collator(model, method, view_config, args)
         self.knn_evaluator, self.knn_eval_steps, self.knn_at_end = knn_evaluator, knn_eval_steps, knn_at_end
         self.last_knn_metrics: dict[str, float] = {}
         self.knn_error: str | None = None  # the last k-NN evaluation that failed (logged; training went on)

@@ -40,6 +40,15 @@ def build_method(model, method: str | MethodSpec | None, view_config, args, proc
     return spec.method_class(model, view_config, args.seed, process_index, args.max_consecutive_nonfinite_steps, reduce=reduce)
 
 
+def default_collator(model, method: str | MethodSpec | None, view_config, args):
+    """The collator the method's batches need when the caller gives none (``PretrainingMethod.build_collator``:
+    ``MultiCropCollator``, or one that adds masks)."""
+    spec = resolve_method(model, method)
+    view_config = view_config if view_config is not None else spec.view_config_class()
+    data_seed = args.data_seed if args.data_seed is not None else args.seed
+    return spec.method_class.build_collator(model.config, view_config, data_seed)
+
+
 def create_optimizer(method: PretrainingMethod, model, args) -> torch.optim.Optimizer:
     """``args.optimizer`` (adamw, sgd or lars) over the method's parameter groups; lr and weight decay are set
     every step by ``method.begin_step``."""

@@ -16,13 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
-from hf_ssl.data import MultiCropCollator
 from hf_ssl.training import checkpointing
 from hf_ssl.training.arguments import PretrainingArguments
 from hf_ssl.training.callbacks import EmaCallback, MethodStepCallback, RunControlCallback
 from hf_ssl.training.engine import (
     FULL_PRECISION_TEACHER_FILE,
     build_method,
+    default_collator,
     checkpoint_record,
     check_distributed_setup,
     create_optimizer,
@@ -75,7 +75,8 @@ class SslTrainer(Trainer):
         knn_at_end: bool = True,
         **kwargs,
     ):
-        super().__init__(model=model, args=args, data_collator=data_collator or MultiCropCollator(), **kwargs)
+        data_collator = data_collator or default_collator(model, method, view_config, args)
+        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         check_distributed_setup(self.accelerator, engine="trainer")
         self.method = build_method(
             model, method, view_config, args, args.process_index,

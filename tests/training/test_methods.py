@@ -3,6 +3,7 @@ step), a run interrupted by SIGTERM and resumed that ends with the weights of an
 the finished run that trains nothing, the export to a plain transformers model and the reload of the saved model.
 A method joins this test by registering itself and adding its tiny setup to ``TINY_SETUPS``."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -192,8 +193,6 @@ def test_view_groups_a_method_cannot_train_on_are_refused_before_training(method
 
 def test_a_recipe_section_of_named_view_groups(tmp_path):
     # a method whose augmentation section is a ViewsConfig reads it from YAML, and size errors name its keys
-    from dataclasses import replace
-
     from hf_ssl.data import ViewsConfig
     from hf_ssl.training.config import ConfigError
     from hf_ssl.training.methods import _METHODS, register_method
@@ -213,3 +212,53 @@ def test_a_recipe_section_of_named_view_groups(tmp_path):
             Recipe.from_dict(raw)
     finally:
         _METHODS.pop("simclr_views", None)
+
+
+def test_a_method_chooses_its_collator_and_a_resume_draws_the_same_masks(tmp_path, image_dataset):
+    # a masked method's build_collator: the engines use it when given none, and its masks are seeded by the sampler
+    # keys of MultiCropDataset, so an interrupted run sees the masks of an uninterrupted one
+    from hf_ssl.data import MultiBlockMaskCollator
+    from hf_ssl.training.engine import default_collator
+    from hf_ssl.training.methods.simclr import SimClrMethod
+
+    spec = get_method("simclr")
+    config, view_config, overrides = TINY_SETUPS["simclr"]()
+    seen = []
+
+    class MaskedSimClr(SimClrMethod):
+        @classmethod
+        def build_collator(cls, model_config, view_config, seed):
+            return MultiBlockMaskCollator(16, 4, num_targets=2, target_scale=(0.2, 0.3), min_keep=1, context_scale=(0.6, 0.9), seed=seed)
+
+        def compute_outputs(self, model, views, step):
+            seen.append((step, views["masks_context"].clone(), views["masks_target"].clone()))
+            return super().compute_outputs(model, views, step)
+
+    masked = replace(spec, method_class=MaskedSimClr)
+    arguments = dict(per_device_train_batch_size=4, report_to="none", logging_steps=1, dataloader_num_workers=0,
+                     scale_learning_rate=False, warmup_epochs=0.0, save_strategy="steps", save_steps=2, **overrides)
+    assert isinstance(default_collator(spec.pretraining_model_class(config), masked, view_config, spec.training_arguments_class(output_dir=str(tmp_path), **arguments)), MultiBlockMaskCollator)
+
+    def run(output_dir, stop_after=None, resume=None, engine="trainer"):
+        torch.manual_seed(0)
+        trainer = build_trainer(
+            model=spec.pretraining_model_class(config), method=masked, view_config=view_config,
+            args=spec.training_arguments_class(output_dir=str(output_dir), max_steps=4, engine=engine, **arguments),
+            train_dataset=with_multicrop(image_dataset, MultiCropTransform(view_config), seed=0),
+        )
+        assert isinstance(trainer.data_collator, MultiBlockMaskCollator)
+        sigterm_during_step(trainer, stop_after)
+        trainer.train(resume_from_checkpoint=resume)
+
+    for engine in ("trainer", "accelerate"):
+        seen.clear()
+        run(tmp_path / f"{engine}-full", engine=engine)
+        full = {step: masks for step, *masks in seen}
+        seen.clear()
+        run(tmp_path / f"{engine}-cut", stop_after=2, engine=engine)
+        run(tmp_path / f"{engine}-cut", resume="auto", engine=engine)
+        resumed = {step: masks for step, *masks in seen}
+        assert sorted(full) == [0, 1, 2, 3] and set(resumed) >= {2, 3}
+        for step in (2, 3):
+            assert all(torch.equal(a, b) for a, b in zip(full[step], resumed[step])), (engine, step)
+        assert not torch.equal(full[0][0], full[1][0]) or not torch.equal(full[0][1], full[1][1])

@@ -34,11 +34,11 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from hf_ssl.data import DeviceAugmentation, ViewsConfig, as_views_config, view_size_keys
+from hf_ssl.data import DeviceAugmentation, MultiCropCollator, ViewsConfig, as_views_config, view_size_keys
 from hf_ssl.evaluation.collapse import CollapseDetector, effective_rank, mean_l2_norm
 from hf_ssl.models.backbone import check_input_sizes, get_backbone_embed_dim
 from hf_ssl.training.ema import FullPrecisionTeacher, ema_update_, local_shards
-from hf_ssl.training.schedules import WarmupCosineSchedule, scaled_learning_rate
+from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,13 @@ class PretrainingMethod:
         self._window_images = 0
         self._window_start = time.perf_counter()
         self._last_embeddings: torch.Tensor | None = None
+
+    @classmethod
+    def build_collator(cls, model_config, view_config, seed: int):
+        """The collator of the method's batches (what the engines use when given none): ``MultiCropCollator``, which
+        stacks the view groups; a masked method returns one that adds its masks, seeded by ``seed`` and the
+        examples' sampler keys so that a resume draws the same masks."""
+        return MultiCropCollator()
 
     @classmethod
     def check_view_groups(cls, views: ViewsConfig) -> None:
@@ -470,6 +477,13 @@ class PretrainingMethod:
         return {}
 
 
+@dataclass(frozen=True)
+class EmaSchedules(Schedules):
+    """``Schedules`` plus the momentum of an EMA teacher."""
+
+    teacher_momentum: WarmupCosineSchedule | LinearWarmupConstantSchedule
+
+
 class EmaTeacherMethod(PretrainingMethod):
     """A method with a teacher that follows the student as an exponential moving average (DINO, BYOL, I-JEPA):
     after every real optimizer step ``teacher <- m * teacher + (1 - m) * student`` with the momentum ``m`` of
@@ -490,8 +504,16 @@ class EmaTeacherMethod(PretrainingMethod):
         return self._full_precision_teacher
 
     @staticmethod
-    def teacher_momentum_schedule(args, total_steps: int) -> WarmupCosineSchedule:
+    def teacher_momentum_schedule(args, total_steps: int) -> WarmupCosineSchedule | LinearWarmupConstantSchedule:
+        """A cosine from ``teacher_momentum`` to ``teacher_momentum_end`` (DINO, BYOL); I-JEPA's is linear."""
         return WarmupCosineSchedule(args.teacher_momentum, args.teacher_momentum_end, total_steps)
+
+    def build_schedules(self, args, total_steps: int, steps_per_epoch: int, total_batch_size: int) -> EmaSchedules:
+        self.schedules = EmaSchedules(
+            **Schedules.common(args, total_steps, steps_per_epoch, total_batch_size),
+            teacher_momentum=self.teacher_momentum_schedule(args, total_steps),
+        )
+        return self.schedules
 
     def update_after_step(self, step: int) -> None:
         """EMA teacher update with the momentum of ``step``."""

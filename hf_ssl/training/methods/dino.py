@@ -15,8 +15,8 @@ import torch
 from hf_ssl.evaluation.collapse import CollapseDetector
 from hf_ssl.models.backbone import get_backbone_embed_dim
 from hf_ssl.training.arguments import EmaTeacherArguments
-from hf_ssl.training.methods.base import EmaTeacherMethod, Schedules, decay_parameter_groups, log_ratio, restart_moments
-from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule
+from hf_ssl.training.methods.base import EmaSchedules, EmaTeacherMethod, Schedules, decay_parameter_groups, log_ratio, restart_moments
+from hf_ssl.training.schedules import LinearWarmupConstantSchedule
 
 
 @dataclass
@@ -40,10 +40,9 @@ class DinoTrainingArguments(EmaTeacherArguments):
 
 
 @dataclass(frozen=True)
-class DinoSchedules(Schedules):
+class DinoSchedules(EmaSchedules):
     """Every per-optimizer-step schedule of a DINO run."""
 
-    teacher_momentum: WarmupCosineSchedule
     teacher_temperature: LinearWarmupConstantSchedule
     freeze_last_layer_steps: int
 
