@@ -41,7 +41,7 @@ def main():
         recipe = Recipe.from_yaml(
             args.config, [*overrides, f"training.output_dir={output_dir}", f"training.max_steps={args.steps + args.warmup}", "training.logging_steps=1000"]
         )
-        train_dataset, _ = recipe.load_datasets()
+        train_dataset = recipe.load_datasets().train
         train_dataset = with_multicrop(train_dataset, MultiCropTransform(recipe.view_config))
         model = recipe.build_model()
         trainer = SslTrainer(model=model, args=recipe.training, view_config=recipe.augmentation, train_dataset=train_dataset, method=recipe.method)

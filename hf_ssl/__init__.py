@@ -12,6 +12,11 @@ from .models import (
     DinoHead,
     DinoLoss,
     DinoModel,
+    IJepaFeatureModel,
+    IJepaForPretraining,
+    IJepaLoss,
+    IJepaPredictor,
+    IJepaPretrainingConfig,
     NTXentLoss,
     SimClrConfig,
     SimClrForPretraining,
@@ -27,8 +32,12 @@ AutoModelForPreTraining.register(DinoConfig, DinoForPretraining, exist_ok=True)
 AutoConfig.register(SimClrConfig.model_type, SimClrConfig, exist_ok=True)
 AutoModel.register(SimClrConfig, SimClrModel, exist_ok=True)
 AutoModelForPreTraining.register(SimClrConfig, SimClrForPretraining, exist_ok=True)
+AutoConfig.register(IJepaPretrainingConfig.model_type, IJepaPretrainingConfig, exist_ok=True)
+AutoModel.register(IJepaPretrainingConfig, IJepaFeatureModel, exist_ok=True)
+AutoModelForPreTraining.register(IJepaPretrainingConfig, IJepaForPretraining, exist_ok=True)
 
 __all__ = [
-    "DinoConfig", "DinoForPretraining", "DinoHead", "DinoLoss", "DinoModel", "NTXentLoss", "SimClrConfig",
-    "SimClrForPretraining", "SimClrModel", "SimClrProjectionHead", "__version__",
+    "DinoConfig", "DinoForPretraining", "DinoHead", "DinoLoss", "DinoModel", "IJepaFeatureModel", "IJepaForPretraining",
+    "IJepaLoss", "IJepaPredictor", "IJepaPretrainingConfig", "NTXentLoss", "SimClrConfig", "SimClrForPretraining",
+    "SimClrModel", "SimClrProjectionHead", "__version__",
 ]

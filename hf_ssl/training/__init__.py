@@ -19,12 +19,14 @@ from hf_ssl.training.methods import (
     registered_methods,
 )
 from hf_ssl.training.methods.dino import DinoMethod, DinoSchedules, DinoTrainingArguments
+from hf_ssl.training.methods.ijepa import IJepaMethod, IJepaTrainingArguments, IJepaViewConfig
 from hf_ssl.training.optimizers import LARS, build_optimizer
 from hf_ssl.training.methods.simclr import SimClrMethod, SimClrTrainingArguments, SimClrViewConfig
-from hf_ssl.training.recipe import DataArguments, DinoRecipe, EvaluationArguments, Recipe, SimClrRecipe
+from hf_ssl.training.recipe import DataArguments, DinoRecipe, EvaluationArguments, IJepaRecipe, Recipe, RecipeData, SimClrRecipe
 from hf_ssl.training.run_control import EarlyStopping, RunControl
 from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
 from hf_ssl.training.trainer import SslTrainer
+from hf_ssl.training.validation import ValidationCallback, ValidationLoss
 
 __all__ = [
     "LARS",
@@ -40,6 +42,10 @@ __all__ = [
     "EmaTeacherArguments",
     "EmaTeacherMethod",
     "EvaluationArguments",
+    "IJepaMethod",
+    "IJepaRecipe",
+    "IJepaTrainingArguments",
+    "IJepaViewConfig",
     "KnnCallback",
     "LinearWarmupConstantSchedule",
     "MethodSpec",
@@ -48,6 +54,7 @@ __all__ = [
     "PretrainingArguments",
     "PretrainingMethod",
     "Recipe",
+    "RecipeData",
     "RunControl",
     "Schedules",
     "SimClrMethod",
@@ -55,6 +62,8 @@ __all__ = [
     "SimClrTrainingArguments",
     "SimClrViewConfig",
     "SslTrainer",
+    "ValidationCallback",
+    "ValidationLoss",
     "WarmupCosineSchedule",
     "build_optimizer",
     "build_trainer",

@@ -42,6 +42,7 @@ from hf_ssl.training.engine import (
 )
 from hf_ssl.training.history import History
 from hf_ssl.training.knn_callback import run_knn_evaluation
+from hf_ssl.training.validation import run_validation
 from hf_ssl.training.methods.base import NonFiniteLossError
 from hf_ssl.training.model_card import write_model_card
 from hf_ssl.training.outputs import hub_repo_error, hub_repo_name
@@ -69,6 +70,7 @@ class AccelerateTrainer:
         view_config: the augmentation settings (the photometric part runs on the device); default: the method's.
         train_dataset: ``with_multicrop(dataset, transform)``; a ``MultiCropDataset`` makes resumes exact.
         knn_evaluator, knn_eval_steps, knn_at_end: k-NN of the evaluated backbone, as in ``SslTrainer``.
+        validation, val_eval_steps, val_at_end: ``val_loss`` on a held-out split, as in ``SslTrainer``.
         method: the method's name or ``MethodSpec``; default: the method whose pretraining model ``model`` is.
     """
 
@@ -83,6 +85,9 @@ class AccelerateTrainer:
         knn_eval_steps: int = 0,
         knn_at_end: bool = True,
         method=None,
+        validation=None,
+        val_eval_steps: int = 0,
+        val_at_end: bool = True,
     ):
         if train_dataset is None:
             raise ValueError("AccelerateTrainer needs a train_dataset (with_multicrop(dataset, MultiCropTransform(...)))")
@@ -94,6 +99,9 @@ class AccelerateTrainer:
         self.last_knn_metrics: dict[str, float] = {}
         self.knn_error: str | None = None  # the last k-NN evaluation that failed (logged; training went on)
         self._knn_step: int | None = None  # the step of the last k-NN evaluation
+        self.validation, self.val_eval_steps, self.val_at_end = validation, val_eval_steps, val_at_end
+        self.last_validation_metrics: dict[str, float] = {}
+        self._validation_step: int | None = None
         self.trackers = [name for name in _as_list(args.report_to) if name != "none"]
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -269,6 +277,8 @@ class AccelerateTrainer:
                         self.log(logs)
                     if self.knn_eval_steps and self.state.global_step % self.knn_eval_steps == 0 and self.state.global_step < total_steps:
                         self.evaluate_knn()
+                    if self.val_eval_steps and self.state.global_step % self.val_eval_steps == 0 and self.state.global_step < total_steps:
+                        self.evaluate_validation()
                     stop_reason = self.run_control.check(accelerator.device)
                     if stop_reason is not None:
                         logger.warning("step %d: %s; saving a checkpoint", self.state.global_step, self.run_control.describe_stop())
@@ -288,7 +298,10 @@ class AccelerateTrainer:
             self.run_control.finish()
             progress.close()
 
-        # 4. the end: k-NN (unless the session was cut), history and trackers
+        # 4. the end: k-NN and validation (unless the session was cut), history and trackers
+        session_cut = self.run_control.stop_reason in ("signal", "max_time")
+        if self.val_at_end and not session_cut and not self.finished_before_start and self._validation_step != self.state.global_step:
+            self.evaluate_validation()
         if self.knn_at_end and self.run_control.stop_reason not in ("signal", "max_time") and self._knn_step != self.state.global_step:
             self.evaluate_knn()
         if accelerator.is_main_process:
@@ -335,6 +348,23 @@ class AccelerateTrainer:
             logger.warning(message)
         if self.accelerator.is_main_process:
             logger.info("step %d: %s", step, logs)
+
+    def evaluate_validation(self) -> dict[str, float]:
+        """``val_loss`` of the method on the held-out split, every process its share, logged on every process."""
+        if self.validation is None:
+            return {}
+        self._validation_step = self.state.global_step
+        accelerator = self.accelerator
+        metrics = run_validation(
+            self.validation, self.method, self.wrapped_model, self.state.global_step, accelerator.device,
+            accelerator.process_index, accelerator.num_processes,
+            reduce=(lambda tensor: accelerator.reduce(tensor, reduction="sum")) if accelerator.num_processes > 1 else None,
+            autocast=accelerator.autocast,
+        )
+        if metrics:
+            self.last_validation_metrics = metrics
+            self.log(dict(metrics))
+        return self.last_validation_metrics
 
     def evaluate_knn(self) -> dict[str, float]:
         """k-NN of the evaluated backbone on the main process (the others go on), logged as ``knn_top1``..."""

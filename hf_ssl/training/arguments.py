@@ -158,6 +158,10 @@ class PretrainingArguments(TrainingArguments):
             raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
         if (self.save_best_total_limit or self.early_stopping_patience) and not self.metric_for_best_model:
             raise ValueError("save_best_total_limit and early_stopping_patience need metric_for_best_model (e.g. knn_top1)")
+        if self.bf16 and not self.use_cpu and not _has_accelerator():
+            # a GPU recipe (recipes/ijepa.yaml) tried on a laptop: the Trainer would refuse bf16 without use_cpu
+            logger.warning("training.bf16=true needs a GPU and this run has none: training in float32 (bf16 is set to false).")
+            self.bf16 = False
         super().__post_init__()
         if self.fp16 and self.device.type == "cpu":
             # autocast to float16 is for GPUs; say so, and record what really runs (recipe.yaml, the model card)
@@ -180,3 +184,11 @@ class EmaTeacherArguments(PretrainingArguments):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def _has_accelerator() -> bool:
+    """A CUDA, XPU or MPS device that bf16 autocast can run on."""
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or (xpu is not None and xpu.is_available()) or torch.backends.mps.is_available()

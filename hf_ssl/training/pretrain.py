@@ -32,6 +32,7 @@ from hf_ssl.training.engine import end_process_group
 from hf_ssl.training.methods.base import NonFiniteLossError
 from hf_ssl.training.outputs import RunOutputError, save_run_outputs
 from hf_ssl.training.recipe import Recipe
+from hf_ssl.training.validation import ValidationLoss
 
 logger = logging.getLogger("hf_ssl.pretrain")
 
@@ -43,8 +44,10 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
     views = recipe.view_config  # the augmentation section's named view groups
 
     # 1. data: decode + random resized crops on the CPU, per example, in DataLoader workers
-    train_dataset, knn_splits = recipe.load_datasets()
-    train_dataset = with_multicrop(train_dataset, MultiCropTransform(views, recipe.data.skip_bad_images), seed=training_args.seed)
+    data = recipe.load_datasets()
+    transform = MultiCropTransform(views, recipe.data.skip_bad_images)
+    train_dataset = with_multicrop(data.train, transform, seed=training_args.seed)
+    knn_splits = data.knn
 
     # 2. model: a new one, or continue from a pretrained hf_ssl model of the same method
     model = recipe.build_model()
@@ -63,9 +66,17 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
             temperature=evaluation.knn_temperature,
             batch_size=evaluation.batch_size,
         )
+    validation = None
+    if data.validation is not None:  # the method's loss on held-out images, through the training pipeline
+        validation = ValidationLoss(
+            with_multicrop(data.validation, transform, seed=training_args.seed),
+            recipe.spec.method_class.build_collator(model.config, recipe.augmentation, training_args.seed),
+            batch_size=training_args.per_device_train_batch_size, num_workers=training_args.dataloader_num_workers,
+        )
     trainer = build_trainer(  # SslTrainer, or AccelerateTrainer with training.engine=accelerate
         model=model, args=training_args, view_config=recipe.augmentation, train_dataset=train_dataset, method=recipe.method,
         knn_evaluator=evaluator, knn_eval_steps=evaluation.knn_eval_steps, knn_at_end=evaluation.knn_at_end,
+        validation=validation, val_eval_steps=evaluation.val_eval_steps, val_at_end=evaluation.val_at_end,
     )
     if evaluator is not None and evaluation.knn_raw_pixels and trainer.is_world_process_zero():
         results["raw_pixels"] = evaluator(RawPixels(), device=training_args.device)

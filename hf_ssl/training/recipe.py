@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import yaml
 from transformers import PretrainedConfig
@@ -55,11 +55,18 @@ class DataArguments:
     image_column: str | None = field(default=None, metadata={"help": "Image column (default 'image', else 'img')."})
     label_column: str | None = field(default=None, metadata={"help": "Label column for k-NN (default 'label' when present)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Pretrain on the first N images only."})
+    validation_split: str | None = field(default=None, metadata={"help": "Held-out split whose method loss is logged as val_loss (labels not needed)."})
+    train_val_split: float | None = field(default=None, metadata={"help": "Hold out this fraction of the training split for val_loss instead (a seeded draw, left out of pretraining)."})
     skip_bad_images: bool = field(default=True, metadata={"help": "Skip and count unreadable images (false: stop with an error)."})
 
     def __post_init__(self):
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1 (or null for every image), got {self.max_train_samples}")
+        if self.train_val_split is not None:
+            if isinstance(self.train_val_split, bool) or not isinstance(self.train_val_split, (int, float)) or not 0 < self.train_val_split < 1:
+                raise ValueError(f"train_val_split must be a fraction in (0, 1) (or null), got {self.train_val_split!r}")
+            if self.validation_split is not None:
+                raise ValueError("give validation_split or train_val_split, not both")
 
 
 @dataclass
@@ -76,16 +83,29 @@ class EvaluationArguments:
     knn_max_eval_samples: int | None = field(default=2000, metadata={"help": "Number of query images (None: whole split)."})
     batch_size: int = field(default=256, metadata={"help": "Images per forward pass when extracting the k-NN features."})
     image_size: int | None = field(default=None, metadata={"help": "Evaluation resize (default: the global crop size)."})
+    val_eval_steps: int = field(default=0, metadata={"help": "Log val_loss (data.validation_split or data.train_val_split) every N optimizer steps (0: only at the end)."})
+    val_at_end: bool = field(default=True, metadata={"help": "Log val_loss once more when training ends."})
+    val_max_samples: int | None = field(default=2000, metadata={"help": "Held-out images val_loss is measured on (None: the whole split)."})
 
     def __post_init__(self):
-        for name in ("knn_k", "batch_size", "knn_max_train_samples", "knn_max_eval_samples", "image_size"):
+        for name in ("knn_k", "batch_size", "knn_max_train_samples", "knn_max_eval_samples", "image_size", "val_max_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1{' (or null)' if name not in ('knn_k', 'batch_size') else ''}, got {value}")
         if not self.knn_temperature > 0:
             raise ValueError(f"knn_temperature must be > 0, got {self.knn_temperature}")
-        if self.knn_eval_steps < 0:
-            raise ValueError(f"knn_eval_steps must be >= 0 (0: only at the end), got {self.knn_eval_steps}")
+        for name in ("knn_eval_steps", "val_eval_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: only at the end), got {getattr(self, name)}")
+
+
+class RecipeData(NamedTuple):
+    """What ``Recipe.load_datasets`` loads: the pretraining split, the k-NN (bank, queries) or None, the held-out
+    split of ``val_loss`` or None."""
+
+    train: Any
+    knn: tuple[Any, Any] | None
+    validation: Any
 
 
 SECTIONS = ("model", "data", "augmentation", "training", "evaluation")
@@ -222,8 +242,9 @@ class Recipe:
         return path
 
     # ----- the steps of a training script ------------------------------------------------------
-    def load_datasets(self):
-        """The pretraining split and (when a labelled split is configured) the k-NN bank/queries."""
+    def load_datasets(self) -> RecipeData:
+        """The pretraining split, the k-NN bank/queries (when a labelled split is configured) and the held-out
+        split of ``val_loss`` (``data.validation_split``, or ``data.train_val_split`` of the training split)."""
         data = self.data
         if data.data_dir is not None and not Path(data.data_dir).is_dir():
             what = "is a file, not a folder" if Path(data.data_dir).exists() else "does not exist"
@@ -245,6 +266,19 @@ class Recipe:
         if data.train_split not in splits:
             raise ConfigError(f"data.train_split={data.train_split!r} is not a split of {data.dataset!r}; splits: {splits}")
         train = dataset[data.train_split]
+        validation = None
+        if data.validation_split is not None:
+            if data.validation_split not in splits:
+                raise ConfigError(f"data.validation_split={data.validation_split!r} is not a split of {data.dataset!r}; splits: {splits} (or hold out part of the training split with data.train_val_split)")
+            validation = dataset[data.validation_split]
+        elif data.train_val_split is not None:
+            held_out = round(len(train) * data.train_val_split)
+            if not 1 <= held_out < len(train):
+                raise ConfigError(f"data.train_val_split={data.train_val_split} of {len(train)} training images holds out {held_out}: choose a fraction that leaves images on both sides")
+            parts = train.train_test_split(test_size=held_out, seed=self.training.seed, shuffle=True)
+            train, validation = parts["train"], parts["test"]
+        if validation is not None and self.evaluation.val_max_samples is not None:
+            validation = validation.select(range(min(self.evaluation.val_max_samples, len(validation))))
         if data.max_train_samples is not None:
             train = train.select(range(min(data.max_train_samples, len(train))))
         knn_splits = None
@@ -256,7 +290,7 @@ class Recipe:
                 knn_splits = (bank, queries)
             else:
                 logger.warning("No label column in %r: k-NN evaluation is off (set data.label_column).", data.dataset)
-        return train, knn_splits
+        return RecipeData(train, knn_splits, validation)
 
     @cached_property
     def model_config(self):
@@ -311,10 +345,12 @@ class Recipe:
 
     def check_image_sizes(self) -> None:
         """The view groups against the method, their sizes and the evaluation size against the backbone
-        (``check_view_sizes``), before anything runs."""
+        (``check_view_sizes``), and the method's collator on the backbone's patch grid (I-JEPA's masks), before
+        anything runs."""
         try:
             self.spec.method_class.check_view_groups(self.view_config)
             check_view_sizes(self.model_config, self.augmentation, self.evaluation.image_size)
+            self.spec.method_class.build_collator(self.model_config, self.augmentation, self.training.seed)
         except ValueError as error:
             raise ConfigError(str(error)) from error
 
@@ -335,6 +371,12 @@ class SimClrRecipe(Recipe):
     """The recipe ``recipes/train_simclr.py`` reads: ``method: simclr`` unless the file says otherwise."""
 
     default_method = "simclr"
+
+
+class IJepaRecipe(Recipe):
+    """The recipe ``recipes/train_ijepa.py`` reads: ``method: ijepa`` unless the file says otherwise."""
+
+    default_method = "ijepa"
 
 
 def _architecture_conflicts(config, values: dict[str, Any], overridable: tuple[str, ...]) -> list[tuple[str, Any, Any]]:

@@ -38,6 +38,7 @@ from hf_ssl.training.methods.base import NonFiniteLossError
 from hf_ssl.training.model_card import write_model_card
 from hf_ssl.training.outputs import hub_repo_error
 from hf_ssl.training.run_control import build_run_control
+from hf_ssl.training.validation import ValidationCallback
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class SslTrainer(Trainer):
             ``MultiCropDataset`` is shuffled by ``EpochShuffleSampler`` so that a resume is exact.
         knn_evaluator: a ``KnnEvaluator`` run every ``knn_eval_steps`` optimizer steps (0: never during
             training) and at the end when ``knn_at_end``; it logs ``knn_top1``/``knn_top5``.
+        validation: a ``ValidationLoss`` on a held-out split run every ``val_eval_steps`` optimizer steps (0: never
+            during training) and at the end when ``val_at_end``; it logs ``val_loss``.
         Other keyword arguments go to ``transformers.Trainer`` (``callbacks``, ``processing_class``...).
 
     Checkpoints (``save_strategy``/``save_steps``, at the end, on SIGTERM/SIGINT, at ``max_time_seconds``, on
@@ -73,6 +76,9 @@ class SslTrainer(Trainer):
         knn_evaluator=None,
         knn_eval_steps: int = 0,
         knn_at_end: bool = True,
+        validation=None,
+        val_eval_steps: int = 0,
+        val_at_end: bool = True,
         **kwargs,
     ):
         data_collator = data_collator or default_collator(model, method, view_config, args)
@@ -92,6 +98,10 @@ class SslTrainer(Trainer):
         if knn_evaluator is not None:
             self.knn_callback = KnnCallback(self, knn_evaluator, knn_eval_steps, knn_at_end)
             self.add_callback(self.knn_callback)
+        self.validation_callback = None
+        if validation is not None:
+            self.validation_callback = ValidationCallback(self, validation, val_eval_steps, val_at_end)
+            self.add_callback(self.validation_callback)
         # last: it decides on the metrics the callbacks above logged in the same step
         self.run_control = build_run_control(args, reduce_max=self._reduce_max if args.world_size > 1 else None)
         self.add_callback(RunControlCallback(self.run_control))
@@ -114,6 +124,11 @@ class SslTrainer(Trainer):
     def last_knn_metrics(self) -> dict[str, float]:
         """The last k-NN result (empty without an evaluator or before the first evaluation)."""
         return self.knn_callback.last_metrics if self.knn_callback is not None else {}
+
+    @property
+    def last_validation_metrics(self) -> dict[str, float]:
+        """The last ``val_loss`` (empty without a validation split or before the first evaluation)."""
+        return self.validation_callback.last_metrics if self.validation_callback is not None else {}
 
     @property
     def knn_error(self) -> str | None:

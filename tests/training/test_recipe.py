@@ -145,9 +145,10 @@ def test_a_data_dir_that_does_not_exist_says_so(tmp_path):
         recipe.load_datasets()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
-def test_fp16_without_a_gpu_warns_and_records_float32(tmp_path, caplog):
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="checks the behaviour without a GPU")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_without_a_gpu_warns_and_records_float32(tmp_path, caplog, precision):
     with caplog.at_level("WARNING"):
-        recipe = DinoRecipe.from_yaml(recipe_file(tmp_path), ["training.fp16=true"])
-    assert "training.fp16=true needs a GPU" in caplog.text
-    assert recipe.training.fp16 is False and recipe.to_dict()["training"]["fp16"] is False
+        recipe = DinoRecipe.from_yaml(recipe_file(tmp_path), [f"training.{precision}=true"])
+    assert f"training.{precision}=true needs a GPU" in caplog.text
+    assert getattr(recipe.training, precision) is False and recipe.to_dict()["training"][precision] is False

@@ -120,6 +120,17 @@ def _register_builtin_methods() -> None:
         default_output_dir="outputs/simclr", summary="SimCLR: contrastive learning of visual representations (Chen et al., 2020)",
     ))
 
+    from hf_ssl.models.ijepa import IJepaForPretraining, IJepaPretrainingConfig
+    from hf_ssl.training.methods.ijepa import IJepaMethod, IJepaTrainingArguments, IJepaViewConfig
+
+    register_method(MethodSpec(
+        name="ijepa", config_class=IJepaPretrainingConfig, pretraining_model_class=IJepaForPretraining,
+        method_class=IJepaMethod, training_arguments_class=IJepaTrainingArguments, view_config_class=IJepaViewConfig,
+        pretrained_overridable_keys=("loss_type", "normalize_targets"),
+        default_output_dir="outputs/ijepa",
+        summary="I-JEPA: joint-embedding predictive architecture (Assran et al., 2023)",
+    ))
+
 
 __all__ = [
     "EmaTeacherMethod",

@@ -309,6 +309,25 @@ class PretrainingMethod:
             self._last_embeddings = getattr(outputs, self.monitored_embeddings, None)  # measured only when logging
         return outputs.loss, outputs
 
+    def validation_loss(self, model, batch: dict[str, torch.Tensor], step: int, augmentation_seed: int) -> tuple[torch.Tensor, int] | None:
+        """``(loss, number of images)`` of one held-out batch, or None when it holds no readable image: the
+        training forward (``compute_outputs`` at ``step``) on views augmented by a generator seeded with
+        ``augmentation_seed``, touching neither the training streams (``micro_batch_index``) nor the logged
+        windows. ``hf_ssl.training.validation.ValidationLoss`` calls it without gradients."""
+        names = self.views.names
+        num_images = batch[names[0]].shape[1]
+        if num_images == 0:
+            return None
+        crops = {name: batch[name] for name in names}
+        device = next(iter(crops.values())).device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(augmentation_seed)
+        views = self.device_augmentation(crops, generator=generator)
+        if self.input_dtype != torch.float32:
+            views = {name: value.to(self.input_dtype) for name, value in views.items()}
+        views.update({key: value for key, value in batch.items() if key not in NOT_INPUTS and key not in views})
+        return self.compute_outputs(model, views, step).loss.detach().float(), num_images
+
     def empty_batch_loss(self, model) -> torch.Tensor:
         """The loss of a micro-batch without one readable image: zero, but touching every trainable parameter,
         so that DDP's gradient reduction runs on every process (the step is skipped afterwards). A method whose
