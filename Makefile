@@ -1,5 +1,7 @@
 # make demo        : set up .venv and pretrain DINO on Fashion-MNIST (about 10 minutes on 2 CPU cores)
 # make demo-simclr : the same for SimCLR
+# make demo-ijepa  : the same for I-JEPA
+# make demo-hjepa  : the same for H-JEPA
 # make test        : set up .venv and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo demo-simclr test fashion-mnist bench clean
+.PHONY: setup demo demo-simclr demo-ijepa demo-hjepa test fashion-mnist bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +33,12 @@ demo: setup fashion-mnist
 
 demo-simclr: setup fashion-mnist
 	$(PY) recipes/train_simclr.py --config recipes/simclr_fashion_mnist_demo.yaml
+
+demo-ijepa: setup fashion-mnist
+	$(PY) recipes/train_ijepa.py --config recipes/ijepa_fashion_mnist_demo.yaml
+
+demo-hjepa: setup fashion-mnist
+	$(PY) recipes/train_hjepa.py --config recipes/hjepa_fashion_mnist_demo.yaml
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests

@@ -12,6 +12,11 @@ from .models import (
     DinoHead,
     DinoLoss,
     DinoModel,
+    HJepaConfig,
+    HJepaFeatureModel,
+    HJepaForPretraining,
+    HJepaLoss,
+    HJepaPredictor,
     IJepaFeatureModel,
     IJepaForPretraining,
     IJepaLoss,
@@ -35,9 +40,13 @@ AutoModelForPreTraining.register(SimClrConfig, SimClrForPretraining, exist_ok=Tr
 AutoConfig.register(IJepaPretrainingConfig.model_type, IJepaPretrainingConfig, exist_ok=True)
 AutoModel.register(IJepaPretrainingConfig, IJepaFeatureModel, exist_ok=True)
 AutoModelForPreTraining.register(IJepaPretrainingConfig, IJepaForPretraining, exist_ok=True)
+AutoConfig.register(HJepaConfig.model_type, HJepaConfig, exist_ok=True)
+AutoModel.register(HJepaConfig, HJepaFeatureModel, exist_ok=True)
+AutoModelForPreTraining.register(HJepaConfig, HJepaForPretraining, exist_ok=True)
 
 __all__ = [
-    "DinoConfig", "DinoForPretraining", "DinoHead", "DinoLoss", "DinoModel", "IJepaFeatureModel", "IJepaForPretraining",
+    "DinoConfig", "DinoForPretraining", "DinoHead", "DinoLoss", "DinoModel", "HJepaConfig", "HJepaFeatureModel",
+    "HJepaForPretraining", "HJepaLoss", "HJepaPredictor", "IJepaFeatureModel", "IJepaForPretraining",
     "IJepaLoss", "IJepaPredictor", "IJepaPretrainingConfig", "NTXentLoss", "SimClrConfig", "SimClrForPretraining",
     "SimClrModel", "SimClrProjectionHead", "__version__",
 ]

@@ -19,10 +19,11 @@ from hf_ssl.training.methods import (
     registered_methods,
 )
 from hf_ssl.training.methods.dino import DinoMethod, DinoSchedules, DinoTrainingArguments
+from hf_ssl.training.methods.hjepa import HJepaMethod, HJepaTrainingArguments
 from hf_ssl.training.methods.ijepa import IJepaMethod, IJepaTrainingArguments, IJepaViewConfig
 from hf_ssl.training.optimizers import LARS, build_optimizer
 from hf_ssl.training.methods.simclr import SimClrMethod, SimClrTrainingArguments, SimClrViewConfig
-from hf_ssl.training.recipe import DataArguments, DinoRecipe, EvaluationArguments, IJepaRecipe, Recipe, RecipeData, SimClrRecipe
+from hf_ssl.training.recipe import DataArguments, DinoRecipe, EvaluationArguments, HJepaRecipe, IJepaRecipe, Recipe, RecipeData, SimClrRecipe
 from hf_ssl.training.run_control import EarlyStopping, RunControl
 from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
 from hf_ssl.training.trainer import SslTrainer
@@ -42,6 +43,9 @@ __all__ = [
     "EmaTeacherArguments",
     "EmaTeacherMethod",
     "EvaluationArguments",
+    "HJepaMethod",
+    "HJepaRecipe",
+    "HJepaTrainingArguments",
     "IJepaMethod",
     "IJepaRecipe",
     "IJepaTrainingArguments",

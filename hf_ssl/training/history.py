@@ -45,12 +45,14 @@ HISTORY_FORMAT_VERSION = 1
 # plotted first, in this order, when present; every other numeric key follows alphabetically
 PREFERRED_PLOT_KEYS = (
     "loss",
+    "val_loss",
     "learning_rate",
     "weight_decay",
     "teacher_momentum",
     "teacher_temperature",
     "knn_top1",
     "knn_top5",
+    "linear_top1",
     "teacher_entropy",
     "teacher_entropy_ratio",
     "student_entropy",

@@ -379,6 +379,12 @@ class IJepaRecipe(Recipe):
     default_method = "ijepa"
 
 
+class HJepaRecipe(Recipe):
+    """The recipe ``recipes/train_hjepa.py`` reads: ``method: hjepa`` unless the file says otherwise."""
+
+    default_method = "hjepa"
+
+
 def _architecture_conflicts(config, values: dict[str, Any], overridable: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
     """``(key, recipe value, pretrained value)`` for each architecture key of ``values`` that ``config`` (a
     pretrained model's) does not share; for ``backbone_config``, each key the recipe gives."""

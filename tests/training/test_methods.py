@@ -44,8 +44,19 @@ def _ijepa_setup():
     return config, views, {"teacher_momentum": 0.9}
 
 
+def _hjepa_setup():
+    from hf_ssl.models.hjepa import HJepaConfig
+
+    _, views, overrides = _ijepa_setup()
+    config = HJepaConfig(
+        backbone_config={**TINY_VIT, "model_type": "ijepa"}, predictor_hidden_size=16, predictor_num_hidden_layers=2,
+        num_hierarchies=2, level_target_layers=[None, 1],
+    )
+    return config, views, {**overrides, "level_weight_warmup_epochs": [0.0, 0.5]}
+
+
 # method -> (model config, augmentation config, training-argument overrides): tiny, a few CPU steps
-TINY_SETUPS = {"dino": _dino_setup, "ijepa": _ijepa_setup, "simclr": _simclr_setup}
+TINY_SETUPS = {"dino": _dino_setup, "hjepa": _hjepa_setup, "ijepa": _ijepa_setup, "simclr": _simclr_setup}
 
 
 def test_every_registered_method_has_a_tiny_setup():

@@ -65,6 +65,8 @@ class IJepaPretrainingConfig(PretrainedConfig):
     """
 
     model_type = "hf_ssl_ijepa"
+    # the values `loss_type` accepts (a subclass with more distances extends it)
+    supported_loss_types = LOSS_TYPES
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="ijepa", init_kwargs=VIT_HUGE_PATCH14_KWARGS)
     }
@@ -104,8 +106,8 @@ class IJepaPretrainingConfig(PretrainedConfig):
                 f"`predictor_mlp_ratio` {self.predictor_mlp_ratio} leaves the predictor MLP without a hidden unit "
                 f"(predictor_hidden_size {self.predictor_hidden_size})"
             )
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.loss_type not in self.supported_loss_types:
+            raise ValueError(f"`loss_type` must be one of {self.supported_loss_types}, got {self.loss_type!r}")
         for name in ("normalize_targets", "fixed_position_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}")

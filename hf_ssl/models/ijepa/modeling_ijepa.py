@@ -155,13 +155,19 @@ class IJepaPredictor(nn.Module):
         self.output_projection = nn.Linear(predictor_size, hidden_size)
 
     def forward(
-        self, context_tokens: torch.Tensor, masks_context: torch.Tensor, masks_target: torch.Tensor
+        self,
+        context_tokens: torch.Tensor,
+        masks_context: torch.Tensor,
+        masks_target: torch.Tensor,
+        project: bool = True,
     ) -> torch.Tensor:
         """
         Args:
             context_tokens: (B, K_ctx, D), the context encoder's output at `masks_context`.
             masks_context: (B, K_ctx) int64 patch indices of the context tokens.
             masks_target: (T, B, K_tgt) int64 patch indices of the T target blocks of each image.
+            project: apply `output_projection`. `False` returns the final-normed hidden states at the mask tokens,
+                (T * B, K_tgt, P), for heads of one's own (H-JEPA's per-level heads).
 
         Returns:
             (T * B, K_tgt, D) predictions, block-major (row `j * B + b`: block j of image b).
@@ -182,6 +188,8 @@ class IJepaPredictor(nn.Module):
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask)
         hidden_states = self.layernorm(hidden_states)
+        if not project:
+            return hidden_states[:, num_context:]
         return self.output_projection(hidden_states[:, num_context:])
 
 

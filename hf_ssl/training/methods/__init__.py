@@ -79,6 +79,10 @@ def get_method(name: str) -> MethodSpec:
 def method_for_model(model) -> MethodSpec:
     """The spec whose config class ``model.config`` is (what the engines train when no method is named)."""
     _register_builtin_methods()
+    # the exact config class first: H-JEPA's config is a subclass of I-JEPA's
+    for spec in _METHODS.values():
+        if type(model.config) is spec.config_class:
+            return spec
     for spec in _METHODS.values():
         if isinstance(model.config, spec.config_class):
             return spec
@@ -129,6 +133,17 @@ def _register_builtin_methods() -> None:
         pretrained_overridable_keys=("loss_type", "normalize_targets"),
         default_output_dir="outputs/ijepa",
         summary="I-JEPA: joint-embedding predictive architecture (Assran et al., 2023)",
+    ))
+
+    from hf_ssl.models.hjepa import HJepaConfig, HJepaForPretraining
+    from hf_ssl.training.methods.hjepa import HJepaMethod, HJepaTrainingArguments
+
+    register_method(MethodSpec(
+        name="hjepa", config_class=HJepaConfig, pretraining_model_class=HJepaForPretraining,
+        method_class=HJepaMethod, training_arguments_class=HJepaTrainingArguments, view_config_class=IJepaViewConfig,
+        pretrained_overridable_keys=("loss_type", "normalize_targets", "level_loss_weights", "contrastive_temperature"),
+        default_output_dir="outputs/hjepa",
+        summary="H-JEPA: I-JEPA predicting its targets at several pooled levels (hf_ssl's hierarchical JEPA)",
     ))
 
 

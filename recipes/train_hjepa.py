@@ -1,0 +1,22 @@
+"""Pretrain H-JEPA (hierarchical I-JEPA) with the transformers Trainer or a raw Accelerate loop (training.engine).
+
+    python recipes/train_hjepa.py --config recipes/hjepa_fashion_mnist_demo.yaml
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/train_hjepa.py \\
+        --config recipes/hjepa.yaml data.data_dir=/path/to/images --output_dir outputs/run1
+
+Every key of the YAML file can be overridden as section.key=value (or --key value for a key only one
+section has); --help lists them all. The context encoder sees the context block of each image (its masked
+patches dropped), the predictor predicts the EMA target encoder's features of the target blocks at every level
+(each pooled over its own window of patches, with its own loss weight and weight schedule); the masks
+are drawn by the collator in the DataLoader workers. The output directory receives the hf_ssl model, the
+target encoder as a plain transformers IJepaModel in backbone/, the image processor, the resolved recipe.yaml
+and a model card. The steps themselves are hf_ssl.training.pretrain.run_pretraining.
+"""
+
+import sys
+
+from hf_ssl.training.pretrain import main
+from hf_ssl.training.recipe import HJepaRecipe
+
+if __name__ == "__main__":
+    sys.exit(main(recipe_class=HJepaRecipe, description=__doc__))
