@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # GPU checks behind benchmarks/README.md: both engines at fp32/bf16/fp16, FSDP2 (both sharding modes),
-# DeepSpeed ZeRO-2 (bf16, both engines).
-#   bash benchmarks/gpu_checks.sh precision|fsdp|deepspeed RESULTS.jsonl
+# DeepSpeed ZeRO-2 (bf16, both engines), I-JEPA / H-JEPA ViT-B/16 (both engines, bf16; fp32 and fp16 for I-JEPA).
+#   bash benchmarks/gpu_checks.sh precision|fsdp|deepspeed|jepa RESULTS.jsonl
 set -u
 mode=${1:-precision}
 results=${2:-gpu_results.jsonl}
 run() {  # one benchmark run; its JSON line goes to $results, its log tail to stderr on failure
     log=$(mktemp)
-    if timeout 300 "$@" >"$log" 2>&1; then grep '^{' "$log" | tee -a "$results"; else echo "FAILED: $*" | tee -a "$results"; tail -40 "$log"; fi
+    if timeout ${RUN_TIMEOUT:-300} "$@" >"$log" 2>&1; then grep '^{' "$log" | tee -a "$results"; else echo "FAILED: $*" | tee -a "$results"; tail -40 "$log"; fi
 }
 if [ "$mode" = precision ]; then
     for engine in trainer accelerate; do
         for precision in fp32 bf16 fp16; do
             run python3 benchmarks/bench_engines.py --engine "$engine" --precision "$precision" --steps 30 --workers 12
         done
+    done
+elif [ "$mode" = jepa ]; then
+    for method in ijepa hjepa; do
+        for engine in trainer accelerate; do
+            run python3 benchmarks/bench_jepa.py --method "$method" --engine "$engine" --precision bf16 --steps 30 --workers 12
+        done
+    done
+    for precision in fp32 fp16; do
+        run python3 benchmarks/bench_jepa.py --method ijepa --engine trainer --precision "$precision" --steps 30 --workers 12
+    done
+    for precision in bf16 fp16; do
+        run python3 benchmarks/bench_engines.py --engine trainer --precision "$precision" --steps 30 --workers 12
     done
 elif [ "$mode" = deepspeed ]; then
     for engine in trainer accelerate; do
