@@ -92,8 +92,6 @@ class SslTrainer(Trainer):
         self.schedules = None
         self.add_callback(MethodStepCallback(self))
         self.add_callback(EmaCallback(self))
-        self.history_callback = HistoryCallback(args.output_dir, collapse_detector=self.method.collapse_detector())
-        self.add_callback(self.history_callback)
         self.knn_callback = None
         if knn_evaluator is not None:
             self.knn_callback = KnnCallback(self, knn_evaluator, knn_eval_steps, knn_at_end)
@@ -102,6 +100,9 @@ class SslTrainer(Trainer):
         if validation is not None:
             self.validation_callback = ValidationCallback(self, validation, val_eval_steps, val_at_end)
             self.add_callback(self.validation_callback)
+        # after the evaluations: it saves history.json at the end of training, once their last results are logged
+        self.history_callback = HistoryCallback(args.output_dir, collapse_detector=self.method.collapse_detector())
+        self.add_callback(self.history_callback)
         # last: it decides on the metrics the callbacks above logged in the same step
         self.run_control = build_run_control(args, reduce_max=self._reduce_max if args.world_size > 1 else None)
         self.add_callback(RunControlCallback(self.run_control))

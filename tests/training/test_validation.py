@@ -71,6 +71,9 @@ def test_validation_leaves_training_unchanged_and_logs_val_loss(tmp_path, splits
     values = [value for _, value in logged]
     assert all(value > 0 for value in values) and len(set(values)) == 4, values
     assert validated.last_validation_metrics == {"val_loss": values[-1]}
+    # history.json and its plot get every evaluation, the one at the end of training included
+    saved = json.loads((tmp_path / "validated" / "history.json").read_text())["steps"]
+    assert [(entry["step"], entry["val_loss"]) for entry in saved if "val_loss" in entry] == logged
     assert validated.model.training  # back in training mode
 
 
