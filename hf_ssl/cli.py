@@ -3,6 +3,7 @@
     hf-ssl pretrain --config recipes/simclr_fashion_mnist_demo.yaml [section.key=value ...] [--resume auto]
     hf-ssl methods                          # the registered methods
     hf-ssl knn --model outputs/run --dataset fashion_mnist
+    hf-ssl linear-probe --model outputs/run --dataset fashion_mnist
 
 ``pretrain`` runs any recipe (its ``method:`` key picks the method) on the engine its ``training.engine`` names;
 under several processes: ``accelerate launch --config_file ... -m hf_ssl.cli pretrain --config ...``.
@@ -17,13 +18,14 @@ COMMANDS = {
     "pretrain": "pretrain any registered method from a recipe (--config FILE; --help lists its keys)",
     "methods": "list the registered methods",
     "knn": "weighted k-NN accuracy of a trained model's frozen features",
+    "linear-probe": "linear-probe accuracy of a trained model's frozen features",
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        usage = "usage: hf-ssl {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(f"  {name:<10}{text}" for name, text in COMMANDS.items())
+        usage = "usage: hf-ssl {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(f"  {name:<14}{text}" for name, text in COMMANDS.items())
         known = not argv or argv[0] in ("-h", "--help")
         print(usage if known else f"error: unknown command {argv[0]!r}\n{usage}", file=sys.stdout if known else sys.stderr)
         return 0 if known else 2
@@ -37,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for name in registered_methods():
             print(f"{name:<10}{get_method(name).summary}")
+        return 0
+    if command == "linear-probe":
+        from hf_ssl.evaluation.linear_probe import main as linear_probe
+
+        linear_probe(rest)
         return 0
     from hf_ssl.evaluation.knn import main as knn
 

@@ -1,4 +1,4 @@
-"""Evaluation of frozen features: weighted k-NN."""
+"""Evaluation of frozen features: weighted k-NN and a linear probe."""
 
 from hf_ssl.evaluation.knn import (
     ExtractedFeatures,
@@ -11,15 +11,18 @@ from hf_ssl.evaluation.knn import (
     knn_predict,
     subsample,
 )
+from hf_ssl.evaluation.linear_probe import LinearProbeEvaluator, linear_probe_accuracy
 
 __all__ = [
     "ExtractedFeatures",
     "KnnEvaluator",
+    "LinearProbeEvaluator",
     "RawPixels",
     "extract_features",
     "extract_readable_features",
     "image_embedding",
     "knn_accuracy",
     "knn_predict",
+    "linear_probe_accuracy",
     "subsample",
 ]

@@ -158,8 +158,10 @@ class PretrainingArguments(TrainingArguments):
             raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
         if (self.save_best_total_limit or self.early_stopping_patience) and not self.metric_for_best_model:
             raise ValueError("save_best_total_limit and early_stopping_patience need metric_for_best_model (e.g. knn_top1)")
-        if self.bf16 and not self.use_cpu and not _has_accelerator():
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        if self.bf16 and not self.use_cpu and not deepspeed and not _has_accelerator():
             # a GPU recipe (recipes/ijepa.yaml) tried on a laptop: the Trainer would refuse bf16 without use_cpu
+            # (DeepSpeed's bf16 casts the model and runs on CPU processes too)
             logger.warning("training.bf16=true needs a GPU and this run has none: training in float32 (bf16 is set to false).")
             self.bf16 = False
         super().__post_init__()

@@ -1,0 +1,501 @@
+"""Import a checkpoint of the official I-JEPA code (facebookresearch/ijepa) as an `IJepaForPretraining`: to continue
+pretraining it with hf_ssl, or to export one of its encoders as a plain transformers `IJepaModel`.
+
+An official checkpoint is a dict saved with `torch.save` holding three state dicts, `encoder` (the context encoder),
+`target_encoder` (its EMA copy) and `predictor`, whose keys carry a `module.` prefix when they were saved from
+DistributedDataParallel, and the training state (`opt`, `scaler`, `epoch`, `loss`, `batch_size`, `world_size`,
+`lr`), which is not converted.
+
+Official names (timm-style ViT, no CLS token)            hf_ssl `IJepaForPretraining` names
+  encoder.pos_embed (1, N, D)                              context_encoder.embeddings.position_embeddings
+  encoder.patch_embed.proj                                 context_encoder.embeddings.patch_embeddings.projection
+  encoder.blocks.i.norm1 / norm2                           context_encoder.layers.i.layernorm_before / _after
+  encoder.blocks.i.attn.qkv (3 D rows: q, k, v)            context_encoder.layers.i.attention.{q,k,v}_proj
+  encoder.blocks.i.attn.proj                               context_encoder.layers.i.attention.o_proj
+  encoder.blocks.i.mlp.fc1 / fc2                           context_encoder.layers.i.mlp.fc1 / fc2
+  encoder.norm                                             context_encoder.layernorm
+  target_encoder.*                                         target_encoder.* (the same renaming)
+  predictor.predictor_embed / mask_token                   predictor.input_projection / mask_token
+  predictor.predictor_pos_embed (1, N, P)                  predictor.position_embeddings (N, P)
+  predictor.predictor_blocks.i.*                           predictor.layers.i.* (the block renaming above)
+  predictor.predictor_norm / predictor_proj                predictor.layernorm / output_projection
+
+The architecture is read from the weights (width, depth, MLP width, patch size, channels, image size from the
+number of position embeddings, predictor width, depth and MLP width) except the number of attention heads, which
+weights do not show: it defaults to the official ViT of that width (`OFFICIAL_NUM_ATTENTION_HEADS`).
+
+Command line:
+
+    python -m hf_ssl.models.ijepa.convert_ijepa_official --checkpoint IN1K-vit.h.14-300e.pth.tar \\
+        --output_dir ijepa-vith14 [--num_attention_heads 16] [--export_backbone target|context]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from ..image_processing import build_image_processor
+from .configuration_ijepa import IJepaPretrainingConfig
+from .modeling_ijepa import ENCODERS, IJepaForPretraining
+
+logger = logging.getLogger(__name__)
+
+# the state dicts of an official checkpoint, and where each goes in IJepaForPretraining
+MODEL_PREFIXES = {"encoder": "context_encoder.", "target_encoder": "target_encoder.", "predictor": "predictor."}
+# what an official checkpoint holds besides the weights; read past, not converted
+TRAINING_STATE_KEYS = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
+# attention heads of the official ViTs by width: vit_tiny 3, vit_small 6, vit_base 12, vit_large, vit_huge and
+# vit_giant 16 (the predictor uses the encoder's number)
+OFFICIAL_NUM_ATTENTION_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
+# every official ViT and predictor normalises with LayerNorm(eps=1e-6)
+OFFICIAL_LAYER_NORM_EPS = 1e-6
+DDP_PREFIX = "module."
+
+# hf_ssl name -> official name, outside the blocks
+ENCODER_NAMES = {
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+PREDICTOR_NAMES = {
+    "input_projection.weight": "predictor_embed.weight",
+    "input_projection.bias": "predictor_embed.bias",
+    "mask_token": "mask_token",
+    "position_embeddings": "predictor_pos_embed",
+    "layernorm.weight": "predictor_norm.weight",
+    "layernorm.bias": "predictor_norm.bias",
+    "output_projection.weight": "predictor_proj.weight",
+    "output_projection.bias": "predictor_proj.bias",
+}
+# inside block i: transformers IJepaLayer module -> official Block module (q, k and v come from the fused attn.qkv)
+BLOCK_MODULES = {
+    "layernorm_before": "norm1",
+    "attention.o_proj": "attn.proj",
+    "layernorm_after": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+QKV_PARTS = {"q_proj": 0, "k_proj": 1, "v_proj": 2}
+
+
+@dataclass(frozen=True)
+class OfficialSource:
+    """Where one hf_ssl tensor comes from in an official state dict."""
+
+    key: str
+    # 0, 1 or 2: the query, key or value third of the rows of the fused `attn.qkv` tensor
+    qkv_part: int | None = None
+    # the official tensor has one more leading dimension of size 1 (the predictor's position table)
+    leading_one: bool = False
+
+
+def official_source(name: str, state_dict_name: str) -> OfficialSource:
+    """The official tensor that hf_ssl tensor `name` (relative to its module, e.g. `layers.3.mlp.fc1.weight`) comes
+    from, in state dict `state_dict_name` ("encoder", "target_encoder" or "predictor")."""
+    is_predictor = state_dict_name == "predictor"
+    block_prefix = "predictor_blocks" if is_predictor else "blocks"
+    block = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", name)
+    if block:
+        index, module, tensor = block.groups()
+        attention = re.fullmatch(r"attention\.([qkv]_proj)", module)
+        if attention:
+            return OfficialSource(f"{block_prefix}.{index}.attn.qkv.{tensor}", qkv_part=QKV_PARTS[attention[1]])
+        if module in BLOCK_MODULES:
+            return OfficialSource(f"{block_prefix}.{index}.{BLOCK_MODULES[module]}.{tensor}")
+    names = PREDICTOR_NAMES if is_predictor else ENCODER_NAMES
+    if name in names:
+        return OfficialSource(names[name], leading_one=name == "position_embeddings")
+    raise ValueError(
+        f"the hf_ssl tensor {name!r} has no counterpart in the official {state_dict_name!r} state dict: the "
+        "converter does not know this version of transformers' IJepaModel or of IJepaPredictor"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading the checkpoint
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def read_official_checkpoint(
+    checkpoint: str | os.PathLike | Mapping, weights_only: bool = True
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The state dicts of an official I-JEPA checkpoint, with any `module.` prefix removed.
+
+    Args:
+        checkpoint: a path to the file the official code saved (`.pth.tar` / `.pth`), or that dict already loaded.
+        weights_only: load the file with `torch.load(weights_only=True)`, which refuses anything but tensors,
+            numbers and containers (an official checkpoint holds nothing else). `False` runs the file's pickled code:
+            only for files you trust.
+
+    Returns:
+        `{"encoder": ..., "target_encoder": ..., "predictor": ...}` with the state dicts the checkpoint has (at
+        least one of the two encoders), each `{official key: tensor}`.
+
+    Raises:
+        FileNotFoundError: no file at `checkpoint`.
+        ValueError: the file cannot be read, or is not an official I-JEPA checkpoint, naming what is wrong.
+    """
+    source = f"checkpoint {os.fspath(checkpoint)!r}" if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = _load_file(checkpoint, weights_only)
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(
+            f"{source} is not an official I-JEPA checkpoint: expected a dict with 'encoder', 'predictor' and "
+            f"'target_encoder' state dicts, got a {type(checkpoint).__name__}"
+        )
+    present = [name for name in MODEL_PREFIXES if checkpoint.get(name) is not None]
+    if "encoder" not in present and "target_encoder" not in present:
+        raise ValueError(
+            f"{source} is not an official I-JEPA checkpoint: it has neither an 'encoder' nor a 'target_encoder' state "
+            f"dict (its keys: {sorted(map(str, checkpoint))[:20]})"
+        )
+    ignored = sorted(set(checkpoint) - set(MODEL_PREFIXES) - set(TRAINING_STATE_KEYS), key=str)
+    if ignored:
+        logger.info("%s: ignoring entries that are not I-JEPA weights: %s", source, ignored)
+    return {name: _strip_ddp_prefix(checkpoint[name], f"{source}[{name!r}]") for name in present}
+
+
+def _load_file(path: str | os.PathLike, weights_only: bool) -> object:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no I-JEPA checkpoint file at {os.fspath(path)!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as error:
+        if weights_only:
+            raise ValueError(
+                f"cannot read {os.fspath(path)!r} with torch.load(weights_only=True): {type(error).__name__}: "
+                f"{error}. An official I-JEPA checkpoint holds only tensors and numbers; if this file holds other "
+                "Python objects and you trust where it comes from, pass weights_only=False (--no_weights_only on "
+                "the command line), which runs the code pickled in the file"
+            ) from error
+        raise ValueError(
+            f"cannot read {os.fspath(path)!r} as a torch checkpoint: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _strip_ddp_prefix(state_dict: object, source: str) -> dict[str, torch.Tensor]:
+    """`state_dict` with the `module.` prefix DistributedDataParallel adds removed from its keys."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"{source} must be a state dict (a dict of tensors), got a {type(state_dict).__name__}")
+    stripped = {}
+    for key, tensor in state_dict.items():
+        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{source} must map names to tensors; its entry {key!r} is a {type(tensor).__name__}")
+        name = key.removeprefix(DDP_PREFIX)
+        if name in stripped:
+            raise ValueError(f"{source} holds both {name!r} and {key!r}: which one to load is ambiguous")
+        stripped[name] = tensor
+    return stripped
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The architecture
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def official_pretraining_config(
+    state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
+    num_attention_heads: int | None = None,
+    **config_kwargs,
+) -> IJepaPretrainingConfig:
+    """The `IJepaPretrainingConfig` of the model the official state dicts fill.
+
+    Args:
+        state_dicts: `read_official_checkpoint`'s output. The encoder's architecture is read from `encoder` (else
+            `target_encoder`), the predictor's from `predictor` when present.
+        num_attention_heads: heads of the encoder's attention, which the weights do not show. `None` takes the
+            official ViT of the encoder's width (`OFFICIAL_NUM_ATTENTION_HEADS`: 192 -> 3, 384 -> 6, 768 -> 12,
+            1024, 1280 and 1408 -> 16); another width needs it.
+        **config_kwargs: further `IJepaPretrainingConfig` arguments (`loss_type`, `normalize_targets`,
+            `fixed_position_embeddings`, `predictor_num_attention_heads`, ...). The predictor sizes
+            (`predictor_hidden_size`, `predictor_num_hidden_layers`, `predictor_mlp_ratio`) are read from the
+            checkpoint's predictor and only apply when it has none; the backbone comes from the weights alone.
+
+    Returns:
+        The config: LayerNorm eps 1e-6, biased q/k/v, exact GELU, no dropout, as the official ViT.
+    """
+    if "backbone_config" in config_kwargs:
+        raise ValueError(
+            "`backbone_config` is read from the checkpoint's weights; pass `num_attention_heads` for the one number "
+            "the weights do not show"
+        )
+    encoder_name = "encoder" if "encoder" in state_dicts else "target_encoder"
+    encoder = state_dicts[encoder_name]
+    position_embeddings = _required_tensor(encoder, "pos_embed", encoder_name, ndim=3)
+    _, num_patches, hidden_size = position_embeddings.shape
+    patch_weight = _required_tensor(encoder, "patch_embed.proj.weight", encoder_name, ndim=4)
+    patch_size = patch_weight.shape[-1]
+    square_patches = patch_weight.shape[-2] == patch_size
+    if position_embeddings.shape[0] != 1 or patch_weight.shape[0] != hidden_size or not square_patches:
+        raise ValueError(
+            f"{encoder_name!r} state dict: 'pos_embed' must be (1, num_patches, hidden_size) and "
+            f"'patch_embed.proj.weight' (hidden_size, channels, patch_size, patch_size), got "
+            f"{tuple(position_embeddings.shape)} and {tuple(patch_weight.shape)}"
+        )
+    grid_side = math.isqrt(num_patches)
+    if grid_side * grid_side != num_patches:
+        raise ValueError(
+            f"{encoder_name!r} state dict: 'pos_embed' holds {num_patches} positions, not a square grid of patches "
+            "as the official ViT's"
+        )
+    if num_attention_heads is None:
+        if hidden_size not in OFFICIAL_NUM_ATTENTION_HEADS:
+            raise ValueError(
+                f"no official I-JEPA ViT has width {hidden_size} (known: {OFFICIAL_NUM_ATTENTION_HEADS}), so the "
+                "number of attention heads is unknown: pass num_attention_heads (--num_attention_heads)"
+            )
+        num_attention_heads = OFFICIAL_NUM_ATTENTION_HEADS[hidden_size]
+    if not isinstance(num_attention_heads, int) or num_attention_heads < 1 or hidden_size % num_attention_heads:
+        raise ValueError(
+            f"num_attention_heads must be a positive integer that divides the encoder width {hidden_size}, got "
+            f"{num_attention_heads!r}"
+        )
+    backbone_config = {
+        "model_type": "ijepa",
+        "hidden_size": hidden_size,
+        "num_hidden_layers": _num_blocks(encoder, "blocks", encoder_name),
+        "num_attention_heads": num_attention_heads,
+        "intermediate_size": _required_tensor(encoder, "blocks.0.mlp.fc1.weight", encoder_name, ndim=2).shape[0],
+        "patch_size": patch_size,
+        "image_size": grid_side * patch_size,
+        "num_channels": patch_weight.shape[1],
+        "layer_norm_eps": OFFICIAL_LAYER_NORM_EPS,
+        "qkv_bias": True,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+    if "predictor" in state_dicts:
+        config_kwargs.update(_predictor_sizes(state_dicts["predictor"], config_kwargs))
+    return IJepaPretrainingConfig(backbone_config=backbone_config, **config_kwargs)
+
+
+def _predictor_sizes(predictor: Mapping[str, torch.Tensor], config_kwargs: Mapping) -> dict:
+    predictor_hidden_size = _required_tensor(predictor, "predictor_embed.weight", "predictor", ndim=2).shape[0]
+    mlp_size = _required_tensor(predictor, "predictor_blocks.0.mlp.fc1.weight", "predictor", ndim=2).shape[0]
+    sizes = {
+        "predictor_hidden_size": predictor_hidden_size,
+        "predictor_num_hidden_layers": _num_blocks(predictor, "predictor_blocks", "predictor"),
+        "predictor_mlp_ratio": mlp_size / predictor_hidden_size,
+    }
+    if int(predictor_hidden_size * sizes["predictor_mlp_ratio"]) != mlp_size:
+        raise ValueError(
+            f"the predictor's MLP width {mlp_size} is not int(predictor_hidden_size * ratio) for any float ratio: "
+            "IJepaPredictor cannot hold it"
+        )
+    for name, value in sizes.items():
+        if name in config_kwargs and config_kwargs[name] != value:
+            raise ValueError(
+                f"{name}={config_kwargs[name]!r} differs from the checkpoint's predictor ({value!r}); leave it out, "
+                "the predictor's sizes are read from its weights"
+            )
+    return sizes
+
+
+def _required_tensor(state_dict: Mapping[str, torch.Tensor], key: str, source: str, ndim: int) -> torch.Tensor:
+    if key not in state_dict:
+        raise ValueError(f"the {source!r} state dict has no {key!r}: it is not the official I-JEPA layout")
+    tensor = state_dict[key]
+    if tensor.ndim != ndim:
+        raise ValueError(
+            f"the {source!r} state dict's {key!r} has shape {tuple(tensor.shape)}; the official layout has "
+            f"{ndim} dimensions"
+        )
+    return tensor
+
+
+def _num_blocks(state_dict: Mapping[str, torch.Tensor], block_prefix: str, source: str) -> int:
+    """1 + the largest block index under `block_prefix` (a gap shows up as a missing key when loading)."""
+    indices = {int(match[1]) for key in state_dict if (match := re.match(rf"{block_prefix}\.(\d+)\.", key))}
+    if not indices:
+        raise ValueError(
+            f"the {source!r} state dict has no {block_prefix}.<i>.* keys: it is not the official I-JEPA layout"
+        )
+    return max(indices) + 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading the weights
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_official_state_dicts(
+    model: IJepaForPretraining, state_dicts: Mapping[str, Mapping[str, torch.Tensor]]
+) -> None:
+    """Copy official state dicts into `model`, strictly.
+
+    Every tensor of `model` under the prefix of a given state dict (`encoder` -> `context_encoder.`,
+    `target_encoder` -> `target_encoder.`, `predictor` -> `predictor.`) is filled from it, and every key of that
+    state dict is used; a part whose state dict is not given keeps its current values. Raises a `ValueError` naming
+    the official key for a missing key, a shape that differs from the model's or a key the model has no place for.
+    """
+    model_state = model.state_dict()
+    converted = {}
+    for state_dict_name, official in state_dicts.items():
+        if state_dict_name not in MODEL_PREFIXES:
+            raise ValueError(f"unknown state dict {state_dict_name!r}: expected some of {list(MODEL_PREFIXES)}")
+        prefix = MODEL_PREFIXES[state_dict_name]
+        used = set()
+        for model_key, model_tensor in model_state.items():
+            if model_key.startswith(prefix):
+                source = official_source(model_key.removeprefix(prefix), state_dict_name)
+                converted[model_key] = _official_tensor(
+                    official, source, state_dict_name, model_key, model_tensor.shape
+                )
+                used.add(source.key)
+        unused = sorted(set(official) - used)
+        if unused:
+            raise ValueError(
+                f"the {state_dict_name!r} state dict has keys with no place in the model: {unused}. Is it a "
+                "checkpoint of the official I-JEPA ViT (biased q/k/v, no CLS token, no extra modules)?"
+            )
+    incompatible = model.load_state_dict(converted, strict=False)
+    if incompatible.unexpected_keys:  # cannot happen: every converted key is a model key
+        raise RuntimeError(f"unexpected keys while loading: {incompatible.unexpected_keys}")
+
+
+def _official_tensor(
+    official: Mapping[str, torch.Tensor],
+    source: OfficialSource,
+    state_dict_name: str,
+    model_key: str,
+    shape: torch.Size,
+) -> torch.Tensor:
+    """The official tensor for `model_key`, cut to its rows (q, k, v) or squeezed, checked against `shape`."""
+    if source.key not in official:
+        raise ValueError(
+            f"the {state_dict_name!r} state dict has no {source.key!r} (needed for {model_key}); the checkpoint is "
+            "incomplete or not of the official I-JEPA layout"
+        )
+    tensor = official[source.key]
+    if source.qkv_part is not None:
+        expected = (3 * shape[0], *shape[1:])
+    elif source.leading_one:
+        expected = (1, *shape)
+    else:
+        expected = tuple(shape)
+    if tuple(tensor.shape) != expected:
+        raise ValueError(
+            f"the {state_dict_name!r} state dict's {source.key!r} has shape {tuple(tensor.shape)}, the model needs "
+            f"{expected} (for {model_key}): the {state_dict_name} does not match the architecture read from the "
+            "checkpoint (or num_attention_heads)"
+        )
+    if source.qkv_part is not None:
+        return tensor.chunk(3, dim=0)[source.qkv_part]
+    return tensor.reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Conversion
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def convert_official_checkpoint(
+    checkpoint: str | os.PathLike | Mapping,
+    num_attention_heads: int | None = None,
+    weights_only: bool = True,
+    **config_kwargs,
+) -> IJepaForPretraining:
+    """An `IJepaForPretraining` holding the weights of an official I-JEPA checkpoint.
+
+    Args:
+        checkpoint: path to the official `.pth.tar` / `.pth` file, or the dict it holds.
+        num_attention_heads: heads of the encoders (the weights do not show them); `None` takes the official ViT of
+            the encoder's width (ViT-B 12, ViT-L / ViT-H / ViT-g 16, ...). The predictor takes the same number
+            unless `predictor_num_attention_heads` is given, as the official code.
+        weights_only: see `read_official_checkpoint`; `False` only for files you trust.
+        **config_kwargs: further `IJepaPretrainingConfig` arguments (`official_pretraining_config`).
+
+    Returns:
+        The model in eval mode. The encoders keep the checkpoint's own position embeddings (frozen, with the default
+        `fixed_position_embeddings=True`, as the official ones are), the predictor its own position table. When
+        the checkpoint has only one of `encoder` / `target_encoder`, the other encoder is a copy of it; without
+        `predictor`, the predictor is freshly initialised. Both cases log a warning.
+    """
+    state_dicts = read_official_checkpoint(checkpoint, weights_only=weights_only)
+    config = official_pretraining_config(state_dicts, num_attention_heads=num_attention_heads, **config_kwargs)
+    for missing, present in (("target_encoder", "encoder"), ("encoder", "target_encoder")):
+        if missing not in state_dicts:
+            logger.warning("the checkpoint has no %r state dict: that encoder starts as a copy of %r", missing, present)
+            state_dicts[missing] = state_dicts[present]
+    if "predictor" not in state_dicts:
+        logger.warning(
+            "the checkpoint has no 'predictor' state dict: the predictor (width %d, %d blocks) is freshly initialised",
+            config.predictor_hidden_size, config.predictor_num_hidden_layers,
+        )
+    model = IJepaForPretraining(config)
+    load_official_state_dicts(model, state_dicts)
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> IJepaForPretraining:
+    """Command line: convert an official checkpoint, save it with `save_pretrained` (safetensors, with an image
+    processor) and optionally export one encoder as a plain transformers `IJepaModel`."""
+    parser = argparse.ArgumentParser(
+        description="Convert an official I-JEPA checkpoint (facebookresearch/ijepa) into an hf_ssl IJepaForPretraining."
+    )
+    parser.add_argument("--checkpoint", required=True, help="The official checkpoint file (.pth.tar / .pth).")
+    parser.add_argument("--output_dir", required=True, help="Where to save the converted model.")
+    parser.add_argument(
+        "--num_attention_heads", type=int, default=None,
+        help="Attention heads of the encoders. Default: the official ViT of the checkpoint's width "
+        "(ViT-B 12; ViT-L, ViT-H and ViT-g 16; ViT-S 6; ViT-Ti 3).",
+    )
+    parser.add_argument(
+        "--predictor_num_attention_heads", type=int, default=None,
+        help="Attention heads of the predictor. Default: the encoders' number, as the official code.",
+    )
+    parser.add_argument(
+        "--export_backbone", choices=ENCODERS, default=None,
+        help="Also save this encoder as a plain transformers IJepaModel (AutoModel.from_pretrained loads it).",
+    )
+    parser.add_argument(
+        "--backbone_dir", default=None, help="Where --export_backbone writes. Default: <output_dir>/backbone."
+    )
+    parser.add_argument(
+        "--no_weights_only", action="store_true",
+        help="Load the file with torch.load(weights_only=False), which runs the code pickled in it: only for files "
+        "you trust, when the default safe loading refuses them.",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    config_kwargs = {}
+    if args.predictor_num_attention_heads is not None:
+        config_kwargs["predictor_num_attention_heads"] = args.predictor_num_attention_heads
+    try:
+        model = convert_official_checkpoint(
+            args.checkpoint, num_attention_heads=args.num_attention_heads, weights_only=not args.no_weights_only,
+            **config_kwargs,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+
+    # the official recipes normalise with the ImageNet mean and std at the encoder's image size
+    image_processor = build_image_processor(
+        "ijepa", image_size=model.config.backbone_config.image_size,
+        image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
+    )
+    model.save_pretrained(args.output_dir)
+    image_processor.save_pretrained(args.output_dir)
+    print(f"Saved the hf_ssl IJepaForPretraining to {args.output_dir}")
+    if args.export_backbone is not None:
+        backbone_dir = args.backbone_dir or os.path.join(args.output_dir, "backbone")
+        model.export_backbone(backbone_dir, image_processor=image_processor, encoder=args.export_backbone)
+        print(f"Saved the {args.export_backbone} encoder as a plain transformers IJepaModel to {backbone_dir}")
+    return model
+
+
+if __name__ == "__main__":
+    main()
