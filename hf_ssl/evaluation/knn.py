@@ -197,7 +197,9 @@ def _undecoded_images(dataset, image_column: str):
 
 @dataclass
 class KnnEvaluator:
-    """k-NN accuracy of a model's features on a labelled (train, test) pair of datasets.
+    """k-NN accuracy of a model's features on a labelled (train, test) pair of datasets; with ``linear_probe``, also
+    the linear probe's (``hf_ssl.evaluation.linear_probe.linear_probe_accuracy``: ``linear_top1``/``linear_top5``),
+    fitted on the bank's features and scored on the queries'.
 
     The train split is the bank of labelled neighbours, the test split the queries. Unreadable images
     are left out of both (see `extract_readable_features`); ``num_skipped_bank`` and
@@ -212,6 +214,7 @@ class KnnEvaluator:
     temperature: float = 0.07
     batch_size: int = 256
     show_progress: bool = True
+    linear_probe: bool = False
     num_skipped_bank: int = field(default=0, init=False)
     num_skipped_queries: int = field(default=0, init=False)
 
@@ -229,7 +232,12 @@ class KnnEvaluator:
                 self.num_skipped_queries,
                 len(self.test_dataset),
             )
-        return knn_accuracy(bank.features, bank.labels, queries.features, queries.labels, self.k, self.temperature)
+        metrics = knn_accuracy(bank.features, bank.labels, queries.features, queries.labels, self.k, self.temperature)
+        if self.linear_probe:  # on the same features: one extraction for both
+            from hf_ssl.evaluation.linear_probe import linear_probe_accuracy
+
+            metrics.update(linear_probe_accuracy(bank.features, bank.labels, queries.features, queries.labels))
+        return metrics
 
     def _extract(self, model: torch.nn.Module, dataset, split: str, device) -> ExtractedFeatures:
         if len(dataset) == 0:

@@ -4,7 +4,8 @@ The features are those k-NN reads (`hf_ssl.evaluation.knn.extract_readable_featu
 image processor and image embedding; unreadable images left out with their labels and counted). The probe is
 multinomial logistic regression on standardised features, fitted full-batch with L-BFGS: the problem is
 convex and the features fit in memory, so each fit goes to (close to) the optimum of its L2 penalty, the
-number does not depend on a learning rate or a batch order, and the same features always give the same result.
+number does not depend on a learning rate or a batch order, and the same features give the same result (on the
+same device, with the same number of threads).
 The L2 weight decay is the only hyper-parameter: each value of a small grid is fitted on 90% of the train split
 and scored on the other 10%, and the best one is refitted on the whole train split.
 
@@ -59,7 +60,8 @@ def linear_probe_accuracy(
         num_classes: classes of the classifier; None: the largest label of either split + 1.
         weight_decays: the L2 penalty coefficients to choose from (on the weights, not the bias; added to the
             mean cross-entropy). With more than one, a ``validation_fraction`` of the train features is held
-            out, the one with the best held-out top-1 is kept (ties: the larger), then refitted on all of them.
+            out, the one with the best held-out top-1 is kept (ties: the lower held-out cross-entropy), then
+            refitted on all of them.
         validation_fraction: the share of the train features held out to choose the weight decay; 0, or a
             train split too small to hold out one feature and keep one, fits the largest weight decay directly.
         max_iterations: L-BFGS iterations per fit (each evaluates the loss on every feature once or a few times).
@@ -96,9 +98,10 @@ def linear_probe_accuracy(
             train_features[fitted], train_labels[fitted], train_features[held_out], train_labels[held_out],
             num_classes, weight_decays, max_iterations,
         )
+    # the probe reported: refitted on the whole train split, from the chosen fit when there was a choice
     train_features, eval_features = _standardise(train_features, eval_features)
     weight, bias = _fit_softmax_regression(train_features, train_labels, num_classes, weight_decay, max_iterations, initial)
-    ranked = (eval_features @ weight + bias).argsort(dim=1, descending=True)
+    ranked = F.linear(eval_features, weight, bias).argsort(dim=1, descending=True)
     top1 = (ranked[:, 0] == eval_labels).float().mean().item() * 100
     top5 = (ranked[:, : min(5, num_classes)] == eval_labels[:, None]).any(dim=1).float().mean().item() * 100
     return {"linear_top1": top1, "linear_top5": top5}
@@ -124,18 +127,20 @@ def _standardise(reference: torch.Tensor, *others: torch.Tensor) -> tuple[torch.
 def _select_weight_decay(
     fit_features, fit_labels, held_out_features, held_out_labels, num_classes, weight_decays, max_iterations
 ) -> tuple[float, tuple[torch.Tensor, torch.Tensor]]:
-    """The weight decay (of ``weight_decays``, largest first) whose fit has the best held-out top-1, and that fit."""
+    """The weight decay (of ``weight_decays``, largest first) whose fit has the best held-out top-1 (then the lowest
+    held-out cross-entropy), and that fit."""
     fit_features, held_out_features = _standardise(fit_features, held_out_features)
-    best, fits, accuracies = 0, [], []
-    for index, weight_decay in enumerate(weight_decays):
+    fits, accuracies, losses = [], [], []
+    for weight_decay in weight_decays:
         # warm start from the previous, more regularised, solution: the next optimum is near it
         fits.append(_fit_softmax_regression(
             fit_features, fit_labels, num_classes, weight_decay, max_iterations, fits[-1] if fits else None
         ))
-        weight, bias = fits[-1]
-        accuracies.append(((held_out_features @ weight + bias).argmax(1) == held_out_labels).float().mean().item() * 100)
-        if accuracies[index] > accuracies[best]:
-            best = index
+        logits = F.linear(held_out_features, *fits[-1])
+        accuracies.append((logits.argmax(1) == held_out_labels).float().mean().item() * 100)
+        losses.append(F.cross_entropy(logits, held_out_labels).item())
+    # a small held-out part often ties on accuracy; its cross-entropy then tells the fits apart
+    best = min(range(len(weight_decays)), key=lambda index: (-accuracies[index], losses[index]))
     logger.info(
         "linear probe: held-out top-1 %s on %d features; weight decay %g chosen",
         ", ".join(f"{accuracy:.2f}% (weight decay {weight_decay:g})" for weight_decay, accuracy in zip(weight_decays, accuracies)),
@@ -153,10 +158,10 @@ def _fit_softmax_regression(
     max_iterations: int,
     initial: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weight (D, C), bias (C,))`` minimising mean cross-entropy + ``weight_decay / 2 * ||weight||^2`` by full-batch
+    """``(weight (C, D), bias (C,))`` minimising mean cross-entropy + ``weight_decay / 2 * ||weight||^2`` by full-batch
     L-BFGS from ``initial`` (zeros when None)."""
-    if initial is None:
-        initial = (features.new_zeros(features.shape[1], num_classes), features.new_zeros(num_classes))
+    if initial is None:  # (C, D) as in nn.Linear: the weight's gradient is then a fast (C, N) @ (N, D) product
+        initial = (features.new_zeros(num_classes, features.shape[1]), features.new_zeros(num_classes))
     weight, bias = (tensor.detach().clone().requires_grad_(True) for tensor in initial)
     optimizer = torch.optim.LBFGS(
         [weight, bias], lr=1.0, max_iter=max_iterations, tolerance_grad=GRADIENT_TOLERANCE, line_search_fn="strong_wolfe"
@@ -164,12 +169,11 @@ def _fit_softmax_regression(
 
     def loss_and_gradient():
         optimizer.zero_grad()
-        loss = F.cross_entropy(features @ weight + bias, labels) + weight_decay / 2 * weight.pow(2).sum()
+        loss = F.cross_entropy(F.linear(features, weight, bias), labels) + weight_decay / 2 * weight.pow(2).sum()
         loss.backward()
         return loss
 
-    with torch.enable_grad():  # the evaluation may be called under no_grad
-        optimizer.step(loss_and_gradient)
+    optimizer.step(loss_and_gradient)  # L-BFGS runs the closure with gradients on, even under no_grad
     return weight.detach(), bias.detach()
 
 

@@ -35,6 +35,8 @@ def write_model_card(method, model, args, schedules, steps: int, log_history: li
             f"Weighted k-NN (T=0.07) on frozen {method.evaluated_features} at step {last.get('step', steps)}: "
             f"top-1 {last['knn_top1']:.2f}%, top-5 {last['knn_top5']:.2f}%."
         )
+        if "linear_top1" in last:
+            evaluation += f" Linear probe on the same frozen features: top-1 {last['linear_top1']:.2f}%, top-5 {last['linear_top5']:.2f}%."
     else:
         evaluation = "No k-NN evaluation was run."
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"

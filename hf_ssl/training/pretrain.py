@@ -65,6 +65,7 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
             k=evaluation.knn_k,
             temperature=evaluation.knn_temperature,
             batch_size=evaluation.batch_size,
+            linear_probe=evaluation.linear_probe,
         )
     validation = None
     if data.validation is not None:  # the method's loss on held-out images, through the training pipeline
@@ -106,6 +107,8 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
     if trainer.is_world_process_zero():
         for name, metrics in results.items():
             print(f"k-NN top-1 ({name.replace('_', ' ')}): {metrics['knn_top1']:.2f}%")
+            if "linear_top1" in metrics:
+                print(f"linear probe top-1 ({name.replace('_', ' ')}): {metrics['linear_top1']:.2f}%")
         print(f"Saved to {output_dir} (backbone for plain transformers in {output_dir}/backbone)")
 
     # 5. share (every process: the Trainer gathers sharded weights), then report a k-NN evaluation that failed

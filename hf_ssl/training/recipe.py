@@ -79,6 +79,7 @@ class EvaluationArguments:
     knn_at_end: bool = field(default=True, metadata={"help": "Evaluate once more when training ends."})
     knn_at_start: bool = field(default=False, metadata={"help": "Also measure the randomly initialised model before training."})
     knn_raw_pixels: bool = field(default=False, metadata={"help": "Also measure k-NN on the raw pixels (the evaluation image processor's output, flattened): the bar a representation should clear."})
+    linear_probe: bool = field(default=False, metadata={"help": "At every k-NN evaluation also fit a linear probe on the bank's frozen features and log linear_top1 / linear_top5 on the queries (usable as metric_for_best_model)."})
     knn_max_train_samples: int | None = field(default=10000, metadata={"help": "Size of the labelled feature bank (None: whole split)."})
     knn_max_eval_samples: int | None = field(default=2000, metadata={"help": "Number of query images (None: whole split)."})
     batch_size: int = field(default=256, metadata={"help": "Images per forward pass when extracting the k-NN features."})

@@ -190,3 +190,28 @@ def test_a_split_with_no_readable_image_is_an_error(unreadable_split):
     evaluator = KnnEvaluator(bank, queries, _processor(), k=3, show_progress=False)
     with pytest.raises(ValueError, match=rf"{unreadable_split}.*every one of its 2 images is unreadable"):
         evaluator(_tiny_vit())
+
+
+def test_with_linear_probe_the_evaluator_adds_the_probe_of_the_same_features(monkeypatch):
+    from hf_ssl.evaluation import linear_probe
+
+    images, labels = random_images(24), [index % 2 for index in range(24)]
+    bank, queries = _labelled_dataset(_encoded(images[:16]), labels[:16]), _labelled_dataset(_encoded(images[16:]), labels[16:])
+    evaluator = KnnEvaluator(bank, queries, _processor(), k=3, show_progress=False)
+    knn_only = evaluator(_tiny_vit())
+    assert set(knn_only) == {"knn_top1", "knn_top5"}
+    seen = []
+    original = linear_probe.linear_probe_accuracy
+
+    def recording(train_features, train_labels, eval_features, eval_labels, **kwargs):
+        seen.append((train_features, train_labels, eval_features, eval_labels))
+        return original(train_features, train_labels, eval_features, eval_labels, **kwargs)
+
+    monkeypatch.setattr(linear_probe, "linear_probe_accuracy", recording)
+    evaluator.linear_probe = True
+    both = evaluator(_tiny_vit())
+    assert {key: both[key] for key in knn_only} == knn_only  # k-NN unchanged
+    train_features, train_labels, eval_features, eval_labels = seen[0]
+    assert train_features.shape == (16, 32) and eval_features.shape == (8, 32)  # the bank's and the queries' features
+    assert train_labels.tolist() == labels[:16] and eval_labels.tolist() == labels[16:]
+    assert both["linear_top1"] == original(train_features, train_labels, eval_features, eval_labels)["linear_top1"]
