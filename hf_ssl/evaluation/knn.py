@@ -261,12 +261,30 @@ def subsample(dataset, max_samples: int | None, seed: int = 0):
     return dataset.select(np.sort(indices))
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def load_model_and_splits(args, splits: tuple[str, ...]):
+    """What the evaluation commands load from their parsed arguments (``--model``, ``--device``, ``--dataset``,
+    ``--dataset-config``, ``--data-dir``, ``--image-column``, ``--label-column``): the model (an hf_ssl checkpoint or a
+    plain transformers backbone) on the device, its image processor, and the labelled ``splits``; a missing split or
+    label column ends the command with a message that says what to pass."""
     from transformers import AutoImageProcessor, AutoModel
 
     import hf_ssl  # noqa: F401  (registers hf_ssl models with AutoModel)
     from hf_ssl.data import load_image_dataset
 
+    model = AutoModel.from_pretrained(args.model).to(args.device)
+    image_processor = AutoImageProcessor.from_pretrained(args.model)
+    data = load_image_dataset(
+        args.dataset, name=args.dataset_config, data_dir=args.data_dir, image_column=args.image_column, label_column=args.label_column
+    )
+    for split in splits:
+        if split not in data:
+            raise SystemExit(f"split {split!r} not in the dataset; it has {list(data)}")
+        if "label" not in data[split].column_names:
+            raise SystemExit(f"split {split!r} has no label column; pass --label-column (columns: {data[split].column_names})")
+    return model, image_processor, [data[split] for split in splits]
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description="Weighted k-NN accuracy of a pretrained model's frozen features.")
     parser.add_argument("--model", required=True, help="Model directory or Hub id (hf_ssl checkpoint or plain transformers model).")
     parser.add_argument("--dataset", default="fashion_mnist", help="Dataset: a Hub id, a local directory, 'imagefolder', 'parquet', or 'fashion_mnist'.")
@@ -284,19 +302,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    model = AutoModel.from_pretrained(args.model).to(args.device)
-    image_processor = AutoImageProcessor.from_pretrained(args.model)
-    data = load_image_dataset(
-        args.dataset, name=args.dataset_config, data_dir=args.data_dir, image_column=args.image_column, label_column=args.label_column
-    )
-    for split in (args.train_split, args.test_split):
-        if split not in data:
-            raise SystemExit(f"split {split!r} not in the dataset; it has {list(data)}")
-        if "label" not in data[split].column_names:
-            raise SystemExit(f"split {split!r} has no label column; pass --label-column (columns: {data[split].column_names})")
+    model, image_processor, (train, test) = load_model_and_splits(args, (args.train_split, args.test_split))
     evaluator = KnnEvaluator(
-        subsample(data[args.train_split], args.max_train_samples),
-        subsample(data[args.test_split], args.max_test_samples),
+        subsample(train, args.max_train_samples),
+        subsample(test, args.max_test_samples),
         image_processor,
         k=args.k,
         temperature=args.temperature,

@@ -27,7 +27,7 @@ import datasets
 import torch
 import torch.nn.functional as F
 
-from hf_ssl.evaluation.knn import ExtractedFeatures, extract_readable_features, subsample
+from hf_ssl.evaluation.knn import ExtractedFeatures, extract_readable_features, load_model_and_splits, subsample
 
 logger = logging.getLogger(__name__)
 
@@ -253,11 +253,6 @@ def _class_label_count(dataset, label_column: str = "label") -> int | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    from transformers import AutoImageProcessor, AutoModel
-
-    import hf_ssl  # noqa: F401  (registers hf_ssl models with AutoModel)
-    from hf_ssl.data import load_image_dataset
-
     parser = argparse.ArgumentParser(description="Linear-probe accuracy of a pretrained model's frozen features.")
     parser.add_argument("--model", required=True, help="Model directory or Hub id (hf_ssl checkpoint or plain transformers model).")
     parser.add_argument("--dataset", default="fashion_mnist", help="Dataset: a Hub id, a local directory, 'imagefolder', 'parquet', or 'fashion_mnist'.")
@@ -278,19 +273,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    model = AutoModel.from_pretrained(args.model).to(args.device)
-    image_processor = AutoImageProcessor.from_pretrained(args.model)
-    data = load_image_dataset(
-        args.dataset, name=args.dataset_config, data_dir=args.data_dir, image_column=args.image_column, label_column=args.label_column
-    )
-    for split in (args.train_split, args.eval_split):
-        if split not in data:
-            raise SystemExit(f"split {split!r} not in the dataset; it has {list(data)}")
-        if "label" not in data[split].column_names:
-            raise SystemExit(f"split {split!r} has no label column; pass --label-column (columns: {data[split].column_names})")
+    model, image_processor, (train, evaluated) = load_model_and_splits(args, (args.train_split, args.eval_split))
     evaluator = LinearProbeEvaluator(
-        subsample(data[args.train_split], args.max_train_samples),
-        subsample(data[args.eval_split], args.max_eval_samples),
+        subsample(train, args.max_train_samples),
+        subsample(evaluated, args.max_eval_samples),
         image_processor,
         weight_decays=args.weight_decays,
         validation_fraction=args.validation_fraction,

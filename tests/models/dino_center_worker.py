@@ -28,4 +28,5 @@ def update_center_on_rank(rank, world_size, init_file, rows_per_rank, result_fil
         loss_fn.update_center(torch.full((rows_per_rank[rank], 2), float(rank + 1)))
         torch.save(loss_fn.center, f"{result_file}.{rank}")
     finally:
+        dist.barrier()  # every rank done before the group closes: one leaving early can abort at exit
         dist.destroy_process_group()
