@@ -6,10 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
-from transformers import ViTConfig, ViTModel
 
 from hf_ssl.evaluation.knn import (
     KnnEvaluator,
@@ -19,39 +17,18 @@ from hf_ssl.evaluation.knn import (
     knn_predict,
     subsample,
 )
-from hf_ssl.models import build_image_processor
-from tests.helpers import TINY_VIT, png_bytes, random_images, tiny_dino_config
+from tests.helpers import png_bytes, random_images, tiny_dino_config
+
+from tests.evaluation.common import NOT_AN_IMAGE, TRUNCATED_PNG
+from tests.evaluation.common import encoded as _encoded
+from tests.evaluation.common import labelled_dataset as _labelled_dataset
+from tests.evaluation.common import processor as _processor
+from tests.evaluation.common import tiny_vit as _tiny_vit
+from tests.evaluation.common import unreadable as _unreadable
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tiny_vit():
-    torch.manual_seed(0)
-    return ViTModel(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}), add_pooling_layer=False).eval()
-
-
-def _processor():
-    return build_image_processor("vit", 16, [0.5] * 3, [0.5] * 3)
-
-
-def _labelled_dataset(rows, labels):
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["vertical", "horizontal"])})
-    return datasets.Dataset.from_dict({"image": rows, "label": labels}, features=features)
-
-
-def _encoded(images):
-    return [{"bytes": png_bytes(image), "path": None} for image in images]
-
-
-TRUNCATED_PNG = "truncated.png"
-NOT_AN_IMAGE = "notes.jpg"
-
-
-def _unreadable(name):
-    """An undecodable ``Image`` row that names its file: a truncated PNG, or a text file."""
-    if name == TRUNCATED_PNG:
-        return {"bytes": png_bytes(random_images(1)[0])[:60], "path": name}
-    return {"bytes": b"this is a text file, not an image", "path": name}
 
 
 def test_weighted_vote_matches_hand_computation():

@@ -1,0 +1,36 @@
+"""What the k-NN and linear-probe tests share: a tiny ViT, its processor and small labelled image datasets."""
+
+import datasets
+import torch
+from transformers import ViTConfig, ViTModel
+
+from hf_ssl.models import build_image_processor
+from tests.helpers import TINY_VIT, png_bytes, random_images
+
+TRUNCATED_PNG = "truncated.png"
+NOT_AN_IMAGE = "notes.jpg"
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    return ViTModel(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}), add_pooling_layer=False).eval()
+
+
+def processor():
+    return build_image_processor("vit", 16, [0.5] * 3, [0.5] * 3)
+
+
+def labelled_dataset(rows, labels):
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["vertical", "horizontal"])})
+    return datasets.Dataset.from_dict({"image": rows, "label": labels}, features=features)
+
+
+def encoded(images):
+    return [{"bytes": png_bytes(image), "path": None} for image in images]
+
+
+def unreadable(name):
+    """An undecodable ``Image`` row that names its file: a truncated PNG, or a text file."""
+    if name == TRUNCATED_PNG:
+        return {"bytes": png_bytes(random_images(1)[0])[:60], "path": name}
+    return {"bytes": b"this is a text file, not an image", "path": name}
