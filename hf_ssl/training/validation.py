@@ -13,6 +13,7 @@ out), so sharded models (FSDP) run the same forwards everywhere; the mean is red
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -73,7 +74,7 @@ class ValidationLoss:
             for batch_index, batch in enumerate(self.loader(process_index, num_processes)):
                 batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
                 generator_seed = np.random.SeedSequence((method.seed, process_index, VALIDATION_STREAM, batch_index))
-                context = autocast() if autocast is not None else _no_context()
+                context = autocast() if autocast is not None else contextlib.nullcontext()
                 with context:
                     result = method.validation_loss(model, batch, step, int(generator_seed.generate_state(1, np.uint64)[0] >> 1))
                 if result is not None:
@@ -90,14 +91,6 @@ class ValidationLoss:
             logger.warning("step %d: no validation image could be read or every validation loss was NaN/inf: no val_loss", step)
             return {}
         return {"val_loss": round(loss_sum / images, 6) if math.isfinite(loss_sum) else float("nan")}
-
-
-class _no_context:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_validation(evaluator: ValidationLoss, method, model, step: int, device, process_index: int, num_processes: int,

@@ -291,11 +291,7 @@ class PretrainingMethod:
             return self.empty_batch_loss(model), None
         self._window_images += num_images
         self.step_images += num_images
-        views = self.augment({name: batch[name] for name in names}, step)
-        if self.input_dtype != torch.float32:  # a model cast to bf16/fp16 by the engine (DeepSpeed)
-            views = {name: value.to(self.input_dtype) for name, value in views.items()}
-        # whatever else a method's collator adds (the masks of a masked method) goes to the method as it is
-        views.update({key: value for key, value in batch.items() if key not in NOT_INPUTS and key not in views})
+        views = self._model_inputs(self.augment({name: batch[name] for name in names}, step), batch)
         outputs = self.compute_outputs(model, views, step)
         if not torch.isfinite(outputs.loss.detach()):
             # keep the graph (DDP expects every rank to run backward); before_optimizer_step drops the gradients
@@ -322,11 +318,16 @@ class PretrainingMethod:
         device = next(iter(crops.values())).device
         generator = torch.Generator(device=device)
         generator.manual_seed(augmentation_seed)
-        views = self.device_augmentation(crops, generator=generator)
+        views = self._model_inputs(self.device_augmentation(crops, generator=generator), batch)
+        return self.compute_outputs(model, views, step).loss.detach().float(), num_images
+
+    def _model_inputs(self, views: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The augmented views in the model's dtype (bf16/fp16 where the engine cast the model: DeepSpeed), plus
+        whatever else the method's collator put in the batch (the masks of a masked method), as it is."""
         if self.input_dtype != torch.float32:
             views = {name: value.to(self.input_dtype) for name, value in views.items()}
         views.update({key: value for key, value in batch.items() if key not in NOT_INPUTS and key not in views})
-        return self.compute_outputs(model, views, step).loss.detach().float(), num_images
+        return views
 
     def empty_batch_loss(self, model) -> torch.Tensor:
         """The loss of a micro-batch without one readable image: zero, but touching every trainable parameter,
