@@ -1,7 +1,10 @@
 # make demo        : set up .venv and pretrain DINO on Fashion-MNIST (about 10 minutes on 2 CPU cores)
 # make demo-simclr : the same for SimCLR
+# make demo-byol   : the same for BYOL
+# make demo-vicreg : the same for VICReg
 # make demo-ijepa  : the same for I-JEPA
 # make demo-hjepa  : the same for H-JEPA
+# make demo-multispectral : SimCLR on 8-band images generated from Fashion-MNIST
 # make test        : set up .venv and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +12,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo demo-simclr demo-ijepa demo-hjepa test fashion-mnist bench clean
+.PHONY: setup demo demo-simclr demo-byol demo-vicreg demo-ijepa demo-hjepa demo-multispectral test fashion-mnist bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +37,20 @@ demo: setup fashion-mnist
 demo-simclr: setup fashion-mnist
 	$(PY) recipes/train_simclr.py --config recipes/simclr_fashion_mnist_demo.yaml
 
+demo-byol: setup fashion-mnist
+	$(PY) recipes/train_byol.py --config recipes/byol_fashion_mnist_demo.yaml
+
+demo-vicreg: setup fashion-mnist
+	$(PY) recipes/train_vicreg.py --config recipes/vicreg_fashion_mnist_demo.yaml
+
 demo-ijepa: setup fashion-mnist
 	$(PY) recipes/train_ijepa.py --config recipes/ijepa_fashion_mnist_demo.yaml
 
 demo-hjepa: setup fashion-mnist
 	$(PY) recipes/train_hjepa.py --config recipes/hjepa_fashion_mnist_demo.yaml
+
+demo-multispectral: setup fashion-mnist
+	$(PY) recipes/train_simclr.py --config recipes/simclr_multispectral_demo.yaml
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests

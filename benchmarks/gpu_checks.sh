@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks behind benchmarks/README.md: both engines at fp32/bf16/fp16, FSDP2 (both sharding modes),
 # DeepSpeed ZeRO-2 (bf16, both engines), I-JEPA / H-JEPA ViT-B/16 (both engines, bf16; fp32 and fp16 for I-JEPA).
-#   bash benchmarks/gpu_checks.sh precision|fsdp|deepspeed|jepa RESULTS.jsonl
+# BYOL / VICReg / SimCLR ResNet-50 (paper settings) and SimCLR on 32-band arrays (mode ssl).
+#   bash benchmarks/gpu_checks.sh precision|fsdp|deepspeed|jepa|ssl RESULTS.jsonl
 set -u
 mode=${1:-precision}
 results=${2:-gpu_results.jsonl}
@@ -27,6 +28,12 @@ elif [ "$mode" = jepa ]; then
     for precision in bf16 fp16; do
         run python3 benchmarks/bench_engines.py --engine trainer --precision "$precision" --steps 30 --workers 12
     done
+elif [ "$mode" = ssl ]; then
+    run python3 benchmarks/bench_methods.py --method byol --engine trainer --precision bf16 --workers 12
+    run python3 benchmarks/bench_methods.py --method byol --engine trainer --precision fp32 --workers 12
+    run python3 benchmarks/bench_methods.py --method vicreg --engine accelerate --precision bf16 --workers 12
+    run python3 benchmarks/bench_methods.py --method vicreg --engine trainer --precision fp16 --workers 12
+    run python3 benchmarks/bench_methods.py --method simclr --engine trainer --precision bf16 --bands 32 --size 96 --workers 12
 elif [ "$mode" = deepspeed ]; then
     for engine in trainer accelerate; do
         run accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml --num_processes 1 \

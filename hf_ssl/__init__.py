@@ -7,6 +7,10 @@ Importing the package registers every method with the transformers Auto classes,
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from .models import (
+    ByolConfig,
+    ByolForPretraining,
+    ByolLoss,
+    ByolModel,
     DinoConfig,
     DinoForPretraining,
     DinoHead,
@@ -27,6 +31,10 @@ from .models import (
     SimClrForPretraining,
     SimClrModel,
     SimClrProjectionHead,
+    VicRegConfig,
+    VicRegForPretraining,
+    VicRegLoss,
+    VicRegModel,
 )
 
 __version__ = "0.1.0"
@@ -43,10 +51,18 @@ AutoModelForPreTraining.register(IJepaPretrainingConfig, IJepaForPretraining, ex
 AutoConfig.register(HJepaConfig.model_type, HJepaConfig, exist_ok=True)
 AutoModel.register(HJepaConfig, HJepaFeatureModel, exist_ok=True)
 AutoModelForPreTraining.register(HJepaConfig, HJepaForPretraining, exist_ok=True)
+AutoConfig.register(ByolConfig.model_type, ByolConfig, exist_ok=True)
+AutoModel.register(ByolConfig, ByolModel, exist_ok=True)
+AutoModelForPreTraining.register(ByolConfig, ByolForPretraining, exist_ok=True)
+AutoConfig.register(VicRegConfig.model_type, VicRegConfig, exist_ok=True)
+AutoModel.register(VicRegConfig, VicRegModel, exist_ok=True)
+AutoModelForPreTraining.register(VicRegConfig, VicRegForPretraining, exist_ok=True)
 
 __all__ = [
+    "ByolConfig", "ByolForPretraining", "ByolLoss", "ByolModel",
     "DinoConfig", "DinoForPretraining", "DinoHead", "DinoLoss", "DinoModel", "HJepaConfig", "HJepaFeatureModel",
     "HJepaForPretraining", "HJepaLoss", "HJepaPredictor", "IJepaFeatureModel", "IJepaForPretraining",
     "IJepaLoss", "IJepaPredictor", "IJepaPretrainingConfig", "NTXentLoss", "SimClrConfig", "SimClrForPretraining",
-    "SimClrModel", "SimClrProjectionHead", "__version__",
+    "SimClrModel", "SimClrProjectionHead", "VicRegConfig", "VicRegForPretraining", "VicRegLoss", "VicRegModel",
+    "__version__",
 ]

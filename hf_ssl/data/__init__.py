@@ -10,12 +10,14 @@
         views["global_crops"], views["local_crops"]  # (2, 64, 3, 224, 224), (8, 64, 3, 96, 96) float32
 """
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig
+from .config import MultiCropConfig
 from .device_augmentation import DeviceAugmentation
+from .images import decode_bands
 from .loading import load_fashion_mnist, load_image_dataset
 from .masks import MultiBlockMaskCollator
 from .multicrop import EpochShuffleSampler, MultiCropCollator, MultiCropDataset, MultiCropTransform, with_multicrop
-from .views import ViewGroup, ViewsConfig, as_views_config, view_size_keys
+from .statistics import band_statistics
+from .views import IMAGENET_MEAN, IMAGENET_STD, ViewGroup, ViewsConfig, as_views_config, view_size_keys
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -30,6 +32,8 @@ __all__ = [
     "ViewGroup",
     "ViewsConfig",
     "as_views_config",
+    "band_statistics",
+    "decode_bands",
     "load_fashion_mnist",
     "load_image_dataset",
     "view_size_keys",

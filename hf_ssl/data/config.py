@@ -10,7 +10,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .views import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, ViewGroup, ViewsConfig, check_probability, normalisation_values
+from .views import (
+    INTERPOLATIONS,
+    MEAN_HELP,
+    NUM_CHANNELS_HELP,
+    STD_HELP,
+    ViewGroup,
+    ViewsConfig,
+    check_probability,
+    check_rgb_only_settings,
+)
 
 
 @dataclass
@@ -43,8 +52,9 @@ class MultiCropConfig:
     local_blur_probability: float = field(default=0.5, metadata={"help": "Blur probability of each local crop."})
     global_solarize_probabilities: tuple[float, ...] = field(default=(0.0, 0.2), metadata={"help": "Solarize probability of each global crop, one value per global crop."})
     local_solarize_probability: float = field(default=0.0, metadata={"help": "Solarize probability of each local crop."})
-    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN, metadata={"help": "Per-channel (RGB) mean of the final normalisation."})
-    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"help": "Per-channel (RGB) standard deviation of the final normalisation."})
+    num_channels: int | None = field(default=None, metadata={"help": NUM_CHANNELS_HELP})
+    mean: tuple[float, ...] | None = field(default=None, metadata={"help": MEAN_HELP})
+    std: tuple[float, ...] | None = field(default=None, metadata={"help": STD_HELP})
 
     def __post_init__(self):
         if not isinstance(self.global_crops_number, int) or self.global_crops_number < 1:
@@ -113,8 +123,17 @@ class MultiCropConfig:
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5] (shift drawn from [-hue, hue] of a full turn), got {self.hue!r}")
 
-        for name in ("mean", "std"):
-            setattr(self, name, normalisation_values(name, getattr(self, name)))
+        jitter = self.color_jitter_probability > 0
+        check_rgb_only_settings(self.num_channels, {
+            "saturation": self.saturation if jitter else 0.0,
+            "hue": self.hue if jitter else 0.0,
+            "grayscale_probability": self.grayscale_probability,
+            "global_solarize_probabilities": max(self.global_solarize_probabilities),
+            "local_solarize_probability": self.local_solarize_probability if self.local_crops_number else 0.0,
+        })
+        views = self.to_views_config()  # checks mean / std against the channels
+        if self.mean is not None:
+            self.mean, self.std = views.mean, views.std
 
     def to_views_config(self) -> ViewsConfig:
         """The pipeline's view groups: ``global_crops`` (``global_crops_number`` views) and, when
@@ -134,7 +153,7 @@ class MultiCropConfig:
                 number=self.local_crops_number, size=self.local_crop_size, scale=self.local_crops_scale,
                 blur_probabilities=(self.local_blur_probability,), solarize_probabilities=(self.local_solarize_probability,), **shared,
             )
-        return ViewsConfig(groups=groups, mean=self.mean, std=self.std)
+        return ViewsConfig(groups=groups, num_channels=self.num_channels, mean=self.mean, std=self.std)
 
     @staticmethod
     def size_keys() -> dict[str, str]:

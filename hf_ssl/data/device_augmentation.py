@@ -49,6 +49,12 @@ class DeviceAugmentation(nn.Module):
     taps instead when the group sets it (the truncated kernel is renormalised). Sigma is in pixels of
     the output view, as in DINO, which blurs after resizing.
 
+    On bands other than RGB (``num_channels`` != 3: float views in the data's own units) the same steps run band
+    by band: flip, brightness and contrast jitter with one factor per band (``x * f_b``, and ``f_b * x + (1 - f_b)
+    * mean_b`` around each band's mean over the view), blur, then the per-band normalisation; nothing is clamped
+    (the data has no fixed range), and saturation, hue, grayscale and solarize, defined on RGB only, never run
+    (the config refuses them).
+
     No parameters; ``mean``/``std`` are non-persistent buffers, so ``.to(device)`` moves them and
     checkpoints do not hold them. All random numbers come from ``generator`` when one is given, group by group
     in the config's order.
@@ -58,14 +64,21 @@ class DeviceAugmentation(nn.Module):
         super().__init__()
         self.config = config
         self.views = as_views_config(config)
-        self.register_buffer("mean", torch.tensor(self.views.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(self.views.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        if self.views.needs_statistics:
+            raise ValueError(
+                f"the {self.views.num_channels}-band views have no mean / std yet: compute them from the training data "
+                "(hf_ssl.data.band_statistics; a recipe does it before training) or give them in the augmentation config"
+            )
+        channels = self.views.num_channels
+        self.register_buffer("mean", torch.tensor(self.views.mean, dtype=torch.float32).view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.views.std, dtype=torch.float32).view(1, channels, 1, 1), persistent=False)
 
     def forward(self, views: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Augment and normalise a batch of view groups.
 
         Args:
-            views: group name -> ``(V, B, 3, H, W)`` uint8 (or float in [0, 255]), view index first, as
+            views: group name -> ``(V, B, C, H, W)`` uint8 (or float in [0, 255]) RGB, or float bands in the data's
+                units, view index first, as
                 `MultiCropCollator` returns them; one entry per group of the config.
             generator: makes the random parameters reproducible. It may live on another device than
                 the views: the draws are made on its device, then moved.
@@ -81,20 +94,23 @@ class DeviceAugmentation(nn.Module):
         return {name: self._augment(views[name], group, generator, name) for name, group in self.views.groups.items()}
 
     def _augment(self, crops, group: ViewGroup, generator, name):
-        if crops.dim() != 5 or crops.shape[2] != 3:
-            raise ValueError(f"{name} must have shape (num_views, batch, 3, height, width), got {tuple(crops.shape)}")
+        channels = self.views.num_channels
+        if crops.dim() != 5 or crops.shape[2] != channels:
+            raise ValueError(f"{name} must have shape (num_views, batch, {channels}, height, width), got {tuple(crops.shape)}")
         num_crops, batch_size, _, height, width = crops.shape
         if num_crops != group.number:
             raise ValueError(
                 f"{name} holds {num_crops} views per image but its view group has number={group.number}: "
                 "build the transform and the augmentation from one config"
             )
-        images = crops.reshape(num_crops * batch_size, 3, height, width)
+        images = crops.reshape(num_crops * batch_size, channels, height, width)
         output = torch.empty(images.shape, dtype=torch.float32, device=images.device)
         if images.shape[0] == 0:
             return output.view(crops.shape)
 
         parameters, jitter_order = self._draw_parameters(images.shape[0], group, batch_size, generator, images.device)
+        if not self.views.is_rgb:
+            parameters.update(self._draw_band_factors(parameters["jitter"], channels, group, generator, images.device))
         if images.device.type == "cpu":
             chunk_size = max(1, CPU_CHUNK_PIXELS // (height * width))
         else:
@@ -139,12 +155,29 @@ class DeviceAugmentation(nn.Module):
         }
         return parameters, jitter_order
 
+    @staticmethod
+    def _draw_band_factors(jitter, channels: int, group: ViewGroup, generator, device) -> dict[str, torch.Tensor]:
+        """Per-image, per-band brightness and contrast factors ``(N, C)`` (identity without jitter), drawn after the
+        RGB parameters so that RGB runs draw exactly what they always did."""
+        draw_device = generator.device if generator is not None else device
+        uniform = torch.rand((jitter.shape[0], 2, channels), generator=generator, device=draw_device).to(device)
+        ones = torch.ones(jitter.shape[0], channels, device=device)
+        selected = jitter.view(-1, 1)
+
+        def between(row, spread):
+            low, high = max(0.0, 1 - spread), 1 + spread
+            return torch.where(selected, low + (high - low) * uniform[:, row], ones)
+
+        return {"band_brightness": between(0, group.brightness), "band_contrast": between(1, group.contrast)}
+
     def _augment_images(self, images: torch.Tensor, parameters: dict[str, torch.Tensor], jitter_order: list[int], group: ViewGroup) -> torch.Tensor:
-        """``(n, 3, H, W)`` raw pixels -> ``(n, 3, H, W)`` augmented, normalised float32."""
+        """``(n, C, H, W)`` raw pixels -> ``(n, C, H, W)`` augmented, normalised float32."""
         # Flip the input before the float conversion: a quarter of the bytes when it is uint8.
         flip = parameters["flip"]
         if bool(flip.any()):
             images = torch.where(_per_image(flip), images.flip(-1), images)
+        if not self.views.is_rgb:
+            return self._augment_bands(images.to(torch.float32, copy=True), parameters, jitter_order, group)
         images = images.to(torch.float32, copy=True).div_(255)  # a copy: a float input is the caller's tensor
 
         jitter = parameters["jitter"]
@@ -172,6 +205,20 @@ class DeviceAugmentation(nn.Module):
 
         return images.sub_(self.mean.to(images.device)).div_(self.std.to(images.device))
 
+    def _augment_bands(self, images: torch.Tensor, parameters: dict[str, torch.Tensor], jitter_order: list[int], group: ViewGroup) -> torch.Tensor:
+        """The band-wise ops of ``_augment_images`` on float bands: brightness and contrast in the call's jitter
+        order, blur, normalisation."""
+        if bool(parameters["jitter"].any()):
+            for operation in jitter_order:
+                if operation == 0 and group.brightness > 0:
+                    images = images.mul_(_per_band(parameters["band_brightness"]))
+                elif operation == 1 and group.contrast > 0:
+                    factor = _per_band(parameters["band_contrast"])
+                    band_mean = images.mean(dim=(2, 3), keepdim=True)
+                    images = images.mul_(factor).add_((1 - factor) * band_mean)
+        images = self._blur_selected(images, parameters["blur"], parameters["sigma"], group.blur_radius)
+        return images.sub_(self.mean.to(images.device)).div_(self.std.to(images.device))
+
     @staticmethod
     def _blur_selected(images, blur, sigma, radius):
         """Blur only the selected images: at p=0.1 (second global crop) that skips 90% of the work."""
@@ -188,6 +235,11 @@ class DeviceAugmentation(nn.Module):
 def _per_image(values: torch.Tensor) -> torch.Tensor:
     """``(N,)`` -> ``(N, 1, 1, 1)``, to broadcast one value per image over its pixels."""
     return values.view(-1, 1, 1, 1)
+
+
+def _per_band(values: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` -> ``(N, C, 1, 1)``, one value per image and band."""
+    return values.view(*values.shape, 1, 1)
 
 
 def luma(images: torch.Tensor) -> torch.Tensor:

@@ -190,3 +190,114 @@ def crop_into(image: PIL.Image.Image, box: tuple[int, int, int, int], size: int,
         out[:] = pixels
     else:
         out[:] = pixels.transpose(2, 0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Multispectral and hyperspectral bands
+# ----------------------------------------------------------------------------------------------------------------------
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def decode_bands(item: Any, num_channels: int) -> np.ndarray:
+    """Read an N-band image into a float32 ``(num_channels, H, W)`` array in the data's own units (no scaling).
+
+    ``item`` may be
+    - an array or nested list (a ``datasets`` ``Array3D`` / ``Sequence`` column, a numpy array, a torch tensor) of
+      shape ``(C, H, W)`` or ``(H, W, C)``, told apart by which axis has ``num_channels`` entries, or ``(H, W)`` for
+      one band;
+    - the path of a ``.npy`` / ``.npz`` file holding such an array (a ``.npz`` with one array, or an ``image`` key),
+      or of a TIFF: each page is a band, or a page holds several bands;
+    - a ``{"bytes", "path"}`` dict (an undecoded ``datasets.Image``) of any of these files, or of an ordinary image
+      (PNG, JPEG...: its L / RGB / RGBA channels, 16-bit kept as numbers);
+    - a list of paths or images: a stack, read one by one and concatenated band-wise (e.g. one grayscale file per
+      band).
+
+    Raises a ``ValueError`` saying what the item holds when it does not have ``num_channels`` bands.
+    """
+    if isinstance(item, (list, tuple)) and item and all(isinstance(part, (str, os.PathLike, dict, PIL.Image.Image, bytes)) for part in item):
+        bands = np.concatenate([_as_bands(_read_band_source(part), None) for part in item], axis=0)
+    else:
+        bands = _as_bands(_read_band_source(item), num_channels)
+    if bands.shape[0] != num_channels:
+        raise ValueError(f"the image has {bands.shape[0]} bands (shape {tuple(bands.shape)}) but num_channels is {num_channels}")
+    if 0 in bands.shape[1:]:
+        raise ValueError(f"the image is empty: shape {tuple(bands.shape)}")
+    return bands
+
+
+def _read_band_source(item: Any):
+    """A file, bytes, dict or image -> an array (or the item itself when it already is one)."""
+    if isinstance(item, dict):
+        if item.get("bytes") is not None:
+            return _read_band_file(io.BytesIO(item["bytes"]), item.get("path") or "")
+        if item.get("path") is not None:
+            return _read_band_file(item["path"], item["path"])
+        raise ValueError("the image entry has neither 'bytes' nor 'path'")
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return _read_band_file(io.BytesIO(item), "")
+    if isinstance(item, (str, os.PathLike)):
+        return _read_band_file(item, os.fspath(item))
+    if item is None:
+        raise ValueError("the image is missing (None)")
+    if isinstance(item, PIL.Image.Image):
+        return _pil_bands(item)
+    if hasattr(item, "detach"):  # a torch tensor, without importing torch here
+        return item.detach().cpu().numpy()
+    return item
+
+
+def _read_band_file(source, name: str) -> np.ndarray:
+    suffix = os.path.splitext(str(name))[1].lower()
+    if suffix in ARRAY_SUFFIXES or (not suffix and _looks_like_numpy(source)):
+        loaded = np.load(source, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                keys = list(loaded.keys())
+                if "image" in keys:
+                    return loaded["image"]
+                if len(keys) != 1:
+                    raise ValueError(f"{name or 'the .npz file'} holds arrays {keys}: store one array, or name it 'image'")
+                return loaded[keys[0]]
+        return loaded
+    image = PIL.Image.open(source)
+    pages = []
+    for index in range(getattr(image, "n_frames", 1)):
+        image.seek(index)
+        pages.append(_pil_bands(image))
+    return np.concatenate(pages, axis=0)
+
+
+def _looks_like_numpy(source) -> bool:
+    if not isinstance(source, io.BytesIO):
+        return False
+    magic = source.getvalue()[:6]
+    return magic == b"\x93NUMPY" or magic[:2] == b"PK"
+
+
+def _pil_bands(image: PIL.Image.Image) -> np.ndarray:
+    """One PIL image (or TIFF page) -> ``(C, H, W)``: its channels, alpha dropped from RGBA / LA, palettes to RGB."""
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGB")
+    elif image.mode == "LA":
+        image = image.convert("L")
+    elif image.mode in ("RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _as_bands(array: Any, num_channels: int | None) -> np.ndarray:
+    """An array of shape ``(C, H, W)``, ``(H, W, C)`` or ``(H, W)`` -> float32 ``(C, H, W)``; the channel axis is
+    the one with ``num_channels`` entries (the first when both are; ``(C, H, W)`` when it is not known)."""
+    array = np.asarray(array)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ValueError(f"cannot read bands from an array of dtype {array.dtype}")
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim != 3:
+        raise ValueError(f"cannot read an image from an array of shape {array.shape}: expected (C, H, W), (H, W, C) or (H, W)")
+    elif num_channels is not None and array.shape[0] != num_channels and array.shape[-1] == num_channels:
+        array = array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array, dtype=np.float32)

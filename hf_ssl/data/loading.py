@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -40,7 +41,10 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-BUILTIN_DATASETS = ("fashion_mnist",)
+BUILTIN_DATASETS = ("fashion_mnist", "fashion_mnist_multispectral", "arrayfolder")
+# Files of N-band arrays that `arrayfolder` collects (read by `hf_ssl.data.images.decode_bands`).
+ARRAY_FILE_SUFFIXES = (".npy", ".npz", ".tif", ".tiff")
+SPLIT_FOLDERS = {"train": "train", "test": "test", "validation": "validation", "val": "validation", "valid": "validation"}
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img")
 # Bump when the cached Fashion-MNIST layout changes, so old caches are rebuilt.
@@ -62,8 +66,12 @@ def load_image_dataset(
 
     Args:
         path: anything ``datasets.load_dataset`` reads (a Hub id, ``"imagefolder"`` with
-            ``data_dir``, ``"parquet"``/``"arrow"`` with ``data_files``, a local directory), or
-            ``"fashion_mnist"`` (`load_fashion_mnist`: local IDX files, else the Hub copy).
+            ``data_dir``, ``"parquet"``/``"arrow"`` with ``data_files``, a local directory),
+            ``"fashion_mnist"`` (`load_fashion_mnist`: local IDX files, else the Hub copy),
+            ``"fashion_mnist_multispectral"`` (`load_multispectral_fashion_mnist`: 8-band images generated
+            from it), or
+            ``"arrayfolder"`` with ``data_dir`` (`load_array_folder`: multispectral / hyperspectral arrays
+            stored as ``.npy`` / ``.npz`` / TIFF files, laid out like an image folder).
         name, split, data_dir, data_files, **load_kwargs: passed to ``datasets.load_dataset``.
         image_column: the column holding images; default ``"image"``, else ``"img"``.
         label_column: the column holding labels; default ``"label"`` if present, else no labels.
@@ -76,10 +84,18 @@ def load_image_dataset(
     Raises:
         ValueError: a requested or default column is missing; the message lists the columns.
     """
-    if path in BUILTIN_DATASETS:
+    if path == "arrayfolder":
+        if data_dir is None or name or data_files or load_kwargs:
+            raise ValueError("'arrayfolder' reads the array files under data_dir: give data_dir, and no name, data_files or loading options")
+        dataset = load_array_folder(data_dir)
+        if split is not None:
+            if split not in dataset:
+                raise ValueError(f"the array folder {data_dir!r} has splits {list(dataset)}, not {split!r}")
+            dataset = dataset[split]
+    elif path in BUILTIN_DATASETS:
         if name or data_dir or data_files or load_kwargs:
             raise ValueError(f"{path!r} is a built-in dataset: it takes no name, data_dir, data_files or loading options")
-        dataset = load_fashion_mnist()
+        dataset = load_fashion_mnist() if path == "fashion_mnist" else load_multispectral_fashion_mnist()
         if split is not None:
             if split not in dataset:
                 raise ValueError(f"{path!r} has splits {list(dataset)}, not {split!r}")
@@ -114,7 +130,7 @@ def normalize_columns(dataset, image_column: str | None = None, label_column: st
 
     dataset = _rename(dataset, image_column, "image")
     feature = dataset.features["image"] if dataset.features is not None else None
-    if _holds_image_references(feature):
+    if _holds_image_references(feature) and not _holds_array_files(dataset):
         dataset = dataset.cast_column("image", datasets.Image())
     if label_column is not None:
         dataset = _rename(dataset, label_column, "label")
@@ -133,6 +149,57 @@ def _rename(dataset, column: str, new_name: str):
         logger.warning("Dropping column %r to rename column %r to %r", new_name, column, new_name)
         dataset = dataset.remove_columns(new_name)
     return dataset.rename_column(column, new_name)
+
+
+def load_array_folder(data_dir: str | os.PathLike) -> datasets.DatasetDict:
+    """Multispectral / hyperspectral arrays stored as files (``.npy``, ``.npz``, TIFF), laid out like an image folder.
+
+    ``data_dir/train/...``, ``data_dir/test/...``, ``data_dir/validation/...`` (or ``val``) become splits; without
+    such folders every file is in ``train``. Inside a split, files in class folders (``train/healthy/a.npy``) get
+    a ``label`` (a ``ClassLabel`` of the folder names, sorted); files directly in the split have none. Columns:
+    ``image`` (the file's path, read by `hf_ssl.data.images.decode_bands` when the views are cut) and ``label``.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ValueError(f"the array folder {str(root)!r} does not exist or is not a folder")
+    split_roots = {SPLIT_FOLDERS[child.name]: child for child in sorted(root.iterdir()) if child.is_dir() and child.name in SPLIT_FOLDERS}
+    if not split_roots:
+        split_roots = {"train": root}
+    splits = {}
+    for split, split_root in split_roots.items():
+        files = sorted(path for path in split_root.rglob("*") if path.is_file() and path.suffix.lower() in ARRAY_FILE_SUFFIXES)
+        if not files:
+            raise ValueError(f"no array files ({', '.join(ARRAY_FILE_SUFFIXES)}) under {str(split_root)!r}")
+        columns = {"image": [str(path) for path in files]}
+        features = {"image": datasets.Value("string")}
+        class_names = [path.relative_to(split_root).parts[0] for path in files]
+        if all(len(path.relative_to(split_root).parts) > 1 for path in files):
+            names = sorted(set(class_names))
+            columns["label"] = [names.index(name) for name in class_names]
+            features["label"] = datasets.ClassLabel(names=names)
+        splits[split] = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    # one set of classes for every split: a class missing from one split keeps its index
+    names = sorted({name for part in splits.values() if "label" in part.column_names for name in part.features["label"].names})
+    return datasets.DatasetDict({split: _relabel(part, names) for split, part in splits.items()})
+
+
+def _relabel(part: datasets.Dataset, names: list[str]) -> datasets.Dataset:
+    """``part``'s labels re-indexed against ``names`` (the classes of every split)."""
+    if "label" not in part.column_names:
+        return part
+    own = part.features["label"].names
+    labels = [names.index(own[label]) for label in part["label"]]
+    part = part.remove_columns("label").add_column("label", labels)
+    return part.cast_column("label", datasets.ClassLabel(names=names))
+
+
+def _holds_array_files(dataset) -> bool:
+    """A column of paths to array files (``.npy``, ``.npz``, TIFF): kept as paths for `decode_bands`, not cast to
+    ``datasets.Image``, which would read a multi-page TIFF's first page only."""
+    if not isinstance(dataset, datasets.Dataset) or len(dataset) == 0:
+        return False
+    first = dataset[0]["image"]
+    return isinstance(first, str) and first.lower().endswith(ARRAY_FILE_SUFFIXES)
 
 
 def _holds_image_references(feature) -> bool:
@@ -187,6 +254,85 @@ def load_fashion_mnist(root: str | os.PathLike = FASHION_MNIST_ROOT, *, cache_di
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return datasets.load_from_disk(str(cache_path))
+
+
+MULTISPECTRAL_BANDS = 8
+MULTISPECTRAL_SIZES = {"train": 20000, "test": 2000}
+_MULTISPECTRAL_CACHE_VERSION = 1
+
+
+def load_multispectral_fashion_mnist(
+    num_bands: int = MULTISPECTRAL_BANDS, sizes: dict[str, int] | None = None, seed: int = 0, *, cache_dir: str | os.PathLike | None = None,
+) -> datasets.DatasetDict:
+    """Fashion-MNIST rendered as ``num_bands``-band images, for trying multispectral training offline.
+
+    Each image gets two spectra of its own, one for the garment and one for the background, each a smooth bump
+    over the bands (a random baseline, height, centre and width); a pixel of Fashion-MNIST intensity ``x`` in [0, 1]
+    becomes ``x * garment + (1 - x) * background`` plus Gaussian noise, stored as 12-bit counts (0..4095, uint16).
+    The class is in the shape only: the spectra are drawn independently of it, so a representation has to see past
+    them (a raw-pixel k-NN is misled by them). Splits: the first ``sizes["train"]`` (default 20000) training
+    images and the first ``sizes["test"]`` (default 2000) test images, drawn from ``seed``.
+
+    Columns: ``image`` (the ``(num_bands, 28, 28)`` array as ``.npy`` bytes, read by `hf_ssl.data.decode_bands`)
+    and ``label``. Built once and cached like `load_fashion_mnist` (under ``.../fashion_mnist_multispectral``).
+    """
+    sizes = dict(MULTISPECTRAL_SIZES if sizes is None else sizes)
+    source = load_fashion_mnist()
+    key = hashlib.sha256(repr((_MULTISPECTRAL_CACHE_VERSION, num_bands, sorted(sizes.items()), seed,
+                               {split: len(source[split]) for split in source})).encode()).hexdigest()[:16]
+    cache_root = Path(cache_dir) if cache_dir is not None else _default_cache_root() / "fashion_mnist_multispectral"
+    cache_path = cache_root / key
+    if (cache_path / "dataset_dict.json").is_file():
+        return datasets.load_from_disk(str(cache_path))
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, size in sizes.items():
+        part = source[split].select(range(min(size, len(source[split]))))
+        pixels = np.stack([np.asarray(_to_gray(item)) for item in part.cast_column("image", datasets.Image(decode=False))["image"]])
+        splits[split] = _render_multispectral(pixels.astype(np.float32) / 255.0, np.asarray(part["label"]), num_bands, rng)
+    dataset = datasets.DatasetDict(splits)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=".building-"))
+    try:
+        dataset.save_to_disk(str(staging))
+        try:
+            staging.rename(cache_path)
+        except OSError:  # another process finished first; its copy is identical
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return datasets.load_from_disk(str(cache_path))
+
+
+def _to_gray(item):
+    from .images import decode_image
+
+    return decode_image(item).convert("L")
+
+
+def _render_multispectral(intensity: np.ndarray, labels: np.ndarray, num_bands: int, rng: np.random.Generator) -> datasets.Dataset:
+    """``(N, H, W)`` intensities in [0, 1] -> a dataset of ``(num_bands, H, W)`` uint16 images (see
+    `load_multispectral_fashion_mnist`)."""
+    count = intensity.shape[0]
+    positions = np.linspace(0.0, 1.0, num_bands)
+
+    def spectra(baseline, height):
+        centre = rng.uniform(0.0, 1.0, (count, 1))
+        width = rng.uniform(0.15, 0.4, (count, 1))
+        return rng.uniform(*baseline, (count, 1)) + rng.uniform(*height, (count, 1)) * np.exp(-0.5 * ((positions - centre) / width) ** 2)
+
+    garment = spectra((0.1, 0.3), (0.3, 0.6))  # (N, B), reflectance-like in [0, 0.9]
+    background = spectra((0.0, 0.15), (0.0, 0.3))
+    images = intensity[:, None] * garment[:, :, None, None] + (1 - intensity[:, None]) * background[:, :, None, None]
+    images = images * 4095 + rng.normal(0.0, 30.0, images.shape)
+    images = np.clip(np.rint(images), 0, 4095).astype(np.uint16)
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        np.save(buffer, image)
+        encoded.append(buffer.getvalue())
+    features = datasets.Features({"image": datasets.Value("binary"), "label": datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES))})
+    return datasets.Dataset.from_dict({"image": encoded, "label": labels.astype(np.int64)}, features=features)
 
 
 def _default_cache_root() -> Path:

@@ -22,8 +22,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .images import RESAMPLING, crop_into, decode_image, describe_image, random_resized_crop_box, to_8bit
-from .views import as_views_config
+from .images import RESAMPLING, crop_into, decode_bands, decode_image, describe_image, random_resized_crop_box, to_8bit
+from .views import BAND_INTERPOLATIONS, as_views_config
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,12 @@ class MultiCropTransform:
     ``RandomResizedCrop`` crops: images smaller than the view are upscaled. The groups are cut in the
     config's order, view by view.
 
+    With ``num_channels`` other than 3 (multispectral, hyperspectral) an image is an N-band array instead
+    (`hf_ssl.data.images.decode_bands`: arrays, ``.npy`` / ``.npz`` / TIFF files, stacks of single-band files),
+    kept as float32 in the data's own units; its views are float32 ``(number, N, size, size)``, resized with
+    torch's interpolation (antialiased bilinear / bicubic, nearest or area), and an image with another number of
+    bands is a bad image like one that does not decode.
+
     An image that fails to decode gives zero views with ``valid=False`` and a logged warning when
     ``skip_bad_images`` (`MultiCropCollator` drops and counts it), else a ``ValueError``.
 
@@ -59,7 +65,10 @@ class MultiCropTransform:
         self.config = config
         self.views = as_views_config(config)
         self.skip_bad_images = skip_bad_images
-        self.resample = {name: RESAMPLING[group.interpolation] for name, group in self.views.groups.items()}
+        if self.views.is_rgb:
+            self.resample = {name: RESAMPLING[group.interpolation] for name, group in self.views.groups.items()}
+        else:
+            self.resample = {name: BAND_INTERPOLATIONS[group.interpolation] for name, group in self.views.groups.items()}
         # Images skipped by this copy of the transform (each DataLoader worker holds its own copy).
         self.num_bad_images = 0
 
@@ -75,7 +84,7 @@ class MultiCropTransform:
         output["valid"] = []
         for position, item in enumerate(batch["image"]):
             try:
-                image = to_8bit(decode_image(item))
+                image = self.decode(item)
             except Exception as error:  # any failure to read the pixels makes the example a bad image
                 image = None
                 self._handle_bad_image(item, position, error)
@@ -86,9 +95,17 @@ class MultiCropTransform:
             output["label"] = list(batch["label"])
         return output
 
-    def make_crops(self, image: PIL.Image.Image | None, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Group name -> uint8 ``(number, 3, size, size)`` views of one ``"L"``/``"RGB"`` image; all zeros
-        when ``image`` is ``None``."""
+    def decode(self, item: Any) -> PIL.Image.Image | np.ndarray:
+        """One dataset item -> an 8-bit ``"L"``/``"RGB"`` image (3 channels) or a float32 ``(N, H, W)`` array."""
+        if self.views.is_rgb:
+            return to_8bit(decode_image(item))
+        return decode_bands(item, self.views.num_channels)
+
+    def make_crops(self, image: PIL.Image.Image | np.ndarray | None, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Group name -> the ``(number, C, size, size)`` views of one image (``decode``'s output): uint8 for RGB,
+        float32 for other bands; all zeros when ``image`` is ``None``."""
+        if not self.views.is_rgb:
+            return self._make_band_crops(image, rng)
         crops = {}
         for name, group in self.views.groups.items():
             views = np.zeros((group.number, 3, group.size, group.size), np.uint8)
@@ -98,6 +115,19 @@ class MultiCropTransform:
                     box = random_resized_crop_box(width, height, group.scale, group.crop_ratio, rng)
                     crop_into(image, box, group.size, self.resample[name], out)
             crops[name] = torch.from_numpy(views)
+        return crops
+
+    def _make_band_crops(self, bands: np.ndarray | None, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        crops = {}
+        source = torch.from_numpy(bands) if bands is not None else None
+        for name, group in self.views.groups.items():
+            views = torch.zeros((group.number, self.views.num_channels, group.size, group.size), dtype=torch.float32)
+            if source is not None:
+                height, width = source.shape[-2:]
+                for out in views:
+                    box = random_resized_crop_box(width, height, group.scale, group.crop_ratio, rng)
+                    out.copy_(resize_bands(source, box, group.size, self.resample[name]))
+            crops[name] = views
         return crops
 
     def _handle_bad_image(self, item: Any, position: int, error: Exception) -> None:
@@ -115,6 +145,16 @@ class MultiCropTransform:
             error,
             self.num_bad_images,
         )
+
+
+def resize_bands(bands: torch.Tensor, box: tuple[int, int, int, int], size: int, mode: str) -> torch.Tensor:
+    """``box`` (left, top, right, bottom) of a float ``(C, H, W)`` tensor resized to ``(C, size, size)`` with torch
+    interpolation ``mode``; bilinear and bicubic are antialiased when shrinking, as PIL's resize is."""
+    left, top, right, bottom = box
+    crop = bands[None, :, top:bottom, left:right]
+    if mode in ("bilinear", "bicubic"):
+        return torch.nn.functional.interpolate(crop, size=(size, size), mode=mode, align_corners=False, antialias=True)[0]
+    return torch.nn.functional.interpolate(crop, size=(size, size), mode=mode)[0]
 
 
 def with_multicrop(dataset, transform: MultiCropTransform, seed: int = 0):
@@ -194,7 +234,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
         for position in positions.tolist():
             item = self.dataset[position]["image"]
             try:
-                to_8bit(decode_image(item))
+                self.transform.decode(item)
                 readable += 1
             except Exception as error:  # the same rule as the transform: anything that stops decoding
                 if first_error is None:
@@ -275,10 +315,11 @@ class MultiCropCollator:
 
 
 def _stack_crops(examples: list[dict[str, Any]], kept: list[dict[str, Any]], key: str) -> torch.Tensor:
-    """``B`` tensors ``(V, 3, H, W)`` -> ``(V, B, 3, H, W)``; bad examples still tell the shape when B == 0."""
+    """``B`` tensors ``(V, C, H, W)`` -> ``(V, B, C, H, W)`` of their dtype (uint8 RGB, float32 bands); bad examples
+    still tell the shape when B == 0."""
     if key not in examples[0]:
         raise KeyError(f"the examples have no view group {key!r}; they have {sorted(examples[0])}")
     if kept:
-        return torch.stack([torch.as_tensor(example[key], dtype=torch.uint8) for example in kept], dim=1)
-    reference = torch.as_tensor(examples[0][key], dtype=torch.uint8)
+        return torch.stack([torch.as_tensor(example[key]) for example in kept], dim=1)
+    reference = torch.as_tensor(examples[0][key])
     return reference.new_empty((reference.shape[0], 0, *reference.shape[1:]))

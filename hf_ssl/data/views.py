@@ -3,7 +3,13 @@
 A method sees a batch of named groups of views. DINO: ``global_crops`` (2 x 224 px) and ``local_crops`` (8 x 96 px);
 SimCLR, BYOL and VICReg: ``views`` (2 of one size); I-JEPA: one ``image`` plus masks from its collator. Every group
 has its own crop geometry and photometric settings, and the views of a group share one size, so the batch holds
-one ``(number, B, 3, size, size)`` tensor per group and the backbone runs once per group.
+one ``(number, B, C, size, size)`` tensor per group and the backbone runs once per group.
+
+``num_channels`` is 3 for RGB images (8-bit crops, the ImageNet normalisation by default) or any other number of
+bands for multispectral and hyperspectral arrays (float crops in the data's own units, normalised with per-band
+statistics that ``hf_ssl.data.band_statistics`` computes from the data when none are given). On bands other than
+RGB only the band-wise photometric ops run: flip, per-band brightness and contrast jitter, blur. Saturation, hue,
+grayscale and solarize mean something for RGB only, and asking for them on N bands is an error naming the key.
 
     ViewsConfig(groups={"views": ViewGroup(number=2, size=224, scale=(0.08, 1.0))})
 
@@ -21,8 +27,17 @@ from dataclasses import dataclass, field, fields
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+NUM_CHANNELS_HELP = (
+    "Channels of the images: 3 for RGB; any other number of bands for multispectral / hyperspectral arrays "
+    "(null in a recipe: the backbone's num_channels)."
+)
+MEAN_HELP = "Per-channel mean of the final normalisation (null: ImageNet's for RGB, computed from the training data for other band counts)."
+STD_HELP = "Per-channel standard deviation of the final normalisation (null: as for mean)."
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+# The crop resize of bands other than RGB, as torch's interpolate modes: PIL's filters take 8-bit images of at
+# most 4 channels. bilinear and bicubic are antialiased like PIL's.
+BAND_INTERPOLATIONS = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic", "box": "area"}
 
 # Batch keys the collator writes itself; a group may not take one of them as its name.
 RESERVED_BATCH_KEYS = frozenset({"labels", "label", "num_skipped", "valid"})
@@ -126,11 +141,15 @@ class ViewsConfig:
 
     ``groups`` maps a batch key to its ``ViewGroup`` (or to a mapping of ``ViewGroup`` keys, as a YAML recipe
     writes it). The first group is the one the backbone's native input size must match (DINO's global crops).
+    ``mean`` / ``std`` hold one value per channel; ``None`` is ImageNet's for 3 channels and, for any other number
+    of bands, statistics still to be computed from the data (``hf_ssl.data.band_statistics``; a recipe does it
+    before training). ``needs_statistics`` says whether they still are.
     """
 
     groups: dict[str, ViewGroup] = field(default_factory=lambda: {"views": ViewGroup()}, metadata={"help": "Batch key -> its views (number, size, scale, photometric settings)."})
-    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN, metadata={"help": "Per-channel (RGB) mean of the final normalisation."})
-    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"help": "Per-channel (RGB) standard deviation of the final normalisation."})
+    num_channels: int | None = field(default=None, metadata={"help": NUM_CHANNELS_HELP})
+    mean: tuple[float, ...] | None = field(default=None, metadata={"help": MEAN_HELP})
+    std: tuple[float, ...] | None = field(default=None, metadata={"help": STD_HELP})
 
     def __post_init__(self):
         if not isinstance(self.groups, Mapping) or not self.groups:
@@ -154,8 +173,27 @@ class ViewsConfig:
                 raise ValueError(f"view group {name!r} must be a ViewGroup or a mapping of its keys, got {type(group).__name__}")
             groups[name] = group
         self.groups = groups
-        for name in ("mean", "std"):
-            setattr(self, name, normalisation_values(name, getattr(self, name)))
+        self.num_channels = 3 if self.num_channels is None else check_num_channels(self.num_channels)
+        self.mean, self.std = resolve_normalisation(self.mean, self.std, self.num_channels)
+        check_rgb_only_settings(self.num_channels, {
+            f"groups.{name}.{key}": value for name, group in groups.items() for key, value in rgb_only_settings(group).items()
+        })
+        for name, group in groups.items():
+            if not self.is_rgb and group.interpolation not in BAND_INTERPOLATIONS:
+                raise ValueError(
+                    f"interpolation={group.interpolation!r} (view group {name!r}) is a filter for 8-bit RGB images; crops "
+                    f"of {self.num_channels} bands are resized with one of {list(BAND_INTERPOLATIONS)}"
+                )
+
+    @property
+    def is_rgb(self) -> bool:
+        """3 channels: 8-bit RGB crops and the whole photometric pipeline; otherwise float bands."""
+        return self.num_channels == 3
+
+    @property
+    def needs_statistics(self) -> bool:
+        """``mean`` / ``std`` are still to be computed from the data (``hf_ssl.data.band_statistics``)."""
+        return self.mean is None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -200,14 +238,64 @@ def check_probability(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
 
 
-def normalisation_values(name: str, value) -> tuple[float, float, float]:
-    """Three per-channel numbers (``mean`` or ``std``; a std must be positive)."""
+def check_num_channels(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"num_channels must be a positive integer (3 for RGB, the band count otherwise), got {value!r}")
+    return value
+
+
+def normalisation_values(name: str, value, num_channels: int = 3) -> tuple[float, ...]:
+    """``num_channels`` per-channel numbers (``mean`` or ``std``; a std must be positive)."""
+    what = "one per RGB channel" if num_channels == 3 else f"one per band, num_channels={num_channels}"
     try:
         values = tuple(float(item) for item in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be 3 numbers (one per RGB channel), got {value!r}") from None
-    if len(values) != 3:
-        raise ValueError(f"{name} must have 3 values (one per RGB channel), got {value!r}")
+        raise ValueError(f"{name} must be {num_channels} numbers ({what}), got {value!r}") from None
+    if len(values) != num_channels:
+        raise ValueError(
+            f"{name} must have {num_channels} values ({what}), got {len(values)}"
+            + ("; set it to null to compute it from the training data" if num_channels != 3 else "")
+        )
+    if not all(math.isfinite(item) for item in values):
+        raise ValueError(f"{name} must hold finite numbers, got {value!r}")
     if name == "std" and any(item <= 0 for item in values):
         raise ValueError(f"std must be positive for every channel, got {value!r}")
     return values
+
+
+def resolve_normalisation(mean, std, num_channels: int) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """``(mean, std)`` checked against ``num_channels``: both null gives ImageNet's for 3 channels and stays null
+    (to be computed from the data) otherwise; one without the other is an error."""
+    mean = normalisation_values("mean", mean, num_channels) if mean is not None else None
+    std = normalisation_values("std", std, num_channels) if std is not None else None
+    if (mean is None) != (std is None):
+        given, missing = ("mean", "std") if std is None else ("std", "mean")
+        raise ValueError(f"{missing} is null and {given} is not: give both, or neither (null: ImageNet's for RGB, computed from the data for other bands)")
+    if mean is None:
+        return (IMAGENET_MEAN, IMAGENET_STD) if num_channels == 3 else (None, None)
+    return mean, std
+
+
+def rgb_only_settings(group: ViewGroup) -> dict[str, float]:
+    """The settings of ``group`` that turn on an RGB-only op (saturation, hue, grayscale, solarize), by key."""
+    jitter = group.color_jitter_probability > 0
+    return {
+        "saturation": group.saturation if jitter else 0.0,
+        "hue": group.hue if jitter else 0.0,
+        "grayscale_probability": group.grayscale_probability,
+        "solarize_probabilities": max(group.solarize_probabilities),
+    }
+
+
+def check_rgb_only_settings(num_channels: int | None, settings: dict[str, float]) -> None:
+    """Refuse, on bands other than RGB, every op of ``settings`` (``{recipe key: value}``) that is on: saturation,
+    hue, grayscale and solarize are defined on RGB colours only. The message names every key to set to 0."""
+    if num_channels is None or num_channels == 3:
+        return
+    active = [f"{key}={value:g}" for key, value in settings.items() if value]
+    if active:
+        raise ValueError(
+            f"{', '.join(active)}: saturation, hue, grayscale and solarize are RGB-only augmentations and the images have "
+            f"{num_channels} bands; set {'it' if len(active) == 1 else 'them'} to 0 (brightness and contrast jitter, blur, "
+            "flips and crops work per band)"
+        )

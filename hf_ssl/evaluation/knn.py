@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from hf_ssl.data.images import decode_image, describe_image, to_8bit
+from hf_ssl.data.images import decode_bands, decode_image, describe_image, to_8bit
+from hf_ssl.models.image_processing import processor_image_size, processor_num_channels
 
 logger = logging.getLogger(__name__)
 
@@ -131,12 +132,25 @@ def extract_readable_features(
 
     Images are decoded as training decodes them (`hf_ssl.data.images.decode_image`, then `to_8bit`:
     16-bit scaled by its range, alpha dropped, CMYK and palettes to RGB), then prepared by
-    ``image_processor`` exactly as a transformers user would (``processor(images)["pixel_values"]``).
+    ``image_processor`` exactly as a transformers user would (``processor(images)["pixel_values"]``). A processor
+    of other than 3 channels (multispectral / hyperspectral) only normalises: the bands are read with
+    `hf_ssl.data.decode_bands` and resized to its size by `resize_bands_for_evaluation` first.
     A decoding ``Image`` column is read undecoded, so a file that cannot be decoded is left out
     together with its label and logged (its path when known) instead of raising inside ``datasets``.
     """
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     dataset = _undecoded_images(dataset, image_column)
+    bands = processor_num_channels(image_processor)
+    if bands == 3:
+        bands = None
+
+        def read_image(item):
+            return to_8bit(decode_image(item))
+    else:  # N-band arrays: the processor only normalises, so they are resized to its size first
+        side = processor_image_size(image_processor)
+
+        def read_image(item):
+            return resize_bands_for_evaluation(decode_bands(item, bands), side)
     was_training = model.training
     model.eval()
     features, labels, num_skipped = [], [], 0
@@ -146,7 +160,7 @@ def extract_readable_features(
         images, kept = [], []
         for offset, item in enumerate(batch[image_column]):
             try:
-                images.append(to_8bit(decode_image(item)))
+                images.append(read_image(item))
             except Exception as error:  # any failure to read the pixels makes the row unreadable, as in training
                 num_skipped += 1
                 logger.warning("Skipping unreadable %s: %s: %s", describe_image(item, f"row {start + offset}"), type(error).__name__, error)
@@ -154,7 +168,10 @@ def extract_readable_features(
                 kept.append(offset)
         if not images:
             continue
-        pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
+        if bands is None:
+            pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
+        else:
+            pixel_values = image_processor(images, return_tensors="pt", input_data_format="channels_first")["pixel_values"]
         features.append(image_embedding(model, pixel_values.to(device)).float().cpu())
         batch_labels = batch[label_column]
         labels.append(torch.as_tensor([batch_labels[offset] for offset in kept], dtype=torch.long))
@@ -162,6 +179,17 @@ def extract_readable_features(
     if not features:
         return ExtractedFeatures(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), num_skipped)
     return ExtractedFeatures(torch.cat(features), torch.cat(labels), num_skipped)
+
+
+def resize_bands_for_evaluation(bands: np.ndarray, size: int) -> np.ndarray:
+    """A float ``(C, H, W)`` array resized, whole, to ``(C, size, size)`` (antialiased bilinear): what the RGB
+    processors' resize does, for bands PIL cannot resize. A user of an exported N-band backbone does the same
+    before its processor normalises."""
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(np.ascontiguousarray(bands, dtype=np.float32))[None], size=(size, size), mode="bilinear",
+        align_corners=False, antialias=True,
+    )
+    return resized[0].numpy()
 
 
 def extract_features(

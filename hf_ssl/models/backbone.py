@@ -7,12 +7,16 @@
 - ``export_backbone``: a trained backbone saved as the plain transformers model that ``AutoModel`` builds, with
   its image processor, so it loads without hf_ssl.
 - ``resolve_backbone_config`` / ``backbone_config_for_training``: the nested ``backbone_config`` of a method config.
+- ``pretrained_backbone_config`` / ``load_pretrained_backbone``: start every backbone of a method from a pretrained
+  plain transformers model (a Hub id or a folder), with ``adapt_input_channels`` for another number of channels.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import logging
+import math
 import os
 
 import torch
@@ -24,7 +28,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .image_processing import build_image_processor
 
-
+logger = logging.getLogger(__name__)
 
 
 def build_backbone(backbone_config: PretrainedConfig) -> PreTrainedModel:
@@ -198,6 +202,298 @@ def backbone_config_for_training(backbone_config: PretrainedConfig, drop_path_ra
     if hasattr(config, "use_mask_token"):
         config.use_mask_token = False
     return config
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Starting from a pretrained transformers backbone
+# ----------------------------------------------------------------------------------------------------------------------
+
+# Backbone config keys that may differ from the pretrained model's: the first layer is adapted to another
+# `num_channels` (`adapt_input_channels`), the position embeddings are resampled to another `image_size`, and the
+# dropout rates shape no weight.
+PRETRAINED_BACKBONE_FREE_KEYS = (
+    "num_channels", "image_size", "drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob",
+)
+# Tensors of a pretrained checkpoint that hf_ssl's backbones do not build: the pooling layer (`build_backbone`) and the
+# mask token (`backbone_config_for_training`).
+_UNBUILT_TENSOR_PREFIXES = ("pooler.", "embeddings.mask_token")
+# config.json fields that describe the checkpoint's task head or file, not the backbone.
+_CHECKPOINT_METADATA_KEYS = (
+    "_name_or_path", "architectures", "dtype", "torch_dtype", "transformers_version", "id2label", "label2id",
+    "num_labels", "problem_type", "finetuning_task",
+)
+
+
+def adapt_input_channels(weight: torch.Tensor, num_channels: int) -> torch.Tensor:
+    """The weight of an RGB-pretrained first layer adapted to images of ``num_channels`` bands (timm's
+    ``adapt_input_conv`` rule). An image whose bands all hold the same values then gets the response the pretrained
+    layer gives to that grey image in RGB: exactly for 1 band or a multiple of 3, about otherwise.
+
+    - ``num_channels == 1``: the sum of the three RGB filters;
+    - ``num_channels == 2`` or ``> 3``: the RGB filters repeated ``ceil(num_channels / 3)`` times along the input
+      channels, the first ``num_channels`` kept, scaled by ``3 / num_channels`` (band ``c`` gets the filter of RGB
+      channel ``c % 3``);
+    - ``num_channels == 3``: unchanged.
+
+    Args:
+        weight: (out, 3, ...) the input channels on dim 1: a conv kernel (out, 3, kh, kw) or a linear weight (out, 3).
+        num_channels: N >= 1, the input channels of the adapted layer.
+
+    Returns:
+        (out, N, ...) in the dtype of ``weight`` (computed in float32).
+    """
+    if weight.ndim < 2 or weight.shape[1] != 3:
+        raise ValueError(
+            f"only an RGB-pretrained first layer (input channels on dim 1 = 3) can be adapted to other channels, got a "
+            f"weight of shape {tuple(weight.shape)}"
+        )
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+        raise ValueError(f"num_channels must be an integer >= 1, got {num_channels!r}")
+    if num_channels == 3:
+        return weight
+    rgb = weight.float()
+    if num_channels == 1:
+        adapted = rgb.sum(dim=1, keepdim=True)
+    else:
+        repeats = [1] * weight.ndim
+        repeats[1] = math.ceil(num_channels / 3)
+        adapted = rgb.repeat(*repeats)[:, :num_channels] * (3 / num_channels)
+    return adapted.to(weight.dtype)
+
+
+def pretrained_backbone_config(
+    name_or_path: str | os.PathLike, backbone_config: dict | None = None, **from_pretrained_kwargs
+) -> PretrainedConfig:
+    """The backbone config of a method that starts from the plain transformers model ``name_or_path``: its
+    architecture, without its task head's labels and file metadata.
+
+    Args:
+        name_or_path: Hub id or local folder of a transformers vision model (``AutoConfig.from_pretrained``: offline,
+            a Hub id resolves from the local cache).
+        backbone_config: keys a recipe sets beside it (``model.backbone_config``), or None; a config counts by the
+            keys that differ from its class defaults. Architecture keys must equal the pretrained model's; those of
+            ``PRETRAINED_BACKBONE_FREE_KEYS`` (``num_channels``, ``image_size``, the dropout rates) replace them.
+        from_pretrained_kwargs: passed to ``AutoConfig.from_pretrained`` (``revision``, ``cache_dir``, ``token``...).
+
+    Raises ``OSError`` when the model cannot be found, ``ValueError`` naming the keys that differ (or the model
+    types) otherwise.
+    """
+    source = _pretrained_source_config(name_or_path, **from_pretrained_kwargs)
+    if isinstance(backbone_config, PretrainedConfig):
+        backbone_config = {
+            key: value for key, value in backbone_config.to_diff_dict().items() if key not in _CHECKPOINT_METADATA_KEYS
+        }
+    architecture = {
+        key: value for key, value in source.to_diff_dict().items()
+        if key not in _CHECKPOINT_METADATA_KEYS and key != "model_type"
+    }
+    given = dict(backbone_config or {})
+    wanted_type = given.pop("model_type", source.model_type)
+    if wanted_type != source.model_type:
+        raise ValueError(
+            f"{str(name_or_path)!r} is a {source.model_type!r} model ({_model_class_name(source)}) and backbone_config "
+            f"asks for a {wanted_type!r} one: remove backbone_config.model_type (and its architecture keys) to train a "
+            f"{source.model_type} backbone, or choose a pretrained {wanted_type} model"
+        )
+    conflicts = [
+        f"backbone_config.{key}: {value!r} here, {getattr(source, key, None)!r} in the pretrained model"
+        for key, value in given.items()
+        if key not in PRETRAINED_BACKBONE_FREE_KEYS and not _same_value(value, getattr(source, key, None))
+    ]
+    if conflicts:
+        raise ValueError(
+            f"backbone_config differs from the pretrained {source.model_type} backbone {str(name_or_path)!r}: "
+            f"{'; '.join(conflicts)}. The architecture is the pretrained model's: remove these keys or give them its "
+            f"values (only {', '.join(PRETRAINED_BACKBONE_FREE_KEYS)} may differ)"
+        )
+    return AutoConfig.for_model(source.model_type, **{**architecture, **given})
+
+
+def load_pretrained_backbone(model: nn.Module, name_or_path: str | os.PathLike, **from_pretrained_kwargs) -> list[str]:
+    """Fill every backbone of ``model`` with the weights of the plain transformers model ``name_or_path``.
+
+    The pretrained model is loaded with ``AutoModel.from_pretrained`` (a Hub id, offline from the local cache, or a
+    folder of ``save_pretrained`` / ``export_backbone``; a checkpoint with a task head gives its base model). Its
+    tensors go into each backbone ``model.backbones()`` lists (DINO's student and teacher, I-JEPA's context and target
+    encoders...), so an EMA teacher starts equal to its student; heads and predictors keep their initialisation.
+    ``model`` may also be a transformers backbone itself.
+
+    Strict: the checkpoint must hold every tensor of the pretrained model (it may hold a task head besides, which is
+    left out), every backbone tensor is filled, and every pretrained tensor is used but the pooling layer and the mask
+    token (``pooler.*``, ``embeddings.mask_token``), which hf_ssl backbones do not build. Two differences are adapted:
+
+    - ``num_channels`` N of the backbone config against an RGB checkpoint: the one tensor whose shape differs only on
+      dim 1, 3 in the checkpoint and N in the backbone (the first conv of a ResNet or ConvNext, the patch embedding of
+      a ViT, DeiT, Dinov2 or IJepa), is adapted by ``adapt_input_channels``;
+    - ``image_size``: ``embeddings.position_embeddings`` is resampled to the new patch grid by the pretrained model's
+      own ``interpolate_pos_encoding``, so the backbone at its ``image_size`` computes what the pretrained model
+      computes at that size with ``interpolate_pos_encoding=True``.
+
+    Returns:
+        the module names of the filled backbones (``[""]`` for a transformers backbone).
+
+    Raises ``OSError`` when the model cannot be found, ``ValueError`` for an hf_ssl checkpoint, a model of another
+    type than the backbones, or tensors that do not match (naming them).
+    """
+    backbones = model.backbones() if hasattr(model, "backbones") else {"": model}
+    source_config = _pretrained_source_config(name_or_path, **from_pretrained_kwargs)
+    for name, backbone in backbones.items():
+        if backbone.config.model_type != source_config.model_type:
+            raise ValueError(
+                f"{str(name_or_path)!r} is a {source_config.model_type!r} model ({_model_class_name(source_config)}) "
+                f"and {'.'.join(filter(None, (type(model).__name__, name)))} is a {backbone.config.model_type!r} one "
+                f"({type(backbone).__name__}): use a pretrained {backbone.config.model_type} model, or a "
+                f"{source_config.model_type} backbone_config"
+            )
+    # float32 as the backbones are built: a half-precision checkpoint is widened before any resampling
+    loading_kwargs = {"dtype": torch.float32, **from_pretrained_kwargs}
+    source, loading = AutoModel.from_pretrained(name_or_path, config=source_config, output_loading_info=True, **loading_kwargs)
+    _check_checkpoint_tensors(source, loading, name_or_path)
+    with torch.no_grad():
+        for name, backbone in backbones.items():
+            state, adapted = _adapted_state_dict(source, backbone, name_or_path)
+            backbone.load_state_dict(state, strict=True)
+            logger.info(
+                "%s: every tensor of the pretrained %s %r (%s parameters)%s",
+                name or type(backbone).__name__, type(source).__name__, str(name_or_path),
+                f"{sum(tensor.numel() for tensor in backbone.parameters()):,}",
+                f"; adapted: {'; '.join(adapted)}" if adapted else "",
+            )
+    return list(backbones)
+
+
+def _pretrained_source_config(name_or_path, **from_pretrained_kwargs) -> PretrainedConfig:
+    """The config of the pretrained model, checked to be a plain transformers vision model."""
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **from_pretrained_kwargs)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot load the pretrained backbone {str(name_or_path)!r}: {error}") from error
+    if config.model_type.startswith("hf_ssl_"):
+        raise ValueError(
+            f"{str(name_or_path)!r} is an hf_ssl {config.model_type!r} checkpoint, not a plain transformers backbone: "
+            "continue it with model.pretrained_model_name_or_path (same method), or export its backbone first "
+            "(`model.export_backbone(folder)`) and start from that folder"
+        )
+    if type(config) not in MODEL_MAPPING or not hasattr(config, "num_channels"):
+        raise ValueError(
+            f"{str(name_or_path)!r} is a {config.model_type!r} model, not a transformers vision backbone (ViT, Dinov2, "
+            "IJepa, ResNet, ConvNext...) with an AutoModel class and a num_channels"
+        )
+    return config
+
+
+def _check_checkpoint_tensors(source: PreTrainedModel, loading: dict, name_or_path) -> None:
+    """Raise a ``ValueError`` naming the tensors ``AutoModel.from_pretrained`` could not fill from the checkpoint (it
+    would initialise them randomly), or the checkpoint tensors it left out, unless these are a task head's (a
+    checkpoint saved from a class other than the base model, e.g. ``ResNetForImageClassification``)."""
+    missing = sorted(key for key in loading["missing_keys"] if not key.startswith(_UNBUILT_TENSOR_PREFIXES))
+    unexpected = sorted(key for key in loading["unexpected_keys"] if not key.startswith(_UNBUILT_TENSOR_PREFIXES))
+    saved_as = source.config.architectures or []
+    has_task_head = any(name != type(source).__name__ for name in saved_as)
+    if missing or (unexpected and not has_task_head):
+        raise ValueError(
+            f"the checkpoint {str(name_or_path)!r} does not hold a whole {type(source).__name__}: tensors it lacks "
+            f"{_first(missing)}, tensors it holds that the model has not {_first(unexpected)}"
+        )
+    if unexpected:
+        logger.info("%r: left out the %s head's tensors %s", str(name_or_path), saved_as[0], _first(unexpected))
+
+
+def _first(keys: list[str], count: int = 10) -> str:
+    return f"{keys[:count]}{f' and {len(keys) - count} more' if len(keys) > count else ''}"
+
+
+def _adapted_state_dict(source: PreTrainedModel, backbone: nn.Module, name_or_path) -> tuple[dict, list[str]]:
+    """The state dict of ``backbone`` taken from ``source``, and what was adapted (see ``load_pretrained_backbone``)."""
+    source_state, backbone_state = source.state_dict(), backbone.state_dict()
+    missing = [key for key in backbone_state if key not in source_state]
+    unexpected = [
+        key for key in source_state if key not in backbone_state and not key.startswith(_UNBUILT_TENSOR_PREFIXES)
+    ]
+    if missing or unexpected:
+        raise ValueError(
+            f"the pretrained {type(source).__name__} {str(name_or_path)!r} does not fit the {type(backbone).__name__} "
+            f"backbone: tensors it lacks {_first(missing)}, tensors the backbone lacks {_first(unexpected)}"
+        )
+    source_channels, channels = source.config.num_channels, backbone.config.num_channels
+    state, adapted, first_layers = {}, [], []
+    for key, wanted in backbone_state.items():
+        tensor = source_state[key]
+        if tensor.shape != wanted.shape:
+            if _is_first_layer(tensor, wanted, source_channels, channels):
+                tensor = adapt_input_channels(tensor, channels)
+                first_layers.append(key)
+                adapted.append(f"{key} from {source_channels} to {channels} input channels")
+            elif key.endswith("position_embeddings") and _image_size(source.config) != _image_size(backbone.config):
+                tensor = _resampled_position_embeddings(source, key, wanted.shape, _image_size(backbone.config))
+                adapted.append(
+                    f"{key} resampled from image_size {source.config.image_size} to {backbone.config.image_size}"
+                )
+            else:
+                raise ValueError(
+                    f"the pretrained {type(source).__name__} {str(name_or_path)!r} does not fit the backbone: {key} is "
+                    f"{tuple(tensor.shape)} there and {tuple(wanted.shape)} in the backbone (only num_channels, by "
+                    "adapting the first layer, and image_size, by resampling the position embeddings, may differ)"
+                )
+        state[key] = tensor
+    if channels != source_channels and len(first_layers) != 1:
+        raise ValueError(
+            f"cannot adapt {str(name_or_path)!r} from {source_channels} to num_channels={channels}: expected one first "
+            f"layer whose input channels differ, found {first_layers or 'none'}"
+        )
+    return state, adapted
+
+
+def _is_first_layer(tensor: torch.Tensor, wanted: torch.Tensor, source_channels: int, channels: int) -> bool:
+    """Whether ``tensor`` differs from ``wanted`` only on dim 1, the pretrained and the new number of channels."""
+    return (
+        source_channels != channels and tensor.ndim == wanted.ndim >= 2
+        and tensor.shape[1] == source_channels and wanted.shape[1] == channels
+        and tensor.shape[:1] + tensor.shape[2:] == wanted.shape[:1] + wanted.shape[2:]
+    )
+
+
+def _resampled_position_embeddings(source: PreTrainedModel, key: str, shape: torch.Size, image_size: tuple[int, int]):
+    """``source``'s position table ``key`` at ``image_size``, as its embeddings module interpolates it at run time."""
+    owner_name, _, _ = key.rpartition(".")
+    owner = source.get_submodule(owner_name)
+    if not hasattr(owner, "interpolate_pos_encoding"):
+        raise ValueError(
+            f"cannot resample {key} of the pretrained {type(source).__name__} to image_size {image_size}: its "
+            f"{type(owner).__name__} has no interpolate_pos_encoding; keep the pretrained image_size"
+        )
+    table = getattr(owner, key.rpartition(".")[2])
+    tokens = table.new_zeros(1, shape[1], shape[-1])  # only the token count and width are read
+    resampled = owner.interpolate_pos_encoding(tokens, image_size[0], image_size[1])
+    if resampled.shape != shape:
+        raise ValueError(
+            f"resampling {key} of the pretrained {type(source).__name__} to image_size {image_size} gives "
+            f"{tuple(resampled.shape)}, not the backbone's {tuple(shape)}; keep the pretrained image_size"
+        )
+    return resampled
+
+
+def _image_size(config: PretrainedConfig) -> tuple[int, int] | None:
+    image_size = getattr(config, "image_size", None)
+    if image_size is None:
+        return None
+    return (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(side) for side in image_size)
+
+
+def _model_class_name(config: PretrainedConfig) -> str:
+    return MODEL_MAPPING[type(config)].__name__ if type(config) in MODEL_MAPPING else type(config).__name__
+
+
+def _same_value(given, saved) -> bool:
+    """Config values compared as YAML and config.json write them: lists and tuples alike, 1.0 and 1 alike."""
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    return plain(given) == plain(saved)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 - ``SslPreTrainedModel``: base of a method's pretraining model (``AutoModelForPreTraining``) and feature model
   (``AutoModel``). A pretraining model names, with ``evaluation_backbone()``, the network whose features k-NN
-  measures and that ``export_backbone`` writes (DINO: the teacher backbone; SimCLR: the backbone).
+  measures and that ``export_backbone`` writes (DINO: the teacher backbone; SimCLR: the backbone), and with
+  ``backbone_module_names`` every transformers backbone it trains, which ``from_pretrained_backbone`` fills.
 - ``SslFeatureModel``: the evaluated backbone alone, for features, k-NN or fine-tuning.
 
 The feature convention, the same for every method and for the exported plain transformers model:
@@ -25,7 +26,14 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .backbone import backbone_forward_kwargs, build_backbone, export_backbone, split_backbone_output
+from .backbone import (
+    backbone_forward_kwargs,
+    build_backbone,
+    export_backbone,
+    load_pretrained_backbone,
+    pretrained_backbone_config,
+    split_backbone_output,
+)
 
 
 class SslPreTrainedModel(PreTrainedModel):
@@ -43,10 +51,52 @@ class SslPreTrainedModel(PreTrainedModel):
 
     # where evaluation_backbone() sits in this model's state dict, e.g. "teacher.backbone." (FSDP gathers by name)
     evaluation_backbone_prefix = "backbone."
+    # module names of every transformers backbone this model holds, EMA copies included, e.g. ("student.backbone",
+    # "teacher.backbone"): `from_pretrained_backbone` fills each of them
+    backbone_module_names: tuple[str, ...] = ("backbone",)
 
     def get_input_embeddings(self) -> None:
         # Images, no token embeddings (accelerate's FSDP2 preparation asks; transformers' default would raise).
         return None
+
+    def backbones(self) -> dict[str, PreTrainedModel]:
+        """Every transformers backbone of this model by module name (``backbone_module_names``). Raises a
+        ``RuntimeError`` when the model holds a transformers model the names leave out: a pretrained backbone would
+        then fill the student and leave its EMA teacher random."""
+        backbones = {name: self.get_submodule(name) for name in self.backbone_module_names}
+        left_out = [
+            name for name, module in self.named_modules()
+            if name and isinstance(module, PreTrainedModel) and name not in backbones
+            and not any(name.startswith(f"{listed}.") for listed in backbones)
+        ]
+        if left_out:
+            raise RuntimeError(
+                f"{type(self).__name__} holds transformers models {left_out} that backbone_module_names "
+                f"{self.backbone_module_names} leaves out: list every backbone of the method there"
+            )
+        return backbones
+
+    @classmethod
+    def from_pretrained_backbone(
+        cls, name_or_path: str | os.PathLike, backbone_config: dict | None = None, **config_kwargs
+    ) -> "SslPreTrainedModel":
+        """A new model of this method whose every backbone (student and EMA teacher alike) starts from the plain
+        transformers vision model ``name_or_path``, a Hub id or a local folder; heads and predictors are initialised
+        as usual. ``SimClrForPretraining.from_pretrained_backbone("microsoft/resnet-50", projection_dim=128)``.
+
+        Args:
+            name_or_path: what ``AutoModel.from_pretrained`` loads (offline, a Hub id resolves from the local cache).
+            backbone_config: backbone keys to change, e.g. ``{"num_channels": 4}`` (the RGB first layer is adapted,
+                see ``hf_ssl.models.backbone.adapt_input_channels``) or ``{"image_size": 224}`` (the position
+                embeddings are resampled); architecture keys must equal the pretrained model's.
+            config_kwargs: the other arguments of the method's config (head sizes, loss settings...).
+
+        See ``hf_ssl.models.backbone.load_pretrained_backbone`` for what is loaded and what raises.
+        """
+        backbone_config = pretrained_backbone_config(name_or_path, backbone_config)
+        model = cls(cls.config_class(backbone_config=backbone_config, **config_kwargs))
+        load_pretrained_backbone(model, name_or_path)
+        return model
 
     def evaluation_backbone(self) -> PreTrainedModel:
         """The transformers backbone whose ``pooler_output`` k-NN measures and ``export_backbone`` saves."""

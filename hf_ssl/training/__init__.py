@@ -18,12 +18,25 @@ from hf_ssl.training.methods import (
     register_method,
     registered_methods,
 )
+from hf_ssl.training.methods.byol import ByolMethod, ByolTrainingArguments, ByolViewConfig
 from hf_ssl.training.methods.dino import DinoMethod, DinoSchedules, DinoTrainingArguments
 from hf_ssl.training.methods.hjepa import HJepaMethod, HJepaTrainingArguments
 from hf_ssl.training.methods.ijepa import IJepaMethod, IJepaTrainingArguments, IJepaViewConfig
 from hf_ssl.training.optimizers import LARS, build_optimizer
 from hf_ssl.training.methods.simclr import SimClrMethod, SimClrTrainingArguments, SimClrViewConfig
-from hf_ssl.training.recipe import DataArguments, DinoRecipe, EvaluationArguments, HJepaRecipe, IJepaRecipe, Recipe, RecipeData, SimClrRecipe
+from hf_ssl.training.methods.vicreg import VicRegMethod, VicRegTrainingArguments, VicRegViewConfig
+from hf_ssl.training.recipe import (
+    ByolRecipe,
+    DataArguments,
+    DinoRecipe,
+    EvaluationArguments,
+    HJepaRecipe,
+    IJepaRecipe,
+    Recipe,
+    RecipeData,
+    SimClrRecipe,
+    VicRegRecipe,
+)
 from hf_ssl.training.run_control import EarlyStopping, RunControl
 from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
 from hf_ssl.training.trainer import SslTrainer
@@ -32,6 +45,10 @@ from hf_ssl.training.validation import ValidationCallback, ValidationLoss
 __all__ = [
     "LARS",
     "AccelerateTrainer",
+    "ByolMethod",
+    "ByolRecipe",
+    "ByolTrainingArguments",
+    "ByolViewConfig",
     "ConfigError",
     "DataArguments",
     "DinoMethod",
@@ -68,6 +85,10 @@ __all__ = [
     "SslTrainer",
     "ValidationCallback",
     "ValidationLoss",
+    "VicRegMethod",
+    "VicRegRecipe",
+    "VicRegTrainingArguments",
+    "VicRegViewConfig",
     "WarmupCosineSchedule",
     "build_optimizer",
     "build_trainer",

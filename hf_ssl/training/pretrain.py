@@ -41,10 +41,11 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
     """Train ``recipe`` and write its outputs; returns the k-NN results (``random_init`` / ``trained``)."""
     training_args = recipe.training
     set_seed(training_args.seed)
-    views = recipe.view_config  # the augmentation section's named view groups
 
     # 1. data: decode + random resized crops on the CPU, per example, in DataLoader workers
     data = recipe.load_datasets()
+    recipe.resolve_normalisation(data.train)  # per-band mean / std of multispectral data, when the recipe has none
+    views = recipe.view_config  # the augmentation section's named view groups
     transform = MultiCropTransform(views, recipe.data.skip_bad_images)
     train_dataset = with_multicrop(data.train, transform, seed=training_args.seed)
     knn_splits = data.knn
@@ -83,8 +84,10 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
         results["raw_pixels"] = evaluator(RawPixels(), device=training_args.device)
         logger.info("k-NN of the raw pixels: %s", results["raw_pixels"])
     if evaluator is not None and evaluation.knn_at_start and trainer.is_world_process_zero():
-        results["random_init"] = evaluator(model.evaluation_backbone(), device=training_args.device)
-        logger.info("k-NN of the randomly initialised model: %s", results["random_init"])
+        # the model before training: random, or the pretrained backbone / model the recipe starts from
+        start = "pretrained_start" if recipe.starts_pretrained else "random_init"
+        results[start] = evaluator(model.evaluation_backbone(), device=training_args.device)
+        logger.info("k-NN of the model before training (%s): %s", start.replace("_", " "), results[start])
 
     # 4. train, then save: the model first, then the backbone for plain transformers, processor, recipe, card
     trainer.train(resume_from_checkpoint=resume)

@@ -10,17 +10,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import yaml
 from transformers import PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from hf_ssl.data import ViewsConfig, as_views_config, load_image_dataset
+from hf_ssl.data import ViewsConfig, as_views_config, band_statistics, load_image_dataset
+from hf_ssl.models.backbone import load_pretrained_backbone, pretrained_backbone_config
 from hf_ssl.training.checkpointing import comparable
 from hf_ssl.training.config import (
     ConfigError,
@@ -110,7 +113,7 @@ class RecipeData(NamedTuple):
 
 
 SECTIONS = ("model", "data", "augmentation", "training", "evaluation")
-MODEL_EXTRA_KEYS = ("pretrained_model_name_or_path",)
+MODEL_EXTRA_KEYS = ("pretrained_model_name_or_path", "pretrained_backbone")
 
 
 @dataclass
@@ -162,12 +165,33 @@ class Recipe:
             method=spec.name,
             model=check_keyword_arguments(spec.config_class.__init__, raw.get("model"), "model", extra=MODEL_EXTRA_KEYS),
             data=build_dataclass(DataArguments, raw.get("data"), "data"),
-            augmentation=build_dataclass(spec.view_config_class, raw.get("augmentation"), "augmentation"),
+            augmentation=None,
             training=build_dataclass(spec.training_arguments_class, training, "training"),
             evaluation=build_dataclass(EvaluationArguments, raw.get("evaluation"), "evaluation"),
         )
+        recipe.augmentation = build_dataclass(spec.view_config_class, recipe._augmentation_with_channels(raw.get("augmentation")), "augmentation")
         recipe.check_image_sizes()
         return recipe
+
+    def _augmentation_with_channels(self, augmentation: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The augmentation section with ``num_channels`` set to the backbone's when it leaves it out (so the views
+        are cut with the bands the first layer takes); a different value is a ``ConfigError`` naming both keys."""
+        if not isinstance(augmentation, dict) and augmentation is not None:
+            return augmentation  # build_dataclass says what is wrong with it
+        accepts = any(item.name == "num_channels" for item in fields(self.spec.view_config_class))
+        channels = getattr(self.model_config.backbone_config, "num_channels", None)
+        if not accepts or channels is None:
+            return augmentation
+        augmentation = dict(augmentation or {})
+        given = augmentation.get("num_channels")
+        if given is None:
+            augmentation["num_channels"] = channels
+        elif given != channels:
+            raise ConfigError(
+                f"augmentation.num_channels={given!r} but the backbone takes {channels} channels "
+                "(model.backbone_config.num_channels): give them the same value, or leave augmentation.num_channels out"
+            )
+        return augmentation
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None, method: str | None = None) -> "Recipe":
@@ -195,13 +219,23 @@ class Recipe:
             "pretrained_model_name_or_path", "str | None", "null",
             f"Hub id or folder of a trained hf_ssl {spec.name} model to continue from. Its architecture is kept "
             "(architecture keys set beside it must agree)"
-            + (f"; only {', '.join(spec.pretrained_overridable_keys)} may change." if spec.pretrained_overridable_keys else "."),
+            + (f"; only {', '.join(spec.pretrained_overridable_keys)} may change." if spec.pretrained_overridable_keys else ".")
+            + " For a plain transformers model use pretrained_backbone.",
+        )
+        pretrained_backbone = KeyHelp(
+            "pretrained_backbone", "str | None", "null",
+            "Hub id or folder of a plain transformers vision model (e.g. microsoft/resnet-50, facebook/dinov2-small, "
+            "a save_pretrained or export_backbone folder) whose weights start every backbone of the method (an EMA "
+            "teacher or target too); heads stay randomly initialised. Its config is the backbone's: backbone_config "
+            "keys beside it must agree, except num_channels (an RGB first layer is adapted: 1 band = sum of the RGB "
+            "filters, N bands = RGB filters repeated, first N kept, scaled by 3/N), image_size (position embeddings "
+            "resampled) and the dropout rates. Not with pretrained_model_name_or_path.",
         )
         own_training_keys = arguments_class.own_field_names()  # hf_ssl's keys and hf_ssl defaults
         other_training_keys = tuple(key for key in dataclass_help(arguments_class) if key.name not in own_training_keys)
         return [
             SectionHelp("model", config_class.__doc__, (
-                ("", (pretrained, *(key for key in model_keys if key.name in own_model_keys))),
+                ("", (pretrained, pretrained_backbone, *(key for key in model_keys if key.name in own_model_keys))),
                 ("Keys of every transformers config (PretrainedConfig), rarely needed here:",
                  tuple(key for key in model_keys if key.name not in own_model_keys)),
             )),
@@ -218,6 +252,11 @@ class Recipe:
     @property
     def spec(self) -> MethodSpec:
         return get_method(self.method)
+
+    @property
+    def starts_pretrained(self) -> bool:
+        """The model starts from trained weights (``model.pretrained_model_name_or_path`` or ``pretrained_backbone``)."""
+        return any(self.model.get(key) is not None for key in MODEL_EXTRA_KEYS)
 
     @property
     def view_config(self) -> ViewsConfig:
@@ -297,20 +336,45 @@ class Recipe:
     def model_config(self):
         """The model's configuration: built from the model section, or the pretrained model's with the method's
         ``pretrained_overridable_keys`` the section sets. Architecture keys beside a pretrained model must agree
-        with it (so the recipe that trained a model can continue it). ``ConfigError`` for a value that makes no
-        sense, an architecture that differs from the pretrained one, or a pretrained model that cannot be found."""
+        with it (so the recipe that trained a model can continue it). With ``model.pretrained_backbone`` the
+        backbone config is that transformers model's (``pretrained_backbone_config``: ``backbone_config`` keys beside
+        it must agree, but for ``num_channels``, ``image_size`` and the dropout rates). ``ConfigError`` for a value
+        that makes no sense, an architecture that differs from the pretrained one, or a pretrained model that cannot
+        be found."""
         spec = self.spec
         config_class = spec.config_class
         kwargs = {key: value for key, value in self.model.items() if key not in MODEL_EXTRA_KEYS}
         pretrained = self.model.get("pretrained_model_name_or_path")
+        pretrained_backbone = self.model.get("pretrained_backbone")
+        if pretrained_backbone is not None:
+            if pretrained is not None:
+                raise ConfigError(
+                    f"give model.pretrained_model_name_or_path (continue a trained hf_ssl {spec.name} model) or "
+                    "model.pretrained_backbone (start the backbones from a plain transformers model), not both"
+                )
+            try:
+                kwargs["backbone_config"] = pretrained_backbone_config(pretrained_backbone, kwargs.get("backbone_config"))
+            except (OSError, ValueError) as error:
+                raise ConfigError(f"model.pretrained_backbone={pretrained_backbone!r}: {error}") from error
         try:
             if pretrained is None:
                 return config_class(**kwargs)
             config_class(**kwargs)  # the same checks as for a new model
         except ValueError as error:
-            raise ConfigError(f"invalid 'model' section: {error}") from error
+            starting_from = f" with model.pretrained_backbone={pretrained_backbone!r}" if pretrained_backbone else ""
+            raise ConfigError(f"invalid 'model' section{starting_from}: {error}") from error
         try:
+            saved_type = PretrainedConfig.get_config_dict(pretrained)[0].get("model_type")
+            method_types = {get_method(name).config_class.model_type for name in registered_methods()}
+            if saved_type not in method_types and saved_type in CONFIG_MAPPING:
+                raise ConfigError(
+                    f"model.pretrained_model_name_or_path={pretrained!r} is a plain transformers {saved_type!r} model, "
+                    f"not a trained hf_ssl {spec.name} model: to start the backbones from its weights, write "
+                    f"model.pretrained_backbone: {pretrained} instead"
+                )
             config = config_class.from_pretrained(pretrained)
+        except ConfigError:
+            raise
         except (OSError, ValueError) as error:
             raise ConfigError(f"model.pretrained_model_name_or_path={pretrained!r} cannot be loaded: {error}") from error
         if not isinstance(config, config_class) or config.model_type != config_class.model_type:
@@ -337,9 +401,18 @@ class Recipe:
 
     def build_model(self):
         """A new pretraining model of the method, or the pretrained one (``model.pretrained_model_name_or_path``)
-        with the loss settings of the model section applied."""
+        with the loss settings of the model section applied, or a new one whose every backbone starts from the
+        transformers model ``model.pretrained_backbone`` (``load_pretrained_backbone``; heads stay random)."""
         model_class = self.spec.pretraining_model_class
         pretrained = self.model.get("pretrained_model_name_or_path")
+        pretrained_backbone = self.model.get("pretrained_backbone")
+        if pretrained_backbone is not None:
+            model = model_class(self.model_config)
+            try:
+                load_pretrained_backbone(model, pretrained_backbone)
+            except (OSError, ValueError) as error:
+                raise ConfigError(f"model.pretrained_backbone={pretrained_backbone!r}: {error}") from error
+            return model
         if pretrained is None:
             return model_class(self.model_config)
         return model_class.from_pretrained(pretrained, config=self.model_config)
@@ -354,6 +427,20 @@ class Recipe:
             self.spec.method_class.build_collator(self.model_config, self.augmentation, self.training.seed)
         except ValueError as error:
             raise ConfigError(str(error)) from error
+
+    def resolve_normalisation(self, train_dataset, max_images: int = 1000) -> None:
+        """Fill in ``augmentation.mean`` / ``std`` from ``train_dataset`` when they are still null for bands other
+        than RGB (``hf_ssl.data.band_statistics`` over up to ``max_images`` images), so that training, the saved
+        recipe and the image processor all normalise with them."""
+        if not self.view_config.needs_statistics:
+            return
+        try:
+            mean, std = band_statistics(train_dataset, self.view_config.num_channels, max_images=max_images)
+        except ValueError as error:
+            raise ConfigError(f"cannot compute the normalisation of data.dataset={self.data.dataset!r}: {error}") from error
+        logger.info("Per-band normalisation computed from the training data: mean %s, std %s",
+                    [round(value, 4) for value in mean], [round(value, 4) for value in std])
+        self.augmentation = dataclasses.replace(self.augmentation, mean=mean, std=std)
 
     @property
     def evaluation_image_size(self) -> int:
@@ -384,6 +471,18 @@ class HJepaRecipe(Recipe):
     """The recipe ``recipes/train_hjepa.py`` reads: ``method: hjepa`` unless the file says otherwise."""
 
     default_method = "hjepa"
+
+
+class ByolRecipe(Recipe):
+    """The recipe ``recipes/train_byol.py`` reads: ``method: byol`` unless the file says otherwise."""
+
+    default_method = "byol"
+
+
+class VicRegRecipe(Recipe):
+    """The recipe ``recipes/train_vicreg.py`` reads: ``method: vicreg`` unless the file says otherwise."""
+
+    default_method = "vicreg"
 
 
 def _architecture_conflicts(config, values: dict[str, Any], overridable: tuple[str, ...]) -> list[tuple[str, Any, Any]]:

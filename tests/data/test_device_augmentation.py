@@ -8,8 +8,8 @@ from hf_ssl.data import DeviceAugmentation, MultiCropConfig, ViewGroup, ViewsCon
 from hf_ssl.data import device_augmentation
 from hf_ssl.data.device_augmentation import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
 
-MEAN = torch.tensor(MultiCropConfig().mean).view(3, 1, 1)
-STD = torch.tensor(MultiCropConfig().std).view(3, 1, 1)
+MEAN = torch.tensor(MultiCropConfig().to_views_config().mean).view(3, 1, 1)
+STD = torch.tensor(MultiCropConfig().to_views_config().std).view(3, 1, 1)
 
 
 def config_with(**overrides) -> MultiCropConfig:

@@ -15,12 +15,14 @@ def test_defaults_are_the_official_dino_augmentation():
     assert config.blur_sigma == (0.1, 2.0)
     assert config.global_blur_probabilities == (1.0, 0.1) and config.local_blur_probability == 0.5
     assert config.global_solarize_probabilities == (0.0, 0.2) and config.local_solarize_probability == 0.0
-    assert config.mean == IMAGENET_MEAN == (0.485, 0.456, 0.406)
-    assert config.std == IMAGENET_STD == (0.229, 0.224, 0.225)
+    # null normalisation: ImageNet's for RGB, resolved when the pipeline's views are built
+    assert config.mean is None and config.std is None and config.num_channels is None
+    assert config.to_views_config().mean == IMAGENET_MEAN == (0.485, 0.456, 0.406)
+    assert config.to_views_config().std == IMAGENET_STD == (0.229, 0.224, 0.225)
 
 
 def test_lists_from_yaml_become_tuples():
-    config = MultiCropConfig(global_crops_scale=[0.3, 1], global_blur_probabilities=[1, 0.5], mean=[0.5, 0.5, 0.5])
+    config = MultiCropConfig(global_crops_scale=[0.3, 1], global_blur_probabilities=[1, 0.5], mean=[0.5, 0.5, 0.5], std=[1, 1, 1])
     assert config.global_crops_scale == (0.3, 1.0)
     assert config.global_blur_probabilities == (1.0, 0.5)
     assert config.mean == (0.5, 0.5, 0.5)

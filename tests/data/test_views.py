@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import Dataset, Image as ImageFeature
 
-from hf_ssl.data import MultiCropCollator, MultiCropConfig, MultiCropTransform, ViewGroup, ViewsConfig, with_multicrop
+from hf_ssl.data import IMAGENET_MEAN, MultiCropCollator, MultiCropConfig, MultiCropTransform, ViewGroup, ViewsConfig, with_multicrop
 from hf_ssl.data.views import as_views_config, view_size_keys
 
 
@@ -57,7 +57,7 @@ def test_dino_multicrop_config_is_two_named_groups():
     assert (local_group.number, local_group.size, local_group.scale) == (4, 16, (0.05, 0.4))
     assert global_group.blur_probabilities == (1.0, 0.1) and global_group.solarize_probabilities == (0.0, 0.2)
     assert local_group.blur_probabilities == (0.5,) * 4 and local_group.solarize_probabilities == (0.0,) * 4
-    assert global_group.interpolation == local_group.interpolation == "bicubic" and views.mean == config.mean
+    assert global_group.interpolation == local_group.interpolation == "bicubic" and views.mean == IMAGENET_MEAN
     assert as_views_config(MultiCropConfig(local_crops_number=0)).names == ("global_crops",)
     assert view_size_keys(config)["local_crops"] == "augmentation.local_crop_size"
     assert views.describe() == "2 x 32px (scale (0.4, 1.0)), 4 x 16px (scale (0.05, 0.4))"

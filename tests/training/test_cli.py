@@ -121,8 +121,8 @@ def test_the_recipe_names_its_method(tmp_path):
     assert parse_command_line(["--config", str(write(tmp_path, {}))], recipe_class=SimClrRecipe)[0].method == "simclr"
     with pytest.raises(ConfigError, match=r"names no method.*" + re.escape(str(registered_methods()))):
         parse_command_line(["--config", str(write(tmp_path, {}))], recipe_class=Recipe)
-    with pytest.raises(ConfigError, match="unknown method 'byol'"):
-        parse_command_line(["--config", str(write(tmp_path, {"method": "byol"}))])
+    with pytest.raises(ConfigError, match="unknown method 'swav'"):
+        parse_command_line(["--config", str(write(tmp_path, {"method": "swav"}))])
 
 
 def test_help_lists_the_keys_of_the_recipe_method(tmp_path, capsys, monkeypatch):

@@ -32,6 +32,22 @@ def _simclr_setup():
     return config, SimClrViewConfig(input_size=16, sigmas=(0.1, 0.5)), {"optimizer": "lars", "learning_rate": 0.3}
 
 
+def _byol_setup():
+    from hf_ssl.models.byol import ByolConfig
+    from hf_ssl.training.methods.byol import ByolViewConfig
+
+    config = ByolConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32)
+    return config, ByolViewConfig(input_size=16, sigmas=(0.1, 0.5)), {"optimizer": "lars", "learning_rate": 0.3, "teacher_momentum": 0.9}
+
+
+def _vicreg_setup():
+    from hf_ssl.models.vicreg import VicRegConfig
+    from hf_ssl.training.methods.vicreg import VicRegViewConfig
+
+    config = VicRegConfig(backbone_config=dict(TINY_VIT), expander_dims=[32, 32])
+    return config, VicRegViewConfig(input_size=16, sigmas=(0.1, 0.5)), {"optimizer": "lars", "learning_rate": 0.2}
+
+
 def _ijepa_setup():
     from hf_ssl.models.ijepa import IJepaPretrainingConfig
     from hf_ssl.training.methods.ijepa import IJepaViewConfig
@@ -56,7 +72,10 @@ def _hjepa_setup():
 
 
 # method -> (model config, augmentation config, training-argument overrides): tiny, a few CPU steps
-TINY_SETUPS = {"dino": _dino_setup, "hjepa": _hjepa_setup, "ijepa": _ijepa_setup, "simclr": _simclr_setup}
+TINY_SETUPS = {
+    "byol": _byol_setup, "dino": _dino_setup, "hjepa": _hjepa_setup, "ijepa": _ijepa_setup, "simclr": _simclr_setup,
+    "vicreg": _vicreg_setup,
+}
 
 
 def test_every_registered_method_has_a_tiny_setup():
@@ -205,6 +224,8 @@ def test_a_method_trains_on_named_view_groups_given_directly(tmp_path, image_dat
     ("dino", {"views": {"number": 2, "size": 16}}, r"dino trains on the view groups \['global_crops'\], optionally \['local_crops'\]; the augmentation has \['views'\]"),
     ("simclr", {"views": {"number": 3, "size": 16}}, "SimCLR trains on 2 views of each image; the augmentation's views group has 3"),
     ("simclr", {"views": {"number": 2, "size": 12}}, r"augmentation\.groups\.views\.size"),
+    ("byol", {"views": {"number": 1, "size": 16}}, "BYOL trains on 2 views of each image; the augmentation's views group has 1"),
+    ("vicreg", {"image": {"number": 2, "size": 16}}, r"vicreg trains on the view groups \['views'\]; the augmentation has \['image'\]"),
 ])
 def test_view_groups_a_method_cannot_train_on_are_refused_before_training(method, groups, message):
     from hf_ssl.data import ViewsConfig
@@ -226,7 +247,7 @@ def test_a_recipe_section_of_named_view_groups(tmp_path):
     register_method(replace(get_method("simclr"), name="simclr_views", view_config_class=ViewsConfig))
     try:
         raw = {"method": "simclr_views", "model": {"backbone_config": dict(TINY_VIT)},
-               "augmentation": {"groups": {"views": {"number": 2, "size": 16, "blur_probabilities": [1.0, 0.1]}}, "mean": [0.5, 0.5, 0.5]}}
+               "augmentation": {"groups": {"views": {"number": 2, "size": 16, "blur_probabilities": [1.0, 0.1]}}, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
         recipe = Recipe.from_dict(raw)
         assert recipe.view_config.groups["views"].blur_probabilities == (1.0, 0.1) and recipe.evaluation_image_size == 16
         raw["augmentation"]["groups"]["views"]["size"] = 12

@@ -66,7 +66,7 @@ def test_the_export_loads_and_runs_with_its_own_processor(tmp_path, backbone, gl
 
     recipe = DinoRecipe.from_yaml(recipe_file(tmp_path, model={"backbone_config": backbone}, augmentation={"global_crop_size": global_size}))
     model = DinoForPretraining(recipe.model_config)
-    processor = build_image_processor(backbone["model_type"], recipe.evaluation_image_size, recipe.augmentation.mean, recipe.augmentation.std)
+    processor = build_image_processor(backbone["model_type"], recipe.evaluation_image_size, recipe.view_config.mean, recipe.view_config.std)
     model.export_backbone(tmp_path / "backbone", image_processor=processor)
     exported = AutoModel.from_pretrained(tmp_path / "backbone")
     loaded_processor = AutoImageProcessor.from_pretrained(tmp_path / "backbone")

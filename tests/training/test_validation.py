@@ -55,10 +55,13 @@ def val_losses(trainer):
     return [(entry["step"], entry["val_loss"]) for entry in trainer.state.log_history if "val_loss" in entry]
 
 
-# each engine once, each method once: the engines call the same ValidationLoss at different moments
-@pytest.mark.parametrize(("method", "engine"), [("dino", "accelerate"), ("ijepa", "trainer")])
+# each engine once, a method once: the engines call the same ValidationLoss at different moments
+@pytest.mark.parametrize(("method", "engine"), [
+    ("dino", "accelerate"), ("ijepa", "trainer"), ("byol", "accelerate"), ("vicreg", "trainer"),
+])
 def test_validation_leaves_training_unchanged_and_logs_val_loss(tmp_path, splits, method, engine):
-    # DINO: the forward accumulates center statistics; I-JEPA: the collator draws masks. Neither may leak into training
+    # DINO: the forward accumulates center statistics; I-JEPA: the collator draws masks; BYOL and VICReg: a forward in
+    # training mode would move BatchNorm statistics (BYOL's target's too). None of it may leak into training
     plain = build(method, engine, tmp_path / "plain", splits, with_validation=False)
     plain.train()
     validated = build(method, engine, tmp_path / "validated", splits)
@@ -113,12 +116,15 @@ def test_each_process_gets_an_equal_share_in_order(splits):
         evaluator.loader(0, 12)
 
 
-@pytest.mark.parametrize("engine", ["trainer", "accelerate"])
-def test_val_loss_drives_early_stopping_and_best_checkpoints(tmp_path, splits, engine):
+@pytest.mark.parametrize(("method", "engine"), [
+    ("ijepa", "trainer"), ("ijepa", "accelerate"), ("byol", "trainer"), ("byol", "accelerate"), ("vicreg", "trainer"),
+    ("vicreg", "accelerate"),
+])
+def test_val_loss_drives_early_stopping_and_best_checkpoints(tmp_path, splits, method, engine):
     # greater_is_better is inferred False for a metric named *loss; a min_delta no change can reach stops the run
     # after patience + 1 evaluations, and the checkpoints record their val_loss
     trainer = build(
-        "ijepa", engine, tmp_path, splits, max_steps=10, metric_for_best_model="val_loss", early_stopping_patience=2,
+        method, engine, tmp_path, splits, max_steps=10, metric_for_best_model="val_loss", early_stopping_patience=2,
         early_stopping_min_delta=100.0, save_best_total_limit=1, save_steps=1, save_total_limit=1,
     )
     assert trainer.args.greater_is_better is False

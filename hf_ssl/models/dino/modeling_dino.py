@@ -237,6 +237,7 @@ class DinoForPretraining(DinoPreTrainedModel):
 
     main_input_name = "global_crops"
     evaluation_backbone_prefix = "teacher.backbone."
+    backbone_module_names = ("student.backbone", "teacher.backbone")
 
     def __init__(self, config: DinoConfig):
         super().__init__(config)

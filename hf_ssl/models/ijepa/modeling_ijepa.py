@@ -327,6 +327,7 @@ class IJepaForPretraining(IJepaPretrainingPreTrainedModel):
 
     main_input_name = "pixel_values"
     evaluation_backbone_prefix = "target_encoder."
+    backbone_module_names = ("context_encoder", "target_encoder")
 
     def __init__(self, config: IJepaPretrainingConfig):
         super().__init__(config)

@@ -36,7 +36,7 @@ class MethodSpec:
         training_arguments_class: the recipe's ``training:`` section.
         view_config_class: the recipe's ``augmentation:`` section: a ``ViewsConfig`` (named view groups), or a class
             in the method's own terms with ``to_views_config()`` (DINO's ``MultiCropConfig``, SimCLR's
-            ``SimClrViewConfig``).
+            ``SimClrViewConfig``, BYOL's ``ByolViewConfig``).
         pretrained_overridable_keys: model keys that may change when continuing from a pretrained model (loss
             settings; no weight's shape depends on them).
         default_output_dir: ``training.output_dir`` when the recipe gives none.
@@ -122,6 +122,27 @@ def _register_builtin_methods() -> None:
         training_arguments_class=SimClrTrainingArguments, view_config_class=SimClrViewConfig,
         pretrained_overridable_keys=("temperature", "drop_path_rate"),
         default_output_dir="outputs/simclr", summary="SimCLR: contrastive learning of visual representations (Chen et al., 2020)",
+    ))
+
+    from hf_ssl.models.byol import ByolConfig, ByolForPretraining
+    from hf_ssl.training.methods.byol import ByolMethod, ByolTrainingArguments, ByolViewConfig
+
+    register_method(MethodSpec(
+        name="byol", config_class=ByolConfig, pretraining_model_class=ByolForPretraining, method_class=ByolMethod,
+        training_arguments_class=ByolTrainingArguments, view_config_class=ByolViewConfig,
+        pretrained_overridable_keys=("drop_path_rate",),
+        default_output_dir="outputs/byol", summary="BYOL: bootstrap your own latent, an EMA target network (Grill et al., 2020)",
+    ))
+
+    from hf_ssl.models.vicreg import VicRegConfig, VicRegForPretraining
+    from hf_ssl.training.methods.vicreg import VicRegMethod, VicRegTrainingArguments, VicRegViewConfig
+
+    register_method(MethodSpec(
+        name="vicreg", config_class=VicRegConfig, pretraining_model_class=VicRegForPretraining, method_class=VicRegMethod,
+        training_arguments_class=VicRegTrainingArguments, view_config_class=VicRegViewConfig,
+        pretrained_overridable_keys=("invariance_weight", "variance_weight", "covariance_weight", "variance_epsilon", "drop_path_rate"),
+        default_output_dir="outputs/vicreg",
+        summary="VICReg: variance-invariance-covariance regularization (Bardes et al., 2022)",
     ))
 
     from hf_ssl.models.ijepa import IJepaForPretraining, IJepaPretrainingConfig

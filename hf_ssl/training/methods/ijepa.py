@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hf_ssl.data import IMAGENET_MEAN, IMAGENET_STD, MultiBlockMaskCollator, ViewGroup, ViewsConfig
+from hf_ssl.data import MultiBlockMaskCollator, ViewGroup, ViewsConfig
+from hf_ssl.data.views import MEAN_HELP, NUM_CHANNELS_HELP, STD_HELP
 from hf_ssl.training.arguments import EmaTeacherArguments
 from hf_ssl.training.methods.base import EmaTeacherMethod
 from hf_ssl.training.schedules import LinearWarmupConstantSchedule
@@ -40,29 +41,35 @@ class IJepaViewConfig:
     context_aspect_ratio: tuple[float, float] = field(default=(1.0, 1.0), metadata={"help": "(min, max) height/width ratio of the context block."})
     min_keep: int = field(default=10, metadata={"help": "A block must keep more than this many patches."})
     allow_overlap: bool = field(default=False, metadata={"help": "Let the context block overlap the targets (the official recipe: no)."})
-    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN, metadata={"help": "Per-channel (RGB) mean of the normalisation."})
-    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"help": "Per-channel (RGB) standard deviation of the normalisation."})
+    num_channels: int | None = field(default=None, metadata={"help": NUM_CHANNELS_HELP})
+    mean: tuple[float, ...] | None = field(default=None, metadata={"help": MEAN_HELP})
+    std: tuple[float, ...] | None = field(default=None, metadata={"help": STD_HELP})
 
     def __post_init__(self):
         try:
-            self.to_views_config()
+            views = self.to_views_config()
             self.mask_collator(patch_size=1, seed=0, check_blocks=False)
         except ValueError as error:
             raise ValueError(f"invalid I-JEPA views: {error}") from None
+        if self.mean is not None:
+            self.mean, self.std = views.mean, views.std
 
     @staticmethod
     def size_keys() -> dict[str, str]:
         return {"image": "augmentation.input_size"}
 
     def to_views_config(self) -> ViewsConfig:
-        """One group ``image`` of one view: the crop; colour jitter (when asked for) at DINO's strengths."""
+        """One group ``image`` of one view: the crop; colour jitter (when asked for) at DINO's strengths, its
+        brightness and contrast only on bands other than RGB."""
+        rgb = self.num_channels in (None, 3)
         group = ViewGroup(
             number=1, size=self.input_size, scale=(self.min_scale, 1.0), crop_ratio=tuple(self.crop_ratio),
             interpolation=self.interpolation, flip_probability=self.flip_probability,
             color_jitter_probability=self.color_jitter_probability, grayscale_probability=0.0,
+            saturation=0.2 if rgb else 0.0, hue=0.1 if rgb else 0.0,
             blur_probabilities=(0.0,), solarize_probabilities=(0.0,),
         )
-        return ViewsConfig(groups={"image": group}, mean=self.mean, std=self.std)
+        return ViewsConfig(groups={"image": group}, num_channels=self.num_channels, mean=self.mean, std=self.std)
 
     def mask_collator(self, patch_size: int, seed: int, check_blocks: bool = True) -> MultiBlockMaskCollator:
         """The collator that adds ``masks_context`` / ``masks_target`` on the ``input_size // patch_size`` grid.

@@ -9,10 +9,12 @@ defaults (the paper's LARS).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from hf_ssl.data import IMAGENET_MEAN, IMAGENET_STD, ViewGroup, ViewsConfig
+from hf_ssl.data import ViewGroup, ViewsConfig
+from hf_ssl.data.views import MEAN_HELP, NUM_CHANNELS_HELP, STD_HELP, check_rgb_only_settings
 from hf_ssl.training.arguments import PretrainingArguments
 from hf_ssl.training.methods.base import PretrainingMethod
 
@@ -25,8 +27,14 @@ class SimClrViewConfig:
     grayscale 0.2, Gaussian blur with probability 0.5 and sigma in (0.1, 2.0), no solarisation.
 
     Both views are drawn alike; the crops are cut on the CPU, everything photometric runs batched on the training
-    device (``to_views_config`` gives the pipeline's view group).
+    device (``to_views_config`` gives the pipeline's view group). A subclass may give the keys of ``per_view_keys``
+    one probability per view (BYOL's asymmetric views: ``hf_ssl.training.methods.byol.ByolViewConfig``).
     """
+
+    # keys holding a (view 1, view 2) pair of probabilities instead of one probability for both views
+    per_view_keys: ClassVar[tuple[str, ...]] = ()
+    # how an error names this section
+    views_name: ClassVar[str] = "SimCLR views"
 
     input_size: int = field(default=224, metadata={"help": "Side of each view, in pixels."})
     min_scale: float = field(default=0.08, metadata={"help": "Smallest fraction of the image area a view covers (random resized crop up to 1.0)."})
@@ -44,14 +52,15 @@ class SimClrViewConfig:
     kernel_size: float | None = field(default=None, metadata={"help": "Blur kernel side as a fraction of input_size (the paper: 0.1); null: the whole Gaussian of the largest sigma."})
     sigmas: tuple[float, float] = field(default=(0.1, 2.0), metadata={"help": "(min, max) sigma of the blur, in pixels of the view."})
     solarize_prob: float = field(default=0.0, metadata={"help": "Probability of solarising a view (pixels >= 0.5 inverted)."})
-    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN, metadata={"help": "Per-channel (RGB) mean of the final normalisation."})
-    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"help": "Per-channel (RGB) standard deviation of the final normalisation."})
+    num_channels: int | None = field(default=None, metadata={"help": NUM_CHANNELS_HELP})
+    mean: tuple[float, ...] | None = field(default=None, metadata={"help": MEAN_HELP})
+    std: tuple[float, ...] | None = field(default=None, metadata={"help": STD_HELP})
 
     def __post_init__(self):
         for name in ("hf_prob", "cj_prob", "random_gray_scale", "gaussian_blur", "solarize_prob"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+            for value in self.view_probabilities(name):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                    raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
         for name in ("cj_strength", "cj_bright", "cj_contrast", "cj_sat", "cj_hue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -62,10 +71,29 @@ class SimClrViewConfig:
             raise ValueError(f"min_scale must be in (0, 1] (a fraction of the image area), got {self.min_scale!r}")
         if self.kernel_size is not None and (isinstance(self.kernel_size, bool) or not 0 < self.kernel_size <= 1):
             raise ValueError(f"kernel_size must be a fraction of input_size in (0, 1] or null, got {self.kernel_size!r}")
+        jitter = self.cj_prob > 0
+        check_rgb_only_settings(self.num_channels, {
+            "cj_sat": self.cj_sat * self.cj_strength if jitter else 0.0,
+            "cj_hue": self.cj_hue * self.cj_strength if jitter else 0.0,
+            "random_gray_scale": self.random_gray_scale,
+            "solarize_prob": max(self.view_probabilities("solarize_prob")),
+        })
         try:
-            self.to_views_config()
+            views = self.to_views_config()
         except ValueError as error:  # the other checks, in the pipeline's terms
-            raise ValueError(f"invalid SimCLR views: {error}") from None
+            raise ValueError(f"invalid {self.views_name}: {error}") from None
+        if self.mean is not None:
+            self.mean, self.std = views.mean, views.std
+
+    def view_probabilities(self, name: str) -> tuple[float, ...]:
+        """The probability ``name`` as the pipeline takes it: one value for both views, or a (view 1, view 2) pair
+        for the keys of ``per_view_keys``."""
+        value = getattr(self, name)
+        if name not in self.per_view_keys:
+            return (value,)
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+            raise ValueError(f"{name} must be a (view 1, view 2) pair of probabilities, got {value!r}")
+        return tuple(value)
 
     def blur_kernel_size(self) -> int | None:
         """Odd taps of the blur kernel: ``kernel_size`` x ``input_size`` rounded to the nearest odd number (at least 1)."""
@@ -80,7 +108,8 @@ class SimClrViewConfig:
         return {"views": "augmentation.input_size"}
 
     def to_views_config(self) -> ViewsConfig:
-        """The data pipeline's view groups: one group ``views`` of 2 views of ``input_size``, drawn alike."""
+        """The data pipeline's view groups: one group ``views`` of 2 views of ``input_size``, drawn alike but for the
+        probabilities of ``per_view_keys``."""
         strength = self.cj_strength
         group = ViewGroup(
             number=2,
@@ -97,10 +126,10 @@ class SimClrViewConfig:
             grayscale_probability=self.random_gray_scale,
             blur_sigma=tuple(self.sigmas),
             blur_kernel_size=self.blur_kernel_size(),
-            blur_probabilities=(self.gaussian_blur,),
-            solarize_probabilities=(self.solarize_prob,),
+            blur_probabilities=self.view_probabilities("gaussian_blur"),
+            solarize_probabilities=self.view_probabilities("solarize_prob"),
         )
-        return ViewsConfig(groups={"views": group}, mean=self.mean, std=self.std)
+        return ViewsConfig(groups={"views": group}, num_channels=self.num_channels, mean=self.mean, std=self.std)
 
 
 @dataclass

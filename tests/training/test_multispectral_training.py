@@ -1,0 +1,125 @@
+"""Multispectral and hyperspectral runs end to end: generated 4-band and 32-band array folders through both engines,
+the per-band normalisation computed from the data, the exported N-band backbone in plain transformers, and the
+408-band recipe at tiny size."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hf_ssl.training.pretrain import main
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "simclr_hyperspectral.yaml"
+TINY_BACKBONES = {  # the recipe's ResNet-18 at tiny size, and a ViT
+    "resnet": {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic"},
+    "vit": {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "patch_size": 4, "image_size": 16},
+}
+RUN_ARGS = [
+    "training.max_steps=3", "training.per_device_train_batch_size=4", "training.dataloader_num_workers=0",
+    "training.report_to=none", "training.logging_steps=1", "training.save_strategy=no", "training.bf16=false",
+    "evaluation.knn_k=3",
+]
+
+
+def write_array_folder(root: Path, bands: int, per_class: int = 8, test_per_class: int = 3, size: int = 20, seed: int = 0) -> Path:
+    """Two classes told apart by their spatial pattern (stripes one way or the other), each image with its own
+    random spectrum in 12-bit counts, saved as .npy files (odd ones channels last)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for label, name in enumerate(("horizontal", "vertical")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pattern = np.zeros((size, size), np.float32)
+                if label:
+                    pattern[:, ::4] = 1
+                else:
+                    pattern[::4] = 1
+                spectrum = rng.uniform(200, 3000, size=(bands, 1, 1))
+                image = np.clip(pattern[None] * spectrum + rng.normal(400, 60, (bands, size, size)), 0, 4095).astype(np.uint16)
+                np.save(folder / f"{index}.npy", image if index % 2 == 0 else image.transpose(1, 2, 0))
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return {bands: write_array_folder(tmp_path_factory.mktemp(f"bands{bands}"), bands) for bands in (4, 32)}
+
+
+def tiny_recipe(tmp_path: Path, backbone: str, bands: int) -> Path:
+    """The hyperspectral recipe with a tiny backbone of ``bands`` channels."""
+    raw = yaml.safe_load(RECIPE.read_text())
+    raw["model"]["backbone_config"] = {**TINY_BACKBONES[backbone], "num_channels": bands}
+    raw["augmentation"].pop("num_channels")  # the backbone's
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("engine", ["trainer", "accelerate"])
+@pytest.mark.parametrize("bands, backbone", [(4, "vit"), (32, "resnet")])
+def test_n_band_runs_train_normalise_and_export(folders, tmp_path, engine, bands, backbone):
+    from transformers import AutoImageProcessor, AutoModel
+
+    import hf_ssl  # noqa: F401  (registers the Auto classes)
+    from hf_ssl.data import band_statistics, load_image_dataset
+    from hf_ssl.evaluation.knn import resize_bands_for_evaluation
+
+    output_dir = tmp_path / "run"
+    code = main([
+        "--config", str(tiny_recipe(tmp_path, backbone, bands)), f"data.data_dir={folders[bands]}",
+        f"training.output_dir={output_dir}", f"training.engine={engine}",
+        "data.train_val_split=null", "training.metric_for_best_model=null", "training.early_stopping_patience=null",
+        "augmentation.input_size=16", "model.projection_hidden_dim=32", "model.projection_dim=16", *RUN_ARGS,
+    ])
+    assert code == 0
+
+    saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
+    train = load_image_dataset("arrayfolder", data_dir=str(folders[bands]), split="train")
+    mean, std = band_statistics(train, bands)
+    assert saved["augmentation"]["num_channels"] == bands
+    np.testing.assert_allclose(saved["augmentation"]["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(saved["augmentation"]["std"], std, rtol=1e-6)
+
+    # the exported backbone and its processor, in plain transformers
+    backbone = AutoModel.from_pretrained(output_dir / "backbone")
+    processor = AutoImageProcessor.from_pretrained(output_dir / "backbone")
+    assert backbone.config.num_channels == bands and list(processor.image_mean) == pytest.approx(mean)
+    image = np.load(folders[bands] / "test" / "vertical" / "0.npy").astype(np.float32)
+    pixel_values = processor([resize_bands_for_evaluation(image, 16)], return_tensors="pt", input_data_format="channels_first")["pixel_values"]
+    expected = (torch.from_numpy(resize_bands_for_evaluation(image, 16)) - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    torch.testing.assert_close(pixel_values[0], expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        plain = backbone(pixel_values=pixel_values).pooler_output.flatten(1)  # a ResNet pools to (B, C, 1, 1)
+        ours = AutoModel.from_pretrained(output_dir)(pixel_values=pixel_values).pooler_output  # hf_ssl's feature model
+    torch.testing.assert_close(plain, ours)
+    assert torch.isfinite(plain).all()
+
+
+def test_the_408_band_recipe_runs_at_tiny_size_with_early_stopping_on_val_loss(tmp_path):
+    folder = write_array_folder(tmp_path / "data", 408, per_class=6, test_per_class=2, size=16)
+    output_dir = tmp_path / "run"
+    code = main([
+        "--config", str(RECIPE), f"data.data_dir={folder}", f"training.output_dir={output_dir}",
+        "augmentation.input_size=16", "model.backbone_config.embedding_size=8", "model.backbone_config.hidden_sizes=[8,16]",
+        "model.backbone_config.depths=[1,1]", "model.projection_hidden_dim=32", "model.projection_dim=16",
+        "data.train_val_split=0.25", "evaluation.val_eval_steps=1", "training.early_stopping_patience=1",
+        "training.early_stopping_min_delta=100", *RUN_ARGS,
+    ])
+    assert code == 0
+    saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
+    assert saved["model"]["backbone_config"]["num_channels"] == 408 and len(saved["augmentation"]["mean"]) == 408
+    assert saved["training"]["metric_for_best_model"] == "val_loss"
+    from transformers import AutoModel
+
+    exported = AutoModel.from_pretrained(output_dir / "backbone")
+    assert exported.config.num_channels == 408
+    assert exported.embedder.embedder.convolution.weight.shape[1] == 408
+    # no val_loss improves by 100, so patience 1 stops the 3-step run after its second evaluation
+    steps = json.loads((output_dir / "history.json").read_text())["steps"]
+    assert [entry["step"] for entry in steps if "val_loss" in entry] == [1, 2]
+    assert max(entry["step"] for entry in steps) == 2
