@@ -242,9 +242,14 @@ def load_fashion_mnist(root: str | os.PathLike = FASHION_MNIST_ROOT, *, cache_di
         return datasets.load_from_disk(str(cache_path))
 
     dataset = datasets.DatasetDict({split: _fashion_mnist_split(*paths) for split, paths in files.items()})
-    cache_root.mkdir(parents=True, exist_ok=True)
-    # Write next to the final place, then rename: concurrent processes (DDP ranks) never read a half-written cache.
-    staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=".building-"))
+    return _cached(dataset, cache_path)
+
+
+def _cached(dataset: datasets.DatasetDict, cache_path: Path) -> datasets.DatasetDict:
+    """Save ``dataset`` at ``cache_path`` and return it memory-mapped from there. It is written next to the final
+    place, then renamed: concurrent processes (DDP ranks) never read a half-written cache."""
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache_path.parent, prefix=".building-"))
     try:
         dataset.save_to_disk(str(staging))
         try:
@@ -290,18 +295,7 @@ def load_multispectral_fashion_mnist(
         part = source[split].select(range(min(size, len(source[split]))))
         pixels = np.stack([np.asarray(_to_gray(item)) for item in part.cast_column("image", datasets.Image(decode=False))["image"]])
         splits[split] = _render_multispectral(pixels.astype(np.float32) / 255.0, np.asarray(part["label"]), num_bands, rng)
-    dataset = datasets.DatasetDict(splits)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=".building-"))
-    try:
-        dataset.save_to_disk(str(staging))
-        try:
-            staging.rename(cache_path)
-        except OSError:  # another process finished first; its copy is identical
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return datasets.load_from_disk(str(cache_path))
+    return _cached(datasets.DatasetDict(splits), cache_path)
 
 
 def _to_gray(item):

@@ -1,7 +1,7 @@
 """CPU stage of the multi-crop pipeline: decode, random resized crops of every view group, collation.
 
     dataset --(MultiCropTransform, in DataLoader workers)--> per-example uint8 views, one entry per group
-            --(MultiCropCollator)--> {"global_crops": (G, B, 3, H, W), "local_crops": (L, B, 3, h, w), ...}
+            --(MultiCropCollator)--> {"global_crops": (G, B, C, H, W), "local_crops": (L, B, C, h, w), ...}
             --(DeviceAugmentation, on the accelerator)--> normalised float views
 
 The groups are a config's named view groups (`hf_ssl.data.views`): DINO's ``global_crops`` and ``local_crops``,

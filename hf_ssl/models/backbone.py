@@ -65,7 +65,7 @@ def get_backbone_features(
 
     Args:
         backbone: a transformers base model (ViT, DeiT, Dinov2, Dinov2WithRegisters, IJepa, ResNet, ConvNext, ...).
-        pixel_values: (B, 3, H, W). Any H, W the backbone accepts: ViT-like models interpolate their position
+        pixel_values: (B, C, H, W). Any H, W the backbone accepts: ViT-like models interpolate their position
             embeddings, so 96-px local crops work with a 224-px backbone.
 
     Returns:

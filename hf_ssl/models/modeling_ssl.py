@@ -19,11 +19,13 @@ The feature convention, the same for every method and for the exported plain tra
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .backbone import (
@@ -145,7 +147,7 @@ class SslFeatureModel(SslPreTrainedModel):
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
         Args:
-            pixel_values: (B, 3, H, W), normalised as the image processor saved beside the model does.
+            pixel_values: (B, C, H, W) (C = the backbone's num_channels: 3 for RGB), normalised as the image processor saved beside the model does.
             output_hidden_states: also return the backbone's hidden states.
 
         Returns:
@@ -167,3 +169,39 @@ class SslFeatureModel(SslPreTrainedModel):
 def named_tensors(network: nn.Module) -> dict[str, torch.Tensor]:
     """Parameters and buffers of ``network`` by name."""
     return {**dict(network.named_parameters()), **dict(network.named_buffers())}
+
+
+def init_head_module(module: nn.Module) -> None:
+    """PyTorch's default init for a Linear layer of a method's own head (Kaiming-uniform weight with a = sqrt(5),
+    uniform bias in +-1/sqrt(fan_in)) and identity BatchNorm; other modules are left alone. The projection heads of
+    SimCLR, BYOL and VICReg train with it, as lightly's and the official code do. Uses transformers' init
+    functions, which skip tensors that ``from_pretrained`` already loaded."""
+    if isinstance(module, nn.Linear):
+        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+        if module.bias is not None:
+            bound = 1.0 / math.sqrt(module.in_features)
+            init.uniform_(module.bias, -bound, bound)
+    elif isinstance(module, nn.BatchNorm1d):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+        init.zeros_(module.running_mean)
+        init.ones_(module.running_var)
+        init.zeros_(module.num_batches_tracked)
+
+
+def check_two_views(views: torch.Tensor, min_batch_size: int = 1, why: str = "") -> int:
+    """The batch size B of ``views``, the ``(2, B, C, H, W)`` float views of a two-view method, or a ``ValueError``
+    saying what is wrong (``why``: the reason a batch needs ``min_batch_size`` images)."""
+    if views.ndim != 5 or views.shape[0] != 2 or views.shape[1] < 1:
+        raise ValueError(
+            f"views must be (2, batch, channels, H, W): the two views of at least one image, view-major; got "
+            f"shape {tuple(views.shape)}"
+        )
+    if views.shape[1] < min_batch_size:
+        raise ValueError(f"{why} (raise training.per_device_train_batch_size); got {views.shape[1]} image(s)")
+    if not views.is_floating_point():
+        raise ValueError(
+            f"views must be a float tensor normalised for the backbone, got dtype {views.dtype} (uint8 crops "
+            "go through the device augmentation first)"
+        )
+    return views.shape[1]

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +20,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ..backbone import backbone_forward_kwargs, build_backbone, get_backbone_embed_dim, get_backbone_features
-from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, named_tensors
+from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views, init_head_module, named_tensors
 from .configuration_byol import ByolConfig
 from .loss_byol import ByolLoss
 
@@ -64,7 +63,7 @@ class ByolNetwork(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
-            pixel_values: (B, 3, H, W), one view of each image.
+            pixel_values: (B, C, H, W), one view of each image.
 
         Returns:
             embeddings (B, D): the backbone's global embeddings.
@@ -72,25 +71,6 @@ class ByolNetwork(nn.Module):
         """
         embeddings, _ = get_backbone_features(self.backbone, pixel_values, self.backbone_forward_kwargs)
         return embeddings, self.projector(embeddings)
-
-
-def _init_byol_module(module: nn.Module) -> None:
-    """BYOL's init for one of our own (non-backbone) modules; other modules are left alone.
-
-    PyTorch's default Linear init (as lightly's BYOL, whose results ANCHORS quotes) and identity BatchNorm. Uses
-    transformers' init functions, which skip tensors that `from_pretrained` already loaded.
-    """
-    if isinstance(module, nn.Linear):
-        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-        if module.bias is not None:
-            bound = 1.0 / math.sqrt(module.in_features)
-            init.uniform_(module.bias, -bound, bound)
-    elif isinstance(module, nn.BatchNorm1d):
-        init.ones_(module.weight)
-        init.zeros_(module.bias)
-        init.zeros_(module.running_mean)
-        init.ones_(module.running_var)
-        init.zeros_(module.num_batches_tracked)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -113,7 +93,7 @@ class ByolPreTrainedModel(SslPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # Only our own modules reach here: transformers hands every backbone (itself a PreTrainedModel) and its
         # submodules to the backbone's own `_init_weights`.
-        _init_byol_module(module)
+        init_head_module(module)
 
 
 @dataclass
@@ -208,7 +188,7 @@ class ByolForPretraining(ByolPreTrainedModel):
     def forward(self, views: torch.Tensor, return_dict: bool | None = None) -> ByolForPretrainingOutput | tuple:
         r"""
         Args:
-            views: (2, B, 3, H, W) float, normalised: the two augmented views of each image, view-major;
+            views: (2, B, C, H, W) float, normalised: the two augmented views of each image, view-major;
                 `views[0, i]` and `views[1, i]` are the same image.
 
         Each view goes through each network in a pass of its own, as in the official implementation, so BatchNorm
@@ -219,7 +199,7 @@ class ByolForPretraining(ByolPreTrainedModel):
             `ByolForPretrainingOutput`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_views(views, self.training)
+        check_two_views(views, 2 if self.training else 1, "BYOL needs at least 2 images per batch in training: its BatchNorm layers normalise each view over the batch")
 
         embeddings_a, projections_a = self.online(views[0])
         embeddings_b, projections_b = self.online(views[1])
@@ -259,23 +239,3 @@ class ByolForPretraining(ByolPreTrainedModel):
     def evaluation_backbone_config(self) -> PretrainedConfig:
         """The backbone's config with drop path 0, as `ByolModel` builds it and `export_backbone` exports it."""
         return self.config.feature_backbone_config()
-
-    @staticmethod
-    def _check_views(views: torch.Tensor, training: bool) -> int:
-        """Returns the batch size B or raises a ValueError saying what is wrong."""
-        if views.ndim != 5 or views.shape[0] != 2 or views.shape[1] < 1:
-            raise ValueError(
-                f"views must be (2, batch, channels, H, W): the two views of at least one image, view-major; got "
-                f"shape {tuple(views.shape)}"
-            )
-        if training and views.shape[1] < 2:
-            raise ValueError(
-                "BYOL needs at least 2 images per batch in training: its BatchNorm layers normalise each view over "
-                "the batch (raise training.per_device_train_batch_size)"
-            )
-        if not views.is_floating_point():
-            raise ValueError(
-                f"views must be a float tensor normalised for the backbone, got dtype {views.dtype} (uint8 crops "
-                "go through the device augmentation first)"
-            )
-        return views.shape[1]

@@ -284,7 +284,7 @@ class DinoForPretraining(DinoPreTrainedModel):
     ) -> DinoForPretrainingOutput | tuple:
         r"""
         Args:
-            global_crops: (G, B, 3, H, W) float; the teacher sees these, the student too.
+            global_crops: (G, B, C, H, W) float; the teacher sees these, the student too.
             local_crops: (L, B, 3, h, w) float or None; the student only.
             teacher_temperature: defaults to `config.teacher_temperature`; the trainer passes the scheduled value.
             update_center: False defers this batch's center update to `loss.apply_pending_center_update()` (the
@@ -302,7 +302,7 @@ class DinoForPretraining(DinoPreTrainedModel):
             teacher_temperature = self.config.teacher_temperature
         num_global_crops = self._check_crops(global_crops, local_crops)
 
-        global_flat = global_crops.flatten(0, 1)  # (G * B, 3, H, W), crop-major
+        global_flat = global_crops.flatten(0, 1)  # (G * B, C, H, W), crop-major
         student_inputs = [global_flat] if local_crops is None else [global_flat, local_crops.flatten(0, 1)]
         _, student_logits = self.student(student_inputs)
         with torch.no_grad():
@@ -329,7 +329,7 @@ class DinoForPretraining(DinoPreTrainedModel):
     def _check_crops(global_crops: torch.Tensor, local_crops: torch.Tensor | None) -> int:
         if global_crops.ndim != 5:
             raise ValueError(
-                f"global_crops must be (num_global_crops, batch, 3, H, W), got shape {tuple(global_crops.shape)}"
+                f"global_crops must be (num_global_crops, batch, channels, H, W), got shape {tuple(global_crops.shape)}"
             )
         if local_crops is not None and (local_crops.ndim != 5 or local_crops.shape[1] != global_crops.shape[1]):
             raise ValueError(

@@ -8,14 +8,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ..backbone import (
@@ -24,7 +22,7 @@ from ..backbone import (
     get_backbone_embed_dim,
     get_backbone_features,
 )
-from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel
+from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views, init_head_module
 from .configuration_simclr import SimClrConfig
 from .loss_simclr import NTXentLoss
 
@@ -63,25 +61,6 @@ class SimClrProjectionHead(nn.Module):
         return self.mlp(embeddings)
 
 
-def _init_simclr_module(module: nn.Module) -> None:
-    """SimCLR's init for one of our own (non-backbone) modules; other modules are left alone.
-
-    Uses transformers' init functions, which skip tensors that `from_pretrained` already loaded.
-    """
-    if isinstance(module, nn.Linear):
-        # PyTorch's default Linear init, which lightly's SimCLR head (the ANCHORS reference results) trains with
-        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-        if module.bias is not None:
-            bound = 1.0 / math.sqrt(module.in_features)
-            init.uniform_(module.bias, -bound, bound)
-    elif isinstance(module, nn.BatchNorm1d):
-        init.ones_(module.weight)
-        init.zeros_(module.bias)
-        init.zeros_(module.running_mean)
-        init.ones_(module.running_var)
-        init.zeros_(module.num_batches_tracked)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Pretrained models
 # ----------------------------------------------------------------------------------------------------------------------
@@ -102,7 +81,7 @@ class SimClrPreTrainedModel(SslPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # Only our own modules reach here: transformers hands every backbone (itself a PreTrainedModel) and its
         # submodules to the backbone's own `_init_weights`.
-        _init_simclr_module(module)
+        init_head_module(module)
 
 
 @dataclass
@@ -178,7 +157,7 @@ class SimClrForPretraining(SimClrPreTrainedModel):
     def forward(self, views: torch.Tensor, return_dict: bool | None = None) -> SimClrForPretrainingOutput | tuple:
         r"""
         Args:
-            views: (2, B, 3, H, W) float, normalised: the two augmented views of each image, view-major (as
+            views: (2, B, C, H, W) float, normalised: the two augmented views of each image, view-major (as
                 `MultiCropCollator` stacks global crops); `views[0, i]` and `views[1, i]` are the same image.
 
         The backbone runs once on all 2B views (so BatchNorm normalises over both views together) and the
@@ -188,7 +167,7 @@ class SimClrForPretraining(SimClrPreTrainedModel):
             `SimClrForPretrainingOutput`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        batch_size = self._check_views(views)
+        batch_size = check_two_views(views)
 
         embeddings, _ = get_backbone_features(self.backbone, views.flatten(0, 1), self.backbone_forward_kwargs)
         projections = self.projection_head(embeddings)  # (2B, P): view a of every image, then view b
@@ -210,18 +189,3 @@ class SimClrForPretraining(SimClrPreTrainedModel):
         """The backbone's config with drop path 0, as `SimClrModel` builds it and `export_backbone` exports it (the
         training backbone's config carries `config.drop_path_rate`)."""
         return self.config.feature_backbone_config()
-
-    @staticmethod
-    def _check_views(views: torch.Tensor) -> int:
-        """Returns the batch size B or raises a ValueError saying what is wrong."""
-        if views.ndim != 5 or views.shape[0] != 2 or views.shape[1] < 1:
-            raise ValueError(
-                f"views must be (2, batch, channels, H, W): the two views of at least one image, view-major; got "
-                f"shape {tuple(views.shape)}"
-            )
-        if not views.is_floating_point():
-            raise ValueError(
-                f"views must be a float tensor normalised for the backbone, got dtype {views.dtype} (uint8 crops "
-                "go through the device augmentation first)"
-            )
-        return views.shape[1]

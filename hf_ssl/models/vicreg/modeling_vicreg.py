@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ..backbone import backbone_forward_kwargs, build_backbone, get_backbone_embed_dim, get_backbone_features
-from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel
+from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views, init_head_module
 from .configuration_vicreg import VicRegConfig
 from .loss_vicreg import VicRegLoss
 
@@ -55,22 +53,6 @@ class VicRegExpander(nn.Module):
         return self.mlp(embeddings)
 
 
-def _init_vicreg_module(module: nn.Module) -> None:
-    """VICReg's init for one of our own (non-backbone) modules (PyTorch's defaults, as the official code); other
-    modules are left alone. Uses transformers' init functions, which skip tensors that `from_pretrained` loaded."""
-    if isinstance(module, nn.Linear):
-        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-        if module.bias is not None:
-            bound = 1.0 / math.sqrt(module.in_features)
-            init.uniform_(module.bias, -bound, bound)
-    elif isinstance(module, nn.BatchNorm1d):
-        init.ones_(module.weight)
-        init.zeros_(module.bias)
-        init.zeros_(module.running_mean)
-        init.ones_(module.running_var)
-        init.zeros_(module.num_batches_tracked)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Pretrained models
 # ----------------------------------------------------------------------------------------------------------------------
@@ -91,7 +73,7 @@ class VicRegPreTrainedModel(SslPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # Only our own modules reach here: transformers hands every backbone (itself a PreTrainedModel) and its
         # submodules to the backbone's own `_init_weights`.
-        _init_vicreg_module(module)
+        init_head_module(module)
 
 
 @dataclass
@@ -166,7 +148,7 @@ class VicRegForPretraining(VicRegPreTrainedModel):
     def forward(self, views: torch.Tensor, return_dict: bool | None = None) -> VicRegForPretrainingOutput | tuple:
         r"""
         Args:
-            views: (2, B, 3, H, W) float, normalised: the two augmented views of each image, view-major;
+            views: (2, B, C, H, W) float, normalised: the two augmented views of each image, view-major;
                 `views[0, i]` and `views[1, i]` are the same image.
 
         Each view goes through the backbone and the expander in a pass of its own, as in the official code, so
@@ -176,7 +158,7 @@ class VicRegForPretraining(VicRegPreTrainedModel):
             `VicRegForPretrainingOutput`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_views(views, self.training)
+        check_two_views(views, 2 if self.training else 1, "VICReg needs at least 2 images per batch in training: the expander's BatchNorm layers normalise each view over the batch")
 
         embeddings_a, _ = get_backbone_features(self.backbone, views[0], self.backbone_forward_kwargs)
         embeddings_b, _ = get_backbone_features(self.backbone, views[1], self.backbone_forward_kwargs)
@@ -198,23 +180,3 @@ class VicRegForPretraining(VicRegPreTrainedModel):
     def evaluation_backbone_config(self) -> PretrainedConfig:
         """The backbone's config with drop path 0, as `VicRegModel` builds it and `export_backbone` exports it."""
         return self.config.feature_backbone_config()
-
-    @staticmethod
-    def _check_views(views: torch.Tensor, training: bool) -> int:
-        """Returns the batch size B or raises a ValueError saying what is wrong."""
-        if views.ndim != 5 or views.shape[0] != 2 or views.shape[1] < 1:
-            raise ValueError(
-                f"views must be (2, batch, channels, H, W): the two views of at least one image, view-major; got "
-                f"shape {tuple(views.shape)}"
-            )
-        if training and views.shape[1] < 2:
-            raise ValueError(
-                "VICReg needs at least 2 images per batch in training: the expander's BatchNorm layers normalise each "
-                "view over the batch (raise training.per_device_train_batch_size)"
-            )
-        if not views.is_floating_point():
-            raise ValueError(
-                f"views must be a float tensor normalised for the backbone, got dtype {views.dtype} (uint8 crops "
-                "go through the device augmentation first)"
-            )
-        return views.shape[1]

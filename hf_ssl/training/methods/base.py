@@ -336,7 +336,7 @@ class PretrainingMethod:
         return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
 
     def compute_outputs(self, model, views: dict[str, torch.Tensor], step: int):
-        """The model's forward on this micro-batch's augmented, normalised views: one ``(V, B, 3, H, W)`` tensor
+        """The model's forward on this micro-batch's augmented, normalised views: one ``(V, B, C, H, W)`` tensor
         per view group under its name (DINO: ``global_crops``, ``local_crops``), plus any other tensor the
         collator put in the batch, such as masks; returns its ``ModelOutput`` with a ``loss``."""
         raise NotImplementedError
