@@ -71,7 +71,9 @@ def main():
     else:
         dataset = generated_bands(args.images, args.bands, size=args.size + args.size // 3)
         mean, std = band_statistics(dataset, args.bands, max_images=256)
-        views = spec.view_config_class(input_size=args.size, num_channels=args.bands, mean=mean, std=std, **RGB_ONLY_OFF)
+        per_view = getattr(spec.view_config_class, "per_view_keys", ())  # BYOL / VICReg: (view 1, view 2) pairs
+        off = {key: (value, value) if key in per_view else value for key, value in RGB_ONLY_OFF.items()}
+        views = spec.view_config_class(input_size=args.size, num_channels=args.bands, mean=mean, std=std, **off)
     torch.manual_seed(0)
     model = spec.pretraining_model_class(config)
     backbone_before = {name: tensor.detach().float().clone() for name, tensor in model.evaluation_backbone().named_parameters()}

@@ -123,3 +123,51 @@ def test_the_408_band_recipe_runs_at_tiny_size_with_early_stopping_on_val_loss(t
     steps = json.loads((output_dir / "history.json").read_text())["steps"]
     assert [entry["step"] for entry in steps if "val_loss" in entry] == [1, 2]
     assert max(entry["step"] for entry in steps) == 2
+
+
+RGB_ONLY_OFF = {  # the RGB-only keys of each method's augmentation section, switched off
+    "cj_sat": 0.0, "cj_hue": 0.0, "random_gray_scale": 0.0, "solarize_prob": 0.0,
+    "saturation": 0.0, "hue": 0.0, "grayscale_probability": 0.0, "global_solarize_probabilities": (0.0, 0.0),
+    "local_solarize_probability": 0.0,
+}
+
+
+def test_every_method_trains_on_four_bands(tmp_path):
+    """Each registered method's tiny setup with a 4-channel backbone and 4-band views: two steps, finite losses, and
+    an evaluated backbone that takes 4 channels."""
+    import dataclasses
+
+    from datasets import Array3D, Dataset, Features
+
+    from hf_ssl.data import MultiCropTransform, with_multicrop
+    from hf_ssl.training import build_trainer, get_method
+    from tests.training.test_methods import TINY_SETUPS
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.uniform(0, 4000, (4, 20, 20)).astype(np.float32) for _ in range(8)]
+    dataset = Dataset.from_dict({"image": arrays}, features=Features({"image": Array3D(shape=(4, 20, 20), dtype="float32")}))
+    for method, setup in sorted(TINY_SETUPS.items()):
+        spec = get_method(method)
+        config, views, overrides = setup()
+        config.backbone_config.num_channels = 4
+        per_view = getattr(type(views), "per_view_keys", ())  # BYOL's and VICReg's (view 1, view 2) probabilities
+        off = {
+            key: (value, value) if key in per_view else value
+            for key, value in RGB_ONLY_OFF.items() if key in {item.name for item in dataclasses.fields(views)}
+        }
+        views = dataclasses.replace(views, num_channels=4, mean=(2000.0,) * 4, std=(1150.0,) * 4, **off)
+        torch.manual_seed(0)
+        model = spec.pretraining_model_class(config)
+        arguments = spec.training_arguments_class(
+            output_dir=str(tmp_path / method), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3,
+            scale_learning_rate=False, warmup_epochs=0.0, logging_steps=1, report_to="none", dataloader_num_workers=0,
+            save_strategy="no", seed=0, **{key: value for key, value in overrides.items() if key != "learning_rate"},
+        )
+        trainer = build_trainer(
+            model=model, args=arguments, view_config=views, method=method,
+            train_dataset=with_multicrop(dataset, MultiCropTransform(views), seed=0),
+        )
+        trainer.train()
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        assert len(losses) == 2 and all(np.isfinite(losses)), method
+        assert model.evaluation_backbone().config.num_channels == 4, method
