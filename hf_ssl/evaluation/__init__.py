@@ -1,28 +1,35 @@
-"""Evaluation of frozen features: weighted k-NN and a linear probe."""
+"""Evaluation of frozen features: weighted k-NN and a linear probe.
 
-from hf_ssl.evaluation.knn import (
-    ExtractedFeatures,
-    KnnEvaluator,
-    RawPixels,
-    extract_features,
-    extract_readable_features,
-    image_embedding,
-    knn_accuracy,
-    knn_predict,
-    subsample,
-)
-from hf_ssl.evaluation.linear_probe import LinearProbeEvaluator, linear_probe_accuracy
+The names are imported on first use, so that ``python -m hf_ssl.evaluation.knn`` and ``python -m
+hf_ssl.evaluation.linear_probe`` run their module once (runpy warns when the package has imported it already).
+"""
 
-__all__ = [
-    "ExtractedFeatures",
-    "KnnEvaluator",
-    "LinearProbeEvaluator",
-    "RawPixels",
-    "extract_features",
-    "extract_readable_features",
-    "image_embedding",
-    "knn_accuracy",
-    "knn_predict",
-    "linear_probe_accuracy",
-    "subsample",
-]
+import importlib
+
+_EXPORTS = {
+    "ExtractedFeatures": "knn",
+    "KnnEvaluator": "knn",
+    "RawPixels": "knn",
+    "extract_features": "knn",
+    "extract_readable_features": "knn",
+    "image_embedding": "knn",
+    "knn_accuracy": "knn",
+    "knn_predict": "knn",
+    "subsample": "knn",
+    "LinearProbeEvaluator": "linear_probe",
+    "linear_probe_accuracy": "linear_probe",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
