@@ -171,3 +171,35 @@ def test_every_method_trains_on_four_bands(tmp_path):
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         assert len(losses) == 2 and all(np.isfinite(losses)), method
         assert model.evaluation_backbone().config.num_channels == 4, method
+
+
+def test_broken_and_wrong_band_files_are_skipped_and_counted(tmp_path):
+    folder = write_array_folder(tmp_path / "data", 4, per_class=4, test_per_class=2)
+    (folder / "train" / "horizontal" / "broken.npy").write_bytes(b"\x93NUMPY truncated")
+    np.save(folder / "train" / "vertical" / "six_bands.npy", np.zeros((6, 20, 20), np.uint16))
+    output_dir = tmp_path / "run"
+    code = main([
+        "--config", str(tiny_recipe(tmp_path, "resnet", 4)), f"data.data_dir={folder}", f"training.output_dir={output_dir}",
+        "data.train_val_split=null", "training.metric_for_best_model=null", "training.early_stopping_patience=null",
+        "augmentation.input_size=16", "model.projection_hidden_dim=32", "model.projection_dim=16",
+        "training.per_device_train_batch_size=10", *[argument for argument in RUN_ARGS if "batch_size" not in argument],
+    ])
+    assert code == 0
+    steps = json.loads((output_dir / "history.json").read_text())["steps"]
+    assert sum(entry.get("skipped_images", 0) for entry in steps if "loss" in entry) >= 2  # both, once per epoch at least
+
+
+def test_band_counts_that_disagree_stop_before_training(tmp_path):
+    from hf_ssl.training.config import ConfigError
+    from hf_ssl.training.recipe import Recipe
+
+    raw = yaml.safe_load(RECIPE.read_text())
+    raw["model"]["backbone_config"] = {**TINY_BACKBONES["resnet"], "num_channels": 4}
+    raw["augmentation"]["num_channels"] = 5
+    with pytest.raises(ConfigError, match=r"augmentation\.num_channels=5 but the backbone takes 4 channels \(model\.backbone_config\.num_channels\)"):
+        Recipe.from_dict(raw)
+    raw["augmentation"].pop("num_channels")
+    assert Recipe.from_dict(raw).view_config.num_channels == 4  # left out: the backbone's
+    raw["augmentation"]["cj_sat"] = 0.5
+    with pytest.raises(ConfigError, match=r"cj_sat=0\.5.*RGB-only.*4 bands"):
+        Recipe.from_dict(raw)

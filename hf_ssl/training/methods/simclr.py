@@ -71,10 +71,10 @@ class SimClrViewConfig:
             raise ValueError(f"min_scale must be in (0, 1] (a fraction of the image area), got {self.min_scale!r}")
         if self.kernel_size is not None and (isinstance(self.kernel_size, bool) or not 0 < self.kernel_size <= 1):
             raise ValueError(f"kernel_size must be a fraction of input_size in (0, 1] or null, got {self.kernel_size!r}")
-        jitter = self.cj_prob > 0
+        jitter = self.cj_prob > 0 and self.cj_strength > 0  # the values as written: the message names the keys
         check_rgb_only_settings(self.num_channels, {
-            "cj_sat": self.cj_sat * self.cj_strength if jitter else 0.0,
-            "cj_hue": self.cj_hue * self.cj_strength if jitter else 0.0,
+            "cj_sat": self.cj_sat if jitter else 0.0,
+            "cj_hue": self.cj_hue if jitter else 0.0,
             "random_gray_scale": self.random_gray_scale,
             "solarize_prob": max(self.view_probabilities("solarize_prob")),
         })
