@@ -330,7 +330,8 @@ def load_pretrained_backbone(model: nn.Module, name_or_path: str | os.PathLike, 
       computes at that size with ``interpolate_pos_encoding=True``.
 
     Returns:
-        the module names of the filled backbones (``[""]`` for a transformers backbone).
+        the module names of the filled backbones (``[""]`` for a transformers backbone). An hf_ssl model records
+        ``name_or_path`` as ``config.pretrained_backbone`` (saved in its config.json; its model card's ``base_model``).
 
     Raises ``OSError`` when the model cannot be found, ``ValueError`` for an hf_ssl checkpoint, a model of another
     type than the backbones, or tensors that do not match (naming them).
@@ -359,6 +360,9 @@ def load_pretrained_backbone(model: nn.Module, name_or_path: str | os.PathLike, 
                 f"{sum(tensor.numel() for tensor in backbone.parameters()):,}",
                 f"; adapted: {'; '.join(adapted)}" if adapted else "",
             )
+    config = getattr(model, "config", None)
+    if hasattr(model, "backbones") and config is not None:  # provenance: the model card's base_model
+        config.pretrained_backbone = str(name_or_path)
     return list(backbones)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +22,33 @@ def render_model_card(method: str, output_dir: str | Path, card_data: ModelCardD
     card = ModelCard.from_template(card_data, template_path=str(template_path(method)), **values)
     card.save(Path(output_dir) / "README.md")
     return card
+
+
+# Names `data.dataset` takes that are loaders or local data, not Hub datasets: the card's metadata leaves them out.
+LOCAL_DATASET_NAMES = frozenset({
+    "imagefolder", "parquet", "arrow", "csv", "json", "webdataset", "arrayfolder", "fashion_mnist_multispectral",
+})
+BUILTIN_HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist"}
+
+
+def hub_model_id(name_or_path) -> str | None:
+    """``name_or_path`` when it names a Hub repository (``org/name``, not a local folder), else None."""
+    if not isinstance(name_or_path, str) or Path(name_or_path).expanduser().exists():
+        return None
+    return name_or_path if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path) else None
+
+
+def hub_datasets(dataset) -> list[str] | None:
+    """The Hub datasets among ``dataset`` (a name or list): loader names (imagefolder, parquet, ...) and local
+    paths are left out, a built-in dataset becomes the Hub copy it mirrors."""
+    names = [dataset] if isinstance(dataset, str) else list(dataset or [])
+    kept = []
+    for name in names:
+        name = BUILTIN_HUB_DATASETS.get(name, name)
+        if name in LOCAL_DATASET_NAMES or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+            continue
+        kept.append(name)
+    return kept or None
 
 
 def write_model_card(method, model, args, schedules, steps: int, log_history: list[dict], model_name=None, dataset=None, tags=None, license=None) -> ModelCard:
@@ -45,7 +73,8 @@ def write_model_card(method, model, args, schedules, steps: int, log_history: li
         library_name="transformers",
         license=license,
         tags=["hf_ssl", method.name, "self-supervised", "image-feature-extraction", *(tags or [])],
-        datasets=[dataset] if isinstance(dataset, str) else dataset,
+        datasets=hub_datasets(dataset),
+        base_model=hub_model_id(getattr(model.config, "pretrained_backbone", None)),
         pipeline_tag="image-feature-extraction",
     )
     described = ("hidden_size", "num_hidden_layers", "patch_size", "image_size", "hidden_sizes", "depths")
