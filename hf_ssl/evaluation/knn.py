@@ -140,9 +140,9 @@ def extract_readable_features(
     """
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     dataset = _undecoded_images(dataset, image_column)
-    bands = processor_num_channels(image_processor)
-    if bands == 3:
-        bands = None
+    channels = processor_num_channels(image_processor)
+    processor_kwargs = {} if channels == 3 else {"input_data_format": "channels_first"}
+    if channels == 3:
 
         def read_image(item):
             return to_8bit(decode_image(item))
@@ -150,7 +150,7 @@ def extract_readable_features(
         side = processor_image_size(image_processor)
 
         def read_image(item):
-            return resize_bands_for_evaluation(decode_bands(item, bands), side)
+            return resize_bands_for_evaluation(decode_bands(item, channels), side)
     was_training = model.training
     model.eval()
     features, labels, num_skipped = [], [], 0
@@ -168,10 +168,7 @@ def extract_readable_features(
                 kept.append(offset)
         if not images:
             continue
-        if bands is None:
-            pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
-        else:
-            pixel_values = image_processor(images, return_tensors="pt", input_data_format="channels_first")["pixel_values"]
+        pixel_values = image_processor(images, return_tensors="pt", **processor_kwargs)["pixel_values"]
         features.append(image_embedding(model, pixel_values.to(device)).float().cpu())
         batch_labels = batch[label_column]
         labels.append(torch.as_tensor([batch_labels[offset] for offset in kept], dtype=torch.long))

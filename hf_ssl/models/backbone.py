@@ -500,6 +500,19 @@ def _same_value(given, saved) -> bool:
     return plain(given) == plain(saved)
 
 
+class DropPathBackboneConfigMixin:
+    """For a method config with one ``backbone_config`` and a ``drop_path_rate`` (SimCLR, BYOL, VICReg): the backbone
+    config the pretraining model trains (``backbone_config_for_training``: the drop path rate where the backbone
+    has drop path) and the one of its feature model, its EMA copies and its export (``feature_backbone_config``:
+    no drop path)."""
+
+    def backbone_config_for_training(self) -> PretrainedConfig:
+        return backbone_config_for_training(self.backbone_config, self.drop_path_rate)
+
+    def feature_backbone_config(self) -> PretrainedConfig:
+        return backbone_config_for_training(self.backbone_config, 0.0)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Export to a plain transformers model
 # ----------------------------------------------------------------------------------------------------------------------

@@ -5,12 +5,12 @@ from __future__ import annotations
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..backbone import backbone_config_for_training, resolve_backbone_config
+from ..backbone import DropPathBackboneConfigMixin, resolve_backbone_config
 from ..simclr.configuration_simclr import RESNET50_KWARGS
 from ..validation import check_integer, check_number
 
 
-class ByolConfig(PretrainedConfig):
+class ByolConfig(DropPathBackboneConfigMixin, PretrainedConfig):
     r"""
     Everything needed to rebuild a BYOL model: the backbone (a nested transformers config), the projector and the
     predictor. Defaults are the paper's ImageNet setup: ResNet-50, projector and predictor both 4096 -> 256 MLPs
@@ -53,11 +53,3 @@ class ByolConfig(PretrainedConfig):
             check_integer(name, getattr(self, name), minimum=1)
         check_number("drop_path_rate", self.drop_path_rate, low=0.0, high=1.0, allowed="in [0, 1)")
         super().__post_init__(**kwargs)
-
-    def backbone_config_for_training(self) -> PretrainedConfig:
-        """Backbone config of the online network: `drop_path_rate` where the backbone supports drop path."""
-        return backbone_config_for_training(self.backbone_config, self.drop_path_rate)
-
-    def feature_backbone_config(self) -> PretrainedConfig:
-        """Backbone config of the target network, of `ByolModel` and of the exported backbone: no drop path."""
-        return backbone_config_for_training(self.backbone_config, 0.0)

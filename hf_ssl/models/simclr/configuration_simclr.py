@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..backbone import backbone_config_for_training, resolve_backbone_config
+from ..backbone import DropPathBackboneConfigMixin, resolve_backbone_config
 from ..validation import check_integer, check_number
 
 # transformers ResNetConfig sizes, for `backbone_config: {model_type: resnet, **RESNET18_KWARGS}` in a recipe.
@@ -24,7 +24,7 @@ RESNET50_KWARGS = {
 }
 
 
-class SimClrConfig(PretrainedConfig):
+class SimClrConfig(DropPathBackboneConfigMixin, PretrainedConfig):
     r"""
     Everything needed to rebuild a SimCLR model: the backbone (a nested transformers config), the projection head
     and the NT-Xent temperature. Defaults are the paper's ImageNet setup: ResNet-50, a 2048-2048-128 head with
@@ -73,11 +73,3 @@ class SimClrConfig(PretrainedConfig):
         check_number("temperature", self.temperature, low=0.0, high=None, low_inclusive=False, allowed="> 0")
         check_number("drop_path_rate", self.drop_path_rate, low=0.0, high=1.0, allowed="in [0, 1)")
         super().__post_init__(**kwargs)
-
-    def backbone_config_for_training(self) -> PretrainedConfig:
-        """Backbone config of `SimClrForPretraining`: `drop_path_rate` where the backbone supports drop path."""
-        return backbone_config_for_training(self.backbone_config, self.drop_path_rate)
-
-    def feature_backbone_config(self) -> PretrainedConfig:
-        """Backbone config of `SimClrModel` and of the exported backbone: no drop path."""
-        return backbone_config_for_training(self.backbone_config, 0.0)

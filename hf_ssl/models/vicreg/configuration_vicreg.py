@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..backbone import backbone_config_for_training, resolve_backbone_config
+from ..backbone import DropPathBackboneConfigMixin, resolve_backbone_config
 from ..simclr.configuration_simclr import RESNET50_KWARGS
 from ..validation import check_integer, check_number
 
@@ -13,7 +13,7 @@ from ..validation import check_integer, check_number
 DEFAULT_EXPANDER_DIMS = (8192, 8192, 8192)
 
 
-class VicRegConfig(PretrainedConfig):
+class VicRegConfig(DropPathBackboneConfigMixin, PretrainedConfig):
     r"""
     Everything needed to rebuild a VICReg model: the backbone (a nested transformers config), the expander and the
     loss weights. Defaults are the official ImageNet setup (facebookresearch/vicreg): ResNet-50, an
@@ -65,11 +65,3 @@ class VicRegConfig(PretrainedConfig):
         check_number("variance_epsilon", self.variance_epsilon, low=0.0, high=None, low_inclusive=False, allowed="> 0")
         check_number("drop_path_rate", self.drop_path_rate, low=0.0, high=1.0, allowed="in [0, 1)")
         super().__post_init__(**kwargs)
-
-    def backbone_config_for_training(self) -> PretrainedConfig:
-        """Backbone config of `VicRegForPretraining`: `drop_path_rate` where the backbone supports drop path."""
-        return backbone_config_for_training(self.backbone_config, self.drop_path_rate)
-
-    def feature_backbone_config(self) -> PretrainedConfig:
-        """Backbone config of `VicRegModel` and of the exported backbone: no drop path."""
-        return backbone_config_for_training(self.backbone_config, 0.0)
