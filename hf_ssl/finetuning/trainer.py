@@ -1,0 +1,125 @@
+"""``FinetuneTrainer``: the transformers ``Trainer`` with layer-wise lr decay, batches left empty by unreadable images
+skipped, and a per-session time budget (``SessionTimeCallback``) for Kaggle / Colab."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from hf_ssl.finetuning.model import parameter_groups
+from hf_ssl.training.run_control import RunControl
+
+logger = logging.getLogger(__name__)
+
+
+class FinetuneTrainer(Trainer):
+    """``Trainer`` for image classification.
+
+    Args (besides the Trainer's):
+        layer_decay: layer-wise lr decay factor (None: one lr); see `hf_ssl.finetuning.model.parameter_groups`.
+        eval_data_collator: the collator of evaluation batches (default: ``data_collator``): training crops at random,
+            evaluation prepares images as the saved processor does.
+    """
+
+    def __init__(self, *args, layer_decay: float | None = None, eval_data_collator=None, **kwargs):
+        self.layer_decay = layer_decay
+        self.eval_data_collator = eval_data_collator
+        super().__init__(*args, **kwargs)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._evaluation_collator():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._evaluation_collator():
+            return super().get_test_dataloader(test_dataset)
+
+    @contextlib.contextmanager
+    def _evaluation_collator(self):
+        # a DataLoader keeps the collate_fn it was built with: swap it in for the build only
+        training_collator = self.data_collator
+        if self.eval_data_collator is not None:
+            self.data_collator = self.eval_data_collator
+        try:
+            yield
+        finally:
+            self.data_collator = training_collator
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            groups = parameter_groups(
+                model, self.args.learning_rate, self.args.weight_decay, set(self.get_decay_parameter_names(model)), self.layer_decay
+            )
+            optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_class([{key: value for key, value in group.items() if key != "names"} for group in groups], **optimizer_kwargs)
+            if self.layer_decay is not None:
+                logger.info(
+                    "Layer-wise lr decay %g: lr x %s from the embeddings to the head", self.layer_decay,
+                    ", ".join(f"{scale:.3g}" for scale in sorted({group["lr_scale"] for group in groups})),
+                )
+        return self.optimizer
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # A checkpoint holds the model's checkpoint key names (e.g. ViT's vit.encoder.layer.*), which transformers
+        # converts in from_pretrained but not when the Trainer loads the raw state dict: the backbone would silently
+        # keep its current weights. Load through from_pretrained and copy in place (the optimizer keeps its tensors).
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = model if model is not None else self.model
+        loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+
+    def _load_best_model(self) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        logger.info("Loading the best model from %s (%s %s)", self.state.best_model_checkpoint, self.args.metric_for_best_model, self.state.best_metric)
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if inputs["labels"].numel() == 0:  # every image of the batch was unreadable (counted by the collator)
+            return torch.zeros((), device=self.args.device)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if inputs["labels"].numel() == 0:
+            return None, None, None
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+class SessionTimeCallback(TrainerCallback):
+    """Saves a checkpoint and stops once ``max_time_seconds`` of this session have passed, or on SIGTERM / SIGINT (a
+    Kaggle or Colab session that ends, a cluster job that is cancelled): every process stops at the same step (the
+    decision is one all-reduce). ``stop_reason`` says why it stopped (None: it did not)."""
+
+    def __init__(self, max_time_seconds: float | None, handle_signals: bool = True):
+        self.run_control = RunControl(max_time_seconds=max_time_seconds, reduce_max=_reduce_max, handle_signals=handle_signals)
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.run_control.stop_reason
+
+    def describe_stop(self) -> str:
+        return self.run_control.describe_stop()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.run_control.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.run_control.check(args.device) is not None and state.global_step < state.max_steps:
+            logger.warning("%s at step %d: saving a checkpoint", self.run_control.describe_stop(), state.global_step)
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.run_control.finish()
+
+
+def _reduce_max(flags: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return flags

@@ -1,0 +1,281 @@
+"""Fine-tuning: metrics against hand-computed values, layer-wise lr decay groups, the frozen linear probe, where the
+backbone comes from, and whole runs of the recipe script on a tiny image folder (resume, time budget, bad images)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageClassification, ResNetConfig, ViTConfig, ViTModel
+
+from hf_ssl.finetuning.metrics import classification_metrics
+from hf_ssl.finetuning.model import (
+    BackboneSource,
+    build_classification_model,
+    freeze_backbone,
+    layer_id,
+    parameter_groups,
+    resolve_backbone_source,
+)
+from hf_ssl.finetuning.run import main
+from hf_ssl.models import build_image_processor
+from hf_ssl.training.config import ConfigError
+from tests.helpers import TINY_RESNET, TINY_VIT, random_images
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+
+# ----- metrics -------------------------------------------------------------------------------------------------------
+def test_classification_metrics_hand_computed():
+    # 6 images, 3 classes; predictions (argmax) 0, 1, 1, 2, 2, 0 for labels 0, 0, 1, 2, 2, 1
+    logits = np.array([
+        [3.0, 2.0, 1.0, 0.0, -1.0, -2.0],
+        [0.0, 3.0, 1.0, 0.5, -1.0, -2.0],
+        [0.0, 3.0, 1.0, 0.5, -1.0, -2.0],
+        [0.0, 1.0, 3.0, 0.5, -1.0, -2.0],
+        [0.0, 1.0, 3.0, 0.5, -1.0, -2.0],
+        [3.0, -5.0, 1.0, 0.5, 0.2, 0.1],  # label 1 is the lowest score: outside the top 5 of 6 classes
+    ])
+    labels = np.array([0, 0, 1, 2, 2, 1])
+    metrics = classification_metrics(logits, labels)
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["top5_accuracy"] == pytest.approx(5 / 6)
+    # class 0: TP 1, FP 1, FN 1 -> 0.5; class 1: TP 1, FP 1, FN 1 -> 0.5; class 2: TP 2 -> 1.0; classes 3-5 never occur
+    assert metrics["macro_f1"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+
+
+def test_classification_metrics_reject_bad_shapes():
+    with pytest.raises(ValueError, match="expected logits"):
+        classification_metrics(np.zeros((3, 2)), np.zeros(4))
+
+
+# ----- layer-wise lr decay and the linear probe --------------------------------------------------------------------
+def _tiny_vit_classifier(num_labels=3):
+    from transformers import ViTForImageClassification
+
+    return ViTForImageClassification(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}, num_labels=num_labels))
+
+
+def test_layer_decay_groups_follow_the_blocks():
+    model = _tiny_vit_classifier()
+    decay_names = {name for name, _ in model.named_parameters() if not name.endswith("bias") and "norm" not in name}
+    groups = parameter_groups(model, 1.0, 0.05, decay_names, layer_decay=0.5)
+    scale_of = {name: group["lr"] for group in groups for name in group["names"]}
+    decay_of = {name: group["weight_decay"] for group in groups for name in group["names"]}
+    layers = TINY_VIT["num_hidden_layers"]  # 2 blocks: embeddings at 0.5^3, block 0 at 0.5^2, block 1 at 0.5, head at 1
+    assert scale_of["vit.embeddings.patch_embeddings.projection.weight"] == pytest.approx(0.5 ** (layers + 1))
+    block0 = next(name for name in scale_of if name.startswith(("vit.layers.0.", "vit.encoder.layer.0.")))
+    assert scale_of[block0] == pytest.approx(0.5**layers)
+    assert scale_of["classifier.weight"] == 1.0 and scale_of["vit.layernorm.weight"] == 1.0
+    assert decay_of["classifier.weight"] == 0.05
+    for name in ("vit.embeddings.position_embeddings", "vit.embeddings.cls_token", "classifier.bias", "vit.layernorm.weight"):
+        assert decay_of[name] == 0.0, name
+    assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))
+
+
+def test_layer_decay_counts_resnet_stages():
+    from transformers import ResNetForImageClassification
+
+    model = ResNetForImageClassification(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"}, num_labels=3))
+    names = [name for name, _ in model.named_parameters()]
+    stage1 = next(name for name in names if ".stages.1." in name)
+    assert layer_id(stage1, 2) == 2  # not the index of the "layers.<j>" inside the stage
+    assert layer_id(next(name for name in names if ".embedder." in name), 2) == 0
+    assert layer_id("classifier.1.weight", 2) == 3
+
+
+def test_linear_probe_trains_only_the_head_and_keeps_the_backbone_in_eval_mode():
+    from transformers import ResNetForImageClassification
+
+    model = ResNetForImageClassification(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"}, num_labels=3))
+    trained = freeze_backbone(model)
+    assert trained and all(name.startswith("classifier.") for name in trained)
+    model.train()
+    assert model.classifier.training and not model.resnet.training
+    statistics = [buffer.clone() for name, buffer in model.named_buffers() if "running_mean" in name]
+    backbone_before = {name: p.clone() for name, p in model.named_parameters() if not name.startswith("classifier")}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = model(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.tensor([0, 1, 2, 0])).loss
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(before, after) for before, after in zip(statistics, (b for n, b in model.named_buffers() if "running_mean" in n)))
+    assert all(torch.equal(backbone_before[name], p) for name, p in model.named_parameters() if name in backbone_before)
+
+
+# ----- where the backbone comes from -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vit_backbone_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vit-backbone")
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}), add_pooling_layer=False).save_pretrained(path)
+    build_image_processor("vit", 16, MEAN, STD).save_pretrained(path)
+    return path
+
+
+def _backbone_state(model):
+    return {name.split(".", 1)[1]: tensor for name, tensor in model.state_dict().items() if not name.startswith("classifier")}
+
+
+def test_every_backbone_weight_is_loaded(vit_backbone_dir):
+    model = build_classification_model(BackboneSource(str(vit_backbone_dir)), ["a", "b", "c"])
+    reference = ViTModel.from_pretrained(vit_backbone_dir, add_pooling_layer=False).state_dict()
+    loaded = _backbone_state(model)
+    assert loaded.keys() == reference.keys()
+    assert all(torch.equal(loaded[key], reference[key]) for key in reference)
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"} and model.config.label2id["c"] == 2
+    scratch = build_classification_model(BackboneSource(str(vit_backbone_dir)), ["a", "b"], from_scratch=True)
+    assert not torch.equal(_backbone_state(scratch)["embeddings.cls_token"], reference["embeddings.cls_token"])
+
+
+def test_a_checkpoint_missing_backbone_weights_is_a_clear_error(vit_backbone_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(vit_backbone_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    dropped = [key for key in weights if "layernorm_before" in key or ".0.attention" in key]
+    save_file({key: value for key, value in weights.items() if key not in dropped}, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match="do not fit ViTForImageClassification: missing"):
+        build_classification_model(BackboneSource(str(broken)), ["a", "b"])
+
+
+def test_hf_ssl_runs_and_checkpoints_give_their_evaluated_backbone(tmp_path):
+    from hf_ssl import SimClrConfig, SimClrForPretraining
+
+    torch.manual_seed(0)
+    model = SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8))
+    checkpoint = tmp_path / "run" / "checkpoint-5"
+    model.save_pretrained(checkpoint)  # a checkpoint folder: no backbone/, the processor is in the run folder
+    build_image_processor("vit", 16, MEAN, STD).save_pretrained(tmp_path / "run")
+    expected = {key: value for key, value in model.evaluation_backbone().state_dict().items()}
+
+    exported = resolve_backbone_source(str(checkpoint), export_dir=tmp_path / "exported")
+    assert exported.pretraining_model_type == "hf_ssl_simclr" and exported.subfolder == ""
+    classifier = build_classification_model(exported, ["x", "y"])
+    loaded = _backbone_state(classifier)
+    assert all(torch.equal(loaded[key], expected[key]) for key in loaded)
+
+    run = tmp_path / "run"
+    model.save_pretrained(run)
+    model.export_backbone(str(run / "backbone"), image_processor=build_image_processor("vit", 16, MEAN, STD))
+    source = resolve_backbone_source(str(run))
+    assert source.subfolder == "backbone" and source.processor_subfolder == "backbone"
+    loaded = _backbone_state(build_classification_model(source, ["x", "y"]))
+    assert all(torch.equal(loaded[key], expected[key]) for key in loaded)
+
+
+def test_a_path_that_is_no_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read as a model"):
+        resolve_backbone_source(str(tmp_path / "nowhere"))
+
+
+# ----- whole runs of the recipe script -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """train/ and test/ of an image folder, classes 'horizontal' and 'vertical' (stripes), one corrupt train file."""
+    root = tmp_path_factory.mktemp("stripes")
+    for split, count, seed in (("train", 40, 0), ("test", 12, 1)):
+        for index, image in enumerate(random_images(count, seed=seed, size=(20, 20))):
+            folder = root / split / ("horizontal" if index % 2 else "vertical")
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f"{index}.png")
+    (root / "train" / "vertical" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def _write_recipe(path, backbone_dir, data_dir, output_dir, **training):
+    values = {
+        "output_dir": str(output_dir), "num_train_epochs": 2, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
+        "learning_rate": 1e-3, "logging_steps": 1, "report_to": "none", "seed": 0, "use_cpu": True, "dataloader_pin_memory": False,
+        **training,
+    }
+    path.write_text(json.dumps({
+        "model": {"model_name_or_path": str(backbone_dir), "mode": "full", "layer_decay": 0.75},
+        "data": {"dataset": "imagefolder", "data_dir": str(data_dir), "train_val_split": 0.25},
+        "augmentation": {"crop_scale": [0.6, 1.0]},
+        "training": values,
+    }))
+    return path
+
+
+def test_full_fine_tune_run_keeps_the_best_checkpoint(vit_backbone_dir, image_folder, tmp_path, capsys):
+    output = tmp_path / "out"
+    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=3)
+    assert main(["--config", str(recipe)]) == 0
+    printed = capsys.readouterr().out
+    assert "test_accuracy:" in printed
+    results = json.loads((output / "all_results.json").read_text())
+    assert results["num_skipped_images"] >= 1  # broken.png, counted and left out
+    assert results["test_samples"] == 12 and {"test_accuracy", "test_top5_accuracy", "test_macro_f1", "eval_accuracy"} <= results.keys()
+    # the saved model is the best checkpoint by validation accuracy, loaded whole (not the last step's weights)
+    state = json.loads((output / "trainer_state.json").read_text())
+    best = AutoModelForImageClassification.from_pretrained(state["best_model_checkpoint"])
+    final = AutoModelForImageClassification.from_pretrained(output)
+    assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), final.state_dict().values()))
+    assert final.config.id2label == {0: "horizontal", 1: "vertical"}
+    assert (output / "preprocessor_config.json").is_file() and (output / "recipe.yaml").is_file()
+    card = (output / "README.md").read_text()
+    assert "pipeline_tag: image-classification" in card and "layer-wise lr decay 0.75" in card
+    assert "base_model" not in card  # a local folder is no Hub model
+    from transformers import pipeline
+
+    classify = pipeline("image-classification", model=str(output))
+    assert {item["label"] for item in classify(random_images(1)[0], top_k=2)} == {"horizontal", "vertical"}
+
+
+def test_time_budget_stops_with_a_checkpoint_and_resume_finishes(vit_backbone_dir, image_folder, tmp_path, capsys):
+    output = tmp_path / "out"
+    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, max_time_seconds=1e-6)
+    assert main(["--config", str(recipe)]) == 0
+    assert "continue with --resume auto" in capsys.readouterr().out
+    assert [path.name for path in output.glob("checkpoint-*")] == ["checkpoint-1"]
+    assert main(["--config", str(recipe)]) == 2  # checkpoints there and no --resume: an error, nothing deleted
+    assert "--resume auto" in capsys.readouterr().err
+    assert main(["--config", str(recipe), "--resume", "auto", "training.max_time_seconds=null"]) == 0
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == state["max_steps"] > 1
+    # a finished run resumed again trains no more and still writes its outputs
+    assert main(["--config", str(recipe), "--resume", "auto", "training.max_time_seconds=null"]) == 0
+    assert json.loads((output / "trainer_state.json").read_text())["global_step"] == state["global_step"]
+
+
+def test_resume_from_the_hub_copy_of_the_last_checkpoint(vit_backbone_dir, image_folder, tmp_path, monkeypatch):
+    first, second = tmp_path / "session1", tmp_path / "session2"
+    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, first, max_time_seconds=1e-6)
+    assert main(["--config", str(recipe)]) == 0
+    hub = tmp_path / "hub" / "org--ft"
+    shutil.copytree(first / "checkpoint-1", hub / "last-checkpoint")  # what hub_strategy=checkpoint leaves in the repo
+
+    def fake_snapshot_download(repo_id, allow_patterns, local_dir, **kwargs):
+        assert repo_id == "org/ft" and allow_patterns == ["last-checkpoint/*"]
+        shutil.copytree(hub, local_dir, dirs_exist_ok=True)
+        return str(local_dir)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    overrides = [f"training.output_dir={second}", "training.hub_model_id=org/ft", "training.max_time_seconds=null"]
+    assert main(["--config", str(recipe), "--resume", "hub", *overrides]) == 0
+    state = json.loads((second / "trainer_state.json").read_text())
+    assert state["global_step"] == state["max_steps"]
+    assert state["log_history"][0]["step"] == 1  # the first session's logged step came along with its checkpoint
+
+
+def test_recipe_mistakes_are_clear_errors(vit_backbone_dir, image_folder, tmp_path, capsys):
+    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, tmp_path / "out")
+    assert main(["--config", str(recipe), "model.mode=probe"]) == 2
+    assert "mode must be one of full, linear_probe" in capsys.readouterr().err
+    assert main(["--config", str(recipe), "data.lable_column=x"]) == 2
+    assert "lable_column" in capsys.readouterr().err
+    assert main(["--config", str(recipe), "data.train_split=training"]) == 2
+    assert "no split 'training'" in capsys.readouterr().err
+    assert main(["--config", str(recipe), "--resume", "hub"]) == 2
+    assert "needs training.hub_model_id" in capsys.readouterr().err
+
+
+def test_linear_probe_run_changes_only_the_head(vit_backbone_dir, image_folder, tmp_path):
+    output = tmp_path / "probe"
+    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=1)
+    assert main(["--config", str(recipe), "model.mode=linear_probe", "model.layer_decay=null", "training.learning_rate=0.1"]) == 0
+    reference = ViTModel.from_pretrained(vit_backbone_dir, add_pooling_layer=False).state_dict()
+    tuned = AutoModelForImageClassification.from_pretrained(output)
+    loaded = _backbone_state(tuned)
+    assert all(torch.equal(loaded[key], reference[key]) for key in loaded)
