@@ -34,16 +34,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..image_processing import build_image_processor
+from ..official_checkpoints import (
+    OFFICIAL_LAYER_NORM_EPS,
+    OfficialSource,
+    load_checkpoint_file,
+    num_blocks,
+    official_tensors,
+    required_tensor,
+    resolve_num_attention_heads,
+    strip_ddp_prefix,
+    vit_architecture,
+)
 from .configuration_ijepa import IJepaPretrainingConfig
 from .modeling_ijepa import ENCODERS, IJepaForPretraining
 
@@ -56,9 +65,7 @@ TRAINING_STATE_KEYS = ("opt", "scaler", "epoch", "loss", "batch_size", "world_si
 # attention heads of the official ViTs by width: vit_tiny 3, vit_small 6, vit_base 12, vit_large, vit_huge and
 # vit_giant 16 (the predictor uses the encoder's number)
 OFFICIAL_NUM_ATTENTION_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
-# every official ViT and predictor normalises with LayerNorm(eps=1e-6)
-OFFICIAL_LAYER_NORM_EPS = 1e-6
-DDP_PREFIX = "module."
+METHOD = "I-JEPA"
 
 # hf_ssl name -> official name, outside the blocks
 ENCODER_NAMES = {
@@ -87,17 +94,6 @@ BLOCK_MODULES = {
     "mlp.fc2": "mlp.fc2",
 }
 QKV_PARTS = {"q_proj": 0, "k_proj": 1, "v_proj": 2}
-
-
-@dataclass(frozen=True)
-class OfficialSource:
-    """Where one hf_ssl tensor comes from in an official state dict."""
-
-    key: str
-    # 0, 1 or 2: the query, key or value third of the rows of the fused `attn.qkv` tensor
-    qkv_part: int | None = None
-    # the official tensor has one more leading dimension of size 1 (the predictor's position table)
-    leading_one: bool = False
 
 
 def official_source(name: str, state_dict_name: str) -> OfficialSource:
@@ -148,7 +144,7 @@ def read_official_checkpoint(
     """
     source = f"checkpoint {os.fspath(checkpoint)!r}" if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = _load_file(checkpoint, weights_only)
+        checkpoint = load_checkpoint_file(checkpoint, weights_only, METHOD)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(
             f"{source} is not an official I-JEPA checkpoint: expected a dict with 'encoder', 'predictor' and "
@@ -163,40 +159,7 @@ def read_official_checkpoint(
     ignored = sorted(set(checkpoint) - set(MODEL_PREFIXES) - set(TRAINING_STATE_KEYS), key=str)
     if ignored:
         logger.info("%s: ignoring entries that are not I-JEPA weights: %s", source, ignored)
-    return {name: _strip_ddp_prefix(checkpoint[name], f"{source}[{name!r}]") for name in present}
-
-
-def _load_file(path: str | os.PathLike, weights_only: bool) -> object:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no I-JEPA checkpoint file at {os.fspath(path)!r}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as error:
-        if weights_only:
-            raise ValueError(
-                f"cannot read {os.fspath(path)!r} with torch.load(weights_only=True): {type(error).__name__}: "
-                f"{error}. An official I-JEPA checkpoint holds only tensors and numbers; if this file holds other "
-                "Python objects and you trust where it comes from, pass weights_only=False (--no_weights_only on "
-                "the command line), which runs the code pickled in the file"
-            ) from error
-        raise ValueError(
-            f"cannot read {os.fspath(path)!r} as a torch checkpoint: {type(error).__name__}: {error}"
-        ) from error
-
-
-def _strip_ddp_prefix(state_dict: object, source: str) -> dict[str, torch.Tensor]:
-    """`state_dict` with the `module.` prefix DistributedDataParallel adds removed from its keys."""
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"{source} must be a state dict (a dict of tensors), got a {type(state_dict).__name__}")
-    stripped = {}
-    for key, tensor in state_dict.items():
-        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"{source} must map names to tensors; its entry {key!r} is a {type(tensor).__name__}")
-        name = key.removeprefix(DDP_PREFIX)
-        if name in stripped:
-            raise ValueError(f"{source} holds both {name!r} and {key!r}: which one to load is ambiguous")
-        stripped[name] = tensor
-    return stripped
+    return {name: strip_ddp_prefix(checkpoint[name], f"{source}[{name!r}]") for name in present}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -231,46 +194,17 @@ def official_pretraining_config(
             "the weights do not show"
         )
     encoder_name = "encoder" if "encoder" in state_dicts else "target_encoder"
-    encoder = state_dicts[encoder_name]
-    position_embeddings = _required_tensor(encoder, "pos_embed", encoder_name, ndim=3)
-    _, num_patches, hidden_size = position_embeddings.shape
-    patch_weight = _required_tensor(encoder, "patch_embed.proj.weight", encoder_name, ndim=4)
-    patch_size = patch_weight.shape[-1]
-    square_patches = patch_weight.shape[-2] == patch_size
-    if position_embeddings.shape[0] != 1 or patch_weight.shape[0] != hidden_size or not square_patches:
-        raise ValueError(
-            f"{encoder_name!r} state dict: 'pos_embed' must be (1, num_patches, hidden_size) and "
-            f"'patch_embed.proj.weight' (hidden_size, channels, patch_size, patch_size), got "
-            f"{tuple(position_embeddings.shape)} and {tuple(patch_weight.shape)}"
-        )
-    grid_side = math.isqrt(num_patches)
-    if grid_side * grid_side != num_patches:
-        raise ValueError(
-            f"{encoder_name!r} state dict: 'pos_embed' holds {num_patches} positions, not a square grid of patches "
-            "as the official ViT's"
-        )
-    if num_attention_heads is None:
-        if hidden_size not in OFFICIAL_NUM_ATTENTION_HEADS:
-            raise ValueError(
-                f"no official I-JEPA ViT has width {hidden_size} (known: {OFFICIAL_NUM_ATTENTION_HEADS}), so the "
-                "number of attention heads is unknown: pass num_attention_heads (--num_attention_heads)"
-            )
-        num_attention_heads = OFFICIAL_NUM_ATTENTION_HEADS[hidden_size]
-    if not isinstance(num_attention_heads, int) or num_attention_heads < 1 or hidden_size % num_attention_heads:
-        raise ValueError(
-            f"num_attention_heads must be a positive integer that divides the encoder width {hidden_size}, got "
-            f"{num_attention_heads!r}"
-        )
+    architecture = vit_architecture(
+        state_dicts[encoder_name], f"the {encoder_name!r} state dict", METHOD, num_prefix_tokens=0
+    )
     backbone_config = {
         "model_type": "ijepa",
-        "hidden_size": hidden_size,
-        "num_hidden_layers": _num_blocks(encoder, "blocks", encoder_name),
-        "num_attention_heads": num_attention_heads,
-        "intermediate_size": _required_tensor(encoder, "blocks.0.mlp.fc1.weight", encoder_name, ndim=2).shape[0],
-        "patch_size": patch_size,
-        "image_size": grid_side * patch_size,
-        "num_channels": patch_weight.shape[1],
+        **architecture,
+        "num_attention_heads": resolve_num_attention_heads(
+            architecture["hidden_size"], num_attention_heads, OFFICIAL_NUM_ATTENTION_HEADS, METHOD
+        ),
         "layer_norm_eps": OFFICIAL_LAYER_NORM_EPS,
+        # the official ViT's q/k/v always have biases; a checkpoint without them fails as incomplete
         "qkv_bias": True,
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.0,
@@ -282,11 +216,12 @@ def official_pretraining_config(
 
 
 def _predictor_sizes(predictor: Mapping[str, torch.Tensor], config_kwargs: Mapping) -> dict:
-    predictor_hidden_size = _required_tensor(predictor, "predictor_embed.weight", "predictor", ndim=2).shape[0]
-    mlp_size = _required_tensor(predictor, "predictor_blocks.0.mlp.fc1.weight", "predictor", ndim=2).shape[0]
+    source = "the 'predictor' state dict"
+    predictor_hidden_size = required_tensor(predictor, "predictor_embed.weight", source, 2, METHOD).shape[0]
+    mlp_size = required_tensor(predictor, "predictor_blocks.0.mlp.fc1.weight", source, 2, METHOD).shape[0]
     sizes = {
         "predictor_hidden_size": predictor_hidden_size,
-        "predictor_num_hidden_layers": _num_blocks(predictor, "predictor_blocks", "predictor"),
+        "predictor_num_hidden_layers": num_blocks(predictor, "predictor_blocks", source, METHOD),
         "predictor_mlp_ratio": mlp_size / predictor_hidden_size,
     }
     if int(predictor_hidden_size * sizes["predictor_mlp_ratio"]) != mlp_size:
@@ -301,28 +236,6 @@ def _predictor_sizes(predictor: Mapping[str, torch.Tensor], config_kwargs: Mappi
                 "the predictor's sizes are read from its weights"
             )
     return sizes
-
-
-def _required_tensor(state_dict: Mapping[str, torch.Tensor], key: str, source: str, ndim: int) -> torch.Tensor:
-    if key not in state_dict:
-        raise ValueError(f"the {source!r} state dict has no {key!r}: it is not the official I-JEPA layout")
-    tensor = state_dict[key]
-    if tensor.ndim != ndim:
-        raise ValueError(
-            f"the {source!r} state dict's {key!r} has shape {tuple(tensor.shape)}; the official layout has "
-            f"{ndim} dimensions"
-        )
-    return tensor
-
-
-def _num_blocks(state_dict: Mapping[str, torch.Tensor], block_prefix: str, source: str) -> int:
-    """1 + the largest block index under `block_prefix` (a gap shows up as a missing key when loading)."""
-    indices = {int(match[1]) for key in state_dict if (match := re.match(rf"{block_prefix}\.(\d+)\.", key))}
-    if not indices:
-        raise ValueError(
-            f"the {source!r} state dict has no {block_prefix}.<i>.* keys: it is not the official I-JEPA layout"
-        )
-    return max(indices) + 1
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -346,54 +259,16 @@ def load_official_state_dicts(
         if state_dict_name not in MODEL_PREFIXES:
             raise ValueError(f"unknown state dict {state_dict_name!r}: expected some of {list(MODEL_PREFIXES)}")
         prefix = MODEL_PREFIXES[state_dict_name]
-        used = set()
-        for model_key, model_tensor in model_state.items():
-            if model_key.startswith(prefix):
-                source = official_source(model_key.removeprefix(prefix), state_dict_name)
-                converted[model_key] = _official_tensor(
-                    official, source, state_dict_name, model_key, model_tensor.shape
-                )
-                used.add(source.key)
-        unused = sorted(set(official) - used)
-        if unused:
-            raise ValueError(
-                f"the {state_dict_name!r} state dict has keys with no place in the model: {unused}. Is it a "
-                "checkpoint of the official I-JEPA ViT (biased q/k/v, no CLS token, no extra modules)?"
-            )
+        targets = {key.removeprefix(prefix): tensor for key, tensor in model_state.items() if key.startswith(prefix)}
+        tensors = official_tensors(
+            targets, official, lambda name: official_source(name, state_dict_name),
+            f"the {state_dict_name!r} state dict", METHOD,
+            unused_hint="Is it a checkpoint of the official I-JEPA ViT (biased q/k/v, no CLS token, no extra modules)?",
+        )
+        converted.update({prefix + name: tensor for name, tensor in tensors.items()})
     incompatible = model.load_state_dict(converted, strict=False)
     if incompatible.unexpected_keys:  # cannot happen: every converted key is a model key
         raise RuntimeError(f"unexpected keys while loading: {incompatible.unexpected_keys}")
-
-
-def _official_tensor(
-    official: Mapping[str, torch.Tensor],
-    source: OfficialSource,
-    state_dict_name: str,
-    model_key: str,
-    shape: torch.Size,
-) -> torch.Tensor:
-    """The official tensor for `model_key`, cut to its rows (q, k, v) or squeezed, checked against `shape`."""
-    if source.key not in official:
-        raise ValueError(
-            f"the {state_dict_name!r} state dict has no {source.key!r} (needed for {model_key}); the checkpoint is "
-            "incomplete or not of the official I-JEPA layout"
-        )
-    tensor = official[source.key]
-    if source.qkv_part is not None:
-        expected = (3 * shape[0], *shape[1:])
-    elif source.leading_one:
-        expected = (1, *shape)
-    else:
-        expected = tuple(shape)
-    if tuple(tensor.shape) != expected:
-        raise ValueError(
-            f"the {state_dict_name!r} state dict's {source.key!r} has shape {tuple(tensor.shape)}, the model needs "
-            f"{expected} (for {model_key}): the {state_dict_name} does not match the architecture read from the "
-            "checkpoint (or num_attention_heads)"
-        )
-    if source.qkv_part is not None:
-        return tensor.chunk(3, dim=0)[source.qkv_part]
-    return tensor.reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
