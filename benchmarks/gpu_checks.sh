@@ -2,7 +2,8 @@
 # GPU checks behind benchmarks/README.md: both engines at fp32/bf16/fp16, FSDP2 (both sharding modes),
 # DeepSpeed ZeRO-2 (bf16, both engines), I-JEPA / H-JEPA ViT-B/16 (both engines, bf16; fp32 and fp16 for I-JEPA).
 # BYOL / VICReg / SimCLR ResNet-50 (paper settings) and SimCLR on 32-band arrays (mode ssl).
-#   bash benchmarks/gpu_checks.sh precision|fsdp|deepspeed|jepa|ssl RESULTS.jsonl
+# The Kaggle / Colab recipes' peak memory in fp16 (mode kaggle).
+#   bash benchmarks/gpu_checks.sh precision|fsdp|deepspeed|jepa|ssl|kaggle RESULTS.jsonl
 set -u
 mode=${1:-precision}
 results=${2:-gpu_results.jsonl}
@@ -34,6 +35,9 @@ elif [ "$mode" = ssl ]; then
     run python3 benchmarks/bench_methods.py --method vicreg --engine accelerate --precision bf16 --workers 12
     run python3 benchmarks/bench_methods.py --method vicreg --engine trainer --precision fp16 --workers 12
     run python3 benchmarks/bench_methods.py --method simclr --engine trainer --precision bf16 --bands 32 --size 96 --workers 12
+elif [ "$mode" = kaggle ]; then
+    run python3 benchmarks/bench_kaggle.py --part pretrain --steps 30 --workers 12
+    run python3 benchmarks/bench_kaggle.py --part finetune --steps 60 --workers 12
 elif [ "$mode" = deepspeed ]; then
     for engine in trainer accelerate; do
         run accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml --num_processes 1 \

@@ -8,10 +8,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
+
+from hf_ssl.training.arguments import _has_accelerator
+
+logger = logging.getLogger(__name__)
 
 MODES = ("full", "linear_probe")
 
@@ -120,7 +125,14 @@ class FinetuningArguments(TrainingArguments):
         return tuple(item.name for item in fields(cls) if item.name in cls.__annotations__)
 
     def __post_init__(self):
+        if self.bf16 and not self.use_cpu and not _has_accelerator():
+            # a GPU recipe tried on a laptop: the Trainer would refuse bf16 without a GPU
+            logger.warning("training.bf16=true needs a GPU and this run has none: training in float32 (bf16 is set to false).")
+            self.bf16 = False
         super().__post_init__()
+        if self.fp16 and self.device.type == "cpu":  # a Kaggle recipe tried on a CPU: say so and record what runs
+            logger.warning("training.fp16=true needs a GPU and this run has none: training in float32 (fp16 is set to false).")
+            self.fp16 = False
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience < 1:
                 raise ValueError(f"early_stopping_patience must be >= 1 (or null), got {self.early_stopping_patience}")

@@ -144,7 +144,7 @@ def _download_hub_checkpoint(args: FinetuningArguments, local: str | None) -> st
 
     if not args.hub_model_id:
         raise ConfigError("--resume hub needs training.hub_model_id: the repository the earlier session pushed its checkpoints to")
-    target = Path(args.output_dir) / "hub-checkpoint"
+    target = Path(args.output_dir) / "_hub_checkpoint"  # "_*" is left out of the Trainer's Hub pushes
     try:
         snapshot_download(
             args.hub_model_id, allow_patterns=[f"{HUB_CHECKPOINT}/*"], local_dir=target, token=args.hub_token, revision=args.hub_revision
@@ -196,7 +196,7 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         raise ConfigError(f"data: {error}") from error
 
     # 2. the backbone with a new head; the processor it was trained with
-    source = resolve_backbone_source(recipe.model.model_name_or_path, recipe.model.revision, Path(args.output_dir) / "pretrained-backbone")
+    source = resolve_backbone_source(recipe.model.model_name_or_path, recipe.model.revision, Path(args.output_dir) / "_pretrained_backbone")
     image_processor = load_image_processor(source, recipe.model.image_processor_name_or_path)
     model = build_classification_model(source, splits.label_names, from_scratch=recipe.model.from_scratch)
     if recipe.model.mode == "linear_probe":
@@ -234,7 +234,10 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         trainer.save_metrics("all", metrics)
         trainer.save_state()
         recipe.save(args.output_dir)
-        write_finetune_card(args.output_dir, recipe, trainer.model, metrics, trainer.state.global_step, train_collator.image_size, license=args.hub_license)
+        trainer.model_card_writer = lambda: write_finetune_card(
+            args.output_dir, recipe, trainer.model, metrics, trainer.state.global_step, train_collator.image_size, license=args.hub_license
+        )
+        trainer.create_model_card()
         for key in ("eval_accuracy", "eval_top5_accuracy", "eval_macro_f1", "test_accuracy", "test_top5_accuracy", "test_macro_f1"):
             if key in metrics:
                 print(f"{key}: {100 * metrics[key]:.2f}%")

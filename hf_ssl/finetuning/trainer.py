@@ -29,6 +29,15 @@ class FinetuneTrainer(Trainer):
         self.eval_data_collator = eval_data_collator
         super().__init__(*args, **kwargs)
 
+    model_card_writer = None  # set by run_finetuning once the results are known: writes hf_ssl's card
+
+    def create_model_card(self, *args, **kwargs):
+        # push_to_hub calls this: hf_ssl's card (results, settings, true metadata) instead of the Trainer's generic one
+        if self.model_card_writer is None:
+            return super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            self.model_card_writer()
+
     def get_eval_dataloader(self, eval_dataset=None):
         with self._evaluation_collator():
             return super().get_eval_dataloader(eval_dataset)

@@ -279,3 +279,46 @@ def test_linear_probe_run_changes_only_the_head(vit_backbone_dir, image_folder, 
     tuned = AutoModelForImageClassification.from_pretrained(output)
     loaded = _backbone_state(tuned)
     assert all(torch.equal(loaded[key], reference[key]) for key in loaded)
+
+
+# ----- every family an hf_ssl method exports, and N-band inputs ---------------------------------------------------
+EXPORTS = {  # (backbone config, processor means): what each method's export looks like at tiny size
+    "vit (dino, simclr, byol, vicreg)": ({**TINY_VIT}, MEAN),
+    "ijepa (ijepa, hjepa)": ({**TINY_VIT, "model_type": "ijepa"}, MEAN),
+    "resnet (simclr, byol, vicreg)": ({**TINY_RESNET}, MEAN),
+    "vit with 5 bands (multispectral)": ({**TINY_VIT, "num_channels": 5}, [0.1, 0.2, 0.3, 0.4, 0.5]),
+}
+
+
+@pytest.mark.parametrize("family", list(EXPORTS))
+def test_every_exported_family_fine_tunes(family, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    from hf_ssl.finetuning.data import ClassificationCollator
+
+    backbone_config, mean = EXPORTS[family]
+    values = dict(backbone_config)
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(tmp_path)
+    processor = build_image_processor(config.model_type, 16, mean, [0.5] * len(mean))
+    processor.save_pretrained(tmp_path)
+    model = build_classification_model(BackboneSource(str(tmp_path)), ["a", "b", "c"])
+    if len(mean) == 3:
+        rows = [{"image": image, "label": index % 3} for index, image in enumerate(random_images(6))]
+    else:  # N-band arrays of another size, channels last, as a datasets Array3D column may hold them
+        rows = [{"image": np.random.default_rng(index).random((20, 24, 5)).astype(np.float32), "label": index % 3} for index in range(6)]
+    for train in (True, False):
+        batch = ClassificationCollator(processor, train=train, seed=0)(rows)
+        assert batch["pixel_values"].shape == (6, len(mean), 16, 16) and batch["labels"].tolist() == [0, 1, 2, 0, 1, 2]
+    batch = ClassificationCollator(processor, train=True, seed=0)(rows)
+    groups = parameter_groups(model, 1e-3, 0.0, set(), layer_decay=0.5)
+    optimizer = torch.optim.AdamW([{k: v for k, v in group.items() if k != "names"} for group in groups])
+    losses = []
+    for _ in range(5):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
