@@ -4,6 +4,8 @@
     hf-ssl methods                          # the registered methods
     hf-ssl knn --model outputs/run --dataset fashion_mnist
     hf-ssl linear-probe --model outputs/run --dataset fashion_mnist
+    hf-ssl push outputs/run --repo_id org/name [--private] [--backbone_only] [--token TOKEN]
+    hf-ssl finetune --config recipes/finetune_fashion_mnist.yaml [section.key=value ...] [--resume auto|hub]
 
 ``pretrain`` runs any recipe (its ``method:`` key picks the method) on the engine its ``training.engine`` names;
 under several processes: ``accelerate launch --config_file ... -m hf_ssl.cli pretrain --config ...``.
@@ -19,6 +21,8 @@ COMMANDS = {
     "methods": "list the registered methods",
     "knn": "weighted k-NN accuracy of a trained model's frozen features",
     "linear-probe": "linear-probe accuracy of a trained model's frozen features",
+    "finetune": "fine-tune a pretrained backbone for image classification (--config FILE; --help lists its keys)",
+    "push": "upload a finished run's output directory (or its backbone alone) to the Hub; retries a failed push",
 }
 
 
@@ -40,6 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in registered_methods():
             print(f"{name:<10}{get_method(name).summary}")
         return 0
+    if command == "finetune":
+        from hf_ssl.finetuning.run import main as finetune
+
+        return finetune(rest, prog="hf-ssl finetune")
+    if command == "push":
+        from hf_ssl.training.hub import main as push
+
+        return push(rest)
     if command == "linear-probe":
         from hf_ssl.evaluation.linear_probe import main as linear_probe
 

@@ -104,7 +104,8 @@ def test_script_trains_saves_and_reports_knn(trained, image_folder):
     assert results["trained"]["knn_top1"] == pytest.approx(folder_knn(output_dir / "backbone", image_folder), abs=0.01)
     assert results["trained"]["knn_top1"] != results["random_init"]["knn_top1"]
     card = (output_dir / "README.md").read_text()
-    assert "pipeline_tag: image-feature-extraction" in card and "ViTModel" in card and "optimizer steps | 3" in card
+    # the root is an hf_ssl model (the plain transformers one is backbone/): no transformers pipeline_tag
+    assert "library_name: hf_ssl" in card and "pipeline_tag" not in card and "ViTModel" in card and "optimizer steps | 3" in card
     assert f"top-1 {results['trained']['knn_top1']:.2f}%" in card
     saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
     assert saved["training"]["max_steps"] == 3 and saved["training"]["logging_steps"] == 1

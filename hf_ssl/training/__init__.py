@@ -7,6 +7,7 @@ from hf_ssl.training.callbacks import EmaCallback, MethodStepCallback
 from hf_ssl.training.cli import parse_command_line
 from hf_ssl.training.config import ConfigError
 from hf_ssl.training.ema import ema_update_
+from hf_ssl.training.hub import files_to_push, push_backbone, push_output_dir, push_run
 from hf_ssl.training.knn_callback import KnnCallback
 from hf_ssl.training.methods import (
     EmaTeacherMethod,
@@ -93,8 +94,12 @@ __all__ = [
     "build_optimizer",
     "build_trainer",
     "ema_update_",
+    "files_to_push",
     "get_method",
     "parse_command_line",
+    "push_backbone",
+    "push_output_dir",
+    "push_run",
     "register_method",
     "registered_methods",
     "scaled_learning_rate",

@@ -41,6 +41,7 @@ from hf_ssl.training.engine import (
     train_sampler,
 )
 from hf_ssl.training.history import History
+from hf_ssl.training.hub import CheckpointPusher, create_hub_repo, push_output_dir
 from hf_ssl.training.knn_callback import run_knn_evaluation
 from hf_ssl.training.validation import run_validation
 from hf_ssl.training.methods.base import NonFiniteLossError
@@ -135,7 +136,8 @@ class AccelerateTrainer:
         self.wrapped_model = model
         self.finished_before_start = False  # resumed at or past the last step: this session trains nothing
         # as the Trainer does: the repository of push_to_hub exists before training, or the run does not start
-        self.hub_repo_id = self._create_hub_repo() if args.push_to_hub and self.accelerator.is_main_process else None
+        self.hub_model_id = self._create_hub_repo() if args.push_to_hub and self.accelerator.is_main_process else None
+        self.checkpoint_pusher = CheckpointPusher(args)  # hub_strategy: the committed checkpoints, in the background
 
     def _configure_deepspeed(self) -> None:
         """The recipe decides what DeepSpeed does inside its step: clipping (``max_grad_norm``, 0 = none) and
@@ -186,7 +188,7 @@ class AccelerateTrainer:
         checkpoint, saved_state = prepare_run(
             resume_from_checkpoint, args, method=self.method.name, engine="accelerate", model=self.model, view_config=self.view_config,
             train_dataset=self.train_dataset, world_size=accelerator.num_processes, total_batch_size=self.total_batch_size,
-            accelerator=accelerator,
+            accelerator=accelerator, hub_repo_id=self.hub_model_id,
         )
 
         # 1. data, optimizer and the length of the run (in optimizer steps)
@@ -309,6 +311,7 @@ class AccelerateTrainer:
         # the trackers end here; not the process group (accelerator.end_training): save_model still gathers
         for tracker in accelerator.trackers:
             tracker.finish()
+        self.checkpoint_pusher.wait()  # as the Trainer: the last checkpoint push is done when train returns
         return self.state
 
     def _save_due(self, total_steps: int) -> bool:
@@ -390,7 +393,10 @@ class AccelerateTrainer:
     # ----- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """``accelerator.save_state`` (model, optimizer, scaler, RNG states of every process) plus config,
-        history and ``hf_ssl_state.json``, in a staging folder renamed to ``checkpoint-<step>`` once complete."""
+        history and ``hf_ssl_state.json``, in a staging folder renamed to ``checkpoint-<step>`` once complete; then,
+        with ``push_to_hub`` and a ``hub_strategy`` other than end, pushed in the background (``CheckpointPusher``),
+        with a ``from_pretrained`` copy of the weights for the repository's root (written by every process: it
+        gathers sharded weights; removed once pushed)."""
         accelerator, step, output_dir = self.accelerator, self.state.global_step, self.args.output_dir
         final = checkpointing.checkpoint_path(output_dir, step)
         if not self.method.may_checkpoint(step):
@@ -408,9 +414,14 @@ class AccelerateTrainer:
                 self.history.save(staging / "history.json")
                 checkpointing.write_state(staging, self.checkpoint_record(tracker_ids))
                 checkpointing.commit_checkpoint(staging, final)
+        weights = None
+        if self.checkpoint_pusher.active:
+            weights = self.checkpoint_pusher.weights_copy(output_dir, step) if accelerator.is_main_process else None
+            self.save_model(str(weights) if weights is not None else None)
         if accelerator.is_main_process:
-            checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args))
             logger.info("Saved checkpoint %s", final)
+            self.checkpoint_pusher.push(self.hub_model_id, final, step, self.state.epoch, weights=weights)
+            checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args), busy=self.checkpoint_pusher.pushing())
         accelerator.wait_for_everyone()
         return final
 
@@ -423,9 +434,10 @@ class AccelerateTrainer:
         )
 
     # ----- saving and sharing ------------------------------------------------------------------------
-    def save_model(self, output_dir: str | None = None) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """``save_pretrained`` of the hf_ssl model: the full state gathered from every process under FSDP; in
-        float32 from DeepSpeed's master weights and the float32 teacher when DeepSpeed trained an EMA method in bf16/fp16."""
+        float32 from DeepSpeed's master weights and the float32 teacher when DeepSpeed trained an EMA method in bf16/fp16.
+        (``_internal_call``: the Trainer's signature; this engine never pushes from ``save_model``.)"""
         self.accelerator.wait_for_everyone()
         model = self.accelerator.unwrap_model(self.wrapped_model)
         if self.method.full_precision_teacher is not None:  # a collective
@@ -437,32 +449,44 @@ class AccelerateTrainer:
         if self.accelerator.is_main_process:
             model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
 
-    def create_model_card(self, model_name: str | None = None, dataset=None, tags=None, license: str | None = None) -> None:
+    def create_model_card(
+        self, model_name: str | None = None, dataset=None, tags=None, license: str | None = None,
+        dataset_config: str | None = None, evaluation_split: str | None = None,
+    ) -> None:
+        """Write ``<output_dir>/README.md`` as ``SslTrainer.create_model_card`` does."""
         if self.accelerator.is_main_process:
             write_model_card(
                 self.method, self.model, self.args, self.schedules, self.state.global_step,
                 self.state.log_history, model_name=model_name, dataset=dataset, tags=tags, license=license,
+                repo_id=self.hub_model_id, dataset_config=dataset_config, evaluation_split=evaluation_split,
             )
 
-    def push_to_hub(self, dataset=None, commit_message: str = "End of training") -> None:
-        """Upload the output directory (model, backbone/, card, recipe; not the checkpoints) to ``hub_model_id``."""
+    def push_to_hub(
+        self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
+        revision: str | None = None, private: bool | None = None, **kwargs,
+    ):
+        """As ``SslTrainer.push_to_hub``: save the model (every process), rewrite the card (``kwargs`` go to
+        ``create_model_card``), wait for a checkpoint push still running, then upload ``hub.files_to_push(output_dir)``
+        as one commit; its ``CommitInfo`` (a ``Future`` when not ``blocking``) on the main process, None elsewhere."""
+        self.save_model()
         if not self.accelerator.is_main_process:
-            return
-        from huggingface_hub import HfApi
-
-        self.create_model_card(dataset=dataset)
-        repo_id = self.hub_repo_id or self._create_hub_repo()
-        HfApi(token=self.args.hub_token).upload_folder(
-            repo_id=repo_id, folder_path=self.args.output_dir, commit_message=commit_message,
-            ignore_patterns=[f"{checkpointing.CHECKPOINT_PREFIX}-*", ".staging-*", "runs/*", checkpointing.LOCK_FILE],
+            return None
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.hub_model_id = self._create_hub_repo(token=token, private=private)
+        self.create_model_card(**kwargs)
+        self.checkpoint_pusher.wait()
+        return push_output_dir(
+            self.args.output_dir, self.hub_model_id, token=token, revision=revision or self.args.hub_revision,
+            commit_message=commit_message or "End of training", blocking=blocking,
         )
 
-
-    def _create_hub_repo(self) -> str:
-        from huggingface_hub import HfApi
-
+    def _create_hub_repo(self, token: str | None = None, private: bool | None = None) -> str:
         try:
-            return HfApi(token=self.args.hub_token).create_repo(hub_repo_name(self.args), private=self.args.hub_private_repo, exist_ok=True).repo_id
+            return create_hub_repo(
+                hub_repo_name(self.args), token if token is not None else self.args.hub_token,
+                private if private is not None else self.args.hub_private_repo,
+            )
         except Exception as error:
             raise hub_repo_error(self.args, error) from error
 

@@ -60,6 +60,14 @@ class PretrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Start a fresh run in an output_dir that holds another run's checkpoints or model (they are deleted / replaced)."},
     )
+    hub_license: str | None = field(
+        default=None,
+        metadata={"help": "License of the trained model for the model cards' metadata: a Hub license identifier (apache-2.0, mit, cc-by-4.0, ..., other); null: the cards state no license."},
+    )
+    push_backbone_to_hub: str | None = field(
+        default=None,
+        metadata={"help": "Also push backbone/ (the plain transformers backbone and its image processor) at the end of the run as a repository of its own, <org>/<name>, with its own model card (with or without push_to_hub); its repository is created before training."},
+    )
 
     # Arguments a resume must keep: they shape the run (schedules, optimizer, data order). max_steps and
     # num_train_epochs may change (every schedule follows the new length), as may whatever does not change the

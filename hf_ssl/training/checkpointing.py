@@ -33,7 +33,7 @@ import socket
 import struct
 import time
 from contextlib import contextmanager
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,13 +241,14 @@ def resolve_resume(resume: str | os.PathLike | bool | None, output_dir: str | os
         raise ConfigError(f"{path} is an output directory, not a checkpoint: resume from {latest_checkpoint(path)} or use 'auto'")
     damage = checkpoint_damage(path)
     if damage is not None:
-        earlier = [candidate for candidate in list_checkpoints(path.parent) if _step_of(candidate) < _step_of(path) and checkpoint_damage(candidate) is None]
+        earlier = [candidate for candidate in list_checkpoints(path.parent) if checkpoint_step(candidate) < checkpoint_step(path) and checkpoint_damage(candidate) is None]
         hint = f" The latest intact checkpoint before it is {earlier[-1]}: resume from it, or use 'auto'." if earlier else ""
         raise ConfigError(f"checkpoint {path} is damaged: {damage}.{hint}")
     return path
 
 
-def _step_of(checkpoint: Path) -> int:
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step of a ``checkpoint-<step>`` folder (-1 for another name)."""
     match = _CHECKPOINT_NAME.match(checkpoint.name)
     return int(match.group(1)) if match else -1
 
@@ -553,10 +554,11 @@ def ranked_by_metric(checkpoints: list[Path], metric: str, greater_is_better: bo
     return [path for _, path in scored]
 
 
-def rotate_checkpoints(output_dir: str | os.PathLike, policy: RetentionPolicy) -> list[Path]:
-    """Delete the checkpoints ``policy`` does not keep (main process); returns the deleted folders."""
+def rotate_checkpoints(output_dir: str | os.PathLike, policy: RetentionPolicy, busy: Iterable[Path] = ()) -> list[Path]:
+    """Delete the checkpoints ``policy`` does not keep (main process); returns the deleted folders. ``busy``
+    checkpoints (still uploading to the Hub) stay until a later rotation."""
     checkpoints = list_checkpoints(output_dir)
-    keep = policy.to_keep(checkpoints)
+    keep = policy.to_keep(checkpoints) | {Path(path) for path in busy}
     deleted = []
     for path in checkpoints:
         if path not in keep:

@@ -11,7 +11,7 @@ import torch
 
 from hf_ssl.data import EpochShuffleSampler, MultiCropDataset
 from hf_ssl.models.backbone import build_backbone
-from hf_ssl.training import checkpointing
+from hf_ssl.training import checkpointing, hub
 from hf_ssl.training.config import ConfigError, to_plain
 from hf_ssl.training.ema import FullPrecisionTeacher
 from hf_ssl.training.methods import MethodSpec, get_method, method_for_model
@@ -87,11 +87,22 @@ def resume_settings(args, view_config, train_dataset) -> dict:
 
 
 def prepare_run(resume, args, *, method: str, engine: str, model, view_config, train_dataset, world_size: int,
-                total_batch_size: int, accelerator) -> tuple[Path | None, dict | None]:
+                total_batch_size: int, accelerator, hub_repo_id: str | None = None) -> tuple[Path | None, dict | None]:
     """What both engines do before training, so that a mistake stops the run before it starts: resolve the
     checkpoint to resume from, check the data (``check_training_data``), take the output directory (main
     process: ``checkpointing.guard_output_dir``) and check that the checkpoint can continue this run. Returns the
-    checkpoint and its saved state, or ``(None, None)`` for a fresh start."""
+    checkpoint and its saved state, or ``(None, None)`` for a fresh start.
+
+    ``resume="hub"``: the main process first brings ``last-checkpoint/`` of ``hub_repo_id`` (default
+    ``args.hub_model_id``) into the output directory (``hub.fetch_hub_checkpoint``), then the run resumes as with
+    ``"auto"``: from the latest checkpoint there, the downloaded one or a newer local one (the output directory
+    must be one the processes share)."""
+    if hub.is_hub_resume(resume):
+        if accelerator.is_main_process:
+            checkpointing.lock_output_dir(args.output_dir)  # no other run may write there while it downloads
+            hub.fetch_hub_checkpoint(args.output_dir, hub_repo_id or args.hub_model_id, token=args.hub_token, revision=args.hub_revision)
+        accelerator.wait_for_everyone()
+        resume = "auto"
     checkpoint = checkpointing.resolve_resume(resume, args.output_dir)
     check_training_data(train_dataset, args.per_device_train_batch_size, world_size, args.dataloader_drop_last)
     if accelerator.is_main_process:

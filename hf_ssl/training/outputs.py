@@ -39,14 +39,17 @@ OUTPUTS = (
 FAILED_STEPS = {
     "knn": "the k-NN evaluation (the log has its traceback)",
     "push": "uploading the output directory to the Hub (push_to_hub)",
+    "push_backbone": "uploading backbone/ to the Hub (push_backbone_to_hub)",
 }
+PUSH_STEPS = ("push", "push_backbone")
 
 
 class RunOutputError(RuntimeError):
     """``step`` (one of ``OUTPUTS`` or ``FAILED_STEPS``) failed after training; the message lists what is saved
-    where, what is missing, and how to write the rest."""
+    where, what is missing, and how to write the rest. For a failed push, ``retry`` is the command (or commands)
+    that uploads the saved outputs once the cause is fixed."""
 
-    def __init__(self, step: str, output_dir: str | Path, cause: BaseException, final_step: int | None = None):
+    def __init__(self, step: str, output_dir: str | Path, cause: BaseException, final_step: int | None = None, retry: str | None = None):
         self.step, self.cause = step, cause
         output_dir = Path(output_dir)
         done = [label for _, label, marker in OUTPUTS if (output_dir / marker).exists()]
@@ -57,7 +60,10 @@ class RunOutputError(RuntimeError):
         if missing:
             parts.append(f"Not written: {'; '.join(missing)}.")
         latest = checkpointing.latest_checkpoint(output_dir)
-        if latest is not None and latest.name == checkpointing.checkpoint_path(output_dir, final_step or -1).name:
+        if step in PUSH_STEPS and retry:
+            parts.append(f"Nothing is lost: once the cause is fixed (log in with hf auth login or set HF_TOKEN, check the "
+                         f"network), upload the saved outputs with: {retry}")
+        elif latest is not None and latest.name == checkpointing.checkpoint_path(output_dir, final_step or -1).name:
             parts.append(f"{latest.name} holds the final weights: once the cause is fixed, the same command with "
                          "--resume auto finishes the job without training again.")
         elif latest is not None:
@@ -70,12 +76,16 @@ def hub_repo_name(args) -> str:
     return args.hub_model_id or Path(args.output_dir).absolute().name
 
 
-def hub_repo_error(args, error: BaseException) -> ConfigError:
-    """The error for a Hub repository that ``push_to_hub`` cannot create, raised before training."""
+def hub_repo_error(args, error: BaseException, key: str = "push_to_hub") -> ConfigError:
+    """The error for a Hub repository that ``push_to_hub`` (or ``push_backbone_to_hub``: ``key``) cannot create,
+    raised before training."""
+    if key == "push_to_hub":
+        setting, repo, fix = "training.push_to_hub=true", hub_repo_name(args), "check training.hub_model_id, or set training.push_to_hub=false"
+    else:
+        setting, repo, fix = f"training.{key}={getattr(args, key)}", getattr(args, key), f"check training.{key}, or set it to null"
     return ConfigError(
-        f"training.push_to_hub=true, but the Hub repository {hub_repo_name(args)!r} cannot be created ({type(error).__name__}: "
-        f"{error}). Log in (hf auth login, or HF_TOKEN), check training.hub_model_id, or set training.push_to_hub=false; "
-        "the run has not started"
+        f"{setting}, but the Hub repository {repo!r} cannot be created ({type(error).__name__}: "
+        f"{error}). Log in (hf auth login, or HF_TOKEN), {fix}; the run has not started"
     )
 
 
@@ -87,15 +97,16 @@ def save_run_outputs(
     recipe,
     knn_results: dict,
     only_missing: bool = False,
-    dataset: str | None = None,
+    card_arguments: dict | None = None,
     export_backbone: Callable[[str], None],
 ) -> list[str]:
     """Write the outputs of a finished training run into ``output_dir`` (see the module docstring) and return
     the names of the steps that wrote something.
 
-    ``trainer.save_model()`` is called on every process (it gathers sharded weights); everything else runs on
+    ``trainer.save_model`` is called on every process (it gathers sharded weights); everything else runs on
     the main process. ``export_backbone(path)`` writes the plain backbone (from the saved model, so that sharded
-    training exports whole weights). ``only_missing``: skip every output that already exists.
+    training exports whole weights). ``only_missing``: skip every output that already exists. ``card_arguments``
+    go to ``trainer.create_model_card`` (``dataset``, ``dataset_config``, ``evaluation_split``).
     """
     output_dir = Path(output_dir)
 
@@ -105,7 +116,7 @@ def save_run_outputs(
     written = []
     if wanted("model.safetensors"):
         try:
-            trainer.save_model()
+            trainer.save_model(_internal_call=True)  # not the Trainer's push of a user's save: the push comes last
         except Exception as error:
             raise RunOutputError("model", output_dir, error, trainer.state.global_step) from error
         written.append("model")
@@ -115,7 +126,7 @@ def save_run_outputs(
         ("processor", "preprocessor_config.json", lambda: image_processor.save_pretrained(output_dir)),
         ("backbone", "backbone/model.safetensors", lambda: export_backbone(str(output_dir / "backbone"))),
         ("recipe", "recipe.yaml", lambda: recipe.save(output_dir)),
-        ("card", "README.md", lambda: trainer.create_model_card(dataset=dataset)),
+        ("card", "README.md", lambda: trainer.create_model_card(**(card_arguments or {}))),
         ("knn", "knn_results.json", lambda: (output_dir / "knn_results.json").write_text(json.dumps(knn_results, indent=2))),
     )
     for name, marker, write in steps:

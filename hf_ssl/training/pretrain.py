@@ -7,9 +7,12 @@
 
 Every key of the YAML file can be overridden as section.key=value (or --key value for a key only one
 section has, e.g. --max_steps 100); --help lists them all. Checkpoints go to <output_dir>/checkpoint-<step>;
---resume auto continues from the latest (SIGTERM/SIGINT and training.max_time_seconds save one and stop).
+--resume auto continues from the latest (SIGTERM/SIGINT and training.max_time_seconds save one and stop);
+--resume hub first fetches last-checkpoint/ of the run's Hub repository (training.hub_strategy=checkpoint pushes it).
 The output directory receives the hf_ssl model (AutoModelForPreTraining / AutoModel), the evaluated backbone
-as a plain transformers model in backbone/, the image processor, the resolved recipe.yaml and a model card.
+as a plain transformers model in backbone/, the image processor, the resolved recipe.yaml and a model card;
+training.push_to_hub=true uploads them (hf-ssl push OUTPUT_DIR does it later, or again), and
+training.push_backbone_to_hub=ORG/NAME the backbone alone.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from hf_ssl.training.checkpointing import CheckpointSaveError
 from hf_ssl.training.cli import parse_command_line
 from hf_ssl.training.config import ConfigError
 from hf_ssl.training.engine import end_process_group
+from hf_ssl.training.hub import create_hub_repo, push_backbone, push_command
 from hf_ssl.training.methods.base import NonFiniteLossError
-from hf_ssl.training.outputs import RunOutputError, save_run_outputs
+from hf_ssl.training.outputs import RunOutputError, hub_repo_error, hub_repo_name, save_run_outputs
 from hf_ssl.training.recipe import Recipe
 from hf_ssl.training.validation import ValidationLoss
 
@@ -80,6 +84,12 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
         knn_evaluator=evaluator, knn_eval_steps=evaluation.knn_eval_steps, knn_at_end=evaluation.knn_at_end,
         validation=validation, val_eval_steps=evaluation.val_eval_steps, val_at_end=evaluation.val_at_end,
     )
+    backbone_repo = None
+    if training_args.push_backbone_to_hub and trainer.is_world_process_zero():  # as push_to_hub: before training
+        try:
+            backbone_repo = create_hub_repo(training_args.push_backbone_to_hub, training_args.hub_token, training_args.hub_private_repo)
+        except Exception as error:
+            raise hub_repo_error(training_args, error, key="push_backbone_to_hub") from error
     if evaluator is not None and evaluation.knn_raw_pixels and trainer.is_world_process_zero():
         results["raw_pixels"] = evaluator(RawPixels(), device=training_args.device)
         logger.info("k-NN of the raw pixels: %s", results["raw_pixels"])
@@ -103,9 +113,13 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
     def export_backbone(path):  # from the saved model: whole weights even when training sharded them (FSDP)
         model_class.from_pretrained(output_dir).export_backbone(path, image_processor=image_processor)
 
+    # the card's metadata: the data trained on, and the split the k-NN numbers (model-index) were measured on
+    card_arguments = dict(
+        dataset=recipe.data.dataset, dataset_config=recipe.data.dataset_config_name, evaluation_split=recipe.data.eval_split,
+    )
     save_run_outputs(
         trainer, output_dir, image_processor=image_processor, recipe=recipe, knn_results=results,
-        only_missing=trainer.finished_before_start, dataset=recipe.data.dataset, export_backbone=export_backbone,
+        only_missing=trainer.finished_before_start, card_arguments=card_arguments, export_backbone=export_backbone,
     )
     if trainer.is_world_process_zero():
         for name, metrics in results.items():
@@ -114,12 +128,28 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
                 print(f"linear probe top-1 ({name.replace('_', ' ')}): {metrics['linear_top1']:.2f}%")
         print(f"Saved to {output_dir} (backbone for plain transformers in {output_dir}/backbone)")
 
-    # 5. share (every process: the Trainer gathers sharded weights), then report a k-NN evaluation that failed
+    # 5. share (every process: the Trainer gathers sharded weights), then report a k-NN evaluation that failed.
+    # Everything is saved by now: a failed push says how to upload the same files later (hf-ssl push).
+    base_model = None
     if training_args.push_to_hub:
         try:
-            trainer.push_to_hub(dataset=recipe.data.dataset)
+            trainer.push_to_hub(**card_arguments)
+            base_model = trainer.hub_model_id
+            if trainer.is_world_process_zero():
+                print(f"Pushed to https://huggingface.co/{base_model}")
         except Exception as error:
-            raise RunOutputError("push", output_dir, error, trainer.state.global_step) from error
+            retry = push_command(output_dir, trainer.hub_model_id or hub_repo_name(training_args))
+            if backbone_repo is not None:
+                retry += f", then {push_command(output_dir, backbone_repo, backbone_only=True)}"
+            raise RunOutputError("push", output_dir, error, trainer.state.global_step, retry=retry) from error
+    if backbone_repo is not None:
+        try:
+            push_backbone(output_dir, backbone_repo, base_model=base_model, token=training_args.hub_token, private=training_args.hub_private_repo)
+        except Exception as error:
+            retry = push_command(output_dir, backbone_repo, backbone_only=True)
+            raise RunOutputError("push_backbone", output_dir, error, trainer.state.global_step, retry=retry) from error
+        if trainer.is_world_process_zero():
+            print(f"Pushed the backbone to https://huggingface.co/{backbone_repo}")
     if trainer.knn_error is not None and trainer.is_world_process_zero():
         raise RunOutputError("knn", output_dir, RuntimeError(trainer.knn_error), trainer.state.global_step)
     return results

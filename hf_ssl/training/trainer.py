@@ -1,7 +1,8 @@
 """Any hf_ssl method on the transformers ``Trainer``: ``SslTrainer``.
 
 The Trainer supplies the loop, mixed precision, gradient accumulation, DDP/FSDP/DeepSpeed through
-accelerate, checkpointing and Hub pushes. The method (``hf_ssl.training.methods``) adds, per optimizer step:
+accelerate, checkpointing and the Hub repository; what a push uploads is ``hf_ssl.training.hub``'s, as on the
+accelerate engine. The method (``hf_ssl.training.methods``) adds, per optimizer step:
 the lr / weight-decay schedules and its own (DINO: teacher momentum and temperature, last-layer freeze), the
 device-side photometric augmentation, its loss, what happens around the optimizer step (an EMA teacher update)
 and the collapse metrics in the logs; callbacks call it at the Trainer's moments.
@@ -33,6 +34,7 @@ from hf_ssl.training.engine import (
     train_sampler,
 )
 from hf_ssl.training.history import History, HistoryCallback
+from hf_ssl.training.hub import CheckpointPusher, push_output_dir
 from hf_ssl.training.knn_callback import KnnCallback
 from hf_ssl.training.methods.base import NonFiniteLossError
 from hf_ssl.training.model_card import write_model_card
@@ -106,6 +108,7 @@ class SslTrainer(Trainer):
         # last: it decides on the metrics the callbacks above logged in the same step
         self.run_control = build_run_control(args, reduce_max=self._reduce_max if args.world_size > 1 else None)
         self.add_callback(RunControlCallback(self.run_control))
+        self.checkpoint_pusher = CheckpointPusher(args)  # hub_strategy: the committed checkpoints, in the background
         self._staging_dir = None
         self._resume_checkpoint = None
         self._resume_state = None
@@ -181,14 +184,15 @@ class SslTrainer(Trainer):
     # ----- checkpoints and resume ---------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint`` may also be ``"auto"`` (the latest checkpoint of
-        ``output_dir``, or a fresh start when there is none) and defaults to ``args.resume_from_checkpoint``.
+        ``output_dir``, or a fresh start when there is none) or ``"hub"`` (``last-checkpoint/`` of the Hub repository
+        first, see ``prepare_run``), and defaults to ``args.resume_from_checkpoint``.
         A checkpoint of another method, engine, model configuration or total batch is refused before training."""
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint
         checkpoint, state = prepare_run(
             resume_from_checkpoint, self.args, method=self.method.name, engine="trainer", model=self.model, view_config=self.view_config,
             train_dataset=self.train_dataset, world_size=self.args.world_size, total_batch_size=self.total_batch_size,
-            accelerator=self.accelerator,
+            accelerator=self.accelerator, hub_repo_id=self.hub_model_id,
         )
         self._resume_state = state
         if checkpoint is not None:
@@ -274,9 +278,19 @@ class SslTrainer(Trainer):
                 final = checkpointing.commit_checkpoint(written, checkpointing.checkpoint_path(output_dir, step))
                 staging_parent.rmdir()
         if self.args.should_save:
-            checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args))
             logger.info("Saved checkpoint %s", final)
+            self.checkpoint_pusher.push(self.hub_model_id, final, step, self.state.epoch or 0.0)
+            checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args), busy=self.checkpoint_pusher.pushing())
         self.accelerator.wait_for_everyone()
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The Trainer calls this from its _save_checkpoint with the staging folder, before hf_ssl_state.json and
+        # history.json are in it; _save_checkpoint pushes the committed checkpoint instead (CheckpointPusher).
+        return None
+
+    def _finish_current_push(self) -> None:
+        super()._finish_current_push()
+        self.checkpoint_pusher.wait()
 
     def restore_full_precision_teacher(self) -> None:
         """After DeepSpeed loaded a checkpoint: the EMA's float32 teacher saved beside it (bf16/fp16 runs)."""
@@ -327,10 +341,39 @@ class SslTrainer(Trainer):
         super().log(logs, start_time)
 
     # ----- sharing -----------------------------------------------------------------------------
-    def create_model_card(self, model_name: str | None = None, dataset: str | list[str] | None = None, tags=None, license: str | None = None, **kwargs) -> None:
-        """Write ``<output_dir>/README.md`` from ``model_cards/<method>.md`` (``push_to_hub`` uploads it)."""
+    def create_model_card(
+        self, model_name: str | None = None, dataset: str | list[str] | None = None, tags=None, license: str | None = None,
+        dataset_config: str | None = None, evaluation_split: str | None = None, **kwargs,
+    ) -> None:
+        """Write ``<output_dir>/README.md`` from ``model_cards/<method>.md`` (``push_to_hub`` uploads it); its snippets
+        load the Hub repository of this run. ``dataset`` (+ ``dataset_config``, ``evaluation_split``: the split k-NN
+        queried) names the data in the metadata and the model-index; ``license`` defaults to ``args.hub_license``."""
         if self.is_world_process_zero():
             write_model_card(
                 self.method, self.model, self.args, self.schedules, self.state.global_step,
                 self.state.log_history, model_name=model_name, dataset=dataset, tags=tags, license=license,
+                repo_id=self.hub_model_id, dataset_config=dataset_config, evaluation_split=evaluation_split,
             )
+
+    def push_to_hub(
+        self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
+        revision: str | None = None, private: bool | None = None, **kwargs,
+    ):
+        """``Trainer.push_to_hub`` with hf_ssl's file list: save the model (every process: it gathers sharded
+        weights), rewrite the card (``kwargs`` go to ``create_model_card``), wait for a checkpoint push still running,
+        then upload ``hub.files_to_push(output_dir)`` (the model, backbone/, processor, card, recipe, history, k-NN
+        results; never the checkpoints) as one commit. Returns its ``CommitInfo`` (a ``Future`` when not
+        ``blocking``) on the main process, None elsewhere."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(**kwargs)
+        self._finish_current_push()
+        return push_output_dir(
+            self.args.output_dir, self.hub_model_id, token=token, revision=revision or self.args.hub_revision,
+            commit_message=commit_message or "End of training", blocking=blocking,
+        )
