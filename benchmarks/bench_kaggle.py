@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--override", action="append", default=[], help="A recipe override (section.key=value), e.g. another batch size.")
     arguments = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_kaggle_"))
     data = synthetic_image_folder(work / "images", arguments.images)
@@ -46,7 +47,7 @@ def main() -> None:
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     common = ["training.push_to_hub=false", "training.max_time_seconds=null", f"training.dataloader_num_workers={arguments.workers}",
-              f"training.max_steps={arguments.steps}", "training.report_to=none"]
+              f"training.max_steps={arguments.steps}", "training.report_to=none", *arguments.override]
     start = time.perf_counter()
     if arguments.part == "pretrain":
         from hf_ssl.training.pretrain import run_pretraining
@@ -80,7 +81,7 @@ def main() -> None:
         precision = "fp16" if recipe.training.fp16 else "fp32"
     seconds = time.perf_counter() - start
     print(json.dumps({
-        "benchmark": "kaggle_recipe", "recipe": recipe_path, "precision": precision, "steps": arguments.steps, "batch_per_update": batch,
+        "benchmark": "kaggle_recipe", "recipe": recipe_path, "overrides": arguments.override, "precision": precision, "steps": arguments.steps, "batch_per_update": batch,
         "images_per_second_incl_setup": round(arguments.steps * batch / seconds, 1),
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if gpu else None,

@@ -14,6 +14,7 @@ silently random backbone. Only the classification head (``classifier``) starts n
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -77,11 +78,17 @@ def resolve_backbone_source(name_or_path: str, revision: str | None = None, expo
 def _export_pretraining_backbone(name_or_path: str, config: PretrainedConfig, revision, export_dir) -> BackboneSource:
     from transformers import AutoModelForPreTraining
 
-    model = AutoModelForPreTraining.from_pretrained(name_or_path, revision=revision)
     target = Path(export_dir) if export_dir is not None else Path(tempfile.mkdtemp(prefix="hf_ssl_backbone_"))
-    processor = _find_processor(name_or_path, revision)
-    model.export_backbone(str(target), image_processor=processor)
-    logger.info("%s has no backbone/ folder: exported the evaluated backbone of its %s to %s", name_or_path, config.model_type, target)
+    marker = target / "exported_from.json"
+    record = {"model_name_or_path": str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else name_or_path, "revision": revision}
+    if marker.is_file() and json.loads(marker.read_text()) == record and (target / "config.json").is_file():
+        logger.info("Using the backbone of %s exported earlier to %s", name_or_path, target)  # a resumed run, or another process
+    else:
+        model = AutoModelForPreTraining.from_pretrained(name_or_path, revision=revision)
+        processor = _find_processor(name_or_path, revision)
+        model.export_backbone(str(target), image_processor=processor)
+        marker.write_text(json.dumps(record))
+        logger.info("%s has no backbone/ folder: exported the evaluated backbone of its %s to %s", name_or_path, config.model_type, target)
     return BackboneSource(str(target), processor_path=str(target), pretraining_model_type=config.model_type)
 
 

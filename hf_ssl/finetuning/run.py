@@ -114,7 +114,8 @@ class FinetuneRecipe:
 
 def resolve_resume(resume: str | None, args: FinetuningArguments) -> str | None:
     """The checkpoint to resume from: ``auto`` = the latest in ``output_dir`` (None when there is none), ``hub`` = the
-    ``last-checkpoint/`` pushed to ``hub_model_id`` (downloaded into ``output_dir``; a newer local checkpoint wins), or
+    ``last-checkpoint/`` pushed to ``hub_model_id`` (downloaded into ``output_dir``; a newer local checkpoint wins; a
+    repository without one yet: the local checkpoint or a fresh start, so one command starts and continues a job), or
     a folder. Without ``--resume``, an ``output_dir`` holding checkpoints is an error unless ``overwrite_output_dir``."""
     output_dir = Path(args.output_dir)
     local = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
@@ -141,6 +142,7 @@ def resolve_resume(resume: str | None, args: FinetuningArguments) -> str | None:
 
 def _download_hub_checkpoint(args: FinetuningArguments, local: str | None) -> str | None:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     if not args.hub_model_id:
         raise ConfigError("--resume hub needs training.hub_model_id: the repository the earlier session pushed its checkpoints to")
@@ -149,17 +151,21 @@ def _download_hub_checkpoint(args: FinetuningArguments, local: str | None) -> st
         snapshot_download(
             args.hub_model_id, allow_patterns=[f"{HUB_CHECKPOINT}/*"], local_dir=target, token=args.hub_token, revision=args.hub_revision
         )
-    except Exception as error:
+    except RepositoryNotFoundError:
+        logger.warning("--resume hub: %s does not exist yet; %s", args.hub_model_id, "resuming from the local " + Path(local).name if local else "starting afresh")
+        return local
+    except Exception as error:  # offline, no token, the Hub down: never start afresh over a run that exists
         raise ConfigError(
             f"--resume hub: cannot download {HUB_CHECKPOINT}/ of {args.hub_model_id!r} ({type(error).__name__}: {error}). Check "
             "training.hub_model_id, the token (hf auth login, HF_TOKEN) and the network; --resume auto continues from a local checkpoint"
         ) from error
     checkpoint = target / HUB_CHECKPOINT
-    if not (checkpoint / "trainer_state.json").is_file():
-        raise ConfigError(
-            f"--resume hub: {args.hub_model_id!r} has no {HUB_CHECKPOINT}/ with a trainer_state.json: the earlier session must run with "
-            "training.push_to_hub=true and training.hub_strategy=checkpoint"
+    if not (checkpoint / "trainer_state.json").is_file():  # a first session: nothing pushed yet
+        logger.warning(
+            "--resume hub: %s has no %s/ yet (push it with training.push_to_hub=true and training.hub_strategy=checkpoint); %s",
+            args.hub_model_id, HUB_CHECKPOINT, "resuming from the local " + Path(local).name if local else "starting afresh",
         )
+        return local
     hub_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
     if local is not None and int(Path(local).name.split("-")[-1]) > hub_step:
         logger.info("--resume hub: the local %s is newer than the Hub's step %d; resuming from it", Path(local).name, hub_step)
@@ -196,7 +202,8 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         raise ConfigError(f"data: {error}") from error
 
     # 2. the backbone with a new head; the processor it was trained with
-    source = resolve_backbone_source(recipe.model.model_name_or_path, recipe.model.revision, Path(args.output_dir) / "_pretrained_backbone")
+    with args.main_process_first(desc="finding the backbone"):  # the main process exports a checkpoint's backbone once
+        source = resolve_backbone_source(recipe.model.model_name_or_path, recipe.model.revision, Path(args.output_dir) / "_pretrained_backbone")
     image_processor = load_image_processor(source, recipe.model.image_processor_name_or_path)
     model = build_classification_model(source, splits.label_names, from_scratch=recipe.model.from_scratch)
     if recipe.model.mode == "linear_probe":

@@ -151,6 +151,9 @@ def test_hf_ssl_runs_and_checkpoints_give_their_evaluated_backbone(tmp_path):
 
     exported = resolve_backbone_source(str(checkpoint), export_dir=tmp_path / "exported")
     assert exported.pretraining_model_type == "hf_ssl_simclr" and exported.subfolder == ""
+    written = (tmp_path / "exported" / "model.safetensors").stat().st_mtime_ns
+    resolve_backbone_source(str(checkpoint), export_dir=tmp_path / "exported")  # a resumed run: the export is reused
+    assert (tmp_path / "exported" / "model.safetensors").stat().st_mtime_ns == written
     classifier = build_classification_model(exported, ["x", "y"])
     loaded = _backbone_state(classifier)
     assert all(torch.equal(loaded[key], expected[key]) for key in loaded)
@@ -251,6 +254,11 @@ def test_resume_from_the_hub_copy_of_the_last_checkpoint(vit_backbone_dir, image
         shutil.copytree(hub, local_dir, dirs_exist_ok=True)
         return str(local_dir)
 
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *args, **kwargs: None)  # a repo with nothing pushed yet
+    fresh = tmp_path / "fresh"
+    assert main(["--config", str(recipe), "--resume", "hub", f"training.output_dir={fresh}", "training.hub_model_id=org/ft"]) == 0
+    assert [path.name for path in fresh.glob("checkpoint-*")] == ["checkpoint-1"]  # started afresh, then stopped on time
+
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
     overrides = [f"training.output_dir={second}", "training.hub_model_id=org/ft", "training.max_time_seconds=null"]
     assert main(["--config", str(recipe), "--resume", "hub", *overrides]) == 0
@@ -269,6 +277,15 @@ def test_recipe_mistakes_are_clear_errors(vit_backbone_dir, image_folder, tmp_pa
     assert "no split 'training'" in capsys.readouterr().err
     assert main(["--config", str(recipe), "--resume", "hub"]) == 2
     assert "needs training.hub_model_id" in capsys.readouterr().err
+
+
+def test_early_stopping_ends_the_run_after_patience_validations(vit_backbone_dir, image_folder, tmp_path):
+    output = tmp_path / "early"
+    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=6)
+    # no validation can improve by more than 1.0 (accuracy is in [0, 1]): the run stops after the second epoch
+    assert main(["--config", str(recipe), "training.early_stopping_patience=1", "training.early_stopping_threshold=1.0"]) == 0
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["epoch"] == 2 and state["global_step"] < state["max_steps"]
 
 
 def test_linear_probe_run_changes_only_the_head(vit_backbone_dir, image_folder, tmp_path):
