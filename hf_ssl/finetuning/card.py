@@ -13,9 +13,12 @@ from hf_ssl.training.model_card import hub_datasets, hub_model_id, template_path
 SPLITS = (("test", "test"), ("eval", "validation"))
 
 
-def write_finetune_card(output_dir, recipe, model, metrics: dict, steps: int, image_size: int, license: str | None = None) -> ModelCard:
+def write_finetune_card(
+    output_dir, recipe, model, metrics: dict, steps: int, image_size: int, license: str | None = None, stopped: str | None = None
+) -> ModelCard:
     """Write ``<output_dir>/README.md`` for a finished fine-tuning run (``recipe``: a ``FinetuneRecipe``; ``metrics``:
-    what ``run_finetuning`` measured, ``eval_*`` and ``test_*`` in [0, 1])."""
+    what ``run_finetuning`` measured, ``eval_*`` and ``test_*`` in [0, 1]; ``stopped``: why a run that has not finished
+    stopped, said at the top of the card)."""
     args, source = recipe.training, recipe.model
     repo_id = args.hub_model_id or Path(args.output_dir).absolute().name
     base_model = None if source.from_scratch else hub_model_id(source.model_name_or_path)
@@ -62,6 +65,8 @@ def write_finetune_card(output_dir, recipe, model, metrics: dict, steps: int, im
         image_size=image_size, crop_scale=list(augmentation.crop_scale),
         horizontal_flip=augmentation.horizontal_flip, precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         metric_for_best_model=args.metric_for_best_model or "(none: the last)",
+        status=f"**Unfinished:** training {stopped} at step {steps}; the results below are of these weights, and the "
+        "run continues with `--resume auto` (or `--resume hub`)." if stopped else "",
     )
     card.save(Path(output_dir) / "README.md")
     return card

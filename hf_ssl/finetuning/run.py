@@ -242,7 +242,8 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         trainer.save_state()
         recipe.save(args.output_dir)
         trainer.model_card_writer = lambda: write_finetune_card(
-            args.output_dir, recipe, trainer.model, metrics, trainer.state.global_step, train_collator.image_size, license=args.hub_license
+            args.output_dir, recipe, trainer.model, metrics, trainer.state.global_step, train_collator.image_size, license=args.hub_license,
+            stopped=session.describe_stop() if stopped else None,
         )
         trainer.create_model_card()
         for key in ("eval_accuracy", "eval_top5_accuracy", "eval_macro_f1", "test_accuracy", "test_top5_accuracy", "test_macro_f1"):

@@ -231,6 +231,7 @@ def test_time_budget_stops_with_a_checkpoint_and_resume_finishes(vit_backbone_di
     recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, max_time_seconds=1e-6)
     assert main(["--config", str(recipe)]) == 0
     assert "continue with --resume auto" in capsys.readouterr().out
+    assert "**Unfinished:** training stopped after max_time_seconds" in (output / "README.md").read_text()
     assert [path.name for path in output.glob("checkpoint-*")] == ["checkpoint-1"]
     assert main(["--config", str(recipe)]) == 2  # checkpoints there and no --resume: an error, nothing deleted
     assert "--resume auto" in capsys.readouterr().err
@@ -240,6 +241,7 @@ def test_time_budget_stops_with_a_checkpoint_and_resume_finishes(vit_backbone_di
     # a finished run resumed again trains no more and still writes its outputs
     assert main(["--config", str(recipe), "--resume", "auto", "training.max_time_seconds=null"]) == 0
     assert json.loads((output / "trainer_state.json").read_text())["global_step"] == state["global_step"]
+    assert "Unfinished" not in (output / "README.md").read_text()
 
 
 def test_resume_from_the_hub_copy_of_the_last_checkpoint(vit_backbone_dir, image_folder, tmp_path, monkeypatch):
