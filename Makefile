@@ -5,6 +5,7 @@
 # make demo-ijepa  : the same for I-JEPA
 # make demo-hjepa  : the same for H-JEPA
 # make demo-multispectral : SimCLR on 8-band images generated from Fashion-MNIST
+# make demo-finetune : fine-tune the DINO demo backbone on Fashion-MNIST (runs make demo's training first if needed)
 # make test        : set up .venv and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo demo-simclr demo-byol demo-vicreg demo-ijepa demo-hjepa demo-multispectral test fashion-mnist bench clean
+.PHONY: setup demo demo-finetune demo-simclr demo-byol demo-vicreg demo-ijepa demo-hjepa demo-multispectral test fashion-mnist bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +53,14 @@ demo-hjepa: setup fashion-mnist
 demo-multispectral: setup fashion-mnist
 	$(PY) recipes/train_simclr.py --config recipes/simclr_multispectral_demo.yaml
 
+# one test process per core (pytest-xdist), a test file per process; one PyTorch thread each, so that processes
+# sharing the cores do not make each other's OpenMP threads spin
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests -n auto --dist loadfile
+
+demo-finetune: setup fashion-mnist
+	@[ -f outputs/dino-fashion-mnist-demo/backbone/model.safetensors ] || $(PY) recipes/train_dino.py --config recipes/dino_fashion_mnist_demo.yaml
+	$(PY) recipes/finetune_classification.py --config recipes/finetune_fashion_mnist.yaml
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_data.py
