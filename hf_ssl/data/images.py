@@ -38,6 +38,16 @@ def describe_image(item: Any, where: str) -> str:
     return f"the image at {where} (no file path: in-memory bytes or array)"
 
 
+def skip_or_raise(item: Any, position: int, error: Exception, skip: bool, skipped_so_far: int, how_to_skip: str, log) -> None:
+    """What a data pipeline does with an image it cannot read: with ``skip``, log a warning through ``log`` naming the
+    file, the error and the ``skipped_so_far`` count (the caller counts); else raise a ``ValueError`` that names the
+    file and says how to skip such images (``how_to_skip``, e.g. "set data.skip_bad_images=true")."""
+    where = describe_image(item, f"position {position} of the batch")
+    if not skip:
+        raise ValueError(f"cannot read {where}: {type(error).__name__}: {error}. Fix or remove the file, or {how_to_skip}") from error
+    log.warning("Skipping %s: %s: %s (%d unreadable images so far in this process)", where, type(error).__name__, error, skipped_so_far)
+
+
 def decode_image(item: Any) -> PIL.Image.Image:
     """Open ``item`` and load its pixels, so a truncated file fails here and not later.
 

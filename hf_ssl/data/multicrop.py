@@ -22,7 +22,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .images import RESAMPLING, crop_into, decode_bands, decode_image, describe_image, random_resized_crop_box, to_8bit
+from .images import RESAMPLING, crop_into, decode_bands, decode_image, describe_image, random_resized_crop_box, skip_or_raise, to_8bit
 from .views import BAND_INTERPOLATIONS, as_views_config
 
 logger = logging.getLogger(__name__)
@@ -131,20 +131,8 @@ class MultiCropTransform:
         return crops
 
     def _handle_bad_image(self, item: Any, position: int, error: Exception) -> None:
-        where = describe_image(item, f"position {position} of the batch")
-        if not self.skip_bad_images:
-            raise ValueError(
-                f"cannot read {where}: {type(error).__name__}: {error}. "
-                "Fix or remove the file, or pass skip_bad_images=True to skip such images"
-            ) from error
-        self.num_bad_images += 1
-        logger.warning(
-            "Skipping %s: %s: %s (%d bad images so far in this process)",
-            where,
-            type(error).__name__,
-            error,
-            self.num_bad_images,
-        )
+        self.num_bad_images += self.skip_bad_images
+        skip_or_raise(item, position, error, self.skip_bad_images, self.num_bad_images, "pass skip_bad_images=True to skip such images", logger)
 
 
 def resize_bands(bands: torch.Tensor, box: tuple[int, int, int, int], size: int, mode: str) -> torch.Tensor:

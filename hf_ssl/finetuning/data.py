@@ -21,7 +21,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from hf_ssl.data.images import decode_bands, decode_image, describe_image, random_resized_crop_box, to_8bit
+from hf_ssl.data.images import decode_bands, decode_image, random_resized_crop_box, skip_or_raise, to_8bit
 from hf_ssl.data.multicrop import resize_bands
 from hf_ssl.evaluation.knn import resize_bands_for_evaluation
 from hf_ssl.models.image_processing import processor_image_size, processor_num_channels
@@ -198,11 +198,5 @@ class ClassificationCollator:
         return self.image_processor(images, return_tensors="pt")["pixel_values"]
 
     def _skip(self, item, position: int, error: Exception) -> None:
-        where = describe_image(item, f"position {position} of the batch")
-        if not self.skip_bad_images:
-            raise ValueError(
-                f"cannot read {where}: {type(error).__name__}: {error}. Fix or remove the file, or set "
-                "data.skip_bad_images=true to skip such images"
-            ) from error
-        self.num_skipped += 1
-        logger.warning("Skipping %s: %s: %s (%d unreadable images so far in this process)", where, type(error).__name__, error, self.num_skipped)
+        self.num_skipped += self.skip_bad_images
+        skip_or_raise(item, position, error, self.skip_bad_images, self.num_skipped, "set data.skip_bad_images=true to skip such images", logger)

@@ -247,3 +247,31 @@ def _official_tensor(
     if official_source.qkv_part is not None:
         return tensor.chunk(3, dim=0)[official_source.qkv_part]
     return tensor.reshape(shape)
+
+
+# ----- the command lines of the converters -----------------------------------------------------------------------------
+def add_weights_only_argument(parser) -> None:
+    """``--no_weights_only``: the converters load with ``torch.load(weights_only=True)`` unless it is given."""
+    parser.add_argument(
+        "--no_weights_only", action="store_true",
+        help="Load the file with torch.load(weights_only=False), which runs the code pickled in it: only for files "
+        "you trust, when the default safe loading refuses them.",
+    )
+
+
+def save_converted(model, output_dir: str, processor_family: str):
+    """Save a converted hf_ssl model and, beside it, the image processor of the official recipes (ImageNet mean and
+    std at the encoder's image size, ``processor_family``'s processor class); returns that processor."""
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from .image_processing import build_image_processor
+
+    image_processor = build_image_processor(
+        processor_family, image_size=model.config.backbone_config.image_size,
+        image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
+    )
+    model.save_pretrained(output_dir)
+    image_processor.save_pretrained(output_dir)
+    print(f"Saved the hf_ssl {type(model).__name__} to {output_dir}")
+    return image_processor
+

@@ -61,11 +61,11 @@ from collections.abc import Mapping
 
 import torch
 from transformers import ViTConfig, ViTModel
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..backbone import export_backbone
-from ..image_processing import build_image_processor
 from ..official_checkpoints import (
+    add_weights_only_argument,
+    save_converted,
     OFFICIAL_LAYER_NORM_EPS,
     OfficialSource,
     load_checkpoint_file,
@@ -541,11 +541,7 @@ def main(argv: list[str] | None = None) -> DinoForPretraining:
     parser.add_argument(
         "--backbone_dir", default=None, help="Where the plain ViTModel goes. Default: <output_dir>/backbone."
     )
-    parser.add_argument(
-        "--no_weights_only", action="store_true",
-        help="Load the file with torch.load(weights_only=False), which runs the code pickled in it: only for files "
-        "you trust, when the default safe loading refuses them.",
-    )
+    add_weights_only_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
@@ -557,13 +553,7 @@ def main(argv: list[str] | None = None) -> DinoForPretraining:
         parser.exit(2, f"error: {error}\n")
 
     # the official evaluation normalises with the ImageNet mean and std, at 224 pixels for the released ViTs
-    image_processor = build_image_processor(
-        "vit", image_size=model.config.backbone_config.image_size,
-        image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
-    )
-    model.save_pretrained(args.output_dir)
-    image_processor.save_pretrained(args.output_dir)
-    print(f"Saved the hf_ssl DinoForPretraining to {args.output_dir}")
+    image_processor = save_converted(model, args.output_dir, "vit")
     backbone_dir = args.backbone_dir or os.path.join(args.output_dir, "backbone")
     # saved under the config without drop path, whichever network: the plain model is for inference and fine-tuning
     export_backbone(

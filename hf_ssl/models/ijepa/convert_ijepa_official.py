@@ -39,10 +39,10 @@ import re
 from collections.abc import Mapping
 
 import torch
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..image_processing import build_image_processor
 from ..official_checkpoints import (
+    add_weights_only_argument,
+    save_converted,
     OFFICIAL_LAYER_NORM_EPS,
     OfficialSource,
     load_checkpoint_file,
@@ -338,11 +338,7 @@ def main(argv: list[str] | None = None) -> IJepaForPretraining:
     parser.add_argument(
         "--backbone_dir", default=None, help="Where --export_backbone writes. Default: <output_dir>/backbone."
     )
-    parser.add_argument(
-        "--no_weights_only", action="store_true",
-        help="Load the file with torch.load(weights_only=False), which runs the code pickled in it: only for files "
-        "you trust, when the default safe loading refuses them.",
-    )
+    add_weights_only_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
@@ -358,13 +354,7 @@ def main(argv: list[str] | None = None) -> IJepaForPretraining:
         parser.exit(2, f"error: {error}\n")
 
     # the official recipes normalise with the ImageNet mean and std at the encoder's image size
-    image_processor = build_image_processor(
-        "ijepa", image_size=model.config.backbone_config.image_size,
-        image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
-    )
-    model.save_pretrained(args.output_dir)
-    image_processor.save_pretrained(args.output_dir)
-    print(f"Saved the hf_ssl IJepaForPretraining to {args.output_dir}")
+    image_processor = save_converted(model, args.output_dir, "ijepa")
     if args.export_backbone is not None:
         backbone_dir = args.backbone_dir or os.path.join(args.output_dir, "backbone")
         model.export_backbone(backbone_dir, image_processor=image_processor, encoder=args.export_backbone)
