@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from hf_ssl.training.arguments import _has_accelerator
+from hf_ssl.training.arguments import _has_accelerator, apply_cpu_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class FinetuningArguments(TrainingArguments):
         return tuple(item.name for item in fields(cls) if item.name in cls.__annotations__)
 
     def __post_init__(self):
+        apply_cpu_defaults(self)  # e.g. accelerate_configs/cpu.yaml: the processes train together, not each alone
         if self.bf16 and not self.use_cpu and not _has_accelerator():
             # a GPU recipe tried on a laptop: the Trainer would refuse bf16 without a GPU
             logger.warning("training.bf16=true needs a GPU and this run has none: training in float32 (bf16 is set to false).")

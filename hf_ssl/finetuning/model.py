@@ -18,10 +18,13 @@ import json
 import logging
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from filelock import FileLock
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
@@ -30,6 +33,7 @@ from hf_ssl.training.config import ConfigError
 logger = logging.getLogger(__name__)
 
 HEAD_PREFIX = "classifier"
+EXPORT_WAIT_SECONDS = 600
 # Parameters no fine-tuning recipe decays (BEiT / MAE): biases and norms (the Trainer's rule) and these tokens.
 NO_DECAY_NAMES = ("position_embeddings", "cls_token", "mask_token", "register_tokens", "distillation_token")
 
@@ -79,17 +83,33 @@ def _export_pretraining_backbone(name_or_path: str, config: PretrainedConfig, re
     from transformers import AutoModelForPreTraining
 
     target = Path(export_dir) if export_dir is not None else Path(tempfile.mkdtemp(prefix="hf_ssl_backbone_"))
+    target.mkdir(parents=True, exist_ok=True)
     marker = target / "exported_from.json"
     record = {"model_name_or_path": str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else name_or_path, "revision": revision}
-    if marker.is_file() and json.loads(marker.read_text()) == record and (target / "config.json").is_file():
-        logger.info("Using the backbone of %s exported earlier to %s", name_or_path, target)  # a resumed run, or another process
+    # The local main process exports (save_pretrained writes only there) under a file lock; the other processes wait
+    # for its marker, written last. Not a barrier: it would pair with barriers inside from_pretrained / save_pretrained.
+    if PartialState().is_local_main_process:
+        with FileLock(str(target) + ".lock"):
+            if _exported(marker, record, target):
+                logger.info("Using the backbone of %s exported earlier to %s", name_or_path, target)  # a resumed run
+            else:
+                marker.unlink(missing_ok=True)
+                model = AutoModelForPreTraining.from_pretrained(name_or_path, revision=revision)
+                model.export_backbone(str(target), image_processor=_find_processor(name_or_path, revision))
+                marker.write_text(json.dumps(record))
+                logger.info("%s has no backbone/ folder: exported the evaluated backbone of its %s to %s", name_or_path, config.model_type, target)
     else:
-        model = AutoModelForPreTraining.from_pretrained(name_or_path, revision=revision)
-        processor = _find_processor(name_or_path, revision)
-        model.export_backbone(str(target), image_processor=processor)
-        marker.write_text(json.dumps(record))
-        logger.info("%s has no backbone/ folder: exported the evaluated backbone of its %s to %s", name_or_path, config.model_type, target)
+        deadline = time.monotonic() + EXPORT_WAIT_SECONDS
+        while not _exported(marker, record, target):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"waited {EXPORT_WAIT_SECONDS} s for the main process to export the backbone of {name_or_path} to {target}")
+            time.sleep(0.5)
     return BackboneSource(str(target), processor_path=str(target), pretraining_model_type=config.model_type)
+
+
+def _exported(marker: Path, record: dict, target: Path) -> bool:
+    """``target`` holds a finished export of the checkpoint ``record`` names (the marker is written last)."""
+    return marker.is_file() and json.loads(marker.read_text()) == record and (target / "config.json").is_file()
 
 
 def _find_processor(name_or_path: str, revision):

@@ -202,8 +202,7 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         raise ConfigError(f"data: {error}") from error
 
     # 2. the backbone with a new head; the processor it was trained with
-    with args.main_process_first(desc="finding the backbone"):  # the main process exports a checkpoint's backbone once
-        source = resolve_backbone_source(recipe.model.model_name_or_path, recipe.model.revision, Path(args.output_dir) / "_pretrained_backbone")
+    source = resolve_backbone_source(recipe.model.model_name_or_path, recipe.model.revision, Path(args.output_dir) / "_pretrained_backbone")
     image_processor = load_image_processor(source, recipe.model.image_processor_name_or_path)
     model = build_classification_model(source, splits.label_names, from_scratch=recipe.model.from_scratch)
     if recipe.model.mode == "linear_probe":

@@ -149,16 +149,7 @@ class PretrainingArguments(TrainingArguments):
         """The method's own checks (a subclass raises ``ValueError`` naming the argument)."""
 
     def __post_init__(self):
-        if not torch.cuda.is_available():
-            self.dataloader_pin_memory = False  # pinned memory only helps host-to-GPU copies
-            if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-                # DeepSpeed on CPU processes: accelerate names no backend there (each process would think it is
-                # alone), and use_cpu would turn DeepSpeed off
-                self.ddp_backend = self.ddp_backend or "gloo"
-            elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                # several processes launched on a machine without CUDA (accelerate_configs/cpu.yaml): without
-                # use_cpu each process would silently train alone instead of joining the gloo process group
-                self.use_cpu = True
+        apply_cpu_defaults(self)
         self._check_ranges()
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be false: the views come from a dataset transform")
@@ -194,6 +185,22 @@ class EmaTeacherArguments(PretrainingArguments):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def apply_cpu_defaults(args: TrainingArguments) -> None:
+    """On a machine without CUDA (before ``TrainingArguments.__post_init__``): no pinned memory (it only helps
+    host-to-GPU copies), and processes launched together join one gloo process group."""
+    if torch.cuda.is_available():
+        return
+    args.dataloader_pin_memory = False
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # DeepSpeed on CPU processes: accelerate names no backend there (each process would think it is alone), and
+        # use_cpu would turn DeepSpeed off
+        args.ddp_backend = args.ddp_backend or "gloo"
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # several processes launched on a machine without CUDA (accelerate_configs/cpu.yaml): without use_cpu each
+        # process would silently train alone instead of joining the gloo process group
+        args.use_cpu = True
 
 
 def _has_accelerator() -> bool:
