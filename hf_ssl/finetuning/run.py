@@ -182,7 +182,7 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
     from hf_ssl.finetuning.data import ClassificationCollator, split_labelled_dataset, undecoded_images
     from hf_ssl.finetuning.metrics import compute_metrics
     from hf_ssl.finetuning.model import build_classification_model, freeze_backbone, load_image_processor, resolve_backbone_source
-    from hf_ssl.finetuning.trainer import FinetuneTrainer, SessionTimeCallback
+    from hf_ssl.finetuning.trainer import FinetuneTrainer
 
     args, data = recipe.training, recipe.data
     checkpoint = resolve_resume(resume, args)
@@ -217,10 +217,7 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         seed=args.seed,
     )
     eval_collator = ClassificationCollator(image_processor, train=False, skip_bad_images=data.skip_bad_images)
-    session = SessionTimeCallback(args.max_time_seconds)
-    callbacks = [session]
-    if args.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
+    callbacks = [EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold)] if args.early_stopping_patience else []
     trainer = FinetuneTrainer(
         model=model, args=args, train_dataset=undecoded_images(splits.train), eval_dataset=undecoded_images(splits.validation),
         data_collator=train_collator, eval_data_collator=eval_collator, processing_class=image_processor,
@@ -229,7 +226,7 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
 
     # 4. train (the best checkpoint by validation accuracy is loaded at the end), then measure and save
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    stopped = session.stop_reason is not None
+    stopped = trainer.stopped_early
     metrics = dict(train_result.metrics)
     metrics.update(trainer.evaluate(), eval_samples=len(splits.validation))
     if splits.test is not None:
@@ -242,7 +239,7 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         recipe.save(args.output_dir)
         trainer.model_card_writer = lambda: write_finetune_card(
             args.output_dir, recipe, trainer.model, metrics, trainer.state.global_step, train_collator.image_size, license=args.hub_license,
-            stopped=session.describe_stop() if stopped else None,
+            stopped=trainer.run_control.describe_stop() if stopped else None,
         )
         trainer.create_model_card()
         for key in ("eval_accuracy", "eval_top5_accuracy", "eval_macro_f1", "test_accuracy", "test_top5_accuracy", "test_macro_f1"):
@@ -250,7 +247,7 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
                 print(f"{key}: {100 * metrics[key]:.2f}%")
         print(f"Saved the fine-tuned model to {args.output_dir}")
         if stopped:
-            print(f"Training {session.describe_stop()} at step {trainer.state.global_step} of {trainer.state.max_steps}; "
+            print(f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step} of {trainer.state.max_steps}; "
                   "continue with --resume auto (or --resume hub in a new session)")
     if args.push_to_hub:
         trainer.push_to_hub(commit_message="Fine-tuned model" if not stopped else f"Stopped at step {trainer.state.global_step}")

@@ -1,5 +1,5 @@
 """``FinetuneTrainer``: the transformers ``Trainer`` with layer-wise lr decay, batches left empty by unreadable images
-skipped, and a per-session time budget (``SessionTimeCallback``) for Kaggle / Colab."""
+skipped, and the pretraining engines' run control: a per-session time budget for Kaggle / Colab, SIGTERM / SIGINT."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import contextlib
 import logging
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from hf_ssl.finetuning.model import parameter_groups
+from hf_ssl.training.callbacks import RunControlCallback
+from hf_ssl.training.checkpointing import load_weights_in_place
 from hf_ssl.training.run_control import RunControl
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,20 @@ class FinetuneTrainer(Trainer):
         self.layer_decay = layer_decay
         self.eval_data_collator = eval_data_collator
         super().__init__(*args, **kwargs)
+        # SIGTERM / SIGINT and max_time_seconds save a checkpoint and stop, on every process at the same step (the
+        # pretraining engines' RunControl; early stopping is the Trainer's own EarlyStoppingCallback here)
+        self.run_control = RunControl(
+            max_time_seconds=self.args.max_time_seconds, reduce_max=self._reduce_max if self.args.world_size > 1 else None
+        )
+        self.add_callback(RunControlCallback(self.run_control))
+
+    def _reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor.to(self.args.device), reduction="max")
+
+    @property
+    def stopped_early(self) -> bool:
+        """Training stopped before its last step (a signal or the time budget): a resume continues it."""
+        return self.run_control.stop_reason is not None and self.state.global_step < self.state.max_steps
 
     model_card_writer = None  # set by run_finetuning once the results are known: writes hf_ssl's card
 
@@ -73,14 +89,11 @@ class FinetuneTrainer(Trainer):
         return self.optimizer
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        # A checkpoint holds the model's checkpoint key names (e.g. ViT's vit.encoder.layer.*), which transformers
-        # converts in from_pretrained but not when the Trainer loads the raw state dict: the backbone would silently
-        # keep its current weights. Load through from_pretrained and copy in place (the optimizer keeps its tensors).
+        # through from_pretrained, copied in place: the Trainer's raw state-dict load would silently keep a ViT's
+        # current weights (see load_weights_in_place); DeepSpeed and FSDP load their own formats
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        model = model if model is not None else self.model
-        loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
-        model.load_state_dict(loaded.state_dict(), strict=True)
+        load_weights_in_place(model if model is not None else self.model, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
@@ -97,38 +110,3 @@ class FinetuneTrainer(Trainer):
         if inputs["labels"].numel() == 0:
             return None, None, None
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
-
-
-class SessionTimeCallback(TrainerCallback):
-    """Saves a checkpoint and stops once ``max_time_seconds`` of this session have passed, or on SIGTERM / SIGINT (a
-    Kaggle or Colab session that ends, a cluster job that is cancelled): every process stops at the same step (the
-    decision is one all-reduce). ``stop_reason`` says why it stopped (None: it did not)."""
-
-    def __init__(self, max_time_seconds: float | None, handle_signals: bool = True):
-        self.run_control = RunControl(max_time_seconds=max_time_seconds, reduce_max=_reduce_max, handle_signals=handle_signals)
-
-    @property
-    def stop_reason(self) -> str | None:
-        return self.run_control.stop_reason
-
-    def describe_stop(self) -> str:
-        return self.run_control.describe_stop()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.run_control.start()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.run_control.check(args.device) is not None and state.global_step < state.max_steps:
-            logger.warning("%s at step %d: saving a checkpoint", self.run_control.describe_stop(), state.global_step)
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.run_control.finish()
-
-
-def _reduce_max(flags: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    return flags

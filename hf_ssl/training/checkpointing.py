@@ -74,6 +74,17 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def load_weights_in_place(model, checkpoint: str | os.PathLike) -> None:
+    """Load the weights of ``checkpoint`` (a ``save_pretrained`` folder of ``model``'s class) into ``model``, copying
+    into its existing tensors, so that an optimizer or EMA holding them keeps pointing at them.
+
+    Saved checkpoints carry a model's checkpoint key names (a ViT's ``encoder.layer.*``), which transformers converts
+    when it loads with ``from_pretrained``, not when a raw state dict is loaded (the Trainer's resume and best-model
+    reload): the weights would silently stay as they were. Strict: every tensor must be there."""
+    loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     checkpoints = list_checkpoints(output_dir)
     return checkpoints[-1] if checkpoints else None

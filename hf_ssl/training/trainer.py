@@ -229,15 +229,11 @@ class SslTrainer(Trainer):
         return super()._run_epoch(*args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        # Saved checkpoints carry the backbones' checkpoint key names, which transformers converts when it
-        # loads with from_pretrained, not when the Trainer loads the raw state dict (the backbone would
-        # silently stay as initialised). Load through from_pretrained, then copy in place, so the EMA and
-        # the optimizer keep pointing at the same tensors. DeepSpeed and FSDP load their own formats.
+        # through from_pretrained, copied in place (the EMA and the optimizer keep their tensors); DeepSpeed and FSDP
+        # load their own formats
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        model = model if model is not None else self.model
-        loaded = type(self.model).from_pretrained(resume_from_checkpoint, dtype=next(self.model.parameters()).dtype)
-        model.load_state_dict(loaded.state_dict(), strict=True)
+        checkpointing.load_weights_in_place(model if model is not None else self.model, resume_from_checkpoint)
 
     @property
     def total_batch_size(self) -> int:
