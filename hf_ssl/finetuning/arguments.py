@@ -8,15 +8,12 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
 
-from hf_ssl.training.arguments import _has_accelerator, apply_cpu_defaults
-
-logger = logging.getLogger(__name__)
+from hf_ssl.training.arguments import apply_cpu_defaults, drop_bf16_without_gpu, drop_fp16_on_cpu
 
 MODES = ("full", "linear_probe")
 
@@ -126,14 +123,9 @@ class FinetuningArguments(TrainingArguments):
 
     def __post_init__(self):
         apply_cpu_defaults(self)  # e.g. accelerate_configs/cpu.yaml: the processes train together, not each alone
-        if self.bf16 and not self.use_cpu and not _has_accelerator():
-            # a GPU recipe tried on a laptop: the Trainer would refuse bf16 without a GPU
-            logger.warning("training.bf16=true needs a GPU and this run has none: training in float32 (bf16 is set to false).")
-            self.bf16 = False
+        drop_bf16_without_gpu(self)
         super().__post_init__()
-        if self.fp16 and self.device.type == "cpu":  # a Kaggle recipe tried on a CPU: say so and record what runs
-            logger.warning("training.fp16=true needs a GPU and this run has none: training in float32 (fp16 is set to false).")
-            self.fp16 = False
+        drop_fp16_on_cpu(self)  # a Kaggle recipe tried on a CPU: say so and record what runs
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience < 1:
                 raise ValueError(f"early_stopping_patience must be >= 1 (or null), got {self.early_stopping_patience}")

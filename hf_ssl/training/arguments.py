@@ -157,17 +157,9 @@ class PretrainingArguments(TrainingArguments):
             raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
         if (self.save_best_total_limit or self.early_stopping_patience) and not self.metric_for_best_model:
             raise ValueError("save_best_total_limit and early_stopping_patience need metric_for_best_model (e.g. knn_top1)")
-        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-        if self.bf16 and not self.use_cpu and not deepspeed and not _has_accelerator():
-            # a GPU recipe (recipes/ijepa.yaml) tried on a laptop: the Trainer would refuse bf16 without use_cpu
-            # (DeepSpeed's bf16 casts the model and runs on CPU processes too)
-            logger.warning("training.bf16=true needs a GPU and this run has none: training in float32 (bf16 is set to false).")
-            self.bf16 = False
+        drop_bf16_without_gpu(self)
         super().__post_init__()
-        if self.fp16 and self.device.type == "cpu":
-            # autocast to float16 is for GPUs; say so, and record what really runs (recipe.yaml, the model card)
-            logger.warning("training.fp16=true needs a GPU and this run has none: training in float32 (fp16 is set to false).")
-            self.fp16 = False
+        drop_fp16_on_cpu(self)
 
 
 @dataclass
@@ -201,6 +193,24 @@ def apply_cpu_defaults(args: TrainingArguments) -> None:
         # several processes launched on a machine without CUDA (accelerate_configs/cpu.yaml): without use_cpu each
         # process would silently train alone instead of joining the gloo process group
         args.use_cpu = True
+
+
+def drop_bf16_without_gpu(args: TrainingArguments) -> None:
+    """Before ``TrainingArguments.__post_init__``: ``bf16`` on a machine without a GPU (a GPU recipe tried on a
+    laptop, which the Trainer would refuse without ``use_cpu``) becomes float32, with a warning. DeepSpeed's bf16 casts
+    the model and runs on CPU processes too, so it is kept there."""
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if args.bf16 and not args.use_cpu and not deepspeed and not _has_accelerator():
+        logger.warning("training.bf16=true needs a GPU and this run has none: training in float32 (bf16 is set to false).")
+        args.bf16 = False
+
+
+def drop_fp16_on_cpu(args: TrainingArguments) -> None:
+    """After ``TrainingArguments.__post_init__``: ``fp16`` on a CPU device (autocast to float16 is for GPUs, e.g. a
+    Kaggle recipe tried on a laptop) becomes float32, with a warning, so recipe.yaml and the card record what ran."""
+    if args.fp16 and args.device.type == "cpu":
+        logger.warning("training.fp16=true needs a GPU and this run has none: training in float32 (fp16 is set to false).")
+        args.fp16 = False
 
 
 def _has_accelerator() -> bool:

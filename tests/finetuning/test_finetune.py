@@ -341,3 +341,14 @@ def test_every_exported_family_fine_tunes(family, tmp_path):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_gpu_precision_on_a_cpu_trains_in_float32_and_says_so(precision, tmp_path, caplog):
+    from hf_ssl.finetuning.arguments import FinetuningArguments
+
+    if torch.cuda.is_available():
+        pytest.skip("the fallback is for machines without a GPU")
+    arguments = FinetuningArguments(output_dir=str(tmp_path), **{precision: True})
+    assert not arguments.fp16 and not arguments.bf16
+    assert f"training.{precision}=true needs a GPU" in caplog.text
