@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 
-from hf_ssl.training.model_card import hub_datasets, hub_model_id, template_path
+from hf_ssl.training.model_card import evaluation_results, hub_datasets, hub_model_id, template_path
 
 SPLITS = (("test", "test"), ("eval", "validation"))
+# (key in classification_metrics, model-index metric type, metric name)
+METRICS = (("accuracy", "accuracy", "Top-1 accuracy"), ("top5_accuracy", "top_5_accuracy", "Top-5 accuracy"), ("macro_f1", "f1", "Macro F1"))
 
 
 def write_finetune_card(
@@ -28,19 +30,12 @@ def write_finetune_card(
     for prefix, split in SPLITS:
         if f"{prefix}_accuracy" not in metrics:
             continue
-        values = {name: metrics[f"{prefix}_{name}"] for name in ("accuracy", "top5_accuracy", "macro_f1")}
+        percent = {key: 100 * metrics[f"{prefix}_{key}"] for key, _, _ in METRICS}
         rows.append(
-            f"| {split} | {100 * values['accuracy']:.2f}% | {100 * values['top5_accuracy']:.2f}% | {100 * values['macro_f1']:.2f}% "
+            f"| {split} | {percent['accuracy']:.2f}% | {percent['top5_accuracy']:.2f}% | {percent['macro_f1']:.2f}% "
             f"| {metrics.get(f'{prefix}_samples', '')} |"
         )
-        if datasets:  # model-index needs a dataset a reader can find: only Hub datasets get one
-            results += [
-                EvalResult(
-                    task_type="image-classification", dataset_type=dataset_name, dataset_name=dataset_name, dataset_split=split,
-                    metric_type=metric, metric_name=label, metric_value=round(100 * values[key], 2),
-                )
-                for key, metric, label in (("accuracy", "accuracy", "Top-1 accuracy"), ("top5_accuracy", "top_5_accuracy", "Top-5 accuracy"), ("macro_f1", "f1", "Macro F1"))
-            ]
+        results += evaluation_results(percent, recipe.data.dataset, split=split, metric_table=METRICS, task_name=None)
     card_data = ModelCardData(
         library_name="transformers", pipeline_tag="image-classification", license=license, base_model=base_model,
         datasets=datasets, tags=["hf_ssl", "image-classification", source.mode.replace("_", "-")],

@@ -79,20 +79,24 @@ def hub_datasets(dataset) -> list[str] | None:
     return kept or None
 
 
-def evaluation_results(metrics: dict | None, dataset, dataset_config: str | None = None, split: str | None = None) -> list[EvalResult]:
-    """The ``model-index`` entries of an evaluation (``knn_top1``/``knn_top5``, ``linear_top1``/``linear_top5`` in
-    ``metrics``, in percent) on ``dataset``: image classification on frozen features. Only for a Hub dataset (a
-    reader must be able to find it; local data is named in the card's text only)."""
+def evaluation_results(
+    metrics: dict | None, dataset, dataset_config: str | None = None, split: str | None = None,
+    metric_table=EVALUATION_METRICS, task_name: str | None = "Image classification on frozen features",
+) -> list[EvalResult]:
+    """The ``model-index`` entries of an image-classification evaluation on ``dataset``: one per row ``(key, metric
+    type, metric name)`` of ``metric_table`` whose key is in ``metrics`` (values in percent; by default the k-NN and
+    linear-probe numbers of frozen features). Only for a Hub dataset (a reader must be able to find it; local data is
+    named in the card's text only)."""
     hub = hub_datasets(dataset) if isinstance(dataset, str) else None
     if not metrics or not hub:
         return []
     return [
         EvalResult(
-            task_type="image-classification", task_name="Image classification on frozen features",
+            task_type="image-classification", task_name=task_name,
             dataset_type=hub[0], dataset_name=hub[0], dataset_config=dataset_config, dataset_split=split,
             metric_type=metric, metric_name=name, metric_value=round(float(metrics[key]), 2),
         )
-        for key, metric, name in EVALUATION_METRICS
+        for key, metric, name in metric_table
         if key in metrics
     ]
 
