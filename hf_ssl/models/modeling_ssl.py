@@ -182,11 +182,16 @@ def init_head_module(module: nn.Module) -> None:
             bound = 1.0 / math.sqrt(module.in_features)
             init.uniform_(module.bias, -bound, bound)
     elif isinstance(module, nn.BatchNorm1d):
-        init.ones_(module.weight)
-        init.zeros_(module.bias)
-        init.zeros_(module.running_mean)
-        init.ones_(module.running_var)
-        init.zeros_(module.num_batches_tracked)
+        init_batch_norm(module)
+
+
+def init_batch_norm(module: nn.BatchNorm1d) -> None:
+    """A head's BatchNorm as PyTorch builds it: the identity (weight 1, bias 0) and fresh running statistics."""
+    init.ones_(module.weight)
+    init.zeros_(module.bias)
+    init.zeros_(module.running_mean)
+    init.ones_(module.running_var)
+    init.zeros_(module.num_batches_tracked)
 
 
 def check_two_views(views: torch.Tensor, min_batch_size: int = 1, why: str = "") -> int:

@@ -22,7 +22,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ..backbone import backbone_forward_kwargs, build_backbone, get_backbone_embed_dim, get_backbone_features
-from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, named_tensors
+from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, init_batch_norm, named_tensors
 from .configuration_dino import DinoConfig
 from .loss_dino import DinoLoss
 
@@ -111,11 +111,7 @@ def _init_dino_module(module: nn.Module) -> None:
         if module.bias is not None:
             init.zeros_(module.bias)
     elif isinstance(module, nn.BatchNorm1d):
-        init.ones_(module.weight)
-        init.zeros_(module.bias)
-        init.zeros_(module.running_mean)
-        init.ones_(module.running_var)
-        init.zeros_(module.num_batches_tracked)
+        init_batch_norm(module)
     elif isinstance(module, DinoLoss):
         init.zeros_(module.center)
         # not saved (persistent=False), so never loaded: without this it holds whatever memory it was given
