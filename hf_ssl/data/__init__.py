@@ -13,7 +13,7 @@
 from .config import MultiCropConfig
 from .device_augmentation import DeviceAugmentation
 from .images import decode_bands
-from .loading import load_fashion_mnist, load_image_dataset
+from .loading import load_fashion_mnist, load_image_dataset, undecoded_images
 from .masks import MultiBlockMaskCollator
 from .multicrop import EpochShuffleSampler, MultiCropCollator, MultiCropDataset, MultiCropTransform, with_multicrop
 from .statistics import band_statistics
@@ -37,5 +37,6 @@ __all__ = [
     "load_fashion_mnist",
     "load_image_dataset",
     "view_size_keys",
+    "undecoded_images",
     "with_multicrop",
 ]

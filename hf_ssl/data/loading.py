@@ -105,6 +105,19 @@ def load_image_dataset(
     return normalize_columns(dataset, image_column=image_column, label_column=label_column)
 
 
+def undecoded_images(dataset, image_column: str = "image"):
+    """``dataset`` with its ``image_column`` switched to ``Image(decode=False)`` if it is a decoding ``Image``: the
+    pipeline then decodes the bytes itself, so a corrupt file is a counted skip, not an exception inside ``datasets``.
+
+    A dataset with a custom transform is left alone: the transform, not ``datasets``, sees the raw rows."""
+    features = getattr(dataset, "features", None)
+    image_feature = features.get(image_column) if features is not None else None
+    custom_transform = getattr(dataset, "format", {}).get("type") == "custom"
+    if isinstance(image_feature, datasets.Image) and image_feature.decode and not custom_transform:
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
 def normalize_columns(dataset, image_column: str | None = None, label_column: str | None = None):
     """Rename the image column to ``image`` and the label column to ``label`` in every split.
 

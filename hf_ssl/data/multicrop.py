@@ -23,6 +23,7 @@ import PIL.Image
 import torch
 
 from .images import RESAMPLING, crop_into, decode_bands, decode_image, describe_image, random_resized_crop_box, skip_or_raise, to_8bit
+from .loading import undecoded_images
 from .views import BAND_INTERPOLATIONS, as_views_config
 
 logger = logging.getLogger(__name__)
@@ -159,19 +160,11 @@ def with_multicrop(dataset, transform: MultiCropTransform, seed: int = 0):
     if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         parts = {split: with_multicrop(part, transform, seed) for split, part in dataset.items()}
         return type(dataset)(parts) if isinstance(dataset, datasets.IterableDatasetDict) else parts
-    dataset = _undecoded_images(dataset)
+    dataset = undecoded_images(dataset)
     if isinstance(dataset, datasets.IterableDataset):
         # Streaming datasets have no random access; a batched map runs lazily the same way.
         return dataset.map(transform, batched=True, remove_columns=dataset.column_names)
     return MultiCropDataset(dataset, transform, seed)
-
-
-def _undecoded_images(dataset):
-    features = dataset.features
-    image_feature = features.get("image") if features is not None else None
-    if isinstance(image_feature, datasets.Image) and image_feature.decode:
-        dataset = dataset.cast_column("image", datasets.Image(decode=False))
-    return dataset
 
 
 class MultiCropDataset(torch.utils.data.Dataset):
@@ -188,7 +181,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
     def __init__(self, dataset: datasets.Dataset, transform: MultiCropTransform, seed: int = 0):
         if len(dataset) == 0:
             raise ValueError("the dataset is empty: there is nothing to pretrain on")
-        self.dataset = _undecoded_images(dataset)
+        self.dataset = undecoded_images(dataset)
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0  # the epoch training is in, for an EpochShuffleSampler built on this dataset

@@ -38,9 +38,9 @@ def band_statistics(
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     positions = np.unique(np.linspace(0, len(dataset) - 1, num=count).astype(np.int64)).tolist()
     if hasattr(dataset, "cast_column"):
-        from .multicrop import _undecoded_images  # a corrupt file is skipped here, not raised inside datasets
+        from .loading import undecoded_images  # a corrupt file is skipped here, not raised inside datasets
 
-        rows = _undecoded_images(dataset).select(positions)[image_column]
+        rows = undecoded_images(dataset, image_column).select(positions)[image_column]
     else:
         rows = [dataset[position] for position in positions]
     total = np.zeros(num_channels, np.float64)

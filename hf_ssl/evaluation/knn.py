@@ -20,7 +20,6 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from hf_ssl.data.images import decode_bands, decode_image, describe_image, to_8bit
+from hf_ssl.data.loading import undecoded_images
 from hf_ssl.models.image_processing import processor_image_size, processor_num_channels
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def extract_readable_features(
     together with its label and logged (its path when known) instead of raising inside ``datasets``.
     """
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
-    dataset = _undecoded_images(dataset, image_column)
+    dataset = undecoded_images(dataset, image_column)
     channels = processor_num_channels(image_processor)
     processor_kwargs = {} if channels == 3 else {"input_data_format": "channels_first"}
     if channels == 3:
@@ -205,19 +205,6 @@ def extract_features(
         model, dataset, image_processor, batch_size, device, image_column, label_column, show_progress
     )
     return extracted.features, extracted.labels
-
-
-def _undecoded_images(dataset, image_column: str):
-    """``dataset`` with its ``image_column`` switched to ``Image(decode=False)`` if it is a decoding ``Image``.
-
-    A dataset with a custom transform is left alone: the transform, not ``datasets``, sees the raw rows."""
-    features = getattr(dataset, "features", None)
-    image_feature = features.get(image_column) if features is not None else None
-    custom_transform = getattr(dataset, "format", {}).get("type") == "custom"
-    if isinstance(image_feature, datasets.Image) and image_feature.decode and not custom_transform:
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    return dataset
-
 
 
 @dataclass

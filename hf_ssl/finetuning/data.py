@@ -116,15 +116,6 @@ def _sample(dataset, max_samples: int | None, seed: int):
     return dataset.shuffle(seed=seed).select(range(max_samples))
 
 
-def undecoded_images(dataset: datasets.Dataset) -> datasets.Dataset:
-    """The dataset with a decoding ``Image`` column switched to ``decode=False``: the collator decodes, so a corrupt
-    file is a counted skip, not an exception inside ``datasets``."""
-    feature = dataset.features.get("image")
-    if isinstance(feature, datasets.Image) and feature.decode:
-        return dataset.cast_column("image", datasets.Image(decode=False))
-    return dataset
-
-
 @dataclass
 class ClassificationCollator:
     """``DataLoader(collate_fn=...)`` for labelled rows ``{"image": ..., "label": int}``: decodes, transforms and stacks

@@ -177,9 +177,9 @@ def _download_hub_checkpoint(args: FinetuningArguments, local: str | None) -> st
 def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[str, float]:
     """Fine-tune as ``recipe`` says and write the outputs; returns the final metrics (``eval_*`` of the validation split
     with the best model, ``test_*`` of the test split when there is one)."""
-    from hf_ssl.data import load_image_dataset
+    from hf_ssl.data import load_image_dataset, undecoded_images
     from hf_ssl.finetuning.card import write_finetune_card
-    from hf_ssl.finetuning.data import ClassificationCollator, split_labelled_dataset, undecoded_images
+    from hf_ssl.finetuning.data import ClassificationCollator, split_labelled_dataset
     from hf_ssl.finetuning.metrics import compute_metrics
     from hf_ssl.finetuning.model import build_classification_model, freeze_backbone, load_image_processor, resolve_backbone_source
     from hf_ssl.finetuning.trainer import FinetuneTrainer
