@@ -15,7 +15,6 @@ a model card.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -254,18 +253,10 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
     return metrics
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def format_help(self) -> str:
-        from hf_ssl.training.cli import format_sections_help, help_width
-
-        return f"{super().format_help()}\nThe keys of a fine-tuning recipe:\n{format_sections_help(FinetuneRecipe.sections_help(), help_width())}\n"
-
-    def error(self, message: str):
-        raise ConfigError(f"{message} (usage: {self.format_usage().removeprefix('usage: ').strip()}; --help lists every key)")
-
-
 def parse_command_line(argv: Sequence[str] | None = None, prog: str | None = None) -> tuple[FinetuneRecipe, str | None]:
-    parser = _ArgumentParser(description=__doc__, prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    from hf_ssl.training.cli import RecipeArgumentParser
+
+    parser = RecipeArgumentParser(FinetuneRecipe.sections_help, "The keys of a fine-tuning recipe", description=__doc__, prog=prog)
     parser.add_argument("--config", required=True, help="Fine-tuning recipe YAML, e.g. recipes/finetune_fashion_mnist.yaml.")
     parser.add_argument("--resume", default=None, help="'auto' (latest checkpoint in training.output_dir), 'hub' (last-checkpoint/ of training.hub_model_id) or a checkpoint folder.")
     arguments, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))

@@ -13,7 +13,7 @@ import argparse
 import shutil
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hf_ssl.training.config import ConfigError, SectionHelp, first_paragraph, load_yaml
 from hf_ssl.training.recipe import Recipe
@@ -37,7 +37,10 @@ def parse_command_line(
     a bad value raises ``ConfigError``.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _RecipeArgumentParser(recipe_class, method=_method_for_help(argv, recipe_class), description=description, prog=prog)
+    method = _method_for_help(argv, recipe_class)
+    parser = RecipeArgumentParser(
+        lambda: recipe_class.sections_help(method), f"The keys of a {method!r} recipe", description=description, prog=prog
+    )
     parser.add_argument("--config", required=True, help="Recipe YAML file, e.g. recipes/dino.yaml.")
     parser.add_argument(
         "--resume",
@@ -65,22 +68,23 @@ def _method_for_help(argv: Sequence[str], recipe_class: type) -> str:
     return recipe_class.default_method or "dino"
 
 
-class _RecipeArgumentParser(argparse.ArgumentParser):
-    """``ArgumentParser`` whose mistakes raise ``ConfigError`` and whose ``--help`` ends with every recipe key."""
+class RecipeArgumentParser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose mistakes raise ``ConfigError`` and whose ``--help`` ends with every recipe key:
+    ``sections_help()`` gives them (a ``KeyError`` from it is shown as its message), under ``title``."""
 
-    def __init__(self, recipe_class: type, method: str, **kwargs):
+    def __init__(self, sections_help: Callable[[], Sequence[SectionHelp]], title: str, **kwargs):
         # allow_abbrev=False: a misspelt key such as --res must reach the overrides (and their error), not
         # silently become --resume
         super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False, **kwargs)
-        self.recipe_class = recipe_class
-        self.method = method
+        self.sections_help = sections_help
+        self.title = title
 
     def format_help(self) -> str:
         try:
-            sections = self.recipe_class.sections_help(self.method)
+            sections = self.sections_help()
         except KeyError as error:
             return f"{super().format_help()}\n{error.args[0]}\n"
-        return f"{super().format_help()}\nThe keys of a {self.method!r} recipe:\n{format_sections_help(sections, help_width())}\n"
+        return f"{super().format_help()}\n{self.title}:\n{format_sections_help(sections, help_width())}\n"
 
     def error(self, message: str):
         raise ConfigError(f"{message} (usage: {self.format_usage().removeprefix('usage: ').strip()}; --help lists every key)")
