@@ -45,10 +45,13 @@ number of attention heads, which weights do not show: it defaults to the officia
 code keeps it.
 
 Command line (writes `DinoForPretraining` to output_dir and the plain `ViTModel` of the teacher, or of the student, to
-output_dir/backbone):
+output_dir/backbone; from Python, `convert_dino_checkpoint_to_folder`):
 
     python -m hf_ssl.models.dino.convert_dino_official --checkpoint dino_vits16_pretrain.pth \\
-        --output_dir dino-vits16 [--num_attention_heads 6] [--export_backbone teacher|student]
+        --output_dir dino-vits16 [--num_attention_heads 6] [--export_backbone teacher|student] [--overwrite]
+
+A non-empty output_dir is refused unless `--overwrite`, which deletes its contents (a previous model or run) once the
+conversion succeeded, so that no other run's files stay beside the converted model.
 """
 
 from __future__ import annotations
@@ -64,13 +67,18 @@ from transformers import ViTConfig, ViTModel
 
 from ..backbone import export_backbone
 from ..official_checkpoints import (
-    add_weights_only_argument,
-    save_converted,
     OFFICIAL_LAYER_NORM_EPS,
     OfficialSource,
+    PickledObjectsError,
+    add_shared_arguments,
+    check_output_folders,
+    clear_output_folders,
+    exit_with_error,
     load_checkpoint_file,
     official_tensors,
+    refuse_other_methods_checkpoint,
     resolve_num_attention_heads,
+    save_converted,
     strip_ddp_prefix,
     vit_architecture,
 )
@@ -186,11 +194,24 @@ def read_dino_checkpoint(
 
     Raises:
         FileNotFoundError: no file at `checkpoint`.
-        ValueError: the file cannot be read, or has neither layout, naming its top-level keys.
+        ValueError: the file cannot be read (saying what it is: empty, cut short, text, ...), is an official I-JEPA
+            checkpoint, or has neither layout, naming its top-level keys; a `PickledObjectsError` when it has a DINO
+            layout but pickles classes that `weights_only=True` refuses.
     """
     source = f"checkpoint {os.fspath(checkpoint)!r}" if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = load_checkpoint_file(checkpoint, weights_only, METHOD, safe_globals=(argparse.Namespace,))
+        try:
+            checkpoint = load_checkpoint_file(checkpoint, weights_only, METHOD, safe_globals=(argparse.Namespace,))
+        except PickledObjectsError as error:
+            # a file that is no DINO checkpoint is told so, rather than to load it with weights_only=False
+            if error.contents is not None:
+                _read_checkpoint(error.contents, source)
+            raise
+    return _read_checkpoint(checkpoint, source)
+
+
+def _read_checkpoint(checkpoint: object, source: str) -> dict[str, dict[str, torch.Tensor]]:
+    refuse_other_methods_checkpoint(checkpoint, source, METHOD)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(
             f"{source} is not an official DINO checkpoint: expected a dict (a training checkpoint with 'student' and "
@@ -515,9 +536,54 @@ def dino_checkpoint_to_vit(
     return model.eval()
 
 
+def convert_dino_checkpoint_to_folder(
+    checkpoint: str | os.PathLike | Mapping,
+    output_dir: str | os.PathLike,
+    export_network: str = "teacher",
+    backbone_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    num_attention_heads: int | None = None,
+    weights_only: bool = True,
+    **config_kwargs,
+) -> DinoForPretraining:
+    """What the command line does: convert an official DINO checkpoint, save the `DinoForPretraining` to `output_dir`
+    (safetensors, with the image processor of the official evaluation) and the `export_network` backbone as a plain
+    transformers `ViTModel` to `backbone_dir`.
+
+    Args:
+        checkpoint, num_attention_heads, weights_only, **config_kwargs: as `convert_dino_checkpoint`'s.
+        output_dir: a new or empty folder, or with `overwrite` a previous model or run (see `check_output_folders`).
+        export_network: "teacher" (the one the official code evaluates) or "student".
+        backbone_dir: where the plain ViTModel goes; default `<output_dir>/backbone`.
+        overwrite: delete the contents of a non-empty `output_dir` (and `backbone_dir`) before saving, so that no
+            other run's files stay beside the converted model. They are deleted only once the conversion succeeded.
+
+    Raises:
+        FileExistsError: a non-empty folder without `overwrite`, or one `overwrite` does not clear; checked before
+            the checkpoint is read, so that nothing is converted in vain.
+        FileNotFoundError, ValueError: as `convert_dino_checkpoint`.
+    """
+    if export_network not in NETWORKS:
+        raise ValueError(f"export_network must be one of {list(NETWORKS)}, got {export_network!r}")
+    backbone_dir = backbone_dir if backbone_dir is not None else os.path.join(output_dir, "backbone")
+    entries_to_delete = check_output_folders(output_dir, backbone_dir, overwrite, checkpoint)
+    model = convert_dino_checkpoint(
+        checkpoint, num_attention_heads=num_attention_heads, weights_only=weights_only, **config_kwargs
+    )
+    clear_output_folders(entries_to_delete)
+    # the official evaluation normalises with the ImageNet mean and std, at 224 pixels for the released ViTs
+    image_processor = save_converted(model, output_dir, "vit")
+    # saved under the config without drop path, whichever network: the plain model is for inference and fine-tuning
+    export_backbone(
+        getattr(model, export_network).backbone, backbone_dir, image_processor=image_processor,
+        config=model.config.teacher_backbone_config(),
+    )
+    print(f"Saved the {export_network} backbone as a plain transformers ViTModel to {backbone_dir}")
+    return model
+
+
 def main(argv: list[str] | None = None) -> DinoForPretraining:
-    """Command line: convert an official checkpoint, save it with `save_pretrained` (safetensors, with an image
-    processor) and one of its backbones as a plain transformers `ViTModel` in `<output_dir>/backbone`."""
+    """Command line: `convert_dino_checkpoint_to_folder`; a mistake ends it with one `error: ...` line, status 2."""
     parser = argparse.ArgumentParser(
         description="Convert an official DINO checkpoint (facebookresearch/dino) into an hf_ssl DinoForPretraining "
         "and a plain transformers ViTModel."
@@ -527,7 +593,10 @@ def main(argv: list[str] | None = None) -> DinoForPretraining:
         help="The official file: a main_dino.py training checkpoint (checkpoint.pth, *_full_checkpoint.pth) or a "
         "backbone (dino_vits16_pretrain.pth, ...).",
     )
-    parser.add_argument("--output_dir", required=True, help="Where to save the converted DinoForPretraining.")
+    parser.add_argument(
+        "--output_dir", required=True,
+        help="Where to save the converted DinoForPretraining: a new or empty folder (see --overwrite).",
+    )
     parser.add_argument(
         "--num_attention_heads", type=int, default=None,
         help="Attention heads of the ViT. Default: the official ViT of the checkpoint's width (ViT-S 6, ViT-B 12, "
@@ -541,27 +610,17 @@ def main(argv: list[str] | None = None) -> DinoForPretraining:
     parser.add_argument(
         "--backbone_dir", default=None, help="Where the plain ViTModel goes. Default: <output_dir>/backbone."
     )
-    add_weights_only_argument(parser)
+    add_shared_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-
     try:
-        model = convert_dino_checkpoint(
-            args.checkpoint, num_attention_heads=args.num_attention_heads, weights_only=not args.no_weights_only
+        return convert_dino_checkpoint_to_folder(
+            args.checkpoint, args.output_dir, export_network=args.export_backbone, backbone_dir=args.backbone_dir,
+            overwrite=args.overwrite, num_attention_heads=args.num_attention_heads,
+            weights_only=not args.no_weights_only,
         )
-    except (ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"error: {error}\n")
-
-    # the official evaluation normalises with the ImageNet mean and std, at 224 pixels for the released ViTs
-    image_processor = save_converted(model, args.output_dir, "vit")
-    backbone_dir = args.backbone_dir or os.path.join(args.output_dir, "backbone")
-    # saved under the config without drop path, whichever network: the plain model is for inference and fine-tuning
-    export_backbone(
-        getattr(model, args.export_backbone).backbone, backbone_dir, image_processor=image_processor,
-        config=model.config.teacher_backbone_config(),
-    )
-    print(f"Saved the {args.export_backbone} backbone as a plain transformers ViTModel to {backbone_dir}")
-    return model
+    except (ValueError, OSError) as error:  # a bad file, folder or option: say what to change, no traceback
+        exit_with_error(parser, error)
 
 
 if __name__ == "__main__":

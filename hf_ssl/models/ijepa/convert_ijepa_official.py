@@ -24,10 +24,13 @@ The architecture is read from the weights (width, depth, MLP width, patch size, 
 number of position embeddings, predictor width, depth and MLP width) except the number of attention heads, which
 weights do not show: it defaults to the official ViT of that width (`OFFICIAL_NUM_ATTENTION_HEADS`).
 
-Command line:
+Command line (from Python, `convert_official_checkpoint_to_folder`):
 
     python -m hf_ssl.models.ijepa.convert_ijepa_official --checkpoint IN1K-vit.h.14-300e.pth.tar \\
-        --output_dir ijepa-vith14 [--num_attention_heads 16] [--export_backbone target|context]
+        --output_dir ijepa-vith14 [--num_attention_heads 16] [--export_backbone target|context] [--overwrite]
+
+A non-empty output_dir is refused unless `--overwrite`, which deletes its contents (a previous model or run) once the
+conversion succeeded, so that no other run's files stay beside the converted model.
 """
 
 from __future__ import annotations
@@ -41,15 +44,20 @@ from collections.abc import Mapping
 import torch
 
 from ..official_checkpoints import (
-    add_weights_only_argument,
-    save_converted,
     OFFICIAL_LAYER_NORM_EPS,
     OfficialSource,
+    PickledObjectsError,
+    add_shared_arguments,
+    check_output_folders,
+    clear_output_folders,
+    exit_with_error,
     load_checkpoint_file,
     num_blocks,
     official_tensors,
+    refuse_other_methods_checkpoint,
     required_tensor,
     resolve_num_attention_heads,
+    save_converted,
     strip_ddp_prefix,
     vit_architecture,
 )
@@ -140,11 +148,25 @@ def read_official_checkpoint(
 
     Raises:
         FileNotFoundError: no file at `checkpoint`.
-        ValueError: the file cannot be read, or is not an official I-JEPA checkpoint, naming what is wrong.
+        ValueError: the file cannot be read (saying what it is: empty, cut short, text, ...), is an official DINO
+            checkpoint, or is not an official I-JEPA checkpoint, naming what is wrong; a `PickledObjectsError` when it
+            has the I-JEPA layout but pickles classes that `weights_only=True` refuses.
     """
     source = f"checkpoint {os.fspath(checkpoint)!r}" if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = load_checkpoint_file(checkpoint, weights_only, METHOD)
+        try:
+            checkpoint = load_checkpoint_file(checkpoint, weights_only, METHOD)
+        except PickledObjectsError as error:
+            # a file that is no I-JEPA checkpoint (a DINO one pickles its argparse.Namespace) is told so, rather
+            # than to load it with weights_only=False
+            if error.contents is not None:
+                _read_checkpoint(error.contents, source)
+            raise
+    return _read_checkpoint(checkpoint, source)
+
+
+def _read_checkpoint(checkpoint: object, source: str) -> dict[str, dict[str, torch.Tensor]]:
+    refuse_other_methods_checkpoint(checkpoint, source, METHOD)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(
             f"{source} is not an official I-JEPA checkpoint: expected a dict with 'encoder', 'predictor' and "
@@ -314,14 +336,62 @@ def convert_official_checkpoint(
     return model.eval()
 
 
+def convert_official_checkpoint_to_folder(
+    checkpoint: str | os.PathLike | Mapping,
+    output_dir: str | os.PathLike,
+    export_encoder: str | None = None,
+    backbone_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    num_attention_heads: int | None = None,
+    weights_only: bool = True,
+    **config_kwargs,
+) -> IJepaForPretraining:
+    """What the command line does: convert an official I-JEPA checkpoint, save the `IJepaForPretraining` to
+    `output_dir` (safetensors, with the image processor of the official recipes) and, when `export_encoder` names
+    one, that encoder as a plain transformers `IJepaModel` to `backbone_dir`.
+
+    Args:
+        checkpoint, num_attention_heads, weights_only, **config_kwargs: as `convert_official_checkpoint`'s.
+        output_dir: a new or empty folder, or with `overwrite` a previous model or run (see `check_output_folders`).
+        export_encoder: "target" or "context", or `None` to export no encoder.
+        backbone_dir: where the exported encoder goes; default `<output_dir>/backbone`.
+        overwrite: delete the contents of a non-empty `output_dir` (and `backbone_dir`) before saving, so that no
+            other run's files stay beside the converted model. They are deleted only once the conversion succeeded.
+
+    Raises:
+        FileExistsError: a non-empty folder without `overwrite`, or one `overwrite` does not clear; checked before
+            the checkpoint is read, so that nothing is converted in vain.
+        FileNotFoundError, ValueError: as `convert_official_checkpoint`.
+    """
+    if export_encoder is not None and export_encoder not in ENCODERS:
+        raise ValueError(f"export_encoder must be one of {list(ENCODERS)} or None, got {export_encoder!r}")
+    if export_encoder is None:
+        backbone_dir = None
+    elif backbone_dir is None:
+        backbone_dir = os.path.join(output_dir, "backbone")
+    entries_to_delete = check_output_folders(output_dir, backbone_dir, overwrite, checkpoint)
+    model = convert_official_checkpoint(
+        checkpoint, num_attention_heads=num_attention_heads, weights_only=weights_only, **config_kwargs
+    )
+    clear_output_folders(entries_to_delete)
+    # the official recipes normalise with the ImageNet mean and std at the encoder's image size
+    image_processor = save_converted(model, output_dir, "ijepa")
+    if export_encoder is not None:
+        model.export_backbone(backbone_dir, image_processor=image_processor, encoder=export_encoder)
+        print(f"Saved the {export_encoder} encoder as a plain transformers IJepaModel to {backbone_dir}")
+    return model
+
+
 def main(argv: list[str] | None = None) -> IJepaForPretraining:
-    """Command line: convert an official checkpoint, save it with `save_pretrained` (safetensors, with an image
-    processor) and optionally export one encoder as a plain transformers `IJepaModel`."""
+    """Command line: `convert_official_checkpoint_to_folder`; a mistake ends it in one `error: ...` line, status 2."""
     parser = argparse.ArgumentParser(
         description="Convert an official I-JEPA checkpoint (facebookresearch/ijepa) into an hf_ssl IJepaForPretraining."
     )
     parser.add_argument("--checkpoint", required=True, help="The official checkpoint file (.pth.tar / .pth).")
-    parser.add_argument("--output_dir", required=True, help="Where to save the converted model.")
+    parser.add_argument(
+        "--output_dir", required=True,
+        help="Where to save the converted model: a new or empty folder (see --overwrite).",
+    )
     parser.add_argument(
         "--num_attention_heads", type=int, default=None,
         help="Attention heads of the encoders. Default: the official ViT of the checkpoint's width "
@@ -338,7 +408,7 @@ def main(argv: list[str] | None = None) -> IJepaForPretraining:
     parser.add_argument(
         "--backbone_dir", default=None, help="Where --export_backbone writes. Default: <output_dir>/backbone."
     )
-    add_weights_only_argument(parser)
+    add_shared_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
@@ -346,20 +416,13 @@ def main(argv: list[str] | None = None) -> IJepaForPretraining:
     if args.predictor_num_attention_heads is not None:
         config_kwargs["predictor_num_attention_heads"] = args.predictor_num_attention_heads
     try:
-        model = convert_official_checkpoint(
-            args.checkpoint, num_attention_heads=args.num_attention_heads, weights_only=not args.no_weights_only,
-            **config_kwargs,
+        return convert_official_checkpoint_to_folder(
+            args.checkpoint, args.output_dir, export_encoder=args.export_backbone, backbone_dir=args.backbone_dir,
+            overwrite=args.overwrite, num_attention_heads=args.num_attention_heads,
+            weights_only=not args.no_weights_only, **config_kwargs,
         )
-    except (ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"error: {error}\n")
-
-    # the official recipes normalise with the ImageNet mean and std at the encoder's image size
-    image_processor = save_converted(model, args.output_dir, "ijepa")
-    if args.export_backbone is not None:
-        backbone_dir = args.backbone_dir or os.path.join(args.output_dir, "backbone")
-        model.export_backbone(backbone_dir, image_processor=image_processor, encoder=args.export_backbone)
-        print(f"Saved the {args.export_backbone} encoder as a plain transformers IJepaModel to {backbone_dir}")
-    return model
+    except (ValueError, OSError) as error:  # a bad file, folder or option: say what to change, no traceback
+        exit_with_error(parser, error)
 
 
 if __name__ == "__main__":
