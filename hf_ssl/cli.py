@@ -55,11 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "linear-probe":
         from hf_ssl.evaluation.linear_probe import main as linear_probe
 
-        linear_probe(rest)
+        linear_probe(rest, prog="hf-ssl linear-probe")
         return 0
     from hf_ssl.evaluation.knn import main as knn
 
-    knn(rest)
+    knn(rest, prog="hf-ssl knn")
     return 0
 
 

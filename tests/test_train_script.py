@@ -212,3 +212,30 @@ def test_values_that_make_no_sense_stop_before_anything_runs(trained):
     output_dir, _ = trained
     failed = run(["recipes/train_dino.py", "--config", str(output_dir / "recipe.yaml"), "--per_device_train_batch_size", "0"], returncode=2)
     assert error_line(failed.stderr) == "error: invalid 'training' section: per_device_train_batch_size must be an integer >= 1, got 0"
+
+
+def test_the_documented_command_pretrains_on_a_folder_of_unlabelled_images(tmp_path):
+    # python recipes/train_dino.py --config recipes/dino.yaml data.data_dir=/path/to/images, on images without class
+    # folders: dino.yaml's eval_split (validation) does not exist there, so k-NN is skipped with one line
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(random_images(8)):
+        image.save(images / f"{index}.png")
+    tiny = [f"training.output_dir={tmp_path / 'run'}", "training.max_steps=2", "training.per_device_train_batch_size=4",
+            "training.dataloader_num_workers=0", "training.fp16=false", f"model.backbone_config={json.dumps(TINY_VIT)}",
+            "model.out_dim=64", "augmentation.global_crop_size=16", "augmentation.local_crop_size=8", "augmentation.local_crops_number=2"]
+    command = ["recipes/train_dino.py", "--config", "recipes/dino.yaml", f"data.data_dir={images}"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, *command, *tiny], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = [line for line in result.stderr.splitlines() if "k-NN evaluation is off" in line]
+    assert len(skipped) == 1, result.stderr[-3000:]
+    assert "data.eval_split='validation' of the recipe is not a split of 'imagefolder'" in skipped[0]
+    assert "to turn it on, set data.eval_split" in skipped[0] and "data.label_column" in skipped[0]
+    assert (tmp_path / "run" / "backbone" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "knn_results.json").read_text()) == {}
+    # the same split asked for on the command line is a mistake to fix, not something to skip
+    failed = run([*command, *tiny, "data.eval_split=validation"], returncode=2)
+    assert error_line(failed.stderr) == (
+        "error: data.eval_split='validation' is not a split of 'imagefolder'; splits: ['train'] (set it to null to skip k-NN)"
+    )

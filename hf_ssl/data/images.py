@@ -41,7 +41,10 @@ def describe_image(item: Any, where: str) -> str:
 def skip_or_raise(item: Any, position: int, error: Exception, skip: bool, skipped_so_far: int, how_to_skip: str, log) -> None:
     """What a data pipeline does with an image it cannot read: with ``skip``, log a warning through ``log`` naming the
     file, the error and the ``skipped_so_far`` count (the caller counts); else raise a ``ValueError`` that names the
-    file and says how to skip such images (``how_to_skip``, e.g. "set data.skip_bad_images=true")."""
+    file and says how to skip such images (``how_to_skip``, e.g. "set data.skip_bad_images=true"). A
+    ``BandLayoutError`` is raised as it is, ``skip`` or not: it is a setting to give, the same for every image."""
+    if isinstance(error, BandLayoutError):  # the same for every image of the dataset: skipping would skip them all
+        raise error
     where = describe_image(item, f"position {position} of the batch")
     if not skip:
         raise ValueError(f"cannot read {where}: {type(error).__name__}: {error}. Fix or remove the file, or {how_to_skip}") from error
@@ -210,13 +213,18 @@ ARRAY_SUFFIXES = (".npy", ".npz")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def decode_bands(item: Any, num_channels: int) -> np.ndarray:
+class BandLayoutError(ValueError):
+    """An array whose band axis its shape does not tell (``(N, H, N)`` with N bands): the layout is a setting
+    (``data.channels_last``) that holds for the whole dataset, so the pipelines that skip unreadable images raise
+    it instead of skipping the image."""
+
+
+def decode_bands(item: Any, num_channels: int, *, channels_last: bool | None = None) -> np.ndarray:
     """Read an N-band image into a float32 ``(num_channels, H, W)`` array in the data's own units (no scaling).
 
     ``item`` may be
     - an array or nested list (a ``datasets`` ``Array3D`` / ``Sequence`` column, a numpy array, a torch tensor) of
-      shape ``(C, H, W)`` or ``(H, W, C)``, told apart by which axis has ``num_channels`` entries, or ``(H, W)`` for
-      one band;
+      shape ``(C, H, W)`` or ``(H, W, C)``, or ``(H, W)`` for one band;
     - the path of a ``.npy`` / ``.npz`` file holding such an array (a ``.npz`` with one array, or an ``image`` key),
       or of a TIFF: each page is a band, or a page holds several bands;
     - a ``{"bytes", "path"}`` dict (an undecoded ``datasets.Image``) of any of these files, or of an ordinary image
@@ -224,21 +232,35 @@ def decode_bands(item: Any, num_channels: int) -> np.ndarray:
     - a list of paths or images: a stack, read one by one and concatenated band-wise (e.g. one grayscale file per
       band).
 
-    Raises a ``ValueError`` saying what the item holds when it does not have ``num_channels`` bands.
+    ``channels_last`` says where the bands of a 3-d array are: True ``(H, W, C)``, False ``(C, H, W)``, None (the
+    default) the axis with ``num_channels`` entries, the first when only it has them. Images and TIFF pages know
+    their layout; a 3-d part of a stack is ``(C, H, W)`` unless ``channels_last`` is True.
+
+    Raises
+    - ``BandLayoutError`` (a ``ValueError``) when ``channels_last`` is None and both the first and the last axis
+      have ``num_channels`` entries (e.g. 16 x 16 x 16 with 16 bands), naming ``data.channels_last`` and the shape;
+    - ``ValueError`` for an image that cannot be read, that does not have ``num_channels`` bands (saying what it
+      holds), that is empty, or that holds NaN or infinite values (saying how many).
     """
     if isinstance(item, (list, tuple)) and item and all(isinstance(part, (str, os.PathLike, dict, PIL.Image.Image, bytes)) for part in item):
-        bands = np.concatenate([_as_bands(_read_band_source(part), None) for part in item], axis=0)
+        bands = np.concatenate([_as_bands(*_read_band_source(part), None, channels_last) for part in item], axis=0)
     else:
-        bands = _as_bands(_read_band_source(item), num_channels)
+        bands = _as_bands(*_read_band_source(item), num_channels, channels_last)
     if bands.shape[0] != num_channels:
-        raise ValueError(f"the image has {bands.shape[0]} bands (shape {tuple(bands.shape)}) but num_channels is {num_channels}")
+        read_as = "" if channels_last is None else f", read as {'(H, W, C)' if channels_last else '(C, H, W)'} by data.channels_last"
+        raise ValueError(f"the image has {bands.shape[0]} bands (shape {tuple(bands.shape)}{read_as}) but num_channels is {num_channels}")
     if 0 in bands.shape[1:]:
         raise ValueError(f"the image is empty: shape {tuple(bands.shape)}")
+    finite = np.isfinite(bands)
+    if not finite.all():  # NaN / inf would reach the loss: bad data, skipped like an unreadable image
+        count = bands.size - int(np.count_nonzero(finite))
+        raise ValueError(f"the image holds {count} non-finite value{'s' if count > 1 else ''} (NaN or infinity) among its {bands.size}")
     return bands
 
 
-def _read_band_source(item: Any):
-    """A file, bytes, dict or image -> an array (or the item itself when it already is one)."""
+def _read_band_source(item: Any) -> tuple[Any, bool]:
+    """A file, bytes, dict, image or array -> ``(array, layout_known)``: the array (or the item itself when it already
+    is one) and whether it is known to be ``(C, H, W)`` (read from an image or TIFF pages, not from an array)."""
     if isinstance(item, dict):
         if item.get("bytes") is not None:
             return _read_band_file(io.BytesIO(item["bytes"]), item.get("path") or "")
@@ -252,13 +274,13 @@ def _read_band_source(item: Any):
     if item is None:
         raise ValueError("the image is missing (None)")
     if isinstance(item, PIL.Image.Image):
-        return _pil_bands(item)
+        return _pil_bands(item), True
     if hasattr(item, "detach"):  # a torch tensor, without importing torch here
-        return item.detach().cpu().numpy()
-    return item
+        return item.detach().cpu().numpy(), False
+    return item, False
 
 
-def _read_band_file(source, name: str) -> np.ndarray:
+def _read_band_file(source, name: str) -> tuple[np.ndarray, bool]:
     suffix = os.path.splitext(str(name))[1].lower()
     if suffix in ARRAY_SUFFIXES or (not suffix and _looks_like_numpy(source)):
         loaded = np.load(source, allow_pickle=False)
@@ -266,17 +288,17 @@ def _read_band_file(source, name: str) -> np.ndarray:
             with loaded:
                 keys = list(loaded.keys())
                 if "image" in keys:
-                    return loaded["image"]
+                    return loaded["image"], False
                 if len(keys) != 1:
                     raise ValueError(f"{name or 'the .npz file'} holds arrays {keys}: store one array, or name it 'image'")
-                return loaded[keys[0]]
-        return loaded
+                return loaded[keys[0]], False
+        return loaded, False
     image = PIL.Image.open(source)
     pages = []
     for index in range(getattr(image, "n_frames", 1)):
         image.seek(index)
         pages.append(_pil_bands(image))
-    return np.concatenate(pages, axis=0)
+    return np.concatenate(pages, axis=0), True
 
 
 def _looks_like_numpy(source) -> bool:
@@ -298,9 +320,9 @@ def _pil_bands(image: PIL.Image.Image) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def _as_bands(array: Any, num_channels: int | None) -> np.ndarray:
-    """An array of shape ``(C, H, W)``, ``(H, W, C)`` or ``(H, W)`` -> float32 ``(C, H, W)``; the channel axis is
-    the one with ``num_channels`` entries (the first when both are; ``(C, H, W)`` when it is not known)."""
+def _as_bands(array: Any, layout_known: bool, num_channels: int | None, channels_last: bool | None) -> np.ndarray:
+    """An array of shape ``(C, H, W)``, ``(H, W, C)`` or ``(H, W)`` -> float32 ``(C, H, W)``; ``layout_known``: it
+    already is ``(C, H, W)``, else `_bands_last` tells."""
     array = np.asarray(array)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise ValueError(f"cannot read bands from an array of dtype {array.dtype}")
@@ -308,6 +330,22 @@ def _as_bands(array: Any, num_channels: int | None) -> np.ndarray:
         array = array[None]
     elif array.ndim != 3:
         raise ValueError(f"cannot read an image from an array of shape {array.shape}: expected (C, H, W), (H, W, C) or (H, W)")
-    elif num_channels is not None and array.shape[0] != num_channels and array.shape[-1] == num_channels:
+    elif not layout_known and _bands_last(array.shape, num_channels, channels_last):
         array = array.transpose(2, 0, 1)
-    return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which decode_bands refuses with a count
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _bands_last(shape: tuple[int, ...], num_channels: int | None, channels_last: bool | None) -> bool:
+    """Whether a 3-d array of ``shape`` is ``(H, W, C)``: as ``channels_last`` says when given, else when only its last
+    axis has ``num_channels`` entries (None, a stack's part: ``(C, H, W)``)."""
+    if channels_last is not None:
+        return channels_last
+    if num_channels is None or shape[-1] != num_channels:
+        return False
+    if shape[0] == num_channels:
+        raise BandLayoutError(
+            f"an array of shape {tuple(shape)} with num_channels={num_channels} reads as (bands, height, width) and as "
+            "(height, width, bands): set data.channels_last to true if its bands are the last axis, false if the first"
+        )
+    return True

@@ -22,7 +22,17 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .images import RESAMPLING, crop_into, decode_bands, decode_image, describe_image, random_resized_crop_box, skip_or_raise, to_8bit
+from .images import (
+    RESAMPLING,
+    BandLayoutError,
+    crop_into,
+    decode_bands,
+    decode_image,
+    describe_image,
+    random_resized_crop_box,
+    skip_or_raise,
+    to_8bit,
+)
 from .loading import undecoded_images
 from .views import BAND_INTERPOLATIONS, as_views_config
 
@@ -51,7 +61,9 @@ class MultiCropTransform:
     (`hf_ssl.data.images.decode_bands`: arrays, ``.npy`` / ``.npz`` / TIFF files, stacks of single-band files),
     kept as float32 in the data's own units; its views are float32 ``(number, N, size, size)``, resized with
     torch's interpolation (antialiased bilinear / bicubic, nearest or area), and an image with another number of
-    bands is a bad image like one that does not decode.
+    bands, or with NaN / infinite values, is a bad image like one that does not decode. ``channels_last`` is
+    `decode_bands`'s: where the bands of an array are (None: told by its shape; an array that does not tell
+    raises ``BandLayoutError`` whatever ``skip_bad_images`` says).
 
     An image that fails to decode gives zero views with ``valid=False`` and a logged warning when
     ``skip_bad_images`` (`MultiCropCollator` drops and counts it), else a ``ValueError``.
@@ -62,10 +74,11 @@ class MultiCropTransform:
     draw different crops.
     """
 
-    def __init__(self, config, skip_bad_images: bool = True):
+    def __init__(self, config, skip_bad_images: bool = True, channels_last: bool | None = None):
         self.config = config
         self.views = as_views_config(config)
         self.skip_bad_images = skip_bad_images
+        self.channels_last = channels_last
         if self.views.is_rgb:
             self.resample = {name: RESAMPLING[group.interpolation] for name, group in self.views.groups.items()}
         else:
@@ -100,7 +113,7 @@ class MultiCropTransform:
         """One dataset item -> an 8-bit ``"L"``/``"RGB"`` image (3 channels) or a float32 ``(N, H, W)`` array."""
         if self.views.is_rgb:
             return to_8bit(decode_image(item))
-        return decode_bands(item, self.views.num_channels)
+        return decode_bands(item, self.views.num_channels, channels_last=self.channels_last)
 
     def make_crops(self, image: PIL.Image.Image | np.ndarray | None, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Group name -> the ``(number, C, size, size)`` views of one image (``decode``'s output): uint8 for RGB,
@@ -167,7 +180,30 @@ def with_multicrop(dataset, transform: MultiCropTransform, seed: int = 0):
     return MultiCropDataset(dataset, transform, seed)
 
 
-class MultiCropDataset(torch.utils.data.Dataset):
+class EpochKeyedDataset(torch.utils.data.Dataset):
+    """A map-style ``datasets.Dataset`` read through `EpochShuffleSampler`'s keys ``epoch * len(dataset) + index``
+    (``split_key``), which seed what is drawn for an example (crops, masks): the same after a resume and with any number
+    of DataLoader workers. It holds the epoch training is in (``set_epoch``) for the sampler built on it."""
+
+    def __init__(self, dataset: datasets.Dataset, empty_message: str = "the dataset is empty"):
+        if len(dataset) == 0:
+            raise ValueError(empty_message)
+        self.dataset = dataset
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by accelerate's data loaders (directly, or through ``EpochShuffleSampler.set_epoch``)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def split_key(self, key: int) -> tuple[int, int]:
+        """``(epoch, index)`` of a sampler key; plain indices ``0 .. len - 1`` are epoch 0."""
+        return divmod(int(key), len(self.dataset))
+
+
+class MultiCropDataset(EpochKeyedDataset):
     """Multi-crop examples of a map-style ``datasets.Dataset`` with reproducible randomness.
 
     ``dataset[key]`` is `MultiCropTransform`'s output for example ``key % len(dataset)``, with crops
@@ -179,22 +215,12 @@ class MultiCropDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: datasets.Dataset, transform: MultiCropTransform, seed: int = 0):
-        if len(dataset) == 0:
-            raise ValueError("the dataset is empty: there is nothing to pretrain on")
-        self.dataset = undecoded_images(dataset)
+        super().__init__(undecoded_images(dataset), "the dataset is empty: there is nothing to pretrain on")
         self.transform = transform
         self.seed = int(seed)
-        self.epoch = 0  # the epoch training is in, for an EpochShuffleSampler built on this dataset
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by accelerate's data loaders (directly, or through ``EpochShuffleSampler.set_epoch``)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, key: int) -> dict[str, Any]:
-        epoch, index = divmod(int(key), len(self.dataset))
+        epoch, index = self.split_key(key)
         example = self.dataset[index]
         rng = np.random.default_rng((self.seed, epoch, index))
         output = self.transform({name: [value] for name, value in example.items()}, rng=rng)
@@ -209,7 +235,8 @@ class MultiCropDataset(torch.utils.data.Dataset):
     def probe_readable_images(self, max_images: int = 32) -> tuple[int, int, str | None]:
         """Decode up to ``max_images`` images spread evenly over the dataset (no crops) and return
         ``(readable, checked, first error)``: a cheap look, before training, for a dataset none of whose images
-        can be read (training would only skip them)."""
+        can be read (training would only skip them). A ``BandLayoutError`` (arrays whose band axis their shape does
+        not tell) is raised, so that the missing setting stops the run here."""
         positions = np.unique(np.linspace(0, len(self.dataset) - 1, num=min(max_images, len(self.dataset))).astype(np.int64))
         readable, first_error = 0, None
         for position in positions.tolist():
@@ -217,6 +244,8 @@ class MultiCropDataset(torch.utils.data.Dataset):
             try:
                 self.transform.decode(item)
                 readable += 1
+            except BandLayoutError:
+                raise
             except Exception as error:  # the same rule as the transform: anything that stops decoding
                 if first_error is None:
                     first_error = f"{describe_image(item, f'row {position}')}: {type(error).__name__}: {error}"

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from .images import decode_bands, decode_image, describe_image, to_8bit
+from .images import BandLayoutError, decode_bands, decode_image, describe_image, to_8bit
 
 logger = logging.getLogger(__name__)
 
@@ -23,15 +23,21 @@ def band_statistics(
     num_channels: int,
     max_images: int | None = 1000,
     image_column: str = "image",
+    *,
+    channels_last: bool | None = None,
+    skip_bad_images: bool = True,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)``, one value per channel, over every pixel of up to ``max_images`` images spread evenly over
     ``dataset`` (a ``datasets.Dataset`` or a list of items; None: all of them).
 
     Images are read as training reads them: 3 channels as 8-bit RGB scaled to [0, 1] (what the device
     augmentation normalises), other band counts as float bands in the data's own units
-    (`hf_ssl.data.images.decode_bands`). Unreadable images are skipped and counted in a log line; none readable
-    is a ``ValueError``. Sums are accumulated in float64, so the std of bands with large values (16-bit counts)
-    keeps its precision. A band that never varies gets std 1 (it is only centred), with a warning.
+    (`hf_ssl.data.images.decode_bands` with ``channels_last``). Unreadable images, images with another band count
+    and images holding NaN / infinite values are skipped, each logged with its file, and counted in a warning;
+    none readable is a ``ValueError``, and so is the first of them when ``skip_bad_images`` is False (naming the
+    file). Arrays whose band axis their shape does not tell raise ``BandLayoutError``, never skipped. Sums are
+    accumulated in float64, so the std of bands with large values (16-bit counts) keeps its precision. A band that
+    never varies gets std 1 (it is only centred), with a warning.
     """
     if len(dataset) == 0:
         raise ValueError("the dataset is empty: there are no pixels to compute the normalisation from")
@@ -48,10 +54,18 @@ def band_statistics(
     pixels, skipped = 0, 0
     for position, item in zip(positions, rows):
         try:
-            bands = _read(item, num_channels)
+            bands = _read(item, num_channels, channels_last)
+        except BandLayoutError:
+            raise
         except Exception as error:  # unreadable like in training: skip and count
+            where = describe_image(item, f"row {position}")
+            if not skip_bad_images:
+                raise ValueError(
+                    f"cannot read {where}: {type(error).__name__}: {error}. Fix or remove the file, or skip such images "
+                    "(data.skip_bad_images: true)"
+                ) from error
             skipped += 1
-            logger.warning("Normalisation statistics: skipping %s: %s: %s", describe_image(item, f"row {position}"), type(error).__name__, error)
+            logger.warning("Normalisation statistics: skipping %s: %s: %s", where, type(error).__name__, error)
             continue
         flat = bands.reshape(num_channels, -1).astype(np.float64)
         total += flat.sum(axis=1)
@@ -66,13 +80,14 @@ def band_statistics(
     if constant.size:
         logger.warning("Bands %s are constant over the sampled images: their std is set to 1 (they are only centred)", constant.tolist())
         std[constant] = 1.0
-    logger.info(
-        "Normalisation statistics of %d channels from %d images (%d skipped)", num_channels, len(positions) - skipped, skipped,
+    logger.log(
+        logging.WARNING if skipped else logging.INFO, "Normalisation statistics of %d channels from %d images (%d skipped)",
+        num_channels, len(positions) - skipped, skipped,
     )
     return tuple(float(value) for value in mean), tuple(float(value) for value in std)
 
 
-def _read(item, num_channels: int) -> np.ndarray:
+def _read(item, num_channels: int, channels_last: bool | None) -> np.ndarray:
     if num_channels == 3:
         return np.asarray(to_8bit(decode_image(item)).convert("RGB"), dtype=np.float64).transpose(2, 0, 1) / 255.0
-    return decode_bands(item, num_channels)
+    return decode_bands(item, num_channels, channels_last=channels_last)

@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from hf_ssl.data.images import decode_bands, decode_image, describe_image, to_8bit
+from hf_ssl.data.images import BandLayoutError, decode_bands, decode_image, describe_image, to_8bit
 from hf_ssl.data.loading import undecoded_images
 from hf_ssl.models.image_processing import processor_image_size, processor_num_channels
 
@@ -127,6 +128,7 @@ def extract_readable_features(
     image_column: str = "image",
     label_column: str = "label",
     show_progress: bool = True,
+    channels_last: bool | None = None,
 ) -> ExtractedFeatures:
     """Features and labels of every readable image of a ``datasets.Dataset``, and how many were not.
 
@@ -134,7 +136,7 @@ def extract_readable_features(
     16-bit scaled by its range, alpha dropped, CMYK and palettes to RGB), then prepared by
     ``image_processor`` exactly as a transformers user would (``processor(images)["pixel_values"]``). A processor
     of other than 3 channels (multispectral / hyperspectral) only normalises: the bands are read with
-    `hf_ssl.data.decode_bands` and resized to its size by `resize_bands_for_evaluation` first.
+    `hf_ssl.data.decode_bands` (with ``channels_last``) and resized to its size by `resize_bands_for_evaluation` first.
     A decoding ``Image`` column is read undecoded, so a file that cannot be decoded is left out
     together with its label and logged (its path when known) instead of raising inside ``datasets``.
     """
@@ -145,12 +147,13 @@ def extract_readable_features(
     if channels == 3:
 
         def read_image(item):
-            return to_8bit(decode_image(item))
+            image = to_8bit(decode_image(item))
+            return image if image.mode == "RGB" else image.convert("RGB")  # a processor of 3 values takes 3 channels
     else:  # N-band arrays: the processor only normalises, so they are resized to its size first
         side = processor_image_size(image_processor)
 
         def read_image(item):
-            return resize_bands_for_evaluation(decode_bands(item, channels), side)
+            return resize_bands_for_evaluation(decode_bands(item, channels, channels_last=channels_last), side)
     was_training = model.training
     model.eval()
     features, labels, num_skipped = [], [], 0
@@ -161,6 +164,8 @@ def extract_readable_features(
         for offset, item in enumerate(batch[image_column]):
             try:
                 images.append(read_image(item))
+            except BandLayoutError:  # a setting to give (data.channels_last), the same for every image
+                raise
             except Exception as error:  # any failure to read the pixels makes the row unreadable, as in training
                 num_skipped += 1
                 logger.warning("Skipping unreadable %s: %s: %s", describe_image(item, f"row {start + offset}"), type(error).__name__, error)
@@ -227,6 +232,7 @@ class KnnEvaluator:
     batch_size: int = 256
     show_progress: bool = True
     linear_probe: bool = False
+    channels_last: bool | None = None
     num_skipped_bank: int = field(default=0, init=False)
     num_skipped_queries: int = field(default=0, init=False)
 
@@ -255,7 +261,8 @@ class KnnEvaluator:
         if len(dataset) == 0:
             raise ValueError(f"the k-NN {split} is empty: give it a labelled dataset with at least one image")
         extracted = extract_readable_features(
-            model, dataset, self.image_processor, self.batch_size, device, show_progress=self.show_progress
+            model, dataset, self.image_processor, self.batch_size, device, show_progress=self.show_progress,
+            channels_last=self.channels_last,
         )
         if extracted.num_skipped == len(dataset):
             raise ValueError(
@@ -273,31 +280,75 @@ def subsample(dataset, max_samples: int | None, seed: int = 0):
     return dataset.select(np.sort(indices))
 
 
+MODEL_PATH_HELP = "a trained run's output directory (e.g. outputs/run), its backbone/ folder, or a Hub model id (ORG/NAME)"
+
+
+def command_error(message: str) -> SystemExit:
+    """End an evaluation command on a user's mistake: ``error: message`` on stderr, exit code 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def check_model_path(name_or_path: str) -> None:
+    """Stop with a one-line error when ``--model`` names no model a command can load: a file, a folder without
+    ``config.json``, or a path that does not exist and cannot be a Hub id. A well-formed Hub id is left to
+    ``from_pretrained`` (``load_model_and_splits`` reports it when it cannot be loaded)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        raise command_error(f"--model {name_or_path} is a file: give {MODEL_PATH_HELP}")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            checkpoints = [found.parent for found in path.glob("checkpoint-*/config.json")]
+            latest = f" (its latest checkpoint: {max(checkpoints, key=_checkpoint_step)})" if checkpoints else ""
+            raise command_error(f"--model {name_or_path} is a folder without config.json{latest}: give {MODEL_PATH_HELP}")
+        return
+    try:
+        validate_repo_id(name_or_path)  # an absolute or ./ path, or more than one /, cannot be a Hub id
+    except HFValidationError:
+        raise command_error(f"--model {name_or_path} does not exist: give {MODEL_PATH_HELP}") from None
+
+
+def _checkpoint_step(folder: Path) -> int:
+    step = folder.name.removeprefix("checkpoint-")
+    return int(step) if step.isdigit() else -1
+
+
 def load_model_and_splits(args, splits: tuple[str, ...]):
     """What the evaluation commands load from their parsed arguments (``--model``, ``--device``, ``--dataset``,
     ``--dataset-config``, ``--data-dir``, ``--image-column``, ``--label-column``): the model (an hf_ssl checkpoint or a
-    plain transformers backbone) on the device, its image processor, and the labelled ``splits``; a missing split or
-    label column ends the command with a message that says what to pass."""
+    plain transformers backbone) on the device, its image processor, and the labelled ``splits``; a model that cannot
+    be found, a missing split or label column ends the command with a message that says what to pass (exit code 2)."""
     from transformers import AutoImageProcessor, AutoModel
 
     import hf_ssl  # noqa: F401  (registers hf_ssl models with AutoModel)
     from hf_ssl.data import load_image_dataset
 
-    model = AutoModel.from_pretrained(args.model).to(args.device)
+    check_model_path(args.model)
+    try:
+        model = AutoModel.from_pretrained(args.model).to(args.device)
+    except OSError as error:  # a local folder missing its weights, or a Hub id that cannot be found or reached
+        reason = str(error).strip().splitlines()[0]
+        if Path(args.model).expanduser().is_dir():
+            raise command_error(f"--model {args.model} cannot be loaded: {reason}") from None
+        raise command_error(
+            f"--model {args.model} is no folder here, and no Hub model of that id could be loaded ({reason}): give {MODEL_PATH_HELP}"
+        ) from None
     image_processor = AutoImageProcessor.from_pretrained(args.model)
     data = load_image_dataset(
         args.dataset, name=args.dataset_config, data_dir=args.data_dir, image_column=args.image_column, label_column=args.label_column
     )
     for split in splits:
         if split not in data:
-            raise SystemExit(f"split {split!r} not in the dataset; it has {list(data)}")
+            raise command_error(f"split {split!r} not in the dataset; it has {list(data)}")
         if "label" not in data[split].column_names:
-            raise SystemExit(f"split {split!r} has no label column; pass --label-column (columns: {data[split].column_names})")
+            raise command_error(f"split {split!r} has no label column; pass --label-column (columns: {data[split].column_names})")
     return model, image_processor, [data[split] for split in splits]
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description="Weighted k-NN accuracy of a pretrained model's frozen features.")
+def main(argv: list[str] | None = None, prog: str = "python -m hf_ssl.evaluation.knn") -> dict[str, float]:
+    parser = argparse.ArgumentParser(prog=prog, description="Weighted k-NN accuracy of a pretrained model's frozen features.")
     parser.add_argument("--model", required=True, help="Model directory or Hub id (hf_ssl checkpoint or plain transformers model).")
     parser.add_argument("--dataset", default="fashion_mnist", help="Dataset: a Hub id, a local directory, 'imagefolder', 'parquet', or 'fashion_mnist'.")
     parser.add_argument("--dataset-config", default=None, help="Dataset configuration name.")

@@ -252,8 +252,8 @@ def _class_label_count(dataset, label_column: str = "label") -> int | None:
     return label_feature.num_classes if isinstance(label_feature, datasets.ClassLabel) else None
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description="Linear-probe accuracy of a pretrained model's frozen features.")
+def main(argv: list[str] | None = None, prog: str = "python -m hf_ssl.evaluation.linear_probe") -> dict[str, float]:
+    parser = argparse.ArgumentParser(prog=prog, description="Linear-probe accuracy of a pretrained model's frozen features.")
     parser.add_argument("--model", required=True, help="Model directory or Hub id (hf_ssl checkpoint or plain transformers model).")
     parser.add_argument("--dataset", default="fashion_mnist", help="Dataset: a Hub id, a local directory, 'imagefolder', 'parquet', or 'fashion_mnist'.")
     parser.add_argument("--dataset-config", default=None, help="Dataset configuration name.")

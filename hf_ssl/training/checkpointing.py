@@ -85,6 +85,16 @@ def load_weights_in_place(model, checkpoint: str | os.PathLike) -> None:
     model.load_state_dict(loaded.state_dict(), strict=True)
 
 
+def incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-<step>`` folders of ``output_dir`` without ``hf_ssl_state.json`` (a save that did not finish, or
+    one written without hf_ssl), oldest step first: never resumed from."""
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return []
+    found = [child for child in directory.iterdir() if _CHECKPOINT_NAME.match(child.name) and child.is_dir() and not (child / STATE_FILE).is_file()]
+    return sorted(found, key=checkpoint_step)
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     checkpoints = list_checkpoints(output_dir)
     return checkpoints[-1] if checkpoints else None
@@ -227,6 +237,8 @@ def resolve_resume(resume: str | os.PathLike | bool | None, output_dir: str | os
         return None
     if resume is True or str(resume).lower() in ("auto", "latest", "true"):
         checkpoints = list_checkpoints(output_dir)
+        for folder in incomplete_checkpoints(output_dir):
+            logger.warning("resume=auto: passing over %s: it has no %s, its save did not finish", folder, STATE_FILE)
         if not checkpoints:
             logger.info("resume=auto: no checkpoint in %s yet, starting from scratch", output_dir)
             return None
@@ -258,6 +270,43 @@ def resolve_resume(resume: str | os.PathLike | bool | None, output_dir: str | os
     return path
 
 
+class StagedTrainerCheckpoints:
+    """Mixin of a transformers ``Trainer`` subclass whose ``_save_checkpoint`` writes the Trainer's checkpoint under
+    the staging folder (``staged_trainer_checkpoint``), adds its own files and commits it (``commit_staged``)."""
+
+    _staging_dir: Path | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        # while a checkpoint is saved, the Trainer writes it under the staging folder (see staged_trainer_checkpoint)
+        return str(self._staging_dir) if self._staging_dir is not None else super()._get_output_dir(trial)
+
+    @contextmanager
+    def staged_trainer_checkpoint(self, model, trial):
+        """Write the Trainer's checkpoint of this step (model, optimizer, scheduler, scaler, RNG states, trainer state)
+        under ``.staging-checkpoint-<step>/``, every process its part, and yield the folder written; the body runs
+        inside ``saving_checkpoint``: a failure removes the staging folder and says which checkpoint is intact."""
+        step, output_dir = self.state.global_step, self.args.output_dir
+        staging_parent = staging_path(output_dir, step)
+        if self.args.should_save:
+            prepare_staging(output_dir, step)
+        self.accelerator.wait_for_everyone()
+        with saving_checkpoint(output_dir, step):
+            self._staging_dir = staging_parent
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_dir = None
+            yield staging_parent / f"{CHECKPOINT_PREFIX}-{step}"
+
+    def commit_staged(self, written: Path, state: Mapping[str, Any]) -> Path:
+        """Main process, once every process wrote its part of ``written``: ``hf_ssl_state.json``, then the rename to
+        ``checkpoint-<step>``. Returns the committed folder."""
+        write_state(written, state)
+        final = commit_checkpoint(written, checkpoint_path(self.args.output_dir, self.state.global_step))
+        written.parent.rmdir()
+        return final
+
+
 def checkpoint_step(checkpoint: Path) -> int:
     """The step of a ``checkpoint-<step>`` folder (-1 for another name)."""
     match = _CHECKPOINT_NAME.match(checkpoint.name)
@@ -274,8 +323,9 @@ _held_locks: dict[str, Any] = {}
 def lock_output_dir(output_dir: str | os.PathLike) -> None:
     """Hold ``<output_dir>/_hf_ssl.lock`` for the rest of this process (main process only), or raise a
     ``ConfigError`` naming the run that holds it. The operating system drops the lock when the process ends,
-    however it ends (SIGKILL included), so a killed run never leaves a stale lock. Taking it again in the same
-    process is a no-op (a notebook or a test that trains twice into one folder)."""
+    however it ends (SIGKILL included), so a killed run never leaves a stale lock, not even while its DataLoader
+    workers outlive it for a few seconds. Taking it again in the same process is a no-op (a notebook or a test that
+    trains twice into one folder)."""
     directory = Path(output_dir).resolve()
     if str(directory) in _held_locks:
         return
@@ -284,9 +334,13 @@ def lock_output_dir(output_dir: str | os.PathLike) -> None:
     except ImportError:  # Windows: no advisory locks, no guard
         return
     directory.mkdir(parents=True, exist_ok=True)
+    # A POSIX record lock (lockf), not flock: an flock belongs to the open file, which forked DataLoader workers
+    # share, so an orphaned worker would hold it after a kill -9 of the run; a record lock belongs to this process
+    # alone. It is also dropped when this process closes any descriptor of the file, so the file is opened only here
+    # and the holder is read through this handle, once the lock is refused.
     handle = open(directory / LOCK_FILE, "a+", encoding="utf-8")
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
@@ -309,11 +363,15 @@ def release_output_dir(output_dir: str | os.PathLike) -> None:
         handle.close()
 
 
-def guard_output_dir(output_dir: str | os.PathLike, checkpoint: Path | None, resume_requested: bool, overwrite: bool) -> None:
+def guard_output_dir(
+    output_dir: str | os.PathLike, checkpoint: Path | None, resume_requested: bool, overwrite: bool,
+    start_from_key: str = "model.pretrained_model_name_or_path",
+) -> None:
     """Before training, on the main process: lock ``output_dir`` for this run, and refuse to start a fresh run
     (``checkpoint`` None) in a folder that holds another run's checkpoints or model, which it would overwrite
     and mix with its own. With ``overwrite`` the old checkpoints are deleted (a later ``--resume auto`` must not
-    pick them up) and the old model is replaced when this run saves its own."""
+    pick them up) and the old model is replaced when this run saves its own. ``start_from_key``: the recipe key
+    that starts a new run from a trained model's weights (named in the advice)."""
     lock_output_dir(output_dir)
     if checkpoint is not None:
         return
@@ -331,7 +389,7 @@ def guard_output_dir(output_dir: str | os.PathLike, checkpoint: Path | None, res
     if resume_requested:
         raise ConfigError(
             f"output_dir {str(directory)!r} holds a trained model ({found}) but no checkpoint to resume from. To continue "
-            f"training it, start a new run from its weights (model.pretrained_model_name_or_path={directory}, another "
+            f"training it, start a new run from its weights ({start_from_key}={directory}, another "
             "output_dir); to train again from scratch here, set training.overwrite_output_dir=true"
         )
     raise ConfigError(
@@ -567,7 +625,7 @@ def ranked_by_metric(checkpoints: list[Path], metric: str, greater_is_better: bo
 
 def rotate_checkpoints(output_dir: str | os.PathLike, policy: RetentionPolicy, busy: Iterable[Path] = ()) -> list[Path]:
     """Delete the checkpoints ``policy`` does not keep (main process); returns the deleted folders. ``busy``
-    checkpoints (still uploading to the Hub) stay until a later rotation."""
+    checkpoints (still uploading to the Hub, or the one a run resumes from) stay until a later rotation."""
     checkpoints = list_checkpoints(output_dir)
     keep = policy.to_keep(checkpoints) | {Path(path) for path in busy}
     deleted = []

@@ -90,7 +90,8 @@ def prepare_run(resume, args, *, method: str, engine: str, model, view_config, t
                 total_batch_size: int, accelerator, hub_repo_id: str | None = None) -> tuple[Path | None, dict | None]:
     """What both engines do before training, so that a mistake stops the run before it starts: resolve the
     checkpoint to resume from, check the data (``check_training_data``), take the output directory (main
-    process: ``checkpointing.guard_output_dir``) and check that the checkpoint can continue this run. Returns the
+    process: ``checkpointing.guard_output_dir``) and check that the checkpoint can continue this run; then rotate
+    the checkpoints (``save_total_limit``, ``save_best_total_limit``), keeping the one resumed from. Returns the
     checkpoint and its saved state, or ``(None, None)`` for a fresh start.
 
     ``resume="hub"``: the main process first brings ``last-checkpoint/`` of ``hub_repo_id`` (default
@@ -114,6 +115,11 @@ def prepare_run(resume, args, *, method: str, engine: str, model, view_config, t
         world_size=world_size, sharding=checkpointing.sharding_of(accelerator),
         settings=resume_settings(args, view_config, train_dataset), allow_changed_settings=args.resume_with_changed_settings,
     )
+    # a run killed after committing a checkpoint and before rotating left one too many, and a resumed run that
+    # trains nothing saves none that would rotate them
+    accelerator.wait_for_everyone()  # no process is still choosing among the checkpoints
+    if accelerator.is_main_process:
+        checkpointing.rotate_checkpoints(args.output_dir, checkpointing.retention_policy(args), busy=[checkpoint])
     return checkpoint, state
 
 

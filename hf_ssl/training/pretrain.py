@@ -25,6 +25,7 @@ import transformers
 from transformers import set_seed
 
 from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.data.images import BandLayoutError
 from hf_ssl.evaluation import KnnEvaluator, RawPixels, subsample
 from hf_ssl.models import build_image_processor
 from hf_ssl.training.accelerate_loop import build_trainer
@@ -48,9 +49,10 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
 
     # 1. data: decode + random resized crops on the CPU, per example, in DataLoader workers
     data = recipe.load_datasets()
+    recipe.check_best_metric(data)  # early stopping / best-N on a metric this run logs
     recipe.resolve_normalisation(data.train)  # per-band mean / std of multispectral data, when the recipe has none
     views = recipe.view_config  # the augmentation section's named view groups
-    transform = MultiCropTransform(views, recipe.data.skip_bad_images)
+    transform = MultiCropTransform(views, recipe.data.skip_bad_images, channels_last=recipe.data.channels_last)
     train_dataset = with_multicrop(data.train, transform, seed=training_args.seed)
     knn_splits = data.knn
 
@@ -71,6 +73,7 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
             temperature=evaluation.knn_temperature,
             batch_size=evaluation.batch_size,
             linear_probe=evaluation.linear_probe,
+            channels_last=recipe.data.channels_last,
         )
     validation = None
     if data.validation is not None:  # the method's loss on held-out images, through the training pipeline
@@ -169,7 +172,7 @@ def main(argv: Sequence[str] | None = None, recipe_class: type[Recipe] = Recipe,
         transformers.utils.logging.set_verbosity_warning()
         run_pretraining(recipe, resume)
         end_process_group()  # every process got here: close the group so that none aborts at exit
-    except ConfigError as error:  # a bad recipe, override, resume path or dataset: say what to fix, no traceback
+    except (ConfigError, BandLayoutError) as error:  # a bad recipe, override, resume path or dataset: say what to fix, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, CheckpointSaveError, RunOutputError) as error:  # the message says what is saved where

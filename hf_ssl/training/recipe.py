@@ -54,13 +54,19 @@ class DataArguments:
     data_dir: str | None = field(default=None, metadata={"help": "data_dir, e.g. an imagefolder root."})
     data_files: str | list[str] | dict[str, Any] | None = field(default=None, metadata={"help": "data_files for parquet/arrow/csv."})
     train_split: str = field(default="train", metadata={"help": "Split to pretrain on."})
-    eval_split: str | None = field(default="test", metadata={"help": "Labelled split for k-NN queries (None: no k-NN)."})
+    eval_split: str | None = field(default="test", metadata={"help": (
+        "Labelled split for k-NN queries (None: no k-NN). When the data has no such labelled split, k-NN is skipped "
+        "with a log line, unless the command line names it."
+    )})
     image_column: str | None = field(default=None, metadata={"help": "Image column (default 'image', else 'img')."})
     label_column: str | None = field(default=None, metadata={"help": "Label column for k-NN (default 'label' when present)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Pretrain on the first N images only."})
     validation_split: str | None = field(default=None, metadata={"help": "Held-out split whose method loss is logged as val_loss (labels not needed)."})
     train_val_split: float | None = field(default=None, metadata={"help": "Hold out this fraction of the training split for val_loss instead (a seeded draw, left out of pretraining)."})
     skip_bad_images: bool = field(default=True, metadata={"help": "Skip and count unreadable images (false: stop with an error)."})
+    channels_last: bool | None = field(default=None, metadata={"help": (
+        "Where the bands of N-band arrays are: true (H, W, N), false (N, H, W), null: the axis with N entries (an array "
+        "whose first and last axes both have N entries stops the run).")})
 
     def __post_init__(self):
         if self.max_train_samples is not None and self.max_train_samples < 1:
@@ -70,6 +76,8 @@ class DataArguments:
                 raise ValueError(f"train_val_split must be a fraction in (0, 1) (or null), got {self.train_val_split!r}")
             if self.validation_split is not None:
                 raise ValueError("give validation_split or train_val_split, not both")
+        if self.channels_last not in (None, True, False):
+            raise ValueError(f"channels_last must be true, false or null, got {self.channels_last!r}")
 
 
 @dataclass
@@ -130,6 +138,9 @@ class Recipe:
     augmentation: Any
     training: Any
     evaluation: EvaluationArguments
+    # the keys the command line set (``data.eval_split``...): what the user asked for in this very run, as opposed to
+    # what the recipe file or the defaults say
+    command_line_keys: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     default_method: ClassVar[str | None] = None
 
@@ -170,7 +181,7 @@ class Recipe:
             evaluation=build_dataclass(EvaluationArguments, raw.get("evaluation"), "evaluation"),
         )
         recipe.augmentation = build_dataclass(spec.view_config_class, recipe._augmentation_with_channels(raw.get("augmentation")), "augmentation")
-        recipe.check_image_sizes()
+        recipe.check_settings()
         return recipe
 
     def _augmentation_with_channels(self, augmentation: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -199,8 +210,10 @@ class Recipe:
         or without the section for a key that only one section has) applied."""
         raw = load_yaml(path)
         spec = cls.method_of(raw, method, str(path))
-        raw = apply_overrides(raw, parse_overrides(overrides or [], cls.section_keys(spec.name)))
-        return cls.from_dict(raw, source=str(path), method=spec.name)
+        pairs = parse_overrides(overrides or [], cls.section_keys(spec.name))
+        recipe = cls.from_dict(apply_overrides(raw, pairs), source=str(path), method=spec.name)
+        recipe.command_line_keys = frozenset(key for key, _ in pairs)
+        return recipe
 
     @classmethod
     def section_keys(cls, method: str | None = None) -> dict[str, list[str]]:
@@ -283,8 +296,8 @@ class Recipe:
 
     # ----- the steps of a training script ------------------------------------------------------
     def load_datasets(self) -> RecipeData:
-        """The pretraining split, the k-NN bank/queries (when a labelled split is configured) and the held-out
-        split of ``val_loss`` (``data.validation_split``, or ``data.train_val_split`` of the training split)."""
+        """The pretraining split, the k-NN bank/queries (``knn_splits``) and the held-out split of ``val_loss``
+        (``data.validation_split``, or ``data.train_val_split`` of the training split)."""
         data = self.data
         if data.data_dir is not None and not Path(data.data_dir).is_dir():
             what = "is a file, not a folder" if Path(data.data_dir).exists() else "does not exist"
@@ -321,16 +334,41 @@ class Recipe:
             validation = validation.select(range(min(self.evaluation.val_max_samples, len(validation))))
         if data.max_train_samples is not None:
             train = train.select(range(min(data.max_train_samples, len(train))))
-        knn_splits = None
-        if data.eval_split is not None:
-            if data.eval_split not in splits:
+        return RecipeData(train, self.knn_splits(dataset), validation)
+
+    def knn_splits(self, dataset) -> tuple[Any, Any] | None:
+        """The k-NN bank (the whole training split) and queries (``data.eval_split``) of ``dataset``, or None: with
+        ``data.eval_split: null``, or, with one log line that says why and which keys turn it on, when the data has
+        no such split, no labels or a single class in the bank (an image folder without class subfolders: what
+        self-supervised pretraining usually gets). A split the command line asked for that is missing is a
+        ``ConfigError``; one that only the recipe file or the defaults name is skipped."""
+        data = self.data
+        if data.eval_split is None:
+            return None
+        splits = list(dataset)
+        turn_on = (
+            "to turn it on, set data.eval_split to a split with labels (an image folder: <data_dir>/<split>/<class>/ "
+            "beside <data_dir>/train/<class>/) and data.label_column when they are not in 'label'; data.eval_split=null "
+            "turns this line off"
+        )
+        if data.eval_split not in splits:
+            if "data.eval_split" in self.command_line_keys:
                 raise ConfigError(f"data.eval_split={data.eval_split!r} is not a split of {data.dataset!r}; splits: {splits} (set it to null to skip k-NN)")
-            bank, queries = dataset[data.train_split], dataset[data.eval_split]
-            if "label" in bank.column_names and "label" in queries.column_names:
-                knn_splits = (bank, queries)
-            else:
-                logger.warning("No label column in %r: k-NN evaluation is off (set data.label_column).", data.dataset)
-        return RecipeData(train, knn_splits, validation)
+            logger.warning("k-NN evaluation is off: data.eval_split=%r of the recipe is not a split of %r (splits: %s); %s",
+                           data.eval_split, data.dataset, splits, turn_on)
+            return None
+        bank, queries = dataset[data.train_split], dataset[data.eval_split]
+        bank_labels = _labels_present(bank)
+        unlabelled = [name for name, labels in ((data.train_split, bank_labels), (data.eval_split, _labels_present(queries))) if not labels]
+        if unlabelled:
+            logger.warning("k-NN evaluation is off: %r has no labels in split %s; %s",
+                           data.dataset, " and ".join(repr(name) for name in dict.fromkeys(unlabelled)), turn_on)
+            return None
+        if len(bank_labels) < 2:
+            logger.warning("k-NN evaluation is off: the %r split of %r has a single label (%s), nothing to tell apart; %s",
+                           data.train_split, data.dataset, _label_names(bank, bank_labels), turn_on)
+            return None
+        return bank, queries
 
     @cached_property
     def model_config(self):
@@ -417,16 +455,52 @@ class Recipe:
             return model_class(self.model_config)
         return model_class.from_pretrained(pretrained, config=self.model_config)
 
-    def check_image_sizes(self) -> None:
+    def check_settings(self) -> None:
         """The view groups against the method, their sizes and the evaluation size against the backbone
-        (``check_view_sizes``), and the method's collator on the backbone's patch grid (I-JEPA's masks), before
-        anything runs."""
+        (``check_view_sizes``), the method's collator on the backbone's patch grid (I-JEPA's masks) and its training
+        keys against the model (H-JEPA's per-level warmups), before anything runs."""
+        method_class = self.spec.method_class
         try:
-            self.spec.method_class.check_view_groups(self.view_config)
+            method_class.check_view_groups(self.view_config)
             check_view_sizes(self.model_config, self.augmentation, self.evaluation.image_size)
-            self.spec.method_class.build_collator(self.model_config, self.augmentation, self.training.seed)
+            method_class.build_collator(self.model_config, self.augmentation, self.training.seed)
+            method_class.check_training_arguments(self.model_config, self.training)
         except ValueError as error:
             raise ConfigError(str(error)) from error
+
+    def check_best_metric(self, data: RecipeData) -> None:
+        """``training.early_stopping_patience`` follows ``metric_for_best_model``: refuse, before training, a metric this
+        run never logs (``val_loss`` without validation data, ``knn_*`` without a k-NN evaluation, ``linear_*`` without
+        its probe) or logs only at the end. ``save_best_total_limit`` on such a metric keeps the last checkpoints only:
+        a warning says so (a recipe's default best-N must not stop a run on unlabelled data)."""
+        args, evaluation = self.training, self.evaluation
+        metric = args.metric_for_best_model
+        if not metric or not (args.early_stopping_patience or args.save_best_total_limit):
+            return
+        if metric == "val_loss":
+            missing = "there is no validation data: set data.validation_split or data.train_val_split" if data.validation is None else None
+            interval, interval_key = evaluation.val_eval_steps, "evaluation.val_eval_steps"
+        elif metric.startswith(("knn_", "linear_")):
+            missing = None
+            if data.knn is None:
+                missing = "there is no k-NN evaluation (no labelled data.eval_split): give one, or follow val_loss"
+            elif metric.startswith("linear_") and not evaluation.linear_probe:
+                missing = "the linear probe is off: set evaluation.linear_probe=true"
+            interval, interval_key = evaluation.knn_eval_steps, "evaluation.knn_eval_steps"
+        else:
+            return
+        if missing is not None and args.early_stopping_patience:
+            raise ConfigError(f"training.early_stopping_patience follows training.metric_for_best_model={metric!r}, but this run never logs it: {missing}")
+        if missing is not None:
+            logger.warning(
+                "training.save_best_total_limit keeps no best checkpoint: this run never logs training.metric_for_best_model=%r (%s); "
+                "checkpoints are kept by training.save_total_limit alone", metric, missing,
+            )
+        elif args.early_stopping_patience and interval == 0:
+            raise ConfigError(
+                f"training.early_stopping_patience follows {metric!r}, which {interval_key}=0 logs only when training ends: "
+                f"set {interval_key} to the number of optimizer steps between evaluations"
+            )
 
     def resolve_normalisation(self, train_dataset, max_images: int = 1000) -> None:
         """Fill in ``augmentation.mean`` / ``std`` from ``train_dataset`` when they are still null for bands other
@@ -435,7 +509,10 @@ class Recipe:
         if not self.view_config.needs_statistics:
             return
         try:
-            mean, std = band_statistics(train_dataset, self.view_config.num_channels, max_images=max_images)
+            mean, std = band_statistics(
+                train_dataset, self.view_config.num_channels, max_images=max_images, channels_last=self.data.channels_last,
+                skip_bad_images=self.data.skip_bad_images,
+            )
         except ValueError as error:
             raise ConfigError(f"cannot compute the normalisation of data.dataset={self.data.dataset!r}: {error}") from error
         logger.info("Per-band normalisation computed from the training data: mean %s, std %s",
@@ -483,6 +560,21 @@ class VicRegRecipe(Recipe):
     """The recipe ``recipes/train_vicreg.py`` reads: ``method: vicreg`` unless the file says otherwise."""
 
     default_method = "vicreg"
+
+
+def _labels_present(split) -> list:
+    """The distinct labels of ``split``'s ``label`` column, missing ones (None, or -1 as in Hub test splits) left out;
+    [] without the column. (An image folder of ``train/*.png`` and ``test/*.png`` gets the split names as labels,
+    None in one of them.)"""
+    if "label" not in split.column_names:
+        return []
+    return [label for label in split.unique("label") if label is not None and label != -1]
+
+
+def _label_names(split, labels: list) -> str:
+    """``labels`` of ``split`` as their class names where its label column is a ``ClassLabel``."""
+    names = getattr(split.features.get("label"), "names", None)
+    return ", ".join(repr(names[label]) if names and isinstance(label, int) else repr(label) for label in labels)
 
 
 def _architecture_conflicts(config, values: dict[str, Any], overridable: tuple[str, ...]) -> list[tuple[str, Any, Any]]:

@@ -45,7 +45,7 @@ from hf_ssl.training.validation import ValidationCallback
 logger = logging.getLogger(__name__)
 
 
-class SslTrainer(Trainer):
+class SslTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
     """``Trainer`` for the pretraining model of any registered method, on batches from ``MultiCropCollator``.
 
     Args:
@@ -109,7 +109,6 @@ class SslTrainer(Trainer):
         self.run_control = build_run_control(args, reduce_max=self._reduce_max if args.world_size > 1 else None)
         self.add_callback(RunControlCallback(self.run_control))
         self.checkpoint_pusher = CheckpointPusher(args)  # hub_strategy: the committed checkpoints, in the background
-        self._staging_dir = None
         self._resume_checkpoint = None
         self._resume_state = None
         self.finished_before_start = False  # resumed at or past the last step: this session trains nothing
@@ -239,10 +238,6 @@ class SslTrainer(Trainer):
     def total_batch_size(self) -> int:
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
 
-    def _get_output_dir(self, trial) -> str:
-        # while a checkpoint is saved, the Trainer writes it under the staging folder (see _save_checkpoint)
-        return str(self._staging_dir) if self._staging_dir is not None else super()._get_output_dir(trial)
-
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint (model, optimizer, scheduler, scaler, RNG states, trainer state) plus
         ``hf_ssl_state.json`` and ``history.json``, written under a staging folder by every process and
@@ -251,17 +246,7 @@ class SslTrainer(Trainer):
         output_dir = self.args.output_dir
         if not self.method.may_checkpoint(step):
             return
-        staging_parent = checkpointing.staging_path(output_dir, step)
-        if self.args.should_save:
-            checkpointing.prepare_staging(output_dir, step)
-        self.accelerator.wait_for_everyone()
-        with checkpointing.saving_checkpoint(output_dir, step):
-            self._staging_dir = staging_parent
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._staging_dir = None
-            written = staging_parent / f"{checkpointing.CHECKPOINT_PREFIX}-{step}"
+        with self.staged_trainer_checkpoint(model, trial) as written:
             if self.method.full_precision_teacher is not None and self.args.should_save:
                 # DeepSpeed bf16/fp16: its checkpoint holds the rounded teacher; the EMA's float32 copy goes beside it
                 copies = self.method.full_precision_teacher.state_dict()["teacher"]
@@ -270,9 +255,7 @@ class SslTrainer(Trainer):
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
                 self.history_callback.history.save(written / "history.json")
-                checkpointing.write_state(written, self.checkpoint_record(step, tracker_ids))
-                final = checkpointing.commit_checkpoint(written, checkpointing.checkpoint_path(output_dir, step))
-                staging_parent.rmdir()
+                final = self.commit_staged(written, self.checkpoint_record(step, tracker_ids))
         if self.args.should_save:
             logger.info("Saved checkpoint %s", final)
             self.checkpoint_pusher.push(self.hub_model_id, final, step, self.state.epoch or 0.0)

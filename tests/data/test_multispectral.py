@@ -215,7 +215,7 @@ def test_rgb_views_draw_what_they_always_drew():
 def test_band_statistics_by_hand():
     first = np.array([[[1, 3]], [[10, 10]]], dtype=np.uint16)  # (2 bands, 1, 2)
     second = np.array([[[5, 7]], [[10, 10]]], dtype=np.uint16)
-    mean, std = band_statistics([first, second], num_channels=2)
+    mean, std = band_statistics([first, second], num_channels=2, channels_last=False)  # (2, 1, 2) could be (H, W, C)
     # band 0: pixels 1, 3, 5, 7 -> mean 4, population std sqrt(5); band 1 is constant: std 1 (centred only)
     assert mean == pytest.approx((4.0, 10.0)) and std == pytest.approx((5 ** 0.5, 1.0))
 

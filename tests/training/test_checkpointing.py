@@ -1,8 +1,12 @@
-"""Checkpoint commits, rotation, resume resolution and compatibility checks, early stopping and run control."""
+"""Checkpoint commits, rotation, resume resolution and compatibility checks, early stopping, run control and the
+output directory's lock."""
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -261,3 +265,42 @@ def test_a_failed_save_says_the_disk_is_full_and_removes_its_staging_folder(tmp_
     with pytest.raises(checkpointing.CheckpointSaveError, match=r"saving checkpoint 3 .* failed \(PermissionError"):
         with checkpointing.saving_checkpoint(tmp_path, 3):
             raise PermissionError("read-only file system")
+
+
+# a run's main process: takes the lock, forks a worker that outlives it (as DataLoader workers do for a few seconds
+# after a kill -9 of the run), then waits to be killed
+LOCK_AND_FORK = """
+import os, sys, time
+from hf_ssl.training.checkpointing import lock_output_dir
+lock_output_dir(sys.argv[1])
+worker = os.fork()
+if worker == 0:
+    time.sleep(60)
+    os._exit(0)
+print(worker, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_lock_goes_with_its_process_not_with_the_workers_it_forked(tmp_path):
+    run = subprocess.Popen([sys.executable, "-c", LOCK_AND_FORK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        worker = int(run.stdout.readline())
+        # a live run still blocks another one, naming itself
+        with pytest.raises(ConfigError, match=rf"in use by another run \(pid {run.pid} on "):
+            checkpointing.lock_output_dir(tmp_path)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        os.kill(worker, 0)  # the forked worker still lives...
+        checkpointing.lock_output_dir(tmp_path)  # ...and the folder is free at once
+        # (not read here: closing any descriptor of the file would drop this process's lock)
+        other = subprocess.run([sys.executable, "-c", LOCK_AND_FORK, str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert other.returncode != 0 and f"in use by another run (pid {os.getpid()} on " in other.stderr, other.stderr[-2000:]
+    finally:
+        checkpointing.release_output_dir(tmp_path)
+        run.kill()
+        run.wait()
+        if worker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)

@@ -70,7 +70,7 @@ def test_level_weights_follow_their_schedules_into_the_model_and_the_logs(tmp_pa
 
 
 def test_a_warmup_list_of_the_wrong_length_is_refused(tmp_path, dataset):
-    with pytest.raises(ValueError, match=r"level_weight_warmup_epochs has 3 values and the model 2 levels"):
+    with pytest.raises(ValueError, match=r"level_weight_warmup_epochs has 3 values \(\[0.0, 1.0, 2.0\]\) but the model has 2 levels"):
         make(tmp_path, dataset, level_weight_warmup_epochs=[0.0, 1.0, 2.0]).train()
     with pytest.raises(ValueError, match="level_weight_warmup_epochs must be a list of epochs >= 0"):
         HJepaTrainingArguments(output_dir=str(tmp_path), level_weight_warmup_epochs=[0.0, -1.0])
@@ -86,6 +86,26 @@ def test_recipe_errors_name_the_level_keys(tmp_path):
     }
     with pytest.raises(ConfigError, match="level_pool_sizes"):
         Recipe.from_dict(raw).model_config
+
+
+def test_a_warmup_list_of_the_wrong_length_stops_the_script_before_data_or_model(tmp_path, monkeypatch, capsys):
+    from hf_ssl.training.pretrain import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("the recipe check must come before the data and the model")
+
+    monkeypatch.setattr(Recipe, "load_datasets", never)
+    monkeypatch.setattr(Recipe, "build_model", never)
+    arguments = ["--config", str(RECIPES / "hjepa_fashion_mnist_demo.yaml"), f"training.output_dir={tmp_path}"]
+    assert main([*arguments, "training.level_weight_warmup_epochs=[0, 1]"], recipe_class=HJepaRecipe) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: training.level_weight_warmup_epochs has 2 values ([0.0, 1.0]) but the model has 3 levels")
+    assert "model.num_hierarchies" in error and "Traceback" not in error
+    # the same list fits a model of 2 levels
+    two_levels = ["model.num_hierarchies=2", "model.level_pool_sizes=[1, 2]", "model.level_target_layers=[null, null]",
+                  "model.level_loss_weights=[1.0, 0.5]"]
+    with pytest.raises(AssertionError, match="the recipe check must come before"):
+        main([*arguments, *two_levels, "training.level_weight_warmup_epochs=[0, 1]"], recipe_class=HJepaRecipe)
 
 
 @pytest.mark.parametrize(("recipe", "hidden", "levels"), [("hjepa.yaml", 768, 3), ("hjepa_fashion_mnist_demo.yaml", 128, 3)])

@@ -3,6 +3,7 @@ the per-band normalisation computed from the data, the exported N-band backbone 
 408-band recipe at tiny size."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +204,88 @@ def test_band_counts_that_disagree_stop_before_training(tmp_path):
     raw["augmentation"]["cj_sat"] = 0.5
     with pytest.raises(ConfigError, match=r"cj_sat=0\.5.*RGB-only.*4 bands"):
         Recipe.from_dict(raw)
+
+
+def tiny_run_args(folder: Path, output_dir: Path, batch_size: int, *extra: str) -> list[str]:
+    return [
+        f"data.data_dir={folder}", f"training.output_dir={output_dir}", "data.train_val_split=null",
+        "training.metric_for_best_model=null", "training.early_stopping_patience=null", "augmentation.input_size=16",
+        "model.projection_hidden_dim=32", "model.projection_dim=16", f"training.per_device_train_batch_size={batch_size}",
+        *[argument for argument in RUN_ARGS if "batch_size" not in argument], *extra,
+    ]
+
+
+@pytest.mark.parametrize("statistics", ["computed", "given"])
+def test_an_array_holding_nan_is_skipped_counted_and_left_out_of_the_statistics(tmp_path, statistics):
+    from hf_ssl.data import band_statistics, load_image_dataset
+
+    folder = write_array_folder(tmp_path / "data", 4, per_class=4, test_per_class=2)
+    good = load_image_dataset("arrayfolder", data_dir=str(folder), split="train")
+    nan_image = np.load(folder / "train" / "vertical" / "0.npy").astype(np.float32)
+    nan_image[0, :2] = np.nan
+    np.save(folder / "train" / "vertical" / "nan.npy", nan_image)
+    given = ["augmentation.mean=[1500,1500,1500,1500]", "augmentation.std=[800,800,800,800]"] if statistics == "given" else []
+    output_dir = tmp_path / "run"
+    code = main(["--config", str(tiny_recipe(tmp_path, "resnet", 4)), *tiny_run_args(folder, output_dir, 9, *given)])
+    assert code == 0
+    steps = json.loads((output_dir / "history.json").read_text())["steps"]
+    losses = [entry["loss"] for entry in steps if "loss" in entry]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert [entry["skipped_steps"] for entry in steps if "loss" in entry] == [0, 0, 0]  # no step lost to a NaN loss
+    assert [entry["skipped_images"] for entry in steps if "loss" in entry] == [1, 2, 3]  # so far; a step is all 9 images
+    if statistics == "computed":
+        saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
+        mean, std = band_statistics(good, 4)  # the 8 good images
+        np.testing.assert_allclose(saved["augmentation"]["mean"], mean, rtol=1e-6)
+        np.testing.assert_allclose(saved["augmentation"]["std"], std, rtol=1e-6)
+
+
+def test_an_array_holding_nan_stops_a_run_that_skips_no_image_naming_the_file(tmp_path, capsys):
+    folder = write_array_folder(tmp_path / "data", 4, per_class=4, test_per_class=2)
+    np.save(folder / "train" / "vertical" / "nan.npy", np.full((4, 20, 20), np.nan, np.float32))
+    # with the statistics computed from the data, before training
+    arguments = tiny_run_args(folder, tmp_path / "computed", 9, "data.skip_bad_images=false")
+    assert main(["--config", str(tiny_recipe(tmp_path, "resnet", 4)), *arguments]) == 2
+    assert re.search(r"cannot read image '.*nan\.npy': ValueError: the image holds 1600 non-finite values", capsys.readouterr().err)
+    # with mean / std given, when training reaches it
+    arguments = tiny_run_args(folder, tmp_path / "run", 9, "data.skip_bad_images=false",
+                              "augmentation.mean=[1500,1500,1500,1500]", "augmentation.std=[800,800,800,800]")
+    with pytest.raises(ValueError, match=r"cannot read image '.*nan\.npy': ValueError: the image holds 1600 non-finite values"):
+        main(["--config", str(tiny_recipe(tmp_path, "resnet", 4)), *arguments])
+
+
+def test_arrays_whose_band_axis_their_shape_does_not_tell_stop_before_training(tmp_path, capsys):
+    folder = write_array_folder(tmp_path / "data", 16, per_class=2, test_per_class=1, size=16)  # 16 x 16 x 16
+    recipe = str(tiny_recipe(tmp_path, "resnet", 16))
+    code = main(["--config", recipe, *tiny_run_args(folder, tmp_path / "computed", 4)])
+    assert code == 2
+    message = capsys.readouterr().err
+    assert "shape (16, 16, 16) with num_channels=16" in message and "set data.channels_last to true" in message
+    # with mean / std given, the look at the data before training stops it
+    given = [f"augmentation.mean=[{','.join(['1000'] * 16)}]", f"augmentation.std=[{','.join(['500'] * 16)}]"]
+    assert main(["--config", recipe, *tiny_run_args(folder, tmp_path / "given", 4, *given)]) == 2
+    assert "shape (16, 16, 16) with num_channels=16" in capsys.readouterr().err
+    assert not (tmp_path / "computed" / "history.json").exists() and not (tmp_path / "given" / "history.json").exists()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_data_channels_last_reads_arrays_whose_shape_does_not_tell(tmp_path, channels_last):
+    from hf_ssl.data import band_statistics, load_image_dataset
+
+    folder = tmp_path / "data"
+    for split, count in (("train", 4), ("test", 2)):
+        for label in ("a", "b"):
+            (folder / split / label).mkdir(parents=True)
+            for index in range(count):
+                noise = np.random.default_rng(index).uniform(0, 10, (16, 16, 16))
+                bands = np.arange(16, dtype=np.float32)[:, None, None] * 100 + noise
+                np.save(folder / split / label / f"{index}.npy", bands.transpose(1, 2, 0) if channels_last else bands)
+    output_dir = tmp_path / "run"
+    code = main(["--config", str(tiny_recipe(tmp_path, "resnet", 16)),
+                 *tiny_run_args(folder, output_dir, 8, f"data.channels_last={str(channels_last).lower()}")])
+    assert code == 0
+    saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
+    assert saved["data"]["channels_last"] is channels_last
+    np.testing.assert_allclose(saved["augmentation"]["mean"], np.arange(16) * 100 + 5, atol=0.5)  # band b around 100 * b
+    train = load_image_dataset("arrayfolder", data_dir=str(folder), split="train")
+    np.testing.assert_allclose(saved["augmentation"]["mean"], band_statistics(train, 16, channels_last=channels_last)[0], rtol=1e-6)

@@ -49,6 +49,25 @@ def test_resuming_a_finished_run_trains_nothing_and_keeps_its_checkpoint(engine,
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_a_resume_rotates_what_a_kill_before_rotation_left(engine, tmp_path, tiny_image_dataset, monkeypatch):
+    rotate = checkpointing.rotate_checkpoints
+
+    def killed_before_the_last_rotation(output_dir, policy, busy=()):  # as a kill -9 right after checkpoint-4's commit
+        if checkpointing.latest_checkpoint(output_dir).name != "checkpoint-4":
+            rotate(output_dir, policy, busy)
+
+    saving = dict(max_steps=4, save_strategy="steps", save_steps=1, save_total_limit=2)
+    monkeypatch.setattr(checkpointing, "rotate_checkpoints", killed_before_the_last_rotation)
+    make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, **saving).train()
+    assert checkpoint_names(tmp_path) == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    monkeypatch.undo()
+
+    resumed = make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, **saving)
+    resumed.train(resume_from_checkpoint="auto")
+    assert resumed.finished_before_start and checkpoint_names(tmp_path) == ["checkpoint-3", "checkpoint-4"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_checkpoint_past_max_steps_trains_nothing(engine, tmp_path, tiny_image_dataset):
     make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=4, save_strategy="steps", save_steps=4).train()
     shorter = make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=3, save_strategy="steps", save_steps=1)
@@ -224,7 +243,7 @@ def test_a_step_without_one_readable_image_does_not_move_the_weights(engine, tmp
 HOLD_LOCK = """
 import fcntl, sys, time
 handle = open(sys.argv[1], "a+")
-fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+fcntl.lockf(handle.fileno(), fcntl.LOCK_EX)
 handle.write("pid 4242 on another-machine, since earlier"); handle.flush()
 print("locked", flush=True)
 time.sleep(120)

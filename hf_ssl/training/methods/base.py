@@ -51,6 +51,8 @@ class NonFiniteLossError(RuntimeError):
     ``last_good_checkpoint``: no checkpoint is written during such a streak, so the latest one predates it.
     ``advice`` is the method's list of things to try."""
 
+    warmup_key = "training.warmup_epochs"  # the recipe key of the warmup's length (fine-tuning: training.warmup_ratio)
+
     def __init__(self, step: int, count: int, advice: str = ""):
         super().__init__(step, count)
         self.step, self.count, self.advice = step, count, advice
@@ -67,7 +69,7 @@ class NonFiniteLossError(RuntimeError):
         return (
             f"the loss was NaN or inf for {self.count} optimizer steps in a row (up to step {self.step}): training stopped. "
             + checkpoint
-            + "Try: a lower training.learning_rate or a longer training.warmup_epochs; bf16 instead of fp16; a smaller "
+            + f"Try: a lower training.learning_rate or a longer {self.warmup_key}; bf16 instead of fp16; a smaller "
             "training.max_grad_norm"
             + (f"; {self.advice}" if self.advice else "")
             + ". Raise training.max_consecutive_nonfinite_steps to tolerate more."
@@ -155,6 +157,7 @@ class PretrainingMethod:
     - ``required_view_groups`` / ``optional_view_groups``: the batch keys of the view groups it trains on
       (``check_view_groups`` refuses others); ``compute_outputs(model, views, step)``: the model's forward on
       this step's augmented views.
+    - ``check_training_arguments(model_config, args)``: the method's training keys against the model.
     - ``build_schedules(...)``: ``Schedules`` plus the method's own (a teacher momentum, a temperature...).
     - ``parameter_groups(model)``: the optimizer's groups (weight decay on weights only by default).
     - ``bind_model``, ``group_learning_rate``, ``on_begin_step``, ``commit_step_statistics``,
@@ -220,6 +223,11 @@ class PretrainingMethod:
                 f"{cls.name} trains on the view groups {list(cls.required_view_groups)}{optional}; the augmentation has "
                 f"{list(views.names)} (use the {cls.name} recipe's augmentation section)"
             )
+
+    @classmethod
+    def check_training_arguments(cls, model_config, args) -> None:
+        """The training section against the model config, before any data or model is built: a ``ValueError``
+        naming the key when a method's setting does not fit the model (H-JEPA: one warmup per level)."""
 
     # ----- the model as the engine runs it ---------------------------------------------------------
     def bind(self, model, optimizer_steps_in_backward: bool = False) -> None:

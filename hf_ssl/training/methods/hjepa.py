@@ -66,17 +66,21 @@ class HJepaMethod(IJepaMethod):
         self._level_count = 0
         self._last_level_embeddings = None
 
+    @classmethod
+    def check_training_arguments(cls, model_config, args) -> None:
+        super().check_training_arguments(model_config, args)
+        warmups = args.level_weight_warmup_epochs
+        if warmups is not None and len(warmups) != model_config.num_hierarchies:
+            raise ValueError(
+                f"training.level_weight_warmup_epochs has {len(warmups)} values ({list(warmups)}) but the model has "
+                f"{model_config.num_hierarchies} levels (model.num_hierarchies): give {model_config.num_hierarchies}, one per level"
+            )
+
     def build_schedules(self, args, total_steps: int, steps_per_epoch: int, total_batch_size: int) -> HJepaSchedules:
         base = super().build_schedules(args, total_steps, steps_per_epoch, total_batch_size)
         weights = list(self.model.config.level_loss_weights)
-        warmups = args.level_weight_warmup_epochs
-        if warmups is None:
-            warmups = [0.0] * self.num_levels
-        if len(warmups) != self.num_levels:
-            raise ValueError(
-                f"training.level_weight_warmup_epochs has {len(warmups)} values and the model {self.num_levels} levels "
-                "(model.num_hierarchies): give one per level"
-            )
+        self.check_training_arguments(self.model.config, args)
+        warmups = args.level_weight_warmup_epochs or [0.0] * self.num_levels
         level_weights = tuple(
             LinearWarmupConstantSchedule(0.0 if epochs > 0 else weight, weight, min(round(epochs * steps_per_epoch), total_steps))
             for weight, epochs in zip(weights, warmups)
