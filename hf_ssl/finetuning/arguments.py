@@ -16,6 +16,7 @@ from transformers import TrainingArguments
 from hf_ssl.training.arguments import apply_cpu_defaults, drop_bf16_without_gpu, drop_fp16_on_cpu
 
 MODES = ("full", "linear_probe")
+FINETUNE_ENGINE = "finetune"  # the engine (and method) hf_ssl_state.json names in a fine-tuning checkpoint
 
 
 @dataclass
@@ -59,7 +60,8 @@ class FinetuneDataArguments:
     train_val_split: float = field(default=0.1, metadata={"help": "Fraction of the training split held out for validation when there is no validation split (stratified, seeded)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Fine-tune on a seeded random N images of the training split."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Validate and test on a seeded random N images of each split."})
-    skip_bad_images: bool = field(default=True, metadata={"help": "Skip and count unreadable images (false: stop with an error naming the file)."})
+    skip_bad_images: bool = field(default=True, metadata={"help": "Skip and count unreadable images and N-band arrays holding NaN/inf (false: stop with an error naming the file)."})
+    channels_last: bool | None = field(default=None, metadata={"help": "N-band arrays: true (H, W, bands), false (bands, H, W); null: inferred, an error when both ends have the band count (e.g. 16 x 16 x 16)."})
 
     def __post_init__(self):
         if not 0 < self.train_val_split < 1:
@@ -114,7 +116,9 @@ class FinetuningArguments(TrainingArguments):
     early_stopping_threshold: float = field(default=0.0, metadata={"help": "Smallest improvement that counts."})
     max_time_seconds: float | None = field(default=None, metadata={"help": "Save a checkpoint and stop after this much wall time in this session (Kaggle / Colab); resume with --resume auto or --resume hub."})
     hub_license: str | None = field(default=None, metadata={"help": "License in the model card's metadata (e.g. apache-2.0, cc-by-nc-4.0: that of the pretrained weights and data); null: none stated."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start afresh in an output_dir that holds checkpoints of another run (they are deleted)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start afresh in an output_dir that holds another run (its checkpoints are deleted, its model replaced)."})
+    max_consecutive_nonfinite_steps: int = field(default=5, metadata={"help": "Optimizer steps with a NaN/inf loss or gradients are skipped; stop after this many in a row."})
+    resume_with_changed_settings: bool = field(default=False, metadata={"help": "Let --resume continue a checkpoint with other settings (learning rate, data, augmentation...): the new values apply from its step on."})
 
     @classmethod
     def own_field_names(cls) -> tuple[str, ...]:
@@ -131,5 +135,7 @@ class FinetuningArguments(TrainingArguments):
                 raise ValueError(f"early_stopping_patience must be >= 1 (or null), got {self.early_stopping_patience}")
             if not self.metric_for_best_model or self.eval_strategy == "no":
                 raise ValueError("early_stopping_patience needs validation: set metric_for_best_model and eval_strategy epoch or steps")
+        if not isinstance(self.max_consecutive_nonfinite_steps, int) or self.max_consecutive_nonfinite_steps < 1:
+            raise ValueError(f"max_consecutive_nonfinite_steps must be an integer >= 1, got {self.max_consecutive_nonfinite_steps!r}")
         if self.max_time_seconds is not None and self.max_time_seconds <= 0:
             raise ValueError(f"max_time_seconds must be > 0 (or null), got {self.max_time_seconds}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,15 +26,17 @@ from typing import Any
 
 import transformers
 import yaml
+from accelerate import PartialState
 from transformers import EarlyStoppingCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from hf_ssl.finetuning.arguments import (
+    FINETUNE_ENGINE,
     FinetuneAugmentationArguments,
     FinetuneDataArguments,
     FinetuneModelArguments,
     FinetuningArguments,
 )
+from hf_ssl.training import checkpointing
 from hf_ssl.training.config import (
     ConfigError,
     SectionHelp,
@@ -111,35 +112,93 @@ class FinetuneRecipe:
         return path
 
 
-def resolve_resume(resume: str | None, args: FinetuningArguments) -> str | None:
-    """The checkpoint to resume from: ``auto`` = the latest in ``output_dir`` (None when there is none), ``hub`` = the
-    ``last-checkpoint/`` pushed to ``hub_model_id`` (downloaded into ``output_dir``; a newer local checkpoint wins; a
-    repository without one yet: the local checkpoint or a fresh start, so one command starts and continues a job), or
-    a folder. Without ``--resume``, an ``output_dir`` holding checkpoints is an error unless ``overwrite_output_dir``."""
-    output_dir = Path(args.output_dir)
-    local = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if resume is None:
-        if local is not None:
-            if not args.overwrite_output_dir:
-                raise ConfigError(
-                    f"{output_dir} holds checkpoints of an earlier run ({Path(local).name}): continue it with --resume auto, "
-                    "start afresh with training.overwrite_output_dir=true (they are deleted), or choose another training.output_dir"
-                )
-            for checkpoint in output_dir.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
-        return None
-    if resume == "auto":
-        if local is None:
-            logger.info("--resume auto: no checkpoint in %s, starting afresh", output_dir)
-        return local
+# What a resume may not change (besides the total batch): everything that shapes the training of the model. The
+# rest (saving, logging, evaluation batch, test split, trackers, Hub, time limits, workers) may change.
+RESUME_FIXED_KEYS = {
+    "data": ("dataset", "dataset_config_name", "data_dir", "data_files", "image_column", "label_column", "train_split",
+             "validation_split", "train_val_split", "max_train_samples", "max_eval_samples", "channels_last"),
+    "training": ("learning_rate", "weight_decay", "warmup_ratio", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs",
+                 "num_train_epochs", "max_steps", "seed", "data_seed", "optim", "optim_args", "adam_beta1", "adam_beta2",
+                 "adam_epsilon", "max_grad_norm", "label_smoothing_factor", "eval_strategy", "eval_steps", "metric_for_best_model",
+                 "greater_is_better"),
+}
+
+
+def resume_settings(recipe: FinetuneRecipe) -> dict[str, Any]:
+    """The recipe values a fine-tuning checkpoint records and a resume must match (``RESUME_FIXED_KEYS``, every key of
+    the model and augmentation sections) as JSON types."""
+    values = recipe.to_dict()
+    settings = {"model": values["model"], "augmentation": values["augmentation"]}
+    for section, keys in RESUME_FIXED_KEYS.items():
+        settings[section] = {key: values[section].get(key) for key in keys}
+    return json.loads(json.dumps(settings))
+
+
+def resolve_resume(resume: str | None, args: FinetuningArguments) -> Path | None:
+    """The checkpoint to resume from: ``auto`` = the latest intact one in ``output_dir`` (an incomplete or damaged one
+    is passed over with a warning naming it; None when there is none), ``hub`` = the ``last-checkpoint/`` pushed to
+    ``hub_model_id`` (downloaded into ``output_dir``; a newer local checkpoint wins; a repository without one yet: the
+    local checkpoint or a fresh start, so one command starts and continues a job), or a checkpoint folder. Then, on the
+    main process, the output directory is locked for this run, and a fresh start refuses a folder holding another
+    run's checkpoints or model unless ``overwrite_output_dir`` (``checkpointing.guard_output_dir``)."""
     if resume == "hub":
-        return _download_hub_checkpoint(args, local)
-    if not Path(resume).is_dir():
-        raise ConfigError(f"--resume {resume!r}: not a checkpoint folder; give one, or 'auto' or 'hub'")
-    return resume
+        local = checkpointing.resolve_resume("auto", args.output_dir)
+        checkpoint = _download_hub_checkpoint(args, local)
+    elif resume is not None:
+        if resume != "auto":
+            refuse_pretraining_checkpoint(resume)
+        checkpoint = checkpointing.resolve_resume(resume, args.output_dir)
+    else:
+        checkpoint = None
+    if PartialState().is_main_process:
+        checkpointing.guard_output_dir(args.output_dir, checkpoint, resume is not None, args.overwrite_output_dir, "model.model_name_or_path")
+    return checkpoint
 
 
-def _download_hub_checkpoint(args: FinetuningArguments, local: str | None) -> str | None:
+def refuse_pretraining_checkpoint(path: str | Path) -> None:
+    """``--resume`` continues a fine-tuning checkpoint; a pretraining run or checkpoint is a place to start from."""
+    path = Path(path)
+    state = checkpointing.read_state(path) if (path / checkpointing.STATE_FILE).is_file() else {}
+    model_type = None
+    if (path / "config.json").is_file():
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    pretraining = state.get("engine") not in (None, FINETUNE_ENGINE) or (not state and str(model_type).startswith("hf_ssl_"))
+    if pretraining:
+        what = state.get("method") or str(model_type).removeprefix("hf_ssl_")
+        raise ConfigError(
+            f"--resume {path}: this is a {what} pretraining {'checkpoint' if state else 'run'}, not a fine-tuning checkpoint. "
+            f"To fine-tune from it, start a new run with model.model_name_or_path={path} (without --resume); --resume continues "
+            "a fine-tuning run from one of its own checkpoint-<step> folders"
+        )
+
+
+def check_resume_compatible(checkpoint: Path, recipe: FinetuneRecipe, total_batch_size: int) -> dict[str, Any]:
+    """Raise a ``ConfigError`` naming every changed key when ``checkpoint`` cannot continue this recipe (another engine,
+    other settings, another total batch); ``training.resume_with_changed_settings`` lets the settings change, with a
+    warning. Returns the checkpoint's state."""
+    refuse_pretraining_checkpoint(checkpoint)
+    state = checkpointing.read_state(checkpoint)
+    saved_batch = state.get("total_batch_size")
+    if saved_batch is not None and saved_batch != total_batch_size:
+        raise ConfigError(
+            f"{checkpoint} was trained with a total batch of {saved_batch} ({state.get('world_size')} processes); this run has "
+            f"{total_batch_size}. The data position and the schedule count optimizer steps of that batch: set "
+            "per_device_train_batch_size x gradient_accumulation_steps x processes back to it"
+        )
+    differences = checkpointing.config_differences(state.get("settings") or {}, resume_settings(recipe))
+    if differences:
+        changes = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, old, new in differences[:10])
+        if not recipe.training.resume_with_changed_settings:
+            raise ConfigError(
+                f"{checkpoint} was trained with other settings: {changes}. A resume continues the run that wrote it: put these "
+                "back (the run's recipe.yaml has them), set training.resume_with_changed_settings=true to continue it with the "
+                "new values from its step on, or start a new run (another training.output_dir)"
+            )
+        logger.warning("Resuming %s with changed settings (resume_with_changed_settings): %s", checkpoint, changes)
+    return state
+
+
+def _download_hub_checkpoint(args: FinetuningArguments, local: Path | None) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -151,7 +210,7 @@ def _download_hub_checkpoint(args: FinetuningArguments, local: str | None) -> st
             args.hub_model_id, allow_patterns=[f"{HUB_CHECKPOINT}/*"], local_dir=target, token=args.hub_token, revision=args.hub_revision
         )
     except RepositoryNotFoundError:
-        logger.warning("--resume hub: %s does not exist yet; %s", args.hub_model_id, "resuming from the local " + Path(local).name if local else "starting afresh")
+        logger.warning("--resume hub: %s does not exist yet; %s", args.hub_model_id, "resuming from the local " + local.name if local else "starting afresh")
         return local
     except Exception as error:  # offline, no token, the Hub down: never start afresh over a run that exists
         raise ConfigError(
@@ -162,29 +221,76 @@ def _download_hub_checkpoint(args: FinetuningArguments, local: str | None) -> st
     if not (checkpoint / "trainer_state.json").is_file():  # a first session: nothing pushed yet
         logger.warning(
             "--resume hub: %s has no %s/ yet (push it with training.push_to_hub=true and training.hub_strategy=checkpoint); %s",
-            args.hub_model_id, HUB_CHECKPOINT, "resuming from the local " + Path(local).name if local else "starting afresh",
+            args.hub_model_id, HUB_CHECKPOINT, "resuming from the local " + local.name if local else "starting afresh",
         )
         return local
+    damage = checkpointing.checkpoint_damage(checkpoint)
+    if damage is not None:
+        raise ConfigError(f"--resume hub: {HUB_CHECKPOINT}/ of {args.hub_model_id!r} cannot be resumed from: {damage}")
     hub_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
-    if local is not None and int(Path(local).name.split("-")[-1]) > hub_step:
-        logger.info("--resume hub: the local %s is newer than the Hub's step %d; resuming from it", Path(local).name, hub_step)
+    if local is not None and checkpointing.checkpoint_step(local) > hub_step:
+        logger.info("--resume hub: the local %s is newer than the Hub's step %d; resuming from it", local.name, hub_step)
         return local
     logger.info("--resume hub: resuming from step %d of %s", hub_step, args.hub_model_id)
-    return str(checkpoint)
+    return checkpoint
+
+
+def finished_at(checkpoint: Path, args: FinetuningArguments) -> str | None:
+    """Why the run of ``checkpoint`` has nothing left to train ("its last step", "early stopping"), or None. The
+    training length cannot have changed (a resume refuses it unless resume_with_changed_settings, see
+    ``check_resume_compatible``); with a changed length, the Trainer decides."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if args.resume_with_changed_settings:
+        return None
+    if state["global_step"] >= state["max_steps"]:
+        return "its last step"
+    early = (state.get("stateful_callbacks") or {}).get("EarlyStoppingCallback") or {}
+    counter = (early.get("attributes") or {}).get("early_stopping_patience_counter", 0)
+    if args.early_stopping_patience and counter >= args.early_stopping_patience:
+        return "early stopping"
+    return None
+
+
+def saved_results(output_dir: str | Path, step: int) -> dict[str, Any] | None:
+    """The results a finished run wrote for ``step`` (``all_results.json`` beside the model), or None."""
+    output_dir = Path(output_dir)
+    state, results = output_dir / "trainer_state.json", output_dir / "all_results.json"
+    if not (state.is_file() and results.is_file() and (output_dir / "config.json").is_file()):
+        return None
+    if json.loads(state.read_text()).get("global_step") != step:
+        return None
+    return json.loads(results.read_text())
 
 
 def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[str, float]:
     """Fine-tune as ``recipe`` says and write the outputs; returns the final metrics (``eval_*`` of the validation split
-    with the best model, ``test_*`` of the test split when there is one)."""
+    with the best model, ``test_*`` of the test split when there is one). A resumed run that had already finished
+    keeps its outputs and returns its saved results."""
+    from transformers import TrainerState
+
     from hf_ssl.data import load_image_dataset, undecoded_images
     from hf_ssl.finetuning.card import write_finetune_card
-    from hf_ssl.finetuning.data import ClassificationCollator, split_labelled_dataset
+    from hf_ssl.finetuning.data import ClassificationCollator, SeededExamples, check_images_fit, split_labelled_dataset
     from hf_ssl.finetuning.metrics import compute_metrics
     from hf_ssl.finetuning.model import build_classification_model, freeze_backbone, load_image_processor, resolve_backbone_source
     from hf_ssl.finetuning.trainer import FinetuneTrainer
 
     args, data = recipe.training, recipe.data
+    if args.early_stopping_patience and args.eval_strategy == "no":
+        raise ConfigError("training.early_stopping_patience needs validation: set training.eval_strategy to epoch or steps")
     checkpoint = resolve_resume(resume, args)
+    total_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if checkpoint is not None:
+        check_resume_compatible(checkpoint, recipe, total_batch_size)
+        finished = finished_at(checkpoint, args)
+        kept = saved_results(args.output_dir, checkpointing.checkpoint_step(checkpoint)) if finished else None
+        if kept is not None:
+            print(f"The run in {args.output_dir} finished at step {checkpointing.checkpoint_step(checkpoint)} ({finished}): nothing "
+                  "left to train, its model and results are kept. To train further, start a new run from it: "
+                  f"model.model_name_or_path={args.output_dir} and another training.output_dir")
+            return kept
+    else:
+        finished = None
     set_seed(args.seed)
 
     # 1. the labelled splits and their class names
@@ -208,25 +314,40 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         trained = freeze_backbone(model)
         logger.info("Linear probe: the backbone is frozen; training %s", ", ".join(trained))
 
-    # 3. the Trainer: crops for training, the processor for evaluation
+    # 3. the Trainer: crops for training (seeded by example and epoch), the processor for evaluation
     augmentation = recipe.augmentation
     train_collator = ClassificationCollator(
         image_processor, train=True, image_size=augmentation.image_size, crop_scale=augmentation.crop_scale,
         crop_ratio=augmentation.crop_ratio, horizontal_flip=augmentation.horizontal_flip, skip_bad_images=data.skip_bad_images,
-        seed=args.seed,
+        seed=args.data_seed if args.data_seed is not None else args.seed, channels_last=data.channels_last,
     )
-    eval_collator = ClassificationCollator(image_processor, train=False, skip_bad_images=data.skip_bad_images)
+    eval_collator = ClassificationCollator(image_processor, train=False, skip_bad_images=data.skip_bad_images, channels_last=data.channels_last)
+    train_images = undecoded_images(splits.train)
+    try:
+        check_images_fit(train_images, train_collator)
+    except ValueError as error:
+        raise ConfigError(f"data: {error}") from error
     callbacks = [EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold)] if args.early_stopping_patience else []
     trainer = FinetuneTrainer(
-        model=model, args=args, train_dataset=undecoded_images(splits.train), eval_dataset=undecoded_images(splits.validation),
+        model=model, args=args, train_dataset=SeededExamples(train_images), eval_dataset=undecoded_images(splits.validation),
         data_collator=train_collator, eval_data_collator=eval_collator, processing_class=image_processor,
         compute_metrics=compute_metrics, callbacks=callbacks, layer_decay=recipe.model.layer_decay,
+        resume_settings=resume_settings(recipe),
     )
 
     # 4. train (the best checkpoint by validation accuracy is loaded at the end), then measure and save
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    if finished:  # killed after its last checkpoint, before its outputs: write them from the checkpoint
+        trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        best = trainer.state.best_model_checkpoint if args.load_best_model_at_end else None
+        trainer._load_from_checkpoint(best if best and Path(best).is_dir() else str(checkpoint))
+        logger.info("%s is where the run finished (%s): writing its outputs without training", checkpoint, finished)
+        metrics = {"epoch": trainer.state.epoch}
+    else:
+        train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+        metrics = dict(train_result.metrics)
+    trainer.rotate_checkpoints()  # also after a kill between a checkpoint's commit and its rotation
     stopped = trainer.stopped_early
-    metrics = dict(train_result.metrics)
+    early_stopped = not stopped and trainer.state.global_step < trainer.state.max_steps
     metrics.update(trainer.evaluate(), eval_samples=len(splits.validation))
     if splits.test is not None:
         metrics.update(trainer.evaluate(undecoded_images(splits.test), metric_key_prefix="test"), test_samples=len(splits.test))
@@ -248,6 +369,10 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         if stopped:
             print(f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step} of {trainer.state.max_steps}; "
                   "continue with --resume auto (or --resume hub in a new session)")
+        elif early_stopped:
+            print(f"Early stopping ended the run at step {trainer.state.global_step} of {trainer.state.max_steps}: "
+                  f"{args.metric_for_best_model} did not improve for {args.early_stopping_patience} validations; the model is the best "
+                  f"checkpoint ({trainer.state.best_model_checkpoint}). The run is finished: --resume auto keeps it as it is")
     if args.push_to_hub:
         trainer.push_to_hub(commit_message="Fine-tuned model" if not stopped else f"Stopped at step {trainer.state.global_step}")
     return metrics
@@ -264,7 +389,12 @@ def parse_command_line(argv: Sequence[str] | None = None, prog: str | None = Non
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Run the command line; exit code 2 for a recipe or command-line mistake (``error: ...``, no traceback)."""
+    """Run the command line; exit code 2 for a recipe or command-line mistake, 1 for a run stopped by NaN/inf or a failed
+    save (``error: ...``, no traceback)."""
+    from hf_ssl.finetuning.trainer import NonFiniteWeightsError
+    from hf_ssl.training.checkpointing import CheckpointSaveError
+    from hf_ssl.training.methods.base import NonFiniteLossError
+
     try:
         recipe, resume = parse_command_line(argv, prog=prog)
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -273,4 +403,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (NonFiniteLossError, NonFiniteWeightsError, CheckpointSaveError) as error:  # the message says what is kept where
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -22,9 +22,9 @@ from hf_ssl.finetuning.model import (
 from hf_ssl.finetuning.run import main
 from hf_ssl.models import build_image_processor
 from hf_ssl.training.config import ConfigError
+from tests.finetuning.conftest import MEAN, STD, write_recipe
 from tests.helpers import TINY_RESNET, TINY_VIT, random_images
 
-MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
 
 # ----- metrics -------------------------------------------------------------------------------------------------------
@@ -105,15 +105,6 @@ def test_linear_probe_trains_only_the_head_and_keeps_the_backbone_in_eval_mode()
 
 
 # ----- where the backbone comes from -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def vit_backbone_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vit-backbone")
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}), add_pooling_layer=False).save_pretrained(path)
-    build_image_processor("vit", 16, MEAN, STD).save_pretrained(path)
-    return path
-
-
 def _backbone_state(model):
     return {name.split(".", 1)[1]: tensor for name, tensor in model.state_dict().items() if not name.startswith("classifier")}
 
@@ -173,37 +164,9 @@ def test_a_path_that_is_no_model_is_a_clear_error(tmp_path):
 
 
 # ----- whole runs of the recipe script -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """train/ and test/ of an image folder, classes 'horizontal' and 'vertical' (stripes), one corrupt train file."""
-    root = tmp_path_factory.mktemp("stripes")
-    for split, count, seed in (("train", 40, 0), ("test", 12, 1)):
-        for index, image in enumerate(random_images(count, seed=seed, size=(20, 20))):
-            folder = root / split / ("horizontal" if index % 2 else "vertical")
-            folder.mkdir(parents=True, exist_ok=True)
-            image.save(folder / f"{index}.png")
-    (root / "train" / "vertical" / "broken.png").write_bytes(b"not a png")
-    return root
-
-
-def _write_recipe(path, backbone_dir, data_dir, output_dir, **training):
-    values = {
-        "output_dir": str(output_dir), "num_train_epochs": 2, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
-        "learning_rate": 1e-3, "logging_steps": 1, "report_to": "none", "seed": 0, "use_cpu": True, "dataloader_pin_memory": False,
-        **training,
-    }
-    path.write_text(json.dumps({
-        "model": {"model_name_or_path": str(backbone_dir), "mode": "full", "layer_decay": 0.75},
-        "data": {"dataset": "imagefolder", "data_dir": str(data_dir), "train_val_split": 0.25},
-        "augmentation": {"crop_scale": [0.6, 1.0]},
-        "training": values,
-    }))
-    return path
-
-
 def test_full_fine_tune_run_keeps_the_best_checkpoint(vit_backbone_dir, image_folder, tmp_path, capsys):
     output = tmp_path / "out"
-    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=3)
+    recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=3)
     assert main(["--config", str(recipe)]) == 0
     printed = capsys.readouterr().out
     assert "test_accuracy:" in printed
@@ -228,7 +191,7 @@ def test_full_fine_tune_run_keeps_the_best_checkpoint(vit_backbone_dir, image_fo
 
 def test_time_budget_stops_with_a_checkpoint_and_resume_finishes(vit_backbone_dir, image_folder, tmp_path, capsys):
     output = tmp_path / "out"
-    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, max_time_seconds=1e-6)
+    recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, max_time_seconds=1e-6)
     assert main(["--config", str(recipe)]) == 0
     assert "continue with --resume auto" in capsys.readouterr().out
     assert "**Unfinished:** training stopped after max_time_seconds" in (output / "README.md").read_text()
@@ -246,7 +209,7 @@ def test_time_budget_stops_with_a_checkpoint_and_resume_finishes(vit_backbone_di
 
 def test_resume_from_the_hub_copy_of_the_last_checkpoint(vit_backbone_dir, image_folder, tmp_path, monkeypatch):
     first, second = tmp_path / "session1", tmp_path / "session2"
-    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, first, max_time_seconds=1e-6)
+    recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, first, max_time_seconds=1e-6)
     assert main(["--config", str(recipe)]) == 0
     hub = tmp_path / "hub" / "org--ft"
     shutil.copytree(first / "checkpoint-1", hub / "last-checkpoint")  # what hub_strategy=checkpoint leaves in the repo
@@ -270,7 +233,7 @@ def test_resume_from_the_hub_copy_of_the_last_checkpoint(vit_backbone_dir, image
 
 
 def test_recipe_mistakes_are_clear_errors(vit_backbone_dir, image_folder, tmp_path, capsys):
-    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, tmp_path / "out")
+    recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, tmp_path / "out")
     assert main(["--config", str(recipe), "model.mode=probe"]) == 2
     assert "mode must be one of full, linear_probe" in capsys.readouterr().err
     assert main(["--config", str(recipe), "data.lable_column=x"]) == 2
@@ -283,7 +246,7 @@ def test_recipe_mistakes_are_clear_errors(vit_backbone_dir, image_folder, tmp_pa
 
 def test_early_stopping_ends_the_run_after_patience_validations(vit_backbone_dir, image_folder, tmp_path):
     output = tmp_path / "early"
-    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=6)
+    recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=6)
     # no validation can improve by more than 1.0 (accuracy is in [0, 1]): the run stops after the second epoch
     assert main(["--config", str(recipe), "training.early_stopping_patience=1", "training.early_stopping_threshold=1.0"]) == 0
     state = json.loads((output / "trainer_state.json").read_text())
@@ -292,7 +255,7 @@ def test_early_stopping_ends_the_run_after_patience_validations(vit_backbone_dir
 
 def test_linear_probe_run_changes_only_the_head(vit_backbone_dir, image_folder, tmp_path):
     output = tmp_path / "probe"
-    recipe = _write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=1)
+    recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=1)
     assert main(["--config", str(recipe), "model.mode=linear_probe", "model.layer_decay=null", "training.learning_rate=0.1"]) == 0
     reference = ViTModel.from_pretrained(vit_backbone_dir, add_pooling_layer=False).state_dict()
     tuned = AutoModelForImageClassification.from_pretrained(output)
