@@ -73,6 +73,24 @@ class _RefusedObject:
         pass
 
 
+def read_checkpoint(
+    checkpoint: str | os.PathLike | object, weights_only: bool, method: str, read: Callable[[object, str], dict],
+    safe_globals: Sequence[type] = (),
+) -> dict:
+    """``read(contents, source)`` of a checkpoint file (`load_checkpoint_file`) or of an already loaded object. A file
+    that safe loading refuses for the classes it pickles is first read with stand-ins for them, so that a file of
+    another layout is told so (``read`` raises) rather than advised to load with ``weights_only=False``."""
+    source = f"checkpoint {os.fspath(checkpoint)!r}" if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
+    if isinstance(checkpoint, (str, os.PathLike)):
+        try:
+            checkpoint = load_checkpoint_file(checkpoint, weights_only, method, safe_globals=safe_globals)
+        except PickledObjectsError as error:
+            if error.contents is not None:
+                read(error.contents, source)
+            raise
+    return read(checkpoint, source)
+
+
 def load_checkpoint_file(
     path: str | os.PathLike, weights_only: bool, method: str, safe_globals: Sequence[type] = ()
 ) -> object:

@@ -69,12 +69,11 @@ from ..backbone import export_backbone
 from ..official_checkpoints import (
     OFFICIAL_LAYER_NORM_EPS,
     OfficialSource,
-    PickledObjectsError,
     add_shared_arguments,
     check_output_folders,
     clear_output_folders,
     exit_with_error,
-    load_checkpoint_file,
+    read_checkpoint,
     official_tensors,
     refuse_other_methods_checkpoint,
     resolve_num_attention_heads,
@@ -198,16 +197,7 @@ def read_dino_checkpoint(
             checkpoint, or has neither layout, naming its top-level keys; a `PickledObjectsError` when it has a DINO
             layout but pickles classes that `weights_only=True` refuses.
     """
-    source = f"checkpoint {os.fspath(checkpoint)!r}" if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
-    if isinstance(checkpoint, (str, os.PathLike)):
-        try:
-            checkpoint = load_checkpoint_file(checkpoint, weights_only, METHOD, safe_globals=(argparse.Namespace,))
-        except PickledObjectsError as error:
-            # a file that is no DINO checkpoint is told so, rather than to load it with weights_only=False
-            if error.contents is not None:
-                _read_checkpoint(error.contents, source)
-            raise
-    return _read_checkpoint(checkpoint, source)
+    return read_checkpoint(checkpoint, weights_only, METHOD, _read_checkpoint, safe_globals=(argparse.Namespace,))
 
 
 def _read_checkpoint(checkpoint: object, source: str) -> dict[str, dict[str, torch.Tensor]]:

@@ -46,12 +46,11 @@ import torch
 from ..official_checkpoints import (
     OFFICIAL_LAYER_NORM_EPS,
     OfficialSource,
-    PickledObjectsError,
     add_shared_arguments,
     check_output_folders,
     clear_output_folders,
     exit_with_error,
-    load_checkpoint_file,
+    read_checkpoint,
     num_blocks,
     official_tensors,
     refuse_other_methods_checkpoint,
@@ -152,17 +151,7 @@ def read_official_checkpoint(
             checkpoint, or is not an official I-JEPA checkpoint, naming what is wrong; a `PickledObjectsError` when it
             has the I-JEPA layout but pickles classes that `weights_only=True` refuses.
     """
-    source = f"checkpoint {os.fspath(checkpoint)!r}" if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
-    if isinstance(checkpoint, (str, os.PathLike)):
-        try:
-            checkpoint = load_checkpoint_file(checkpoint, weights_only, METHOD)
-        except PickledObjectsError as error:
-            # a file that is no I-JEPA checkpoint (a DINO one pickles its argparse.Namespace) is told so, rather
-            # than to load it with weights_only=False
-            if error.contents is not None:
-                _read_checkpoint(error.contents, source)
-            raise
-    return _read_checkpoint(checkpoint, source)
+    return read_checkpoint(checkpoint, weights_only, METHOD, _read_checkpoint)
 
 
 def _read_checkpoint(checkpoint: object, source: str) -> dict[str, dict[str, torch.Tensor]]:
