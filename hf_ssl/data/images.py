@@ -243,9 +243,9 @@ def decode_bands(item: Any, num_channels: int, *, channels_last: bool | None = N
       holds), that is empty, or that holds NaN or infinite values (saying how many).
     """
     if isinstance(item, (list, tuple)) and item and all(isinstance(part, (str, os.PathLike, dict, PIL.Image.Image, bytes)) for part in item):
-        bands = np.concatenate([_as_bands(*_read_band_source(part), None, channels_last) for part in item], axis=0)
+        bands = np.concatenate([_as_bands(*read_band_source(part), None, channels_last) for part in item], axis=0)
     else:
-        bands = _as_bands(*_read_band_source(item), num_channels, channels_last)
+        bands = _as_bands(*read_band_source(item), num_channels, channels_last)
     if bands.shape[0] != num_channels:
         read_as = "" if channels_last is None else f", read as {'(H, W, C)' if channels_last else '(C, H, W)'} by data.channels_last"
         raise ValueError(f"the image has {bands.shape[0]} bands (shape {tuple(bands.shape)}{read_as}) but num_channels is {num_channels}")
@@ -258,7 +258,7 @@ def decode_bands(item: Any, num_channels: int, *, channels_last: bool | None = N
     return bands
 
 
-def _read_band_source(item: Any) -> tuple[Any, bool]:
+def read_band_source(item: Any) -> tuple[Any, bool]:
     """A file, bytes, dict, image or array -> ``(array, layout_known)``: the array (or the item itself when it already
     is one) and whether it is known to be ``(C, H, W)`` (read from an image or TIFF pages, not from an array)."""
     if isinstance(item, dict):

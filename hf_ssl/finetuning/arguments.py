@@ -120,6 +120,11 @@ class FinetuningArguments(TrainingArguments):
     max_consecutive_nonfinite_steps: int = field(default=5, metadata={"help": "Optimizer steps with a NaN/inf loss or gradients are skipped; stop after this many in a row."})
     resume_with_changed_settings: bool = field(default=False, metadata={"help": "Let --resume continue a checkpoint with other settings (learning rate, data, augmentation...): the new values apply from its step on."})
 
+    @property
+    def total_batch_size(self) -> int:
+        """Images per optimizer step over every process: what the data position and the schedule count in."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
+
     @classmethod
     def own_field_names(cls) -> tuple[str, ...]:
         """The keys this class adds to, or sets a default for on, ``TrainingArguments``."""

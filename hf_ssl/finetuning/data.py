@@ -27,8 +27,17 @@ import numpy as np
 import PIL.Image
 import torch
 
-from hf_ssl.data.images import _read_band_source as read_band_source
-from hf_ssl.data.images import BandLayoutError, array_to_image, decode_bands, decode_image, describe_image, random_resized_crop_box, skip_or_raise, to_8bit
+from hf_ssl.data.images import (
+    BandLayoutError,
+    array_to_image,
+    decode_bands,
+    decode_image,
+    describe_image,
+    random_resized_crop_box,
+    read_band_source,
+    skip_or_raise,
+    to_8bit,
+)
 from hf_ssl.data.multicrop import EpochKeyedDataset, resize_bands
 from hf_ssl.evaluation.knn import resize_bands_for_evaluation
 from hf_ssl.models.image_processing import processor_image_size, processor_num_channels

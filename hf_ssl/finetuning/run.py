@@ -276,12 +276,9 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
     from hf_ssl.finetuning.trainer import FinetuneTrainer
 
     args, data = recipe.training, recipe.data
-    if args.early_stopping_patience and args.eval_strategy == "no":
-        raise ConfigError("training.early_stopping_patience needs validation: set training.eval_strategy to epoch or steps")
     checkpoint = resolve_resume(resume, args)
-    total_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     if checkpoint is not None:
-        check_resume_compatible(checkpoint, recipe, total_batch_size)
+        check_resume_compatible(checkpoint, recipe, args.total_batch_size)
         finished = finished_at(checkpoint, args)
         kept = saved_results(args.output_dir, checkpointing.checkpoint_step(checkpoint)) if finished else None
         if kept is not None:

@@ -228,16 +228,14 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         """What ``hf_ssl_state.json`` of a fine-tuning checkpoint holds besides the file sizes."""
         return {
             "method": FINETUNE_ENGINE, "engine": FINETUNE_ENGINE, "step": step, "epoch": self.state.epoch,
-            "world_size": self.args.world_size, "total_batch_size": self.total_batch_size(),
+            "world_size": self.args.world_size, "total_batch_size": self.args.total_batch_size,
             "total_steps": self.state.max_steps, "settings": self.resume_settings,
             "metrics": {key: value for key, value in (self.state.log_history[-1] if self.state.log_history else {}).items() if key.startswith("eval_")},
         }
 
-    def total_batch_size(self) -> int:
-        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        self._check_finite_weights("the model")
+        if not _internal_call:  # a checkpoint's weights were checked by _save_checkpoint, before its staging folder
+            self._check_finite_weights("the model")
         super().save_model(output_dir, _internal_call=_internal_call)
 
 
