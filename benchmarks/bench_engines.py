@@ -20,7 +20,7 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
 from PIL import Image
 
-from hf_ssl import DinoConfig, DinoForPretraining
+from hf_ssl import DinoConfig, DinoForPreTraining
 from hf_ssl.data import MultiCropConfig, MultiCropTransform, with_multicrop
 from hf_ssl.evaluation import KnnEvaluator
 from hf_ssl.models import build_image_processor
@@ -63,7 +63,7 @@ def main():
     dataset = generated_images(args.images)
     multicrop = MultiCropConfig()
     torch.manual_seed(0)
-    model = DinoForPretraining(DinoConfig(backbone_config=VIT_SMALL_16))
+    model = DinoForPreTraining(DinoConfig(backbone_config=VIT_SMALL_16))
     teacher_before = {name: tensor.detach().float().cpu().clone() for name, tensor in model.teacher.state_dict().items()}
     with tempfile.TemporaryDirectory() as output_dir:
         training = DinoTrainingArguments(

@@ -54,7 +54,7 @@ def main() -> None:
     start = time.perf_counter()
     if arguments.part == "pretrain":
         from hf_ssl.training.pretrain import run_pretraining
-        from hf_ssl.training.recipe import Recipe
+        from hf_ssl.training.setup.recipe import Recipe
 
         recipe_path = "recipes/kaggle/dino_vits16_t4.yaml"
         recipe = Recipe.from_yaml(recipe_path, [

@@ -14,8 +14,7 @@ hf_ssl.training.pretrain.run_pretraining.
 
 import sys
 
-from hf_ssl.training.pretrain import main
-from hf_ssl.training.recipe import ByolRecipe
+from hf_ssl.commands.pretrain import main
 
 if __name__ == "__main__":
-    sys.exit(main(recipe_class=ByolRecipe, description=__doc__))
+    sys.exit(main(method="byol", description=__doc__))

@@ -9,13 +9,13 @@ section has, e.g. --max_steps 100); --help lists them all. Checkpoints go to <ou
 --resume auto continues from the latest (SIGTERM/SIGINT and training.max_time_seconds save one and stop).
 The output directory receives the hf_ssl model (AutoModelForPreTraining / AutoModel), the teacher backbone
 as a plain transformers model in backbone/, the image processor, the resolved recipe.yaml and a model card.
-The steps themselves (data, model, k-NN, trainer, outputs) are hf_ssl.training.pretrain.run_pretraining.
+The steps themselves (data, model, k-NN, trainer, outputs) are hf_ssl.training.pretrain.run_pretraining;
+recipes/pretrain.py runs any method's recipe the same way.
 """
 
 import sys
 
-from hf_ssl.training.pretrain import main
-from hf_ssl.training.recipe import DinoRecipe
+from hf_ssl.commands.pretrain import main
 
 if __name__ == "__main__":
-    sys.exit(main(recipe_class=DinoRecipe, description=__doc__))
+    sys.exit(main(method="dino", description=__doc__))

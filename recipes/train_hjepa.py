@@ -15,8 +15,7 @@ and a model card. The steps themselves are hf_ssl.training.pretrain.run_pretrain
 
 import sys
 
-from hf_ssl.training.pretrain import main
-from hf_ssl.training.recipe import HJepaRecipe
+from hf_ssl.commands.pretrain import main
 
 if __name__ == "__main__":
-    sys.exit(main(recipe_class=HJepaRecipe, description=__doc__))
+    sys.exit(main(method="hjepa", description=__doc__))

@@ -14,8 +14,7 @@ and a model card. The steps themselves are hf_ssl.training.pretrain.run_pretrain
 
 import sys
 
-from hf_ssl.training.pretrain import main
-from hf_ssl.training.recipe import IJepaRecipe
+from hf_ssl.commands.pretrain import main
 
 if __name__ == "__main__":
-    sys.exit(main(recipe_class=IJepaRecipe, description=__doc__))
+    sys.exit(main(method="ijepa", description=__doc__))

@@ -13,8 +13,7 @@ recipe.yaml and a model card. The steps themselves are hf_ssl.training.pretrain.
 
 import sys
 
-from hf_ssl.training.pretrain import main
-from hf_ssl.training.recipe import SimClrRecipe
+from hf_ssl.commands.pretrain import main
 
 if __name__ == "__main__":
-    sys.exit(main(recipe_class=SimClrRecipe, description=__doc__))
+    sys.exit(main(method="simclr", description=__doc__))

@@ -13,8 +13,7 @@ resolved recipe.yaml and a model card. The steps themselves are hf_ssl.training.
 
 import sys
 
-from hf_ssl.training.pretrain import main
-from hf_ssl.training.recipe import VicRegRecipe
+from hf_ssl.commands.pretrain import main
 
 if __name__ == "__main__":
-    sys.exit(main(recipe_class=VicRegRecipe, description=__doc__))
+    sys.exit(main(method="vicreg", description=__doc__))

@@ -122,10 +122,10 @@ def test_knn_command_gives_the_same_numbers_on_hf_ssl_and_plain_backbone(trained
 
 
 def test_resolved_recipe_can_be_rerun(trained):
-    from hf_ssl.training import DinoRecipe
+    from hf_ssl.training.setup.recipe import Recipe
 
     output_dir, _ = trained
-    recipe = DinoRecipe.from_yaml(output_dir / "recipe.yaml")
+    recipe = Recipe.for_method("dino").from_yaml(output_dir / "recipe.yaml")
     assert recipe.training.max_steps == 3 and recipe.augmentation.global_crop_size == 16
 
 

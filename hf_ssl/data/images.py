@@ -17,6 +17,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from hf_ssl.errors import BandLayoutError  # noqa: F401 (re-exported)
+
 RESAMPLING = {
     "nearest": PIL.Image.Resampling.NEAREST,
     "bilinear": PIL.Image.Resampling.BILINEAR,
@@ -211,12 +213,6 @@ def crop_into(image: PIL.Image.Image, box: tuple[int, int, int, int], size: int,
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 TIFF_SUFFIXES = (".tif", ".tiff")
-
-
-class BandLayoutError(ValueError):
-    """An array whose band axis its shape does not tell (``(N, H, N)`` with N bands): the layout is a setting
-    (``data.channels_last``) that holds for the whole dataset, so the pipelines that skip unreadable images raise
-    it instead of skipping the image."""
 
 
 def decode_bands(item: Any, num_channels: int, *, channels_last: bool | None = None) -> np.ndarray:

@@ -7,15 +7,15 @@ hf_ssl.evaluation.linear_probe`` run their module once (runpy warns when the pac
 import importlib
 
 _EXPORTS = {
-    "ExtractedFeatures": "knn",
+    "ExtractedFeatures": "features",
+    "RawPixels": "features",
+    "extract_features": "features",
+    "extract_readable_features": "features",
+    "image_embedding": "features",
+    "subsample": "features",
     "KnnEvaluator": "knn",
-    "RawPixels": "knn",
-    "extract_features": "knn",
-    "extract_readable_features": "knn",
-    "image_embedding": "knn",
     "knn_accuracy": "knn",
     "knn_predict": "knn",
-    "subsample": "knn",
     "LinearProbeEvaluator": "linear_probe",
     "linear_probe_accuracy": "linear_probe",
 }

@@ -33,7 +33,7 @@ def _check_embeddings(embeddings: torch.Tensor, min_rows: int = 1) -> None:
 def embedding_std(embeddings: torch.Tensor) -> torch.Tensor:
     """Standard deviation over the batch of the L2-normalised embeddings, averaged over dimensions.
 
-    The same number ``DinoForPretraining`` logs. Embeddings spread uniformly on the unit sphere give
+    The same number ``DinoForPreTraining`` logs. Embeddings spread uniformly on the unit sphere give
     ~1/sqrt(D); a collapsed (constant) representation gives 0.
 
     Args:

@@ -1,6 +1,6 @@
 """Linear-probe evaluation of frozen features: a softmax classifier trained on them, top-1/top-5 on a held-out split.
 
-The features are those k-NN reads (`hf_ssl.evaluation.knn.extract_readable_features`: the same decoding,
+The features are those k-NN reads (`hf_ssl.evaluation.features.extract_readable_features`: the same decoding,
 image processor and image embedding; unreadable images left out with their labels and counted). The probe is
 multinomial logistic regression on standardised features, fitted full-batch with L-BFGS: the problem is
 convex and the features fit in memory, so each fit goes to (close to) the optimum of its L2 penalty, the
@@ -27,7 +27,13 @@ import datasets
 import torch
 import torch.nn.functional as F
 
-from hf_ssl.evaluation.knn import ExtractedFeatures, extract_readable_features, load_model_and_splits, subsample
+from hf_ssl.evaluation.features import (
+    ExtractedFeatures,
+    extract_split,
+    load_model_and_splits,
+    subsample,
+    top1_top5_accuracy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +107,7 @@ def linear_probe_accuracy(
     # the probe reported: refitted on the whole train split, from the chosen fit when there was a choice
     train_features, eval_features = _standardise(train_features, eval_features)
     weight, bias = _fit_softmax_regression(train_features, train_labels, num_classes, weight_decay, max_iterations, initial)
-    ranked = F.linear(eval_features, weight, bias).argsort(dim=1, descending=True)
-    top1 = (ranked[:, 0] == eval_labels).float().mean().item() * 100
-    top5 = (ranked[:, : min(5, num_classes)] == eval_labels[:, None]).any(dim=1).float().mean().item() * 100
+    top1, top5 = top1_top5_accuracy(F.linear(eval_features, weight, bias), eval_labels)
     return {"linear_top1": top1, "linear_top5": top5}
 
 
@@ -187,8 +191,9 @@ class LinearProbeEvaluator:
     ``weight_decays``, ``validation_fraction``, ``max_iterations`` and ``seed``. The number of classes is the
     ``label`` column's ``ClassLabel`` when it has one, else the largest label + 1.
 
-    Unreadable images are left out of both splits (see `extract_readable_features`); ``num_skipped_train`` and
-    ``num_skipped_eval`` count them for the last call, and a split with no readable image is a ``ValueError``.
+    Unreadable images are left out of both splits (see `hf_ssl.evaluation.features.extract_readable_features`);
+    ``num_skipped_train`` and ``num_skipped_eval`` count them for the last call, and a split with no readable image
+    is a ``ValueError``.
     """
 
     train_dataset: object
@@ -233,17 +238,10 @@ class LinearProbeEvaluator:
         )
 
     def _extract(self, model: torch.nn.Module, dataset, split: str, device) -> ExtractedFeatures:
-        if len(dataset) == 0:
-            raise ValueError(f"the linear probe's {split} is empty: give it a labelled dataset with at least one image")
-        extracted = extract_readable_features(
-            model, dataset, self.image_processor, self.batch_size, device, show_progress=self.show_progress
+        return extract_split(
+            model, dataset, self.image_processor, f"the linear probe's {split}", self.batch_size, device,
+            self.show_progress,
         )
-        if extracted.num_skipped == len(dataset):
-            raise ValueError(
-                f"the linear probe's {split}: every one of its {len(dataset)} images is unreadable (the warnings above "
-                "name the files and errors); fix or replace the files, or point the evaluation at another split"
-            )
-        return extracted
 
 
 def _class_label_count(dataset, label_column: str = "label") -> int | None:

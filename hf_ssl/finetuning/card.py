@@ -8,7 +8,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from hf_ssl.training.model_card import evaluation_results, hub_datasets, hub_model_id, template_path
+from hf_ssl.training.sharing.model_card import evaluation_results, hub_datasets, hub_model_id, template_path
 
 SPLITS = (("test", "test"), ("eval", "validation"))
 # (key in classification_metrics, model-index metric type, metric name)

@@ -28,7 +28,6 @@ import PIL.Image
 import torch
 
 from hf_ssl.data.images import (
-    BandLayoutError,
     array_to_image,
     decode_bands,
     decode_image,
@@ -38,6 +37,7 @@ from hf_ssl.data.images import (
     skip_or_raise,
     to_8bit,
 )
+from hf_ssl.errors import BandLayoutError
 from hf_ssl.data.multicrop import EpochKeyedDataset, resize_bands
 from hf_ssl.evaluation.knn import resize_bands_for_evaluation
 from hf_ssl.models.image_processing import processor_image_size, processor_num_channels

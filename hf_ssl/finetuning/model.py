@@ -28,7 +28,7 @@ from filelock import FileLock
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from hf_ssl.training.config import ConfigError
+from hf_ssl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -36,9 +36,8 @@ from hf_ssl.finetuning.arguments import (
     FinetuneModelArguments,
     FinetuningArguments,
 )
-from hf_ssl.training import checkpointing
-from hf_ssl.training.config import (
-    ConfigError,
+from hf_ssl.training.state import checkpointing
+from hf_ssl.training.setup.config import (
     SectionHelp,
     apply_overrides,
     build_dataclass,
@@ -48,6 +47,7 @@ from hf_ssl.training.config import (
     parse_overrides,
     to_plain,
 )
+from hf_ssl.errors import ConfigError
 
 logger = logging.getLogger("hf_ssl.finetune")
 
@@ -376,7 +376,7 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
 
 
 def parse_command_line(argv: Sequence[str] | None = None, prog: str | None = None) -> tuple[FinetuneRecipe, str | None]:
-    from hf_ssl.training.cli import RecipeArgumentParser
+    from hf_ssl.training.setup.cli import RecipeArgumentParser
 
     parser = RecipeArgumentParser(FinetuneRecipe.sections_help, "The keys of a fine-tuning recipe", description=__doc__, prog=prog)
     parser.add_argument("--config", required=True, help="Fine-tuning recipe YAML, e.g. recipes/finetune_fashion_mnist.yaml.")
@@ -388,9 +388,9 @@ def parse_command_line(argv: Sequence[str] | None = None, prog: str | None = Non
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run the command line; exit code 2 for a recipe or command-line mistake, 1 for a run stopped by NaN/inf or a failed
     save (``error: ...``, no traceback)."""
-    from hf_ssl.finetuning.trainer import NonFiniteWeightsError
-    from hf_ssl.training.checkpointing import CheckpointSaveError
-    from hf_ssl.training.methods.base import NonFiniteLossError
+    from hf_ssl.errors import NonFiniteWeightsError
+    from hf_ssl.training.state.checkpointing import CheckpointSaveError
+    from hf_ssl.errors import NonFiniteLossError
 
     try:
         recipe, resume = parse_command_line(argv, prog=prog)

@@ -4,7 +4,7 @@ skipped, and the pretraining engines' guarantees:
 - run control: a per-session time budget for Kaggle / Colab, SIGTERM / SIGINT;
 - exact resume: the training rows are shuffled by `EpochShuffleSampler` and cropped from ``(seed, epoch, example)``;
 - atomic checkpoints: written under ``.staging-checkpoint-<step>``, then renamed to ``checkpoint-<step>`` with an
-  ``hf_ssl_state.json`` listing every file (``hf_ssl.training.checkpointing``), so a kill during a save loses nothing
+  ``hf_ssl_state.json`` listing every file (``hf_ssl.training.state.checkpointing``), so a kill during a save loses nothing
   and a resume passes over a damaged checkpoint;
 - no NaN model: an optimizer step whose loss or gradients are NaN / inf is skipped, too many in a row stop the run
   (``NonFiniteLossError``), and non-finite weights are never saved.
@@ -20,15 +20,16 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
+from hf_ssl.errors import NonFiniteWeightsError  # noqa: F401 (re-exported)
 from hf_ssl.data import EpochShuffleSampler
 from hf_ssl.finetuning.arguments import FINETUNE_ENGINE
 from hf_ssl.finetuning.data import SeededExamples
 from hf_ssl.finetuning.model import parameter_groups
-from hf_ssl.training import checkpointing
-from hf_ssl.training.callbacks import RunControlCallback
-from hf_ssl.training.checkpointing import load_weights_in_place
-from hf_ssl.training.methods.base import NonFiniteLossError
-from hf_ssl.training.run_control import RunControl
+from hf_ssl.training.state import checkpointing
+from hf_ssl.training.engines.callbacks import RunControlCallback
+from hf_ssl.training.state.checkpointing import load_weights_in_place
+from hf_ssl.errors import NonFiniteLossError
+from hf_ssl.training.state.run_control import RunControl
 
 logger = logging.getLogger(__name__)
 
@@ -238,9 +239,6 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
             self._check_finite_weights("the model")
         super().save_model(output_dir, _internal_call=_internal_call)
 
-
-class NonFiniteWeightsError(RuntimeError):
-    """The model holds NaN / inf weights: nothing is saved."""
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if inputs["labels"].numel() == 0:

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import can_return_tuple
 
 from .backbone import (
     backbone_forward_kwargs,
@@ -40,7 +41,10 @@ from .backbone import (
 
 class SslPreTrainedModel(PreTrainedModel):
     """Base of every hf_ssl model: images in, no token embeddings, attention implementation passed through to the
-    backbone. Subclasses set ``config_class`` and ``base_model_prefix`` and implement ``evaluation_backbone``."""
+    backbone. Subclasses set ``config_class`` and ``base_model_prefix`` and implement ``evaluation_backbone``.
+
+    Every ``forward`` returns a ``ModelOutput``, or its ``to_tuple()`` when called with ``return_dict=False`` (a
+    keyword) or when ``config.return_dict`` is False: transformers' ``can_return_tuple`` decides, as for its models."""
 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -84,7 +88,7 @@ class SslPreTrainedModel(PreTrainedModel):
     ) -> "SslPreTrainedModel":
         """A new model of this method whose every backbone (student and EMA teacher alike) starts from the plain
         transformers vision model ``name_or_path``, a Hub id or a local folder; heads and predictors are initialised
-        as usual. ``SimClrForPretraining.from_pretrained_backbone("microsoft/resnet-50", projection_dim=128)``.
+        as usual. ``SimClrForPreTraining.from_pretrained_backbone("microsoft/resnet-50", projection_dim=128)``.
 
         Args:
             name_or_path: what ``AutoModel.from_pretrained`` loads (offline, a Hub id resolves from the local cache).
@@ -139,11 +143,9 @@ class SslFeatureModel(SslPreTrainedModel):
     def feature_backbone_config(config):
         return config.backbone_config
 
+    @can_return_tuple
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
         Args:
@@ -154,7 +156,6 @@ class SslFeatureModel(SslPreTrainedModel):
             `BaseModelOutputWithPooling` (see the module docstring): `pooler_output` (B, D) the method's embedding,
             `last_hidden_state` the backbone's own (what the exported model returns), `hidden_states` when asked.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         backbone_kwargs = dict(self.backbone_forward_kwargs)
         if output_hidden_states is not None:
             backbone_kwargs["output_hidden_states"] = output_hidden_states
@@ -163,7 +164,7 @@ class SslFeatureModel(SslPreTrainedModel):
         output = BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state, pooler_output=embedding, hidden_states=outputs.hidden_states
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
 
 def named_tensors(network: nn.Module) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from transformers import TrainingArguments
 
-from hf_ssl.training.optimizers import OPTIMIZERS
+from hf_ssl.training.optim.optimizers import OPTIMIZERS
 
 ENGINES = ("trainer", "accelerate")
 

@@ -1,8 +1,9 @@
 """Pretrain any registered method from a recipe, on the transformers Trainer or a raw Accelerate loop
-(``training.engine``): what ``hf-ssl pretrain`` and ``recipes/train_<method>.py`` run.
+(``training.engine``): ``run_pretraining``, what ``hf-ssl pretrain``, ``recipes/pretrain.py`` and
+``recipes/train_<method>.py`` run (their command line is ``hf_ssl.commands.pretrain``).
 
     hf-ssl pretrain --config recipes/simclr_fashion_mnist_demo.yaml
-    accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m hf_ssl.cli pretrain \\
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m hf_ssl.commands.cli pretrain \\
         --config recipes/dino.yaml data.data_dir=/path/to/images --output_dir outputs/run1
 
 Every key of the YAML file can be overridden as section.key=value (or --key value for a key only one
@@ -18,26 +19,17 @@ training.push_backbone_to_hub=ORG/NAME the backbone alone.
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Sequence
 
-import transformers
 from transformers import set_seed
 
 from hf_ssl.data import MultiCropTransform, with_multicrop
-from hf_ssl.data.images import BandLayoutError
 from hf_ssl.evaluation import KnnEvaluator, RawPixels, subsample
 from hf_ssl.models import build_image_processor
-from hf_ssl.training.accelerate_loop import build_trainer
-from hf_ssl.training.checkpointing import CheckpointSaveError
-from hf_ssl.training.cli import parse_command_line
-from hf_ssl.training.config import ConfigError
-from hf_ssl.training.engine import end_process_group
-from hf_ssl.training.hub import create_hub_repo, push_backbone, push_command
-from hf_ssl.training.methods.base import NonFiniteLossError
-from hf_ssl.training.outputs import RunOutputError, hub_repo_error, hub_repo_name, save_run_outputs
-from hf_ssl.training.recipe import Recipe
-from hf_ssl.training.validation import ValidationLoss
+from hf_ssl.training.engines.accelerate_loop import build_trainer
+from hf_ssl.training.sharing.hub import create_hub_repo, push_backbone, push_command
+from hf_ssl.training.sharing.outputs import RunOutputError, hub_repo_error, hub_repo_name, save_run_outputs
+from hf_ssl.training.setup.recipe import Recipe
+from hf_ssl.training.engines.validation import ValidationLoss
 
 logger = logging.getLogger("hf_ssl.pretrain")
 
@@ -156,26 +148,3 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
     if trainer.knn_error is not None and trainer.is_world_process_zero():
         raise RunOutputError("knn", output_dir, RuntimeError(trainer.knn_error), trainer.state.global_step)
     return results
-
-
-def main(argv: Sequence[str] | None = None, recipe_class: type[Recipe] = Recipe, description: str | None = None, prog: str | None = None) -> int:
-    """Parse the command line into a recipe (``recipe_class``: ``Recipe`` reads the method from the file,
-    ``DinoRecipe`` defaults to DINO), run it, and return the exit code: 2 for a recipe or command-line mistake
-    (``error: ...`` on stderr, no traceback), 1 for a run that stopped on NaN/inf losses, a failed checkpoint save
-    or a failed output step (the message says what is saved where), 0 otherwise."""
-    try:
-        recipe, resume = parse_command_line(argv, recipe_class=recipe_class, description=description or __doc__, prog=prog)
-        logging.basicConfig(
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            level=logging.INFO if recipe.training.should_log else logging.WARNING,
-        )
-        transformers.utils.logging.set_verbosity_warning()
-        run_pretraining(recipe, resume)
-        end_process_group()  # every process got here: close the group so that none aborts at exit
-    except (ConfigError, BandLayoutError) as error:  # a bad recipe, override, resume path or dataset: say what to fix, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (NonFiniteLossError, CheckpointSaveError, RunOutputError) as error:  # the message says what is saved where
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0

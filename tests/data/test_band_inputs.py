@@ -9,7 +9,8 @@ import pytest
 from datasets import Array3D, Dataset, Features
 
 from hf_ssl.data import MultiCropCollator, ViewGroup, ViewsConfig, band_statistics, decode_bands, load_image_dataset, with_multicrop
-from hf_ssl.data.images import BandLayoutError, skip_or_raise
+from hf_ssl.data.images import skip_or_raise
+from hf_ssl.errors import BandLayoutError
 from hf_ssl.data.multicrop import MultiCropTransform
 
 AMBIGUOUS = r"shape \(16, 16, 16\) with num_channels=16 .*set data\.channels_last to true if its bands are the last axis"

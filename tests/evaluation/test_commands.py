@@ -3,7 +3,7 @@
 
 import pytest
 
-from hf_ssl.cli import main as hf_ssl_command
+from hf_ssl.commands.cli import main as hf_ssl_command
 
 COMMANDS = ["knn", "linear-probe"]
 

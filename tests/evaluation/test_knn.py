@@ -19,7 +19,7 @@ from hf_ssl.evaluation.knn import (
 )
 from tests.helpers import png_bytes, random_images, tiny_dino_config
 
-from tests.evaluation.common import NOT_AN_IMAGE, TRUNCATED_PNG
+from tests.evaluation.common import NOT_AN_IMAGE, RANKED_LABELS, TRUNCATED_PNG, ranked_query
 from tests.evaluation.common import encoded as _encoded
 from tests.evaluation.common import labelled_dataset as _labelled_dataset
 from tests.evaluation.common import processor as _processor
@@ -70,6 +70,15 @@ def test_accuracy_on_separable_clusters_and_chunking():
     torch.testing.assert_close(full, chunked)
 
 
+def test_top5_counts_a_label_ranked_fifth_but_not_sixth():
+    # the bank: one feature per class at its corner e_c, all 8 voting (k >= 8): the class scores follow the
+    # query's similarity to the corners, whose ranking puts the 4 queries' labels 1st, 4th, 5th and 6th
+    bank, bank_labels = torch.eye(8), torch.arange(8)
+    queries = ranked_query().repeat(len(RANKED_LABELS), 1)
+    metrics = knn_accuracy(bank, bank_labels, queries, RANKED_LABELS, k=8)
+    assert metrics == pytest.approx({"knn_top1": 25.0, "knn_top5": 75.0})  # top-4 would be 50, top-6 100
+
+
 def test_k_larger_than_bank_and_length_mismatch():
     bank, labels = torch.randn(3, 2), torch.tensor([0, 1, 0])
     assert knn_predict(bank, labels, torch.randn(2, 2), num_classes=2, k=20).shape == (2, 2)
@@ -103,7 +112,7 @@ def test_unreadable_images_are_dropped_with_their_labels_and_counted(caplog):
     model = _tiny_vit()
 
     evaluator = KnnEvaluator(bank, queries, _processor(), k=3, batch_size=2, show_progress=False)
-    with caplog.at_level(logging.WARNING, logger="hf_ssl.evaluation.knn"):
+    with caplog.at_level(logging.WARNING, logger="hf_ssl.evaluation"):  # the features' warnings and k-NN's summary
         metrics = evaluator(model)
     expected = KnnEvaluator(clean_bank, clean_queries, _processor(), k=3, batch_size=2, show_progress=False)(model)
     assert metrics == pytest.approx(expected)
@@ -122,11 +131,11 @@ def test_unreadable_images_are_dropped_with_their_labels_and_counted(caplog):
 def test_knn_command_skips_a_corrupt_file_in_each_imagefolder_split(tmp_path):
     from transformers import AutoImageProcessor, AutoModel
 
-    from hf_ssl import DinoForPretraining
+    from hf_ssl import DinoForPreTraining
     from hf_ssl.data import load_image_dataset
 
     model_dir = tmp_path / "model"
-    model = DinoForPretraining(tiny_dino_config())
+    model = DinoForPreTraining(tiny_dino_config())
     model.save_pretrained(model_dir)
     model.export_backbone(model_dir / "backbone")
     _processor().save_pretrained(model_dir)
@@ -170,7 +179,7 @@ def test_a_split_with_no_readable_image_is_an_error(unreadable_split):
 
 
 def test_with_linear_probe_the_evaluator_adds_the_probe_of_the_same_features(monkeypatch):
-    from hf_ssl.evaluation import linear_probe
+    from hf_ssl.evaluation import knn
 
     images, labels = random_images(24), [index % 2 for index in range(24)]
     bank, queries = _labelled_dataset(_encoded(images[:16]), labels[:16]), _labelled_dataset(_encoded(images[16:]), labels[16:])
@@ -178,13 +187,13 @@ def test_with_linear_probe_the_evaluator_adds_the_probe_of_the_same_features(mon
     knn_only = evaluator(_tiny_vit())
     assert set(knn_only) == {"knn_top1", "knn_top5"}
     seen = []
-    original = linear_probe.linear_probe_accuracy
+    original = knn.linear_probe_accuracy
 
     def recording(train_features, train_labels, eval_features, eval_labels, **kwargs):
         seen.append((train_features, train_labels, eval_features, eval_labels))
         return original(train_features, train_labels, eval_features, eval_labels, **kwargs)
 
-    monkeypatch.setattr(linear_probe, "linear_probe_accuracy", recording)
+    monkeypatch.setattr(knn, "linear_probe_accuracy", recording)
     evaluator.linear_probe = True
     both = evaluator(_tiny_vit())
     assert {key: both[key] for key in knn_only} == knn_only  # k-NN unchanged

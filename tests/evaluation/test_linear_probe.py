@@ -17,7 +17,7 @@ from hf_ssl.evaluation import (
 )
 from tests.helpers import png_bytes, random_images, tiny_dino_config
 
-from tests.evaluation.common import NOT_AN_IMAGE, TRUNCATED_PNG
+from tests.evaluation.common import NOT_AN_IMAGE, RANKED_LABELS, TRUNCATED_PNG, ranked_query
 from tests.evaluation.common import encoded as _encoded
 from tests.evaluation.common import labelled_dataset as _labelled_dataset
 from tests.evaluation.common import processor as _processor
@@ -73,6 +73,15 @@ def test_random_labels_give_chance_on_held_out_features_and_top5_covers_fewer_cl
     assert metrics["linear_top5"] == pytest.approx(100.0)
     # ten classes (7 of them unseen): the top 5 still holds the 3 seen ones
     assert linear_probe_accuracy(train, train_labels, evaluated, eval_labels, num_classes=10)["linear_top5"] == pytest.approx(100.0)
+
+
+def test_top5_counts_a_label_ranked_fifth_but_not_sixth():
+    # trained on 8 classes at the corners 5 * e_c, the same for every class, so the logit of class c grows with
+    # the c-th feature: the query's ranking of the classes puts the 4 eval labels 1st, 4th, 5th and 6th
+    train, train_labels = _clusters(10, num_classes=8)
+    evaluated = ranked_query().repeat(len(RANKED_LABELS), 1) * 5 / 8
+    metrics = linear_probe_accuracy(train, train_labels, evaluated, RANKED_LABELS)
+    assert metrics == pytest.approx({"linear_top1": 25.0, "linear_top5": 75.0})  # top-4 would be 50, top-6 100
 
 
 def _imbalanced(count, generator):
@@ -203,12 +212,12 @@ def test_a_split_with_no_readable_image_or_no_image_is_an_error(bad_split):
 def test_linear_probe_command_on_a_saved_model_and_its_backbone(tmp_path, capsys):
     from transformers import AutoImageProcessor, AutoModel
 
-    from hf_ssl import DinoForPretraining
-    from hf_ssl.cli import main as hf_ssl_command
+    from hf_ssl import DinoForPreTraining
+    from hf_ssl.commands.cli import main as hf_ssl_command
     from hf_ssl.data import load_image_dataset
 
     model_dir = tmp_path / "model"
-    model = DinoForPretraining(tiny_dino_config())
+    model = DinoForPreTraining(tiny_dino_config())
     model.save_pretrained(model_dir)
     model.export_backbone(model_dir / "backbone")
     _processor().save_pretrained(model_dir)

@@ -21,7 +21,7 @@ from hf_ssl.finetuning.model import (
 )
 from hf_ssl.finetuning.run import main
 from hf_ssl.models import build_image_processor
-from hf_ssl.training.config import ConfigError
+from hf_ssl.errors import ConfigError
 from tests.finetuning.conftest import MEAN, STD, write_recipe
 from tests.helpers import TINY_RESNET, TINY_VIT, random_images
 
@@ -32,7 +32,7 @@ def test_classification_metrics_hand_computed():
     # 6 images, 3 classes; predictions (argmax) 0, 1, 1, 2, 2, 0 for labels 0, 0, 1, 2, 2, 1
     logits = np.array([
         [3.0, 2.0, 1.0, 0.0, -1.0, -2.0],
-        [0.0, 3.0, 1.0, 0.5, -1.0, -2.0],
+        [0.0, 3.0, 1.0, 0.5, 0.2, -2.0],  # label 0 is the 5th best score: in the top 5, not in the top 4
         [0.0, 3.0, 1.0, 0.5, -1.0, -2.0],
         [0.0, 1.0, 3.0, 0.5, -1.0, -2.0],
         [0.0, 1.0, 3.0, 0.5, -1.0, -2.0],
@@ -41,7 +41,7 @@ def test_classification_metrics_hand_computed():
     labels = np.array([0, 0, 1, 2, 2, 1])
     metrics = classification_metrics(logits, labels)
     assert metrics["accuracy"] == pytest.approx(4 / 6)
-    assert metrics["top5_accuracy"] == pytest.approx(5 / 6)
+    assert metrics["top5_accuracy"] == pytest.approx(5 / 6)  # top-4 would be 4 / 6, top-6 6 / 6
     # class 0: TP 1, FP 1, FN 1 -> 0.5; class 1: TP 1, FP 1, FN 1 -> 0.5; class 2: TP 2 -> 1.0; classes 3-5 never occur
     assert metrics["macro_f1"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
 
@@ -131,10 +131,10 @@ def test_a_checkpoint_missing_backbone_weights_is_a_clear_error(vit_backbone_dir
 
 
 def test_hf_ssl_runs_and_checkpoints_give_their_evaluated_backbone(tmp_path):
-    from hf_ssl import SimClrConfig, SimClrForPretraining
+    from hf_ssl import SimClrConfig, SimClrForPreTraining
 
     torch.manual_seed(0)
-    model = SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8))
+    model = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8))
     checkpoint = tmp_path / "run" / "checkpoint-5"
     model.save_pretrained(checkpoint)  # a checkpoint folder: no backbone/, the processor is in the run folder
     build_image_processor("vit", 16, MEAN, STD).save_pretrained(tmp_path / "run")
@@ -261,6 +261,40 @@ def test_linear_probe_run_changes_only_the_head(vit_backbone_dir, image_folder, 
     tuned = AutoModelForImageClassification.from_pretrained(output)
     loaded = _backbone_state(tuned)
     assert all(torch.equal(loaded[key], reference[key]) for key in loaded)
+
+
+def test_linear_probe_run_on_a_resnet_keeps_its_batchnorm_statistics_and_reloads(image_folder, tmp_path):
+    # the probe's backbone stays in eval mode (freeze_backbone): BatchNorm normalises with its pretrained running
+    # statistics and never updates them, so the saved backbone is the loaded one, buffer for buffer
+    from transformers import AutoImageProcessor, ResNetForImageClassification, ResNetModel
+
+    backbone_dir, output = tmp_path / "resnet", tmp_path / "probe"
+    torch.manual_seed(0)
+    backbone = ResNetModel(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"}))
+    for module in backbone.modules():  # statistics a training step would move, unlike the initial mean 0, variance 1
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0.0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    backbone.save_pretrained(backbone_dir)
+    build_image_processor("resnet", 16, MEAN, STD).save_pretrained(backbone_dir)
+    recipe = write_recipe(tmp_path / "recipe.yaml", backbone_dir, image_folder, output, num_train_epochs=1)
+    assert main(["--config", str(recipe), "model.mode=linear_probe", "model.layer_decay=null", "training.learning_rate=0.1"]) == 0
+
+    tuned = AutoModelForImageClassification.from_pretrained(output)
+    assert type(tuned) is ResNetForImageClassification
+    reference, loaded = ResNetModel.from_pretrained(backbone_dir).state_dict(), _backbone_state(tuned)
+    assert set(loaded) == set(reference) and any(key.endswith("running_var") for key in loaded)
+    assert [key for key in loaded if not torch.equal(loaded[key], reference[key])] == []
+    # the reloaded model gives the test accuracy the run reported (the test split goes through the saved processor)
+    images = sorted((image_folder / "test").glob("*/*.png"))
+    labels = torch.tensor([tuned.config.label2id[path.parent.name] for path in images])
+    from PIL import Image
+
+    pixels = AutoImageProcessor.from_pretrained(output)([Image.open(path).convert("RGB") for path in images], return_tensors="pt")
+    with torch.no_grad():
+        predictions = tuned.eval()(**pixels).logits.argmax(1)
+    results = json.loads((output / "all_results.json").read_text())
+    assert results["test_accuracy"] == pytest.approx((predictions == labels).float().mean().item())
 
 
 # ----- every family an hf_ssl method exports, and N-band inputs ---------------------------------------------------

@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_two_processes_fine_tune_a_checkpoint_together(tmp_path):
-    from hf_ssl import SimClrConfig, SimClrForPretraining
+    from hf_ssl import SimClrConfig, SimClrForPreTraining
 
     torch.manual_seed(0)
     run = tmp_path / "run"
-    SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8)).save_pretrained(run / "checkpoint-3")
+    SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8)).save_pretrained(run / "checkpoint-3")
     build_image_processor("vit", 16, [0.5] * 3, [0.25] * 3).save_pretrained(run)
     for index, image in enumerate(random_images(36, size=(20, 20))):
         folder = tmp_path / "images" / "train" / ("horizontal" if index % 2 else "vertical")

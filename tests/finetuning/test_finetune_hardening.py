@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, ViTConfig, ViTImageProcessor, ViTModel
 
-from hf_ssl.data.images import BandLayoutError
+from hf_ssl.errors import BandLayoutError
 from hf_ssl.finetuning.data import ClassificationCollator, SeededExamples, check_images_fit
 from hf_ssl.finetuning.model import build_classification_model, load_image_processor, resolve_backbone_source
 from hf_ssl.finetuning.run import main
@@ -95,7 +95,7 @@ def test_crops_are_drawn_from_seed_epoch_and_example():
 
 # ----- 2. a kill inside a checkpoint save ------------------------------------------------------------------------
 def test_a_save_cut_short_is_passed_over_and_the_resume_is_exact(vit_backbone_dir, image_folder, uninterrupted, tmp_path, monkeypatch, capsys, caplog):
-    from hf_ssl.training import checkpointing
+    from hf_ssl.training.state import checkpointing
 
     output = tmp_path / "out"
     recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, **STEP_CHECKPOINTS)
@@ -268,11 +268,11 @@ def test_a_model_of_another_band_count_is_refused_before_training(vit_backbone_d
 
 # ----- 10. a pretraining checkpoint given to --resume ------------------------------------------------------------
 def test_resuming_from_a_pretraining_checkpoint_says_how_to_start_from_it(vit_backbone_dir, image_folder, tmp_path, capsys):
-    from hf_ssl import SimClrConfig, SimClrForPretraining
-    from hf_ssl.training import checkpointing
+    from hf_ssl import SimClrConfig, SimClrForPreTraining
+    from hf_ssl.training.state import checkpointing
 
     checkpoint = tmp_path / "pretraining" / "checkpoint-5"
-    SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8)).save_pretrained(checkpoint)
+    SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8)).save_pretrained(checkpoint)
     recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, tmp_path / "out")
     for state in (False, True):
         if state:
@@ -340,10 +340,10 @@ def test_a_kill_after_the_last_checkpoint_is_finished_by_a_resume(vit_backbone_d
 def _starts(tmp_path):
     """The four starts the README lists, each a 3-channel ViT: an hf_ssl run, its checkpoint, an exported backbone, and
     a plain transformers ViTModel with an ImageNet-style ViTImageProcessor (its own mean and std, no hf_ssl)."""
-    from hf_ssl import SimClrConfig, SimClrForPretraining
+    from hf_ssl import SimClrConfig, SimClrForPreTraining
 
     torch.manual_seed(0)
-    model = SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8))
+    model = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8))
     run = tmp_path / "run"
     model.save_pretrained(run / "checkpoint-5")
     model.save_pretrained(run)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_ssl import DinoConfig, DinoForPretraining
+from hf_ssl import DinoConfig, DinoForPreTraining
 from tests.helpers import TINY_HEAD, TINY_VIT
 
 
@@ -19,10 +19,10 @@ def tiny_config():
 
 @pytest.fixture
 def tiny_model(tiny_config):
-    """Factory: a freshly initialised, seeded DinoForPretraining."""
+    """Factory: a freshly initialised, seeded DinoForPreTraining."""
 
     def make(backbone_config=None, **overrides):
         torch.manual_seed(0)
-        return DinoForPretraining(tiny_config(backbone_config, **overrides))
+        return DinoForPreTraining(tiny_config(backbone_config, **overrides))
 
     return make

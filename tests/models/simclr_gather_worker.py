@@ -22,6 +22,10 @@ INPUT_DIM, PROJECTION_DIM, TEMPERATURE = 6, 4, 0.5
 # rows of the uneven gather check: rank r holds UNEVEN_ROWS[r] rows
 UNEVEN_ROWS = (1, 3)
 UNEVEN_FEATURES = 2
+# images of each rank in the NT-Xent runs over unequal shares: SHARES[name][r] images on rank r
+# (an offset that assumed equal shares would index past the gathered rows with the first and third, and pick the
+# wrong rows with the second)
+SHARES = {"more on rank 1": (3, 5), "more on rank 0": (5, 3), "none on rank 0": (0, 4)}
 
 
 def load_standalone_modules():
@@ -102,5 +106,30 @@ def run_rank(rank: int, world_size: int, port: int, result_file: str) -> None:
         (gathered * uneven_weights(rank)).sum().backward()
         results["uneven"] = {"gathered": gathered.detach(), "offset": offset, "grad": rows.grad}
         torch.save(results, f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def share_projections(shares: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (N, PROJECTION_DIM) projections of both views of the N = sum(shares) images, rank 0's images first."""
+    generator = torch.Generator().manual_seed(sum(shares))
+    projections_a = torch.randn(sum(shares), PROJECTION_DIM, generator=generator)
+    return projections_a, projections_a + 0.5 * torch.randn(projections_a.shape, generator=generator)
+
+
+def run_shares_rank(rank: int, world_size: int, port: int, result_file: str, shares: tuple[int, ...]) -> None:
+    """Rank r takes its shares[r] images (maybe none) of `share_projections(shares)`, computes the real NT-Xent loss
+    on them and backpropagates it weighted by its share of the images (so that the losses summed over processes are
+    the one-process loss over all images); saves its loss and the gradients of its own projections."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        loss_module, _ = load_standalone_modules()
+        projections_a, projections_b = share_projections(shares)
+        own = slice(sum(shares[:rank]), sum(shares[: rank + 1]))
+        local_a = projections_a[own].clone().requires_grad_(True)
+        local_b = projections_b[own].clone().requires_grad_(True)
+        loss = loss_module.NTXentLoss(TEMPERATURE)(local_a, local_b)
+        (loss * shares[rank] / sum(shares)).backward()
+        torch.save({"loss": loss.detach(), "grad_a": local_a.grad, "grad_b": local_b.grad}, f"{result_file}.{rank}")
     finally:
         dist.destroy_process_group()

@@ -1,11 +1,11 @@
-"""ByolForPretraining / ByolModel through the public API: the online and target networks, the EMA pairing, checkpoints,
+"""ByolForPreTraining / ByolModel through the public API: the online and target networks, the EMA pairing, checkpoints,
 the Auto classes and the exported backbone."""
 
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForPreTraining
 
-from hf_ssl import ByolConfig, ByolForPretraining, ByolLoss, ByolModel
+from hf_ssl import ByolConfig, ByolForPreTraining, ByolLoss, ByolModel
 from hf_ssl.models.backbone import get_backbone_features
 from hf_ssl.training import ema_update_
 from tests.helpers import TINY_RESNET, TINY_VIT
@@ -16,7 +16,7 @@ IMAGE_SIZES = {"vit": 16, "resnet": 32}
 
 def tiny_model(backbone=TINY_VIT, **overrides):
     torch.manual_seed(0)
-    return ByolForPretraining(ByolConfig(backbone_config=dict(backbone), **{**TINY_HEADS, **overrides}))
+    return ByolForPreTraining(ByolConfig(backbone_config=dict(backbone), **{**TINY_HEADS, **overrides}))
 
 
 def make_views(batch_size=3, image_size=16, seed=1):
@@ -100,7 +100,7 @@ def test_views_validation_and_tuple_output():
 
 def test_evaluation_backbone_is_the_online_backbone():
     model = tiny_model()
-    assert ByolForPretraining.main_input_name == "views"
+    assert ByolForPreTraining.main_input_name == "views"
     assert model.evaluation_backbone() is model.online.backbone
     assert model.evaluation_backbone_prefix == "online.backbone."
     assert all(name.startswith(("online.", "target.", "predictor.")) for name in model.state_dict())
@@ -128,7 +128,7 @@ def saved(tmp_path_factory):
 def test_save_and_load_round_trip_is_bit_exact_and_keeps_the_target_frozen(saved):
     model, checkpoint, _ = saved
     loaded, info = AutoModelForPreTraining.from_pretrained(checkpoint, output_loading_info=True)
-    assert isinstance(loaded, ByolForPretraining)
+    assert isinstance(loaded, ByolForPreTraining)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     expected, actual = model.state_dict(), loaded.state_dict()
     assert expected.keys() == actual.keys()

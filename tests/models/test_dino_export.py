@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from hf_ssl import DinoConfig, DinoForPretraining, DinoModel
+from hf_ssl import DinoConfig, DinoForPreTraining, DinoModel
 from tests.helpers import TINY_DINOV2, TINY_HEAD, TINY_VIT, plain_transformers_features
 
 
@@ -18,7 +18,7 @@ def exports(tmp_path_factory):
     directories = {}
     for family, backbone in (("vit", TINY_VIT), ("dinov2", TINY_DINOV2)):
         torch.manual_seed(0)
-        model = DinoForPretraining(DinoConfig(backbone_config=dict(backbone), **TINY_HEAD))
+        model = DinoForPreTraining(DinoConfig(backbone_config=dict(backbone), **TINY_HEAD))
         with torch.no_grad():  # make the student differ, so matching features prove the teacher was exported
             for parameter in model.student.parameters():
                 parameter.add_(0.5)

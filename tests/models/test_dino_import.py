@@ -1,4 +1,4 @@
-"""Importing official DINO checkpoints (facebookresearch/dino layouts) into DinoForPretraining and a plain ViTModel.
+"""Importing official DINO checkpoints (facebookresearch/dino layouts) into DinoForPreTraining and a plain ViTModel.
 
 The reference below re-implements the official ViT and DINO head forward passes on their own parameter names; filled
 with random values, saved in the official layouts and converted, it must give the same numbers as the converted models.
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, ViTModel
 
-from hf_ssl import DinoForPretraining
+from hf_ssl import DinoForPreTraining
 from hf_ssl.models.dino.convert_dino_official import (
     OFFICIAL_NUM_ATTENTION_HEADS,
     convert_dino_checkpoint,
@@ -377,7 +377,7 @@ def test_command_line_writes_the_model_and_a_plain_vit(checkpoint_path, referenc
     auto = AutoModel.from_pretrained(output_dir / "backbone")
     assert type(auto) is ViTModel
     student, teacher, center = reference
-    model = DinoForPretraining.from_pretrained(output_dir)
+    model = DinoForPreTraining.from_pretrained(output_dir)
     with torch.no_grad():
         expected = teacher.backbone(images)
         for plain in (vit, auto):

@@ -1,11 +1,11 @@
-"""DinoForPretraining / DinoModel / DinoHead behaviour through the public API."""
+"""DinoForPreTraining / DinoModel / DinoHead behaviour through the public API."""
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForPreTraining
 
-from hf_ssl import DinoForPretraining, DinoHead, DinoModel
+from hf_ssl import DinoForPreTraining, DinoHead, DinoModel
 from hf_ssl.models.dino import get_backbone_embed_dim, get_backbone_features
 from hf_ssl.models.dino.modeling_dino import build_backbone
 from tests.helpers import TINY_DINOV2, TINY_DINOV2_WITH_REGISTERS, TINY_RESNET, TINY_VIT
@@ -171,7 +171,7 @@ def test_save_and_load_round_trip_is_bit_exact(tiny_model, tmp_path):
     assert "loss.center" in saved and saved["loss.center"].abs().sum() > 0
 
     loaded, info = AutoModelForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
-    assert isinstance(loaded, DinoForPretraining)
+    assert isinstance(loaded, DinoForPreTraining)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     # every parameter and every buffer, the non-persistent ones too (state_dict() leaves those out)
     for named in ("named_parameters", "named_buffers"):
@@ -195,7 +195,7 @@ def test_loaded_model_starts_with_no_pending_center_statistics(tiny_model, tmp_p
     assert model.loss.pending_center_statistics.abs().sum() > 0
     model.save_pretrained(tmp_path)
     for _ in range(5):
-        loaded = DinoForPretraining.from_pretrained(tmp_path)
+        loaded = DinoForPreTraining.from_pretrained(tmp_path)
         pending = loaded.loss.pending_center_statistics
         assert pending.shape == (loaded.config.out_dim + 1,)
         assert torch.count_nonzero(pending) == 0, pending
@@ -208,7 +208,7 @@ def test_teacher_missing_from_a_checkpoint_starts_from_the_student(tiny_model, t
     weights = load_file(tmp_path / "model.safetensors")
     save_file({k: v for k, v in weights.items() if not k.startswith("teacher.")}, tmp_path / "model.safetensors")
 
-    loaded = DinoForPretraining.from_pretrained(tmp_path)
+    loaded = DinoForPreTraining.from_pretrained(tmp_path)
     student, teacher = loaded.student.state_dict(), loaded.teacher.state_dict()
     for name in student:
         assert torch.equal(student[name], teacher[name]), name

@@ -1,4 +1,4 @@
-"""HJepaForPretraining / HJepaFeatureModel through the public API: levels, the I-JEPA special case, checkpoints."""
+"""HJepaForPreTraining / HJepaFeatureModel through the public API: levels, the I-JEPA special case, checkpoints."""
 
 import json
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForPreTraining, IJepaModel
 
-from hf_ssl import HJepaConfig, HJepaFeatureModel, HJepaForPretraining, IJepaForPretraining, IJepaPretrainingConfig
+from hf_ssl import HJepaConfig, HJepaFeatureModel, HJepaForPreTraining, IJepaForPreTraining, IJepaPretrainingConfig
 from hf_ssl.data.masks import MultiBlockMaskCollator, rectangle_indices
 from hf_ssl.models.hjepa import contrastive_distance, infer_target_block_size
 from tests.helpers import TINY_VIT
@@ -24,7 +24,7 @@ def tiny_values(**overrides):
 
 def tiny_model(**overrides):
     torch.manual_seed(0)
-    return HJepaForPretraining(HJepaConfig(**tiny_values(**overrides)))
+    return HJepaForPreTraining(HJepaConfig(**tiny_values(**overrides)))
 
 
 def perturb_(module, seed=3):
@@ -138,7 +138,7 @@ def test_an_explicit_block_size_is_checked_against_the_masks():
 @pytest.mark.parametrize("loss_type", ["smooth_l1", "mse"])
 def test_one_level_of_pool_1_at_the_final_output_is_ijepa(loss_type):
     torch.manual_seed(0)
-    ijepa = IJepaForPretraining(IJepaPretrainingConfig(**tiny_values(loss_type=loss_type)))
+    ijepa = IJepaForPreTraining(IJepaPretrainingConfig(**tiny_values(loss_type=loss_type)))
     perturb_(ijepa)
     hjepa = tiny_model(loss_type=loss_type, num_hierarchies=1)
     state = {name.replace("predictor.output_projection.", "predictor.level_projections.0."): tensor
@@ -294,7 +294,7 @@ def test_save_and_load_round_trip_is_bit_exact(tmp_path):
     perturb_(model)
     model.save_pretrained(tmp_path)
     loaded, info = AutoModelForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
-    assert type(loaded) is HJepaForPretraining and loaded.config.level_target_layers == [None, 1, None]
+    assert type(loaded) is HJepaForPreTraining and loaded.config.level_target_layers == [None, 1, None]
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     expected, actual = model.state_dict(), loaded.state_dict()
     assert expected.keys() == actual.keys() and "predictor.level_projections.2.weight" in expected

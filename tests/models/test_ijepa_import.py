@@ -1,4 +1,4 @@
-"""Importing official I-JEPA checkpoints (facebookresearch/ijepa layout) into IJepaForPretraining.
+"""Importing official I-JEPA checkpoints (facebookresearch/ijepa layout) into IJepaForPreTraining.
 
 The reference below re-implements the official encoder and predictor forward passes on their own parameter names;
 filled with random values everywhere, saved in the official checkpoint layout and converted, it must give the same
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel
 
-from hf_ssl import IJepaForPretraining
+from hf_ssl import IJepaForPreTraining
 from hf_ssl.models.ijepa import (
     OFFICIAL_NUM_ATTENTION_HEADS,
     convert_official_checkpoint,
@@ -272,7 +272,7 @@ def test_position_embeddings_are_the_checkpoints_and_survive_save_and_load(conve
     assert torch.equal(converted.predictor.mask_token, predictor.mask_token)
 
     converted.save_pretrained(tmp_path)
-    reloaded = IJepaForPretraining.from_pretrained(tmp_path)
+    reloaded = IJepaForPreTraining.from_pretrained(tmp_path)
     saved, loaded = converted.state_dict(), reloaded.state_dict()
     assert saved.keys() == loaded.keys()
     for name, tensor in saved.items():
@@ -383,7 +383,7 @@ def test_command_line_saves_the_model_and_the_backbone(checkpoint_path, referenc
     main(["--checkpoint", str(checkpoint_path), "--output_dir", str(output_dir), "--num_attention_heads", str(HEADS),
           "--export_backbone", "context"])
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "backbone" / "model.safetensors").is_file()
-    model = IJepaForPretraining.from_pretrained(output_dir)
+    model = IJepaForPreTraining.from_pretrained(output_dir)
     backbone = AutoModel.from_pretrained(output_dir / "backbone")
     pixel_values, _, _ = make_inputs()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""IJepaForPretraining / IJepaPredictor / IJepaFeatureModel through the public API, and the exported encoder."""
+"""IJepaForPreTraining / IJepaPredictor / IJepaFeatureModel through the public API, and the exported encoder."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForPreTraining, IJepaConfig, IJepaModel
 
-from hf_ssl import IJepaFeatureModel, IJepaForPretraining, IJepaLoss, IJepaPretrainingConfig
+from hf_ssl import IJepaFeatureModel, IJepaForPreTraining, IJepaLoss, IJepaPretrainingConfig
 from hf_ssl.models.ijepa import sincos_position_embeddings_2d
 from tests.helpers import TINY_VIT, plain_transformers_features
 
@@ -24,7 +24,7 @@ def tiny_config(**overrides):
 
 def tiny_model(**overrides):
     torch.manual_seed(0)
-    return IJepaForPretraining(tiny_config(**overrides))
+    return IJepaForPreTraining(tiny_config(**overrides))
 
 
 def make_inputs(batch_size=3, num_targets=2, num_context=9, num_target_patches=4, seed=1):
@@ -228,7 +228,7 @@ def test_predictions_depend_on_the_mask_token_and_on_the_target_positions():
 def test_predictor_init_is_the_official_one():
     config = tiny_config(predictor_hidden_size=256, predictor_num_hidden_layers=1, predictor_num_attention_heads=4)
     torch.manual_seed(0)
-    predictor = IJepaForPretraining(config).predictor
+    predictor = IJepaForPreTraining(config).predictor
     for linear in (predictor.input_projection, predictor.output_projection, predictor.layers[0].mlp.fc1,
                    predictor.layers[0].attention.q_proj):
         assert linear.weight.std().item() == pytest.approx(0.02, rel=0.1)
@@ -325,7 +325,7 @@ def test_save_and_load_round_trip_is_bit_exact_and_keeps_the_frozen_parameters(t
     perturb_(model)
     model.save_pretrained(tmp_path)
     loaded, info = AutoModelForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
-    assert isinstance(loaded, IJepaForPretraining)
+    assert isinstance(loaded, IJepaForPreTraining)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     expected, actual = model.state_dict(), loaded.state_dict()
     assert expected.keys() == actual.keys()
@@ -343,7 +343,7 @@ def test_checkpoint_without_target_encoder_copies_the_context_encoder(tmp_path):
     model.save_pretrained(tmp_path)
     weights = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("target_encoder.")}
     save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    loaded = IJepaForPretraining.from_pretrained(tmp_path)
+    loaded = IJepaForPreTraining.from_pretrained(tmp_path)
     for target, context in zip(*loaded.teacher_student_parameter_pairs()):
         assert torch.equal(target, context)
     assert torch.equal(loaded.context_encoder.layers[0].mlp.fc1.weight, model.context_encoder.layers[0].mlp.fc1.weight)

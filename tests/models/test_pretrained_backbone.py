@@ -12,9 +12,9 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel, ResNetConfig, R
 
 import hf_ssl  # noqa: F401  (registers the Auto classes)
 from hf_ssl.models.backbone import adapt_input_channels, build_backbone, load_pretrained_backbone
-from hf_ssl.models.simclr import SimClrConfig, SimClrForPretraining
+from hf_ssl.models.simclr import SimClrConfig, SimClrForPreTraining
 from hf_ssl.training import Recipe, build_trainer, get_method
-from hf_ssl.training.config import ConfigError
+from hf_ssl.errors import ConfigError
 from tests.helpers import TINY_DINOV2, TINY_HEAD, TINY_RESNET, TINY_VIT, random_images
 from tests.training.test_methods import TINY_SETUPS
 
@@ -184,7 +184,7 @@ def test_from_pretrained_backbone_fills_student_and_ema_teacher_alike_and_initia
 
 def test_a_resnet_saved_with_its_classification_head_gives_its_backbone_and_batchnorm_statistics(resnet_folder):
     expected = state_of(ResNetForImageClassification.from_pretrained(resnet_folder).resnet)
-    model = SimClrForPretraining.from_pretrained_backbone(resnet_folder, **TINY_PROJECTION)
+    model = SimClrForPreTraining.from_pretrained_backbone(resnet_folder, **TINY_PROJECTION)
     assert_holds(model.backbone, expected)
     assert any("running_mean" in name for name in model.backbone.state_dict())
 
@@ -204,7 +204,7 @@ def test_a_vit_patch_embedding_is_adapted_to_n_channels_and_the_model_trains_and
     tmp_path, vit_folder, num_channels
 ):
     expected = state_of(AutoModel.from_pretrained(vit_folder))
-    model = SimClrForPretraining.from_pretrained_backbone(
+    model = SimClrForPreTraining.from_pretrained_backbone(
         vit_folder, backbone_config={"num_channels": num_channels}, **TINY_PROJECTION
     )
     patch_weight = "embeddings.patch_embeddings.projection.weight"
@@ -228,7 +228,7 @@ def test_a_vit_patch_embedding_is_adapted_to_n_channels_and_the_model_trains_and
 
 def test_a_resnet_first_convolution_is_adapted_to_four_bands(resnet_folder):
     expected = state_of(ResNetForImageClassification.from_pretrained(resnet_folder).resnet)
-    model = SimClrForPretraining.from_pretrained_backbone(
+    model = SimClrForPreTraining.from_pretrained_backbone(
         resnet_folder, backbone_config={"num_channels": 4}, **TINY_PROJECTION
     )
     first_conv = "embedder.embedder.convolution.weight"
@@ -239,7 +239,7 @@ def test_a_resnet_first_convolution_is_adapted_to_four_bands(resnet_folder):
 @pytest.mark.parametrize("backbone", [TINY_VIT, TINY_DINOV2], ids=["vit", "dinov2"])
 def test_another_image_size_resamples_the_position_embeddings_as_the_pretrained_model_interpolates(tmp_path, backbone):
     source = save_plain_backbone(backbone, tmp_path / "pretrained")
-    model = SimClrForPretraining.from_pretrained_backbone(
+    model = SimClrForPreTraining.from_pretrained_backbone(
         tmp_path / "pretrained", backbone_config={"image_size": 24}, **TINY_PROJECTION
     ).eval()
     assert model.backbone.embeddings.position_embeddings.shape[1] == 1 + 6 * 6
@@ -319,8 +319,8 @@ def test_continuing_from_a_plain_transformers_model_points_to_pretrained_backbon
 
 
 def test_weights_of_another_model_type_are_refused_by_the_library_too(resnet_folder):
-    model = SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), **TINY_PROJECTION))
-    message = r"is a 'resnet' model \(ResNetModel\) and SimClrForPretraining.backbone is a 'vit' one \(ViTModel\)"
+    model = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), **TINY_PROJECTION))
+    message = r"is a 'resnet' model \(ResNetModel\) and SimClrForPreTraining.backbone is a 'vit' one \(ViTModel\)"
     with pytest.raises(ValueError, match=message):
         load_pretrained_backbone(model, resnet_folder)
 
@@ -329,19 +329,19 @@ def test_a_checkpoint_without_a_tensor_of_its_model_is_refused(vit_folder):
     weights = load_file(vit_folder / "model.safetensors")
     weights.pop("encoder.layer.1.output.dense.bias")
     save_file(weights, vit_folder / "model.safetensors", metadata={"format": "pt"})
-    model = SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), **TINY_PROJECTION))
+    model = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), **TINY_PROJECTION))
     with pytest.raises(ValueError, match=r"does not hold a whole ViTModel: tensors it lacks \['[^']*1[^']*bias'\]"):
         load_pretrained_backbone(model, vit_folder)
 
 
 def test_an_hf_ssl_checkpoint_is_not_a_plain_backbone(tmp_path):
-    SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), **TINY_PROJECTION)).save_pretrained(tmp_path / "simclr")
+    SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), **TINY_PROJECTION)).save_pretrained(tmp_path / "simclr")
     with pytest.raises(ConfigError, match=r"is an hf_ssl 'hf_ssl_simclr' checkpoint.*pretrained_model_name_or_path"):
         Recipe.from_dict(simclr_recipe(tmp_path, pretrained_backbone=str(tmp_path / "simclr")))
 
 
 def test_a_method_that_does_not_list_its_ema_backbone_is_stopped_before_it_starts_half_pretrained(vit_folder):
-    class WithTargetBackbone(SimClrForPretraining):
+    class WithTargetBackbone(SimClrForPreTraining):
         def __init__(self, config):
             super().__init__(config)
             self.target_backbone = build_backbone(config.backbone_config_for_training())
@@ -361,7 +361,7 @@ def test_a_run_started_from_a_pretrained_backbone_trains(tmp_path, vit_folder):
     from hf_ssl.training.methods.simclr import SimClrViewConfig
 
     spec = get_method("simclr")
-    model = SimClrForPretraining.from_pretrained_backbone(vit_folder, **TINY_PROJECTION)
+    model = SimClrForPreTraining.from_pretrained_backbone(vit_folder, **TINY_PROJECTION)
     pretrained = state_of(model.backbone)
     views = SimClrViewConfig(input_size=16, sigmas=(0.1, 0.5))
     dataset = Dataset.from_dict({"image": random_images(8)}, features=Features({"image": ImageFeature()}))

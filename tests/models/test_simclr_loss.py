@@ -210,3 +210,65 @@ def test_uneven_gather_concatenates_in_rank_order_and_sums_gradients(two_process
         # d(sum over processes of their losses) / d(this process's rows)
         own_rows = slice(start, start + worker.UNEVEN_ROWS[rank])
         torch.testing.assert_close(uneven["grad"], summed_weights[own_rows], rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Two processes (gloo) holding unequal shares of the images, one of them none
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=list(worker.SHARES))
+def shares_run(request, tmp_path_factory):
+    """(shares, what each of 2 gloo processes saved) for one entry of `worker.SHARES` (see `run_shares_rank`). One
+    launch per entry: a run that crashes (an offset past the gathered rows) then fails its own entry only."""
+    shares = worker.SHARES[request.param]
+    result_file = str(tmp_path_factory.mktemp("simclr_shares") / "result")
+    mp.spawn(worker.run_shares_rank, args=(2, free_port(), result_file, shares), nprocs=2, join=True)
+    return shares, [torch.load(f"{result_file}.{rank}") for rank in range(2)]
+
+
+def hand_computed_rank_losses(projections_a, projections_b, shares):
+    """Each rank's NT-Xent loss, written out: the mean over its rows (its images' two views) of
+    -log(exp(s(i, positive)) / sum_{j != i} exp(s(i, j))), j over the rows of every rank; 0 for a rank without
+    images."""
+    normalized_a = projections_a / projections_a.norm(dim=1, keepdim=True)
+    normalized_b = projections_b / projections_b.norm(dim=1, keepdim=True)
+    rows = torch.cat([normalized_a, normalized_b])  # row i: view a of image i; row N + i: view b of image i
+    num_images = len(normalized_a)
+    logits = rows @ rows.T / worker.TEMPERATURE
+    losses = []
+    for rank, count in enumerate(shares):
+        start = sum(shares[:rank])
+        row_losses = []
+        for image in range(start, start + count):
+            for row, positive in ((image, num_images + image), (num_images + image, image)):
+                others = torch.cat([logits[row, :row], logits[row, row + 1 :]])
+                row_losses.append(torch.logsumexp(others, dim=0) - logits[row, positive])
+        losses.append(torch.stack(row_losses).mean() if row_losses else torch.tensor(0.0))
+    return losses
+
+
+@pytest.mark.slow
+def test_each_process_loss_over_unequal_shares_is_its_rows_mean_over_the_global_batch(shares_run):
+    shares, results = shares_run
+    expected = hand_computed_rank_losses(*worker.share_projections(shares), shares)
+    for rank in range(2):
+        torch.testing.assert_close(
+            results[rank]["loss"], expected[rank], rtol=1e-6, atol=1e-6, msg=lambda message: f"rank {rank}: {message}"
+        )
+
+
+@pytest.mark.slow
+def test_unequal_shares_train_as_one_process_over_the_concatenated_batch(shares_run):
+    # each process's loss weighted by its share of the images: the sum is the one-process loss, and each process's
+    # projections get exactly the one-process gradient of their rows
+    shares, results = shares_run
+    projections_a, projections_b = (tensor.requires_grad_(True) for tensor in worker.share_projections(shares))
+    loss = NTXentLoss(worker.TEMPERATURE)(projections_a, projections_b)
+    loss.backward()
+    weighted = sum(results[rank]["loss"] * count / sum(shares) for rank, count in enumerate(shares))
+    torch.testing.assert_close(weighted, loss.detach(), rtol=1e-6, atol=1e-6)
+    for rank in range(2):
+        own = slice(sum(shares[:rank]), sum(shares[: rank + 1]))
+        torch.testing.assert_close(results[rank]["grad_a"], projections_a.grad[own], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(results[rank]["grad_b"], projections_b.grad[own], rtol=1e-5, atol=1e-7)

@@ -1,4 +1,4 @@
-"""SimClrForPretraining / SimClrModel / SimClrProjectionHead through the public API, and the exported backbone."""
+"""SimClrForPreTraining / SimClrModel / SimClrProjectionHead through the public API, and the exported backbone."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
-from hf_ssl import NTXentLoss, SimClrConfig, SimClrForPretraining, SimClrModel, SimClrProjectionHead
+from hf_ssl import NTXentLoss, SimClrConfig, SimClrForPreTraining, SimClrModel, SimClrProjectionHead
 from hf_ssl.models.backbone import get_backbone_features
 from tests.helpers import TINY_DINOV2, TINY_RESNET, TINY_VIT, plain_transformers_features
 
@@ -17,7 +17,7 @@ IMAGE_SIZES = {"vit": 16, "resnet": 32}
 
 def tiny_model(backbone=TINY_VIT, **overrides):
     torch.manual_seed(0)
-    return SimClrForPretraining(SimClrConfig(backbone_config=dict(backbone), **{**TINY_PROJECTION, **overrides}))
+    return SimClrForPreTraining(SimClrConfig(backbone_config=dict(backbone), **{**TINY_PROJECTION, **overrides}))
 
 
 def make_views(batch_size=3, image_size=16, seed=1):
@@ -106,7 +106,7 @@ def test_tuple_output_and_views_validation():
 
 def test_main_input_name_and_evaluation_backbone():
     model = tiny_model()
-    assert SimClrForPretraining.main_input_name == "views"
+    assert SimClrForPreTraining.main_input_name == "views"
     assert model.evaluation_backbone() is model.backbone
     assert model.evaluation_backbone_prefix == "backbone."
     assert all(name.startswith(("backbone.", "projection_head.")) for name in model.state_dict())
@@ -175,7 +175,7 @@ def test_save_and_load_round_trip_is_bit_exact(tmp_path, backbone):
     model.save_pretrained(tmp_path)
 
     loaded, info = AutoModelForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
-    assert isinstance(loaded, SimClrForPretraining)
+    assert isinstance(loaded, SimClrForPreTraining)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     for named in ("named_parameters", "named_buffers"):
         expected, actual = dict(getattr(model, named)()), dict(getattr(loaded, named)())

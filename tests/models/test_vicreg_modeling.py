@@ -1,10 +1,10 @@
-"""VicRegForPretraining / VicRegModel / VicRegExpander through the public API, checkpoints and the exported backbone."""
+"""VicRegForPreTraining / VicRegModel / VicRegExpander through the public API, checkpoints and the exported backbone."""
 
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForPreTraining
 
-from hf_ssl import VicRegConfig, VicRegForPretraining, VicRegLoss, VicRegModel
+from hf_ssl import VicRegConfig, VicRegForPreTraining, VicRegLoss, VicRegModel
 from hf_ssl.models.backbone import get_backbone_features
 from hf_ssl.models.vicreg import VicRegExpander
 from tests.helpers import TINY_RESNET, TINY_VIT
@@ -12,7 +12,7 @@ from tests.helpers import TINY_RESNET, TINY_VIT
 
 def tiny_model(backbone=TINY_VIT, **overrides):
     torch.manual_seed(0)
-    return VicRegForPretraining(VicRegConfig(backbone_config=dict(backbone), **{"expander_dims": [24, 24, 8], **overrides}))
+    return VicRegForPreTraining(VicRegConfig(backbone_config=dict(backbone), **{"expander_dims": [24, 24, 8], **overrides}))
 
 
 def make_views(batch_size=3, image_size=16, seed=1):
@@ -80,7 +80,7 @@ def test_checkpoint_round_trip_auto_model_and_export(tmp_path):
     model.save_pretrained(tmp_path / "checkpoint")
 
     loaded, info = AutoModelForPreTraining.from_pretrained(tmp_path / "checkpoint", output_loading_info=True)
-    assert isinstance(loaded, VicRegForPretraining) and not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    assert isinstance(loaded, VicRegForPreTraining) and not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
     expected = model.state_dict()
     assert all(torch.equal(expected[name], tensor) for name, tensor in loaded.state_dict().items())
     assert loaded.config.expander_dims == [24, 24, 8]

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from datasets import Dataset  # noqa: E402
 
-from hf_ssl.training.engine import end_process_group  # noqa: E402
+from hf_ssl.training.engines.base import end_process_group  # noqa: E402
 from tests.helpers import make_dino_trainer, random_images  # noqa: E402
 
 

@@ -22,10 +22,10 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from hf_ssl import DinoForPretraining  # noqa: E402
+from hf_ssl import DinoForPreTraining  # noqa: E402
 from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
 from hf_ssl.training import build_trainer  # noqa: E402
-from hf_ssl.training.engine import end_process_group  # noqa: E402
+from hf_ssl.training.engines.base import end_process_group  # noqa: E402
 from tests.helpers import (  # noqa: E402
     random_images,
     sigterm_during_step,
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--engine", default="accelerate")
     options = parser.parse_args()
     torch.manual_seed(0)
-    model = DinoForPretraining(tiny_dino_config())
+    model = DinoForPreTraining(tiny_dino_config())
     # 32 images / (4 per process x 2 processes x accumulation 2) = 2 optimizer steps per epoch; 6 steps,
     # the last layer frozen for the first epoch (2 steps), warmup over the first epoch
     multicrop = tiny_multicrop_config()

@@ -1,4 +1,4 @@
-"""Run by test_fsdp.py under torchrun (2 CPU processes, gloo): shard a DinoForPretraining with FSDP2,
+"""Run by test_fsdp.py under torchrun (2 CPU processes, gloo): shard a DinoForPreTraining with FSDP2,
 bind DinoMethod after sharding, run one EMA update on the local shards, and check on process 0 that the
 gathered teacher equals the EMA computed on an unsharded copy."""
 
@@ -15,9 +15,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 from transformers.models.vit.modeling_vit import ViTLayer  # noqa: E402
 
-from hf_ssl import DinoForPretraining  # noqa: E402
+from hf_ssl import DinoForPreTraining  # noqa: E402
 from hf_ssl.training import DinoMethod, ema_update_  # noqa: E402
-from hf_ssl.training.engine import end_process_group  # noqa: E402
+from hf_ssl.training.engines.base import end_process_group  # noqa: E402
 from tests.helpers import tiny_dino_config, tiny_multicrop_config  # noqa: E402
 
 MOMENTUM = 0.9
@@ -27,7 +27,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
-    model = DinoForPretraining(tiny_dino_config())
+    model = DinoForPreTraining(tiny_dino_config())
     with torch.no_grad():  # a teacher that differs from the student, so the EMA moves it
         generator = torch.Generator().manual_seed(1)
         for parameter in model.teacher.parameters():

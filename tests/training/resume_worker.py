@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from hf_ssl import DinoForPretraining  # noqa: E402
+from hf_ssl import DinoForPreTraining  # noqa: E402
 from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
 from hf_ssl.training import build_trainer  # noqa: E402
 from tests.helpers import random_images, tiny_dino_config, tiny_multicrop_config, tiny_training_arguments  # noqa: E402
@@ -46,7 +46,7 @@ def main(arguments) -> None:
         arguments.output_dir, engine=arguments.engine, max_steps=arguments.max_steps, gradient_accumulation_steps=2,
         save_strategy="steps", save_steps=1, save_total_limit=2, warmup_epochs=1.0, freeze_last_layer_epochs=1.0, logging_steps=2,
     )
-    model = DinoForPretraining(tiny_dino_config())
+    model = DinoForPreTraining(tiny_dino_config())
     trainer = build_trainer(model=model, args=training_arguments, view_config=multicrop, train_dataset=dataset)
     if arguments.kill_after_checkpoint is not None:
         kill_after_checkpoint(trainer, arguments.kill_after_checkpoint)

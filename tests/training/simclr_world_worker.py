@@ -13,9 +13,9 @@ from datasets import Dataset  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
-from hf_ssl.models.simclr import SimClrConfig, SimClrForPretraining  # noqa: E402
+from hf_ssl.models.simclr import SimClrConfig, SimClrForPreTraining  # noqa: E402
 from hf_ssl.training import SimClrTrainingArguments, SimClrViewConfig, build_trainer  # noqa: E402
-from hf_ssl.training.engine import end_process_group  # noqa: E402
+from hf_ssl.training.engines.base import end_process_group  # noqa: E402
 from tests.helpers import TINY_VIT, random_images  # noqa: E402
 
 TOTAL_BATCH = 8
@@ -24,7 +24,7 @@ TOTAL_BATCH = 8
 def main(output_dir: str, engine: str) -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     torch.manual_seed(0)
-    model = SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, projection_use_bn=False, temperature=0.5))
+    model = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, projection_use_bn=False, temperature=0.5))
     views = SimClrViewConfig(input_size=16, min_scale=1.0, crop_ratio=(1.0, 1.0), hf_prob=0.0, cj_prob=0.0, random_gray_scale=0.0, gaussian_blur=0.0)
     arguments = SimClrTrainingArguments(
         output_dir=output_dir, engine=engine, per_device_train_batch_size=TOTAL_BATCH // world_size, max_steps=3,

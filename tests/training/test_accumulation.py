@@ -6,13 +6,13 @@ import pytest
 import torch
 from datasets import Dataset
 
-from hf_ssl import DinoForPretraining
+from hf_ssl import DinoForPreTraining
 from tests.helpers import DETERMINISTIC_CROPS, make_dino_trainer, random_images, tiny_dino_config, tiny_multicrop_config
 
 
 def state_after_two_steps(tmp_path, engine, batch_size, accumulation):
     torch.manual_seed(0)
-    model = DinoForPretraining(tiny_dino_config())
+    model = DinoForPreTraining(tiny_dino_config())
     trainer = make_dino_trainer(
         tmp_path / f"{engine}-{batch_size}", Dataset.from_dict({"image": random_images(32)}), engine=engine, model=model,
         multicrop=tiny_multicrop_config(**DETERMINISTIC_CROPS), per_device_train_batch_size=batch_size,
@@ -47,7 +47,7 @@ def test_accumulation_matches_one_large_batch(engine, tmp_path):
     accumulated = state_after_two_steps(tmp_path, engine, batch_size=8, accumulation=4)
     large = state_after_two_steps(tmp_path, engine, batch_size=32, accumulation=1)
     torch.manual_seed(0)
-    initial = DinoForPretraining(tiny_dino_config()).state_dict()
+    initial = DinoForPreTraining(tiny_dino_config()).state_dict()
     # the steps move most student and teacher tensors far beyond the tolerance below, so the comparison can
     # tell a wrong update (an EMA per micro-batch, a center from one micro-batch) from float noise
     for prefix in ("student.", "teacher."):

@@ -5,13 +5,13 @@ import pytest
 import torch
 from datasets import Dataset
 
-from hf_ssl import DinoForPretraining
+from hf_ssl import DinoForPreTraining
 from tests.helpers import make_dino_trainer, random_images, tiny_dino_config
 
 
 def final_weights(tmp_path, engine, checkpointing):
     torch.manual_seed(0)
-    model = DinoForPretraining(tiny_dino_config())
+    model = DinoForPreTraining(tiny_dino_config())
     trainer = make_dino_trainer(
         tmp_path / f"{engine}-{checkpointing}", Dataset.from_dict({"image": random_images(16)}), engine=engine,
         model=model, max_steps=3, activation_checkpointing=checkpointing,

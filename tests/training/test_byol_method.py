@@ -9,9 +9,9 @@ import torch
 import hf_ssl  # noqa: F401
 from hf_ssl.data import MultiCropTransform, with_multicrop
 from hf_ssl.training import build_trainer, get_method
-from hf_ssl.training.config import ConfigError
+from hf_ssl.errors import ConfigError
 from hf_ssl.training.methods.byol import ByolTrainingArguments, ByolViewConfig
-from hf_ssl.training.recipe import ByolRecipe, Recipe
+from hf_ssl.training.setup.recipe import Recipe
 from tests.helpers import TINY_VIT, random_images
 from tests.training.test_methods import TINY_SETUPS
 
@@ -89,7 +89,7 @@ def test_the_target_network_follows_the_online_one_by_the_ema(tmp_path):
 
 @pytest.mark.parametrize(("recipe", "backbone_type", "projection"), [("byol.yaml", "resnet", (4096, 256, 4096)), ("byol_fashion_mnist_demo.yaml", "vit", (256, 64, 256))])
 def test_the_recipes_parse(recipe, backbone_type, projection):
-    parsed = ByolRecipe.from_yaml(RECIPES / recipe)
+    parsed = Recipe.for_method("byol").from_yaml(RECIPES / recipe)
     config = parsed.model_config
     assert parsed.method == "byol" and config.backbone_config.model_type == backbone_type
     assert (config.projection_hidden_dim, config.projection_dim, config.prediction_hidden_dim) == projection

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hf_ssl.training import EarlyStopping, RunControl, checkpointing
-from hf_ssl.training.config import ConfigError
+from hf_ssl.training import EarlyStopping, RunControl
+from hf_ssl.training.state import checkpointing
+from hf_ssl.errors import ConfigError
 from tests.helpers import tiny_dino_config
 
 
@@ -271,7 +272,7 @@ def test_a_failed_save_says_the_disk_is_full_and_removes_its_staging_folder(tmp_
 # after a kill -9 of the run), then waits to be killed
 LOCK_AND_FORK = """
 import os, sys, time
-from hf_ssl.training.checkpointing import lock_output_dir
+from hf_ssl.training.state.checkpointing import lock_output_dir
 lock_output_dir(sys.argv[1])
 worker = os.fork()
 if worker == 0:

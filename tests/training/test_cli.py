@@ -7,16 +7,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_ssl.training import ConfigError, DinoRecipe
-from hf_ssl.training import Recipe, SimClrRecipe, registered_methods
-from hf_ssl.training.cli import parse_command_line
+from hf_ssl.training.setup.recipe import Recipe
+from hf_ssl.errors import ConfigError
+from hf_ssl.training import registered_methods
+from hf_ssl.training.setup.cli import parse_command_line
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def parse_dino(argv, **kwargs):
     """The command line of recipes/train_dino.py: a recipe without a method: key is a DINO recipe."""
-    return parse_command_line(argv, recipe_class=DinoRecipe, **kwargs)
+    return parse_command_line(argv, method="dino", **kwargs)
 
 
 def write(tmp_path, content: dict) -> Path:
@@ -70,7 +71,7 @@ def test_help_lists_every_section_and_key(capsys, monkeypatch):
     text = print_help(capsys, monkeypatch, 100)
     assert text.startswith("usage:") and "Pretrain DINO." in text and "--resume" in text
     lines = text.splitlines()
-    for section, keys in DinoRecipe.section_keys().items():
+    for section, keys in Recipe.for_method("dino").section_keys().items():
         assert f"{section}:" in lines
         for key in keys:
             assert any(line.lstrip().startswith(f"{key} (") for line in lines), f"{section}.{key} missing from --help"
@@ -85,7 +86,7 @@ def test_help_lists_every_section_and_key(capsys, monkeypatch):
 
 
 def test_every_key_of_the_hf_ssl_sections_has_help():
-    sections = {section.name: section for section in DinoRecipe.sections_help()}
+    sections = {section.name: section for section in Recipe.for_method("dino").sections_help()}
     for name in ("data", "augmentation", "evaluation"):
         assert [key.name for _, keys in sections[name].groups for key in keys if not key.help] == [], name
     dino_model_keys = sections["model"].groups[0][1]
@@ -99,7 +100,7 @@ def test_help_fits_the_terminal(capsys, monkeypatch, columns):
 
 
 def test_help_from_a_fresh_interpreter(tmp_path):
-    code = "from hf_ssl.training.cli import parse_command_line; parse_command_line(['--help'])"
+    code = "from hf_ssl.training.setup.cli import parse_command_line; parse_command_line(['--help'])"
     environment = {**os.environ, "COLUMNS": "100", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPOSITORY, env=environment, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -118,9 +119,9 @@ def test_the_recipe_names_its_method(tmp_path):
         parse_command_line(["--config", str(simclr), "augmentation.local_crops_number=2"])
     with pytest.raises(ConfigError, match="train_simclr.py"):
         parse_dino(["--config", str(simclr)])
-    assert parse_command_line(["--config", str(write(tmp_path, {}))], recipe_class=SimClrRecipe)[0].method == "simclr"
+    assert parse_command_line(["--config", str(write(tmp_path, {}))], method="simclr")[0].method == "simclr"
     with pytest.raises(ConfigError, match=r"names no method.*" + re.escape(str(registered_methods()))):
-        parse_command_line(["--config", str(write(tmp_path, {}))], recipe_class=Recipe)
+        parse_command_line(["--config", str(write(tmp_path, {}))], method=None)
     with pytest.raises(ConfigError, match="unknown method 'swav'"):
         parse_command_line(["--config", str(write(tmp_path, {"method": "swav"}))])
 

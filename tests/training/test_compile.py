@@ -6,7 +6,7 @@ import torch
 from accelerate.utils import is_compiled_module
 from datasets import Dataset
 
-from hf_ssl import DinoForPretraining
+from hf_ssl import DinoForPreTraining
 from tests.helpers import make_dino_trainer, random_images, tiny_dino_config
 
 
@@ -15,12 +15,12 @@ RTOL, ATOL = 1e-4, 1e-4
 
 def initial_weights():
     torch.manual_seed(0)
-    return DinoForPretraining(tiny_dino_config()).state_dict()
+    return DinoForPreTraining(tiny_dino_config()).state_dict()
 
 
 def final_weights(tmp_path, engine, compiled):
     torch.manual_seed(0)
-    model = DinoForPretraining(tiny_dino_config())
+    model = DinoForPreTraining(tiny_dino_config())
     trainer = make_dino_trainer(
         tmp_path / f"{engine}-{compiled}", Dataset.from_dict({"image": random_images(16)}), engine=engine, model=model,
         max_steps=3, torch_compile=compiled,

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_ssl.training import ConfigError, DinoRecipe
-from hf_ssl.training.config import coerce, docstring_arguments, load_yaml, parse_overrides
+from hf_ssl.training.setup.recipe import Recipe
+from hf_ssl.errors import ConfigError
+from hf_ssl.training.setup.config import coerce, docstring_arguments, load_yaml, parse_overrides
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -17,13 +18,13 @@ def write(tmp_path, content: dict) -> Path:
 
 @pytest.mark.parametrize("name", ["dino.yaml", "dino_fashion_mnist_demo.yaml"])
 def test_shipped_recipes_parse(name):
-    recipe = DinoRecipe.from_yaml(RECIPES / name)
+    recipe = Recipe.for_method("dino").from_yaml(RECIPES / name)
     assert recipe.model_config.model_type == "hf_ssl_dino"
     assert recipe.augmentation.global_crops_number == 2
 
 
 def test_official_recipe_values():
-    recipe = DinoRecipe.from_yaml(RECIPES / "dino.yaml")
+    recipe = Recipe.for_method("dino").from_yaml(RECIPES / "dino.yaml")
     config = recipe.model_config
     assert config.out_dim == 65536 and config.backbone_config.layer_norm_eps == 1e-6
     assert (recipe.training.learning_rate, recipe.training.min_lr, recipe.training.warmup_epochs) == (5e-4, 1e-6, 10)
@@ -34,7 +35,7 @@ def test_official_recipe_values():
 
 def test_overrides_reach_every_section_with_types(tmp_path):
     path = write(tmp_path, {"training": {"output_dir": str(tmp_path / "out")}})
-    recipe = DinoRecipe.from_yaml(
+    recipe = Recipe.for_method("dino").from_yaml(
         path,
         ["training.max_steps=7", "--training.learning_rate", "1e-3", "augmentation.global_crops_scale=[0.3, 1]", "model.out_dim=128"],
     )
@@ -47,16 +48,16 @@ def test_overrides_reach_every_section_with_types(tmp_path):
 def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
     path = write(tmp_path, {"training": {"learning_rat": 0.1}})
     with pytest.raises(ConfigError) as error:
-        DinoRecipe.from_yaml(path)
+        Recipe.for_method("dino").from_yaml(path)
     message = str(error.value)
     assert "training.learning_rat" in message and "'learning_rate'" in message and "Valid keys" in message
 
 
 def test_unknown_section_and_model_key(tmp_path):
     with pytest.raises(ConfigError, match="unknown key .*optimiser.*Valid keys"):
-        DinoRecipe.from_yaml(write(tmp_path, {"optimiser": {"lr": 1}}))
+        Recipe.for_method("dino").from_yaml(write(tmp_path, {"optimiser": {"lr": 1}}))
     with pytest.raises(ConfigError, match="model.out_dimension.*out_dim"):
-        DinoRecipe.from_yaml(write(tmp_path, {"model": {"out_dimension": 5}}))
+        Recipe.for_method("dino").from_yaml(write(tmp_path, {"model": {"out_dimension": 5}}))
 
 
 @pytest.mark.parametrize(
@@ -70,12 +71,12 @@ def test_unknown_section_and_model_key(tmp_path):
 )
 def test_wrong_type_names_the_key(tmp_path, override, where):
     with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
-        DinoRecipe.from_yaml(write(tmp_path, {}), [override])
+        Recipe.for_method("dino").from_yaml(write(tmp_path, {}), [override])
 
 
 def test_invalid_value_is_reported_with_its_section(tmp_path):
     with pytest.raises(ConfigError, match="training"):
-        DinoRecipe.from_yaml(write(tmp_path, {}), ["training.teacher_momentum=1.5"])
+        Recipe.for_method("dino").from_yaml(write(tmp_path, {}), ["training.teacher_momentum=1.5"])
 
 
 def test_override_syntax_errors():
@@ -88,15 +89,15 @@ def test_override_syntax_errors():
 
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        DinoRecipe.from_yaml(tmp_path / "nope.yaml")
+        Recipe.for_method("dino").from_yaml(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("training: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        DinoRecipe.from_yaml(bad)
+        Recipe.for_method("dino").from_yaml(bad)
 
 
 def test_resolved_recipe_round_trips(tmp_path):
-    recipe = DinoRecipe.from_yaml(RECIPES / "dino_fashion_mnist_demo.yaml", [f"training.output_dir={tmp_path}"])
+    recipe = Recipe.for_method("dino").from_yaml(RECIPES / "dino_fashion_mnist_demo.yaml", [f"training.output_dir={tmp_path}"])
     saved = recipe.save(tmp_path)
     reloaded = yaml.safe_load(saved.read_text())
     assert reloaded["training"]["max_steps"] == recipe.training.max_steps
@@ -130,11 +131,11 @@ def test_plain_yaml_keeps_yaml_1_1():
 def test_yaml_1_1_words_and_exponents_reach_every_section(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(f"model:\n  backbone_config: {{model_type: vit, layer_norm_eps: 1e-6}}\ntraining:\n  output_dir: {tmp_path}\n")
-    recipe = DinoRecipe.from_yaml(path, ["training.save_strategy=no", "training.min_lr=1e-7", "data.train_split=on"])
+    recipe = Recipe.for_method("dino").from_yaml(path, ["training.save_strategy=no", "training.min_lr=1e-7", "data.train_split=on"])
     layer_norm_eps = recipe.model["backbone_config"]["layer_norm_eps"]
     assert layer_norm_eps == 1e-6 and isinstance(layer_norm_eps, float)  # YAML 1.1 leaves "1e-6" a string here
     assert recipe.training.save_strategy == "no" and recipe.training.min_lr == 1e-7 and recipe.data.train_split == "on"
-    recipe = DinoRecipe.from_yaml(path, ["model.backbone_config.layer_norm_eps=1e-5"])
+    recipe = Recipe.for_method("dino").from_yaml(path, ["model.backbone_config.layer_norm_eps=1e-5"])
     assert recipe.model["backbone_config"]["layer_norm_eps"] == 1e-5
 
 
@@ -170,7 +171,7 @@ def test_coerce_refuses_and_names_the_key(value, annotation, expected):
 
 def test_coercion_through_the_recipe(tmp_path):
     path = write(tmp_path, {"training": {"output_dir": str(tmp_path / "out")}})
-    recipe = DinoRecipe.from_yaml(
+    recipe = Recipe.for_method("dino").from_yaml(
         path,
         ['training.max_steps="1e3"', "data.skip_bad_images=no", "evaluation.knn_at_end=0",
          "training.scale_learning_rate=Yes", "training.run_name=2024", "model.norm_last_layer=0"],
@@ -180,9 +181,9 @@ def test_coercion_through_the_recipe(tmp_path):
     assert recipe.training.scale_learning_rate is True
     assert recipe.model["norm_last_layer"] is False  # model keys are coerced by DinoConfig's annotations
     with pytest.raises(ConfigError, match=r"model\.out_dim: expected an integer"):
-        DinoRecipe.from_yaml(path, ["model.out_dim=ten"])
+        Recipe.for_method("dino").from_yaml(path, ["model.out_dim=ten"])
     with pytest.raises(ConfigError, match=r"training\.run_name: expected str \| None, got True"):
-        DinoRecipe.from_yaml(path, ["training.run_name=true"])
+        Recipe.for_method("dino").from_yaml(path, ["training.run_name=true"])
 
 
 # ----- keys without their section -----------------------------------------------------------------------
@@ -212,15 +213,15 @@ def test_a_key_of_several_sections_or_of_none():
 
 
 def test_recipe_takes_the_flat_flags_of_transformers_scripts(tmp_path):
-    recipe = DinoRecipe.from_yaml(write(tmp_path, {}), ["--output_dir", str(tmp_path / "run"), "--max_steps=5", "save_steps=2", "--knn_k", "7"])
+    recipe = Recipe.for_method("dino").from_yaml(write(tmp_path, {}), ["--output_dir", str(tmp_path / "run"), "--max_steps=5", "save_steps=2", "--knn_k", "7"])
     assert recipe.training.output_dir == str(tmp_path / "run") and recipe.training.max_steps == 5
     assert recipe.training.save_steps == 2 and recipe.evaluation.knn_k == 7
     with pytest.raises(ConfigError, match=r"unknown key 'max_step'.*training\.max_steps"):
-        DinoRecipe.from_yaml(write(tmp_path, {}), ["--max_step", "5"])
+        Recipe.for_method("dino").from_yaml(write(tmp_path, {}), ["--max_step", "5"])
 
 
 def test_section_keys_are_what_each_section_accepts():
-    keys = DinoRecipe.section_keys()
+    keys = Recipe.for_method("dino").section_keys()
     assert list(keys) == ["model", "data", "augmentation", "training", "evaluation"]
     assert {"out_dim", "backbone_config", "pretrained_model_name_or_path", "return_dict"} <= set(keys["model"])
     assert {"max_steps", "save_steps", "output_dir", "teacher_momentum", "seed"} <= set(keys["training"])

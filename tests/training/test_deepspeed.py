@@ -85,11 +85,11 @@ def assert_close(first: dict, second: dict, **tolerance) -> None:
 
 def initial_weights(tmp_path: Path) -> dict:
     sys.path.insert(0, str(ROOT))
-    from hf_ssl import DinoForPretraining
+    from hf_ssl import DinoForPreTraining
     from tests.helpers import tiny_dino_config
 
     torch.manual_seed(0)
-    DinoForPretraining(tiny_dino_config()).save_pretrained(tmp_path / "initial")
+    DinoForPreTraining(tiny_dino_config()).save_pretrained(tmp_path / "initial")
     return load_file(tmp_path / "initial" / "model.safetensors")
 
 

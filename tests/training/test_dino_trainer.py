@@ -4,19 +4,22 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_ssl import DinoForPretraining
+from hf_ssl import DinoForPreTraining
 from hf_ssl.data import MultiCropTransform, with_multicrop
 from hf_ssl.training import SslTrainer
 from hf_ssl.training.methods import base as method_base
 from tests.helpers import make_dino_trainer, tiny_dino_config, tiny_multicrop_config, tiny_training_arguments
 
 
-def make_trainer(tmp_path, dataset, model=None, **argument_overrides):
+def make_trainer(tmp_path, dataset, model=None, knn_evaluator=None, knn_eval_steps=0, **argument_overrides):
     multicrop = tiny_multicrop_config()
-    model = model or DinoForPretraining(tiny_dino_config())
+    model = model or DinoForPreTraining(tiny_dino_config())
     train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop))
     arguments = tiny_training_arguments(tmp_path / "out", **argument_overrides)
-    return SslTrainer(model=model, args=arguments, view_config=multicrop, train_dataset=train_dataset)
+    return SslTrainer(
+        model=model, args=arguments, view_config=multicrop, train_dataset=train_dataset, knn_evaluator=knn_evaluator,
+        knn_eval_steps=knn_eval_steps,
+    )
 
 
 def snapshot(module):
@@ -41,7 +44,7 @@ def test_tiny_end_to_end_run_logs_and_updates(tmp_path, tiny_image_dataset):
     for parameter in model.teacher.parameters():
         assert not parameter.requires_grad
     # the history of the run is saved as JSON and plotted
-    from hf_ssl.training.history import History
+    from hf_ssl.training.state.history import History
 
     history = History.load(tmp_path / "out" / "history.json")
     assert [entry["loss"] for entry in history.steps if "loss" in entry] == [entry["loss"] for entry in logs]
@@ -228,16 +231,12 @@ def test_bad_images_are_skipped_and_training_goes_on(tmp_path):
 def test_periodic_knn_is_logged_every_n_steps_and_at_the_end(tmp_path, tiny_image_dataset):
     from hf_ssl.evaluation import KnnEvaluator
     from hf_ssl.models import build_image_processor
-    from hf_ssl.training import KnnCallback
-
-    trainer = make_trainer(tmp_path, tiny_image_dataset, max_steps=4)
     processor = build_image_processor("vit", 16, [0.5] * 3, [0.5] * 3)
     evaluator = KnnEvaluator(tiny_image_dataset, tiny_image_dataset, processor, k=3, show_progress=False)
-    callback = KnnCallback(trainer, evaluator, eval_steps=2)
-    trainer.add_callback(callback)
+    trainer = make_trainer(tmp_path, tiny_image_dataset, max_steps=4, knn_evaluator=evaluator, knn_eval_steps=2)
     trainer.train()
     knn_logs = [entry for entry in trainer.state.log_history if "knn_top1" in entry]
     assert [entry["step"] for entry in knn_logs] == [2, 4]
-    assert callback.last_metrics["knn_top1"] == knn_logs[-1]["knn_top1"]
+    assert trainer.last_knn_metrics["knn_top1"] == knn_logs[-1]["knn_top1"]
     # the evaluator measures the teacher: the same numbers as evaluating the teacher backbone directly
     assert evaluator(trainer.model.teacher.backbone)["knn_top1"] == pytest.approx(knn_logs[-1]["knn_top1"])

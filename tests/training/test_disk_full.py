@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from hf_ssl.training import checkpointing
+from hf_ssl.training.state import checkpointing
 from tests.helpers import make_dino_trainer
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_ssl.training.ema import ema_update_
+from hf_ssl.training.optim.ema import ema_update_
 
 
 def test_ema_matches_formula_for_every_tensor():

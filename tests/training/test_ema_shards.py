@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_ssl.training.ema import ema_update_, local_shards
+from hf_ssl.training.optim.ema import ema_update_, local_shards
 
 
 class FakeDTensor(torch.Tensor):

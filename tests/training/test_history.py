@@ -7,7 +7,7 @@ import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from hf_ssl.evaluation.collapse import CollapseDetector
-from hf_ssl.training.history import History, HistoryCallback, main
+from hf_ssl.training.state.history import History, HistoryCallback, main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -107,7 +107,7 @@ def test_history_callback_records_warns_and_saves(tmp_path, caplog):
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
     state, control = TrainerState(), TrainerControl()
     callback = HistoryCallback(tmp_path / "out", collapse_detector=CollapseDetector(patience=20, out_dim=1024))
-    with caplog.at_level(logging.WARNING, logger="hf_ssl.training.history"):
+    with caplog.at_level(logging.WARNING, logger="hf_ssl.training.state.history"):
         for step in range(10, 50, 10):
             state.global_step, state.epoch = step, step / 20
             callback.on_log(args, state, control, logs=collapsed_logs(step))

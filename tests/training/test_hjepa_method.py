@@ -9,10 +9,10 @@ import torch
 import hf_ssl  # noqa: F401
 from hf_ssl.data import MultiCropTransform, with_multicrop
 from hf_ssl.training import build_trainer, get_method
-from hf_ssl.training.config import ConfigError
+from hf_ssl.errors import ConfigError
 from hf_ssl.training.methods import method_for_model
 from hf_ssl.training.methods.hjepa import HJepaTrainingArguments
-from hf_ssl.training.recipe import HJepaRecipe, Recipe
+from hf_ssl.training.setup.recipe import Recipe
 from tests.helpers import random_images
 from tests.training.test_methods import TINY_SETUPS
 
@@ -89,7 +89,7 @@ def test_recipe_errors_name_the_level_keys(tmp_path):
 
 
 def test_a_warmup_list_of_the_wrong_length_stops_the_script_before_data_or_model(tmp_path, monkeypatch, capsys):
-    from hf_ssl.training.pretrain import main
+    from hf_ssl.commands.pretrain import main
 
     def never(*args, **kwargs):
         raise AssertionError("the recipe check must come before the data and the model")
@@ -97,7 +97,7 @@ def test_a_warmup_list_of_the_wrong_length_stops_the_script_before_data_or_model
     monkeypatch.setattr(Recipe, "load_datasets", never)
     monkeypatch.setattr(Recipe, "build_model", never)
     arguments = ["--config", str(RECIPES / "hjepa_fashion_mnist_demo.yaml"), f"training.output_dir={tmp_path}"]
-    assert main([*arguments, "training.level_weight_warmup_epochs=[0, 1]"], recipe_class=HJepaRecipe) == 2
+    assert main([*arguments, "training.level_weight_warmup_epochs=[0, 1]"], method="hjepa") == 2
     error = capsys.readouterr().err
     assert error.startswith("error: training.level_weight_warmup_epochs has 2 values ([0.0, 1.0]) but the model has 3 levels")
     assert "model.num_hierarchies" in error and "Traceback" not in error
@@ -105,12 +105,12 @@ def test_a_warmup_list_of_the_wrong_length_stops_the_script_before_data_or_model
     two_levels = ["model.num_hierarchies=2", "model.level_pool_sizes=[1, 2]", "model.level_target_layers=[null, null]",
                   "model.level_loss_weights=[1.0, 0.5]"]
     with pytest.raises(AssertionError, match="the recipe check must come before"):
-        main([*arguments, *two_levels, "training.level_weight_warmup_epochs=[0, 1]"], recipe_class=HJepaRecipe)
+        main([*arguments, *two_levels, "training.level_weight_warmup_epochs=[0, 1]"], method="hjepa")
 
 
 @pytest.mark.parametrize(("recipe", "hidden", "levels"), [("hjepa.yaml", 768, 3), ("hjepa_fashion_mnist_demo.yaml", 128, 3)])
 def test_the_recipes_parse(recipe, hidden, levels):
-    parsed = HJepaRecipe.from_yaml(RECIPES / recipe)
+    parsed = Recipe.for_method("hjepa").from_yaml(RECIPES / recipe)
     config = parsed.model_config
     assert parsed.method == "hjepa" and config.backbone_config.hidden_size == hidden and config.num_hierarchies == levels
     assert config.level_pool_sizes == [1, 2, 4] and config.level_loss_weights == [1.0, 0.5, 0.25]

@@ -26,11 +26,11 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, Mo
 from huggingface_hub.errors import LocalTokenNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
 
 import hf_ssl  # noqa: F401  (registers the Auto classes)
-from hf_ssl.cli import main as hf_ssl_command
+from hf_ssl.commands.cli import main as hf_ssl_command
 from hf_ssl.training import files_to_push, get_method
-from hf_ssl.training.outputs import RunOutputError
+from hf_ssl.training.sharing.outputs import RunOutputError
 from hf_ssl.training.pretrain import run_pretraining
-from hf_ssl.training.recipe import DataArguments, EvaluationArguments, Recipe, RecipeData
+from hf_ssl.training.setup.recipe import DataArguments, EvaluationArguments, Recipe, RecipeData
 from tests.helpers import random_images
 from tests.training.test_methods import TINY_SETUPS
 
@@ -295,7 +295,9 @@ def test_pushed_repositories_load_from_the_hub_cache_and_the_backbone_with_trans
     hub, done = runs
     run = done["dino"]
     # the root, with hf_ssl: the pretraining model of the run, its saved weights
-    from transformers import AutoModelForPreTraining
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModel, AutoModelForPreTraining
 
     model = AutoModelForPreTraining.from_pretrained(run.repo, cache_dir=hub.cache)
     saved = AutoModelForPreTraining.from_pretrained(run.output_dir)
@@ -315,10 +317,13 @@ run, backbone_repo = sys.argv[1:]
 model = AutoModel.from_pretrained(run, subfolder="backbone")
 processor = AutoImageProcessor.from_pretrained(run, subfolder="backbone")
 image = Image.fromarray((np.arange(20 * 24 * 3).reshape(20, 24, 3) % 251).astype("uint8"))
+pixels = processor(image, return_tensors="pt")["pixel_values"]
 with torch.no_grad():
-    pooled = model(**processor(image, return_tensors="pt")).pooler_output
+    pooled = model(pixel_values=pixels).pooler_output
 extractor = pipeline("image-feature-extraction", model=backbone_repo)
 features = extractor(image, return_tensors=True)
+backbone_pixels = AutoImageProcessor.from_pretrained(backbone_repo)(image, return_tensors="pt")["pixel_values"]
+torch.save({"pixels": pixels, "pooled": pooled, "backbone_pixels": backbone_pixels, "features": features}, "outputs.pt")
 print(type(model).__name__, tuple(pooled.shape), type(extractor.model).__name__, tuple(features.shape))
 """
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub.cache), "PYTHONPATH": ""}
@@ -327,6 +332,17 @@ print(type(model).__name__, tuple(pooled.shape), type(extractor.model).__name__,
     assert completed.returncode == 0, completed.stderr[-3000:]
     # ViT: the CLS embedding (hidden 32); IJepa on 16-px images, 4-px patches: 16 patch tokens of width 32
     assert completed.stdout.split() == ["ViTModel", "(1,", "32)", "IJepaModel", "(1,", "16,", "32)"]
+    # and the same numbers as the trained models with hf_ssl: their processors' pixels, their features, bit for bit
+    loaded = torch.load(tmp_path / "outputs.pt")
+    image = Image.fromarray((np.arange(20 * 24 * 3).reshape(20, 24, 3) % 251).astype("uint8"))
+    for folder, pixels in ((run.output_dir, loaded["pixels"]), (done["ijepa"].output_dir, loaded["backbone_pixels"])):
+        expected = AutoImageProcessor.from_pretrained(folder)(image, return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(pixels, expected, rtol=0, atol=0)
+    with torch.no_grad():
+        pooled = AutoModel.from_pretrained(run.output_dir).eval()(pixel_values=loaded["pixels"]).pooler_output
+        patches = AutoModel.from_pretrained(done["ijepa"].output_dir).eval()(pixel_values=loaded["backbone_pixels"])
+    torch.testing.assert_close(loaded["pooled"], pooled, rtol=0, atol=0)
+    torch.testing.assert_close(loaded["features"], patches.last_hidden_state, rtol=0, atol=0)
 
 
 def test_files_to_push_leaves_out_checkpoints_staging_locks_and_pickles(tmp_path):
@@ -355,7 +371,7 @@ def test_push_refuses_a_folder_without_a_trained_model(tmp_path, capsys):
 
 
 def test_the_model_index_names_hub_datasets_only():
-    from hf_ssl.training.model_card import evaluation_results
+    from hf_ssl.training.sharing.model_card import evaluation_results
 
     metrics = {"knn_top1": 61.234, "knn_top5": 90.0}
     assert evaluation_results(metrics, "imagefolder", split="test") == []  # local data: in the card's text only
@@ -366,7 +382,7 @@ def test_the_model_index_names_hub_datasets_only():
 
 
 def test_a_backbone_repository_that_cannot_be_created_stops_the_run_before_training(tmp_path, monkeypatch, tiny_image_dataset):
-    from hf_ssl.training.config import ConfigError
+    from hf_ssl.errors import ConfigError
 
     def no_token(api, repo_id, **kwargs):
         raise LocalTokenNotFoundError("Token is required (`token=True`), but no token found.")

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from hf_ssl import DinoForPretraining
-from hf_ssl.training.hub import fetch_hub_checkpoint
+from hf_ssl import DinoForPreTraining
+from hf_ssl.training.sharing.hub import fetch_hub_checkpoint
 from tests.helpers import make_dino_trainer, sigterm_during_step
 from tests.training.test_hub_push import FakeHub
 
@@ -61,7 +61,7 @@ def test_a_session_cut_and_lost_resumes_from_its_hub_checkpoint_to_the_uninterru
     assert_same_weights(weights(resumed.model), expected)
     # all_checkpoints: the new one as checkpoint-2/; at the root, the final weights as from_pretrained loads them
     assert "checkpoint-2/hf_ssl_state.json" in hub.files(REPO) and "last-checkpoint/hf_ssl_state.json" in hub.files(REPO)
-    assert_same_weights(weights(DinoForPretraining.from_pretrained(hub.snapshot(REPO))), expected)
+    assert_same_weights(weights(DinoForPreTraining.from_pretrained(hub.snapshot(REPO))), expected)
     assert not list((tmp_path / "session-2").glob(".hub-weights-*")) and not list((tmp_path / "session-2").glob(".staging-*"))
 
     # a local checkpoint at or past the Hub's is used as it is; a repository with no last-checkpoint/ starts afresh
@@ -80,7 +80,7 @@ def test_a_checkpoint_saved_during_an_upload_waits_and_the_latest_is_pushed_when
 
     from huggingface_hub import HfApi
 
-    from hf_ssl.training.hub import CheckpointPusher
+    from hf_ssl.training.sharing.hub import CheckpointPusher
 
     hub = FakeHub(tmp_path / "hub-cache").install(monkeypatch)
     hub.create_repo(REPO)

@@ -10,9 +10,9 @@ import torch
 import hf_ssl  # noqa: F401
 from hf_ssl.data import MultiBlockMaskCollator, MultiCropTransform, with_multicrop
 from hf_ssl.training import build_trainer, get_method
-from hf_ssl.training.config import ConfigError
+from hf_ssl.errors import ConfigError
 from hf_ssl.training.methods.ijepa import IJepaTrainingArguments, IJepaViewConfig
-from hf_ssl.training.recipe import IJepaRecipe, Recipe
+from hf_ssl.training.setup.recipe import Recipe
 from tests.helpers import TINY_VIT, random_images
 from tests.training.test_methods import TINY_SETUPS
 
@@ -140,7 +140,7 @@ def test_mask_settings_that_cannot_fit_the_patch_grid_are_refused_before_trainin
     ("ijepa.yaml", 1280, 14, 16), ("ijepa_vitb16.yaml", 768, 16, 12), ("ijepa_fashion_mnist_demo.yaml", 128, 4, 4),
 ])
 def test_the_recipes_parse(recipe, hidden, patch, heads):
-    parsed = IJepaRecipe.from_yaml(RECIPES / recipe)
+    parsed = Recipe.for_method("ijepa").from_yaml(RECIPES / recipe)
     config = parsed.model_config
     assert parsed.method == "ijepa" and config.backbone_config.hidden_size == hidden and config.backbone_config.patch_size == patch
     assert config.predictor_num_attention_heads == heads and config.backbone_config.model_type == "ijepa"

@@ -3,7 +3,7 @@ backbone a run started from as base_model when it is a Hub repository."""
 
 import yaml
 
-from hf_ssl.training.model_card import hub_datasets, hub_model_id
+from hf_ssl.training.sharing.model_card import hub_datasets, hub_model_id
 
 
 def test_datasets_keep_hub_ids_only(tmp_path):
@@ -25,14 +25,14 @@ def test_a_run_from_a_pretrained_backbone_names_it_in_its_card(tmp_path, monkeyp
     from transformers import ViTConfig, ViTModel
 
     from hf_ssl.models.backbone import load_pretrained_backbone
-    from hf_ssl.models.simclr import SimClrConfig, SimClrForPretraining
-    from hf_ssl.training.model_card import write_model_card
+    from hf_ssl.models.simclr import SimClrConfig, SimClrForPreTraining
+    from hf_ssl.training.sharing.model_card import write_model_card
     from hf_ssl.training.methods.simclr import SimClrMethod, SimClrTrainingArguments
     from tests.helpers import TINY_VIT
 
     tiny = {key: value for key, value in TINY_VIT.items() if key != "model_type"}
     ViTModel(ViTConfig(**tiny), add_pooling_layer=False).save_pretrained(tmp_path / "source")
-    model = SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8))
+    model = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8))
     load_pretrained_backbone(model, str(tmp_path / "source"))
     assert model.config.pretrained_backbone == str(tmp_path / "source")  # recorded, saved in config.json
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from hf_ssl.training.pretrain import main
+from hf_ssl.commands.pretrain import main
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "simclr_hyperspectral.yaml"
 TINY_BACKBONES = {  # the recipe's ResNet-18 at tiny size, and a ViT
@@ -191,8 +191,8 @@ def test_broken_and_wrong_band_files_are_skipped_and_counted(tmp_path):
 
 
 def test_band_counts_that_disagree_stop_before_training(tmp_path):
-    from hf_ssl.training.config import ConfigError
-    from hf_ssl.training.recipe import Recipe
+    from hf_ssl.errors import ConfigError
+    from hf_ssl.training.setup.recipe import Recipe
 
     raw = yaml.safe_load(RECIPE.read_text())
     raw["model"]["backbone_config"] = {**TINY_BACKBONES["resnet"], "num_channels": 4}

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hf_ssl.training.optimizers import LARS, OPTIMIZERS, apply_optimizer_settings, build_optimizer
+from hf_ssl.training.optim.optimizers import LARS, OPTIMIZERS, apply_optimizer_settings, build_optimizer
 
 LR, MOMENTUM, WEIGHT_DECAY, ETA, EPS = 0.1, 0.9, 0.01, 0.001, 1e-8
 

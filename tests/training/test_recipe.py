@@ -9,9 +9,9 @@ import torch
 import yaml
 from PIL import Image
 
-from hf_ssl import DinoForPretraining
-from hf_ssl.training import DinoRecipe
-from hf_ssl.training.config import ConfigError
+from hf_ssl import DinoForPreTraining
+from hf_ssl.training.setup.recipe import Recipe
+from hf_ssl.errors import ConfigError
 from tests.helpers import TINY_DINOV2, TINY_HEAD, TINY_RESNET, TINY_VIT
 
 RECIPE = {
@@ -44,16 +44,16 @@ def recipe_file(tmp_path, **sections):
 )
 def test_sizes_the_exported_backbone_would_reject_stop_before_training(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        DinoRecipe.from_yaml(recipe_file(tmp_path), overrides)
+        Recipe.for_method("dino").from_yaml(recipe_file(tmp_path), overrides)
 
 
 def test_the_official_recipe_derives_its_evaluation_size_and_checks_it_against_a_smaller_backbone():
-    recipe = DinoRecipe.from_yaml("recipes/dino.yaml")
+    recipe = Recipe.for_method("dino").from_yaml("recipes/dino.yaml")
     assert recipe.evaluation.image_size is None and recipe.evaluation_image_size == 224
     smaller = ["model.backbone_config.image_size=112", "augmentation.global_crop_size=112", "augmentation.local_crop_size=48"]
-    assert DinoRecipe.from_yaml("recipes/dino.yaml", smaller).evaluation_image_size == 112
+    assert Recipe.for_method("dino").from_yaml("recipes/dino.yaml", smaller).evaluation_image_size == 112
     with pytest.raises(ConfigError, match="evaluation.image_size=224 differs from the vit backbone's image_size 112"):
-        DinoRecipe.from_yaml("recipes/dino.yaml", [*smaller, "evaluation.image_size=224"])
+        Recipe.for_method("dino").from_yaml("recipes/dino.yaml", [*smaller, "evaluation.image_size=224"])
 
 
 @pytest.mark.parametrize("backbone, global_size", [(TINY_VIT, 16), (TINY_DINOV2, 24), (TINY_RESNET, 20)])
@@ -64,8 +64,8 @@ def test_the_export_loads_and_runs_with_its_own_processor(tmp_path, backbone, gl
 
     from hf_ssl.models import build_image_processor
 
-    recipe = DinoRecipe.from_yaml(recipe_file(tmp_path, model={"backbone_config": backbone}, augmentation={"global_crop_size": global_size}))
-    model = DinoForPretraining(recipe.model_config)
+    recipe = Recipe.for_method("dino").from_yaml(recipe_file(tmp_path, model={"backbone_config": backbone}, augmentation={"global_crop_size": global_size}))
+    model = DinoForPreTraining(recipe.model_config)
     processor = build_image_processor(backbone["model_type"], recipe.evaluation_image_size, recipe.view_config.mean, recipe.view_config.std)
     model.export_backbone(tmp_path / "backbone", image_processor=processor)
     exported = AutoModel.from_pretrained(tmp_path / "backbone")
@@ -96,7 +96,7 @@ def test_the_export_loads_and_runs_with_its_own_processor(tmp_path, backbone, gl
 )
 def test_values_that_make_no_sense_are_named_before_anything_runs(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
-        DinoRecipe.from_yaml(recipe_file(tmp_path), [override])
+        Recipe.for_method("dino").from_yaml(recipe_file(tmp_path), [override])
 
 
 # ----- continuing from a pretrained model -----------------------------------------------------------------------------
@@ -104,13 +104,13 @@ def test_values_that_make_no_sense_are_named_before_anything_runs(tmp_path, over
 
 @pytest.fixture
 def pretrained(tmp_path):
-    recipe = DinoRecipe.from_yaml(recipe_file(tmp_path))
-    DinoForPretraining(recipe.model_config).save_pretrained(tmp_path / "pretrained")
+    recipe = Recipe.for_method("dino").from_yaml(recipe_file(tmp_path))
+    DinoForPreTraining(recipe.model_config).save_pretrained(tmp_path / "pretrained")
     return tmp_path / "pretrained"
 
 
 def test_the_recipe_that_trained_a_model_can_continue_it_with_new_loss_settings(tmp_path, pretrained):
-    recipe = DinoRecipe.from_yaml(
+    recipe = Recipe.for_method("dino").from_yaml(
         recipe_file(tmp_path), [f"model.pretrained_model_name_or_path={pretrained}", "model.teacher_temperature=0.07", "model.center_momentum=0.5"]
     )
     model = recipe.build_model()
@@ -128,19 +128,19 @@ def test_the_recipe_that_trained_a_model_can_continue_it_with_new_loss_settings(
 )
 def test_an_architecture_other_than_the_pretrained_one_is_refused(tmp_path, pretrained, override, message):
     with pytest.raises(ConfigError, match=message + r".*remove these keys"):
-        DinoRecipe.from_yaml(recipe_file(tmp_path), [f"model.pretrained_model_name_or_path={pretrained}", override])
+        Recipe.for_method("dino").from_yaml(recipe_file(tmp_path), [f"model.pretrained_model_name_or_path={pretrained}", override])
 
 
 def test_a_pretrained_model_that_does_not_exist_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="pretrained_model_name_or_path=.*cannot be loaded"):
-        DinoRecipe.from_yaml(recipe_file(tmp_path), [f"model.pretrained_model_name_or_path={tmp_path / 'nowhere'}"])
+        Recipe.for_method("dino").from_yaml(recipe_file(tmp_path), [f"model.pretrained_model_name_or_path={tmp_path / 'nowhere'}"])
 
 
 # ----- data and hardware ------------------------------------------------------------------------------------------------
 
 
 def test_a_data_dir_that_does_not_exist_says_so(tmp_path):
-    recipe = DinoRecipe.from_yaml(recipe_file(tmp_path, data={"dataset": "imagefolder", "data_dir": str(tmp_path / "missing")}))
+    recipe = Recipe.for_method("dino").from_yaml(recipe_file(tmp_path, data={"dataset": "imagefolder", "data_dir": str(tmp_path / "missing")}))
     with pytest.raises(ConfigError, match=r"data.data_dir='.*missing' does not exist"):
         recipe.load_datasets()
 
@@ -149,6 +149,6 @@ def test_a_data_dir_that_does_not_exist_says_so(tmp_path):
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_half_precision_without_a_gpu_warns_and_records_float32(tmp_path, caplog, precision):
     with caplog.at_level("WARNING"):
-        recipe = DinoRecipe.from_yaml(recipe_file(tmp_path), [f"training.{precision}=true"])
+        recipe = Recipe.for_method("dino").from_yaml(recipe_file(tmp_path), [f"training.{precision}=true"])
     assert f"training.{precision}=true needs a GPU" in caplog.text
     assert getattr(recipe.training, precision) is False and recipe.to_dict()["training"][precision] is False

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_ssl.training import checkpointing
+from hf_ssl.training.state import checkpointing
 
 ROOT = Path(__file__).resolve().parents[1].parent
 WORKER = ROOT / "tests" / "training" / "resume_worker.py"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hf_ssl.training import checkpointing
+from hf_ssl.training.state import checkpointing
 from tests.helpers import make_dino_trainer
 
 SCRIPTED_KNN_TOP1 = [10.0, 30.0, 20.0, 25.0, 40.0, 50.0]  # evaluations after steps 1, 2, 3, ...

@@ -13,9 +13,9 @@ import torch
 from datasets import Dataset, Features, Image as ImageFeature
 
 from hf_ssl.data import MultiCropCollator
-from hf_ssl.training import checkpointing
-from hf_ssl.training.config import ConfigError
-from hf_ssl.training import NonFiniteLossError
+from hf_ssl.training.state import checkpointing
+from hf_ssl.errors import ConfigError
+from hf_ssl.errors import NonFiniteLossError
 from tests.helpers import make_dino_trainer, png_bytes, random_images
 
 ENGINES = ["trainer", "accelerate"]
@@ -210,14 +210,14 @@ class DropEveryExampleOfBatch(MultiCropCollator):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_step_without_one_readable_image_does_not_move_the_weights(engine, tmp_path, tiny_image_dataset):
-    from hf_ssl import DinoForPretraining
+    from hf_ssl import DinoForPreTraining
     from hf_ssl.data import MultiCropTransform, with_multicrop
     from hf_ssl.training import build_trainer
     from tests.helpers import tiny_dino_config, tiny_multicrop_config, tiny_training_arguments
 
     multicrop = tiny_multicrop_config()
     trainer = build_trainer(
-        model=DinoForPretraining(tiny_dino_config()), args=tiny_training_arguments(tmp_path, engine=engine, max_steps=3, weight_decay=0.4),
+        model=DinoForPreTraining(tiny_dino_config()), args=tiny_training_arguments(tmp_path, engine=engine, max_steps=3, weight_decay=0.4),
         view_config=multicrop, train_dataset=with_multicrop(tiny_image_dataset, MultiCropTransform(multicrop)),
         data_collator=DropEveryExampleOfBatch({1}),
     )

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, cosine_value, scaled_learning_rate
+from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, cosine_value, scaled_learning_rate
 
 
 def test_warmup_cosine_values_at_key_steps():

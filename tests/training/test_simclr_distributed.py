@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_ssl.models.simclr import SimClrConfig, SimClrForPretraining
+from hf_ssl.models.simclr import SimClrConfig, SimClrForPreTraining
 from tests.helpers import TINY_VIT, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def test_two_processes_of_four_images_train_like_one_of_eight(engine, tmp_path):
     assert "world size 2, finished at step 3" in run(tmp_path / "two", engine, 2)
     one, two = load_file(tmp_path / "one" / "final.safetensors"), load_file(tmp_path / "two" / "final.safetensors")
     torch.manual_seed(0)
-    initial = SimClrForPretraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, projection_use_bn=False)).state_dict()
+    initial = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, projection_use_bn=False)).state_dict()
     # moved by more than 10 times the comparison's tolerance, so that the comparison can tell a wrong gather
     moved = [name for name in one if ((one[name] - initial[name]).abs() > 10 * (1e-5 + 1e-4 * initial[name].abs())).any()]
     assert len(moved) > 0.8 * len(one), f"only {len(moved)} of {len(one)} tensors moved: the comparison would prove nothing"

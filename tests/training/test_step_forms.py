@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hf_ssl.training.engine import check_distributed_setup
+from hf_ssl.training.engines.base import check_distributed_setup
 from hf_ssl.training.methods.base import restart_moments
-from hf_ssl.training.ema import FullPrecisionTeacher, ema_update_
+from hf_ssl.training.optim.ema import FullPrecisionTeacher, ema_update_
 
 
 def test_float32_teacher_follows_the_student_where_a_bf16_ema_stands_still():
@@ -65,11 +65,11 @@ def test_deepspeed_zero3_is_refused_before_training():
 
 
 def test_a_step_the_gradient_scaler_skipped_leaves_the_teacher_alone():
-    from hf_ssl import DinoForPretraining
+    from hf_ssl import DinoForPreTraining
     from hf_ssl.training.methods.dino import DinoMethod
     from tests.helpers import tiny_dino_config, tiny_multicrop_config
 
-    model = DinoForPretraining(tiny_dino_config())
+    model = DinoForPreTraining(tiny_dino_config())
     with torch.no_grad():
         for parameter in model.student.parameters():
             parameter.add_(0.1)  # the student moved away from the teacher

@@ -11,7 +11,7 @@ import yaml
 from datasets import Dataset
 
 from hf_ssl.training import Recipe
-from hf_ssl.training.config import ConfigError
+from hf_ssl.errors import ConfigError
 from tests.helpers import png_bytes, random_images
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -64,14 +64,14 @@ def with_eval_split(tmp_path, method, eval_split="validation"):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_recipe_pretrains_on_a_plain_folder_without_knn(method, folders, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_ssl.training.recipe"):
+    with caplog.at_level(logging.WARNING, logger="hf_ssl.training.setup.recipe"):
         data = load(RECIPES / f"{method}.yaml", folders / "plain")
     assert data.knn is None and len(data.train) == 12
     # dino.yaml names a 'validation' split for k-NN; the other recipes leave eval_split null and say nothing
     assert len(knn_off_lines(caplog)) == (1 if method == "dino" else 0), caplog.text
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hf_ssl.training.recipe"):
+    with caplog.at_level(logging.WARNING, logger="hf_ssl.training.setup.recipe"):
         data = load(with_eval_split(tmp_path, method), folders / "plain")
     assert data.knn is None
     (line,) = knn_off_lines(caplog)
@@ -103,7 +103,7 @@ def test_images_without_labels_to_tell_apart_skip_knn(folder, why, folders, tmp_
     source = ["data.dataset=parquet", f"data.data_files={data_files}"] if folder == "parquet" else []
     for overrides in ([], ["data.eval_split=test"]):  # from the recipe file, or even asked for on the command line
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="hf_ssl.training.recipe"):
+        with caplog.at_level(logging.WARNING, logger="hf_ssl.training.setup.recipe"):
             data = load(with_eval_split(tmp_path, "dino", "test"), folders / folder, *source, *overrides)
         assert data.knn is None
         (line,) = knn_off_lines(caplog)
@@ -111,7 +111,7 @@ def test_images_without_labels_to_tell_apart_skip_knn(folder, why, folders, tmp_
 
 
 def test_a_labelled_folder_keeps_knn(folders, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_ssl.training.recipe"):
+    with caplog.at_level(logging.WARNING, logger="hf_ssl.training.setup.recipe"):
         data = load(with_eval_split(tmp_path, "simclr", "test"), folders / "labelled")
     bank, queries = data.knn
     assert (len(bank), len(queries)) == (8, 4) and knn_off_lines(caplog) == []
@@ -144,6 +144,6 @@ def test_early_stopping_on_a_metric_the_run_never_logs_is_refused_before_trainin
 
 
 def test_a_recipe_default_best_n_on_unlabelled_data_only_warns(folders, caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_ssl.training.recipe"):
+    with caplog.at_level(logging.WARNING, logger="hf_ssl.training.setup.recipe"):
         check_best_metric(RECIPES / "dino.yaml", folders / "plain")  # save_best_total_limit 1 by knn_top1, no k-NN here
     assert "training.save_best_total_limit keeps no best checkpoint" in caplog.text

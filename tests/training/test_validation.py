@@ -9,7 +9,7 @@ import torch
 import hf_ssl  # noqa: F401  (registers the Auto classes)
 from hf_ssl.data import MultiCropTransform, with_multicrop
 from hf_ssl.training import build_trainer, get_method
-from hf_ssl.training.validation import ValidationLoss
+from hf_ssl.training.engines.validation import ValidationLoss
 from tests.training.test_methods import TINY_SETUPS, state_of
 
 
@@ -55,16 +55,22 @@ def val_losses(trainer):
     return [(entry["step"], entry["val_loss"]) for entry in trainer.state.log_history if "val_loss" in entry]
 
 
-# each engine once, a method once: the engines call the same ValidationLoss at different moments
-@pytest.mark.parametrize(("method", "engine"), [
-    ("dino", "accelerate"), ("ijepa", "trainer"), ("byol", "accelerate"), ("vicreg", "trainer"),
-])
-def test_validation_leaves_training_unchanged_and_logs_val_loss(tmp_path, splits, method, engine):
-    # DINO: the forward accumulates center statistics; I-JEPA: the collator draws masks; BYOL and VICReg: a forward in
-    # training mode would move BatchNorm statistics (BYOL's target's too). None of it may leak into training
-    plain = build(method, engine, tmp_path / "plain", splits, with_validation=False)
+def without_history_plot(trainer, monkeypatch):
+    """``trainer`` with history.png left out: matplotlib takes most of a tiny run's time (test_history tests the plot)."""
+    monkeypatch.setattr(type(trainer.history), "plot", lambda history, *args, **kwargs: None)
+    return trainer
+
+
+# every method on both engines: the engines call the same ValidationLoss at different moments
+@pytest.mark.parametrize("engine", ["trainer", "accelerate"])
+@pytest.mark.parametrize("method", sorted(TINY_SETUPS))
+def test_validation_leaves_training_unchanged_and_logs_val_loss(tmp_path, splits, method, engine, monkeypatch):
+    # DINO: the forward accumulates center statistics; I-JEPA and H-JEPA: the collator draws masks; BYOL, SimCLR and
+    # VICReg: a forward in training mode would move BatchNorm statistics (BYOL's target's too). None of it may leak
+    # into training
+    plain = without_history_plot(build(method, engine, tmp_path / "plain", splits, with_validation=False), monkeypatch)
     plain.train()
-    validated = build(method, engine, tmp_path / "validated", splits)
+    validated = without_history_plot(build(method, engine, tmp_path / "validated", splits), monkeypatch)
     validated.train()
     expected = state_of(plain.model)
     for name, tensor in state_of(validated.model).items():
@@ -74,7 +80,7 @@ def test_validation_leaves_training_unchanged_and_logs_val_loss(tmp_path, splits
     values = [value for _, value in logged]
     assert all(value > 0 for value in values) and len(set(values)) == 4, values
     assert validated.last_validation_metrics == {"val_loss": values[-1]}
-    # history.json and its plot get every evaluation, the one at the end of training included
+    # history.json gets every evaluation, the one at the end of training included
     saved = json.loads((tmp_path / "validated" / "history.json").read_text())["steps"]
     assert [(entry["step"], entry["val_loss"]) for entry in saved if "val_loss" in entry] == logged
     assert validated.model.training  # back in training mode
@@ -82,7 +88,7 @@ def test_validation_leaves_training_unchanged_and_logs_val_loss(tmp_path, splits
 
 def test_the_same_weights_give_the_same_val_loss_and_it_is_the_mean_over_images(tmp_path, splits):
     trainer = build("ijepa", "trainer", tmp_path, splits)
-    evaluator, method, model = trainer.validation_callback.evaluator, trainer.method, trainer.model
+    evaluator, method, model = trainer.evaluations.validation, trainer.method, trainer.model
     first = evaluator(method, model, step=0, device="cpu")
     assert evaluator(method, model, step=0, device="cpu") == first
     # by hand: the image-weighted mean of the batches' losses (10 images: batches of 4, 4, 2)
@@ -90,7 +96,7 @@ def test_the_same_weights_give_the_same_val_loss_and_it_is_the_mean_over_images(
     for index, batch in enumerate(evaluator.loader(0, 1)):
         import numpy as np
 
-        from hf_ssl.training.validation import VALIDATION_STREAM
+        from hf_ssl.training.engines.validation import VALIDATION_STREAM
 
         seed = int(np.random.SeedSequence((method.seed, 0, VALIDATION_STREAM, index)).generate_state(1, np.uint64)[0] >> 1)
         model.eval()
@@ -141,8 +147,8 @@ def test_val_loss_drives_early_stopping_and_best_checkpoints(tmp_path, splits, m
 def test_recipe_validation_splits(tmp_path):
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
 
-    from hf_ssl.training.config import ConfigError
-    from hf_ssl.training.recipe import Recipe
+    from hf_ssl.errors import ConfigError
+    from hf_ssl.training.setup.recipe import Recipe
     from tests.helpers import TINY_VIT, random_images
 
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])})

@@ -11,7 +11,7 @@ from hf_ssl.models.vicreg import loss_vicreg
 from hf_ssl.training import get_method
 from hf_ssl.training.methods.byol import ByolViewConfig
 from hf_ssl.training.methods.vicreg import VicRegTrainingArguments, VicRegViewConfig
-from hf_ssl.training.recipe import VicRegRecipe
+from hf_ssl.training.setup.recipe import Recipe
 from tests.training.test_methods import TINY_SETUPS
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -55,7 +55,7 @@ def test_a_process_without_images_takes_part_in_the_gather(monkeypatch):
 
 @pytest.mark.parametrize(("recipe", "backbone_type", "expander"), [("vicreg.yaml", "resnet", [8192, 8192, 8192]), ("vicreg_fashion_mnist_demo.yaml", "vit", [512, 512, 512])])
 def test_the_recipes_parse(recipe, backbone_type, expander):
-    parsed = VicRegRecipe.from_yaml(RECIPES / recipe)
+    parsed = Recipe.for_method("vicreg").from_yaml(RECIPES / recipe)
     config = parsed.model_config
     assert parsed.method == "vicreg" and config.backbone_config.model_type == backbone_type and config.expander_dims == expander
     assert (config.invariance_weight, config.variance_weight, config.covariance_weight) == (25.0, 25.0, 1.0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_ssl import DinoForPretraining
+from hf_ssl import DinoForPreTraining
 from tests.helpers import free_port, tiny_dino_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def test_checkpoint_of_one_process_resumes_on_two(engine, tmp_path):
     run([str(tmp_path / "whole"), engine])
     whole = load_file(tmp_path / "whole" / "final.safetensors")
     torch.manual_seed(0)  # the worker's initial model
-    initial = DinoForPretraining(tiny_dino_config()).state_dict()
+    initial = DinoForPreTraining(tiny_dino_config()).state_dict()
     for prefix in ("student.", "teacher."):  # the comparison below can then tell a wrong resume from float noise
         tensors = [name for name in whole if name.startswith(prefix) and whole[name].is_floating_point()]
         moved = moved_far(whole, initial, prefix)

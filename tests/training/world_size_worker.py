@@ -14,8 +14,8 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from hf_ssl import DinoForPretraining  # noqa: E402
-from hf_ssl.training.engine import end_process_group  # noqa: E402
+from hf_ssl import DinoForPreTraining  # noqa: E402
+from hf_ssl.training.engines.base import end_process_group  # noqa: E402
 from tests.helpers import (  # noqa: E402
     DETERMINISTIC_CROPS,
     make_dino_trainer,
@@ -37,7 +37,7 @@ def main() -> None:
     options = parser.parse_args()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     torch.manual_seed(0)
-    model = DinoForPretraining(tiny_dino_config())
+    model = DinoForPreTraining(tiny_dino_config())
     trainer = make_dino_trainer(
         options.output_dir, Dataset.from_dict({"image": random_images(24)}), engine=options.engine, model=model,
         multicrop=tiny_multicrop_config(**DETERMINISTIC_CROPS), per_device_train_batch_size=TOTAL_BATCH // world_size,

@@ -3,6 +3,8 @@
 from .configuration_byol import ByolConfig
 from .loss_byol import ByolLoss, normalized_mse
 from .modeling_byol import (
+    ByolForPreTraining,
+    ByolForPreTrainingOutput,
     ByolForPretraining,
     ByolForPretrainingOutput,
     ByolMlp,
@@ -13,6 +15,8 @@ from .modeling_byol import (
 
 __all__ = [
     "ByolConfig",
+    "ByolForPreTraining",
+    "ByolForPreTrainingOutput",
     "ByolForPretraining",
     "ByolForPretrainingOutput",
     "ByolLoss",

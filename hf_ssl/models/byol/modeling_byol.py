@@ -2,9 +2,9 @@
 
 - `ByolMlp`: the projector and the predictor (Linear-BN-ReLU-Linear).
 - `ByolNetwork`: backbone + projector; the online and the target network are two instances of it, so their
-  parameter names match and the EMA (`hf_ssl.training.ema.ema_update_`) pairs them by name.
+  parameter names match and the EMA (`hf_ssl.training.optim.ema.ema_update_`) pairs them by name.
 - `ByolModel` (`AutoModel`): the online backbone alone, for feature extraction and k-NN evaluation.
-- `ByolForPretraining` (`AutoModelForPreTraining`): online network, predictor, EMA target network and `ByolLoss`;
+- `ByolForPreTraining` (`AutoModelForPreTraining`): online network, predictor, EMA target network and `ByolLoss`;
   what the trainer optimises.
 """
 
@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from ..backbone import backbone_forward_kwargs, build_backbone, get_backbone_embed_dim, get_backbone_features
+from ..heads import MlpHead
 from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views, init_head_module, named_tensors
 from .configuration_byol import ByolConfig
 from .loss_byol import ByolLoss
@@ -30,24 +31,16 @@ from .loss_byol import ByolLoss
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class ByolMlp(nn.Module):
+class ByolMlp(MlpHead):
     r"""BYOL's projector and predictor (Grill et al., 2020, Sec. 3.3): Linear, BatchNorm, ReLU, Linear. The hidden
     linear layer has no bias (the BatchNorm shift replaces it); the output layer has a bias and no BatchNorm.
+    Built by `hf_ssl.models.heads.build_mlp`.
 
     Input (N, in_dim) -> output (N, out_dim).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, out_dim),
-        )
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.mlp(inputs)
+        super().__init__([in_dim, hidden_dim, out_dim])
 
 
 class ByolNetwork(nn.Module):
@@ -81,8 +74,8 @@ class ByolNetwork(nn.Module):
 class ByolPreTrainedModel(SslPreTrainedModel):
     """Shared base: config class, weight init of the BYOL modules, and how checkpoints map onto the base model.
 
-    `base_model_prefix = "online"`: `ByolForPretraining` keeps its online backbone under `online.backbone.`, while
-    `ByolModel` keeps the same backbone under `backbone.`; when `ByolModel` loads a `ByolForPretraining`
+    `base_model_prefix = "online"`: `ByolForPreTraining` keeps its online backbone under `online.backbone.`, while
+    `ByolModel` keeps the same backbone under `backbone.`; when `ByolModel` loads a `ByolForPreTraining`
     checkpoint, transformers strips the `online.` prefix, so it gets the online backbone.
     """
 
@@ -97,9 +90,9 @@ class ByolPreTrainedModel(SslPreTrainedModel):
 
 
 @dataclass
-class ByolForPretrainingOutput(ModelOutput):
+class ByolForPreTrainingOutput(ModelOutput):
     """
-    Output of `ByolForPretraining.forward`. Everything but `loss` is detached, for logging.
+    Output of `ByolForPreTraining.forward`. Everything but `loss` is detached, for logging.
 
     Args:
         loss: scalar BYOL loss (float32), in [0, 4]: 2 - 2 x the mean cosine similarity of predictions and targets.
@@ -124,7 +117,7 @@ class ByolModel(SslFeatureModel, ByolPreTrainedModel):
     CNNs, the final-normed CLS token for transformers), `last_hidden_state` the backbone's own, exactly as the
     exported plain backbone returns it.
 
-    Loading a `ByolForPretraining` checkpoint picks its `online.backbone.*` tensors; the projector, the predictor
+    Loading a `ByolForPreTraining` checkpoint picks its `online.backbone.*` tensors; the projector, the predictor
     and the target network are skipped without warnings (`_keys_to_ignore_on_load_unexpected`).
     """
 
@@ -135,7 +128,7 @@ class ByolModel(SslFeatureModel, ByolPreTrainedModel):
         return config.feature_backbone_config()
 
 
-class ByolForPretraining(ByolPreTrainedModel):
+class ByolForPreTraining(ByolPreTrainedModel):
     r"""BYOL: an online network (backbone, projector, predictor) learns to predict, from one view of an image, the
     target network's projection of another view; the target network (backbone, projector) is an exponential moving
     average of the online one.
@@ -185,7 +178,8 @@ class ByolForPretraining(ByolPreTrainedModel):
         model.target.requires_grad_(False)
         return loaded
 
-    def forward(self, views: torch.Tensor, return_dict: bool | None = None) -> ByolForPretrainingOutput | tuple:
+    @can_return_tuple
+    def forward(self, views: torch.Tensor) -> ByolForPreTrainingOutput | tuple:
         r"""
         Args:
             views: (2, B, C, H, W) float, normalised: the two augmented views of each image, view-major;
@@ -196,9 +190,8 @@ class ByolForPretraining(ByolPreTrainedModel):
         runs without gradient.
 
         Returns:
-            `ByolForPretrainingOutput`.
+            `ByolForPreTrainingOutput`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         check_two_views(views, 2 if self.training else 1, "BYOL needs at least 2 images per batch in training: its BatchNorm layers normalise each view over the batch")
 
         embeddings_a, projections_a = self.online(views[0])
@@ -214,10 +207,10 @@ class ByolForPretraining(ByolPreTrainedModel):
             embedding_std = F.normalize(embeddings.float(), dim=-1).std(dim=0).mean()
             target_projection_std = F.normalize(torch.cat([targets_a, targets_b]).float(), dim=-1).std(dim=0).mean()
 
-        output = ByolForPretrainingOutput(
+        output = ByolForPreTrainingOutput(
             loss=loss, embedding_std=embedding_std, target_projection_std=target_projection_std, embeddings=embeddings
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     def teacher_student_parameter_pairs(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(target parameters, online parameters), aligned by name, for the EMA update: the backbones and the
@@ -239,3 +232,9 @@ class ByolForPretraining(ByolPreTrainedModel):
     def evaluation_backbone_config(self) -> PretrainedConfig:
         """The backbone's config with drop path 0, as `ByolModel` builds it and `export_backbone` exports it."""
         return self.config.feature_backbone_config()
+
+
+# The names before transformers' spelling (`ForPreTraining`), for code that imports them: the same classes. A
+# checkpoint saved under the old name (`"architectures": ["ByolForPretraining"]`) loads by its model_type.
+ByolForPretraining = ByolForPreTraining
+ByolForPretrainingOutput = ByolForPreTrainingOutput

@@ -4,6 +4,8 @@ from ..backbone import check_input_sizes, get_backbone_embed_dim, get_backbone_f
 from .configuration_dino import DinoConfig
 from .loss_dino import DinoLoss
 from .modeling_dino import (
+    DinoForPreTraining,
+    DinoForPreTrainingOutput,
     DinoForPretraining,
     DinoForPretrainingOutput,
     DinoHead,
@@ -14,6 +16,8 @@ from .modeling_dino import (
 
 __all__ = [
     "DinoConfig",
+    "DinoForPreTraining",
+    "DinoForPreTrainingOutput",
     "DinoForPretraining",
     "DinoForPretrainingOutput",
     "DinoHead",

@@ -1,4 +1,4 @@
-"""Import a checkpoint of the official DINO code (facebookresearch/dino) as a `DinoForPretraining`, to continue
+"""Import a checkpoint of the official DINO code (facebookresearch/dino) as a `DinoForPreTraining`, to continue
 pretraining it with hf_ssl, or as a plain transformers `ViTModel`, for features and fine-tuning without hf_ssl.
 
 Two layouts are read, told apart by their keys:
@@ -27,7 +27,7 @@ transformers 5 saves a ViT (`model.safetensors`) under the names of its earlier 
 checkpoints: `layers.i` as `encoder.layer.i`, `attention.{q,k,v}_proj` as `attention.attention.{query,key,value}`,
 `attention.o_proj` as `attention.output.dense`, `mlp.fc1` / `mlp.fc2` as `intermediate.dense` / `output.dense`.
 
-In `DinoForPretraining` the backbones sit under `student.backbone.` and `teacher.backbone.`, and the heads:
+In `DinoForPreTraining` the backbones sit under `student.backbone.` and `teacher.backbone.`, and the heads:
 
 Official DINOHead (head.*)                       hf_ssl DinoHead ({student,teacher}.head.*)
   mlp.0, mlp.2, mlp.4 (Linear, GELU between)     mlp.0, mlp.2, mlp.4
@@ -44,7 +44,7 @@ number of attention heads, which weights do not show: it defaults to the officia
 (`OFFICIAL_NUM_ATTENTION_HEADS`). `norm_last_layer` is true when the student's g is 1 everywhere, as the official
 code keeps it.
 
-Command line (writes `DinoForPretraining` to output_dir and the plain `ViTModel` of the teacher, or of the student, to
+Command line (writes `DinoForPreTraining` to output_dir and the plain `ViTModel` of the teacher, or of the student, to
 output_dir/backbone; from Python, `convert_dino_checkpoint_to_folder`):
 
     python -m hf_ssl.models.dino.convert_dino_official --checkpoint dino_vits16_pretrain.pth \\
@@ -82,12 +82,12 @@ from ..official_checkpoints import (
     vit_architecture,
 )
 from .configuration_dino import DinoConfig
-from .modeling_dino import DinoForPretraining
+from .modeling_dino import DinoForPreTraining
 
 logger = logging.getLogger(__name__)
 
 METHOD = "DINO"
-# the two networks of a training checkpoint, under these names in the official dict and in DinoForPretraining
+# the two networks of a training checkpoint, under these names in the official dict and in DinoForPreTraining
 NETWORKS = ("student", "teacher")
 LOSS_STATE_KEY = "dino_loss"
 # what a training checkpoint holds besides the weights; read past, not converted
@@ -400,7 +400,7 @@ def _head_sizes(head: Mapping[str, torch.Tensor], source: str, config_kwargs: Ma
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def load_dino_state_dicts(model: DinoForPretraining, state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+def load_dino_state_dicts(model: DinoForPreTraining, state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
     """Copy official state dicts into `model`, strictly.
 
     Every tensor of `model.student` / `model.teacher` is filled from the official network of that name (the head
@@ -450,8 +450,8 @@ def convert_dino_checkpoint(
     num_attention_heads: int | None = None,
     weights_only: bool = True,
     **config_kwargs,
-) -> DinoForPretraining:
-    """A `DinoForPretraining` holding the weights of an official DINO checkpoint, to continue pretraining it.
+) -> DinoForPreTraining:
+    """A `DinoForPreTraining` holding the weights of an official DINO checkpoint, to continue pretraining it.
 
     Args:
         checkpoint: path to the official `.pth` file (a training checkpoint or a backbone), or the dict it holds.
@@ -483,7 +483,7 @@ def convert_dino_checkpoint(
         )
     elif LOSS_STATE_KEY not in state_dicts:
         logger.warning("the checkpoint has no %r: the loss center starts at zero", LOSS_STATE_KEY)
-    model = DinoForPretraining(config)
+    model = DinoForPreTraining(config)
     load_dino_state_dicts(model, state_dicts)
     return model.eval()
 
@@ -535,8 +535,8 @@ def convert_dino_checkpoint_to_folder(
     num_attention_heads: int | None = None,
     weights_only: bool = True,
     **config_kwargs,
-) -> DinoForPretraining:
-    """What the command line does: convert an official DINO checkpoint, save the `DinoForPretraining` to `output_dir`
+) -> DinoForPreTraining:
+    """What the command line does: convert an official DINO checkpoint, save the `DinoForPreTraining` to `output_dir`
     (safetensors, with the image processor of the official evaluation) and the `export_network` backbone as a plain
     transformers `ViTModel` to `backbone_dir`.
 
@@ -572,10 +572,10 @@ def convert_dino_checkpoint_to_folder(
     return model
 
 
-def main(argv: list[str] | None = None) -> DinoForPretraining:
+def main(argv: list[str] | None = None) -> DinoForPreTraining:
     """Command line: `convert_dino_checkpoint_to_folder`; a mistake ends it with one `error: ...` line, status 2."""
     parser = argparse.ArgumentParser(
-        description="Convert an official DINO checkpoint (facebookresearch/dino) into an hf_ssl DinoForPretraining "
+        description="Convert an official DINO checkpoint (facebookresearch/dino) into an hf_ssl DinoForPreTraining "
         "and a plain transformers ViTModel."
     )
     parser.add_argument(
@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> DinoForPretraining:
     )
     parser.add_argument(
         "--output_dir", required=True,
-        help="Where to save the converted DinoForPretraining: a new or empty folder (see --overwrite).",
+        help="Where to save the converted DinoForPreTraining: a new or empty folder (see --overwrite).",
     )
     parser.add_argument(
         "--num_attention_heads", type=int, default=None,

@@ -2,9 +2,9 @@
 
 - `DinoHead`: the projection head (MLP, L2-normalised bottleneck, weight-normalised prototypes).
 - `DinoNetwork`: backbone + head; the student and the teacher are two instances of it, so their parameter
-  names match and the EMA (`hf_ssl.training.ema.ema_update_`) pairs them by name.
+  names match and the EMA (`hf_ssl.training.optim.ema.ema_update_`) pairs them by name.
 - `DinoModel` (`AutoModel`): the teacher backbone alone, for feature extraction and k-NN evaluation.
-- `DinoForPretraining` (`AutoModelForPreTraining`): student, teacher and `DinoLoss`; what the trainer optimises.
+- `DinoForPreTraining` (`AutoModelForPreTraining`): student, teacher and `DinoLoss`; what the trainer optimises.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.parametrize import ParametrizationList, is_parametrized
 from transformers import PretrainedConfig
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from ..backbone import backbone_forward_kwargs, build_backbone, get_backbone_embed_dim, get_backbone_features
+from ..heads import build_mlp
 from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, init_batch_norm, named_tensors
 from .configuration_dino import DinoConfig
 from .loss_dino import DinoLoss
@@ -60,15 +61,11 @@ class DinoHead(nn.Module):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"`num_layers` must be >= 1, got {num_layers}")
-        layer_dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
-        layers: list[nn.Module] = []
-        for index, (layer_in, layer_out) in enumerate(zip(layer_dims[:-1], layer_dims[1:])):
-            layers.append(nn.Linear(layer_in, layer_out))
-            if index < num_layers - 1:
-                if use_bn:
-                    layers.append(nn.BatchNorm1d(layer_out))
-                layers.append(nn.GELU())
-        self.mlp = nn.Sequential(*layers)
+        # DINO keeps the hidden biases under BatchNorm too (the official DINOHead does; its checkpoints have them)
+        self.mlp = build_mlp(
+            [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim],
+            batch_norm=use_bn, activation=nn.GELU, hidden_bias=True,
+        )
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         self.norm_last_layer = norm_last_layer
         self.last_layer_magnitude.requires_grad_(not norm_last_layer)
@@ -159,9 +156,9 @@ class DinoNetwork(nn.Module):
 class DinoPreTrainedModel(SslPreTrainedModel):
     """Shared base: config class, weight init of the DINO modules, and how checkpoints map onto the base model.
 
-    `base_model_prefix = "teacher"`: `DinoForPretraining` keeps its teacher under `teacher.` and the teacher
+    `base_model_prefix = "teacher"`: `DinoForPreTraining` keeps its teacher under `teacher.` and the teacher
     backbone under `teacher.backbone.`, while `DinoModel` keeps the same backbone under `backbone.`; when
-    `DinoModel` loads a `DinoForPretraining` checkpoint, transformers strips the `teacher.` prefix, so it gets
+    `DinoModel` loads a `DinoForPreTraining` checkpoint, transformers strips the `teacher.` prefix, so it gets
     the teacher backbone.
     """
 
@@ -176,9 +173,9 @@ class DinoPreTrainedModel(SslPreTrainedModel):
 
 
 @dataclass
-class DinoForPretrainingOutput(ModelOutput):
+class DinoForPreTrainingOutput(ModelOutput):
     """
-    Output of `DinoForPretraining.forward`. Everything but `loss` is detached, for logging.
+    Output of `DinoForPreTraining.forward`. Everything but `loss` is detached, for logging.
 
     Args:
         loss: scalar DINO loss (float32).
@@ -211,7 +208,7 @@ class DinoModel(SslFeatureModel, DinoPreTrainedModel):
     final-normed CLS token for transformers, the pooled feature map for CNNs), `last_hidden_state` the backbone's
     own, CLS token included, exactly as the exported plain backbone returns it.
 
-    Loading a `DinoForPretraining` checkpoint picks its `teacher.backbone.*` tensors; the student, the heads
+    Loading a `DinoForPreTraining` checkpoint picks its `teacher.backbone.*` tensors; the student, the heads
     and the center are skipped without warnings (`_keys_to_ignore_on_load_unexpected`).
     """
 
@@ -222,7 +219,7 @@ class DinoModel(SslFeatureModel, DinoPreTrainedModel):
         return config.teacher_backbone_config()
 
 
-class DinoForPretraining(DinoPreTrainedModel):
+class DinoForPreTraining(DinoPreTrainedModel):
     r"""DINO self-distillation: a student and an EMA teacher (`DinoNetwork` each) and the `DinoLoss`.
 
     - The teacher starts as an exact copy of the student and never gets gradients (`requires_grad=False`);
@@ -270,14 +267,14 @@ class DinoForPretraining(DinoPreTrainedModel):
         self.teacher.requires_grad_(False)
         self.student.head.last_layer_magnitude.requires_grad_(not self.config.norm_last_layer)
 
+    @can_return_tuple
     def forward(
         self,
         global_crops: torch.Tensor,
         local_crops: torch.Tensor | None = None,
         teacher_temperature: float | torch.Tensor | None = None,
         update_center: bool = True,
-        return_dict: bool | None = None,
-    ) -> DinoForPretrainingOutput | tuple:
+    ) -> DinoForPreTrainingOutput | tuple:
         r"""
         Args:
             global_crops: (G, B, C, H, W) float; the teacher sees these, the student too.
@@ -291,9 +288,8 @@ class DinoForPretraining(DinoPreTrainedModel):
         In training mode the loss center is updated after the loss.
 
         Returns:
-            `DinoForPretrainingOutput`.
+            `DinoForPreTrainingOutput`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if teacher_temperature is None:
             teacher_temperature = self.config.teacher_temperature
         num_global_crops = self._check_crops(global_crops, local_crops)
@@ -309,7 +305,7 @@ class DinoForPretraining(DinoPreTrainedModel):
 
         loss = self.loss(student_logits, teacher_logits, num_global_crops, teacher_temperature, update_center)
 
-        output = DinoForPretrainingOutput(
+        output = DinoForPreTrainingOutput(
             loss=loss,
             teacher_entropy=teacher_entropy,
             student_entropy=student_entropy,
@@ -319,7 +315,7 @@ class DinoForPretraining(DinoPreTrainedModel):
             center_norm=self.loss.center.detach().float().norm(),
             teacher_embeddings=teacher_embeddings.detach(),
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     @staticmethod
     def _check_crops(global_crops: torch.Tensor, local_crops: torch.Tensor | None) -> int:
@@ -357,3 +353,9 @@ class DinoForPretraining(DinoPreTrainedModel):
 
     def evaluation_backbone_config(self) -> PretrainedConfig:
         return self.config.teacher_backbone_config()
+
+
+# The names before transformers' spelling (`ForPreTraining`), for code that imports them: the same classes. A
+# checkpoint saved under the old name (`"architectures": ["DinoForPretraining"]`) loads by its model_type.
+DinoForPretraining = DinoForPreTraining
+DinoForPretrainingOutput = DinoForPreTrainingOutput

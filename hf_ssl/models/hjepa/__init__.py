@@ -4,6 +4,8 @@ from .configuration_hjepa import HJepaConfig
 from .loss_hjepa import HJepaLoss, contrastive_distance
 from .modeling_hjepa import (
     HJepaFeatureModel,
+    HJepaForPreTraining,
+    HJepaForPreTrainingOutput,
     HJepaForPretraining,
     HJepaForPretrainingOutput,
     HJepaPredictor,
@@ -15,6 +17,8 @@ from .modeling_hjepa import (
 __all__ = [
     "HJepaConfig",
     "HJepaFeatureModel",
+    "HJepaForPreTraining",
+    "HJepaForPreTrainingOutput",
     "HJepaForPretraining",
     "HJepaForPretrainingOutput",
     "HJepaLoss",

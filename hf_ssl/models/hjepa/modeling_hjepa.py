@@ -38,10 +38,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from ..backbone import build_backbone
-from ..ijepa.modeling_ijepa import IJepaFeatureModel, IJepaForPretraining, IJepaPredictor, gather_tokens
+from ..ijepa.modeling_ijepa import IJepaFeatureModel, IJepaForPreTraining, IJepaPredictor, gather_tokens
 from .configuration_hjepa import HJepaConfig
 from .loss_hjepa import HJepaLoss
 
@@ -192,9 +192,9 @@ class HJepaPredictor(IJepaPredictor):
 
 
 @dataclass
-class HJepaForPretrainingOutput(ModelOutput):
+class HJepaForPreTrainingOutput(ModelOutput):
     """
-    Output of `HJepaForPretraining.forward`, L levels. Everything but `loss` is detached, for logging. A std over
+    Output of `HJepaForPreTraining.forward`, L levels. Everything but `loss` is detached, for logging. A std over
     a single row (one image, one target block, one window at a level) is NaN.
 
     Args:
@@ -236,22 +236,22 @@ class HJepaFeatureModel(IJepaFeatureModel):
     base_model_prefix = "hf_ssl_hjepa"
 
 
-class HJepaForPretraining(IJepaForPretraining):
+class HJepaForPreTraining(IJepaForPreTraining):
     r"""H-JEPA (see the module docstring): I-JEPA's context encoder, EMA target encoder and predictor trunk, with
     one head, one pool size, one target depth and one loss weight per level.
 
     Parameter names are I-JEPA's (`context_encoder.*`, `target_encoder.*`, `predictor.*`), the level heads under
     `predictor.level_projections.{l}.*`: EMA pairs, evaluation, export and checkpoints work as for
-    `IJepaForPretraining` (the target encoder exports as a plain transformers `IJepaModel`).
+    `IJepaForPreTraining` (the target encoder exports as a plain transformers `IJepaModel`).
     """
 
     config_class = HJepaConfig
     base_model_prefix = "hf_ssl_hjepa"
 
     def __init__(self, config: HJepaConfig):
-        # I-JEPA's modules with H-JEPA's predictor and loss; IJepaForPretraining.__init__ would build I-JEPA's,
+        # I-JEPA's modules with H-JEPA's predictor and loss; IJepaForPreTraining.__init__ would build I-JEPA's,
         # so the shared base is initialised directly.
-        super(IJepaForPretraining, self).__init__(config)
+        super(IJepaForPreTraining, self).__init__(config)
         self.context_encoder = build_backbone(config.encoder_backbone_config())
         self.target_encoder = build_backbone(config.encoder_backbone_config())
         self.predictor = HJepaPredictor(config, attn_implementation=self.context_encoder.config._attn_implementation)
@@ -259,6 +259,7 @@ class HJepaForPretraining(IJepaForPretraining):
         self._freeze_untrained_parameters()
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -266,8 +267,7 @@ class HJepaForPretraining(IJepaForPretraining):
         masks_target: torch.Tensor,
         level_weights: Sequence[float] | torch.Tensor | None = None,
         target_block_size: tuple[int, int] | None = None,
-        return_dict: bool | None = None,
-    ) -> HJepaForPretrainingOutput | tuple:
+    ) -> HJepaForPreTrainingOutput | tuple:
         r"""
         Args:
             pixel_values: (B, C, H, W) float, normalised, at the backbone's `image_size` (the masks index its grid).
@@ -280,9 +280,8 @@ class HJepaForPretraining(IJepaForPretraining):
                 (`infer_target_block_size`). Either way every block is checked (`check_target_blocks`).
 
         Returns:
-            `HJepaForPretrainingOutput`.
+            `HJepaForPreTrainingOutput`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_inputs(pixel_values, masks_context, masks_target)
         grid_size = self.config.patch_grid_size
         block_size = (
@@ -309,7 +308,7 @@ class HJepaForPretraining(IJepaForPretraining):
             level_target_std = torch.stack([targets.std(dim=0).mean() for targets in level_embeddings])
             embedding_std = F.normalize(embeddings.float(), dim=-1).std(dim=0).mean()
 
-        output = HJepaForPretrainingOutput(
+        output = HJepaForPreTrainingOutput(
             loss=loss,
             level_losses=level_losses.detach(),
             level_prediction_std=level_prediction_std,
@@ -322,7 +321,7 @@ class HJepaForPretraining(IJepaForPretraining):
             level_predictions=level_predictions,
             level_targets=level_targets,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     @torch.no_grad()
     def forward_level_targets(
@@ -388,3 +387,9 @@ def _as_block_size(block_size) -> tuple[int, int]:
     except (TypeError, ValueError):
         raise ValueError(f"target_block_size must be an (h, w) pair of patch counts, got {block_size!r}") from None
     return height, width
+
+
+# The names before transformers' spelling (`ForPreTraining`), for code that imports them: the same classes. A
+# checkpoint saved under the old name (`"architectures": ["HJepaForPretraining"]`) loads by its model_type.
+HJepaForPretraining = HJepaForPreTraining
+HJepaForPretrainingOutput = HJepaForPreTrainingOutput

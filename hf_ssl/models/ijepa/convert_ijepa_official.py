@@ -1,4 +1,4 @@
-"""Import a checkpoint of the official I-JEPA code (facebookresearch/ijepa) as an `IJepaForPretraining`: to continue
+"""Import a checkpoint of the official I-JEPA code (facebookresearch/ijepa) as an `IJepaForPreTraining`: to continue
 pretraining it with hf_ssl, or to export one of its encoders as a plain transformers `IJepaModel`.
 
 An official checkpoint is a dict saved with `torch.save` holding three state dicts, `encoder` (the context encoder),
@@ -6,7 +6,7 @@ An official checkpoint is a dict saved with `torch.save` holding three state dic
 DistributedDataParallel, and the training state (`opt`, `scaler`, `epoch`, `loss`, `batch_size`, `world_size`,
 `lr`), which is not converted.
 
-Official names (timm-style ViT, no CLS token)            hf_ssl `IJepaForPretraining` names
+Official names (timm-style ViT, no CLS token)            hf_ssl `IJepaForPreTraining` names
   encoder.pos_embed (1, N, D)                              context_encoder.embeddings.position_embeddings
   encoder.patch_embed.proj                                 context_encoder.embeddings.patch_embeddings.projection
   encoder.blocks.i.norm1 / norm2                           context_encoder.layers.i.layernorm_before / _after
@@ -61,11 +61,11 @@ from ..official_checkpoints import (
     vit_architecture,
 )
 from .configuration_ijepa import IJepaPretrainingConfig
-from .modeling_ijepa import ENCODERS, IJepaForPretraining
+from .modeling_ijepa import ENCODERS, IJepaForPreTraining
 
 logger = logging.getLogger(__name__)
 
-# the state dicts of an official checkpoint, and where each goes in IJepaForPretraining
+# the state dicts of an official checkpoint, and where each goes in IJepaForPreTraining
 MODEL_PREFIXES = {"encoder": "context_encoder.", "target_encoder": "target_encoder.", "predictor": "predictor."}
 # what an official checkpoint holds besides the weights; read past, not converted
 TRAINING_STATE_KEYS = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
@@ -255,7 +255,7 @@ def _predictor_sizes(predictor: Mapping[str, torch.Tensor], config_kwargs: Mappi
 
 
 def load_official_state_dicts(
-    model: IJepaForPretraining, state_dicts: Mapping[str, Mapping[str, torch.Tensor]]
+    model: IJepaForPreTraining, state_dicts: Mapping[str, Mapping[str, torch.Tensor]]
 ) -> None:
     """Copy official state dicts into `model`, strictly.
 
@@ -292,8 +292,8 @@ def convert_official_checkpoint(
     num_attention_heads: int | None = None,
     weights_only: bool = True,
     **config_kwargs,
-) -> IJepaForPretraining:
-    """An `IJepaForPretraining` holding the weights of an official I-JEPA checkpoint.
+) -> IJepaForPreTraining:
+    """An `IJepaForPreTraining` holding the weights of an official I-JEPA checkpoint.
 
     Args:
         checkpoint: path to the official `.pth.tar` / `.pth` file, or the dict it holds.
@@ -320,7 +320,7 @@ def convert_official_checkpoint(
             "the checkpoint has no 'predictor' state dict: the predictor (width %d, %d blocks) is freshly initialised",
             config.predictor_hidden_size, config.predictor_num_hidden_layers,
         )
-    model = IJepaForPretraining(config)
+    model = IJepaForPreTraining(config)
     load_official_state_dicts(model, state_dicts)
     return model.eval()
 
@@ -334,8 +334,8 @@ def convert_official_checkpoint_to_folder(
     num_attention_heads: int | None = None,
     weights_only: bool = True,
     **config_kwargs,
-) -> IJepaForPretraining:
-    """What the command line does: convert an official I-JEPA checkpoint, save the `IJepaForPretraining` to
+) -> IJepaForPreTraining:
+    """What the command line does: convert an official I-JEPA checkpoint, save the `IJepaForPreTraining` to
     `output_dir` (safetensors, with the image processor of the official recipes) and, when `export_encoder` names
     one, that encoder as a plain transformers `IJepaModel` to `backbone_dir`.
 
@@ -371,10 +371,10 @@ def convert_official_checkpoint_to_folder(
     return model
 
 
-def main(argv: list[str] | None = None) -> IJepaForPretraining:
+def main(argv: list[str] | None = None) -> IJepaForPreTraining:
     """Command line: `convert_official_checkpoint_to_folder`; a mistake ends it in one `error: ...` line, status 2."""
     parser = argparse.ArgumentParser(
-        description="Convert an official I-JEPA checkpoint (facebookresearch/ijepa) into an hf_ssl IJepaForPretraining."
+        description="Convert an official I-JEPA checkpoint (facebookresearch/ijepa) into an hf_ssl IJepaForPreTraining."
     )
     parser.add_argument("--checkpoint", required=True, help="The official checkpoint file (.pth.tar / .pth).")
     parser.add_argument(

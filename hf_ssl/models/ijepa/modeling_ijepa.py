@@ -3,7 +3,7 @@
 - `IJepaPredictor`: the narrow ViT that predicts the target encoder's representations of the target blocks from
   the context tokens, a learned mask token and fixed 2-D sin-cos position embeddings.
 - `IJepaFeatureModel` (`AutoModel`): the target encoder alone, for feature extraction and k-NN evaluation.
-- `IJepaForPretraining` (`AutoModelForPreTraining`): context encoder, EMA target encoder, predictor and `IJepaLoss`;
+- `IJepaForPreTraining` (`AutoModelForPreTraining`): context encoder, EMA target encoder, predictor and `IJepaLoss`;
   what the trainer optimises.
 
 Masks are patch indices on the encoder's grid of `image_size // patch_size` patches per side, row-major (as the ViT
@@ -26,7 +26,7 @@ from transformers import initialization as init
 from transformers.core_model_loading import WeightRenaming
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.ijepa.modeling_ijepa import IJepaLayer
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from ..backbone import build_backbone, export_backbone
 from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, named_tensors
@@ -121,7 +121,7 @@ class IJepaPredictor(nn.Module):
     official `VisionTransformerPredictor`. The position table `position_embeddings` (N, P) is a persistent buffer (the
     official code keeps it as a frozen parameter): saved with the model, never trained.
 
-    Its blocks use the attention implementation given at construction (`IJepaForPretraining` passes its encoders').
+    Its blocks use the attention implementation given at construction (`IJepaForPreTraining` passes its encoders').
     """
 
     def __init__(self, config: IJepaPretrainingConfig, attn_implementation: str | None = None):
@@ -222,12 +222,14 @@ def _init_ijepa_module(module: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class IJepaPretrainingPreTrainedModel(SslPreTrainedModel):
+class IJepaSslPreTrainedModel(SslPreTrainedModel):
     """Shared base: config class and weight init of the I-JEPA modules (the predictor; both encoders are transformers
     `IJepaModel`s with their own init: truncated normal std `initializer_range` (0.02) linears and patch embedding,
     zero biases, LayerNorm 1 / 0, as the official encoder).
 
-    Named apart from transformers' `IJepaPreTrainedModel`, the base of `IJepaModel`. `IJepaForPretraining` keeps its
+    Named apart from transformers' `IJepaPreTrainedModel`, the base of `IJepaModel`: the hf_ssl (`Ssl`) I-JEPA base,
+    as `SslPreTrainedModel` is every method's (it was `IJepaPretrainingPreTrainedModel`, still importable under that
+    name; `IJepaPreTrainingPreTrainedModel` would repeat itself). `IJepaForPreTraining` keeps its
     encoders under `context_encoder.` and `target_encoder.`, `IJepaFeatureModel` its encoder under `backbone.` (it
     renames the checkpoint keys it loads); `base_model_prefix` names no module, so transformers adds or strips no
     prefix.
@@ -244,9 +246,9 @@ class IJepaPretrainingPreTrainedModel(SslPreTrainedModel):
 
 
 @dataclass
-class IJepaForPretrainingOutput(ModelOutput):
+class IJepaForPreTrainingOutput(ModelOutput):
     """
-    Output of `IJepaForPretraining.forward`. Everything but `loss` is detached, for logging.
+    Output of `IJepaForPreTraining.forward`. Everything but `loss` is detached, for logging.
 
     Args:
         loss: scalar I-JEPA loss (float32).
@@ -271,14 +273,14 @@ class IJepaForPretrainingOutput(ModelOutput):
     targets: torch.FloatTensor | None = None
 
 
-class IJepaFeatureModel(SslFeatureModel, IJepaPretrainingPreTrainedModel):
+class IJepaFeatureModel(SslFeatureModel, IJepaSslPreTrainedModel):
     r"""The I-JEPA encoder alone, holding the target encoder weights (the EMA encoder): what `AutoModel` returns for
     an I-JEPA checkpoint. Use it for features, k-NN evaluation or fine-tuning. Its outputs follow the convention of
     every hf_ssl feature model (`hf_ssl.models.modeling_ssl`): `pooler_output` (B, D) is the mean of the patch tokens
     (an `IJepaModel` has no CLS token), `last_hidden_state` (B, N, D) the encoder's own, exactly as the exported
     plain `IJepaModel` returns it (whose own `pooler_output` is None: take the mean of `last_hidden_state`).
 
-    Loading an `IJepaForPretraining` checkpoint picks its `target_encoder.*` tensors (renamed to `backbone.*`), or
+    Loading an `IJepaForPreTraining` checkpoint picks its `target_encoder.*` tensors (renamed to `backbone.*`), or
     with `from_pretrained(..., encoder="context")` its `context_encoder.*` ones; the other encoder and the predictor
     are skipped without warnings.
     """
@@ -292,7 +294,7 @@ class IJepaFeatureModel(SslFeatureModel, IJepaPretrainingPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, encoder: str = "target", **kwargs):
         """`PreTrainedModel.from_pretrained`; `encoder` ("target" or "context") chooses which encoder of an
-        `IJepaForPretraining` checkpoint to load (a feature model checkpoint has only its `backbone.`)."""
+        `IJepaForPreTraining` checkpoint to load (a feature model checkpoint has only its `backbone.`)."""
         _check_encoder_name(encoder)
         encoder_pattern = rf"^{encoder}_encoder\."
         key_mapping = {encoder_pattern: "backbone.", **(kwargs.pop("key_mapping", None) or {})}
@@ -309,7 +311,7 @@ class IJepaFeatureModel(SslFeatureModel, IJepaPretrainingPreTrainedModel):
         return loaded
 
 
-class IJepaForPretraining(IJepaPretrainingPreTrainedModel):
+class IJepaForPreTraining(IJepaSslPreTrainedModel):
     r"""I-JEPA: a context encoder sees one large block of each image (the patches of `masks_context`; the others are
     dropped, not replaced); the predictor predicts, from its output, the target encoder's representations of T
     target blocks (`masks_target`), computed on the full image; the loss (`IJepaLoss`) compares the two.
@@ -371,13 +373,10 @@ class IJepaForPretraining(IJepaPretrainingPreTrainedModel):
         if self.config.fixed_position_embeddings:
             self.context_encoder.embeddings.position_embeddings.requires_grad_(False)
 
+    @can_return_tuple
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        masks_context: torch.Tensor,
-        masks_target: torch.Tensor,
-        return_dict: bool | None = None,
-    ) -> IJepaForPretrainingOutput | tuple:
+        self, pixel_values: torch.Tensor, masks_context: torch.Tensor, masks_target: torch.Tensor
+    ) -> IJepaForPreTrainingOutput | tuple:
         r"""
         Args:
             pixel_values: (B, C, H, W) float, normalised, at the backbone's `image_size` (the masks index its grid).
@@ -386,9 +385,8 @@ class IJepaForPretraining(IJepaPretrainingPreTrainedModel):
                 (`masks_target[j, b]` is block j of image b, as `MultiBlockMaskCollator` gives them).
 
         Returns:
-            `IJepaForPretrainingOutput`; `predictions` and `targets` are (T * B, K_tgt, D), block-major.
+            `IJepaForPreTrainingOutput`; `predictions` and `targets` are (T * B, K_tgt, D), block-major.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_inputs(pixel_values, masks_context, masks_target)
 
         targets, embeddings = self.forward_target(pixel_values, masks_target)
@@ -401,7 +399,7 @@ class IJepaForPretraining(IJepaPretrainingPreTrainedModel):
             target_std = targets.flatten(0, 1).std(dim=0).mean()
             embedding_std = F.normalize(embeddings.float(), dim=-1).std(dim=0).mean()
 
-        output = IJepaForPretrainingOutput(
+        output = IJepaForPreTrainingOutput(
             loss=loss,
             prediction_std=prediction_std,
             target_std=target_std,
@@ -410,7 +408,7 @@ class IJepaForPretraining(IJepaPretrainingPreTrainedModel):
             predictions=predictions.detach(),
             targets=targets,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     def forward_context(self, pixel_values: torch.Tensor, masks_context: torch.Tensor) -> torch.Tensor:
         """(B, K_ctx, D): the context encoder's output on the patches of `masks_context` only (`forward_kept_tokens`)."""
@@ -520,3 +518,10 @@ class IJepaForPretraining(IJepaPretrainingPreTrainedModel):
 def _check_encoder_name(encoder: str) -> None:
     if encoder not in ENCODERS:
         raise ValueError(f"`encoder` must be one of {ENCODERS}, got {encoder!r}")
+
+
+# The names before transformers' spelling (`ForPreTraining`), for code that imports them: the same classes. A
+# checkpoint saved under the old name (`"architectures": ["IJepaForPretraining"]`) loads by its model_type.
+IJepaForPretraining = IJepaForPreTraining
+IJepaForPretrainingOutput = IJepaForPreTrainingOutput
+IJepaPretrainingPreTrainedModel = IJepaSslPreTrainedModel  # the base's old name (see IJepaSslPreTrainedModel)

@@ -3,6 +3,8 @@
 from .configuration_simclr import RESNET18_KWARGS, RESNET50_KWARGS, SimClrConfig
 from .loss_simclr import NTXentLoss, NTXentOutput
 from .modeling_simclr import (
+    SimClrForPreTraining,
+    SimClrForPreTrainingOutput,
     SimClrForPretraining,
     SimClrForPretrainingOutput,
     SimClrModel,
@@ -16,6 +18,8 @@ __all__ = [
     "RESNET18_KWARGS",
     "RESNET50_KWARGS",
     "SimClrConfig",
+    "SimClrForPreTraining",
+    "SimClrForPreTrainingOutput",
     "SimClrForPretraining",
     "SimClrForPretrainingOutput",
     "SimClrModel",

@@ -2,7 +2,7 @@
 
 - `SimClrProjectionHead`: the MLP between the backbone embedding and the contrastive loss.
 - `SimClrModel` (`AutoModel`): the backbone alone, for feature extraction and k-NN evaluation.
-- `SimClrForPretraining` (`AutoModelForPreTraining`): backbone, projection head and `NTXentLoss`; what the trainer
+- `SimClrForPreTraining` (`AutoModelForPreTraining`): backbone, projection head and `NTXentLoss`; what the trainer
   optimises.
 """
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from ..backbone import (
     backbone_forward_kwargs,
@@ -22,6 +22,7 @@ from ..backbone import (
     get_backbone_embed_dim,
     get_backbone_features,
 )
+from ..heads import MlpHead
 from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views, init_head_module
 from .configuration_simclr import SimClrConfig
 from .loss_simclr import NTXentLoss
@@ -32,10 +33,10 @@ from .loss_simclr import NTXentLoss
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class SimClrProjectionHead(nn.Module):
+class SimClrProjectionHead(MlpHead):
     r"""SimCLR projection head g(.): `num_layers` linear layers, each hidden one followed by BatchNorm (optional)
     and ReLU; the output layer has neither, as in lightly's `SimCLRProjectionHead`. A linear layer followed by
-    BatchNorm has no bias (the BatchNorm shift replaces it).
+    BatchNorm has no bias (the BatchNorm shift replaces it). Built by `hf_ssl.models.heads.build_mlp`.
 
     `num_layers=2` is SimCLR v1's Linear-BN-ReLU-Linear, `3` SimCLR v2's deeper head, `1` a linear projection.
 
@@ -43,22 +44,9 @@ class SimClrProjectionHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int = 2048, num_layers: int = 2, use_bn: bool = True):
-        super().__init__()
         if num_layers < 1:
             raise ValueError(f"`num_layers` must be >= 1, got {num_layers}")
-        layer_dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        layers: list[nn.Module] = []
-        for index, (layer_in, layer_out) in enumerate(zip(layer_dims[:-1], layer_dims[1:])):
-            is_hidden = index < num_layers - 1
-            layers.append(nn.Linear(layer_in, layer_out, bias=not (is_hidden and use_bn)))
-            if is_hidden:
-                if use_bn:
-                    layers.append(nn.BatchNorm1d(layer_out))
-                layers.append(nn.ReLU())
-        self.mlp = nn.Sequential(*layers)
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.mlp(embeddings)
+        super().__init__([in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim], batch_norm=use_bn)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -69,7 +57,7 @@ class SimClrProjectionHead(nn.Module):
 class SimClrPreTrainedModel(SslPreTrainedModel):
     """Shared base: config class and weight init of the SimCLR modules.
 
-    `SimClrForPretraining` and `SimClrModel` both keep the backbone under `backbone.`, so checkpoints of one load
+    `SimClrForPreTraining` and `SimClrModel` both keep the backbone under `backbone.`, so checkpoints of one load
     into the other key for key; `base_model_prefix = "simclr"` names no module and makes transformers add or strip
     no prefix.
     """
@@ -85,9 +73,9 @@ class SimClrPreTrainedModel(SslPreTrainedModel):
 
 
 @dataclass
-class SimClrForPretrainingOutput(ModelOutput):
+class SimClrForPreTrainingOutput(ModelOutput):
     """
-    Output of `SimClrForPretraining.forward`. Everything but `loss` is detached, for logging.
+    Output of `SimClrForPreTraining.forward`. Everything but `loss` is detached, for logging.
 
     Args:
         loss: scalar NT-Xent loss (float32).
@@ -116,7 +104,7 @@ class SimClrModel(SslFeatureModel, SimClrPreTrainedModel):
     for CNNs, the final-normed CLS token for transformers), `last_hidden_state` the backbone's own, exactly as the
     exported plain backbone returns it.
 
-    Loading a `SimClrForPretraining` checkpoint picks its `backbone.*` tensors; the projection head is skipped
+    Loading a `SimClrForPreTraining` checkpoint picks its `backbone.*` tensors; the projection head is skipped
     without warnings (`_keys_to_ignore_on_load_unexpected`).
     """
 
@@ -127,7 +115,7 @@ class SimClrModel(SslFeatureModel, SimClrPreTrainedModel):
         return config.feature_backbone_config()
 
 
-class SimClrForPretraining(SimClrPreTrainedModel):
+class SimClrForPreTraining(SimClrPreTrainedModel):
     r"""SimCLR: one backbone and projection head applied to two augmented views of each image, trained with the
     NT-Xent loss (`NTXentLoss`) to pick each view's partner among the other views of the global batch.
 
@@ -154,7 +142,8 @@ class SimClrForPretraining(SimClrPreTrainedModel):
         self.loss = NTXentLoss(config.temperature)
         self.post_init()
 
-    def forward(self, views: torch.Tensor, return_dict: bool | None = None) -> SimClrForPretrainingOutput | tuple:
+    @can_return_tuple
+    def forward(self, views: torch.Tensor) -> SimClrForPreTrainingOutput | tuple:
         r"""
         Args:
             views: (2, B, C, H, W) float, normalised: the two augmented views of each image, view-major (as
@@ -164,9 +153,8 @@ class SimClrForPretraining(SimClrPreTrainedModel):
         projection head once on all embeddings.
 
         Returns:
-            `SimClrForPretrainingOutput`.
+            `SimClrForPreTrainingOutput`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         batch_size = check_two_views(views)
 
         embeddings, _ = get_backbone_features(self.backbone, views.flatten(0, 1), self.backbone_forward_kwargs)
@@ -175,7 +163,7 @@ class SimClrForPretraining(SimClrPreTrainedModel):
         with torch.no_grad():
             embedding_std = F.normalize(embeddings.float(), dim=-1).std(dim=0).mean()
 
-        output = SimClrForPretrainingOutput(
+        output = SimClrForPreTrainingOutput(
             loss=contrastive.loss,
             positive_similarity=contrastive.positive_similarity,
             negative_similarity=contrastive.negative_similarity,
@@ -183,9 +171,15 @@ class SimClrForPretraining(SimClrPreTrainedModel):
             embedding_std=embedding_std,
             embeddings=embeddings.detach(),
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     def evaluation_backbone_config(self) -> PretrainedConfig:
         """The backbone's config with drop path 0, as `SimClrModel` builds it and `export_backbone` exports it (the
         training backbone's config carries `config.drop_path_rate`)."""
         return self.config.feature_backbone_config()
+
+
+# The names before transformers' spelling (`ForPreTraining`), for code that imports them: the same classes. A
+# checkpoint saved under the old name (`"architectures": ["SimClrForPretraining"]`) loads by its model_type.
+SimClrForPretraining = SimClrForPreTraining
+SimClrForPretrainingOutput = SimClrForPreTrainingOutput

@@ -4,6 +4,8 @@ from .configuration_vicreg import DEFAULT_EXPANDER_DIMS, VicRegConfig
 from .loss_vicreg import VicRegLoss, VicRegOutput, covariance_term, off_diagonal, variance_term
 from .modeling_vicreg import (
     VicRegExpander,
+    VicRegForPreTraining,
+    VicRegForPreTrainingOutput,
     VicRegForPretraining,
     VicRegForPretrainingOutput,
     VicRegModel,
@@ -14,6 +16,8 @@ __all__ = [
     "DEFAULT_EXPANDER_DIMS",
     "VicRegConfig",
     "VicRegExpander",
+    "VicRegForPreTraining",
+    "VicRegForPreTrainingOutput",
     "VicRegForPretraining",
     "VicRegForPretrainingOutput",
     "VicRegLoss",

@@ -2,7 +2,7 @@
 
 - `VicRegExpander`: the MLP between the backbone embedding and the loss.
 - `VicRegModel` (`AutoModel`): the backbone alone, for feature extraction and k-NN evaluation.
-- `VicRegForPretraining` (`AutoModelForPreTraining`): backbone, expander and `VicRegLoss`; what the trainer optimises.
+- `VicRegForPreTraining` (`AutoModelForPreTraining`): backbone, expander and `VicRegLoss`; what the trainer optimises.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from ..backbone import backbone_forward_kwargs, build_backbone, get_backbone_embed_dim, get_backbone_features
+from ..heads import MlpHead
 from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views, init_head_module
 from .configuration_vicreg import VicRegConfig
 from .loss_vicreg import VicRegLoss
@@ -27,30 +28,19 @@ from .loss_vicreg import VicRegLoss
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class VicRegExpander(nn.Module):
+class VicRegExpander(MlpHead):
     r"""VICReg's expander: one linear layer per size of `dims`, each but the last followed by BatchNorm and ReLU.
     No linear layer has a bias, as in the official code's last layer: a hidden layer's bias is replaced by the
     BatchNorm shift, and the last layer's would get no gradient (every term of the loss is unchanged by a shift of
-    all embeddings).
+    all embeddings). Built by `hf_ssl.models.heads.build_mlp`.
 
     Input (N, in_dim) backbone embeddings -> output (N, dims[-1]) expanded embeddings.
     """
 
     def __init__(self, in_dim: int, dims: Sequence[int]):
-        super().__init__()
         if not dims:
             raise ValueError("`dims` must hold at least one layer size")
-        layer_dims = [in_dim, *dims]
-        layers: list[nn.Module] = []
-        for index, (layer_in, layer_out) in enumerate(zip(layer_dims[:-1], layer_dims[1:])):
-            layers.append(nn.Linear(layer_in, layer_out, bias=False))
-            if index < len(dims) - 1:
-                layers.append(nn.BatchNorm1d(layer_out))
-                layers.append(nn.ReLU())
-        self.mlp = nn.Sequential(*layers)
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.mlp(embeddings)
+        super().__init__([in_dim, *dims], output_bias=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -61,7 +51,7 @@ class VicRegExpander(nn.Module):
 class VicRegPreTrainedModel(SslPreTrainedModel):
     """Shared base: config class and weight init of the VICReg modules.
 
-    `VicRegForPretraining` and `VicRegModel` both keep the backbone under `backbone.`, so checkpoints of one load
+    `VicRegForPreTraining` and `VicRegModel` both keep the backbone under `backbone.`, so checkpoints of one load
     into the other key for key; `base_model_prefix = "vicreg"` names no module and makes transformers add or strip
     no prefix.
     """
@@ -77,9 +67,9 @@ class VicRegPreTrainedModel(SslPreTrainedModel):
 
 
 @dataclass
-class VicRegForPretrainingOutput(ModelOutput):
+class VicRegForPreTrainingOutput(ModelOutput):
     """
-    Output of `VicRegForPretraining.forward`. Everything but `loss` is detached, for logging.
+    Output of `VicRegForPreTraining.forward`. Everything but `loss` is detached, for logging.
 
     Args:
         loss: scalar VICReg loss (float32), the weighted sum of the three terms over the global batch.
@@ -107,7 +97,7 @@ class VicRegModel(SslFeatureModel, VicRegPreTrainedModel):
     for CNNs, the final-normed CLS token for transformers), `last_hidden_state` the backbone's own, exactly as the
     exported plain backbone returns it.
 
-    Loading a `VicRegForPretraining` checkpoint picks its `backbone.*` tensors; the expander is skipped without
+    Loading a `VicRegForPreTraining` checkpoint picks its `backbone.*` tensors; the expander is skipped without
     warnings (`_keys_to_ignore_on_load_unexpected`).
     """
 
@@ -118,7 +108,7 @@ class VicRegModel(SslFeatureModel, VicRegPreTrainedModel):
         return config.feature_backbone_config()
 
 
-class VicRegForPretraining(VicRegPreTrainedModel):
+class VicRegForPreTraining(VicRegPreTrainedModel):
     r"""VICReg: one backbone and expander applied to two augmented views of each image, trained with `VicRegLoss` to
     make the two views' embeddings agree (invariance) while every dimension keeps a spread over the global batch
     (variance) and the dimensions stay decorrelated (covariance).
@@ -145,7 +135,8 @@ class VicRegForPretraining(VicRegPreTrainedModel):
         )
         self.post_init()
 
-    def forward(self, views: torch.Tensor, return_dict: bool | None = None) -> VicRegForPretrainingOutput | tuple:
+    @can_return_tuple
+    def forward(self, views: torch.Tensor) -> VicRegForPreTrainingOutput | tuple:
         r"""
         Args:
             views: (2, B, C, H, W) float, normalised: the two augmented views of each image, view-major;
@@ -155,9 +146,8 @@ class VicRegForPretraining(VicRegPreTrainedModel):
         BatchNorm normalises each view over the batch separately (in training, B must be at least 2).
 
         Returns:
-            `VicRegForPretrainingOutput`.
+            `VicRegForPreTrainingOutput`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         check_two_views(views, 2 if self.training else 1, "VICReg needs at least 2 images per batch in training: the expander's BatchNorm layers normalise each view over the batch")
 
         embeddings_a, _ = get_backbone_features(self.backbone, views[0], self.backbone_forward_kwargs)
@@ -167,7 +157,7 @@ class VicRegForPretraining(VicRegPreTrainedModel):
             embeddings = torch.cat([embeddings_a, embeddings_b]).detach()
             embedding_std = F.normalize(embeddings.float(), dim=-1).std(dim=0).mean()
 
-        output = VicRegForPretrainingOutput(
+        output = VicRegForPreTrainingOutput(
             loss=terms.loss,
             invariance=terms.invariance,
             variance=terms.variance,
@@ -175,8 +165,14 @@ class VicRegForPretraining(VicRegPreTrainedModel):
             embedding_std=embedding_std,
             embeddings=embeddings,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     def evaluation_backbone_config(self) -> PretrainedConfig:
         """The backbone's config with drop path 0, as `VicRegModel` builds it and `export_backbone` exports it."""
         return self.config.feature_backbone_config()
+
+
+# The names before transformers' spelling (`ForPreTraining`), for code that imports them: the same classes. A
+# checkpoint saved under the old name (`"architectures": ["VicRegForPretraining"]`) loads by its model_type.
+VicRegForPretraining = VicRegForPreTraining
+VicRegForPretrainingOutput = VicRegForPreTrainingOutput

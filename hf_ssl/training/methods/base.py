@@ -34,46 +34,17 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from hf_ssl.errors import NonFiniteLossError  # noqa: F401 (re-exported)
 from hf_ssl.data import DeviceAugmentation, MultiCropCollator, ViewsConfig, as_views_config, view_size_keys
 from hf_ssl.evaluation.collapse import CollapseDetector, effective_rank, mean_l2_norm
 from hf_ssl.models.backbone import check_input_sizes, get_backbone_embed_dim
-from hf_ssl.training.ema import FullPrecisionTeacher, ema_update_, local_shards
-from hf_ssl.training.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
+from hf_ssl.training.optim.ema import FullPrecisionTeacher, ema_update_, local_shards
+from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
 
 # batch keys that are not inputs of a method's forward (beside the view groups, which it gets augmented)
 NOT_INPUTS = frozenset({"labels", "num_skipped"})
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss was NaN or inf for ``count`` optimizer steps in a row, up to ``step``. The engines fill in
-    ``last_good_checkpoint``: no checkpoint is written during such a streak, so the latest one predates it.
-    ``advice`` is the method's list of things to try."""
-
-    warmup_key = "training.warmup_epochs"  # the recipe key of the warmup's length (fine-tuning: training.warmup_ratio)
-
-    def __init__(self, step: int, count: int, advice: str = ""):
-        super().__init__(step, count)
-        self.step, self.count, self.advice = step, count, advice
-        self.last_good_checkpoint = None
-
-    def __str__(self) -> str:
-        if self.last_good_checkpoint is not None:
-            checkpoint = (
-                f"The last checkpoint before the NaN/inf steps is {self.last_good_checkpoint}: continue from it with "
-                "--resume auto and training.resume_with_changed_settings=true after the change. "
-            )
-        else:
-            checkpoint = "No checkpoint was saved before it. "
-        return (
-            f"the loss was NaN or inf for {self.count} optimizer steps in a row (up to step {self.step}): training stopped. "
-            + checkpoint
-            + f"Try: a lower training.learning_rate or a longer {self.warmup_key}; bf16 instead of fp16; a smaller "
-            "training.max_grad_norm"
-            + (f"; {self.advice}" if self.advice else "")
-            + ". Raise training.max_consecutive_nonfinite_steps to tolerate more."
-        )
 
 
 @dataclass(frozen=True)
@@ -317,7 +288,7 @@ class PretrainingMethod:
         """``(loss, number of images)`` of one held-out batch, or None when it holds no readable image: the
         training forward (``compute_outputs`` at ``step``) on views augmented by a generator seeded with
         ``augmentation_seed``, touching neither the training streams (``micro_batch_index``) nor the logged
-        windows. ``hf_ssl.training.validation.ValidationLoss`` calls it without gradients."""
+        windows. ``hf_ssl.training.engines.validation.ValidationLoss`` calls it without gradients."""
         names = self.views.names
         num_images = batch[names[0]].shape[1]
         if num_images == 0:

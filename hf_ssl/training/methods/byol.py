@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hf_ssl.data import ViewsConfig
 from hf_ssl.training.arguments import EmaTeacherArguments
 from hf_ssl.training.methods.base import EmaTeacherMethod
-from hf_ssl.training.methods.simclr import SimClrViewConfig
+from hf_ssl.training.methods.two_view import ASYMMETRIC_VIEW_DEFAULTS, TwoViewMethod, two_view_preset
+from hf_ssl.models.byol import ByolConfig, ByolForPreTraining, ByolModel
+from hf_ssl.training.methods.registry import MethodSpec, register_method
 
 
-@dataclass
-class ByolViewConfig(SimClrViewConfig):
-    """The two asymmetric views of BYOL (Grill et al., 2020, Appendix B, Table 6), in the names of
-    ``SimClrViewConfig`` (lightly's): random resized crop of scale (0.08, 1) resized with bicubic interpolation,
+ByolViewConfig = two_view_preset(
+    "ByolViewConfig", __name__, views_name="BYOL views", **ASYMMETRIC_VIEW_DEFAULTS,
+    doc="""The two asymmetric views of BYOL (Grill et al., 2020, Appendix B, Table 6), in the names of
+    ``TwoViewConfig`` (lightly's): random resized crop of scale (0.08, 1) resized with bicubic interpolation,
     horizontal flip 0.5, colour jitter with probability 0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1),
     grayscale 0.2, then per view: Gaussian blur with probability 1.0 / 0.1 (sigma in (0.1, 2.0)) and solarisation
     with probability 0.0 / 0.2.
@@ -27,18 +28,8 @@ class ByolViewConfig(SimClrViewConfig):
     ``gaussian_blur`` and ``solarize_prob`` hold a (view 1, view 2) pair; everything else is drawn alike for both
     views. The paper's blur kernel is 23 px at 224 px (``kernel_size: 0.1``); the default ``null`` takes 3 sigma
     either side of the largest sigma (13 px for sigma 2), which leaves out 0.3% of the Gaussian's weight at most.
-    """
-
-    per_view_keys = ("gaussian_blur", "solarize_prob")
-    views_name = "BYOL views"
-
-    interpolation: str = field(default="bicubic", metadata={"help": "Resampling of the crop resize: nearest, bilinear, bicubic, lanczos, box or hamming."})
-    cj_bright: float = field(default=0.4, metadata={"help": "Brightness jitter at strength 1."})
-    cj_contrast: float = field(default=0.4, metadata={"help": "Contrast jitter at strength 1."})
-    cj_sat: float = field(default=0.2, metadata={"help": "Saturation jitter at strength 1."})
-    cj_hue: float = field(default=0.1, metadata={"help": "Hue jitter at strength 1 (cj_hue x cj_strength at most 0.5)."})
-    gaussian_blur: tuple[float, float] = field(default=(1.0, 0.1), metadata={"help": "Probability of a Gaussian blur of (view 1, view 2)."})
-    solarize_prob: tuple[float, float] = field(default=(0.0, 0.2), metadata={"help": "Probability of solarising (view 1, view 2) (pixels >= 0.5 inverted)."})
+    """,
+)
 
 
 @dataclass
@@ -56,25 +47,17 @@ class ByolTrainingArguments(EmaTeacherArguments):
     teacher_momentum_end: float = field(default=1.0, metadata={"help": "EMA momentum of the target network at the last step (cosine schedule)."})
 
 
-class ByolMethod(EmaTeacherMethod):
-    """BYOL's per-step logic around a ``ByolForPretraining``: the two views into the model, the EMA update of the
-    target network after each step (``EmaTeacherMethod``)."""
+class ByolMethod(TwoViewMethod, EmaTeacherMethod):
+    """BYOL's per-step logic around a ``ByolForPreTraining``: the two views into the model (``TwoViewMethod``), the
+    EMA update of the target network after each step (``EmaTeacherMethod``). Its loss compares each image's views
+    with each other only: an empty batch needs no part in a collective."""
 
     name = "byol"
+    display_name = "BYOL"
     logged_outputs = ("embedding_std", "target_projection_std")
     monitored_embeddings = "embeddings"
     evaluated_features = "online backbone features"
     nonfinite_advice = "bf16 rather than fp16"
-    required_view_groups = ("views",)
-
-    @classmethod
-    def check_view_groups(cls, views: ViewsConfig) -> None:
-        super().check_view_groups(views)
-        if views.groups["views"].number != 2:
-            raise ValueError(f"BYOL trains on 2 views of each image; the augmentation's views group has {views.groups['views'].number}")
-
-    def compute_outputs(self, model, views, step: int):
-        return model(views=views["views"])
 
     def model_card_values(self, model, args, schedules) -> dict:
         config = model.config
@@ -84,3 +67,11 @@ class ByolMethod(EmaTeacherMethod):
             "teacher_momentum": f"{args.teacher_momentum} -> {args.teacher_momentum_end} (cosine)",
             "views": self.views.describe(),
         }
+
+
+register_method(MethodSpec(
+    name="byol", config_class=ByolConfig, pretraining_model_class=ByolForPreTraining, model_class=ByolModel,
+    method_class=ByolMethod, training_arguments_class=ByolTrainingArguments, view_config_class=ByolViewConfig,
+    pretrained_overridable_keys=("drop_path_rate",), default_output_dir="outputs/byol",
+    summary="BYOL: bootstrap your own latent, an EMA target network (Grill et al., 2020)",
+))

@@ -16,7 +16,10 @@ from hf_ssl.evaluation.collapse import CollapseDetector
 from hf_ssl.models.backbone import get_backbone_embed_dim
 from hf_ssl.training.arguments import EmaTeacherArguments
 from hf_ssl.training.methods.base import EmaSchedules, EmaTeacherMethod, Schedules, decay_parameter_groups, log_ratio, restart_moments
-from hf_ssl.training.schedules import LinearWarmupConstantSchedule
+from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule
+from hf_ssl.models.dino import DinoConfig, DinoForPreTraining, DinoModel
+from hf_ssl.training.methods.registry import MethodSpec, register_method
+from hf_ssl.data import MultiCropConfig
 
 
 @dataclass
@@ -48,7 +51,7 @@ class DinoSchedules(EmaSchedules):
 
 
 class DinoMethod(EmaTeacherMethod):
-    """DINO's per-step logic around a ``DinoForPretraining`` (student, EMA teacher, ``DinoLoss`` with its center)."""
+    """DINO's per-step logic around a ``DinoForPreTraining`` (student, EMA teacher, ``DinoLoss`` with its center)."""
 
     name = "dino"
     logged_outputs = ("teacher_entropy", "student_entropy", "embedding_std", "center_norm")
@@ -151,3 +154,14 @@ class DinoMethod(EmaTeacherMethod):
                 f"{config.warmup_teacher_temperature_epochs} epochs"
             ),
         }
+
+
+register_method(MethodSpec(
+    name="dino", config_class=DinoConfig, pretraining_model_class=DinoForPreTraining, model_class=DinoModel,
+    method_class=DinoMethod, training_arguments_class=DinoTrainingArguments, view_config_class=MultiCropConfig,
+    pretrained_overridable_keys=(
+        "student_temperature", "teacher_temperature", "warmup_teacher_temperature", "warmup_teacher_temperature_epochs",
+        "center_momentum", "student_drop_path_rate",
+    ),
+    default_output_dir="outputs/dino", summary="DINO: self-distillation with no labels (Caron et al., 2021)",
+))

@@ -19,8 +19,10 @@ import torch
 
 from hf_ssl.evaluation.collapse import effective_rank, mean_l2_norm
 from hf_ssl.training.methods.base import EmaSchedules
-from hf_ssl.training.methods.ijepa import IJepaMethod, IJepaTrainingArguments
-from hf_ssl.training.schedules import LinearWarmupConstantSchedule
+from hf_ssl.training.methods.ijepa import IJepaMethod, IJepaTrainingArguments, IJepaViewConfig
+from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule
+from hf_ssl.models.hjepa import HJepaConfig, HJepaFeatureModel, HJepaForPreTraining
+from hf_ssl.training.methods.registry import MethodSpec, register_method
 
 
 @dataclass
@@ -53,7 +55,7 @@ class HJepaSchedules(EmaSchedules):
 
 
 class HJepaMethod(IJepaMethod):
-    """H-JEPA's per-step logic around an ``HJepaForPretraining``: I-JEPA's, with the levels' loss weights of the
+    """H-JEPA's per-step logic around an ``HJepaForPreTraining``: I-JEPA's, with the levels' loss weights of the
     step passed to the model and every level's numbers in the logs."""
 
     name = "hjepa"
@@ -149,3 +151,12 @@ class HJepaMethod(IJepaMethod):
             )
         values["levels"] = "; ".join(levels)
         return values
+
+
+register_method(MethodSpec(
+    name="hjepa", config_class=HJepaConfig, pretraining_model_class=HJepaForPreTraining, model_class=HJepaFeatureModel,
+    method_class=HJepaMethod, training_arguments_class=HJepaTrainingArguments, view_config_class=IJepaViewConfig,
+    pretrained_overridable_keys=("loss_type", "normalize_targets", "level_loss_weights", "contrastive_temperature"),
+    default_output_dir="outputs/hjepa",
+    summary="H-JEPA: I-JEPA predicting its targets at several pooled levels (hf_ssl's hierarchical JEPA)",
+))

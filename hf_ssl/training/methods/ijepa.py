@@ -16,7 +16,9 @@ from hf_ssl.data import MultiBlockMaskCollator, ViewGroup, ViewsConfig
 from hf_ssl.data.views import MEAN_HELP, NUM_CHANNELS_HELP, STD_HELP
 from hf_ssl.training.arguments import EmaTeacherArguments
 from hf_ssl.training.methods.base import EmaTeacherMethod
-from hf_ssl.training.schedules import LinearWarmupConstantSchedule
+from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule
+from hf_ssl.models.ijepa import IJepaFeatureModel, IJepaForPreTraining, IJepaPretrainingConfig
+from hf_ssl.training.methods.registry import MethodSpec, register_method
 
 
 @dataclass
@@ -103,7 +105,7 @@ class IJepaTrainingArguments(EmaTeacherArguments):
 
 
 class IJepaMethod(EmaTeacherMethod):
-    """I-JEPA's per-step logic around an ``IJepaForPretraining``: the image and its masks into the model, the EMA
+    """I-JEPA's per-step logic around an ``IJepaForPreTraining``: the image and its masks into the model, the EMA
     update of the target encoder after each step (linear momentum)."""
 
     name = "ijepa"
@@ -153,3 +155,11 @@ class IJepaMethod(EmaTeacherMethod):
             "teacher_momentum": f"{args.teacher_momentum} -> {args.teacher_momentum_end} (linear)",
             "views": self.views.describe(),
         }
+
+
+register_method(MethodSpec(
+    name="ijepa", config_class=IJepaPretrainingConfig, pretraining_model_class=IJepaForPreTraining,
+    model_class=IJepaFeatureModel, method_class=IJepaMethod, training_arguments_class=IJepaTrainingArguments,
+    view_config_class=IJepaViewConfig, pretrained_overridable_keys=("loss_type", "normalize_targets"),
+    default_output_dir="outputs/ijepa", summary="I-JEPA: joint-embedding predictive architecture (Assran et al., 2023)",
+))

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from hf_ssl.data import ViewsConfig
 from hf_ssl.training.arguments import PretrainingArguments
 from hf_ssl.training.methods.base import PretrainingMethod
-from hf_ssl.training.methods.byol import ByolViewConfig
+from hf_ssl.training.methods.two_view import ASYMMETRIC_VIEW_DEFAULTS, TwoViewMethod, two_view_preset
 
 
-@dataclass
-class VicRegViewConfig(ByolViewConfig):
-    """The two views of VICReg (Bardes et al., 2022, implementation details; the official ``augmentations.py``):
-    BYOL's asymmetric views (``ByolViewConfig``): random resized crop of scale (0.08, 1) with bicubic interpolation,
-    flip 0.5, colour jitter 0.8 (0.4, 0.4, 0.2, 0.1), grayscale 0.2, blur 1.0 / 0.1 and solarisation 0.0 / 0.2 for
-    (view 1, view 2)."""
-
-    views_name = "VICReg views"
+VicRegViewConfig = two_view_preset(
+    "VicRegViewConfig", __name__, views_name="VICReg views", **ASYMMETRIC_VIEW_DEFAULTS,
+    doc="""The two views of VICReg (Bardes et al., 2022, implementation details; the official ``augmentations.py``):
+    BYOL's asymmetric views (``ASYMMETRIC_VIEW_DEFAULTS``): random resized crop of scale (0.08, 1) with bicubic
+    interpolation, flip 0.5, colour jitter 0.8 (0.4, 0.4, 0.2, 0.1), grayscale 0.2, blur 1.0 / 0.1 and solarisation
+    0.0 / 0.2 for (view 1, view 2).""",
+)
+from hf_ssl.models.vicreg import VicRegConfig, VicRegForPreTraining, VicRegModel
+from hf_ssl.training.methods.registry import MethodSpec, register_method
 
 
 @dataclass
@@ -40,30 +38,19 @@ class VicRegTrainingArguments(PretrainingArguments):
     weight_decay: float = field(default=1e-6, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."})
 
 
-class VicRegMethod(PretrainingMethod):
-    """VICReg's per-step logic around a ``VicRegForPretraining``: the two views into the model; nothing happens
-    around the optimizer step."""
+class VicRegMethod(TwoViewMethod, PretrainingMethod):
+    """VICReg's per-step logic around a ``VicRegForPreTraining``: the two views into the model (``TwoViewMethod``);
+    nothing happens around the optimizer step."""
 
     name = "vicreg"
+    display_name = "VICReg"
     logged_outputs = ("embedding_std", "invariance", "variance", "covariance")
     monitored_embeddings = "embeddings"
     nonfinite_advice = "bf16 rather than fp16; a larger model.variance_epsilon"
-    required_view_groups = ("views",)
 
-    @classmethod
-    def check_view_groups(cls, views: ViewsConfig) -> None:
-        super().check_view_groups(views)
-        if views.groups["views"].number != 2:
-            raise ValueError(f"VICReg trains on 2 views of each image; the augmentation's views group has {views.groups['views'].number}")
-
-    def compute_outputs(self, model, views, step: int):
-        return model(views=views["views"])
-
-    def empty_batch_loss(self, model) -> torch.Tensor:
-        # the loss gathers the embeddings of every process: this one takes part with none of its own
-        loss_module = self.model.loss
-        embeddings = torch.zeros(0, self.model.config.expander_dims[-1], device=self.reduction_device(), requires_grad=True)
-        return super().empty_batch_loss(model) + loss_module(embeddings, embeddings)
+    def gathered_width(self) -> int:
+        # the variance and covariance terms are statistics of the global batch's expanded embeddings
+        return self.model.config.expander_dims[-1]
 
     def model_card_values(self, model, args, schedules) -> dict:
         config = model.config
@@ -75,3 +62,12 @@ class VicRegMethod(PretrainingMethod):
             ),
             "views": self.views.describe(),
         }
+
+
+register_method(MethodSpec(
+    name="vicreg", config_class=VicRegConfig, pretraining_model_class=VicRegForPreTraining, model_class=VicRegModel,
+    method_class=VicRegMethod, training_arguments_class=VicRegTrainingArguments, view_config_class=VicRegViewConfig,
+    pretrained_overridable_keys=("invariance_weight", "variance_weight", "covariance_weight", "variance_epsilon", "drop_path_rate"),
+    default_output_dir="outputs/vicreg",
+    summary="VICReg: variance-invariance-covariance regularization (Bardes et al., 2022)",
+))

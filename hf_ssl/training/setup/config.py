@@ -31,9 +31,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A recipe file or override that cannot be turned into a valid configuration."""
+from hf_ssl.errors import ConfigError  # noqa: F401 (re-exported)
 
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"

@@ -15,8 +15,9 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
-from hf_ssl.training.config import ConfigError, SectionHelp, first_paragraph, load_yaml
-from hf_ssl.training.recipe import Recipe
+from hf_ssl.training.setup.config import SectionHelp, first_paragraph, load_yaml
+from hf_ssl.errors import ConfigError
+from hf_ssl.training.setup.recipe import Recipe
 
 OVERRIDES_HELP = (
     "Every key below can be set in the recipe file under its section, or on the command line as section.key=value "
@@ -27,19 +28,21 @@ OVERRIDES_HELP = (
 
 
 def parse_command_line(
-    argv: Sequence[str] | None = None, recipe_class: type = Recipe, description: str | None = None, prog: str | None = None
+    argv: Sequence[str] | None = None, method: str | None = None, description: str | None = None, prog: str | None = None
 ) -> tuple[Recipe, str | None]:
     """Parse ``argv`` (default: ``sys.argv[1:]``) into the recipe and the ``--resume`` value.
 
     ``--config`` names the recipe file; every other argument overrides one of its keys. ``--help`` prints
     ``description``, the options and every section and key of the recipe's method (the ``method:`` of the
-    ``--config`` file, else ``recipe_class.default_method``), then exits. A missing ``--config``, a bad override or
+    ``--config`` file, else ``method``), then exits. ``method`` is taken for a file without a ``method:`` key, and a
+    file of another method is refused; None: the file must name its method. A missing ``--config``, a bad override or
     a bad value raises ``ConfigError``.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    method = _method_for_help(argv, recipe_class)
+    recipe_class = Recipe.for_method(method) if method is not None else Recipe
+    help_method = _method_for_help(argv, method)
     parser = RecipeArgumentParser(
-        lambda: recipe_class.sections_help(method), f"The keys of a {method!r} recipe", description=description, prog=prog
+        lambda: recipe_class.sections_help(help_method), f"The keys of a {help_method!r} recipe", description=description, prog=prog
     )
     parser.add_argument("--config", required=True, help="Recipe YAML file, e.g. recipes/dino.yaml.")
     parser.add_argument(
@@ -53,8 +56,8 @@ def parse_command_line(
     return recipe_class.from_yaml(arguments.config, overrides), arguments.resume
 
 
-def _method_for_help(argv: Sequence[str], recipe_class: type) -> str:
-    """The method whose keys ``--help`` lists: the ``--config`` file's, else the recipe class's, else DINO's."""
+def _method_for_help(argv: Sequence[str], method: str | None) -> str:
+    """The method whose keys ``--help`` lists: the ``--config`` file's, else ``method``, else DINO's."""
     for index, argument in enumerate(argv):
         path = argument.split("=", 1)[1] if argument.startswith("--config=") else argv[index + 1] if argument == "--config" and index + 1 < len(argv) else None
         if path is None:
@@ -65,7 +68,7 @@ def _method_for_help(argv: Sequence[str], recipe_class: type) -> str:
             named = None
         if isinstance(named, str):
             return named
-    return recipe_class.default_method or "dino"
+    return method or "dino"
 
 
 class RecipeArgumentParser(argparse.ArgumentParser):

@@ -28,9 +28,9 @@ import yaml
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
 from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-from hf_ssl.training import checkpointing
-from hf_ssl.training.config import ConfigError
-from hf_ssl.training.model_card import backbone_card
+from hf_ssl.training.state import checkpointing
+from hf_ssl.errors import ConfigError
+from hf_ssl.training.sharing.model_card import backbone_card
 
 logger = logging.getLogger(__name__)
 

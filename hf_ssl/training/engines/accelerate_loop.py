@@ -3,7 +3,7 @@
 The loop below reads top to bottom like the transformers ``*_no_trainer`` examples. It takes the same
 training arguments as ``SslTrainer`` and shares everything else with it: the model and loss, the method
 (``hf_ssl.training.methods``: schedules, device augmentation, NaN guard, what happens around the optimizer
-step, EMA), ``History`` and collapse detection, k-NN evaluation, checkpoints (``hf_ssl.training.checkpointing``)
+step, EMA), ``History`` and collapse detection, k-NN evaluation, checkpoints (``hf_ssl.training.state.checkpointing``)
 and ``RunControl`` (signals, time budget, early stopping). What it owns is only the loop itself.
 
     trainer = AccelerateTrainer(model, args, view_config, train_dataset)
@@ -24,30 +24,21 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
 from tqdm.auto import tqdm
 
-from hf_ssl.training import checkpointing
+from hf_ssl.errors import NonFiniteLossError
 from hf_ssl.training.arguments import PretrainingArguments
-from hf_ssl.training.engine import (
-    build_method,
-    default_collator,
-    check_distributed_setup,
-    checkpoint_record,
+from hf_ssl.training.engines.base import (
+    PretrainingEngine,
     create_optimizer,
-    evaluation_backbone_on_main,
+    default_collator,
     is_deepspeed,
-    prepare_run,
     restore_optimizer_settings,
-    restore_run_state,
     save_full_precision_model,
     train_sampler,
 )
-from hf_ssl.training.history import History
-from hf_ssl.training.hub import CheckpointPusher, create_hub_repo, push_output_dir
-from hf_ssl.training.knn_callback import run_knn_evaluation
-from hf_ssl.training.validation import run_validation
-from hf_ssl.training.methods.base import NonFiniteLossError
-from hf_ssl.training.model_card import write_model_card
-from hf_ssl.training.outputs import hub_repo_error, hub_repo_name
-from hf_ssl.training.run_control import build_run_control
+from hf_ssl.training.sharing.hub import create_hub_repo
+from hf_ssl.training.sharing.outputs import hub_repo_error, hub_repo_name
+from hf_ssl.training.state import checkpointing
+from hf_ssl.training.state.history import History
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +53,11 @@ class LoopState:
     log_history: list[dict] = field(default_factory=list)
 
 
-class AccelerateTrainer:
+class AccelerateTrainer(PretrainingEngine):
     """Any registered method on ``accelerate.Accelerator``, with the constructor and ``train`` of ``SslTrainer``.
 
     Args:
-        model: the method's pretraining model (``DinoForPretraining``, ``SimClrForPretraining``...).
+        model: the method's pretraining model (``DinoForPreTraining``, ``SimClrForPreTraining``...).
         args: the method's training arguments (batch size, accumulation, bf16/fp16, schedules, saving, report_to...).
         view_config: the augmentation settings (the photometric part runs on the device); default: the method's.
         train_dataset: ``with_multicrop(dataset, transform)``; a ``MultiCropDataset`` makes resumes exact.
@@ -96,13 +87,6 @@ class AccelerateTrainer:
         self.model = model
         self.train_dataset = train_dataset
         self.data_collator = data_collator or default_collator(model, method, view_config, args)
-        self.knn_evaluator, self.knn_eval_steps, self.knn_at_end = knn_evaluator, knn_eval_steps, knn_at_end
-        self.last_knn_metrics: dict[str, float] = {}
-        self.knn_error: str | None = None  # the last k-NN evaluation that failed (logged; training went on)
-        self._knn_step: int | None = None  # the step of the last k-NN evaluation
-        self.validation, self.val_eval_steps, self.val_at_end = validation, val_eval_steps, val_at_end
-        self.last_validation_metrics: dict[str, float] = {}
-        self._validation_step: int | None = None
         self.trackers = [name for name in _as_list(args.report_to) if name != "none"]
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -118,26 +102,22 @@ class AccelerateTrainer:
             dynamo_plugin=TorchDynamoPlugin(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode)
             if args.torch_compile else None,
         )
-        check_distributed_setup(self.accelerator, engine="accelerate")
         self.deepspeed = is_deepspeed(self.accelerator)
         if self.deepspeed:
             self._configure_deepspeed()
         self.state = LoopState()
-        self.method = build_method(
-            model, method, view_config, args, self.accelerator.process_index,
-            reduce=lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
+        self._set_up_engine(
+            model, args, method, view_config, knn_evaluator=knn_evaluator, knn_eval_steps=knn_eval_steps,
+            knn_at_end=knn_at_end, validation=validation, val_eval_steps=val_eval_steps, val_at_end=val_at_end,
         )
-        self.view_config = self.method.view_config
-        self.run_control = build_run_control(args, reduce_max=self._reduce_max if self.accelerator.num_processes > 1 else None)
         self.history = History()
         self.collapse_detector = self.method.collapse_detector()
-        self.schedules = None
         self.optimizer = None
         self.wrapped_model = model
-        self.finished_before_start = False  # resumed at or past the last step: this session trains nothing
         # as the Trainer does: the repository of push_to_hub exists before training, or the run does not start
         self.hub_model_id = self._create_hub_repo() if args.push_to_hub and self.accelerator.is_main_process else None
-        self.checkpoint_pusher = CheckpointPusher(args)  # hub_strategy: the committed checkpoints, in the background
+
+    engine_name = "accelerate"
 
     def _configure_deepspeed(self) -> None:
         """The recipe decides what DeepSpeed does inside its step: clipping (``max_grad_norm``, 0 = none) and
@@ -156,11 +136,12 @@ class AccelerateTrainer:
         return self.accelerator.is_main_process
 
     @property
-    def total_batch_size(self) -> int:
-        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.accelerator.num_processes
+    def evaluation_model(self):
+        return self.wrapped_model
 
-    def _reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.reduce(tensor.to(self.accelerator.device), reduction="max")
+    @property
+    def autocast_context(self):
+        return self.accelerator.autocast
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         """Per-process batches of ``per_device_train_batch_size``; accelerate shards them after ``prepare``."""
@@ -183,13 +164,7 @@ class AccelerateTrainer:
     # ----- the loop --------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None) -> LoopState:
         args, accelerator = self.args, self.accelerator
-        if resume_from_checkpoint is None:
-            resume_from_checkpoint = args.resume_from_checkpoint
-        checkpoint, saved_state = prepare_run(
-            resume_from_checkpoint, args, method=self.method.name, engine="accelerate", model=self.model, view_config=self.view_config,
-            train_dataset=self.train_dataset, world_size=accelerator.num_processes, total_batch_size=self.total_batch_size,
-            accelerator=accelerator, hub_repo_id=self.hub_model_id,
-        )
+        checkpoint, saved_state = self._resolve_resume(resume_from_checkpoint, hub_repo_id=self.hub_model_id)
 
         # 1. data, optimizer and the length of the run (in optimizer steps)
         if args.activation_checkpointing:  # recompute the backbone's activations in backward: less memory per crop
@@ -216,12 +191,10 @@ class AccelerateTrainer:
             accelerator.load_state(str(checkpoint))
             restore_optimizer_settings(self.optimizer, args)
             self.state.global_step = int(saved_state["step"])
-            restore_run_state(saved_state, self.method, self.run_control)
-            if (checkpoint / "history.json").is_file():
-                self.history = History.load(checkpoint / "history.json")
-                self.state.log_history = list(self.history.steps)
+            self._restore_resumed_state(checkpoint, saved_state)
+            self.state.log_history = list(self.history.steps)
             logger.info("Resumed from %s at step %d", checkpoint, self.state.global_step)
-            self.finished_before_start = checkpointing.log_resume_position(checkpoint, saved_state, self.state.global_step, total_steps)
+            self.begin_session(self.state.global_step, total_steps)
         if self.trackers:
             run_name = {"name": args.run_name} if args.run_name else {}
             accelerator.init_trackers(
@@ -277,10 +250,7 @@ class AccelerateTrainer:
                         loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
                         progress.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
                         self.log(logs)
-                    if self.knn_eval_steps and self.state.global_step % self.knn_eval_steps == 0 and self.state.global_step < total_steps:
-                        self.evaluate_knn()
-                    if self.val_eval_steps and self.state.global_step % self.val_eval_steps == 0 and self.state.global_step < total_steps:
-                        self.evaluate_validation()
+                    self.evaluations.after_step(self)
                     stop_reason = self.run_control.check(accelerator.device)
                     if stop_reason is not None:
                         logger.warning("step %d: %s; saving a checkpoint", self.state.global_step, self.run_control.describe_stop())
@@ -294,18 +264,14 @@ class AccelerateTrainer:
                 if self.run_control.stop_reason is not None or self.state.global_step >= total_steps:
                     break
         except NonFiniteLossError as error:
-            error.last_good_checkpoint = checkpointing.latest_checkpoint(args.output_dir)
+            self._point_to_last_good_checkpoint(error)
             raise
         finally:
             self.run_control.finish()
             progress.close()
 
         # 4. the end: k-NN and validation (unless the session was cut), history and trackers
-        session_cut = self.run_control.stop_reason in ("signal", "max_time")
-        if self.val_at_end and not session_cut and not self.finished_before_start and self._validation_step != self.state.global_step:
-            self.evaluate_validation()
-        if self.knn_at_end and self.run_control.stop_reason not in ("signal", "max_time") and self._knn_step != self.state.global_step:
-            self.evaluate_knn()
+        self.evaluations.at_end(self)
         if accelerator.is_main_process:
             self.save_history()
         # the trackers end here; not the process group (accelerator.end_training): save_model still gathers
@@ -352,39 +318,6 @@ class AccelerateTrainer:
         if self.accelerator.is_main_process:
             logger.info("step %d: %s", step, logs)
 
-    def evaluate_validation(self) -> dict[str, float]:
-        """``val_loss`` of the method on the held-out split, every process its share, logged on every process."""
-        if self.validation is None:
-            return {}
-        self._validation_step = self.state.global_step
-        accelerator = self.accelerator
-        metrics = run_validation(
-            self.validation, self.method, self.wrapped_model, self.state.global_step, accelerator.device,
-            accelerator.process_index, accelerator.num_processes,
-            reduce=(lambda tensor: accelerator.reduce(tensor, reduction="sum")) if accelerator.num_processes > 1 else None,
-            autocast=accelerator.autocast,
-        )
-        if metrics:
-            self.last_validation_metrics = metrics
-            self.log(dict(metrics))
-        return self.last_validation_metrics
-
-    def evaluate_knn(self) -> dict[str, float]:
-        """k-NN of the evaluated backbone on the main process (the others go on), logged as ``knn_top1``..."""
-        if self.knn_evaluator is None:
-            return {}
-        self._knn_step = self.state.global_step
-        backbone = evaluation_backbone_on_main(self.accelerator, self.wrapped_model)  # every process
-        if not self.accelerator.is_main_process:
-            return {}
-        metrics = run_knn_evaluation(self.knn_evaluator, backbone, self.accelerator.device, self.state.global_step)
-        if metrics is None:
-            self.knn_error = f"k-NN evaluation at step {self.state.global_step} failed (see the log)"
-            return {}
-        self.last_knn_metrics = metrics
-        self.log(dict(self.last_knn_metrics))
-        return self.last_knn_metrics
-
     def save_history(self) -> None:
         path = self.history.save(Path(self.args.output_dir) / "history.json")
         if any(key not in ("step", "epoch") for key in self.history.metric_names()):
@@ -412,26 +345,16 @@ class AccelerateTrainer:
             if accelerator.is_main_process:
                 self.model.config.save_pretrained(staging)
                 self.history.save(staging / "history.json")
-                checkpointing.write_state(staging, self.checkpoint_record(tracker_ids))
+                checkpointing.write_state(staging, self.checkpoint_record(step, tracker_ids))
                 checkpointing.commit_checkpoint(staging, final)
         weights = None
         if self.checkpoint_pusher.active:
             weights = self.checkpoint_pusher.weights_copy(output_dir, step) if accelerator.is_main_process else None
             self.save_model(str(weights) if weights is not None else None)
         if accelerator.is_main_process:
-            logger.info("Saved checkpoint %s", final)
-            self.checkpoint_pusher.push(self.hub_model_id, final, step, self.state.epoch, weights=weights)
-            checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args), busy=self.checkpoint_pusher.pushing())
+            self._after_checkpoint(final, step, weights=weights)
         accelerator.wait_for_everyone()
         return final
-
-    def checkpoint_record(self, tracker_ids: dict[str, str]) -> dict:
-        return checkpoint_record(
-            method=self.method, engine="accelerate", args=self.args, step=self.state.global_step, epoch=self.state.epoch,
-            world_size=self.accelerator.num_processes, total_batch_size=self.total_batch_size, history=self.history,
-            run_control=self.run_control, accelerator=self.accelerator, total_steps=self.state.max_steps,
-            view_config=self.view_config, train_dataset=self.train_dataset, tracker_ids=tracker_ids,
-        )
 
     # ----- saving and sharing ------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -449,18 +372,6 @@ class AccelerateTrainer:
         if self.accelerator.is_main_process:
             model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
 
-    def create_model_card(
-        self, model_name: str | None = None, dataset=None, tags=None, license: str | None = None,
-        dataset_config: str | None = None, evaluation_split: str | None = None,
-    ) -> None:
-        """Write ``<output_dir>/README.md`` as ``SslTrainer.create_model_card`` does."""
-        if self.accelerator.is_main_process:
-            write_model_card(
-                self.method, self.model, self.args, self.schedules, self.state.global_step,
-                self.state.log_history, model_name=model_name, dataset=dataset, tags=tags, license=license,
-                repo_id=self.hub_model_id, dataset_config=dataset_config, evaluation_split=evaluation_split,
-            )
-
     def push_to_hub(
         self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
         revision: str | None = None, private: bool | None = None, **kwargs,
@@ -475,11 +386,7 @@ class AccelerateTrainer:
         if self.hub_model_id is None:
             self.hub_model_id = self._create_hub_repo(token=token, private=private)
         self.create_model_card(**kwargs)
-        self.checkpoint_pusher.wait()
-        return push_output_dir(
-            self.args.output_dir, self.hub_model_id, token=token, revision=revision or self.args.hub_revision,
-            commit_message=commit_message or "End of training", blocking=blocking,
-        )
+        return self._upload_outputs(token, revision, commit_message, blocking)
 
     def _create_hub_repo(self, token: str | None = None, private: bool | None = None) -> str:
         try:
@@ -508,6 +415,6 @@ def build_trainer(model, args: PretrainingArguments, **kwargs):
     ``train``, ``save_model``, ``create_model_card`` and ``push_to_hub``."""
     if args.engine == "accelerate":
         return AccelerateTrainer(model, args, **kwargs)
-    from hf_ssl.training.trainer import SslTrainer
+    from hf_ssl.training.engines.trainer import SslTrainer
 
     return SslTrainer(model=model, args=args, **kwargs)

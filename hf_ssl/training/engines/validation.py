@@ -20,7 +20,6 @@ import math
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
-from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -102,41 +101,3 @@ def run_validation(evaluator: ValidationLoss, method, model, step: int, device, 
     except Exception:
         logger.exception("validation at step %d failed; training goes on and the model will be saved", step)
         return None
-
-
-class ValidationCallback(TrainerCallback):
-    """``SslTrainer``'s validation: ``val_loss`` every ``eval_steps`` optimizer steps (0: never during training) and
-    at the end of training (unless the session was cut by a signal or ``max_time_seconds``), logged like the
-    training numbers, so ``metric_for_best_model: val_loss`` drives early stopping and best-N retention."""
-
-    def __init__(self, trainer, evaluator: ValidationLoss, eval_steps: int = 0, at_end: bool = True):
-        self.trainer = trainer
-        self.evaluator = evaluator
-        self.eval_steps = eval_steps
-        self.at_end = at_end
-        self.last_step: int | None = None
-        self.last_metrics: dict[str, float] = {}
-
-    def _evaluate(self, state) -> None:
-        trainer = self.trainer
-        self.last_step = state.global_step
-        metrics = run_validation(
-            self.evaluator, trainer.method, trainer.model_wrapped, state.global_step, trainer.args.device,
-            trainer.args.process_index, trainer.args.world_size,
-            reduce=(lambda tensor: trainer.accelerator.reduce(tensor, reduction="sum")) if trainer.args.world_size > 1 else None,
-            autocast=trainer.autocast_smart_context_manager,
-        )
-        if metrics:
-            self.last_metrics = metrics
-            trainer.log(dict(metrics))
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.eval_steps and state.global_step % self.eval_steps == 0 and state.global_step < state.max_steps:
-            self._evaluate(state)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        run_control = getattr(self.trainer, "run_control", None)
-        if run_control is not None and run_control.stop_reason in ("signal", "max_time"):
-            return
-        if self.at_end and self.last_step != state.global_step and not self.trainer.finished_before_start:
-            self._evaluate(state)

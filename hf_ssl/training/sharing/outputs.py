@@ -19,8 +19,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from hf_ssl.training import checkpointing
-from hf_ssl.training.config import ConfigError
+from hf_ssl.training.state import checkpointing
+from hf_ssl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
     hf-ssl finetune --config recipes/finetune_fashion_mnist.yaml [section.key=value ...] [--resume auto|hub]
 
 ``pretrain`` runs any recipe (its ``method:`` key picks the method) on the engine its ``training.engine`` names;
-under several processes: ``accelerate launch --config_file ... -m hf_ssl.cli pretrain --config ...``.
+under several processes: ``accelerate launch --config_file ... -m hf_ssl.commands.cli pretrain --config ...``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if known else 2
     command, rest = argv[0], argv[1:]
     if command == "pretrain":
-        from hf_ssl.training.pretrain import main as pretrain
+        from hf_ssl.commands.pretrain import main as pretrain
 
         return pretrain(rest, prog="hf-ssl pretrain")
     if command == "methods":
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return finetune(rest, prog="hf-ssl finetune")
     if command == "push":
-        from hf_ssl.training.hub import main as push
+        from hf_ssl.training.sharing.hub import main as push
 
         return push(rest)
     if command == "linear-probe":

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 from dataclasses import dataclass, field, fields
@@ -24,9 +25,8 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from hf_ssl.data import ViewsConfig, as_views_config, band_statistics, load_image_dataset
 from hf_ssl.models.backbone import load_pretrained_backbone, pretrained_backbone_config
-from hf_ssl.training.checkpointing import comparable
-from hf_ssl.training.config import (
-    ConfigError,
+from hf_ssl.training.state.checkpointing import comparable
+from hf_ssl.training.setup.config import (
     KeyHelp,
     SectionHelp,
     apply_overrides,
@@ -39,6 +39,7 @@ from hf_ssl.training.config import (
     parse_overrides,
     to_plain,
 )
+from hf_ssl.errors import ConfigError
 from hf_ssl.training.methods import MethodSpec, get_method, registered_methods
 from hf_ssl.training.methods.base import check_view_sizes
 
@@ -128,9 +129,8 @@ MODEL_EXTRA_KEYS = ("pretrained_model_name_or_path", "pretrained_backbone")
 class Recipe:
     """A whole run: ``method`` names the method, the sections hold its settings (see the module docstring).
 
-    ``Recipe.from_yaml(path)`` reads the method from the file's ``method:`` key; a subclass with
-    ``default_method`` (``DinoRecipe``, what ``recipes/train_dino.py`` reads) takes files without one and refuses
-    a file of another method."""
+    ``Recipe.from_yaml(path)`` reads the method from the file's ``method:`` key; ``Recipe.for_method("dino")`` (what
+    ``recipes/train_dino.py`` reads) takes files without one and refuses a file of another method."""
 
     method: str
     model: dict[str, Any]
@@ -143,6 +143,15 @@ class Recipe:
     command_line_keys: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     default_method: ClassVar[str | None] = None
+
+    @classmethod
+    def for_method(cls, method: str) -> type["Recipe"]:
+        """The recipe class of a command that trains ``method``: its ``default_method`` is ``method``."""
+        try:
+            get_method(method)
+        except KeyError as error:
+            raise ConfigError(f"method: {error.args[0]}") from None
+        return _method_recipe_class(cls, method)
 
     @classmethod
     def method_of(cls, raw: dict[str, Any], method: str | None = None, source: str = "config") -> MethodSpec:
@@ -525,41 +534,12 @@ class Recipe:
         return self.evaluation.image_size or self.view_config.first.size
 
 
-class DinoRecipe(Recipe):
-    """The recipe ``recipes/train_dino.py`` reads: ``method: dino`` unless the file says otherwise (it refuses
-    another method's recipe)."""
-
-    default_method = "dino"
-
-
-class SimClrRecipe(Recipe):
-    """The recipe ``recipes/train_simclr.py`` reads: ``method: simclr`` unless the file says otherwise."""
-
-    default_method = "simclr"
-
-
-class IJepaRecipe(Recipe):
-    """The recipe ``recipes/train_ijepa.py`` reads: ``method: ijepa`` unless the file says otherwise."""
-
-    default_method = "ijepa"
-
-
-class HJepaRecipe(Recipe):
-    """The recipe ``recipes/train_hjepa.py`` reads: ``method: hjepa`` unless the file says otherwise."""
-
-    default_method = "hjepa"
-
-
-class ByolRecipe(Recipe):
-    """The recipe ``recipes/train_byol.py`` reads: ``method: byol`` unless the file says otherwise."""
-
-    default_method = "byol"
-
-
-class VicRegRecipe(Recipe):
-    """The recipe ``recipes/train_vicreg.py`` reads: ``method: vicreg`` unless the file says otherwise."""
-
-    default_method = "vicreg"
+@functools.cache
+def _method_recipe_class(base: type, method: str) -> type:
+    return type(f"Recipe[{method}]", (base,), {"default_method": method, "__module__": __name__, "__doc__": (
+        f"The recipe a script that trains {method!r} reads: ``method: {method}`` unless the file says otherwise (it "
+        "refuses another method's recipe)."
+    )})
 
 
 def _labels_present(split) -> list:

@@ -15,7 +15,7 @@ epoch's last step), under the global step at which the epoch ended.
 
 Re-plot a saved history::
 
-    python -m hf_ssl.training.plot_history outputs/run/history.json [--output plot.png] [--keys loss,knn_top1]
+    python -m hf_ssl.commands.plot_history outputs/run/history.json [--output plot.png] [--keys loss,knn_top1]
 """
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ def _is_number(value: Any) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m hf_ssl.training.plot_history", description="Plot a saved training history (history.json) as a PNG."
+        prog="python -m hf_ssl.commands.plot_history", description="Plot a saved training history (history.json) as a PNG."
     )
     parser.add_argument("history", type=Path, help="history.json written by HistoryCallback")
     parser.add_argument("--output", type=Path, default=None, help="PNG to write (default: next to the JSON, .png suffix)")

@@ -1,7 +1,7 @@
 """Any hf_ssl method on the transformers ``Trainer``: ``SslTrainer``.
 
 The Trainer supplies the loop, mixed precision, gradient accumulation, DDP/FSDP/DeepSpeed through
-accelerate, checkpointing and the Hub repository; what a push uploads is ``hf_ssl.training.hub``'s, as on the
+accelerate, checkpointing and the Hub repository; what a push uploads is ``hf_ssl.training.sharing.hub``'s, as on the
 accelerate engine. The method (``hf_ssl.training.methods``) adds, per optimizer step:
 the lr / weight-decay schedules and its own (DINO: teacher momentum and temperature, last-layer freeze), the
 device-side photometric augmentation, its loss, what happens around the optimizer step (an EMA teacher update)
@@ -17,39 +17,31 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
-from hf_ssl.training import checkpointing
+from hf_ssl.errors import NonFiniteLossError
 from hf_ssl.training.arguments import PretrainingArguments
-from hf_ssl.training.callbacks import EmaCallback, MethodStepCallback, RunControlCallback
-from hf_ssl.training.engine import (
+from hf_ssl.training.engines.base import (
     FULL_PRECISION_TEACHER_FILE,
-    build_method,
-    default_collator,
-    checkpoint_record,
-    check_distributed_setup,
+    PretrainingEngine,
     create_optimizer,
-    prepare_run,
+    default_collator,
     restore_optimizer_settings,
-    restore_run_state,
     save_full_precision_model,
     train_sampler,
 )
-from hf_ssl.training.history import History, HistoryCallback
-from hf_ssl.training.hub import CheckpointPusher, push_output_dir
-from hf_ssl.training.knn_callback import KnnCallback
-from hf_ssl.training.methods.base import NonFiniteLossError
-from hf_ssl.training.model_card import write_model_card
-from hf_ssl.training.outputs import hub_repo_error
-from hf_ssl.training.run_control import build_run_control
-from hf_ssl.training.validation import ValidationCallback
+from hf_ssl.training.engines.callbacks import EmaCallback, MethodStepCallback, RunControlCallback
+from hf_ssl.training.engines.evaluation import EvaluationCallback
+from hf_ssl.training.sharing.outputs import hub_repo_error
+from hf_ssl.training.state import checkpointing
+from hf_ssl.training.state.history import HistoryCallback
 
 logger = logging.getLogger(__name__)
 
 
-class SslTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
+class SslTrainer(PretrainingEngine, checkpointing.StagedTrainerCheckpoints, Trainer):
     """``Trainer`` for the pretraining model of any registered method, on batches from ``MultiCropCollator``.
 
     Args:
-        model: the method's pretraining model (``DinoForPretraining``, ``SimClrForPretraining``...).
+        model: the method's pretraining model (``DinoForPreTraining``, ``SimClrForPreTraining``...).
         args: the method's training arguments (``DinoTrainingArguments``, ...: a ``PretrainingArguments``).
         view_config: the augmentation settings (the recipe's ``augmentation`` section); its photometric part runs
             batched on the training device inside ``compute_loss``. Default: the method's defaults.
@@ -85,66 +77,36 @@ class SslTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
     ):
         data_collator = data_collator or default_collator(model, method, view_config, args)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
-        check_distributed_setup(self.accelerator, engine="trainer")
-        self.method = build_method(
-            model, method, view_config, args, args.process_index,
-            reduce=lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
+        self._set_up_engine(
+            model, args, method, view_config, knn_evaluator=knn_evaluator, knn_eval_steps=knn_eval_steps,
+            knn_at_end=knn_at_end, validation=validation, val_eval_steps=val_eval_steps, val_at_end=val_at_end,
         )
-        self.view_config = self.method.view_config
-        self.schedules = None
         self.add_callback(MethodStepCallback(self))
         self.add_callback(EmaCallback(self))
-        self.knn_callback = None
-        if knn_evaluator is not None:
-            self.knn_callback = KnnCallback(self, knn_evaluator, knn_eval_steps, knn_at_end)
-            self.add_callback(self.knn_callback)
-        self.validation_callback = None
-        if validation is not None:
-            self.validation_callback = ValidationCallback(self, validation, val_eval_steps, val_at_end)
-            self.add_callback(self.validation_callback)
+        self.add_callback(EvaluationCallback(self))
         # after the evaluations: it saves history.json at the end of training, once their last results are logged
         self.history_callback = HistoryCallback(args.output_dir, collapse_detector=self.method.collapse_detector())
         self.add_callback(self.history_callback)
         # last: it decides on the metrics the callbacks above logged in the same step
-        self.run_control = build_run_control(args, reduce_max=self._reduce_max if args.world_size > 1 else None)
         self.add_callback(RunControlCallback(self.run_control))
-        self.checkpoint_pusher = CheckpointPusher(args)  # hub_strategy: the committed checkpoints, in the background
-        self._resume_checkpoint = None
-        self._resume_state = None
-        self.finished_before_start = False  # resumed at or past the last step: this session trains nothing
 
-    def begin_session(self, state) -> None:
-        """At the start of ``train`` (``MethodStepCallback.on_train_begin``): where a resumed run stands."""
-        if self._resume_checkpoint is not None:
-            self.finished_before_start = checkpointing.log_resume_position(
-                self._resume_checkpoint, self._resume_state, state.global_step, state.max_steps
-            )
-
-    def _reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.reduce(tensor.to(self.args.device), reduction="max")
+    engine_name = "trainer"
 
     @property
-    def last_knn_metrics(self) -> dict[str, float]:
-        """The last k-NN result (empty without an evaluator or before the first evaluation)."""
-        return self.knn_callback.last_metrics if self.knn_callback is not None else {}
+    def history(self):
+        return self.history_callback.history
+
+    @history.setter
+    def history(self, history) -> None:
+        self.history_callback.history = history
 
     @property
-    def last_validation_metrics(self) -> dict[str, float]:
-        """The last ``val_loss`` (empty without a validation split or before the first evaluation)."""
-        return self.validation_callback.last_metrics if self.validation_callback is not None else {}
+    def evaluation_model(self):
+        return self.model_wrapped
 
     @property
-    def knn_error(self) -> str | None:
-        """The last k-NN evaluation that failed (logged; training went on), or None."""
-        return self.knn_callback.last_error if self.knn_callback is not None else None
-
-    @property
-    def skipped_steps(self) -> int:
-        return self.method.skipped_steps
-
-    @property
-    def skipped_images(self) -> int:
-        return self.method.skipped_images
+    def autocast_context(self):
+        return self.autocast_smart_context_manager
 
     # ----- data order ----------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -186,23 +148,13 @@ class SslTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         ``output_dir``, or a fresh start when there is none) or ``"hub"`` (``last-checkpoint/`` of the Hub repository
         first, see ``prepare_run``), and defaults to ``args.resume_from_checkpoint``.
         A checkpoint of another method, engine, model configuration or total batch is refused before training."""
-        if resume_from_checkpoint is None:
-            resume_from_checkpoint = self.args.resume_from_checkpoint
-        checkpoint, state = prepare_run(
-            resume_from_checkpoint, self.args, method=self.method.name, engine="trainer", model=self.model, view_config=self.view_config,
-            train_dataset=self.train_dataset, world_size=self.args.world_size, total_batch_size=self.total_batch_size,
-            accelerator=self.accelerator, hub_repo_id=self.hub_model_id,
-        )
-        self._resume_state = state
+        checkpoint, state = self._resolve_resume(resume_from_checkpoint, hub_repo_id=self.hub_model_id)
         if checkpoint is not None:
-            restore_run_state(state, self.method, self.run_control)
-            if (checkpoint / "history.json").is_file():
-                self.history_callback.history = History.load(checkpoint / "history.json")
-        self._resume_checkpoint = checkpoint
+            self._restore_resumed_state(checkpoint, state)
         try:
             return super().train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None, **kwargs)
         except NonFiniteLossError as error:
-            error.last_good_checkpoint = checkpointing.latest_checkpoint(self.args.output_dir)
+            self._point_to_last_good_checkpoint(error)
             raise
         finally:
             # on_train_end does this after a normal end; a run that raised must not keep Ctrl-C (a notebook)
@@ -234,16 +186,11 @@ class SslTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         checkpointing.load_weights_in_place(model if model is not None else self.model, resume_from_checkpoint)
 
-    @property
-    def total_batch_size(self) -> int:
-        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint (model, optimizer, scheduler, scaler, RNG states, trainer state) plus
         ``hf_ssl_state.json`` and ``history.json``, written under a staging folder by every process and
         then renamed to ``checkpoint-<step>`` by the main process: a kill during a save loses nothing."""
         step = self.state.global_step
-        output_dir = self.args.output_dir
         if not self.method.may_checkpoint(step):
             return
         with self.staged_trainer_checkpoint(model, trial) as written:
@@ -257,9 +204,7 @@ class SslTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
                 self.history_callback.history.save(written / "history.json")
                 final = self.commit_staged(written, self.checkpoint_record(step, tracker_ids))
         if self.args.should_save:
-            logger.info("Saved checkpoint %s", final)
-            self.checkpoint_pusher.push(self.hub_model_id, final, step, self.state.epoch or 0.0)
-            checkpointing.rotate_checkpoints(output_dir, checkpointing.retention_policy(self.args), busy=self.checkpoint_pusher.pushing())
+            self._after_checkpoint(final, step)
         self.accelerator.wait_for_everyone()
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
@@ -273,7 +218,7 @@ class SslTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
 
     def restore_full_precision_teacher(self) -> None:
         """After DeepSpeed loaded a checkpoint: the EMA's float32 teacher saved beside it (bf16/fp16 runs)."""
-        checkpoint = getattr(self, "_resume_checkpoint", None)
+        checkpoint = self._resume_checkpoint
         if self.method.full_precision_teacher is None or checkpoint is None:
             return
         path = checkpoint / FULL_PRECISION_TEACHER_FILE
@@ -295,24 +240,6 @@ class SslTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         )
         self.accelerator.wait_for_everyone()
 
-    def checkpoint_record(self, step: int, tracker_ids: dict[str, str]) -> dict:
-        return checkpoint_record(
-            method=self.method, engine="trainer", args=self.args, step=step, epoch=float(self.state.epoch or 0.0),
-            world_size=self.args.world_size, total_batch_size=self.total_batch_size, history=self.history_callback.history,
-            run_control=self.run_control, accelerator=self.accelerator, total_steps=self.state.max_steps,
-            view_config=self.view_config, train_dataset=self.train_dataset, tracker_ids=tracker_ids,
-        )
-
-    def best_checkpoint(self) -> str | None:
-        """The kept checkpoint with the best ``metric_for_best_model`` (None without one)."""
-        if not self.args.metric_for_best_model:
-            return None
-        ranked = checkpointing.ranked_by_metric(
-            checkpointing.list_checkpoints(self.args.output_dir), self.args.metric_for_best_model,
-            self.args.greater_is_better if self.args.greater_is_better is not None else True,
-        )
-        return str(ranked[0]) if ranked else None
-
     # ----- logging -----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.schedules is not None:
@@ -320,20 +247,6 @@ class SslTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         super().log(logs, start_time)
 
     # ----- sharing -----------------------------------------------------------------------------
-    def create_model_card(
-        self, model_name: str | None = None, dataset: str | list[str] | None = None, tags=None, license: str | None = None,
-        dataset_config: str | None = None, evaluation_split: str | None = None, **kwargs,
-    ) -> None:
-        """Write ``<output_dir>/README.md`` from ``model_cards/<method>.md`` (``push_to_hub`` uploads it); its snippets
-        load the Hub repository of this run. ``dataset`` (+ ``dataset_config``, ``evaluation_split``: the split k-NN
-        queried) names the data in the metadata and the model-index; ``license`` defaults to ``args.hub_license``."""
-        if self.is_world_process_zero():
-            write_model_card(
-                self.method, self.model, self.args, self.schedules, self.state.global_step,
-                self.state.log_history, model_name=model_name, dataset=dataset, tags=tags, license=license,
-                repo_id=self.hub_model_id, dataset_config=dataset_config, evaluation_split=evaluation_split,
-            )
-
     def push_to_hub(
         self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
         revision: str | None = None, private: bool | None = None, **kwargs,
@@ -352,7 +265,4 @@ class SslTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
             return None
         self.create_model_card(**kwargs)
         self._finish_current_push()
-        return push_output_dir(
-            self.args.output_dir, self.hub_model_id, token=token, revision=revision or self.args.hub_revision,
-            commit_message=commit_message or "End of training", blocking=blocking,
-        )
+        return self._upload_outputs(token, revision, commit_message, blocking)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_ssl.training.config import ConfigError
+from hf_ssl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ def ema_update_(teacher_params: Sequence[torch.Tensor], student_params: Sequence
     """In place: ``teacher <- momentum * teacher + (1 - momentum) * student`` for every pair.
 
     Uses fused ``torch._foreach_*`` kernels (one launch per op for the whole list instead of one per
-    tensor). Both lists must be aligned by parameter name (``DinoForPretraining.teacher_student_parameter_pairs``).
+    tensor). Both lists must be aligned by parameter name (``DinoForPreTraining.teacher_student_parameter_pairs``).
     """
     if len(teacher_params) != len(student_params):
         raise ValueError(f"EMA needs as many teacher ({len(teacher_params)}) as student ({len(student_params)}) tensors")

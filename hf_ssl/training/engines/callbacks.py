@@ -11,7 +11,7 @@ import logging
 
 from transformers import TrainerCallback
 
-from hf_ssl.training.engine import is_deepspeed
+from hf_ssl.training.engines.base import is_deepspeed
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class MethodStepCallback(TrainerCallback):
         accelerator = self.trainer.accelerator
         self.trainer.method.bind(accelerator.unwrap_model(self.trainer.model), optimizer_steps_in_backward=is_deepspeed(accelerator))
         self.trainer.restore_full_precision_teacher()
-        self.trainer.begin_session(state)
+        self.trainer.begin_session(state.global_step, state.max_steps)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer.method.begin_step(self.trainer.optimizer, state.global_step)
@@ -53,7 +53,7 @@ class EmaCallback(TrainerCallback):
 
 class RunControlCallback(TrainerCallback):
     """Saves a checkpoint and stops the Trainer on SIGTERM/SIGINT, at ``max_time_seconds`` and on early
-    stopping (``hf_ssl.training.run_control.RunControl``; every process reaches the same decision)."""
+    stopping (``hf_ssl.training.state.run_control.RunControl``; every process reaches the same decision)."""
 
     def __init__(self, run_control):
         self.run_control = run_control

@@ -165,7 +165,7 @@ def backbone_card(output_dir: str | Path, repo_id: str, base_model: str | None =
     """The card of ``<output_dir>/backbone`` pushed as a repository of its own (``model_cards/backbone.md``), from
     what the run wrote: the method, data and license from ``recipe.yaml``, the final k-NN numbers from
     ``knn_results.json``, the architecture from ``backbone/config.json``. ``base_model``: the run's repository, when
-    it is on the Hub. Not written to disk: ``hf_ssl.training.hub.push_backbone`` uploads it as ``README.md``."""
+    it is on the Hub. Not written to disk: ``hf_ssl.training.sharing.hub.push_backbone`` uploads it as ``README.md``."""
     from hf_ssl.training.methods import get_method
 
     output_dir = Path(output_dir)

@@ -1,6 +1,7 @@
-"""What both engines (``SslTrainer`` and ``AccelerateTrainer``) do the same way, written once: the method object,
-the optimizer, the checks before a run, the resume record, the backbone k-NN evaluates, the float32 save after
-DeepSpeed bf16/fp16 training, and the checkpoint record in ``hf_ssl_state.json``."""
+"""What both engines (``SslTrainer`` and ``AccelerateTrainer``) do the same way, written once: the engine base
+class ``PretrainingEngine`` and the steps it is made of (the method object, the optimizer, the checks before a run,
+the resume record, the backbone k-NN evaluates, the float32 save after DeepSpeed bf16/fp16 training, the checkpoint
+record in ``hf_ssl_state.json``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,19 @@ import torch
 
 from hf_ssl.data import EpochShuffleSampler, MultiCropDataset
 from hf_ssl.models.backbone import build_backbone
-from hf_ssl.training import checkpointing, hub
-from hf_ssl.training.config import ConfigError, to_plain
-from hf_ssl.training.ema import FullPrecisionTeacher
+from hf_ssl.training.state import checkpointing
+from hf_ssl.training.sharing import hub
+from hf_ssl.training.setup.config import to_plain
+from hf_ssl.errors import ConfigError, NonFiniteLossError
+from hf_ssl.training.optim.ema import FullPrecisionTeacher
 from hf_ssl.training.methods import MethodSpec, get_method, method_for_model
 from hf_ssl.training.methods.base import PretrainingMethod
-from hf_ssl.training.optimizers import apply_optimizer_settings, build_optimizer
+from hf_ssl.training.engines.evaluation import PeriodicEvaluation
+from hf_ssl.training.sharing.hub import CheckpointPusher, push_output_dir
+from hf_ssl.training.sharing.model_card import write_model_card
+from hf_ssl.training.state.history import History
+from hf_ssl.training.state.run_control import build_run_control
+from hf_ssl.training.optim.optimizers import apply_optimizer_settings, build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -267,3 +275,153 @@ def end_process_group() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+class PretrainingEngine:
+    """What ``SslTrainer`` and ``AccelerateTrainer`` do alike, written once; they differ only in the loop.
+
+    A subclass has ``args``, ``model``, ``accelerator``, ``state`` (``global_step``, ``epoch``, ``max_steps``,
+    ``log_history``), ``train_dataset``, ``history`` (a ``History``) and ``log(logs)``, calls ``_set_up_engine`` in its
+    constructor once its accelerator exists, and names itself in ``engine_name`` (the checkpoint's ``engine``). It
+    supplies ``evaluation_model`` (the model as it trains it: wrapped or not) and ``autocast_context``.
+
+    Shared: the method object around the model, periodic k-NN / validation (``PeriodicEvaluation``), run control,
+    the resume prologue (``_resolve_resume``, ``_restore_resumed_state``, ``begin_session``), the checkpoint record
+    and what follows a committed checkpoint (log, Hub push, rotation), the model card and the upload of the outputs.
+    """
+
+    engine_name: str = ""
+
+    def _set_up_engine(self, model, args, method, view_config, *, knn_evaluator=None, knn_eval_steps: int = 0,
+                       knn_at_end: bool = True, validation=None, val_eval_steps: int = 0, val_at_end: bool = True) -> None:
+        check_distributed_setup(self.accelerator, engine=self.engine_name)
+        self.method = build_method(model, method, view_config, args, self.accelerator.process_index, reduce=self._reduce_sum)
+        self.view_config = self.method.view_config
+        self.schedules = None
+        self.evaluations = PeriodicEvaluation(knn_evaluator, knn_eval_steps, knn_at_end, validation, val_eval_steps, val_at_end)
+        several = self.accelerator.num_processes > 1
+        self.run_control = build_run_control(args, reduce_max=self._reduce_max if several else None)
+        self.checkpoint_pusher = CheckpointPusher(args)  # hub_strategy: the committed checkpoints, in the background
+        self._resume_checkpoint: Path | None = None
+        self._resume_state: dict | None = None
+        self.finished_before_start = False  # resumed at or past the last step: this session trains nothing
+
+    # ----- arithmetic and reductions ----------------------------------------------------------------
+    @property
+    def total_batch_size(self) -> int:
+        """Images per optimizer step over every process: per-device batch x accumulation x processes."""
+        args = self.args
+        return args.per_device_train_batch_size * args.gradient_accumulation_steps * self.accelerator.num_processes
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, reduction="sum")
+
+    def _reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor.to(self.accelerator.device), reduction="max")
+
+    @property
+    def session_was_cut(self) -> bool:
+        """This session stopped for a signal or ``max_time_seconds``: a checkpoint is saved, the run is not over."""
+        return self.run_control.stop_reason in ("signal", "max_time")
+
+    # ----- results ----------------------------------------------------------------------------------
+    @property
+    def last_knn_metrics(self) -> dict[str, float]:
+        """The last k-NN result (empty without an evaluator or before the first evaluation)."""
+        return self.evaluations.last_knn_metrics
+
+    @property
+    def last_validation_metrics(self) -> dict[str, float]:
+        """The last ``val_loss`` (empty without a validation split or before the first evaluation)."""
+        return self.evaluations.last_validation_metrics
+
+    @property
+    def knn_error(self) -> str | None:
+        """The last k-NN evaluation that failed (logged; training went on), or None."""
+        return self.evaluations.knn_error
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.method.skipped_steps
+
+    @property
+    def skipped_images(self) -> int:
+        return self.method.skipped_images
+
+    # ----- resume -----------------------------------------------------------------------------------
+    def _resolve_resume(self, resume_from_checkpoint, hub_repo_id: str | None = None) -> tuple[Path | None, dict | None]:
+        """The checkpoint to continue from and its saved state (``prepare_run``), ``(None, None)`` for a fresh start."""
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = self.args.resume_from_checkpoint
+        checkpoint, state = prepare_run(
+            resume_from_checkpoint, self.args, method=self.method.name, engine=self.engine_name, model=self.model,
+            view_config=self.view_config, train_dataset=self.train_dataset, world_size=self.accelerator.num_processes,
+            total_batch_size=self.total_batch_size, accelerator=self.accelerator, hub_repo_id=hub_repo_id,
+        )
+        self._resume_checkpoint, self._resume_state = checkpoint, state
+        return checkpoint, state
+
+    def _restore_resumed_state(self, checkpoint: Path, state: dict) -> None:
+        """The method's counters, early stopping, tracker run ids and the history of ``checkpoint``."""
+        restore_run_state(state, self.method, self.run_control)
+        if (checkpoint / "history.json").is_file():
+            self.history = History.load(checkpoint / "history.json")
+
+    def begin_session(self, global_step: int, max_steps: int) -> None:
+        """Where a resumed run stands, once the engine knows its step and length."""
+        if self._resume_checkpoint is not None:
+            self.finished_before_start = checkpointing.log_resume_position(
+                self._resume_checkpoint, self._resume_state, global_step, max_steps
+            )
+
+    def _point_to_last_good_checkpoint(self, error: NonFiniteLossError) -> None:
+        error.last_good_checkpoint = checkpointing.latest_checkpoint(self.args.output_dir)
+
+    # ----- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_record(self, step: int, tracker_ids: dict[str, str]) -> dict:
+        """The ``hf_ssl_state.json`` of a checkpoint at ``step``."""
+        return checkpoint_record(
+            method=self.method, engine=self.engine_name, args=self.args, step=step, epoch=float(self.state.epoch or 0.0),
+            world_size=self.accelerator.num_processes, total_batch_size=self.total_batch_size, history=self.history,
+            run_control=self.run_control, accelerator=self.accelerator, total_steps=self.state.max_steps,
+            view_config=self.view_config, train_dataset=self.train_dataset, tracker_ids=tracker_ids,
+        )
+
+    def _after_checkpoint(self, final: Path, step: int, weights: Path | None = None) -> None:
+        """On the main process, once checkpoint ``final`` is committed: log it, push it (``hub_strategy``) and rotate."""
+        logger.info("Saved checkpoint %s", final)
+        self.checkpoint_pusher.push(self.hub_model_id, final, step, float(self.state.epoch or 0.0), weights=weights)
+        checkpointing.rotate_checkpoints(self.args.output_dir, checkpointing.retention_policy(self.args), busy=self.checkpoint_pusher.pushing())
+
+    def best_checkpoint(self) -> str | None:
+        """The kept checkpoint with the best ``metric_for_best_model`` (None without one)."""
+        if not self.args.metric_for_best_model:
+            return None
+        ranked = checkpointing.ranked_by_metric(
+            checkpointing.list_checkpoints(self.args.output_dir), self.args.metric_for_best_model,
+            self.args.greater_is_better if self.args.greater_is_better is not None else True,
+        )
+        return str(ranked[0]) if ranked else None
+
+    # ----- sharing ----------------------------------------------------------------------------------
+    def create_model_card(
+        self, model_name: str | None = None, dataset: str | list[str] | None = None, tags=None, license: str | None = None,
+        dataset_config: str | None = None, evaluation_split: str | None = None, **kwargs,
+    ) -> None:
+        """Write ``<output_dir>/README.md`` from ``model_cards/<method>.md`` (``push_to_hub`` uploads it); its snippets
+        load the Hub repository of this run. ``dataset`` (+ ``dataset_config``, ``evaluation_split``: the split k-NN
+        queried) names the data in the metadata and the model-index; ``license`` defaults to ``args.hub_license``."""
+        if self.is_world_process_zero():
+            write_model_card(
+                self.method, self.model, self.args, self.schedules, self.state.global_step,
+                self.state.log_history, model_name=model_name, dataset=dataset, tags=tags, license=license,
+                repo_id=self.hub_model_id, dataset_config=dataset_config, evaluation_split=evaluation_split,
+            )
+
+    def _upload_outputs(self, token, revision, commit_message, blocking):
+        """Upload ``hub.files_to_push(output_dir)`` as one commit, once a checkpoint push still running is done."""
+        self.checkpoint_pusher.wait()
+        return push_output_dir(
+            self.args.output_dir, self.hub_model_id, token=token, revision=revision or self.args.hub_revision,
+            commit_message=commit_message or "End of training", blocking=blocking,
+        )

@@ -1,0 +1,1 @@
+"""The command-line programs: ``hf-ssl`` and its subcommands, and the ``python -m`` entry points."""

@@ -1,0 +1,1 @@
+"""From a recipe to a run: YAML and command-line parsing, the recipe's sections and the objects they build."""
