@@ -24,9 +24,15 @@ HERE = Path(__file__).resolve().parents[1]
 
 def steps_per_second(checkout: Path, script: str, config: str, steps: int, output_dir: str) -> float:
     command = [
-        sys.executable, str(checkout / script), "--config", str(checkout / config),
-        f"training.max_steps={steps}", f"training.output_dir={output_dir}", "data.eval_split=null",
-        "training.save_strategy=no", "training.engine=trainer",
+        sys.executable,
+        str(checkout / script),
+        "--config",
+        str(checkout / config),
+        f"training.max_steps={steps}",
+        f"training.output_dir={output_dir}",
+        "data.eval_split=null",
+        "training.save_strategy=no",
+        "training.engine=trainer",
     ]
     environment = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, cwd=checkout, env=environment, capture_output=True, text=True)

@@ -131,7 +131,13 @@ class PILMultiCrop:
             for blur, solarize in zip(config.global_blur_probabilities, config.global_solarize_probabilities)
         ]
         local_crops = [
-            self._crop(image, config.local_crop_size, config.local_crops_scale, config.local_blur_probability, config.local_solarize_probability)
+            self._crop(
+                image,
+                config.local_crop_size,
+                config.local_crops_scale,
+                config.local_blur_probability,
+                config.local_solarize_probability,
+            )
             for _ in range(config.local_crops_number)
         ]
         return torch.stack(global_crops), local_crops
@@ -159,11 +165,17 @@ class PILMultiCrop:
         rand.shuffle(operations)
         for operation in operations:
             if operation == 0:
-                crop = PIL.ImageEnhance.Brightness(crop).enhance(rand.uniform(max(0, 1 - config.brightness), 1 + config.brightness))
+                crop = PIL.ImageEnhance.Brightness(crop).enhance(
+                    rand.uniform(max(0, 1 - config.brightness), 1 + config.brightness)
+                )
             elif operation == 1:
-                crop = PIL.ImageEnhance.Contrast(crop).enhance(rand.uniform(max(0, 1 - config.contrast), 1 + config.contrast))
+                crop = PIL.ImageEnhance.Contrast(crop).enhance(
+                    rand.uniform(max(0, 1 - config.contrast), 1 + config.contrast)
+                )
             elif operation == 2:
-                crop = PIL.ImageEnhance.Color(crop).enhance(rand.uniform(max(0, 1 - config.saturation), 1 + config.saturation))
+                crop = PIL.ImageEnhance.Color(crop).enhance(
+                    rand.uniform(max(0, 1 - config.saturation), 1 + config.saturation)
+                )
             else:
                 crop = _shift_hue(crop, rand.uniform(-config.hue, config.hue))
         return crop
@@ -200,25 +212,44 @@ def kornia_chains(config: MultiCropConfig):
     def chain(blur_probability, solarize_probability):
         return K.AugmentationSequential(
             K.RandomHorizontalFlip(p=config.flip_probability),
-            K.ColorJitter(config.brightness, config.contrast, config.saturation, config.hue, p=config.color_jitter_probability),
+            K.ColorJitter(
+                config.brightness, config.contrast, config.saturation, config.hue, p=config.color_jitter_probability
+            ),
             K.RandomGrayscale(p=config.grayscale_probability),
             K.RandomGaussianBlur((2 * radius + 1, 2 * radius + 1), config.blur_sigma, p=blur_probability),
             K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_probability),
             K.Normalize(mean=torch.tensor(config.mean), std=torch.tensor(config.std)),
         )
 
-    global_chains = [chain(blur, solarize) for blur, solarize in zip(config.global_blur_probabilities, config.global_solarize_probabilities)]
+    global_chains = [
+        chain(blur, solarize)
+        for blur, solarize in zip(config.global_blur_probabilities, config.global_solarize_probabilities)
+    ]
     return global_chains, chain(config.local_blur_probability, config.local_solarize_probability)
 
 
 def time_device_stage(config: MultiCropConfig, batch_size: int, repeats: int) -> tuple[float, float]:
     """Best images/s of DeviceAugmentation and of the kornia chains on one random multi-crop batch."""
-    global_crops = torch.randint(0, 256, (config.global_crops_number, batch_size, 3, config.global_crop_size, config.global_crop_size), dtype=torch.uint8)
-    local_crops = torch.randint(0, 256, (config.local_crops_number, batch_size, 3, config.local_crop_size, config.local_crop_size), dtype=torch.uint8)
+    global_crops = torch.randint(
+        0,
+        256,
+        (config.global_crops_number, batch_size, 3, config.global_crop_size, config.global_crop_size),
+        dtype=torch.uint8,
+    )
+    local_crops = torch.randint(
+        0,
+        256,
+        (config.local_crops_number, batch_size, 3, config.local_crop_size, config.local_crop_size),
+        dtype=torch.uint8,
+    )
     augment = DeviceAugmentation(config)
     global_chains, local_chain = kornia_chains(config)
 
-    crops = {"global_crops": global_crops, "local_crops": local_crops} if config.local_crops_number else {"global_crops": global_crops}
+    crops = (
+        {"global_crops": global_crops, "local_crops": local_crops}
+        if config.local_crops_number
+        else {"global_crops": global_crops}
+    )
 
     def ours():
         augment(crops)
@@ -257,7 +288,10 @@ def compare_pipelines(dataset_names, config_names, num_images: int, batch_size: 
             for _ in range(repeats):
                 ours = max(ours, run_ours(dataset, config, batch_size))
                 baseline = max(baseline, run_baseline(dataset, config, batch_size))
-            print(f"{description:<32} {describe(config):<16} {ours:>11.1f} {baseline:>10.1f} {ours / baseline:>8.2f}x", flush=True)
+            print(
+                f"{description:<32} {describe(config):<16} {ours:>11.1f} {baseline:>10.1f} {ours / baseline:>8.2f}x",
+                flush=True,
+            )
 
 
 def compare_device_stage(config_names, batch_size: int, repeats: int) -> None:
@@ -273,7 +307,9 @@ def compare_device_stage(config_names, batch_size: int, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-images", type=int, default=256, help="images per measurement (the first batch is warm-up)")
+    parser.add_argument(
+        "--num-images", type=int, default=256, help="images per measurement (the first batch is warm-up)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
     parser.add_argument("--dataset", choices=["fashion_mnist", "natural", "all"], default="all")

@@ -17,7 +17,8 @@ import tempfile
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+from datasets import ClassLabel, Dataset, Features
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_ssl import DinoConfig, DinoForPreTraining
@@ -26,8 +27,17 @@ from hf_ssl.evaluation import KnnEvaluator
 from hf_ssl.models import build_image_processor
 from hf_ssl.training import DinoTrainingArguments, build_trainer
 
-VIT_SMALL_16 = dict(model_type="vit", hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                    patch_size=16, image_size=224, layer_norm_eps=1e-6, qkv_bias=True)
+VIT_SMALL_16 = dict(
+    model_type="vit",
+    hidden_size=384,
+    num_hidden_layers=12,
+    num_attention_heads=6,
+    intermediate_size=1536,
+    patch_size=16,
+    image_size=224,
+    layer_norm_eps=1e-6,
+    qkv_bias=True,
+)
 
 
 def generated_images(count: int, size: int = 256, seed: int = 0) -> Dataset:
@@ -64,21 +74,44 @@ def main():
     multicrop = MultiCropConfig()
     torch.manual_seed(0)
     model = DinoForPreTraining(DinoConfig(backbone_config=VIT_SMALL_16))
-    teacher_before = {name: tensor.detach().float().cpu().clone() for name, tensor in model.teacher.state_dict().items()}
+    teacher_before = {
+        name: tensor.detach().float().cpu().clone() for name, tensor in model.teacher.state_dict().items()
+    }
     with tempfile.TemporaryDirectory() as output_dir:
         training = DinoTrainingArguments(
-            output_dir=output_dir, engine=args.engine, per_device_train_batch_size=args.batch_size,
-            max_steps=args.warmup + args.steps, logging_steps=args.warmup, warmup_epochs=0.0, freeze_last_layer_epochs=0.0,
-            bf16=args.precision == "bf16", fp16=args.precision == "fp16", dataloader_num_workers=args.workers,
-            report_to="none", seed=0, disable_tqdm=True,
+            output_dir=output_dir,
+            engine=args.engine,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.warmup + args.steps,
+            logging_steps=args.warmup,
+            warmup_epochs=0.0,
+            freeze_last_layer_epochs=0.0,
+            bf16=args.precision == "bf16",
+            fp16=args.precision == "fp16",
+            dataloader_num_workers=args.workers,
+            report_to="none",
+            seed=0,
+            disable_tqdm=True,
         )
         evaluator = None
         if args.knn:
             processor = build_image_processor("vit", 224, list(multicrop.mean), list(multicrop.std))
-            evaluator = KnnEvaluator(dataset.select(range(512)), dataset.select(range(512, 640)), processor, k=5, batch_size=128, show_progress=False)
+            evaluator = KnnEvaluator(
+                dataset.select(range(512)),
+                dataset.select(range(512, 640)),
+                processor,
+                k=5,
+                batch_size=128,
+                show_progress=False,
+            )
         trainer = build_trainer(
-            model=model, args=training, view_config=multicrop, train_dataset=with_multicrop(dataset, MultiCropTransform(multicrop)),
-            knn_evaluator=evaluator, knn_eval_steps=args.warmup if args.knn else 0, knn_at_end=args.knn,
+            model=model,
+            args=training,
+            view_config=multicrop,
+            train_dataset=with_multicrop(dataset, MultiCropTransform(multicrop)),
+            knn_evaluator=evaluator,
+            knn_eval_steps=args.warmup if args.knn else 0,
+            knn_at_end=args.knn,
         )
         trainer.train()
         accelerator = trainer.accelerator
@@ -88,9 +121,16 @@ def main():
             return
         logs = [entry for entry in trainer.state.log_history if "loss" in entry]
         knn = [entry["knn_top1"] for entry in trainer.state.log_history if "knn_top1" in entry]
-        teacher_after = {name[len("teacher."):].replace("_fsdp_wrapped_module.", ""): tensor.float().cpu()
-                         for name, tensor in full_state.items() if name.startswith("teacher.")}
-        moved = max((teacher_after[name] - before).abs().max().item() for name, before in teacher_before.items() if name in teacher_after)
+        teacher_after = {
+            name[len("teacher.") :].replace("_fsdp_wrapped_module.", ""): tensor.float().cpu()
+            for name, tensor in full_state.items()
+            if name.startswith("teacher.")
+        }
+        moved = max(
+            (teacher_after[name] - before).abs().max().item()
+            for name, before in teacher_before.items()
+            if name in teacher_after
+        )
         result = {
             "engine": args.engine,
             "precision": args.precision,
@@ -98,7 +138,9 @@ def main():
             "processes": accelerator.num_processes,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "batch_per_device": args.batch_size,
-            "images_per_second": round(float(np.mean([entry["images_per_second"] for entry in logs[1:]])), 1) if len(logs) > 1 else None,
+            "images_per_second": round(float(np.mean([entry["images_per_second"] for entry in logs[1:]])), 1)
+            if len(logs) > 1
+            else None,
             "max_memory_allocated_gb": logs[-1].get("max_memory_allocated_gb"),
             "first_loss": logs[0]["loss"],
             "last_loss": logs[-1]["loss"],

@@ -29,7 +29,11 @@ def synthetic_image_folder(root: Path, count: int, size: int = 256) -> Path:
         folder = root / "train" / f"class{index % 4}"
         folder.mkdir(parents=True, exist_ok=True)
         gradient = np.linspace(0, 255, size, dtype=np.float32)
-        pixels = (gradient[None, :, None] * (index % 4 + 1) / 4 + rng.normal(0, 40, (size, size, 3))).clip(0, 255).astype(np.uint8)
+        pixels = (
+            (gradient[None, :, None] * (index % 4 + 1) / 4 + rng.normal(0, 40, (size, size, 3)))
+            .clip(0, 255)
+            .astype(np.uint8)
+        )
         Image.fromarray(pixels).save(folder / f"{index}.jpg", quality=90)
     return root
 
@@ -40,7 +44,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--override", action="append", default=[], help="A recipe override (section.key=value), e.g. another batch size.")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="A recipe override (section.key=value), e.g. another batch size.",
+    )
     arguments = parser.parse_args()
     if arguments.part == "finetune_step_cpu":
         return finetune_step_on_cpu()
@@ -49,17 +58,30 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    common = ["training.push_to_hub=false", "training.max_time_seconds=null", f"training.dataloader_num_workers={arguments.workers}",
-              f"training.max_steps={arguments.steps}", "training.report_to=none", *arguments.override]
+    common = [
+        "training.push_to_hub=false",
+        "training.max_time_seconds=null",
+        f"training.dataloader_num_workers={arguments.workers}",
+        f"training.max_steps={arguments.steps}",
+        "training.report_to=none",
+        *arguments.override,
+    ]
     start = time.perf_counter()
     if arguments.part == "pretrain":
         from hf_ssl.training.pretrain import run_pretraining
         from hf_ssl.training.setup.recipe import Recipe
 
         recipe_path = "recipes/kaggle/dino_vits16_t4.yaml"
-        recipe = Recipe.from_yaml(recipe_path, [
-            f"data.data_dir={data}", "data.eval_split=null", f"training.output_dir={work / 'dino'}", "training.save_strategy=no", *common,
-        ])
+        recipe = Recipe.from_yaml(
+            recipe_path,
+            [
+                f"data.data_dir={data}",
+                "data.eval_split=null",
+                f"training.output_dir={work / 'dino'}",
+                "training.save_strategy=no",
+                *common,
+            ],
+        )
         run_pretraining(recipe)
         batch = recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps
         precision = "fp16" if recipe.training.fp16 else "fp32"
@@ -70,26 +92,55 @@ def main() -> None:
         from hf_ssl.models import build_image_processor
 
         backbone = work / "vits16"
-        ViTModel(ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, patch_size=16,
-                           image_size=224, layer_norm_eps=1e-6), add_pooling_layer=False).save_pretrained(backbone)
+        ViTModel(
+            ViTConfig(
+                hidden_size=384,
+                num_hidden_layers=12,
+                num_attention_heads=6,
+                intermediate_size=1536,
+                patch_size=16,
+                image_size=224,
+                layer_norm_eps=1e-6,
+            ),
+            add_pooling_layer=False,
+        ).save_pretrained(backbone)
         build_image_processor("vit", 224, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).save_pretrained(backbone)
         recipe_path = "recipes/kaggle/finetune_vits16_t4.yaml"
-        recipe = FinetuneRecipe.from_yaml(recipe_path, [
-            f"model.model_name_or_path={backbone}", "data.dataset=imagefolder", f"data.data_dir={data}", "data.max_eval_samples=256",
-            f"training.output_dir={work / 'finetune'}", "training.eval_strategy=no", "training.save_strategy=no",
-            "training.load_best_model_at_end=false", "training.early_stopping_patience=null", *common,
-        ])
+        recipe = FinetuneRecipe.from_yaml(
+            recipe_path,
+            [
+                f"model.model_name_or_path={backbone}",
+                "data.dataset=imagefolder",
+                f"data.data_dir={data}",
+                "data.max_eval_samples=256",
+                f"training.output_dir={work / 'finetune'}",
+                "training.eval_strategy=no",
+                "training.save_strategy=no",
+                "training.load_best_model_at_end=false",
+                "training.early_stopping_patience=null",
+                *common,
+            ],
+        )
         run_finetuning(recipe)
         batch = recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps
         precision = "fp16" if recipe.training.fp16 else "fp32"
     seconds = time.perf_counter() - start
-    print(json.dumps({
-        "benchmark": "kaggle_recipe", "recipe": recipe_path, "overrides": arguments.override, "precision": precision, "steps": arguments.steps, "batch_per_update": batch,
-        "images_per_second_incl_setup": round(arguments.steps * batch / seconds, 1),
-        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
-        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if gpu else None,
-        "gpu": torch.cuda.get_device_name() if gpu else "none (cpu)",
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "kaggle_recipe",
+                "recipe": recipe_path,
+                "overrides": arguments.override,
+                "precision": precision,
+                "steps": arguments.steps,
+                "batch_per_update": batch,
+                "images_per_second_incl_setup": round(arguments.steps * batch / seconds, 1),
+                "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
+                "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if gpu else None,
+                "gpu": torch.cuda.get_device_name() if gpu else "none (cpu)",
+            }
+        )
+    )
 
 
 def finetune_step_on_cpu() -> None:
@@ -102,18 +153,36 @@ def finetune_step_on_cpu() -> None:
     def peak_gib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
-    model = ViTForImageClassification(ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                                                patch_size=16, image_size=224, layer_norm_eps=1e-6, num_labels=1000))
+    model = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=384,
+            num_hidden_layers=12,
+            num_attention_heads=6,
+            intermediate_size=1536,
+            patch_size=16,
+            image_size=224,
+            layer_norm_eps=1e-6,
+            num_labels=1000,
+        )
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = peak_gib()
     start = time.perf_counter()
     model(pixel_values=torch.randn(128, 3, 224, 224), labels=torch.randint(0, 1000, (128,))).loss.backward()
     optimizer.step()
-    print(json.dumps({
-        "benchmark": "kaggle_finetune_step_cpu", "model": "ViT-S/16 224 px, 1000 classes", "batch": 128, "precision": "fp32",
-        "peak_rss_gib_before": round(before, 2), "peak_rss_gib_after_step": round(peak_gib(), 2),
-        "step_seconds": round(time.perf_counter() - start, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "kaggle_finetune_step_cpu",
+                "model": "ViT-S/16 224 px, 1000 classes",
+                "batch": 128,
+                "precision": "fp32",
+                "peak_rss_gib_before": round(before, 2),
+                "peak_rss_gib_after_step": round(peak_gib(), 2),
+                "step_seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

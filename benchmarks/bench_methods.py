@@ -76,30 +76,49 @@ def main():
         views = spec.view_config_class(input_size=args.size, num_channels=args.bands, mean=mean, std=std, **off)
     torch.manual_seed(0)
     model = spec.pretraining_model_class(config)
-    backbone_before = {name: tensor.detach().float().clone() for name, tensor in model.evaluation_backbone().named_parameters()}
+    backbone_before = {
+        name: tensor.detach().float().clone() for name, tensor in model.evaluation_backbone().named_parameters()
+    }
     with tempfile.TemporaryDirectory() as output_dir:
         training = spec.training_arguments_class(
-            output_dir=output_dir, engine=args.engine, per_device_train_batch_size=args.batch_size,
-            max_steps=args.warmup + args.steps, logging_steps=args.warmup, warmup_epochs=0.0,
-            bf16=args.precision == "bf16", fp16=args.precision == "fp16", dataloader_num_workers=args.workers,
-            report_to="none", seed=0, disable_tqdm=True, save_strategy="no",
+            output_dir=output_dir,
+            engine=args.engine,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.warmup + args.steps,
+            logging_steps=args.warmup,
+            warmup_epochs=0.0,
+            bf16=args.precision == "bf16",
+            fp16=args.precision == "fp16",
+            dataloader_num_workers=args.workers,
+            report_to="none",
+            seed=0,
+            disable_tqdm=True,
+            save_strategy="no",
         )
         trainer = build_trainer(
-            model=model, args=training, view_config=views, train_dataset=with_multicrop(dataset, MultiCropTransform(views)),
+            model=model,
+            args=training,
+            view_config=views,
+            train_dataset=with_multicrop(dataset, MultiCropTransform(views)),
             method=args.method,
         )
         trainer.train()
         logs = [entry for entry in trainer.state.log_history if "loss" in entry]
         backbone = trainer.model.evaluation_backbone()
         moved = max(
-            (tensor.detach().float().cpu() - backbone_before[name]).abs().max().item() for name, tensor in backbone.named_parameters()
+            (tensor.detach().float().cpu() - backbone_before[name]).abs().max().item()
+            for name, tensor in backbone.named_parameters()
         )
         trainer.model.export_backbone(f"{output_dir}/backbone")
         plain = AutoModel.from_pretrained(f"{output_dir}/backbone").to(trainer.model.device).eval()
         pixels = torch.randn(4, args.bands, args.size, args.size, device=trainer.model.device)
         with torch.no_grad():
-            export_difference = (plain(pixel_values=pixels).last_hidden_state
-                                 - backbone.eval()(pixel_values=pixels).last_hidden_state).abs().max().item()
+            export_difference = (
+                (plain(pixel_values=pixels).last_hidden_state - backbone.eval()(pixel_values=pixels).last_hidden_state)
+                .abs()
+                .max()
+                .item()
+            )
         result = {
             "method": args.method,
             "engine": args.engine,
@@ -108,7 +127,9 @@ def main():
             "size": args.size,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "batch_per_device": args.batch_size,
-            "images_per_second": round(float(np.mean([entry["images_per_second"] for entry in logs[1:]])), 1) if len(logs) > 1 else None,
+            "images_per_second": round(float(np.mean([entry["images_per_second"] for entry in logs[1:]])), 1)
+            if len(logs) > 1
+            else None,
             "max_memory_allocated_gb": logs[-1].get("max_memory_allocated_gb"),
             "first_loss": logs[0]["loss"],
             "last_loss": logs[-1]["loss"],

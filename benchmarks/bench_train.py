@@ -39,24 +39,44 @@ def main():
 
     with tempfile.TemporaryDirectory() as output_dir:
         recipe = Recipe.from_yaml(
-            args.config, [*overrides, f"training.output_dir={output_dir}", f"training.max_steps={args.steps + args.warmup}", "training.logging_steps=1000"]
+            args.config,
+            [
+                *overrides,
+                f"training.output_dir={output_dir}",
+                f"training.max_steps={args.steps + args.warmup}",
+                "training.logging_steps=1000",
+            ],
         )
         train_dataset = recipe.load_datasets().train
         train_dataset = with_multicrop(train_dataset, MultiCropTransform(recipe.view_config))
         model = recipe.build_model()
-        trainer = SslTrainer(model=model, args=recipe.training, view_config=recipe.augmentation, train_dataset=train_dataset, method=recipe.method)
+        trainer = SslTrainer(
+            model=model,
+            args=recipe.training,
+            view_config=recipe.augmentation,
+            train_dataset=train_dataset,
+            method=recipe.method,
+        )
         timer = StepTimer(args.warmup)
         trainer.add_callback(timer)
         trainer.train()
 
     seconds = timer.end - timer.start
-    batch = recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps * recipe.training.world_size
+    batch = (
+        recipe.training.per_device_train_batch_size
+        * recipe.training.gradient_accumulation_steps
+        * recipe.training.world_size
+    )
     steps_per_second = args.steps / seconds
     crops = " + ".join(f"{group.number}x{group.size}" for group in recipe.view_config.groups.values())
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
-    print(f"config: {args.config}  method: {recipe.method}  crops: {crops}  batch: {batch}  trained parameters: {parameters:.2f}M")
+    print(
+        f"config: {args.config}  method: {recipe.method}  crops: {crops}  batch: {batch}  trained parameters: {parameters:.2f}M"
+    )
     print(f"device: {recipe.training.device}  torch threads: {torch.get_num_threads()}")
-    print(f"training: {steps_per_second:.3f} steps/s, {steps_per_second * batch:.1f} images/s ({args.steps} steps in {seconds:.1f} s)")
+    print(
+        f"training: {steps_per_second:.3f} steps/s, {steps_per_second * batch:.1f} images/s ({args.steps} steps in {seconds:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 def main(first: str, second: str) -> int:
     a, b = load_file(f"{first}/model.safetensors"), load_file(f"{second}/model.safetensors")
     if a.keys() != b.keys():
-        print(f"different tensors: only in {first}: {sorted(a.keys() - b.keys())[:5]}; only in {second}: {sorted(b.keys() - a.keys())[:5]}")
+        print(
+            f"different tensors: only in {first}: {sorted(a.keys() - b.keys())[:5]}; only in {second}: {sorted(b.keys() - a.keys())[:5]}"
+        )
         return 1
     differing = [name for name in a if not torch.equal(a[name], b[name])]
     largest = max((float((a[name].double() - b[name].double()).abs().max()) for name in differing), default=0.0)

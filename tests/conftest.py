@@ -15,7 +15,8 @@ from tests.helpers import random_images
 
 @pytest.fixture
 def tiny_image_dataset():
-    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
 
     images = random_images(16)
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=["vertical", "horizontal"])})

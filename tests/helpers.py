@@ -21,7 +21,13 @@ TINY_VIT = {
 }
 TINY_DINOV2 = {**TINY_VIT, "model_type": "dinov2"}
 TINY_DINOV2_WITH_REGISTERS = {**TINY_VIT, "model_type": "dinov2_with_registers", "num_register_tokens": 2}
-TINY_RESNET = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic"}
+TINY_RESNET = {
+    "model_type": "resnet",
+    "embedding_size": 8,
+    "hidden_sizes": [8, 16],
+    "depths": [1, 1],
+    "layer_type": "basic",
+}
 TINY_HEAD = {"out_dim": 64, "head_hidden_dim": 48, "head_bottleneck_dim": 16}
 
 
@@ -36,9 +42,15 @@ def tiny_dino_config(**overrides):
 # every crop is the whole (centre-cropped) image and no photometric randomness: runs that group the same
 # images differently (accumulation, another number of processes) must then give the same update
 DETERMINISTIC_CROPS = dict(
-    global_crops_scale=(1.0, 1.0), local_crops_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_probability=0.0,
-    color_jitter_probability=0.0, grayscale_probability=0.0, global_blur_probabilities=(0.0, 0.0),
-    local_blur_probability=0.0, global_solarize_probabilities=(0.0, 0.0),
+    global_crops_scale=(1.0, 1.0),
+    local_crops_scale=(1.0, 1.0),
+    crop_ratio=(1.0, 1.0),
+    flip_probability=0.0,
+    color_jitter_probability=0.0,
+    grayscale_probability=0.0,
+    global_blur_probabilities=(0.0, 0.0),
+    local_blur_probability=0.0,
+    global_solarize_probabilities=(0.0, 0.0),
 )
 
 
@@ -93,8 +105,15 @@ def tiny_training_arguments(output_dir, **overrides):
 
 
 def make_dino_trainer(
-    output_dir, dataset, engine: str = "trainer", model=None, multicrop=None, seed: int = 0,
-    knn_evaluator=None, knn_eval_steps: int = 0, **overrides,
+    output_dir,
+    dataset,
+    engine: str = "trainer",
+    model=None,
+    multicrop=None,
+    seed: int = 0,
+    knn_evaluator=None,
+    knn_eval_steps: int = 0,
+    **overrides,
 ):
     """A tiny DINO run on either engine (``SslTrainer`` or ``AccelerateTrainer``) over ``dataset``
     (a ``datasets.Dataset`` with an ``image`` column); ``overrides`` go to ``tiny_training_arguments``."""
@@ -107,8 +126,12 @@ def make_dino_trainer(
     arguments = tiny_training_arguments(output_dir, engine=engine, **overrides)
     train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop), seed=seed)
     return build_trainer(
-        model=model, args=arguments, view_config=multicrop, train_dataset=train_dataset,
-        knn_evaluator=knn_evaluator, knn_eval_steps=knn_eval_steps,
+        model=model,
+        args=arguments,
+        view_config=multicrop,
+        train_dataset=train_dataset,
+        knn_evaluator=knn_evaluator,
+        knn_eval_steps=knn_eval_steps,
     )
 
 
@@ -181,7 +204,10 @@ def plain_transformers_features(export_dirs, image_mode: str, cwd) -> dict:
 
     completed = subprocess.run(
         [sys.executable, "-c", PLAIN_TRANSFORMERS_SCRIPT, image_mode, *(str(path) for path in export_dirs)],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}, cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+        cwd=cwd,
         timeout=120,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

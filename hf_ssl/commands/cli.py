@@ -29,9 +29,17 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        usage = "usage: hf-ssl {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(f"  {name:<14}{text}" for name, text in COMMANDS.items())
+        usage = (
+            "usage: hf-ssl {"
+            + ",".join(COMMANDS)
+            + "} ...\n\n"
+            + "\n".join(f"  {name:<14}{text}" for name, text in COMMANDS.items())
+        )
         known = not argv or argv[0] in ("-h", "--help")
-        print(usage if known else f"error: unknown command {argv[0]!r}\n{usage}", file=sys.stdout if known else sys.stderr)
+        print(
+            usage if known else f"error: unknown command {argv[0]!r}\n{usage}",
+            file=sys.stdout if known else sys.stderr,
+        )
         return 0 if known else 2
     command, rest = argv[0], argv[1:]
     if command == "pretrain":

@@ -30,7 +30,12 @@ from hf_ssl.training.sharing.outputs import RunOutputError
 from hf_ssl.training.state.checkpointing import CheckpointSaveError
 
 
-def main(argv: Sequence[str] | None = None, method: str | None = None, description: str | None = None, prog: str | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    method: str | None = None,
+    description: str | None = None,
+    prog: str | None = None,
+) -> int:
     """Parse the command line into a recipe (``method``: None reads the method from the file's ``method:`` key; a
     name is taken for a file without one, and a file of another method is refused), run it, and return the exit code: 2 for a recipe or command-line mistake
     (``error: ...`` on stderr, no traceback), 1 for a run that stopped on NaN/inf losses, a failed checkpoint save
@@ -44,7 +49,10 @@ def main(argv: Sequence[str] | None = None, method: str | None = None, descripti
         transformers.utils.logging.set_verbosity_warning()
         run_pretraining(recipe, resume)
         end_process_group()  # every process got here: close the group so that none aborts at exit
-    except (ConfigError, BandLayoutError) as error:  # a bad recipe, override, resume path or dataset: say what to fix, no traceback
+    except (
+        ConfigError,
+        BandLayoutError,
+    ) as error:  # a bad recipe, override, resume path or dataset: say what to fix, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, CheckpointSaveError, RunOutputError) as error:  # the message says what is saved where

@@ -1,13 +1,13 @@
 """Data pipeline: dataset loading, named view groups, multi-crop CPU transform and collator, device-side augmentation.
 
-    dataset = load_image_dataset("fashion_mnist", split="train")
-    config = MultiCropConfig()  # DINO's terms; or ViewsConfig(groups={"views": ViewGroup(number=2, size=224)})
-    loader = DataLoader(with_multicrop(dataset, MultiCropTransform(config)), batch_size=64,
-                        collate_fn=MultiCropCollator(), num_workers=8)
-    augment = DeviceAugmentation(config).to(device)
-    for batch in loader:
-        views = augment({name: batch[name].to(device) for name in augment.views.names})
-        views["global_crops"], views["local_crops"]  # (2, 64, 3, 224, 224), (8, 64, 3, 96, 96) float32
+dataset = load_image_dataset("fashion_mnist", split="train")
+config = MultiCropConfig()  # DINO's terms; or ViewsConfig(groups={"views": ViewGroup(number=2, size=224)})
+loader = DataLoader(with_multicrop(dataset, MultiCropTransform(config)), batch_size=64,
+                    collate_fn=MultiCropCollator(), num_workers=8)
+augment = DeviceAugmentation(config).to(device)
+for batch in loader:
+    views = augment({name: batch[name].to(device) for name in augment.views.names})
+    views["global_crops"], views["local_crops"]  # (2, 64, 3, 224, 224), (8, 64, 3, 96, 96) float32
 """
 
 from .config import MultiCropConfig

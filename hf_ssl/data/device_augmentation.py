@@ -70,10 +70,16 @@ class DeviceAugmentation(nn.Module):
                 "(hf_ssl.data.band_statistics; a recipe does it before training) or give them in the augmentation config"
             )
         channels = self.views.num_channels
-        self.register_buffer("mean", torch.tensor(self.views.mean, dtype=torch.float32).view(1, channels, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(self.views.std, dtype=torch.float32).view(1, channels, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(self.views.mean, dtype=torch.float32).view(1, channels, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(self.views.std, dtype=torch.float32).view(1, channels, 1, 1), persistent=False
+        )
 
-    def forward(self, views: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, views: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """Augment and normalise a batch of view groups.
 
         Args:
@@ -96,7 +102,9 @@ class DeviceAugmentation(nn.Module):
     def _augment(self, crops, group: ViewGroup, generator, name):
         channels = self.views.num_channels
         if crops.dim() != 5 or crops.shape[2] != channels:
-            raise ValueError(f"{name} must have shape (num_views, batch, {channels}, height, width), got {tuple(crops.shape)}")
+            raise ValueError(
+                f"{name} must have shape (num_views, batch, {channels}, height, width), got {tuple(crops.shape)}"
+            )
         num_crops, batch_size, _, height, width = crops.shape
         if num_crops != group.number:
             raise ValueError(
@@ -170,7 +178,9 @@ class DeviceAugmentation(nn.Module):
 
         return {"band_brightness": between(0, group.brightness), "band_contrast": between(1, group.contrast)}
 
-    def _augment_images(self, images: torch.Tensor, parameters: dict[str, torch.Tensor], jitter_order: list[int], group: ViewGroup) -> torch.Tensor:
+    def _augment_images(
+        self, images: torch.Tensor, parameters: dict[str, torch.Tensor], jitter_order: list[int], group: ViewGroup
+    ) -> torch.Tensor:
         """``(n, C, H, W)`` raw pixels -> ``(n, C, H, W)`` augmented, normalised float32."""
         # Flip the input before the float conversion: a quarter of the bytes when it is uint8.
         flip = parameters["flip"]
@@ -205,7 +215,9 @@ class DeviceAugmentation(nn.Module):
 
         return images.sub_(self.mean.to(images.device)).div_(self.std.to(images.device))
 
-    def _augment_bands(self, images: torch.Tensor, parameters: dict[str, torch.Tensor], jitter_order: list[int], group: ViewGroup) -> torch.Tensor:
+    def _augment_bands(
+        self, images: torch.Tensor, parameters: dict[str, torch.Tensor], jitter_order: list[int], group: ViewGroup
+    ) -> torch.Tensor:
         """The band-wise ops of ``_augment_images`` on float bands: brightness and contrast in the call's jitter
         order, blur, normalisation."""
         if bool(parameters["jitter"].any()):
@@ -284,7 +296,11 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     green_largest = (green == value) & ~red_largest
     blue_largest = ~(red_largest | green_largest)
     # Masks multiplied in, not torch.where: 2x faster on CPU. At ties both sectors give the same hue.
-    hue_sixths = (green - blue) * red_largest + (blue - red + 2 * chroma) * green_largest + (red - green + 4 * chroma) * blue_largest
+    hue_sixths = (
+        (green - blue) * red_largest
+        + (blue - red + 2 * chroma) * green_largest
+        + (red - green + 4 * chroma) * blue_largest
+    )
     # Grey pixels (C == 0) have hue 0 / 1 = 0, and C = 0 makes their output V whatever the hue.
     hue_sixths.div_(torch.where(chroma == 0, 1.0, chroma)).add_(6 * shift.view(-1, 1, 1))
     output = torch.empty_like(images)

@@ -40,7 +40,9 @@ def describe_image(item: Any, where: str) -> str:
     return f"the image at {where} (no file path: in-memory bytes or array)"
 
 
-def skip_or_raise(item: Any, position: int, error: Exception, skip: bool, skipped_so_far: int, how_to_skip: str, log) -> None:
+def skip_or_raise(
+    item: Any, position: int, error: Exception, skip: bool, skipped_so_far: int, how_to_skip: str, log
+) -> None:
     """What a data pipeline does with an image it cannot read: with ``skip``, log a warning through ``log`` naming the
     file, the error and the ``skipped_so_far`` count (the caller counts); else raise a ``ValueError`` that names the
     file and says how to skip such images (``how_to_skip``, e.g. "set data.skip_bad_images=true"). A
@@ -49,8 +51,16 @@ def skip_or_raise(item: Any, position: int, error: Exception, skip: bool, skippe
         raise error
     where = describe_image(item, f"position {position} of the batch")
     if not skip:
-        raise ValueError(f"cannot read {where}: {type(error).__name__}: {error}. Fix or remove the file, or {how_to_skip}") from error
-    log.warning("Skipping %s: %s: %s (%d unreadable images so far in this process)", where, type(error).__name__, error, skipped_so_far)
+        raise ValueError(
+            f"cannot read {where}: {type(error).__name__}: {error}. Fix or remove the file, or {how_to_skip}"
+        ) from error
+    log.warning(
+        "Skipping %s: %s: %s (%d unreadable images so far in this process)",
+        where,
+        type(error).__name__,
+        error,
+        skipped_so_far,
+    )
 
 
 def decode_image(item: Any) -> PIL.Image.Image:
@@ -93,7 +103,9 @@ def array_to_image(array: Any) -> PIL.Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
-        raise ValueError(f"cannot read an image from an array of shape {array.shape}: expected (H, W), (H, W, C) or (C, H, W), C in 1, 3, 4")
+        raise ValueError(
+            f"cannot read an image from an array of shape {array.shape}: expected (H, W), (H, W, C) or (C, H, W), C in 1, 3, 4"
+        )
     array = scale_to_uint8(array)
     if array.ndim == 3:
         array = array[..., :3]
@@ -194,7 +206,9 @@ def random_resized_crop_box(
     return left, top, left + crop_width, top + crop_height
 
 
-def crop_into(image: PIL.Image.Image, box: tuple[int, int, int, int], size: int, resample: int, out: np.ndarray) -> None:
+def crop_into(
+    image: PIL.Image.Image, box: tuple[int, int, int, int], size: int, resample: int, out: np.ndarray
+) -> None:
     """Resize ``box`` of an ``"L"``/``"RGB"`` image to ``size`` x ``size`` into ``out`` (``(3, size, size)`` uint8).
 
     PIL's ``resize(box=...)`` reads only the box and resizes with antialiasing, like
@@ -238,19 +252,31 @@ def decode_bands(item: Any, num_channels: int, *, channels_last: bool | None = N
     - ``ValueError`` for an image that cannot be read, that does not have ``num_channels`` bands (saying what it
       holds), that is empty, or that holds NaN or infinite values (saying how many).
     """
-    if isinstance(item, (list, tuple)) and item and all(isinstance(part, (str, os.PathLike, dict, PIL.Image.Image, bytes)) for part in item):
+    if (
+        isinstance(item, (list, tuple))
+        and item
+        and all(isinstance(part, (str, os.PathLike, dict, PIL.Image.Image, bytes)) for part in item)
+    ):
         bands = np.concatenate([_as_bands(*read_band_source(part), None, channels_last) for part in item], axis=0)
     else:
         bands = _as_bands(*read_band_source(item), num_channels, channels_last)
     if bands.shape[0] != num_channels:
-        read_as = "" if channels_last is None else f", read as {'(H, W, C)' if channels_last else '(C, H, W)'} by data.channels_last"
-        raise ValueError(f"the image has {bands.shape[0]} bands (shape {tuple(bands.shape)}{read_as}) but num_channels is {num_channels}")
+        read_as = (
+            ""
+            if channels_last is None
+            else f", read as {'(H, W, C)' if channels_last else '(C, H, W)'} by data.channels_last"
+        )
+        raise ValueError(
+            f"the image has {bands.shape[0]} bands (shape {tuple(bands.shape)}{read_as}) but num_channels is {num_channels}"
+        )
     if 0 in bands.shape[1:]:
         raise ValueError(f"the image is empty: shape {tuple(bands.shape)}")
     finite = np.isfinite(bands)
     if not finite.all():  # NaN / inf would reach the loss: bad data, skipped like an unreadable image
         count = bands.size - int(np.count_nonzero(finite))
-        raise ValueError(f"the image holds {count} non-finite value{'s' if count > 1 else ''} (NaN or infinity) among its {bands.size}")
+        raise ValueError(
+            f"the image holds {count} non-finite value{'s' if count > 1 else ''} (NaN or infinity) among its {bands.size}"
+        )
     return bands
 
 
@@ -286,7 +312,9 @@ def _read_band_file(source, name: str) -> tuple[np.ndarray, bool]:
                 if "image" in keys:
                     return loaded["image"], False
                 if len(keys) != 1:
-                    raise ValueError(f"{name or 'the .npz file'} holds arrays {keys}: store one array, or name it 'image'")
+                    raise ValueError(
+                        f"{name or 'the .npz file'} holds arrays {keys}: store one array, or name it 'image'"
+                    )
                 return loaded[keys[0]], False
         return loaded, False
     image = PIL.Image.open(source)
@@ -325,7 +353,9 @@ def _as_bands(array: Any, layout_known: bool, num_channels: int | None, channels
     if array.ndim == 2:
         array = array[None]
     elif array.ndim != 3:
-        raise ValueError(f"cannot read an image from an array of shape {array.shape}: expected (C, H, W), (H, W, C) or (H, W)")
+        raise ValueError(
+            f"cannot read an image from an array of shape {array.shape}: expected (C, H, W), (H, W, C) or (H, W)"
+        )
     elif not layout_known and _bands_last(array.shape, num_channels, channels_last):
         array = array.transpose(2, 0, 1)
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which decode_bands refuses with a count

@@ -44,7 +44,13 @@ FASHION_MNIST_FILES = {
 BUILTIN_DATASETS = ("fashion_mnist", "fashion_mnist_multispectral", "arrayfolder")
 # Files of N-band arrays that `arrayfolder` collects (read by `hf_ssl.data.images.decode_bands`).
 ARRAY_FILE_SUFFIXES = (".npy", ".npz", ".tif", ".tiff")
-SPLIT_FOLDERS = {"train": "train", "test": "test", "validation": "validation", "val": "validation", "valid": "validation"}
+SPLIT_FOLDERS = {
+    "train": "train",
+    "test": "test",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+}
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img")
 # Bump when the cached Fashion-MNIST layout changes, so old caches are rebuilt.
@@ -86,7 +92,9 @@ def load_image_dataset(
     """
     if path == "arrayfolder":
         if data_dir is None or name or data_files or load_kwargs:
-            raise ValueError("'arrayfolder' reads the array files under data_dir: give data_dir, and no name, data_files or loading options")
+            raise ValueError(
+                "'arrayfolder' reads the array files under data_dir: give data_dir, and no name, data_files or loading options"
+            )
         dataset = load_array_folder(data_dir)
         if split is not None:
             if split not in dataset:
@@ -94,14 +102,18 @@ def load_image_dataset(
             dataset = dataset[split]
     elif path in BUILTIN_DATASETS:
         if name or data_dir or data_files or load_kwargs:
-            raise ValueError(f"{path!r} is a built-in dataset: it takes no name, data_dir, data_files or loading options")
+            raise ValueError(
+                f"{path!r} is a built-in dataset: it takes no name, data_dir, data_files or loading options"
+            )
         dataset = load_fashion_mnist() if path == "fashion_mnist" else load_multispectral_fashion_mnist()
         if split is not None:
             if split not in dataset:
                 raise ValueError(f"{path!r} has splits {list(dataset)}, not {split!r}")
             dataset = dataset[split]
     else:
-        dataset = datasets.load_dataset(path, name=name, split=split, data_dir=data_dir, data_files=data_files, **load_kwargs)
+        dataset = datasets.load_dataset(
+            path, name=name, split=split, data_dir=data_dir, data_files=data_files, **load_kwargs
+        )
     return normalize_columns(dataset, image_column=image_column, label_column=label_column)
 
 
@@ -125,7 +137,9 @@ def normalize_columns(dataset, image_column: str | None = None, label_column: st
     a column of string labels becomes a ``ClassLabel``.
     """
     if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        return type(dataset)({split: normalize_columns(part, image_column, label_column) for split, part in dataset.items()})
+        return type(dataset)(
+            {split: normalize_columns(part, image_column, label_column) for split, part in dataset.items()}
+        )
     columns = dataset.column_names
     if columns is None:  # a streaming dataset whose features are unknown until read: look at one row
         columns = list(next(iter(dataset), {}))
@@ -133,7 +147,9 @@ def normalize_columns(dataset, image_column: str | None = None, label_column: st
     if image_column is None:
         image_column = next((column for column in IMAGE_COLUMN_CANDIDATES if column in columns), None)
         if image_column is None:
-            raise ValueError(f"no image column: looked for {list(IMAGE_COLUMN_CANDIDATES)}, the dataset has {columns}. Pass image_column=...")
+            raise ValueError(
+                f"no image column: looked for {list(IMAGE_COLUMN_CANDIDATES)}, the dataset has {columns}. Pass image_column=..."
+            )
     elif image_column not in columns:
         raise ValueError(f"image_column {image_column!r} is not in the dataset; its columns are {columns}")
     if label_column is None:
@@ -150,7 +166,9 @@ def normalize_columns(dataset, image_column: str | None = None, label_column: st
         label_feature = dataset.features["label"] if dataset.features is not None else None
         if isinstance(label_feature, datasets.Value) and label_feature.dtype in ("string", "large_string"):
             if not isinstance(dataset, datasets.Dataset):
-                raise ValueError("string labels of a streaming dataset cannot be encoded; cast the label column to a ClassLabel")
+                raise ValueError(
+                    "string labels of a streaming dataset cannot be encoded; cast the label column to a ClassLabel"
+                )
             dataset = dataset.class_encode_column("label")
     return dataset
 
@@ -175,12 +193,18 @@ def load_array_folder(data_dir: str | os.PathLike) -> datasets.DatasetDict:
     root = Path(data_dir)
     if not root.is_dir():
         raise ValueError(f"the array folder {str(root)!r} does not exist or is not a folder")
-    split_roots = {SPLIT_FOLDERS[child.name]: child for child in sorted(root.iterdir()) if child.is_dir() and child.name in SPLIT_FOLDERS}
+    split_roots = {
+        SPLIT_FOLDERS[child.name]: child
+        for child in sorted(root.iterdir())
+        if child.is_dir() and child.name in SPLIT_FOLDERS
+    }
     if not split_roots:
         split_roots = {"train": root}
     splits = {}
     for split, split_root in split_roots.items():
-        files = sorted(path for path in split_root.rglob("*") if path.is_file() and path.suffix.lower() in ARRAY_FILE_SUFFIXES)
+        files = sorted(
+            path for path in split_root.rglob("*") if path.is_file() and path.suffix.lower() in ARRAY_FILE_SUFFIXES
+        )
         if not files:
             raise ValueError(f"no array files ({', '.join(ARRAY_FILE_SUFFIXES)}) under {str(split_root)!r}")
         columns = {"image": [str(path) for path in files]}
@@ -192,7 +216,9 @@ def load_array_folder(data_dir: str | os.PathLike) -> datasets.DatasetDict:
             features["label"] = datasets.ClassLabel(names=names)
         splits[split] = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
     # one set of classes for every split: a class missing from one split keeps its index
-    names = sorted({name for part in splits.values() if "label" in part.column_names for name in part.features["label"].names})
+    names = sorted(
+        {name for part in splits.values() if "label" in part.column_names for name in part.features["label"].names}
+    )
     return datasets.DatasetDict({split: _relabel(part, names) for split, part in splits.items()})
 
 
@@ -280,7 +306,11 @@ _MULTISPECTRAL_CACHE_VERSION = 1
 
 
 def load_multispectral_fashion_mnist(
-    num_bands: int = MULTISPECTRAL_BANDS, sizes: dict[str, int] | None = None, seed: int = 0, *, cache_dir: str | os.PathLike | None = None,
+    num_bands: int = MULTISPECTRAL_BANDS,
+    sizes: dict[str, int] | None = None,
+    seed: int = 0,
+    *,
+    cache_dir: str | os.PathLike | None = None,
 ) -> datasets.DatasetDict:
     """Fashion-MNIST rendered as ``num_bands``-band images, for trying multispectral training offline.
 
@@ -296,8 +326,17 @@ def load_multispectral_fashion_mnist(
     """
     sizes = dict(MULTISPECTRAL_SIZES if sizes is None else sizes)
     source = load_fashion_mnist()
-    key = hashlib.sha256(repr((_MULTISPECTRAL_CACHE_VERSION, num_bands, sorted(sizes.items()), seed,
-                               {split: len(source[split]) for split in source})).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        repr(
+            (
+                _MULTISPECTRAL_CACHE_VERSION,
+                num_bands,
+                sorted(sizes.items()),
+                seed,
+                {split: len(source[split]) for split in source},
+            )
+        ).encode()
+    ).hexdigest()[:16]
     cache_root = Path(cache_dir) if cache_dir is not None else _default_cache_root() / "fashion_mnist_multispectral"
     cache_path = cache_root / key
     if (cache_path / "dataset_dict.json").is_file():
@@ -306,8 +345,12 @@ def load_multispectral_fashion_mnist(
     splits = {}
     for split, size in sizes.items():
         part = source[split].select(range(min(size, len(source[split]))))
-        pixels = np.stack([np.asarray(_to_gray(item)) for item in part.cast_column("image", datasets.Image(decode=False))["image"]])
-        splits[split] = _render_multispectral(pixels.astype(np.float32) / 255.0, np.asarray(part["label"]), num_bands, rng)
+        pixels = np.stack(
+            [np.asarray(_to_gray(item)) for item in part.cast_column("image", datasets.Image(decode=False))["image"]]
+        )
+        splits[split] = _render_multispectral(
+            pixels.astype(np.float32) / 255.0, np.asarray(part["label"]), num_bands, rng
+        )
     return _cached(datasets.DatasetDict(splits), cache_path)
 
 
@@ -317,7 +360,9 @@ def _to_gray(item):
     return decode_image(item).convert("L")
 
 
-def _render_multispectral(intensity: np.ndarray, labels: np.ndarray, num_bands: int, rng: np.random.Generator) -> datasets.Dataset:
+def _render_multispectral(
+    intensity: np.ndarray, labels: np.ndarray, num_bands: int, rng: np.random.Generator
+) -> datasets.Dataset:
     """``(N, H, W)`` intensities in [0, 1] -> a dataset of ``(num_bands, H, W)`` uint16 images (see
     `load_multispectral_fashion_mnist`)."""
     count = intensity.shape[0]
@@ -326,7 +371,9 @@ def _render_multispectral(intensity: np.ndarray, labels: np.ndarray, num_bands: 
     def spectra(baseline, height):
         centre = rng.uniform(0.0, 1.0, (count, 1))
         width = rng.uniform(0.15, 0.4, (count, 1))
-        return rng.uniform(*baseline, (count, 1)) + rng.uniform(*height, (count, 1)) * np.exp(-0.5 * ((positions - centre) / width) ** 2)
+        return rng.uniform(*baseline, (count, 1)) + rng.uniform(*height, (count, 1)) * np.exp(
+            -0.5 * ((positions - centre) / width) ** 2
+        )
 
     garment = spectra((0.1, 0.3), (0.3, 0.6))  # (N, B), reflectance-like in [0, 0.9]
     background = spectra((0.0, 0.15), (0.0, 0.3))
@@ -338,7 +385,9 @@ def _render_multispectral(intensity: np.ndarray, labels: np.ndarray, num_bands: 
         buffer = io.BytesIO()
         np.save(buffer, image)
         encoded.append(buffer.getvalue())
-    features = datasets.Features({"image": datasets.Value("binary"), "label": datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES))})
+    features = datasets.Features(
+        {"image": datasets.Value("binary"), "label": datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES))}
+    )
     return datasets.Dataset.from_dict({"image": encoded, "label": labels.astype(np.int64)}, features=features)
 
 
@@ -359,11 +408,15 @@ def _fashion_mnist_split(images_path: Path, labels_path: Path) -> datasets.Datas
     images = read_idx(images_path, expected_ndim=3)
     labels = read_idx(labels_path, expected_ndim=1)
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels")
+        raise ValueError(
+            f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels"
+        )
     if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
         raise ValueError(f"{labels_path} has label {labels.max()}; Fashion-MNIST labels are 0..9")
     image_bytes = pa.array(encode_grayscale_pngs(images), type=pa.binary())
-    image_column = pa.StructArray.from_arrays([image_bytes, pa.nulls(len(image_bytes), pa.string())], ["bytes", "path"])
+    image_column = pa.StructArray.from_arrays(
+        [image_bytes, pa.nulls(len(image_bytes), pa.string())], ["bytes", "path"]
+    )
     table = pa.table({"image": image_column, "label": pa.array(labels.astype(np.int64))})
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES))}
@@ -372,7 +425,14 @@ def _fashion_mnist_split(images_path: Path, labels_path: Path) -> datasets.Datas
     return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
 
 
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> np.ndarray:
@@ -386,7 +446,9 @@ def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> np.nd
     with opener(path, "rb") as handle:
         data = handle.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file: bad magic number {data[:4].hex()} (expected 0000 <dtype code> <ndim>)")
+        raise ValueError(
+            f"{path} is not an IDX file: bad magic number {data[:4].hex()} (expected 0000 <dtype code> <ndim>)"
+        )
     ndim = data[3]
     if expected_ndim is not None and ndim != expected_ndim:
         raise ValueError(f"{path} has {ndim} dimensions, expected {expected_ndim}")

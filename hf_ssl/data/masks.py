@@ -136,7 +136,9 @@ class MultiBlockMaskCollator:
         sides = _input_sides(input_size)
         for side_name, side in zip(("height", "width"), sides):
             if side % patch_size:
-                raise ValueError(f"input_size {side_name} {side} is not a multiple of patch_size {patch_size}: the patch grid would drop pixels")
+                raise ValueError(
+                    f"input_size {side_name} {side} is not a multiple of patch_size {patch_size}: the patch grid would drop pixels"
+                )
         self.input_size = sides
         self.patch_size = patch_size
         self.height, self.width = (side // patch_size for side in sides)
@@ -169,7 +171,9 @@ class MultiBlockMaskCollator:
         return self.height * self.width
 
     # ----- pure drawing functions -------------------------------------------------------------------------
-    def block_size(self, draw: float, scale: tuple[float, float], aspect_ratio: tuple[float, float]) -> tuple[int, int]:
+    def block_size(
+        self, draw: float, scale: tuple[float, float], aspect_ratio: tuple[float, float]
+    ) -> tuple[int, int]:
         """The ``(h, w)`` block, in patches, of the uniform number ``draw`` in [0, 1): about ``scale`` of the grid's
         patches with height / width about ``aspect_ratio``, both interpolated by ``draw``, rounded and shrunk to be
         strictly smaller than the grid."""
@@ -186,7 +190,9 @@ class MultiBlockMaskCollator:
         context_size = self.block_size(float(rng.random()), self.context_scale, self.context_aspect_ratio)
         return target_size, context_size
 
-    def sample_image_masks(self, target_size: tuple[int, int], context_size: tuple[int, int], rng: np.random.Generator) -> ImageMasks:
+    def sample_image_masks(
+        self, target_size: tuple[int, int], context_size: tuple[int, int], rng: np.random.Generator
+    ) -> ImageMasks:
         """The full (uncut) masks of one image: ``num_targets`` target blocks, then the context block (see `ImageMasks`).
 
         ``rng`` needs ``integers(low, high)`` (high excluded), as a ``numpy.random.Generator`` has; each placement
@@ -194,7 +200,10 @@ class MultiBlockMaskCollator:
         """
         if target_size[0] * target_size[1] <= self.min_keep:
             raise RuntimeError(f"a {target_size} target block cannot hold more than min_keep={self.min_keep} patches")
-        targets = tuple(rectangle_indices(*self._place(target_size, rng), *target_size, self.width) for _ in range(self.num_targets))
+        targets = tuple(
+            rectangle_indices(*self._place(target_size, rng), *target_size, self.width)
+            for _ in range(self.num_targets)
+        )
         excluded = 0 if self.allow_overlap else self.num_targets  # the first `excluded` targets are kept out
         failures = 0
         keep = self._outside(targets[:excluded])
@@ -207,12 +216,18 @@ class MultiBlockMaskCollator:
             failures += 1
             if failures == self.tries_per_relaxation:
                 if excluded == 0:  # unreachable after __init__'s check: the bare block failed
-                    raise RuntimeError(f"a {context_size} context block cannot hold more than min_keep={self.min_keep} patches")
+                    raise RuntimeError(
+                        f"a {context_size} context block cannot hold more than min_keep={self.min_keep} patches"
+                    )
                 # upstream's relaxation: drop the last target block still excluded and start counting again
                 excluded -= 1
                 failures = 0
                 keep = self._outside(targets[:excluded])
-                logger.debug("No context block of %s patches avoids all target blocks; now avoiding %d of them", context_size, excluded)
+                logger.debug(
+                    "No context block of %s patches avoids all target blocks; now avoiding %d of them",
+                    context_size,
+                    excluded,
+                )
 
     def sample_masks(self, batch_size: int, rng: np.random.Generator) -> MultiBlockMasks:
         """The masks of a batch of ``batch_size`` images: `sample_block_sizes`, then `sample_image_masks` for each image
@@ -225,7 +240,9 @@ class MultiBlockMaskCollator:
             return MultiBlockMasks(empty[0], empty, target_size, context_size, ())
         target_length = min(len(block) for image in images for block in image.targets)
         context_length = min(len(image.context) for image in images)
-        target = np.stack([np.stack([image.targets[j][:target_length] for image in images]) for j in range(self.num_targets)])
+        target = np.stack(
+            [np.stack([image.targets[j][:target_length] for image in images]) for j in range(self.num_targets)]
+        )
         context = np.stack([image.context[:context_length] for image in images])
         return MultiBlockMasks(
             torch.from_numpy(context),
@@ -258,7 +275,9 @@ class MultiBlockMaskCollator:
         if not examples:
             raise ValueError("MultiBlockMaskCollator got an empty list of examples")
         rng = self.batch_generator(examples)
-        batch = self.collator([{name: value for name, value in example.items() if name not in KEY_FIELDS} for example in examples])
+        batch = self.collator(
+            [{name: value for name, value in example.items() if name not in KEY_FIELDS} for example in examples]
+        )
         clashing = [key for key in MASK_KEYS if key in batch]
         if clashing:
             raise ValueError(f"the inner collator's batch already has {clashing}: rename that view group or field")
@@ -320,15 +339,23 @@ def _input_sides(input_size: Any) -> tuple[int, int]:
     try:
         sides = tuple(input_size)
     except TypeError:
-        raise ValueError(f"input_size must be a positive integer or a (height, width) pair of them, in pixels, got {input_size!r}") from None
+        raise ValueError(
+            f"input_size must be a positive integer or a (height, width) pair of them, in pixels, got {input_size!r}"
+        ) from None
     if len(sides) != 2:
-        raise ValueError(f"input_size must be a positive integer or a (height, width) pair of them, in pixels, got {input_size!r}")
+        raise ValueError(
+            f"input_size must be a positive integer or a (height, width) pair of them, in pixels, got {input_size!r}"
+        )
     return _integer("input_size height", sides[0], minimum=1), _integer("input_size width", sides[1], minimum=1)
 
 
 def _range(name: str, value: Any, fraction: bool) -> tuple[float, float]:
     """A ``(min, max)`` pair: fractions of the grid's patches in (0, 1], or aspect ratios (height / width) > 0."""
-    allowed = "0 < min <= max <= 1 (fractions of the grid's patches)" if fraction else "0 < min <= max (height / width ratios)"
+    allowed = (
+        "0 < min <= max <= 1 (fractions of the grid's patches)"
+        if fraction
+        else "0 < min <= max (height / width ratios)"
+    )
     try:
         low, high = (float(item) for item in value)
     except (TypeError, ValueError):
@@ -346,14 +373,21 @@ def _example_key(example: dict[str, Any], position: int) -> int | None:
             break
     else:
         return None
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() and value.dtype != torch.bool:
+    if (
+        isinstance(value, torch.Tensor)
+        and value.numel() == 1
+        and not value.is_floating_point()
+        and value.dtype != torch.bool
+    ):
         value = int(value.item())
     if isinstance(value, (bool, np.bool_)):
         value = None  # a flag is not a key; reported below
     try:
         key = operator.index(value)
     except TypeError:
-        raise ValueError(f"the {name!r} of example {position} of the batch must be an integer (its sampler key), got {example[name]!r}") from None
+        raise ValueError(
+            f"the {name!r} of example {position} of the batch must be an integer (its sampler key), got {example[name]!r}"
+        ) from None
     if not 0 <= key < _MAX_KEY:
         raise ValueError(f"the {name!r} of example {position} of the batch must be in [0, 2**63), got {key}")
     return key

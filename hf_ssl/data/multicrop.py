@@ -82,7 +82,9 @@ class MultiCropTransform:
         if self.views.is_rgb:
             self.resample = {name: RESAMPLING[group.interpolation] for name, group in self.views.groups.items()}
         else:
-            self.resample = {name: BAND_INTERPOLATIONS[group.interpolation] for name, group in self.views.groups.items()}
+            self.resample = {
+                name: BAND_INTERPOLATIONS[group.interpolation] for name, group in self.views.groups.items()
+            }
         # Images skipped by this copy of the transform (each DataLoader worker holds its own copy).
         self.num_bad_images = 0
 
@@ -115,7 +117,9 @@ class MultiCropTransform:
             return to_8bit(decode_image(item))
         return decode_bands(item, self.views.num_channels, channels_last=self.channels_last)
 
-    def make_crops(self, image: PIL.Image.Image | np.ndarray | None, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def make_crops(
+        self, image: PIL.Image.Image | np.ndarray | None, rng: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
         """Group name -> the ``(number, C, size, size)`` views of one image (``decode``'s output): uint8 for RGB,
         float32 for other bands; all zeros when ``image`` is ``None``."""
         if not self.views.is_rgb:
@@ -146,7 +150,15 @@ class MultiCropTransform:
 
     def _handle_bad_image(self, item: Any, position: int, error: Exception) -> None:
         self.num_bad_images += self.skip_bad_images
-        skip_or_raise(item, position, error, self.skip_bad_images, self.num_bad_images, "pass skip_bad_images=True to skip such images", logger)
+        skip_or_raise(
+            item,
+            position,
+            error,
+            self.skip_bad_images,
+            self.num_bad_images,
+            "pass skip_bad_images=True to skip such images",
+            logger,
+        )
 
 
 def resize_bands(bands: torch.Tensor, box: tuple[int, int, int, int], size: int, mode: str) -> torch.Tensor:
@@ -155,7 +167,9 @@ def resize_bands(bands: torch.Tensor, box: tuple[int, int, int, int], size: int,
     left, top, right, bottom = box
     crop = bands[None, :, top:bottom, left:right]
     if mode in ("bilinear", "bicubic"):
-        return torch.nn.functional.interpolate(crop, size=(size, size), mode=mode, align_corners=False, antialias=True)[0]
+        return torch.nn.functional.interpolate(
+            crop, size=(size, size), mode=mode, align_corners=False, antialias=True
+        )[0]
     return torch.nn.functional.interpolate(crop, size=(size, size), mode=mode)[0]
 
 
@@ -237,7 +251,9 @@ class MultiCropDataset(EpochKeyedDataset):
         ``(readable, checked, first error)``: a cheap look, before training, for a dataset none of whose images
         can be read (training would only skip them). A ``BandLayoutError`` (arrays whose band axis their shape does
         not tell) is raised, so that the missing setting stops the run here."""
-        positions = np.unique(np.linspace(0, len(self.dataset) - 1, num=min(max_images, len(self.dataset))).astype(np.int64))
+        positions = np.unique(
+            np.linspace(0, len(self.dataset) - 1, num=min(max_images, len(self.dataset))).astype(np.int64)
+        )
         readable, first_error = 0, None
         for position in positions.tolist():
             item = self.dataset[position]["image"]

@@ -78,11 +78,17 @@ def band_statistics(
     std = np.sqrt(variance)
     constant = np.flatnonzero(std <= 1e-12 * np.maximum(1.0, np.abs(mean)))
     if constant.size:
-        logger.warning("Bands %s are constant over the sampled images: their std is set to 1 (they are only centred)", constant.tolist())
+        logger.warning(
+            "Bands %s are constant over the sampled images: their std is set to 1 (they are only centred)",
+            constant.tolist(),
+        )
         std[constant] = 1.0
     logger.log(
-        logging.WARNING if skipped else logging.INFO, "Normalisation statistics of %d channels from %d images (%d skipped)",
-        num_channels, len(positions) - skipped, skipped,
+        logging.WARNING if skipped else logging.INFO,
+        "Normalisation statistics of %d channels from %d images (%d skipped)",
+        num_channels,
+        len(positions) - skipped,
+        skipped,
     )
     return tuple(float(value) for value in mean), tuple(float(value) for value in std)
 

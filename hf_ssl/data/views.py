@@ -55,20 +55,48 @@ class ViewGroup:
 
     number: int = field(default=2, metadata={"help": "Views of each image in this group."})
     size: int = field(default=224, metadata={"help": "Side of each view, in pixels."})
-    scale: tuple[float, float] = field(default=(0.08, 1.0), metadata={"help": "(min, max) fraction of the image area a view covers."})
-    crop_ratio: tuple[float, float] = field(default=(3 / 4, 4 / 3), metadata={"help": "(min, max) width/height ratio of a crop before it is resized."})
-    interpolation: str = field(default="bicubic", metadata={"help": "Resampling of the crop resize: nearest, bilinear, bicubic, lanczos, box or hamming."})
+    scale: tuple[float, float] = field(
+        default=(0.08, 1.0), metadata={"help": "(min, max) fraction of the image area a view covers."}
+    )
+    crop_ratio: tuple[float, float] = field(
+        default=(3 / 4, 4 / 3), metadata={"help": "(min, max) width/height ratio of a crop before it is resized."}
+    )
+    interpolation: str = field(
+        default="bicubic",
+        metadata={"help": "Resampling of the crop resize: nearest, bilinear, bicubic, lanczos, box or hamming."},
+    )
     flip_probability: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
-    color_jitter_probability: float = field(default=0.8, metadata={"help": "Probability of colour jitter (brightness, contrast, saturation, hue)."})
-    brightness: float = field(default=0.4, metadata={"help": "Brightness jitter: a factor drawn from [max(0, 1 - brightness), 1 + brightness]."})
-    contrast: float = field(default=0.4, metadata={"help": "Contrast jitter: a factor drawn from [max(0, 1 - contrast), 1 + contrast]."})
-    saturation: float = field(default=0.2, metadata={"help": "Saturation jitter: a factor drawn from [max(0, 1 - saturation), 1 + saturation]."})
-    hue: float = field(default=0.1, metadata={"help": "Hue jitter: a shift drawn from [-hue, hue] of a full turn, in [0, 0.5]."})
+    color_jitter_probability: float = field(
+        default=0.8, metadata={"help": "Probability of colour jitter (brightness, contrast, saturation, hue)."}
+    )
+    brightness: float = field(
+        default=0.4,
+        metadata={"help": "Brightness jitter: a factor drawn from [max(0, 1 - brightness), 1 + brightness]."},
+    )
+    contrast: float = field(
+        default=0.4, metadata={"help": "Contrast jitter: a factor drawn from [max(0, 1 - contrast), 1 + contrast]."}
+    )
+    saturation: float = field(
+        default=0.2,
+        metadata={"help": "Saturation jitter: a factor drawn from [max(0, 1 - saturation), 1 + saturation]."},
+    )
+    hue: float = field(
+        default=0.1, metadata={"help": "Hue jitter: a shift drawn from [-hue, hue] of a full turn, in [0, 0.5]."}
+    )
     grayscale_probability: float = field(default=0.2, metadata={"help": "Probability of turning a view to grayscale."})
-    blur_probabilities: tuple[float, ...] = field(default=(0.5,), metadata={"help": "Blur probability of each view (one value per view, or one for all)."})
-    blur_sigma: tuple[float, float] = field(default=(0.1, 2.0), metadata={"help": "(min, max) sigma of the Gaussian blur, in pixels of the view."})
-    blur_kernel_size: int | None = field(default=None, metadata={"help": "Taps of the blur kernel (odd); null: 2 * ceil(3 * max sigma) + 1, the whole Gaussian."})
-    solarize_probabilities: tuple[float, ...] = field(default=(0.0,), metadata={"help": "Solarize probability of each view (one value per view, or one for all)."})
+    blur_probabilities: tuple[float, ...] = field(
+        default=(0.5,), metadata={"help": "Blur probability of each view (one value per view, or one for all)."}
+    )
+    blur_sigma: tuple[float, float] = field(
+        default=(0.1, 2.0), metadata={"help": "(min, max) sigma of the Gaussian blur, in pixels of the view."}
+    )
+    blur_kernel_size: int | None = field(
+        default=None,
+        metadata={"help": "Taps of the blur kernel (odd); null: 2 * ceil(3 * max sigma) + 1, the whole Gaussian."},
+    )
+    solarize_probabilities: tuple[float, ...] = field(
+        default=(0.0,), metadata={"help": "Solarize probability of each view (one value per view, or one for all)."}
+    )
 
     def __post_init__(self):
         for name in ("number", "size"):
@@ -77,18 +105,26 @@ class ViewGroup:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         low, high = self._pair("scale")
         if not 0 < low <= high <= 1:
-            raise ValueError(f"scale must be (min, max) with 0 < min <= max <= 1 (fractions of the image area), got {(low, high)}")
+            raise ValueError(
+                f"scale must be (min, max) with 0 < min <= max <= 1 (fractions of the image area), got {(low, high)}"
+            )
         low, high = self._pair("crop_ratio")
         if not 0 < low <= high:
-            raise ValueError(f"crop_ratio must be (min, max) width/height ratios with 0 < min <= max, got {(low, high)}")
+            raise ValueError(
+                f"crop_ratio must be (min, max) width/height ratios with 0 < min <= max, got {(low, high)}"
+            )
         low, high = self._pair("blur_sigma")
         if not 0 < low <= high:
             raise ValueError(f"blur_sigma must be (min, max) with 0 < min <= max (pixels), got {(low, high)}")
         if self.blur_kernel_size is not None and (
-            isinstance(self.blur_kernel_size, bool) or not isinstance(self.blur_kernel_size, int)
-            or self.blur_kernel_size < 1 or self.blur_kernel_size % 2 == 0
+            isinstance(self.blur_kernel_size, bool)
+            or not isinstance(self.blur_kernel_size, int)
+            or self.blur_kernel_size < 1
+            or self.blur_kernel_size % 2 == 0
         ):
-            raise ValueError(f"blur_kernel_size must be an odd integer >= 1 (taps of the blur kernel) or null, got {self.blur_kernel_size!r}")
+            raise ValueError(
+                f"blur_kernel_size must be an odd integer >= 1 (taps of the blur kernel) or null, got {self.blur_kernel_size!r}"
+            )
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}")
         for name in ("flip_probability", "color_jitter_probability", "grayscale_probability"):
@@ -98,9 +134,13 @@ class ViewGroup:
         for name in ("brightness", "contrast", "saturation"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value:
-                raise ValueError(f"{name} must be >= 0 (jitter factor drawn from [max(0, 1 - {name}), 1 + {name}]), got {value!r}")
+                raise ValueError(
+                    f"{name} must be >= 0 (jitter factor drawn from [max(0, 1 - {name}), 1 + {name}]), got {value!r}"
+                )
         if isinstance(self.hue, bool) or not isinstance(self.hue, (int, float)) or not 0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5] (shift drawn from [-hue, hue] of a full turn), got {self.hue!r}")
+            raise ValueError(
+                f"hue must be in [0, 0.5] (shift drawn from [-hue, hue] of a full turn), got {self.hue!r}"
+            )
 
     @property
     def blur_radius(self) -> int:
@@ -129,7 +169,9 @@ class ViewGroup:
         if len(values) == 1:
             values = values * self.number
         if len(values) != self.number:
-            raise ValueError(f"{name} must have one value per view ({self.number}) or a single value for all, got {len(values)}: {value!r}")
+            raise ValueError(
+                f"{name} must have one value per view ({self.number}) or a single value for all, got {len(values)}: {value!r}"
+            )
         for index, item in enumerate(values):
             check_probability(f"{name}[{index}]", item)
         return values
@@ -146,7 +188,10 @@ class ViewsConfig:
     before training). ``needs_statistics`` says whether they still are.
     """
 
-    groups: dict[str, ViewGroup] = field(default_factory=lambda: {"views": ViewGroup()}, metadata={"help": "Batch key -> its views (number, size, scale, photometric settings)."})
+    groups: dict[str, ViewGroup] = field(
+        default_factory=lambda: {"views": ViewGroup()},
+        metadata={"help": "Batch key -> its views (number, size, scale, photometric settings)."},
+    )
     num_channels: int | None = field(default=None, metadata={"help": NUM_CHANNELS_HELP})
     mean: tuple[float, ...] | None = field(default=None, metadata={"help": MEAN_HELP})
     std: tuple[float, ...] | None = field(default=None, metadata={"help": STD_HELP})
@@ -159,25 +204,36 @@ class ViewsConfig:
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"a view group's name is its batch key and must be an identifier, got {name!r}")
             if name in RESERVED_BATCH_KEYS:
-                raise ValueError(f"{name!r} is a batch key of its own ({sorted(RESERVED_BATCH_KEYS)}): give the view group another name")
+                raise ValueError(
+                    f"{name!r} is a batch key of its own ({sorted(RESERVED_BATCH_KEYS)}): give the view group another name"
+                )
             if isinstance(group, Mapping):
                 valid = [item.name for item in fields(ViewGroup)]
                 unknown = sorted(set(group) - set(valid))
                 if unknown:
-                    raise ValueError(f"unknown key {unknown[0]!r} in view group {name!r}; the keys of a view group are {valid}")
+                    raise ValueError(
+                        f"unknown key {unknown[0]!r} in view group {name!r}; the keys of a view group are {valid}"
+                    )
                 try:
                     group = ViewGroup(**group)
                 except ValueError as error:
                     raise ValueError(f"view group {name!r}: {error}") from None
             elif not isinstance(group, ViewGroup):
-                raise ValueError(f"view group {name!r} must be a ViewGroup or a mapping of its keys, got {type(group).__name__}")
+                raise ValueError(
+                    f"view group {name!r} must be a ViewGroup or a mapping of its keys, got {type(group).__name__}"
+                )
             groups[name] = group
         self.groups = groups
         self.num_channels = 3 if self.num_channels is None else check_num_channels(self.num_channels)
         self.mean, self.std = resolve_normalisation(self.mean, self.std, self.num_channels)
-        check_rgb_only_settings(self.num_channels, {
-            f"groups.{name}.{key}": value for name, group in groups.items() for key, value in rgb_only_settings(group).items()
-        })
+        check_rgb_only_settings(
+            self.num_channels,
+            {
+                f"groups.{name}.{key}": value
+                for name, group in groups.items()
+                for key, value in rgb_only_settings(group).items()
+            },
+        )
         for name, group in groups.items():
             if not self.is_rgb and group.interpolation not in BAND_INTERPOLATIONS:
                 raise ValueError(
@@ -212,7 +268,7 @@ class ViewsConfig:
         """Group name -> the recipe key of its view size (what an error about the size names)."""
         return {name: f"augmentation.groups.{name}.size" for name in self.groups}
 
-    def to_views_config(self) -> "ViewsConfig":
+    def to_views_config(self) -> ViewsConfig:
         return self
 
 
@@ -222,7 +278,9 @@ def as_views_config(config) -> ViewsConfig:
         return config
     convert = getattr(config, "to_views_config", None)
     if convert is None:
-        raise TypeError(f"{type(config).__name__} is not an augmentation config: give a ViewsConfig or a config with to_views_config()")
+        raise TypeError(
+            f"{type(config).__name__} is not an augmentation config: give a ViewsConfig or a config with to_views_config()"
+        )
     return convert()
 
 
@@ -240,7 +298,9 @@ def check_probability(name: str, value: float) -> None:
 
 def check_num_channels(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"num_channels must be a positive integer (3 for RGB, the band count otherwise), got {value!r}")
+        raise ValueError(
+            f"num_channels must be a positive integer (3 for RGB, the band count otherwise), got {value!r}"
+        )
     return value
 
 
@@ -270,7 +330,9 @@ def resolve_normalisation(mean, std, num_channels: int) -> tuple[tuple[float, ..
     std = normalisation_values("std", std, num_channels) if std is not None else None
     if (mean is None) != (std is None):
         given, missing = ("mean", "std") if std is None else ("std", "mean")
-        raise ValueError(f"{missing} is null and {given} is not: give both, or neither (null: ImageNet's for RGB, computed from the data for other bands)")
+        raise ValueError(
+            f"{missing} is null and {given} is not: give both, or neither (null: ImageNet's for RGB, computed from the data for other bands)"
+        )
     if mean is None:
         return (IMAGENET_MEAN, IMAGENET_STD) if num_channels == 3 else (None, None)
     return mean, std

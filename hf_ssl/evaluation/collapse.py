@@ -270,7 +270,9 @@ class CollapseDetector:
         entropy_stuck = entropy_steps >= self.patience and bool(entropy_high)
 
         # a healthy log ends the episode: one signal fine and the other not symptomatic
-        if (entropy_high is False and loss_near_max is not True) or (loss_near_max is False and entropy_high is not True):
+        if (entropy_high is False and loss_near_max is not True) or (
+            loss_near_max is False and entropy_high is not True
+        ):
             self._warned["uniform"] = False
         if not (entropy_stuck or loss_stuck) or self._warned["uniform"]:
             return None
@@ -296,7 +298,9 @@ class CollapseDetector:
             return self.embedding_std_threshold, "embedding_std_threshold"
         dimension = values.get("embedding_dim", self.embedding_dim)
         if dimension:
-            return self.embedding_std_factor / math.sqrt(dimension), f"{self.embedding_std_factor}/sqrt({int(dimension)})"
+            return self.embedding_std_factor / math.sqrt(
+                dimension
+            ), f"{self.embedding_std_factor}/sqrt({int(dimension)})"
         return 1e-3, "0.1/sqrt(10000), embedding_dim unknown"
 
     def _constant(self, values: dict[str, float], step: int) -> str | None:

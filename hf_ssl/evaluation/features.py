@@ -98,6 +98,7 @@ def extract_readable_features(
 
         def read_image(item):
             return resize_bands_for_evaluation(decode_bands(item, channels, channels_last=channels_last), side)
+
     was_training = model.training
     model.eval()
     features, labels, num_skipped = [], [], 0
@@ -112,7 +113,12 @@ def extract_readable_features(
                 raise
             except Exception as error:  # any failure to read the pixels makes the row unreadable, as in training
                 num_skipped += 1
-                logger.warning("Skipping unreadable %s: %s: %s", describe_image(item, f"row {start + offset}"), type(error).__name__, error)
+                logger.warning(
+                    "Skipping unreadable %s: %s: %s",
+                    describe_image(item, f"row {start + offset}"),
+                    type(error).__name__,
+                    error,
+                )
             else:
                 kept.append(offset)
         if not images:
@@ -132,8 +138,11 @@ def resize_bands_for_evaluation(bands: np.ndarray, size: int) -> np.ndarray:
     processors' resize does, for bands PIL cannot resize. A user of an exported N-band backbone does the same
     before its processor normalises."""
     resized = torch.nn.functional.interpolate(
-        torch.from_numpy(np.ascontiguousarray(bands, dtype=np.float32))[None], size=(size, size), mode="bilinear",
-        align_corners=False, antialias=True,
+        torch.from_numpy(np.ascontiguousarray(bands, dtype=np.float32))[None],
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
     )
     return resized[0].numpy()
 
@@ -198,7 +207,9 @@ def subsample(dataset, max_samples: int | None, seed: int = 0):
     return dataset.select(np.sort(indices))
 
 
-MODEL_PATH_HELP = "a trained run's output directory (e.g. outputs/run), its backbone/ folder, or a Hub model id (ORG/NAME)"
+MODEL_PATH_HELP = (
+    "a trained run's output directory (e.g. outputs/run), its backbone/ folder, or a Hub model id (ORG/NAME)"
+)
 
 
 def command_error(message: str) -> SystemExit:
@@ -220,7 +231,9 @@ def check_model_path(name_or_path: str) -> None:
         if not (path / "config.json").is_file():
             checkpoints = [found.parent for found in path.glob("checkpoint-*/config.json")]
             latest = f" (its latest checkpoint: {max(checkpoints, key=_checkpoint_step)})" if checkpoints else ""
-            raise command_error(f"--model {name_or_path} is a folder without config.json{latest}: give {MODEL_PATH_HELP}")
+            raise command_error(
+                f"--model {name_or_path} is a folder without config.json{latest}: give {MODEL_PATH_HELP}"
+            )
         return
     try:
         validate_repo_id(name_or_path)  # an absolute or ./ path, or more than one /, cannot be a Hub id
@@ -255,11 +268,17 @@ def load_model_and_splits(args, splits: tuple[str, ...]):
         ) from None
     image_processor = AutoImageProcessor.from_pretrained(args.model)
     data = load_image_dataset(
-        args.dataset, name=args.dataset_config, data_dir=args.data_dir, image_column=args.image_column, label_column=args.label_column
+        args.dataset,
+        name=args.dataset_config,
+        data_dir=args.data_dir,
+        image_column=args.image_column,
+        label_column=args.label_column,
     )
     for split in splits:
         if split not in data:
             raise command_error(f"split {split!r} not in the dataset; it has {list(data)}")
         if "label" not in data[split].column_names:
-            raise command_error(f"split {split!r} has no label column; pass --label-column (columns: {data[split].column_names})")
+            raise command_error(
+                f"split {split!r} has no label column; pass --label-column (columns: {data[split].column_names})"
+            )
     return model, image_processor, [data[split] for split in splits]

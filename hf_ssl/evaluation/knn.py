@@ -139,15 +139,29 @@ class KnnEvaluator:
 
     def _extract(self, model: torch.nn.Module, dataset, split: str, device) -> ExtractedFeatures:
         return extract_split(
-            model, dataset, self.image_processor, f"the k-NN {split}", self.batch_size, device, self.show_progress,
+            model,
+            dataset,
+            self.image_processor,
+            f"the k-NN {split}",
+            self.batch_size,
+            device,
+            self.show_progress,
             self.channels_last,
         )
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m hf_ssl.evaluation.knn") -> dict[str, float]:
-    parser = argparse.ArgumentParser(prog=prog, description="Weighted k-NN accuracy of a pretrained model's frozen features.")
-    parser.add_argument("--model", required=True, help="Model directory or Hub id (hf_ssl checkpoint or plain transformers model).")
-    parser.add_argument("--dataset", default="fashion_mnist", help="Dataset: a Hub id, a local directory, 'imagefolder', 'parquet', or 'fashion_mnist'.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Weighted k-NN accuracy of a pretrained model's frozen features."
+    )
+    parser.add_argument(
+        "--model", required=True, help="Model directory or Hub id (hf_ssl checkpoint or plain transformers model)."
+    )
+    parser.add_argument(
+        "--dataset",
+        default="fashion_mnist",
+        help="Dataset: a Hub id, a local directory, 'imagefolder', 'parquet', or 'fashion_mnist'.",
+    )
     parser.add_argument("--dataset-config", default=None, help="Dataset configuration name.")
     parser.add_argument("--data-dir", default=None, help="data_dir for imagefolder-style datasets.")
     parser.add_argument("--train-split", default="train")

@@ -80,7 +80,9 @@ def linear_probe_accuracy(
     _check_features("train", train_features, train_labels)
     _check_features("eval", eval_features, eval_labels)
     if train_features.shape[1] != eval_features.shape[1]:
-        raise ValueError(f"train features have {train_features.shape[1]} dimensions but eval features {eval_features.shape[1]}")
+        raise ValueError(
+            f"train features have {train_features.shape[1]} dimensions but eval features {eval_features.shape[1]}"
+        )
     if not weight_decays or min(weight_decays) < 0:
         raise ValueError(f"weight_decays must be one or more numbers >= 0, got {list(weight_decays)}")
     if not 0 <= validation_fraction < 1:
@@ -89,7 +91,9 @@ def linear_probe_accuracy(
         num_classes = int(max(train_labels.max(), eval_labels.max())) + 1
     for split, labels in (("train", train_labels), ("eval", eval_labels)):
         if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"{split} labels must be in [0, {num_classes}), got {int(labels.min())}..{int(labels.max())}")
+            raise ValueError(
+                f"{split} labels must be in [0, {num_classes}), got {int(labels.min())}..{int(labels.max())}"
+            )
     device = torch.device(device) if device is not None else train_features.device
     train_features, train_labels = train_features.to(device, torch.float32), train_labels.to(device)
     eval_features, eval_labels = eval_features.to(device, torch.float32), eval_labels.to(device)
@@ -101,12 +105,19 @@ def linear_probe_accuracy(
         order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(seed)).to(device)
         held_out, fitted = order[:num_held_out], order[num_held_out:]
         weight_decay, initial = _select_weight_decay(
-            train_features[fitted], train_labels[fitted], train_features[held_out], train_labels[held_out],
-            num_classes, weight_decays, max_iterations,
+            train_features[fitted],
+            train_labels[fitted],
+            train_features[held_out],
+            train_labels[held_out],
+            num_classes,
+            weight_decays,
+            max_iterations,
         )
     # the probe reported: refitted on the whole train split, from the chosen fit when there was a choice
     train_features, eval_features = _standardise(train_features, eval_features)
-    weight, bias = _fit_softmax_regression(train_features, train_labels, num_classes, weight_decay, max_iterations, initial)
+    weight, bias = _fit_softmax_regression(
+        train_features, train_labels, num_classes, weight_decay, max_iterations, initial
+    )
     top1, top5 = top1_top5_accuracy(F.linear(eval_features, weight, bias), eval_labels)
     return {"linear_top1": top1, "linear_top5": top5}
 
@@ -137,9 +148,11 @@ def _select_weight_decay(
     fits, accuracies, losses = [], [], []
     for weight_decay in weight_decays:
         # warm start from the previous, more regularised, solution: the next optimum is near it
-        fits.append(_fit_softmax_regression(
-            fit_features, fit_labels, num_classes, weight_decay, max_iterations, fits[-1] if fits else None
-        ))
+        fits.append(
+            _fit_softmax_regression(
+                fit_features, fit_labels, num_classes, weight_decay, max_iterations, fits[-1] if fits else None
+            )
+        )
         logits = F.linear(held_out_features, *fits[-1])
         accuracies.append((logits.argmax(1) == held_out_labels).float().mean().item() * 100)
         losses.append(F.cross_entropy(logits, held_out_labels).item())
@@ -147,7 +160,10 @@ def _select_weight_decay(
     best = min(range(len(weight_decays)), key=lambda index: (-accuracies[index], losses[index]))
     logger.info(
         "linear probe: held-out top-1 %s on %d features; weight decay %g chosen",
-        ", ".join(f"{accuracy:.2f}% (weight decay {weight_decay:g})" for weight_decay, accuracy in zip(weight_decays, accuracies)),
+        ", ".join(
+            f"{accuracy:.2f}% (weight decay {weight_decay:g})"
+            for weight_decay, accuracy in zip(weight_decays, accuracies)
+        ),
         len(held_out_labels),
         weight_decays[best],
     )
@@ -168,7 +184,11 @@ def _fit_softmax_regression(
         initial = (features.new_zeros(num_classes, features.shape[1]), features.new_zeros(num_classes))
     weight, bias = (tensor.detach().clone().requires_grad_(True) for tensor in initial)
     optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=max_iterations, tolerance_grad=GRADIENT_TOLERANCE, line_search_fn="strong_wolfe"
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iterations,
+        tolerance_grad=GRADIENT_TOLERANCE,
+        line_search_fn="strong_wolfe",
     )
 
     def loss_and_gradient():
@@ -239,7 +259,12 @@ class LinearProbeEvaluator:
 
     def _extract(self, model: torch.nn.Module, dataset, split: str, device) -> ExtractedFeatures:
         return extract_split(
-            model, dataset, self.image_processor, f"the linear probe's {split}", self.batch_size, device,
+            model,
+            dataset,
+            self.image_processor,
+            f"the linear probe's {split}",
+            self.batch_size,
+            device,
             self.show_progress,
         )
 
@@ -251,17 +276,32 @@ def _class_label_count(dataset, label_column: str = "label") -> int | None:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m hf_ssl.evaluation.linear_probe") -> dict[str, float]:
-    parser = argparse.ArgumentParser(prog=prog, description="Linear-probe accuracy of a pretrained model's frozen features.")
-    parser.add_argument("--model", required=True, help="Model directory or Hub id (hf_ssl checkpoint or plain transformers model).")
-    parser.add_argument("--dataset", default="fashion_mnist", help="Dataset: a Hub id, a local directory, 'imagefolder', 'parquet', or 'fashion_mnist'.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Linear-probe accuracy of a pretrained model's frozen features."
+    )
+    parser.add_argument(
+        "--model", required=True, help="Model directory or Hub id (hf_ssl checkpoint or plain transformers model)."
+    )
+    parser.add_argument(
+        "--dataset",
+        default="fashion_mnist",
+        help="Dataset: a Hub id, a local directory, 'imagefolder', 'parquet', or 'fashion_mnist'.",
+    )
     parser.add_argument("--dataset-config", default=None, help="Dataset configuration name.")
     parser.add_argument("--data-dir", default=None, help="data_dir for imagefolder-style datasets.")
     parser.add_argument("--train-split", default="train", help="The split the probe is trained on.")
-    parser.add_argument("--eval-split", "--test-split", dest="eval_split", default="test", help="The split it is scored on.")
+    parser.add_argument(
+        "--eval-split", "--test-split", dest="eval_split", default="test", help="The split it is scored on."
+    )
     parser.add_argument("--image-column", default=None)
     parser.add_argument("--label-column", default=None)
-    parser.add_argument("--weight-decays", type=float, nargs="+", default=list(DEFAULT_WEIGHT_DECAYS),
-                        help="L2 penalties to choose from on a held-out part of the train split.")
+    parser.add_argument(
+        "--weight-decays",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_WEIGHT_DECAYS),
+        help="L2 penalties to choose from on a held-out part of the train split.",
+    )
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="The held-out part of the train split.")
     parser.add_argument("--max-iterations", type=int, default=100, help="L-BFGS iterations per fit.")
     parser.add_argument("--seed", type=int, default=0, help="Picks the held-out images.")

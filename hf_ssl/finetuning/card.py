@@ -12,11 +12,22 @@ from hf_ssl.training.sharing.model_card import evaluation_results, hub_datasets,
 
 SPLITS = (("test", "test"), ("eval", "validation"))
 # (key in classification_metrics, model-index metric type, metric name)
-METRICS = (("accuracy", "accuracy", "Top-1 accuracy"), ("top5_accuracy", "top_5_accuracy", "Top-5 accuracy"), ("macro_f1", "f1", "Macro F1"))
+METRICS = (
+    ("accuracy", "accuracy", "Top-1 accuracy"),
+    ("top5_accuracy", "top_5_accuracy", "Top-5 accuracy"),
+    ("macro_f1", "f1", "Macro F1"),
+)
 
 
 def write_finetune_card(
-    output_dir, recipe, model, metrics: dict, steps: int, image_size: int, license: str | None = None, stopped: str | None = None
+    output_dir,
+    recipe,
+    model,
+    metrics: dict,
+    steps: int,
+    image_size: int,
+    license: str | None = None,
+    stopped: str | None = None,
 ) -> ModelCard:
     """Write ``<output_dir>/README.md`` for a finished fine-tuning run (``recipe``: a ``FinetuneRecipe``; ``metrics``:
     what ``run_finetuning`` measured, ``eval_*`` and ``test_*`` in [0, 1]; ``stopped``: why a run that has not finished
@@ -37,9 +48,14 @@ def write_finetune_card(
         )
         results += evaluation_results(percent, recipe.data.dataset, split=split, metric_table=METRICS, task_name=None)
     card_data = ModelCardData(
-        library_name="transformers", pipeline_tag="image-classification", license=license, base_model=base_model,
-        datasets=datasets, tags=["hf_ssl", "image-classification", source.mode.replace("_", "-")],
-        model_name=repo_id, eval_results=results or None,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=license,
+        base_model=base_model,
+        datasets=datasets,
+        tags=["hf_ssl", "image-classification", source.mode.replace("_", "-")],
+        model_name=repo_id,
+        eval_results=results or None,
     )
     if source.from_scratch:
         start = "trained from a random initialisation"
@@ -50,18 +66,34 @@ def write_finetune_card(
         mode += f", layer-wise lr decay {source.layer_decay}"
     augmentation = recipe.augmentation
     card = ModelCard.from_template(
-        card_data, template_path=str(template_path("finetune")),
-        model_name=repo_id, repo_id=repo_id, backbone_class=_backbone_class(model), start=start, mode=mode, dataset=dataset_name,
-        results_table="\n".join(rows) or "| (no evaluation) | | | | |", num_classes=model.config.num_labels,
-        epochs=f"{metrics.get('epoch', args.num_train_epochs):g}", steps=steps,
+        card_data,
+        template_path=str(template_path("finetune")),
+        model_name=repo_id,
+        repo_id=repo_id,
+        backbone_class=_backbone_class(model),
+        start=start,
+        mode=mode,
+        dataset=dataset_name,
+        results_table="\n".join(rows) or "| (no evaluation) | | | | |",
+        num_classes=model.config.num_labels,
+        epochs=f"{metrics.get('epoch', args.num_train_epochs):g}",
+        steps=steps,
         total_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
-        learning_rate=f"{args.learning_rate:g}", weight_decay=f"{args.weight_decay:g}", lr_scheduler_type=str(args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, "value") else args.lr_scheduler_type),
+        learning_rate=f"{args.learning_rate:g}",
+        weight_decay=f"{args.weight_decay:g}",
+        lr_scheduler_type=str(
+            args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, "value") else args.lr_scheduler_type
+        ),
         warmup=f"{args.warmup_ratio:g} of the steps" if args.warmup_ratio else f"{args.warmup_steps} steps",
-        image_size=image_size, crop_scale=list(augmentation.crop_scale),
-        horizontal_flip=augmentation.horizontal_flip, precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        image_size=image_size,
+        crop_scale=list(augmentation.crop_scale),
+        horizontal_flip=augmentation.horizontal_flip,
+        precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         metric_for_best_model=args.metric_for_best_model or "(none: the last)",
         status=f"**Unfinished:** training {stopped} at step {steps}; the results below are of these weights, and the "
-        "run continues with `--resume auto` (or `--resume hub`)." if stopped else "",
+        "run continues with `--resume auto` (or `--resume hub`)."
+        if stopped
+        else "",
     )
     card.save(Path(output_dir) / "README.md")
     return card

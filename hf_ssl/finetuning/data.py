@@ -37,8 +37,8 @@ from hf_ssl.data.images import (
     skip_or_raise,
     to_8bit,
 )
-from hf_ssl.errors import BandLayoutError
 from hf_ssl.data.multicrop import EpochKeyedDataset, resize_bands
+from hf_ssl.errors import BandLayoutError
 from hf_ssl.evaluation.knn import resize_bands_for_evaluation
 from hf_ssl.models.image_processing import processor_image_size, processor_num_channels
 
@@ -71,7 +71,9 @@ def label_names(dataset: datasets.Dataset) -> list[str]:
         return list(feature.names)
     labels = dataset["label"]
     if not labels or not all(isinstance(label, (int, np.integer)) and not isinstance(label, bool) for label in labels):
-        raise ValueError("the label column must hold class ids (ints) or a ClassLabel; pass data.label_column to pick another column")
+        raise ValueError(
+            "the label column must hold class ids (ints) or a ClassLabel; pass data.label_column to pick another column"
+        )
     if min(labels) < 0:
         raise ValueError(f"labels must be class ids >= 0, found {min(labels)}")
     return [str(index) for index in range(max(labels) + 1)]
@@ -107,25 +109,44 @@ def split_labelled_dataset(
     train = dataset[train_split]
     names = label_names(train)
     if len(names) < 2:
-        raise ValueError(f"the training split has a single class ({names[0]!r}): a classifier needs images of at least 2 classes")
+        raise ValueError(
+            f"the training split has a single class ({names[0]!r}): a classifier needs images of at least 2 classes"
+        )
     if validation_split is not None and validation_split not in dataset:
-        raise ValueError(f"the dataset has no split {validation_split!r} (data.validation_split); its splits are {available}")
-    validation_split = validation_split or ("validation" if "validation" in dataset and train_split != "validation" else None)
+        raise ValueError(
+            f"the dataset has no split {validation_split!r} (data.validation_split); its splits are {available}"
+        )
+    validation_split = validation_split or (
+        "validation" if "validation" in dataset and train_split != "validation" else None
+    )
     if validation_split is not None:
         validation = dataset[validation_split]
     else:
-        stratify = "label" if isinstance(train.features.get("label"), datasets.ClassLabel) and len(train) >= 2 * len(names) else None
+        stratify = (
+            "label"
+            if isinstance(train.features.get("label"), datasets.ClassLabel) and len(train) >= 2 * len(names)
+            else None
+        )
         if stratify is not None:
             check_stratifiable(train["label"], names, train_val_split)
         held_out = train.train_test_split(test_size=train_val_split, seed=seed, stratify_by_column=stratify)
         train, validation = held_out["train"], held_out["test"]
-        logger.info("No validation split: held out %d of the %d training images (train_val_split=%g)", len(validation), len(train) + len(validation), train_val_split)
+        logger.info(
+            "No validation split: held out %d of the %d training images (train_val_split=%g)",
+            len(validation),
+            len(train) + len(validation),
+            train_val_split,
+        )
     test = None
     if test_split is not None:
         if test_split in dataset and test_split not in (train_split, validation_split):
             test = dataset[test_split]
         elif test_split not in dataset:
-            logger.info("The dataset has no split %r (data.test_split): no test evaluation; its splits are %s", test_split, available)
+            logger.info(
+                "The dataset has no split %r (data.test_split): no test evaluation; its splits are %s",
+                test_split,
+                available,
+            )
     train = _sample(train, max_train_samples, seed)
     validation, test = _sample(validation, max_eval_samples, seed), _sample(test, max_eval_samples, seed)
     for name, part in (("training", train), ("validation", validation)):
@@ -265,14 +286,26 @@ class ClassificationCollator:
 
     def _prepare(self, images: list) -> torch.Tensor:
         if self.num_channels != 3:  # the N-band processor only normalises arrays already at its size
-            return self.image_processor(images, return_tensors="pt", input_data_format="channels_first")["pixel_values"]
+            return self.image_processor(images, return_tensors="pt", input_data_format="channels_first")[
+                "pixel_values"
+            ]
         if self.train:  # the crop is the resize: the processor only converts, rescales and normalises
-            return self.image_processor(images, return_tensors="pt", do_resize=False, do_center_crop=False)["pixel_values"]
+            return self.image_processor(images, return_tensors="pt", do_resize=False, do_center_crop=False)[
+                "pixel_values"
+            ]
         return self.image_processor(images, return_tensors="pt")["pixel_values"]
 
     def _skip(self, item, position: int, error: Exception) -> None:
         self.num_skipped += self.skip_bad_images
-        skip_or_raise(item, position, error, self.skip_bad_images, self.num_skipped, "set data.skip_bad_images=true to skip such images", logger)
+        skip_or_raise(
+            item,
+            position,
+            error,
+            self.skip_bad_images,
+            self.num_skipped,
+            "set data.skip_bad_images=true to skip such images",
+            logger,
+        )
 
 
 def _is_array_file(item) -> bool:
@@ -299,7 +332,9 @@ def check_images_fit(dataset: datasets.Dataset, collator: ClassificationCollator
     can be read, raise a ``ValueError`` that names the model's channel count and the first image's problem (an RGB
     model given N-band arrays, or the reverse, would otherwise skip every image). A ``BandLayoutError`` (a layout to
     set with data.channels_last) is raised as it is."""
-    positions = np.unique(np.linspace(0, len(dataset) - 1, num=min(max_images, len(dataset))).astype(np.int64)).tolist()
+    positions = np.unique(
+        np.linspace(0, len(dataset) - 1, num=min(max_images, len(dataset))).astype(np.int64)
+    ).tolist()
     first_error = None
     for position in positions:
         item = dataset[position]["image"]

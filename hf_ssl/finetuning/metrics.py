@@ -35,7 +35,11 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     false_positives = counts.sum(axis=0) - true_positives
     false_negatives = counts.sum(axis=1) - true_positives
     present = (counts.sum(axis=0) + counts.sum(axis=1)) > 0
-    f1 = 2 * true_positives[present] / (2 * true_positives[present] + false_positives[present] + false_negatives[present])
+    f1 = (
+        2
+        * true_positives[present]
+        / (2 * true_positives[present] + false_positives[present] + false_negatives[present])
+    )
     return {
         "accuracy": float((predictions == labels).mean()),
         "top5_accuracy": float((top_k == labels[:, None]).any(axis=1).mean()),

@@ -55,7 +55,9 @@ class BackboneSource:
         return {"subfolder": self.subfolder, "revision": self.revision}
 
 
-def resolve_backbone_source(name_or_path: str, revision: str | None = None, export_dir: str | Path | None = None) -> BackboneSource:
+def resolve_backbone_source(
+    name_or_path: str, revision: str | None = None, export_dir: str | Path | None = None
+) -> BackboneSource:
     """Find the plain transformers backbone of ``name_or_path`` (see the module docstring). An hf_ssl checkpoint without
     ``backbone/`` has its evaluated backbone exported to ``export_dir`` (default: a temporary folder)."""
     import hf_ssl  # noqa: F401  (registers the hf_ssl configs, so AutoConfig reads an hf_ssl run)
@@ -74,7 +76,11 @@ def resolve_backbone_source(name_or_path: str, revision: str | None = None, expo
     except Exception:  # a checkpoint-<step> folder, or a run saved before its backbone was exported
         return _export_pretraining_backbone(name_or_path, config, revision, export_dir)
     return BackboneSource(
-        name_or_path, subfolder="backbone", revision=revision, processor_path=name_or_path, processor_subfolder="backbone",
+        name_or_path,
+        subfolder="backbone",
+        revision=revision,
+        processor_path=name_or_path,
+        processor_subfolder="backbone",
         pretraining_model_type=config.model_type,
     )
 
@@ -85,7 +91,10 @@ def _export_pretraining_backbone(name_or_path: str, config: PretrainedConfig, re
     target = Path(export_dir) if export_dir is not None else Path(tempfile.mkdtemp(prefix="hf_ssl_backbone_"))
     target.mkdir(parents=True, exist_ok=True)
     marker = target / "exported_from.json"
-    record = {"model_name_or_path": str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else name_or_path, "revision": revision}
+    record = {
+        "model_name_or_path": str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else name_or_path,
+        "revision": revision,
+    }
     # The local main process exports (save_pretrained writes only there) under a file lock; the other processes wait
     # for its marker, written last. Not a barrier: it would pair with barriers inside from_pretrained / save_pretrained.
     if PartialState().is_local_main_process:
@@ -97,12 +106,19 @@ def _export_pretraining_backbone(name_or_path: str, config: PretrainedConfig, re
                 model = AutoModelForPreTraining.from_pretrained(name_or_path, revision=revision)
                 model.export_backbone(str(target), image_processor=_find_processor(name_or_path, revision))
                 marker.write_text(json.dumps(record))
-                logger.info("%s has no backbone/ folder: exported the evaluated backbone of its %s to %s", name_or_path, config.model_type, target)
+                logger.info(
+                    "%s has no backbone/ folder: exported the evaluated backbone of its %s to %s",
+                    name_or_path,
+                    config.model_type,
+                    target,
+                )
     else:
         deadline = time.monotonic() + EXPORT_WAIT_SECONDS
         while not _exported(marker, record, target):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"waited {EXPORT_WAIT_SECONDS} s for the main process to export the backbone of {name_or_path} to {target}")
+                raise RuntimeError(
+                    f"waited {EXPORT_WAIT_SECONDS} s for the main process to export the backbone of {name_or_path} to {target}"
+                )
             time.sleep(0.5)
     return BackboneSource(str(target), processor_path=str(target), pretraining_model_type=config.model_type)
 
@@ -119,7 +135,9 @@ def _find_processor(name_or_path: str, revision):
         candidates.append(str(Path(name_or_path).resolve().parent))
     for candidate in candidates:
         try:
-            return AutoImageProcessor.from_pretrained(candidate, revision=revision if candidate == name_or_path else None)
+            return AutoImageProcessor.from_pretrained(
+                candidate, revision=revision if candidate == name_or_path else None
+            )
         except Exception:
             continue
     raise ConfigError(
@@ -133,7 +151,9 @@ def load_image_processor(source: BackboneSource, override: str | None = None):
     if override is not None:
         return AutoImageProcessor.from_pretrained(override)
     try:
-        return AutoImageProcessor.from_pretrained(source.processor_path, subfolder=source.processor_subfolder, revision=source.revision)
+        return AutoImageProcessor.from_pretrained(
+            source.processor_path, subfolder=source.processor_subfolder, revision=source.revision
+        )
     except Exception as error:
         raise ConfigError(
             f"{source.path!r} has no image processor (preprocessor_config.json) ({type(error).__name__}: {error}): set "
@@ -160,7 +180,11 @@ def build_classification_model(source: BackboneSource, label_names: list[str], f
         config.update(labels)
         return AutoModelForImageClassification.from_config(config)
     model, loading = AutoModelForImageClassification.from_pretrained(
-        source.path, **source.from_pretrained_kwargs(), **labels, ignore_mismatched_sizes=True, output_loading_info=True
+        source.path,
+        **source.from_pretrained_kwargs(),
+        **labels,
+        ignore_mismatched_sizes=True,
+        output_loading_info=True,
     )
     missing = [key for key in loading["missing_keys"] if not key.startswith(HEAD_PREFIX)]
     mismatched = [entry[0] if isinstance(entry, tuple) else entry for entry in loading.get("mismatched_keys", [])]
@@ -218,7 +242,9 @@ def num_layer_groups(config: PretrainedConfig) -> int:
         return len(config.depths)
     layers = getattr(config, "num_hidden_layers", None)
     if layers is None:
-        raise ConfigError(f"layer_decay knows ViT-family models and ResNet, not {config.model_type!r}: set model.layer_decay=null")
+        raise ConfigError(
+            f"layer_decay knows ViT-family models and ResNet, not {config.model_type!r}: set model.layer_decay=null"
+        )
     return int(layers)
 
 
@@ -234,7 +260,9 @@ def layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def parameter_groups(model: torch.nn.Module, learning_rate: float, weight_decay: float, decay_names: set[str], layer_decay: float | None) -> list[dict]:
+def parameter_groups(
+    model: torch.nn.Module, learning_rate: float, weight_decay: float, decay_names: set[str], layer_decay: float | None
+) -> list[dict]:
     """Optimizer parameter groups: weight decay on ``decay_names`` but position embeddings and CLS / mask tokens, and,
     with ``layer_decay``, lr ``learning_rate * layer_decay ** (L + 1 - layer_id)`` (the head and final norm at the full
     lr, the embeddings at ``layer_decay ** (L + 1)`` of it; BEiT, MAE). Frozen parameters are left out. Each group
@@ -247,10 +275,17 @@ def parameter_groups(model: torch.nn.Module, learning_rate: float, weight_decay:
         decays = name in decay_names and not any(token in name for token in NO_DECAY_NAMES)
         layer = layer_id(name, num_layers) if layer_decay is not None else 0
         scale = layer_decay ** (num_layers + 1 - layer) if layer_decay is not None else 1.0
-        group = groups.setdefault((layer, decays), {
-            "params": [], "names": [], "weight_decay": weight_decay if decays else 0.0, "lr": learning_rate * scale,
-            "lr_scale": scale, "layer_id": layer,
-        })
+        group = groups.setdefault(
+            (layer, decays),
+            {
+                "params": [],
+                "names": [],
+                "weight_decay": weight_decay if decays else 0.0,
+                "lr": learning_rate * scale,
+                "lr_scale": scale,
+                "layer_id": layer,
+            },
+        )
         group["params"].append(parameter)
         group["names"].append(name)
     if layer_decay is not None and not any(key[0] not in (0, num_layers + 1) for key in groups):

@@ -29,6 +29,7 @@ import yaml
 from accelerate import PartialState
 from transformers import EarlyStoppingCallback, set_seed
 
+from hf_ssl.errors import ConfigError
 from hf_ssl.finetuning.arguments import (
     FINETUNE_ENGINE,
     FinetuneAugmentationArguments,
@@ -36,7 +37,6 @@ from hf_ssl.finetuning.arguments import (
     FinetuneModelArguments,
     FinetuningArguments,
 )
-from hf_ssl.training.state import checkpointing
 from hf_ssl.training.setup.config import (
     SectionHelp,
     apply_overrides,
@@ -47,7 +47,7 @@ from hf_ssl.training.setup.config import (
     parse_overrides,
     to_plain,
 )
-from hf_ssl.errors import ConfigError
+from hf_ssl.training.state import checkpointing
 
 logger = logging.getLogger("hf_ssl.finetune")
 
@@ -65,7 +65,7 @@ class FinetuneRecipe:
     training: FinetuningArguments
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "FinetuneRecipe":
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> FinetuneRecipe:
         check_sections(raw, SECTIONS, source)
         return cls(
             model=build_dataclass(FinetuneModelArguments, raw.get("model"), "model"),
@@ -75,7 +75,7 @@ class FinetuneRecipe:
         )
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "FinetuneRecipe":
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> FinetuneRecipe:
         raw = apply_overrides(load_yaml(path), parse_overrides(list(overrides), cls.section_keys()))
         return cls.from_dict(raw, source=str(path))
 
@@ -85,12 +85,25 @@ class FinetuneRecipe:
         return [
             SectionHelp("model", FinetuneModelArguments.__doc__, (("", dataclass_help(FinetuneModelArguments)),)),
             SectionHelp("data", FinetuneDataArguments.__doc__, (("", dataclass_help(FinetuneDataArguments)),)),
-            SectionHelp("augmentation", FinetuneAugmentationArguments.__doc__, (("", dataclass_help(FinetuneAugmentationArguments)),)),
-            SectionHelp("training", FinetuningArguments.__doc__, (
-                ("hf_ssl's keys, and TrainingArguments keys with a fine-tuning default:", dataclass_help(FinetuningArguments, list(own))),
-                ("The training section also takes every other transformers.TrainingArguments key:",
-                 tuple(key for key in dataclass_help(FinetuningArguments) if key.name not in own)),
-            )),
+            SectionHelp(
+                "augmentation",
+                FinetuneAugmentationArguments.__doc__,
+                (("", dataclass_help(FinetuneAugmentationArguments)),),
+            ),
+            SectionHelp(
+                "training",
+                FinetuningArguments.__doc__,
+                (
+                    (
+                        "hf_ssl's keys, and TrainingArguments keys with a fine-tuning default:",
+                        dataclass_help(FinetuningArguments, list(own)),
+                    ),
+                    (
+                        "The training section also takes every other transformers.TrainingArguments key:",
+                        tuple(key for key in dataclass_help(FinetuningArguments) if key.name not in own),
+                    ),
+                ),
+            ),
         ]
 
     @classmethod
@@ -115,12 +128,43 @@ class FinetuneRecipe:
 # What a resume may not change (besides the total batch): everything that shapes the training of the model. The
 # rest (saving, logging, evaluation batch, test split, trackers, Hub, time limits, workers) may change.
 RESUME_FIXED_KEYS = {
-    "data": ("dataset", "dataset_config_name", "data_dir", "data_files", "image_column", "label_column", "train_split",
-             "validation_split", "train_val_split", "max_train_samples", "max_eval_samples", "channels_last"),
-    "training": ("learning_rate", "weight_decay", "warmup_ratio", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs",
-                 "num_train_epochs", "max_steps", "seed", "data_seed", "optim", "optim_args", "adam_beta1", "adam_beta2",
-                 "adam_epsilon", "max_grad_norm", "label_smoothing_factor", "eval_strategy", "eval_steps", "metric_for_best_model",
-                 "greater_is_better"),
+    "data": (
+        "dataset",
+        "dataset_config_name",
+        "data_dir",
+        "data_files",
+        "image_column",
+        "label_column",
+        "train_split",
+        "validation_split",
+        "train_val_split",
+        "max_train_samples",
+        "max_eval_samples",
+        "channels_last",
+    ),
+    "training": (
+        "learning_rate",
+        "weight_decay",
+        "warmup_ratio",
+        "warmup_steps",
+        "lr_scheduler_type",
+        "lr_scheduler_kwargs",
+        "num_train_epochs",
+        "max_steps",
+        "seed",
+        "data_seed",
+        "optim",
+        "optim_args",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "max_grad_norm",
+        "label_smoothing_factor",
+        "eval_strategy",
+        "eval_steps",
+        "metric_for_best_model",
+        "greater_is_better",
+    ),
 }
 
 
@@ -151,7 +195,9 @@ def resolve_resume(resume: str | None, args: FinetuningArguments) -> Path | None
     else:
         checkpoint = None
     if PartialState().is_main_process:
-        checkpointing.guard_output_dir(args.output_dir, checkpoint, resume is not None, args.overwrite_output_dir, "model.model_name_or_path")
+        checkpointing.guard_output_dir(
+            args.output_dir, checkpoint, resume is not None, args.overwrite_output_dir, "model.model_name_or_path"
+        )
     return checkpoint
 
 
@@ -162,7 +208,9 @@ def refuse_pretraining_checkpoint(path: str | Path) -> None:
     model_type = None
     if (path / "config.json").is_file():
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    pretraining = state.get("engine") not in (None, FINETUNE_ENGINE) or (not state and str(model_type).startswith("hf_ssl_"))
+    pretraining = state.get("engine") not in (None, FINETUNE_ENGINE) or (
+        not state and str(model_type).startswith("hf_ssl_")
+    )
     if pretraining:
         what = state.get("method") or str(model_type).removeprefix("hf_ssl_")
         raise ConfigError(
@@ -203,14 +251,24 @@ def _download_hub_checkpoint(args: FinetuningArguments, local: Path | None) -> P
     from huggingface_hub.errors import RepositoryNotFoundError
 
     if not args.hub_model_id:
-        raise ConfigError("--resume hub needs training.hub_model_id: the repository the earlier session pushed its checkpoints to")
+        raise ConfigError(
+            "--resume hub needs training.hub_model_id: the repository the earlier session pushed its checkpoints to"
+        )
     target = Path(args.output_dir) / "_hub_checkpoint"  # "_*" is left out of the Trainer's Hub pushes
     try:
         snapshot_download(
-            args.hub_model_id, allow_patterns=[f"{HUB_CHECKPOINT}/*"], local_dir=target, token=args.hub_token, revision=args.hub_revision
+            args.hub_model_id,
+            allow_patterns=[f"{HUB_CHECKPOINT}/*"],
+            local_dir=target,
+            token=args.hub_token,
+            revision=args.hub_revision,
         )
     except RepositoryNotFoundError:
-        logger.warning("--resume hub: %s does not exist yet; %s", args.hub_model_id, "resuming from the local " + local.name if local else "starting afresh")
+        logger.warning(
+            "--resume hub: %s does not exist yet; %s",
+            args.hub_model_id,
+            "resuming from the local " + local.name if local else "starting afresh",
+        )
         return local
     except Exception as error:  # offline, no token, the Hub down: never start afresh over a run that exists
         raise ConfigError(
@@ -221,7 +279,9 @@ def _download_hub_checkpoint(args: FinetuningArguments, local: Path | None) -> P
     if not (checkpoint / "trainer_state.json").is_file():  # a first session: nothing pushed yet
         logger.warning(
             "--resume hub: %s has no %s/ yet (push it with training.push_to_hub=true and training.hub_strategy=checkpoint); %s",
-            args.hub_model_id, HUB_CHECKPOINT, "resuming from the local " + local.name if local else "starting afresh",
+            args.hub_model_id,
+            HUB_CHECKPOINT,
+            "resuming from the local " + local.name if local else "starting afresh",
         )
         return local
     damage = checkpointing.checkpoint_damage(checkpoint)
@@ -229,7 +289,9 @@ def _download_hub_checkpoint(args: FinetuningArguments, local: Path | None) -> P
         raise ConfigError(f"--resume hub: {HUB_CHECKPOINT}/ of {args.hub_model_id!r} cannot be resumed from: {damage}")
     hub_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
     if local is not None and checkpointing.checkpoint_step(local) > hub_step:
-        logger.info("--resume hub: the local %s is newer than the Hub's step %d; resuming from it", local.name, hub_step)
+        logger.info(
+            "--resume hub: the local %s is newer than the Hub's step %d; resuming from it", local.name, hub_step
+        )
         return local
     logger.info("--resume hub: resuming from step %d of %s", hub_step, args.hub_model_id)
     return checkpoint
@@ -272,7 +334,12 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
     from hf_ssl.finetuning.card import write_finetune_card
     from hf_ssl.finetuning.data import ClassificationCollator, SeededExamples, check_images_fit, split_labelled_dataset
     from hf_ssl.finetuning.metrics import compute_metrics
-    from hf_ssl.finetuning.model import build_classification_model, freeze_backbone, load_image_processor, resolve_backbone_source
+    from hf_ssl.finetuning.model import (
+        build_classification_model,
+        freeze_backbone,
+        load_image_processor,
+        resolve_backbone_source,
+    )
     from hf_ssl.finetuning.trainer import FinetuneTrainer
 
     args, data = recipe.training, recipe.data
@@ -282,9 +349,11 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         finished = finished_at(checkpoint, args)
         kept = saved_results(args.output_dir, checkpointing.checkpoint_step(checkpoint)) if finished else None
         if kept is not None:
-            print(f"The run in {args.output_dir} finished at step {checkpointing.checkpoint_step(checkpoint)} ({finished}): nothing "
-                  "left to train, its model and results are kept. To train further, start a new run from it: "
-                  f"model.model_name_or_path={args.output_dir} and another training.output_dir")
+            print(
+                f"The run in {args.output_dir} finished at step {checkpointing.checkpoint_step(checkpoint)} ({finished}): nothing "
+                "left to train, its model and results are kept. To train further, start a new run from it: "
+                f"model.model_name_or_path={args.output_dir} and another training.output_dir"
+            )
             return kept
     else:
         finished = None
@@ -293,18 +362,30 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
     # 1. the labelled splits and their class names
     try:
         dataset = load_image_dataset(
-            data.dataset, name=data.dataset_config_name, data_dir=data.data_dir, data_files=data.data_files,
-            image_column=data.image_column, label_column=data.label_column,
+            data.dataset,
+            name=data.dataset_config_name,
+            data_dir=data.data_dir,
+            data_files=data.data_files,
+            image_column=data.image_column,
+            label_column=data.label_column,
         )
         splits = split_labelled_dataset(
-            dataset, data.train_split, data.validation_split, data.test_split, data.train_val_split, args.seed,
-            data.max_train_samples, data.max_eval_samples,
+            dataset,
+            data.train_split,
+            data.validation_split,
+            data.test_split,
+            data.train_val_split,
+            args.seed,
+            data.max_train_samples,
+            data.max_eval_samples,
         )
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(f"data: {error}") from error
 
     # 2. the backbone with a new head; the processor it was trained with
-    source = resolve_backbone_source(recipe.model.model_name_or_path, recipe.model.revision, Path(args.output_dir) / "_pretrained_backbone")
+    source = resolve_backbone_source(
+        recipe.model.model_name_or_path, recipe.model.revision, Path(args.output_dir) / "_pretrained_backbone"
+    )
     image_processor = load_image_processor(source, recipe.model.image_processor_name_or_path)
     model = build_classification_model(source, splits.label_names, from_scratch=recipe.model.from_scratch)
     if recipe.model.mode == "linear_probe":
@@ -314,21 +395,40 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
     # 3. the Trainer: crops for training (seeded by example and epoch), the processor for evaluation
     augmentation = recipe.augmentation
     train_collator = ClassificationCollator(
-        image_processor, train=True, image_size=augmentation.image_size, crop_scale=augmentation.crop_scale,
-        crop_ratio=augmentation.crop_ratio, horizontal_flip=augmentation.horizontal_flip, skip_bad_images=data.skip_bad_images,
-        seed=args.data_seed if args.data_seed is not None else args.seed, channels_last=data.channels_last,
+        image_processor,
+        train=True,
+        image_size=augmentation.image_size,
+        crop_scale=augmentation.crop_scale,
+        crop_ratio=augmentation.crop_ratio,
+        horizontal_flip=augmentation.horizontal_flip,
+        skip_bad_images=data.skip_bad_images,
+        seed=args.data_seed if args.data_seed is not None else args.seed,
+        channels_last=data.channels_last,
     )
-    eval_collator = ClassificationCollator(image_processor, train=False, skip_bad_images=data.skip_bad_images, channels_last=data.channels_last)
+    eval_collator = ClassificationCollator(
+        image_processor, train=False, skip_bad_images=data.skip_bad_images, channels_last=data.channels_last
+    )
     train_images = undecoded_images(splits.train)
     try:
         check_images_fit(train_images, train_collator)
     except ValueError as error:
         raise ConfigError(f"data: {error}") from error
-    callbacks = [EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold)] if args.early_stopping_patience else []
+    callbacks = (
+        [EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold)]
+        if args.early_stopping_patience
+        else []
+    )
     trainer = FinetuneTrainer(
-        model=model, args=args, train_dataset=SeededExamples(train_images), eval_dataset=undecoded_images(splits.validation),
-        data_collator=train_collator, eval_data_collator=eval_collator, processing_class=image_processor,
-        compute_metrics=compute_metrics, callbacks=callbacks, layer_decay=recipe.model.layer_decay,
+        model=model,
+        args=args,
+        train_dataset=SeededExamples(train_images),
+        eval_dataset=undecoded_images(splits.validation),
+        data_collator=train_collator,
+        eval_data_collator=eval_collator,
+        processing_class=image_processor,
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        layer_decay=recipe.model.layer_decay,
         resume_settings=resume_settings(recipe),
     )
 
@@ -347,7 +447,9 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
     early_stopped = not stopped and trainer.state.global_step < trainer.state.max_steps
     metrics.update(trainer.evaluate(), eval_samples=len(splits.validation))
     if splits.test is not None:
-        metrics.update(trainer.evaluate(undecoded_images(splits.test), metric_key_prefix="test"), test_samples=len(splits.test))
+        metrics.update(
+            trainer.evaluate(undecoded_images(splits.test), metric_key_prefix="test"), test_samples=len(splits.test)
+        )
     metrics["num_skipped_images"] = train_collator.num_skipped + eval_collator.num_skipped
     trainer.save_model()
     if trainer.is_world_process_zero():
@@ -355,32 +457,61 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         trainer.save_state()
         recipe.save(args.output_dir)
         trainer.model_card_writer = lambda: write_finetune_card(
-            args.output_dir, recipe, trainer.model, metrics, trainer.state.global_step, train_collator.image_size, license=args.hub_license,
+            args.output_dir,
+            recipe,
+            trainer.model,
+            metrics,
+            trainer.state.global_step,
+            train_collator.image_size,
+            license=args.hub_license,
             stopped=trainer.run_control.describe_stop() if stopped else None,
         )
         trainer.create_model_card()
-        for key in ("eval_accuracy", "eval_top5_accuracy", "eval_macro_f1", "test_accuracy", "test_top5_accuracy", "test_macro_f1"):
+        for key in (
+            "eval_accuracy",
+            "eval_top5_accuracy",
+            "eval_macro_f1",
+            "test_accuracy",
+            "test_top5_accuracy",
+            "test_macro_f1",
+        ):
             if key in metrics:
                 print(f"{key}: {100 * metrics[key]:.2f}%")
         print(f"Saved the fine-tuned model to {args.output_dir}")
         if stopped:
-            print(f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step} of {trainer.state.max_steps}; "
-                  "continue with --resume auto (or --resume hub in a new session)")
+            print(
+                f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step} of {trainer.state.max_steps}; "
+                "continue with --resume auto (or --resume hub in a new session)"
+            )
         elif early_stopped:
-            print(f"Early stopping ended the run at step {trainer.state.global_step} of {trainer.state.max_steps}: "
-                  f"{args.metric_for_best_model} did not improve for {args.early_stopping_patience} validations; the model is the best "
-                  f"checkpoint ({trainer.state.best_model_checkpoint}). The run is finished: --resume auto keeps it as it is")
+            print(
+                f"Early stopping ended the run at step {trainer.state.global_step} of {trainer.state.max_steps}: "
+                f"{args.metric_for_best_model} did not improve for {args.early_stopping_patience} validations; the model is the best "
+                f"checkpoint ({trainer.state.best_model_checkpoint}). The run is finished: --resume auto keeps it as it is"
+            )
     if args.push_to_hub:
-        trainer.push_to_hub(commit_message="Fine-tuned model" if not stopped else f"Stopped at step {trainer.state.global_step}")
+        trainer.push_to_hub(
+            commit_message="Fine-tuned model" if not stopped else f"Stopped at step {trainer.state.global_step}"
+        )
     return metrics
 
 
-def parse_command_line(argv: Sequence[str] | None = None, prog: str | None = None) -> tuple[FinetuneRecipe, str | None]:
+def parse_command_line(
+    argv: Sequence[str] | None = None, prog: str | None = None
+) -> tuple[FinetuneRecipe, str | None]:
     from hf_ssl.training.setup.cli import RecipeArgumentParser
 
-    parser = RecipeArgumentParser(FinetuneRecipe.sections_help, "The keys of a fine-tuning recipe", description=__doc__, prog=prog)
-    parser.add_argument("--config", required=True, help="Fine-tuning recipe YAML, e.g. recipes/finetune_fashion_mnist.yaml.")
-    parser.add_argument("--resume", default=None, help="'auto' (latest checkpoint in training.output_dir), 'hub' (last-checkpoint/ of training.hub_model_id) or a checkpoint folder.")
+    parser = RecipeArgumentParser(
+        FinetuneRecipe.sections_help, "The keys of a fine-tuning recipe", description=__doc__, prog=prog
+    )
+    parser.add_argument(
+        "--config", required=True, help="Fine-tuning recipe YAML, e.g. recipes/finetune_fashion_mnist.yaml."
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="'auto' (latest checkpoint in training.output_dir), 'hub' (last-checkpoint/ of training.hub_model_id) or a checkpoint folder.",
+    )
     arguments, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     return FinetuneRecipe.from_yaml(arguments.config, overrides), arguments.resume
 
@@ -388,9 +519,8 @@ def parse_command_line(argv: Sequence[str] | None = None, prog: str | None = Non
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run the command line; exit code 2 for a recipe or command-line mistake, 1 for a run stopped by NaN/inf or a failed
     save (``error: ...``, no traceback)."""
-    from hf_ssl.errors import NonFiniteWeightsError
+    from hf_ssl.errors import NonFiniteLossError, NonFiniteWeightsError
     from hf_ssl.training.state.checkpointing import CheckpointSaveError
-    from hf_ssl.errors import NonFiniteLossError
 
     try:
         recipe, resume = parse_command_line(argv, prog=prog)
@@ -400,7 +530,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, NonFiniteWeightsError, CheckpointSaveError) as error:  # the message says what is kept where
+    except (
+        NonFiniteLossError,
+        NonFiniteWeightsError,
+        CheckpointSaveError,
+    ) as error:  # the message says what is kept where
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -20,15 +20,17 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
-from hf_ssl.errors import NonFiniteWeightsError  # noqa: F401 (re-exported)
 from hf_ssl.data import EpochShuffleSampler
+from hf_ssl.errors import (
+    NonFiniteLossError,
+    NonFiniteWeightsError,  # noqa: F401 (re-exported)
+)
 from hf_ssl.finetuning.arguments import FINETUNE_ENGINE
 from hf_ssl.finetuning.data import SeededExamples
 from hf_ssl.finetuning.model import parameter_groups
-from hf_ssl.training.state import checkpointing
 from hf_ssl.training.engines.callbacks import RunControlCallback
+from hf_ssl.training.state import checkpointing
 from hf_ssl.training.state.checkpointing import load_weights_in_place
-from hf_ssl.errors import NonFiniteLossError
 from hf_ssl.training.state.run_control import RunControl
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,14 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
             checkpoint's ``hf_ssl_state.json``.
     """
 
-    def __init__(self, *args, layer_decay: float | None = None, eval_data_collator=None, resume_settings: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        layer_decay: float | None = None,
+        eval_data_collator=None,
+        resume_settings: dict | None = None,
+        **kwargs,
+    ):
         self.layer_decay = layer_decay
         self.eval_data_collator = eval_data_collator
         self.resume_settings = resume_settings or {}
@@ -56,7 +65,8 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         # SIGTERM / SIGINT and max_time_seconds save a checkpoint and stop, on every process at the same step (the
         # pretraining engines' RunControl; early stopping is the Trainer's own EarlyStoppingCallback here)
         self.run_control = RunControl(
-            max_time_seconds=self.args.max_time_seconds, reduce_max=self._reduce_max if self.args.world_size > 1 else None
+            max_time_seconds=self.args.max_time_seconds,
+            reduce_max=self._reduce_max if self.args.world_size > 1 else None,
         )
         self.add_callback(RunControlCallback(self.run_control))
 
@@ -108,14 +118,22 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         if self.optimizer is None:
             model = self.model if model is None else model
             groups = parameter_groups(
-                model, self.args.learning_rate, self.args.weight_decay, set(self.get_decay_parameter_names(model)), self.layer_decay
+                model,
+                self.args.learning_rate,
+                self.args.weight_decay,
+                set(self.get_decay_parameter_names(model)),
+                self.layer_decay,
             )
             optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            self.optimizer = optimizer_class([{key: value for key, value in group.items() if key != "names"} for group in groups], **optimizer_kwargs)
+            self.optimizer = optimizer_class(
+                [{key: value for key, value in group.items() if key != "names"} for group in groups],
+                **optimizer_kwargs,
+            )
             self._skip_nonfinite_steps(self.optimizer)
             if self.layer_decay is not None:
                 logger.info(
-                    "Layer-wise lr decay %g: lr x %s from the embeddings to the head", self.layer_decay,
+                    "Layer-wise lr decay %g: lr x %s from the embeddings to the head",
+                    self.layer_decay,
                     ", ".join(f"{scale:.3g}" for scale in sorted({group["lr_scale"] for group in groups})),
                 )
         return self.optimizer
@@ -130,7 +148,12 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
     def _load_best_model(self) -> None:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._load_best_model()
-        logger.info("Loading the best model from %s (%s %s)", self.state.best_model_checkpoint, self.args.metric_for_best_model, self.state.best_metric)
+        logger.info(
+            "Loading the best model from %s (%s %s)",
+            self.state.best_model_checkpoint,
+            self.args.metric_for_best_model,
+            self.state.best_metric,
+        )
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -164,7 +187,9 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
 
     def _nonfinite_step(self) -> bool:
         gradients = [parameter.grad for parameter in self.model.parameters() if parameter.grad is not None]
-        bad = self._step_was_nonfinite or (bool(gradients) and not bool(torch.stack(torch._foreach_norm(gradients)).isfinite().all()))
+        bad = self._step_was_nonfinite or (
+            bool(gradients) and not bool(torch.stack(torch._foreach_norm(gradients)).isfinite().all())
+        )
         self._step_was_nonfinite = False
         if self.args.world_size > 1:
             bad = bool(self._reduce_max(torch.tensor(float(bad))).item() > 0)
@@ -176,7 +201,9 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         step = self.state.global_step + 1
         logger.warning(
             "Non-finite loss or gradients at step %d: optimizer step skipped (%d in a row, %d in total).",
-            step, self.consecutive_nonfinite_steps, self.skipped_nonfinite_steps,
+            step,
+            self.consecutive_nonfinite_steps,
+            self.skipped_nonfinite_steps,
         )
         if self.consecutive_nonfinite_steps >= self.args.max_consecutive_nonfinite_steps:
             error = NonFiniteLossError(step, self.consecutive_nonfinite_steps)
@@ -186,7 +213,11 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         return True
 
     def _check_finite_weights(self, what: str) -> None:
-        bad = [name for name, parameter in self.model.named_parameters() if not bool(torch.isfinite(parameter.detach()).all())]
+        bad = [
+            name
+            for name, parameter in self.model.named_parameters()
+            if not bool(torch.isfinite(parameter.detach()).all())
+        ]
         if bad:
             raise NonFiniteWeightsError(
                 f"refusing to save {what}: {len(bad)} weight tensors hold NaN or inf ({', '.join(bad[:3])}"
@@ -201,8 +232,12 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         self._check_finite_weights(f"checkpoint {self.state.global_step}")
         with self.staged_trainer_checkpoint(model, trial) as written:
             self.accelerator.wait_for_everyone()
-            if self.state.best_model_checkpoint == str(written):  # the Trainer named the staging folder, on every process
-                self.state.best_model_checkpoint = str(checkpointing.checkpoint_path(self.args.output_dir, self.state.global_step))
+            if self.state.best_model_checkpoint == str(
+                written
+            ):  # the Trainer named the staging folder, on every process
+                self.state.best_model_checkpoint = str(
+                    checkpointing.checkpoint_path(self.args.output_dir, self.state.global_step)
+                )
                 if self.args.should_save:
                     self.state.save_to_json(str(written / "trainer_state.json"))
             if self.args.should_save:
@@ -223,22 +258,35 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         """Keep ``save_total_limit`` committed checkpoints (the newest and the best always), by step. Also run after a
         resume: a run killed between a commit and its rotation left one checkpoint too many."""
         if self.args.should_save:
-            rotate_checkpoints(str(self.args.output_dir), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False)
+            rotate_checkpoints(
+                str(self.args.output_dir),
+                self.args.save_total_limit,
+                self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
 
     def checkpoint_record(self, step: int) -> dict[str, Any]:
         """What ``hf_ssl_state.json`` of a fine-tuning checkpoint holds besides the file sizes."""
         return {
-            "method": FINETUNE_ENGINE, "engine": FINETUNE_ENGINE, "step": step, "epoch": self.state.epoch,
-            "world_size": self.args.world_size, "total_batch_size": self.args.total_batch_size,
-            "total_steps": self.state.max_steps, "settings": self.resume_settings,
-            "metrics": {key: value for key, value in (self.state.log_history[-1] if self.state.log_history else {}).items() if key.startswith("eval_")},
+            "method": FINETUNE_ENGINE,
+            "engine": FINETUNE_ENGINE,
+            "step": step,
+            "epoch": self.state.epoch,
+            "world_size": self.args.world_size,
+            "total_batch_size": self.args.total_batch_size,
+            "total_steps": self.state.max_steps,
+            "settings": self.resume_settings,
+            "metrics": {
+                key: value
+                for key, value in (self.state.log_history[-1] if self.state.log_history else {}).items()
+                if key.startswith("eval_")
+            },
         }
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         if not _internal_call:  # a checkpoint's weights were checked by _save_checkpoint, before its staging folder
             self._check_finite_weights("the model")
         super().save_model(output_dir, _internal_call=_internal_call)
-
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if inputs["labels"].numel() == 0:

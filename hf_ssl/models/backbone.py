@@ -116,7 +116,9 @@ def check_input_sizes(backbone_config: PretrainedConfig, sizes: dict[str, int], 
         image_size = image_size[0]
     fixed_size = (
         image_size
-        if image_size and model_class is not None and "interpolate_pos_encoding" in inspect.signature(model_class.forward).parameters
+        if image_size
+        and model_class is not None
+        and "interpolate_pos_encoding" in inspect.signature(model_class.forward).parameters
         else None
     )
     kind = backbone_config.model_type
@@ -160,13 +162,14 @@ def _prefix_tokens(backbone: nn.Module) -> tuple[bool, int]:
     return "cls_token" in token_counts, sum(token_counts.values())
 
 
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Backbone configs
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def resolve_backbone_config(backbone_config, default_model_type: str, default_kwargs: dict, owner: type) -> PretrainedConfig:
+def resolve_backbone_config(
+    backbone_config, default_model_type: str, default_kwargs: dict, owner: type
+) -> PretrainedConfig:
     """The ``backbone_config`` argument of a method config as a transformers ``PretrainedConfig``.
 
     ``None`` gives ``default_model_type`` with ``default_kwargs``; a dict must carry its ``"model_type"``; a config
@@ -212,15 +215,27 @@ def backbone_config_for_training(backbone_config: PretrainedConfig, drop_path_ra
 # `num_channels` (`adapt_input_channels`), the position embeddings are resampled to another `image_size`, and the
 # dropout rates shape no weight.
 PRETRAINED_BACKBONE_FREE_KEYS = (
-    "num_channels", "image_size", "drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob",
+    "num_channels",
+    "image_size",
+    "drop_path_rate",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
 )
 # Tensors of a pretrained checkpoint that hf_ssl's backbones do not build: the pooling layer (`build_backbone`) and the
 # mask token (`backbone_config_for_training`).
 _UNBUILT_TENSOR_PREFIXES = ("pooler.", "embeddings.mask_token")
 # config.json fields that describe the checkpoint's task head or file, not the backbone.
 _CHECKPOINT_METADATA_KEYS = (
-    "_name_or_path", "architectures", "dtype", "torch_dtype", "transformers_version", "id2label", "label2id",
-    "num_labels", "problem_type", "finetuning_task",
+    "_name_or_path",
+    "architectures",
+    "dtype",
+    "torch_dtype",
+    "transformers_version",
+    "id2label",
+    "label2id",
+    "num_labels",
+    "problem_type",
+    "finetuning_task",
 )
 
 
@@ -284,7 +299,8 @@ def pretrained_backbone_config(
             key: value for key, value in backbone_config.to_diff_dict().items() if key not in _CHECKPOINT_METADATA_KEYS
         }
     architecture = {
-        key: value for key, value in source.to_diff_dict().items()
+        key: value
+        for key, value in source.to_diff_dict().items()
         if key not in _CHECKPOINT_METADATA_KEYS and key != "model_type"
     }
     given = dict(backbone_config or {})
@@ -348,7 +364,9 @@ def load_pretrained_backbone(model: nn.Module, name_or_path: str | os.PathLike, 
             )
     # float32 as the backbones are built: a half-precision checkpoint is widened before any resampling
     loading_kwargs = {"dtype": torch.float32, **from_pretrained_kwargs}
-    source, loading = AutoModel.from_pretrained(name_or_path, config=source_config, output_loading_info=True, **loading_kwargs)
+    source, loading = AutoModel.from_pretrained(
+        name_or_path, config=source_config, output_loading_info=True, **loading_kwargs
+    )
     _check_checkpoint_tensors(source, loading, name_or_path)
     with torch.no_grad():
         for name, backbone in backbones.items():
@@ -356,7 +374,9 @@ def load_pretrained_backbone(model: nn.Module, name_or_path: str | os.PathLike, 
             backbone.load_state_dict(state, strict=True)
             logger.info(
                 "%s: every tensor of the pretrained %s %r (%s parameters)%s",
-                name or type(backbone).__name__, type(source).__name__, str(name_or_path),
+                name or type(backbone).__name__,
+                type(source).__name__,
+                str(name_or_path),
                 f"{sum(tensor.numel() for tensor in backbone.parameters()):,}",
                 f"; adapted: {'; '.join(adapted)}" if adapted else "",
             )
@@ -451,8 +471,10 @@ def _adapted_state_dict(source: PreTrainedModel, backbone: nn.Module, name_or_pa
 def _is_first_layer(tensor: torch.Tensor, wanted: torch.Tensor, source_channels: int, channels: int) -> bool:
     """Whether ``tensor`` differs from ``wanted`` only on dim 1, the pretrained and the new number of channels."""
     return (
-        source_channels != channels and tensor.ndim == wanted.ndim >= 2
-        and tensor.shape[1] == source_channels and wanted.shape[1] == channels
+        source_channels != channels
+        and tensor.ndim == wanted.ndim >= 2
+        and tensor.shape[1] == source_channels
+        and wanted.shape[1] == channels
         and tensor.shape[:1] + tensor.shape[2:] == wanted.shape[:1] + wanted.shape[2:]
     )
 
@@ -481,7 +503,9 @@ def _image_size(config: PretrainedConfig) -> tuple[int, int] | None:
     image_size = getattr(config, "image_size", None)
     if image_size is None:
         return None
-    return (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(side) for side in image_size)
+    return (
+        (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(side) for side in image_size)
+    )
 
 
 def _model_class_name(config: PretrainedConfig) -> str:
@@ -490,6 +514,7 @@ def _model_class_name(config: PretrainedConfig) -> str:
 
 def _same_value(given, saved) -> bool:
     """Config values compared as YAML and config.json write them: lists and tuples alike, 1.0 and 1 alike."""
+
     def plain(value):
         if isinstance(value, (list, tuple)):
             return [plain(item) for item in value]

@@ -27,8 +27,12 @@ def build_image_processor(model_type: str, image_size: int, image_mean: list[flo
     defaults = processor_class()
     if len(image_mean) != 3:
         band_kwargs = {
-            "do_resize": False, "do_rescale": False, "do_normalize": True, "do_convert_rgb": False,
-            "image_mean": list(image_mean), "image_std": list(image_std),
+            "do_resize": False,
+            "do_rescale": False,
+            "do_normalize": True,
+            "do_convert_rgb": False,
+            "image_mean": list(image_mean),
+            "image_std": list(image_std),
             "size": {"height": image_size, "width": image_size},
         }
         if getattr(defaults, "crop_size", None) is not None:

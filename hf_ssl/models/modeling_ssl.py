@@ -71,8 +71,11 @@ class SslPreTrainedModel(PreTrainedModel):
         then fill the student and leave its EMA teacher random."""
         backbones = {name: self.get_submodule(name) for name in self.backbone_module_names}
         left_out = [
-            name for name, module in self.named_modules()
-            if name and isinstance(module, PreTrainedModel) and name not in backbones
+            name
+            for name, module in self.named_modules()
+            if name
+            and isinstance(module, PreTrainedModel)
+            and name not in backbones
             and not any(name.startswith(f"{listed}.") for listed in backbones)
         ]
         if left_out:
@@ -85,7 +88,7 @@ class SslPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained_backbone(
         cls, name_or_path: str | os.PathLike, backbone_config: dict | None = None, **config_kwargs
-    ) -> "SslPreTrainedModel":
+    ) -> SslPreTrainedModel:
         """A new model of this method whose every backbone (student and EMA teacher alike) starts from the plain
         transformers vision model ``name_or_path``, a Hub id or a local folder; heads and predictors are initialised
         as usual. ``SimClrForPreTraining.from_pretrained_backbone("microsoft/resnet-50", projection_dim=128)``.
@@ -124,8 +127,13 @@ class SslPreTrainedModel(PreTrainedModel):
         its image processor (``hf_ssl.models.backbone.export_backbone``): it then loads with
         ``AutoModel.from_pretrained`` without hf_ssl and returns the embedding of this model in ``pooler_output``."""
         return export_backbone(
-            self.evaluation_backbone(), save_directory, image_size=image_size, image_mean=image_mean,
-            image_std=image_std, image_processor=image_processor, config=self.evaluation_backbone_config(),
+            self.evaluation_backbone(),
+            save_directory,
+            image_size=image_size,
+            image_mean=image_mean,
+            image_std=image_std,
+            image_processor=image_processor,
+            config=self.evaluation_backbone_config(),
         )
 
 

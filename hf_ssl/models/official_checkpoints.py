@@ -30,7 +30,8 @@ DDP_PREFIX = "module."
 OFFICIAL_LAYER_NORM_EPS = 1e-6
 # the module that converts each method's official checkpoints, named when a file goes to the other converter
 CONVERTER_MODULES = {
-    "DINO": "hf_ssl.models.dino.convert_dino_official", "I-JEPA": "hf_ssl.models.ijepa.convert_ijepa_official"
+    "DINO": "hf_ssl.models.dino.convert_dino_official",
+    "I-JEPA": "hf_ssl.models.ijepa.convert_ijepa_official",
 }
 
 
@@ -74,13 +75,18 @@ class _RefusedObject:
 
 
 def read_checkpoint(
-    checkpoint: str | os.PathLike | object, weights_only: bool, method: str, read: Callable[[object, str], dict],
+    checkpoint: str | os.PathLike | object,
+    weights_only: bool,
+    method: str,
+    read: Callable[[object, str], dict],
     safe_globals: Sequence[type] = (),
 ) -> dict:
     """``read(contents, source)`` of a checkpoint file (`load_checkpoint_file`) or of an already loaded object. A file
     that safe loading refuses for the classes it pickles is first read with stand-ins for them, so that a file of
     another layout is told so (``read`` raises) rather than advised to load with ``weights_only=False``."""
-    source = f"checkpoint {os.fspath(checkpoint)!r}" if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
+    source = (
+        f"checkpoint {os.fspath(checkpoint)!r}" if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
+    )
     if isinstance(checkpoint, (str, os.PathLike)):
         try:
             checkpoint = load_checkpoint_file(checkpoint, weights_only, method, safe_globals=safe_globals)
@@ -141,7 +147,8 @@ def _unreadable_checkpoint_error(
             f"({', '.join(classes)}). An official {method} checkpoint holds only tensors, numbers and containers; if "
             "you trust where this file comes from, pass weights_only=False (--no_weights_only on the command line), "
             "which runs the code pickled in the file",
-            contents, classes,
+            contents,
+            classes,
         )
     if weights_only and isinstance(error, pickle.UnpicklingError):  # e.g. a call into a module torch blocks
         return ValueError(
@@ -474,7 +481,11 @@ def _official_tensor(
 
 # what a saved model or training run leaves at the top of its folder: overwriting deletes only a folder holding one
 RUN_FILES = (
-    "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "preprocessor_config.json"
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "preprocessor_config.json",
 )
 RUN_CHECKPOINT_FOLDER = re.compile(r"checkpoint-\d+")
 
@@ -583,8 +594,10 @@ def save_converted(model, output_dir: str | os.PathLike, processor_family: str):
     from .image_processing import build_image_processor
 
     image_processor = build_image_processor(
-        processor_family, image_size=model.config.backbone_config.image_size,
-        image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
+        processor_family,
+        image_size=model.config.backbone_config.image_size,
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
     )
     model.save_pretrained(output_dir)
     image_processor.save_pretrained(output_dir)
@@ -596,12 +609,14 @@ def save_converted(model, output_dir: str | os.PathLike, processor_family: str):
 def add_shared_arguments(parser) -> None:
     """The options both converters end with: ``--overwrite`` and ``--no_weights_only``."""
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="Delete the contents of a non-empty --output_dir (and --backbone_dir) before saving: a previous model or "
         "run, never another kind of folder. Without it, a non-empty folder is refused.",
     )
     parser.add_argument(
-        "--no_weights_only", action="store_true",
+        "--no_weights_only",
+        action="store_true",
         help="Load the file with torch.load(weights_only=False), which runs the code pickled in it: only for files "
         "you trust, when the default safe loading refuses them.",
     )

@@ -11,9 +11,7 @@ def check_integer(name: str, value, minimum: int) -> None:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
 
 
-def check_number(
-    name: str, value, low: float, high: float | None, allowed: str, low_inclusive: bool = True
-) -> None:
+def check_number(name: str, value, low: float, high: float | None, allowed: str, low_inclusive: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"`{name}` must be a number {allowed}, got {value!r}")
     too_low = value < low if low_inclusive else value <= low

@@ -5,8 +5,6 @@ YAML and the command line). The names below are imported on first use."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from hf_ssl._lazy import lazy_exports
 
 _EXPORTS = {
@@ -68,11 +66,3 @@ _EXPORTS = {
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 __all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:  # what the names are, for type checkers and editors
-    from hf_ssl.errors import ConfigError, NonFiniteLossError
-    from hf_ssl.training.arguments import EmaTeacherArguments, PretrainingArguments
-    from hf_ssl.training.engines.accelerate_loop import AccelerateTrainer, build_trainer
-    from hf_ssl.training.engines.base import PretrainingEngine
-    from hf_ssl.training.engines.trainer import SslTrainer
-    from hf_ssl.training.methods import MethodSpec, PretrainingMethod, get_method, register_method

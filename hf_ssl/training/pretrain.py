@@ -26,10 +26,10 @@ from hf_ssl.data import MultiCropTransform, with_multicrop
 from hf_ssl.evaluation import KnnEvaluator, RawPixels, subsample
 from hf_ssl.models import build_image_processor
 from hf_ssl.training.engines.accelerate_loop import build_trainer
+from hf_ssl.training.engines.validation import ValidationLoss
+from hf_ssl.training.setup.recipe import Recipe
 from hf_ssl.training.sharing.hub import create_hub_repo, push_backbone, push_command
 from hf_ssl.training.sharing.outputs import RunOutputError, hub_repo_error, hub_repo_name, save_run_outputs
-from hf_ssl.training.setup.recipe import Recipe
-from hf_ssl.training.engines.validation import ValidationLoss
 
 logger = logging.getLogger("hf_ssl.pretrain")
 
@@ -72,17 +72,28 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
         validation = ValidationLoss(
             with_multicrop(data.validation, transform, seed=training_args.seed),
             recipe.spec.method_class.build_collator(model.config, recipe.augmentation, training_args.seed),
-            batch_size=training_args.per_device_train_batch_size, num_workers=training_args.dataloader_num_workers,
+            batch_size=training_args.per_device_train_batch_size,
+            num_workers=training_args.dataloader_num_workers,
         )
     trainer = build_trainer(  # SslTrainer, or AccelerateTrainer with training.engine=accelerate
-        model=model, args=training_args, view_config=recipe.augmentation, train_dataset=train_dataset, method=recipe.method,
-        knn_evaluator=evaluator, knn_eval_steps=evaluation.knn_eval_steps, knn_at_end=evaluation.knn_at_end,
-        validation=validation, val_eval_steps=evaluation.val_eval_steps, val_at_end=evaluation.val_at_end,
+        model=model,
+        args=training_args,
+        view_config=recipe.augmentation,
+        train_dataset=train_dataset,
+        method=recipe.method,
+        knn_evaluator=evaluator,
+        knn_eval_steps=evaluation.knn_eval_steps,
+        knn_at_end=evaluation.knn_at_end,
+        validation=validation,
+        val_eval_steps=evaluation.val_eval_steps,
+        val_at_end=evaluation.val_at_end,
     )
     backbone_repo = None
     if training_args.push_backbone_to_hub and trainer.is_world_process_zero():  # as push_to_hub: before training
         try:
-            backbone_repo = create_hub_repo(training_args.push_backbone_to_hub, training_args.hub_token, training_args.hub_private_repo)
+            backbone_repo = create_hub_repo(
+                training_args.push_backbone_to_hub, training_args.hub_token, training_args.hub_private_repo
+            )
         except Exception as error:
             raise hub_repo_error(training_args, error, key="push_backbone_to_hub") from error
     if evaluator is not None and evaluation.knn_raw_pixels and trainer.is_world_process_zero():
@@ -98,8 +109,10 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
     trainer.train(resume_from_checkpoint=resume)
     output_dir = training_args.output_dir
     if trainer.run_control.stop_reason is not None and trainer.is_world_process_zero():
-        print(f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step}; "
-              f"continue with --resume auto (checkpoints in {output_dir})")
+        print(
+            f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step}; "
+            f"continue with --resume auto (checkpoints in {output_dir})"
+        )
     if trainer.last_knn_metrics:
         results["trained"] = trainer.last_knn_metrics
 
@@ -110,11 +123,19 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
 
     # the card's metadata: the data trained on, and the split the k-NN numbers (model-index) were measured on
     card_arguments = dict(
-        dataset=recipe.data.dataset, dataset_config=recipe.data.dataset_config_name, evaluation_split=recipe.data.eval_split,
+        dataset=recipe.data.dataset,
+        dataset_config=recipe.data.dataset_config_name,
+        evaluation_split=recipe.data.eval_split,
     )
     save_run_outputs(
-        trainer, output_dir, image_processor=image_processor, recipe=recipe, knn_results=results,
-        only_missing=trainer.finished_before_start, card_arguments=card_arguments, export_backbone=export_backbone,
+        trainer,
+        output_dir,
+        image_processor=image_processor,
+        recipe=recipe,
+        knn_results=results,
+        only_missing=trainer.finished_before_start,
+        card_arguments=card_arguments,
+        export_backbone=export_backbone,
     )
     if trainer.is_world_process_zero():
         for name, metrics in results.items():
@@ -139,7 +160,13 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
             raise RunOutputError("push", output_dir, error, trainer.state.global_step, retry=retry) from error
     if backbone_repo is not None:
         try:
-            push_backbone(output_dir, backbone_repo, base_model=base_model, token=training_args.hub_token, private=training_args.hub_private_repo)
+            push_backbone(
+                output_dir,
+                backbone_repo,
+                base_model=base_model,
+                token=training_args.hub_token,
+                private=training_args.hub_private_repo,
+            )
         except Exception as error:
             retry = push_command(output_dir, backbone_repo, backbone_only=True)
             raise RunOutputError("push_backbone", output_dir, error, trainer.state.global_step, retry=retry) from error

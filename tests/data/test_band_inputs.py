@@ -8,23 +8,44 @@ import PIL.Image
 import pytest
 from datasets import Array3D, Dataset, Features
 
-from hf_ssl.data import MultiCropCollator, ViewGroup, ViewsConfig, band_statistics, decode_bands, load_image_dataset, with_multicrop
+from hf_ssl.data import (
+    MultiCropCollator,
+    ViewGroup,
+    ViewsConfig,
+    band_statistics,
+    decode_bands,
+    load_image_dataset,
+    with_multicrop,
+)
 from hf_ssl.data.images import skip_or_raise
-from hf_ssl.errors import BandLayoutError
 from hf_ssl.data.multicrop import MultiCropTransform
+from hf_ssl.errors import BandLayoutError
 
-AMBIGUOUS = r"shape \(16, 16, 16\) with num_channels=16 .*set data\.channels_last to true if its bands are the last axis"
+AMBIGUOUS = (
+    r"shape \(16, 16, 16\) with num_channels=16 .*set data\.channels_last to true if its bands are the last axis"
+)
 
 
 def cube(seed=0, bands=16, side=16):
     """A ``(bands, side, side)`` array whose bands have clearly different levels (band b around 100 * b)."""
     rng = np.random.default_rng(seed)
-    return (np.arange(bands, dtype=np.float32)[:, None, None] * 100 + rng.uniform(0, 10, (bands, side, side))).astype(np.float32)
+    return (np.arange(bands, dtype=np.float32)[:, None, None] * 100 + rng.uniform(0, 10, (bands, side, side))).astype(
+        np.float32
+    )
 
 
 def band_views(channels, size=8, mean=None, std=None):
-    group = ViewGroup(number=2, size=size, color_jitter_probability=0.0, saturation=0.0, hue=0.0, grayscale_probability=0.0,
-                      blur_probabilities=(0.0,), flip_probability=0.0, interpolation="bilinear")
+    group = ViewGroup(
+        number=2,
+        size=size,
+        color_jitter_probability=0.0,
+        saturation=0.0,
+        hue=0.0,
+        grayscale_probability=0.0,
+        blur_probabilities=(0.0,),
+        flip_probability=0.0,
+        interpolation="bilinear",
+    )
     return ViewsConfig(groups={"views": group}, num_channels=channels, mean=mean, std=std)
 
 
@@ -43,7 +64,12 @@ def test_arrays_whose_first_and_last_axes_both_have_n_entries_need_the_layout(tm
     bands_first = cube()
     bands_last = bands_first.transpose(1, 2, 0)
     np.save(tmp_path / "last.npy", bands_last)
-    for item in (bands_last, bands_last.tolist(), str(tmp_path / "last.npy"), {"bytes": None, "path": str(tmp_path / "last.npy")}):
+    for item in (
+        bands_last,
+        bands_last.tolist(),
+        str(tmp_path / "last.npy"),
+        {"bytes": None, "path": str(tmp_path / "last.npy")},
+    ):
         with pytest.raises(BandLayoutError, match=AMBIGUOUS):
             decode_bands(item, 16)
     with pytest.raises(ValueError, match=r"shape \(16, 32, 16\) .*data\.channels_last"):  # height 32: still both ways
@@ -59,13 +85,17 @@ def test_shapes_that_tell_their_band_axis_read_as_before_and_the_setting_is_obey
     np.testing.assert_array_equal(decode_bands(array.transpose(1, 2, 0), 5), array)
     np.testing.assert_array_equal(decode_bands(array.transpose(1, 2, 0), 5, channels_last=True), array)
     np.testing.assert_array_equal(decode_bands(array[0], 1, channels_last=True), array[:1])  # (H, W): one band
-    with pytest.raises(ValueError, match=r"has 6 bands \(shape \(6, 4, 5\), read as \(C, H, W\) by data\.channels_last\)"):
+    with pytest.raises(
+        ValueError, match=r"has 6 bands \(shape \(6, 4, 5\), read as \(C, H, W\) by data\.channels_last\)"
+    ):
         decode_bands(array.transpose(1, 2, 0), 5, channels_last=False)
     # images and TIFF pages know their layout: the setting is about arrays only
     pages = [PIL.Image.fromarray(band.astype(np.uint16)) for band in cube(bands=4, side=4).astype(np.uint16)]
     pages[0].save(tmp_path / "a.tif", save_all=True, append_images=pages[1:])
-    np.testing.assert_array_equal(decode_bands(str(tmp_path / "a.tif"), 4, channels_last=True),
-                                  np.stack([np.asarray(page) for page in pages]).astype(np.float32))
+    np.testing.assert_array_equal(
+        decode_bands(str(tmp_path / "a.tif"), 4, channels_last=True),
+        np.stack([np.asarray(page) for page in pages]).astype(np.float32),
+    )
 
 
 def test_band_statistics_stop_on_an_ambiguous_layout_and_read_the_one_given(tmp_path):
@@ -74,7 +104,9 @@ def test_band_statistics_stop_on_an_ambiguous_layout_and_read_the_one_given(tmp_
     with pytest.raises(BandLayoutError, match=AMBIGUOUS):
         band_statistics(dataset, 16)  # not skipped as an unreadable image
     mean, _ = band_statistics(dataset, 16, channels_last=True)
-    expected = np.stack([array.transpose(2, 0, 1) for array in arrays.values()]).astype(np.float64).mean(axis=(0, 2, 3))
+    expected = (
+        np.stack([array.transpose(2, 0, 1) for array in arrays.values()]).astype(np.float64).mean(axis=(0, 2, 3))
+    )
     np.testing.assert_allclose(mean, expected, rtol=1e-6)  # band b around 100 * b
     features = Features({"image": Array3D(shape=(16, 16, 16), dtype="float32")})
     columns = Dataset.from_dict({"image": list(arrays.values())}, features=features)
@@ -119,14 +151,18 @@ def test_band_statistics_skip_a_nan_array_and_name_its_file(tmp_path, caplog):
     good = {f"good{index}": cube(seed=index, bands=4, side=8) for index in range(3)}
     bad = cube(seed=9, bands=4, side=8)
     bad[0, 0, 0] = np.nan
-    dataset = load_image_dataset("arrayfolder", data_dir=str(write_folder(tmp_path, {**good, "nan": bad})), split="train")
+    dataset = load_image_dataset(
+        "arrayfolder", data_dir=str(write_folder(tmp_path, {**good, "nan": bad})), split="train"
+    )
     with caplog.at_level(logging.WARNING, logger="hf_ssl.data.statistics"):
         mean, std = band_statistics(dataset, 4)
     stacked = np.stack(list(good.values())).astype(np.float64)
     np.testing.assert_allclose(mean, stacked.mean(axis=(0, 2, 3)), rtol=1e-9)
     np.testing.assert_allclose(std, stacked.std(axis=(0, 2, 3)), rtol=1e-9)
     assert "nan.npy" in caplog.text and "1 non-finite value" in caplog.text and "(1 skipped)" in caplog.text
-    with pytest.raises(ValueError, match=r"cannot read image '.*nan\.npy': ValueError: the image holds 1 non-finite value.*skip_bad"):
+    with pytest.raises(
+        ValueError, match=r"cannot read image '.*nan\.npy': ValueError: the image holds 1 non-finite value.*skip_bad"
+    ):
         band_statistics(dataset, 4, skip_bad_images=False)
 
 
@@ -142,5 +178,7 @@ def test_the_multicrop_pipeline_skips_and_counts_a_nan_array(tmp_path, caplog):
     assert int(batch["num_skipped"]) == 1 and batch["views"].shape == (2, 1, 4, 8, 8)
     assert "inf.npy" in caplog.text and "1 non-finite value" in caplog.text
     strict = with_multicrop(dataset, MultiCropTransform(views, skip_bad_images=False), seed=0)
-    with pytest.raises(ValueError, match=r"cannot read image '.*inf\.npy': ValueError: the image holds 1 non-finite value"):
+    with pytest.raises(
+        ValueError, match=r"cannot read image '.*inf\.npy': ValueError: the image holds 1 non-finite value"
+    ):
         [strict[index] for index in range(2)]

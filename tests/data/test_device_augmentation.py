@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from hf_ssl.data import DeviceAugmentation, MultiCropConfig, ViewGroup, ViewsConfig
-from hf_ssl.data import device_augmentation
+from hf_ssl.data import DeviceAugmentation, MultiCropConfig, ViewGroup, ViewsConfig, device_augmentation
 from hf_ssl.data.device_augmentation import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
 
 MEAN = torch.tensor(MultiCropConfig().to_views_config().mean).view(3, 1, 1)
@@ -32,7 +31,11 @@ def config_with(**overrides) -> MultiCropConfig:
 
 def augment_crops(augment: DeviceAugmentation, global_crops, local_crops=None, generator=None):
     """``(global, local)`` through the dict interface: DINO's two groups, ``local`` None without local crops."""
-    views = {"global_crops": global_crops} if local_crops is None else {"global_crops": global_crops, "local_crops": local_crops}
+    views = (
+        {"global_crops": global_crops}
+        if local_crops is None
+        else {"global_crops": global_crops, "local_crops": local_crops}
+    )
     output = augment(views, generator=generator)
     return output["global_crops"], output.get("local_crops")
 
@@ -58,7 +61,11 @@ def test_shapes_dtype_and_no_parameters():
 
 
 def test_empty_batch_keeps_its_shape():
-    global_out, local_out = augment_crops(DeviceAugmentation(MultiCropConfig()), torch.zeros((2, 0, 3, 32, 32), dtype=torch.uint8), torch.zeros((8, 0, 3, 16, 16), dtype=torch.uint8))
+    global_out, local_out = augment_crops(
+        DeviceAugmentation(MultiCropConfig()),
+        torch.zeros((2, 0, 3, 32, 32), dtype=torch.uint8),
+        torch.zeros((8, 0, 3, 16, 16), dtype=torch.uint8),
+    )
     assert global_out.shape == (2, 0, 3, 32, 32) and local_out.shape == (8, 0, 3, 16, 16)
 
 
@@ -68,13 +75,18 @@ def test_wrong_crop_count_names_the_config():
 
 
 def test_the_batch_must_hold_every_group_of_the_config():
-    with pytest.raises(ValueError, match=r"the batch holds the view groups \['global_crops'\] but the augmentation config has \['global_crops', 'local_crops'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"the batch holds the view groups \['global_crops'\] but the augmentation config has \['global_crops', 'local_crops'\]",
+    ):
         augment_crops(DeviceAugmentation(MultiCropConfig()), random_crops((2, 2, 3, 16, 16)))
 
 
 def test_all_probabilities_zero_is_exact_normalisation():
     global_crops, local_crops = random_crops((2, 4, 3, 16, 16)), random_crops((3, 4, 3, 8, 8), seed=1)
-    global_out, local_out = augment_crops(DeviceAugmentation(config_with(local_crops_number=3)), global_crops, local_crops)
+    global_out, local_out = augment_crops(
+        DeviceAugmentation(config_with(local_crops_number=3)), global_crops, local_crops
+    )
     assert torch.equal(global_out, normalise(global_crops))
     assert torch.equal(local_out, normalise(local_crops))
 
@@ -87,7 +99,9 @@ def test_flip_probability_one_flips_every_image_exactly():
 
 def test_flip_is_drawn_per_sample():
     crops = random_crops((1, 1, 3, 16, 16)).expand(2, 64, 3, 16, 16)
-    output, _ = augment_crops(DeviceAugmentation(config_with(flip_probability=0.5)), crops, generator=torch.Generator().manual_seed(0))
+    output, _ = augment_crops(
+        DeviceAugmentation(config_with(flip_probability=0.5)), crops, generator=torch.Generator().manual_seed(0)
+    )
     images = output.flatten(0, 1)
     flipped = (images == normalise(crops[0, 0].flip(-1))).flatten(1).all(1)
     unflipped = (images == normalise(crops[0, 0])).flatten(1).all(1)
@@ -202,20 +216,39 @@ def test_cpu_chunking_does_not_change_the_result(monkeypatch):
 
 def test_every_group_takes_its_own_settings():
     # two groups of any names: one flipped and solarised always, one never, each view of a group its own blur
-    views = ViewsConfig(groups={
-        "first": ViewGroup(number=2, size=8, flip_probability=1.0, color_jitter_probability=0.0, grayscale_probability=0.0,
-                           blur_probabilities=(0.0,), solarize_probabilities=(1.0, 0.0)),
-        "second": {"number": 1, "size": 4, "flip_probability": 0.0, "color_jitter_probability": 0.0, "grayscale_probability": 1.0,
-                   "blur_probabilities": 0.0},
-    })
+    views = ViewsConfig(
+        groups={
+            "first": ViewGroup(
+                number=2,
+                size=8,
+                flip_probability=1.0,
+                color_jitter_probability=0.0,
+                grayscale_probability=0.0,
+                blur_probabilities=(0.0,),
+                solarize_probabilities=(1.0, 0.0),
+            ),
+            "second": {
+                "number": 1,
+                "size": 4,
+                "flip_probability": 0.0,
+                "color_jitter_probability": 0.0,
+                "grayscale_probability": 1.0,
+                "blur_probabilities": 0.0,
+            },
+        }
+    )
     first, second = random_crops((2, 3, 3, 8, 8)), random_crops((1, 3, 3, 4, 4), seed=1)
     output = DeviceAugmentation(views)({"second": second, "first": first})
     assert list(output) == ["first", "second"]
     flipped = first.flip(-1)
-    assert torch.allclose(output["first"][0], normalise(torch.where(flipped[0] >= 128, 255 - flipped[0], flipped[0])), atol=1e-6)
+    assert torch.allclose(
+        output["first"][0], normalise(torch.where(flipped[0] >= 128, 255 - flipped[0], flipped[0])), atol=1e-6
+    )
     assert torch.equal(output["first"][1], normalise(flipped[1]))
     gray = unnormalise(output["second"])
-    assert torch.allclose(gray[:, :, 0], gray[:, :, 2], atol=1e-6) and not torch.allclose(gray[:, :, 0], second[:, :, 0].float() / 255)
+    assert torch.allclose(gray[:, :, 0], gray[:, :, 2], atol=1e-6) and not torch.allclose(
+        gray[:, :, 0], second[:, :, 0].float() / 255
+    )
 
 
 def test_the_groups_draw_in_config_order_from_one_generator():
@@ -262,14 +295,24 @@ def test_hue_shift_hand_computed():
 def test_saturation_brightness_contrast_hand_computed():
     pixel = torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1)
     luma = 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6  # 0.363
-    assert torch.allclose(adjust_saturation(pixel, torch.tensor([0.5])).flatten(), torch.tensor([0.2815, 0.3815, 0.4815]), atol=1e-6)
+    assert torch.allclose(
+        adjust_saturation(pixel, torch.tensor([0.5])).flatten(), torch.tensor([0.2815, 0.3815, 0.4815]), atol=1e-6
+    )
     assert torch.allclose(adjust_saturation(pixel, torch.tensor([0.0])).flatten(), torch.full((3,), luma), atol=1e-6)
-    assert torch.allclose(adjust_saturation(pixel, torch.tensor([2.0])).flatten(), torch.tensor([0.037, 0.437, 0.837]), atol=1e-6)
+    assert torch.allclose(
+        adjust_saturation(pixel, torch.tensor([2.0])).flatten(), torch.tensor([0.037, 0.437, 0.837]), atol=1e-6
+    )
     brighter = adjust_brightness(torch.tensor([0.2, 0.4, 0.8]).view(1, 3, 1, 1), torch.tensor([1.5]))
     assert torch.allclose(brighter.flatten(), torch.tensor([0.3, 0.6, 1.0]), atol=1e-6)  # 1.2 clamped
     # Two pixels, black and white: mean luma 0.5; contrast 0.5 pulls both halfway to it.
     image = torch.tensor([[0.0, 1.0]] * 3).view(1, 3, 1, 2)
-    assert torch.allclose(adjust_contrast(image, torch.tensor([0.5])).flatten(), torch.tensor([0.25, 0.75] * 3), atol=1e-6)
+    assert torch.allclose(
+        adjust_contrast(image, torch.tensor([0.5])).flatten(), torch.tensor([0.25, 0.75] * 3), atol=1e-6
+    )
     # Per-sample factors: each image gets its own.
     two = pixel.expand(2, 3, 1, 1)
-    assert torch.allclose(adjust_brightness(two, torch.tensor([0.5, 2.0])).flatten(), torch.tensor([0.1, 0.2, 0.3, 0.4, 0.8, 1.0]), atol=1e-6)
+    assert torch.allclose(
+        adjust_brightness(two, torch.tensor([0.5, 2.0])).flatten(),
+        torch.tensor([0.1, 0.2, 0.3, 0.4, 0.8, 1.0]),
+        atol=1e-6,
+    )

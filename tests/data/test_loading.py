@@ -67,7 +67,9 @@ def test_parquet_img_column_is_renamed_and_decodes(tmp_path):
 
 def test_parquet_without_labels_and_raw_image_structs(tmp_path):
     # Plain {"bytes", "path"} structs without datasets' metadata still become an Image column.
-    path = write_parquet(tmp_path / "raw.parquet", {"picture": [{"bytes": png_bytes(PIL.Image.new("RGB", (3, 3))), "path": None}]})
+    path = write_parquet(
+        tmp_path / "raw.parquet", {"picture": [{"bytes": png_bytes(PIL.Image.new("RGB", (3, 3))), "path": None}]}
+    )
     dataset = load_image_dataset("parquet", data_files=path, split="train", image_column="picture")
     assert dataset.column_names == ["image"]
     assert isinstance(dataset.features["image"], datasets.Image)

@@ -47,8 +47,13 @@ def test_rectangle_indices_are_the_row_major_patches_of_the_block():
 def test_scripted_draws_give_the_hand_computed_masks_on_a_4x4_grid():
     # 2 x 2 target at (1, 1); 3 x 3 context at (0, 0) minus the target.
     collator = MultiBlockMaskCollator(
-        64, 16, num_targets=1, target_scale=(0.25, 0.25), target_aspect_ratio=(1.0, 1.0),
-        context_scale=(0.5625, 0.5625), min_keep=2,
+        64,
+        16,
+        num_targets=1,
+        target_scale=(0.25, 0.25),
+        target_aspect_ratio=(1.0, 1.0),
+        context_scale=(0.5625, 0.5625),
+        min_keep=2,
     )
     assert (collator.height, collator.width) == (4, 4)
     rng = ScriptedRng(draws=[0.3, 0.7], positions=[1, 1, 0, 0])
@@ -71,12 +76,20 @@ def test_scripted_draws_give_the_hand_computed_masks_on_a_4x4_grid():
 def test_context_lets_back_the_last_target_after_20_failed_tries(min_keep, relaxed, context):
     # 5 x 5 grid: 3 x 3 targets at (0, 0) and (1, 1); the 4 x 4 context can only sit at (0, 0).
     collator = MultiBlockMaskCollator(
-        80, 16, num_targets=2, target_scale=(0.37, 0.37), target_aspect_ratio=(1.0, 1.0),
-        context_scale=(0.65, 0.65), min_keep=min_keep,
+        80,
+        16,
+        num_targets=2,
+        target_scale=(0.37, 0.37),
+        target_aspect_ratio=(1.0, 1.0),
+        context_scale=(0.65, 0.65),
+        min_keep=min_keep,
     )
     rng = ScriptedRng(draws=[0.5], positions=[0, 0, 1, 1])
     image = collator.sample_image_masks((3, 3), (4, 4), rng)
-    assert [block.tolist() for block in image.targets] == [[0, 1, 2, 5, 6, 7, 10, 11, 12], [6, 7, 8, 11, 12, 13, 16, 17, 18]]
+    assert [block.tolist() for block in image.targets] == [
+        [0, 1, 2, 5, 6, 7, 10, 11, 12],
+        [6, 7, 8, 11, 12, 13, 16, 17, 18],
+    ]
     assert image.num_relaxed == relaxed
     assert image.context.tolist() == context
     context_placements = (len(rng.ranges) - 4) // 2
@@ -243,14 +256,21 @@ def test_invalid_examples_get_no_masks():
 
 def test_masks_are_a_function_of_seed_and_keys():
     def masks(keys, seed=0, field="key"):
-        batch = [{field if name == "key" else name: value for name, value in example.items()} for example in examples(keys)]
+        batch = [
+            {field if name == "key" else name: value for name, value in example.items()} for example in examples(keys)
+        ]
         out = MultiBlockMaskCollator(seed=seed)(batch)
         return out["masks_context"], out["masks_target"]
 
     first = masks([10, 11, 12, 13])
     for again in (masks([10, 11, 12, 13]), masks([10, 11, 12, 13], field="index")):
         assert all(torch.equal(a, b) for a, b in zip(first, again))
-    for other in (masks([10, 11, 12, 14]), masks([13, 12, 11, 10]), masks([10, 11, 12, 13], seed=1), masks([2**40, 0, 1, 2])):
+    for other in (
+        masks([10, 11, 12, 14]),
+        masks([13, 12, 11, 10]),
+        masks([10, 11, 12, 13], seed=1),
+        masks([2**40, 0, 1, 2]),
+    ):
         assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
 
 
@@ -263,8 +283,13 @@ def test_without_keys_torch_global_rng_seeds_the_masks():
     again = collator(plain)
     torch.manual_seed(1)
     other = collator(plain)
-    assert torch.equal(first["masks_target"], again["masks_target"]) and torch.equal(first["masks_context"], again["masks_context"])
-    assert not (first["masks_target"].shape == other["masks_target"].shape and torch.equal(first["masks_target"], other["masks_target"]))
+    assert torch.equal(first["masks_target"], again["masks_target"]) and torch.equal(
+        first["masks_context"], again["masks_context"]
+    )
+    assert not (
+        first["masks_target"].shape == other["masks_target"].shape
+        and torch.equal(first["masks_target"], other["masks_target"])
+    )
 
 
 def test_bad_keys_are_refused():

@@ -52,7 +52,13 @@ def test_default_config_gives_dino_crop_shapes_and_counts():
 
 
 def test_custom_config_without_local_crops_omits_them():
-    config = MultiCropConfig(global_crops_number=3, global_crop_size=20, local_crops_number=0, global_blur_probabilities=(1.0,), global_solarize_probabilities=(0.0,))
+    config = MultiCropConfig(
+        global_crops_number=3,
+        global_crop_size=20,
+        local_crops_number=0,
+        global_blur_probabilities=(1.0,),
+        global_solarize_probabilities=(0.0,),
+    )
     output = MultiCropTransform(config)({"image": [solid((5, 5, 5))]})
     assert output["global_crops"][0].shape == (3, 3, 20, 20)
     assert "local_crops" not in output
@@ -112,7 +118,11 @@ def test_tiny_images_are_upscaled_to_the_crop_size():
 def _mode_image(mode: str) -> PIL.Image.Image:
     rgb = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8))
     if mode in ("I;16", "I", "F"):
-        return PIL.Image.fromarray(np.linspace(0, 60000, 12 * 16).reshape(12, 16).astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+        return PIL.Image.fromarray(
+            np.linspace(0, 60000, 12 * 16)
+            .reshape(12, 16)
+            .astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode])
+        )
     return rgb.convert(mode)
 
 
@@ -280,7 +290,9 @@ def test_all_bad_batch_has_zero_examples_and_the_right_shapes():
 def test_dataloader_workers_draw_different_crops_and_the_seed_reproduces_them():
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
     features = datasets.Features({"image": datasets.Image()})
-    dataset = with_multicrop(datasets.Dataset.from_dict({"image": [image] * 4}, features=features), MultiCropTransform(small_config()))
+    dataset = with_multicrop(
+        datasets.Dataset.from_dict({"image": [image] * 4}, features=features), MultiCropTransform(small_config())
+    )
 
     def crops_per_batch():
         torch.manual_seed(0)

@@ -22,14 +22,18 @@ def test_defaults_are_the_official_dino_augmentation():
 
 
 def test_lists_from_yaml_become_tuples():
-    config = MultiCropConfig(global_crops_scale=[0.3, 1], global_blur_probabilities=[1, 0.5], mean=[0.5, 0.5, 0.5], std=[1, 1, 1])
+    config = MultiCropConfig(
+        global_crops_scale=[0.3, 1], global_blur_probabilities=[1, 0.5], mean=[0.5, 0.5, 0.5], std=[1, 1, 1]
+    )
     assert config.global_crops_scale == (0.3, 1.0)
     assert config.global_blur_probabilities == (1.0, 0.5)
     assert config.mean == (0.5, 0.5, 0.5)
 
 
 def test_single_probability_broadcasts_to_every_global_crop_when_not_two():
-    config = MultiCropConfig(global_crops_number=3, global_blur_probabilities=(0.5,), global_solarize_probabilities=(0.1,))
+    config = MultiCropConfig(
+        global_crops_number=3, global_blur_probabilities=(0.5,), global_solarize_probabilities=(0.1,)
+    )
     assert config.global_blur_probabilities == (0.5, 0.5, 0.5)
     assert config.global_solarize_probabilities == (0.1, 0.1, 0.1)
 
@@ -53,7 +57,11 @@ def test_single_probability_broadcasts_to_every_global_crop_when_not_two():
         ({"global_blur_probabilities": (1.0,)}, "global_blur_probabilities"),
         ({"global_blur_probabilities": (1.0, 0.1, 0.1)}, "global_blur_probabilities"),
         (
-            {"global_crops_number": 3, "global_blur_probabilities": (1.0,), "global_solarize_probabilities": (0.0, 0.2)},
+            {
+                "global_crops_number": 3,
+                "global_blur_probabilities": (1.0,),
+                "global_solarize_probabilities": (0.0, 0.2),
+            },
             "global_solarize_probabilities",
         ),
         ({"global_solarize_probabilities": (0.0, 1.2)}, "global_solarize_probabilities[1]"),

@@ -54,7 +54,9 @@ def test_files_are_read_in_the_data_units(tmp_path):
     for name in ("a.npy", "one.npz", "named.npz", "a.tif"):
         np.testing.assert_array_equal(decode_bands(str(tmp_path / name), 5), expected, err_msg=name)
     # undecoded datasets.Image entries: bytes or path
-    np.testing.assert_array_equal(decode_bands({"bytes": (tmp_path / "a.npy").read_bytes(), "path": None}, 5), expected)
+    np.testing.assert_array_equal(
+        decode_bands({"bytes": (tmp_path / "a.npy").read_bytes(), "path": None}, 5), expected
+    )
     np.testing.assert_array_equal(decode_bands({"bytes": None, "path": str(tmp_path / "a.tif")}, 5), expected)
 
 
@@ -98,12 +100,19 @@ def test_an_array_folder_becomes_labelled_splits(tmp_path):
 
 
 def test_rgb_only_settings_on_bands_are_refused_by_their_keys():
-    with pytest.raises(ValueError, match=r"cj_sat=0\.8, cj_hue=0\.2, random_gray_scale=0\.2: .*RGB-only.* 8 bands; set them to 0"):
+    with pytest.raises(
+        ValueError, match=r"cj_sat=0\.8, cj_hue=0\.2, random_gray_scale=0\.2: .*RGB-only.* 8 bands; set them to 0"
+    ):
         SimClrViewConfig(num_channels=8)
-    with pytest.raises(ValueError, match=r"^saturation=0\.2, hue=0\.1, grayscale_probability=0\.2, global_solarize_probabilities=0\.2: "):
+    with pytest.raises(
+        ValueError,
+        match=r"^saturation=0\.2, hue=0\.1, grayscale_probability=0\.2, global_solarize_probabilities=0\.2: ",
+    ):
         MultiCropConfig(num_channels=8)
     with pytest.raises(ValueError, match=r"groups\.views\.grayscale_probability=0\.5"):
-        ViewsConfig(groups={"views": ViewGroup(color_jitter_probability=0.0, grayscale_probability=0.5)}, num_channels=8)
+        ViewsConfig(
+            groups={"views": ViewGroup(color_jitter_probability=0.0, grayscale_probability=0.5)}, num_channels=8
+        )
     # what is left is fine: brightness / contrast jitter, blur, flips and crops
     SimClrViewConfig(num_channels=8, cj_sat=0, cj_hue=0, random_gray_scale=0)
     MultiCropConfig(num_channels=8, saturation=0, hue=0, grayscale_probability=0, global_solarize_probabilities=(0, 0))
@@ -113,7 +122,9 @@ def test_rgb_only_settings_on_bands_are_refused_by_their_keys():
 
 
 def test_normalisation_must_match_the_bands():
-    views = ViewsConfig(groups={"views": ViewGroup(color_jitter_probability=0.0, grayscale_probability=0.0)}, num_channels=4)
+    views = ViewsConfig(
+        groups={"views": ViewGroup(color_jitter_probability=0.0, grayscale_probability=0.0)}, num_channels=4
+    )
     assert views.needs_statistics and views.mean is None
     assert ViewsConfig().mean == (0.485, 0.456, 0.406) and not ViewsConfig().needs_statistics  # RGB: ImageNet's
     with pytest.raises(ValueError, match=r"mean must have 4 values .*null to compute it"):
@@ -130,11 +141,24 @@ def test_normalisation_must_match_the_bands():
 
 
 def band_views(channels, **group):
-    values = dict(number=2, size=8, color_jitter_probability=0.0, saturation=0.0, hue=0.0, grayscale_probability=0.0, blur_probabilities=(0.0,),
-                  flip_probability=0.0, interpolation="bilinear")
+    values = dict(
+        number=2,
+        size=8,
+        color_jitter_probability=0.0,
+        saturation=0.0,
+        hue=0.0,
+        grayscale_probability=0.0,
+        blur_probabilities=(0.0,),
+        flip_probability=0.0,
+        interpolation="bilinear",
+    )
     values.update(group)
-    return ViewsConfig(groups={"views": ViewGroup(**values)}, num_channels=channels,
-                       mean=tuple(float(i) for i in range(channels)), std=tuple(float(i + 1) for i in range(channels)))
+    return ViewsConfig(
+        groups={"views": ViewGroup(**values)},
+        num_channels=channels,
+        mean=tuple(float(i) for i in range(channels)),
+        std=tuple(float(i + 1) for i in range(channels)),
+    )
 
 
 def test_band_crops_are_float_views_of_every_band():
@@ -146,8 +170,14 @@ def test_band_crops_are_float_views_of_every_band():
     assert crops.dtype == torch.float32 and crops.shape == (2, 5, 8, 8)
     torch.testing.assert_close(crops[0], torch.from_numpy(array.astype(np.float32)))  # values in the data's units
     assert output["valid"] == [True, False]  # a 3-band image in a 5-band dataset is a bad image, counted
-    batch = MultiCropCollator()([{"views": output["views"][index], "valid": output["valid"][index]} for index in range(2)])
-    assert batch["views"].shape == (2, 1, 5, 8, 8) and batch["views"].dtype == torch.float32 and int(batch["num_skipped"]) == 1
+    batch = MultiCropCollator()(
+        [{"views": output["views"][index], "valid": output["valid"][index]} for index in range(2)]
+    )
+    assert (
+        batch["views"].shape == (2, 1, 5, 8, 8)
+        and batch["views"].dtype == torch.float32
+        and int(batch["num_skipped"]) == 1
+    )
 
 
 def test_band_crops_are_resized_with_antialiasing():
@@ -155,7 +185,9 @@ def test_band_crops_are_resized_with_antialiasing():
     views = band_views(4, size=8, scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
     stacked = np.concatenate([array, array[:1]])
     crops = MultiCropTransform(views).make_crops(stacked, np.random.default_rng(0))["views"]
-    expected = torch.nn.functional.interpolate(torch.from_numpy(stacked)[None], size=(8, 8), mode="bilinear", antialias=True)[0]
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(stacked)[None], size=(8, 8), mode="bilinear", antialias=True
+    )[0]
     torch.testing.assert_close(crops[0], expected)
     # a 2x antialiased bilinear shrink of a smooth ramp is the mean of each 2 x 2 block away from the border
     ramp = np.tile(np.arange(16, dtype=np.float32), (4, 16, 1))
@@ -217,7 +249,7 @@ def test_band_statistics_by_hand():
     second = np.array([[[5, 7]], [[10, 10]]], dtype=np.uint16)
     mean, std = band_statistics([first, second], num_channels=2, channels_last=False)  # (2, 1, 2) could be (H, W, C)
     # band 0: pixels 1, 3, 5, 7 -> mean 4, population std sqrt(5); band 1 is constant: std 1 (centred only)
-    assert mean == pytest.approx((4.0, 10.0)) and std == pytest.approx((5 ** 0.5, 1.0))
+    assert mean == pytest.approx((4.0, 10.0)) and std == pytest.approx((5**0.5, 1.0))
 
 
 def test_band_statistics_skip_unreadable_rows_and_sample_evenly():
@@ -237,10 +269,19 @@ def test_band_statistics_skip_unreadable_rows_and_sample_evenly():
 
 def test_a_datasets_array_column_trains_through_the_pipeline():
     arrays = [bands_array(channels=4, height=10, width=10, seed=index).astype(np.float32) for index in range(6)]
-    dataset = Dataset.from_dict({"image": arrays}, features=Features({"image": Array3D(shape=(4, 10, 10), dtype="float32")}))
+    dataset = Dataset.from_dict(
+        {"image": arrays}, features=Features({"image": Array3D(shape=(4, 10, 10), dtype="float32")})
+    )
     mean, std = band_statistics(dataset, num_channels=4)
-    views = band_views(4, size=8, color_jitter_probability=0.8, brightness=0.4, contrast=0.4, blur_probabilities=(0.5,),
-                       flip_probability=0.5)
+    views = band_views(
+        4,
+        size=8,
+        color_jitter_probability=0.8,
+        brightness=0.4,
+        contrast=0.4,
+        blur_probabilities=(0.5,),
+        flip_probability=0.5,
+    )
     views.mean, views.std = mean, std
     examples = [with_multicrop(dataset, MultiCropTransform(views), seed=0)[index] for index in range(4)]
     batch = MultiCropCollator()(examples)

@@ -2,16 +2,32 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from datasets import Dataset, Image as ImageFeature
+from datasets import Dataset
+from datasets import Image as ImageFeature
 
-from hf_ssl.data import IMAGENET_MEAN, MultiCropCollator, MultiCropConfig, MultiCropTransform, ViewGroup, ViewsConfig, with_multicrop
+from hf_ssl.data import (
+    IMAGENET_MEAN,
+    MultiCropCollator,
+    MultiCropConfig,
+    MultiCropTransform,
+    ViewGroup,
+    ViewsConfig,
+    with_multicrop,
+)
 from hf_ssl.data.views import as_views_config, view_size_keys
 
 
 def gradient_image(width=48, height=40) -> PIL.Image.Image:
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
-    pixels = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)), np.full((height, width, 1), 90.0)], axis=2)
+    pixels = np.concatenate(
+        [
+            np.broadcast_to(x, (height, width, 1)),
+            np.broadcast_to(y, (height, width, 1)),
+            np.full((height, width, 1), 90.0),
+        ],
+        axis=2,
+    )
     return PIL.Image.fromarray(pixels.astype(np.uint8))
 
 
@@ -31,11 +47,15 @@ def test_a_group_broadcasts_a_single_probability_and_checks_one_per_view():
 
 
 def test_groups_from_mappings_name_unknown_keys_and_reserved_names():
-    views = ViewsConfig(groups={"image": {"number": 1, "size": 32, "scale": [0.3, 1.0]}}, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    views = ViewsConfig(
+        groups={"image": {"number": 1, "size": 32, "scale": [0.3, 1.0]}}, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]
+    )
     assert isinstance(views.groups["image"], ViewGroup) and views.groups["image"].scale == (0.3, 1.0)
     assert views.names == ("image",) and views.first is views.groups["image"] and views.mean == (0.5, 0.5, 0.5)
     assert views.size_keys() == {"image": "augmentation.groups.image.size"}
-    with pytest.raises(ValueError, match=r"unknown key 'sizes' in view group 'image'; the keys of a view group are \['number', 'size'"):
+    with pytest.raises(
+        ValueError, match=r"unknown key 'sizes' in view group 'image'; the keys of a view group are \['number', 'size'"
+    ):
         ViewsConfig(groups={"image": {"sizes": 32}})
     with pytest.raises(ValueError, match="view group 'image': scale must be"):
         ViewsConfig(groups={"image": {"scale": [0.0, 1.0]}})
@@ -48,8 +68,14 @@ def test_groups_from_mappings_name_unknown_keys_and_reserved_names():
 
 
 def test_dino_multicrop_config_is_two_named_groups():
-    config = MultiCropConfig(global_crop_size=32, local_crops_number=4, local_crop_size=16, global_blur_probabilities=(1.0, 0.1),
-                             local_blur_probability=0.5, global_solarize_probabilities=(0.0, 0.2))
+    config = MultiCropConfig(
+        global_crop_size=32,
+        local_crops_number=4,
+        local_crop_size=16,
+        global_blur_probabilities=(1.0, 0.1),
+        local_blur_probability=0.5,
+        global_solarize_probabilities=(0.0, 0.2),
+    )
     views = as_views_config(config)
     assert views.names == ("global_crops", "local_crops")
     global_group, local_group = views.groups["global_crops"], views.groups["local_crops"]
@@ -66,10 +92,12 @@ def test_dino_multicrop_config_is_two_named_groups():
 
 
 def test_the_transform_cuts_every_group_at_its_own_size_scale_and_interpolation():
-    views = ViewsConfig(groups={
-        "whole": ViewGroup(number=1, size=24, scale=(1.0, 1.0), crop_ratio=(1.2, 1.2), interpolation="nearest"),
-        "parts": ViewGroup(number=3, size=8, scale=(0.05, 0.1)),
-    })
+    views = ViewsConfig(
+        groups={
+            "whole": ViewGroup(number=1, size=24, scale=(1.0, 1.0), crop_ratio=(1.2, 1.2), interpolation="nearest"),
+            "parts": ViewGroup(number=3, size=8, scale=(0.05, 0.1)),
+        }
+    )
     transform = MultiCropTransform(views)
     output = transform({"image": [gradient_image(), gradient_image()], "label": [3, 4]}, rng=np.random.default_rng(0))
     assert set(output) == {"whole", "parts", "valid", "label"}
@@ -94,15 +122,23 @@ def test_groups_are_cut_in_order_so_the_first_group_does_not_depend_on_later_one
 
 
 def test_a_views_config_through_the_seeded_dataset_reproduces_its_views():
-    dataset = Dataset.from_dict({"image": [gradient_image(30 + i, 28) for i in range(4)]}).cast_column("image", ImageFeature())
+    dataset = Dataset.from_dict({"image": [gradient_image(30 + i, 28) for i in range(4)]}).cast_column(
+        "image", ImageFeature()
+    )
     views = ViewsConfig(groups={"image": ViewGroup(number=1, size=16, scale=(0.3, 1.0))})
     first = with_multicrop(dataset, MultiCropTransform(views), seed=3)
     again = with_multicrop(dataset, MultiCropTransform(views), seed=3)
-    assert torch.equal(first[2]["image"], again[2]["image"]) and not torch.equal(first[2]["image"], first[6]["image"])  # epoch 1
+    assert torch.equal(first[2]["image"], again[2]["image"]) and not torch.equal(
+        first[2]["image"], first[6]["image"]
+    )  # epoch 1
 
 
 def test_an_explicit_list_of_groups_is_what_the_collator_stacks():
-    example = {"a": torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "b": torch.zeros(2, 3, 2, 2, dtype=torch.uint8), "valid": True}
+    example = {
+        "a": torch.zeros(1, 3, 4, 4, dtype=torch.uint8),
+        "b": torch.zeros(2, 3, 2, 2, dtype=torch.uint8),
+        "valid": True,
+    }
     assert list(MultiCropCollator(view_names=["b"])([example, example])) == ["b", "num_skipped"]
     with pytest.raises(KeyError, match="no view group 'c'"):
         MultiCropCollator(view_names=["c"])([example])

@@ -27,7 +27,9 @@ def ranked_query() -> torch.Tensor:
 
 def tiny_vit():
     torch.manual_seed(0)
-    return ViTModel(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}), add_pooling_layer=False).eval()
+    return ViTModel(
+        ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}), add_pooling_layer=False
+    ).eval()
 
 
 def processor():
@@ -35,7 +37,9 @@ def processor():
 
 
 def labelled_dataset(rows, labels):
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["vertical", "horizontal"])})
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["vertical", "horizontal"])}
+    )
     return datasets.Dataset.from_dict({"image": rows, "label": labels}, features=features)
 
 

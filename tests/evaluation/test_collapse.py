@@ -113,7 +113,15 @@ def test_healthy_runs_do_not_fire():
     detector = CollapseDetector(patience=50, embedding_dim=384)
     # loss going down from ln(out_dim), sharpening teacher, spread embeddings
     healthy = [
-        (step, {"loss": LN_65536 - 0.01 * step, "teacher_entropy_ratio": 0.9 - step / 10000, "embedding_std": 0.03, "effective_rank": 40.0})
+        (
+            step,
+            {
+                "loss": LN_65536 - 0.01 * step,
+                "teacher_entropy_ratio": 0.9 - step / 10000,
+                "embedding_std": 0.03,
+                "effective_rank": 40.0,
+            },
+        )
         for step in range(10, 2000, 10)
     ]
     assert feed(detector, healthy) == []
@@ -147,7 +155,10 @@ def test_constant_collapse_message_and_generic_advice():
 def test_dino_trainer_logs_give_the_loss_check_its_ln_out_dim():
     # the DINO method logs teacher_entropy and teacher_entropy_ratio but not out_dim: ln(out_dim) = their quotient
     entropy = 0.99 * LN_65536
-    logs = [(step, {"loss": LN_65536, "teacher_entropy": entropy, "teacher_entropy_ratio": 0.99}) for step in range(0, 60, 10)]
+    logs = [
+        (step, {"loss": LN_65536, "teacher_entropy": entropy, "teacher_entropy_ratio": 0.99})
+        for step in range(0, 60, 10)
+    ]
     warnings = feed(CollapseDetector(patience=50), logs)
     assert [step for step, _ in warnings] == [50]
     assert "teacher entropy is 0.990" in warnings[0][1] and f"ln(out_dim) = {LN_65536:.4f}" in warnings[0][1]

@@ -33,11 +33,15 @@ def test_a_model_path_that_names_no_model_is_one_line_that_says_what_to_give(tmp
         str(tmp_path / "no-such-run"): "does not exist",  # an absolute path: no Hub id can look like it
         "./outputs/no-such-run": "does not exist",
         "outputs/no-such-run": "is no folder here, and no Hub model of that id could be loaded (",  # could be ORG/NAME
-        str(tmp_path / "run"): f"is a folder without config.json (its latest checkpoint: {tmp_path / 'run' / 'checkpoint-10'})",
+        str(
+            tmp_path / "run"
+        ): f"is a folder without config.json (its latest checkpoint: {tmp_path / 'run' / 'checkpoint-10'})",
         str(tmp_path / "recipe.yaml"): "is a file",
     }
     for model, problem in expected.items():
-        code, _, err = run_command(capsys, command, "--model", model, "--dataset", "imagefolder", "--data-dir", str(tmp_path))
+        code, _, err = run_command(
+            capsys, command, "--model", model, "--dataset", "imagefolder", "--data-dir", str(tmp_path)
+        )
         lines = err.splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --model {model} {problem}"), err
         assert lines[0].endswith(

@@ -38,4 +38,3 @@ def test_the_evaluation_modules_import_each_other_without_a_cycle():
         return seen
 
     assert not [module for module in graph if module in reachable(module)]
-

@@ -17,18 +17,15 @@ from hf_ssl.evaluation.knn import (
     knn_predict,
     subsample,
 )
-from tests.helpers import png_bytes, random_images, tiny_dino_config
-
 from tests.evaluation.common import NOT_AN_IMAGE, RANKED_LABELS, TRUNCATED_PNG, ranked_query
 from tests.evaluation.common import encoded as _encoded
 from tests.evaluation.common import labelled_dataset as _labelled_dataset
 from tests.evaluation.common import processor as _processor
 from tests.evaluation.common import tiny_vit as _tiny_vit
 from tests.evaluation.common import unreadable as _unreadable
+from tests.helpers import png_bytes, random_images, tiny_dino_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
 
 
 def test_weighted_vote_matches_hand_computation():
@@ -106,9 +103,12 @@ def test_unreadable_images_are_dropped_with_their_labels_and_counted(caplog):
     # batch_size 2: the bank's second batch is all unreadable, the queries' first batch is half unreadable;
     # each unreadable row carries the label its neighbours do not, so a misaligned label changes the votes
     bank = _labelled_dataset(
-        rows[:2] + [_unreadable(TRUNCATED_PNG), _unreadable(NOT_AN_IMAGE)] + rows[2:10], labels[:2] + [1, 0] + labels[2:10]
+        rows[:2] + [_unreadable(TRUNCATED_PNG), _unreadable(NOT_AN_IMAGE)] + rows[2:10],
+        labels[:2] + [1, 0] + labels[2:10],
     )
-    queries = _labelled_dataset(rows[10:11] + [_unreadable(TRUNCATED_PNG)] + rows[11:], labels[10:11] + [1] + labels[11:])
+    queries = _labelled_dataset(
+        rows[10:11] + [_unreadable(TRUNCATED_PNG)] + rows[11:], labels[10:11] + [1] + labels[11:]
+    )
     model = _tiny_vit()
 
     evaluator = KnnEvaluator(bank, queries, _processor(), k=3, batch_size=2, show_progress=False)
@@ -118,7 +118,10 @@ def test_unreadable_images_are_dropped_with_their_labels_and_counted(caplog):
     assert metrics == pytest.approx(expected)
     assert (evaluator.num_skipped_bank, evaluator.num_skipped_queries) == (2, 1)
     messages = [record.getMessage() for record in caplog.records]
-    assert sum(TRUNCATED_PNG in message for message in messages) == 2 and sum(NOT_AN_IMAGE in message for message in messages) == 1
+    assert (
+        sum(TRUNCATED_PNG in message for message in messages) == 2
+        and sum(NOT_AN_IMAGE in message for message in messages) == 1
+    )
     assert sum("2 of 12 bank images" in message and "1 of 5 query images" in message for message in messages) == 1
 
     read = extract_readable_features(model, bank, _processor(), batch_size=2, show_progress=False)
@@ -151,9 +154,26 @@ def test_knn_command_skips_a_corrupt_file_in_each_imagefolder_split(tmp_path):
     (tmp_path / "corrupt" / "test" / "vertical" / "broken.png").write_bytes(b"this is a text file, not an image")
 
     result = subprocess.run(
-        [sys.executable, "-m", "hf_ssl.evaluation.knn", "--model", str(model_dir), "--dataset", "imagefolder",
-         "--data-dir", str(tmp_path / "corrupt"), "--k", "3", "--device", "cpu"],
-        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "hf_ssl.evaluation.knn",
+            "--model",
+            str(model_dir),
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            str(tmp_path / "corrupt"),
+            "--k",
+            "3",
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
@@ -163,7 +183,9 @@ def test_knn_command_skips_a_corrupt_file_in_each_imagefolder_split(tmp_path):
 
     # the same numbers as the good images alone
     clean = load_image_dataset("imagefolder", data_dir=str(tmp_path / "clean"))
-    evaluator = KnnEvaluator(clean["train"], clean["test"], AutoImageProcessor.from_pretrained(model_dir), k=3, show_progress=False)
+    evaluator = KnnEvaluator(
+        clean["train"], clean["test"], AutoImageProcessor.from_pretrained(model_dir), k=3, show_progress=False
+    )
     expected = evaluator(AutoModel.from_pretrained(model_dir))
     assert metrics == {key: round(value, 2) for key, value in expected.items()}
 
@@ -182,7 +204,10 @@ def test_with_linear_probe_the_evaluator_adds_the_probe_of_the_same_features(mon
     from hf_ssl.evaluation import knn
 
     images, labels = random_images(24), [index % 2 for index in range(24)]
-    bank, queries = _labelled_dataset(_encoded(images[:16]), labels[:16]), _labelled_dataset(_encoded(images[16:]), labels[16:])
+    bank, queries = (
+        _labelled_dataset(_encoded(images[:16]), labels[:16]),
+        _labelled_dataset(_encoded(images[16:]), labels[16:]),
+    )
     evaluator = KnnEvaluator(bank, queries, _processor(), k=3, show_progress=False)
     knn_only = evaluator(_tiny_vit())
     assert set(knn_only) == {"knn_top1", "knn_top5"}

@@ -15,25 +15,24 @@ from hf_ssl.evaluation import (
     knn_accuracy,
     linear_probe_accuracy,
 )
-from tests.helpers import png_bytes, random_images, tiny_dino_config
-
 from tests.evaluation.common import NOT_AN_IMAGE, RANKED_LABELS, TRUNCATED_PNG, ranked_query
 from tests.evaluation.common import encoded as _encoded
 from tests.evaluation.common import labelled_dataset as _labelled_dataset
 from tests.evaluation.common import processor as _processor
 from tests.evaluation.common import tiny_vit as _tiny_vit
 from tests.evaluation.common import unreadable as _unreadable
+from tests.helpers import png_bytes, random_images, tiny_dino_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
 
 
 def _clusters(num_per_class, num_classes=4, noise=0.1, seed=0):
     """Features around the corners ``5 * e_c`` of a ``num_classes``-dimensional cube, class ``c`` at corner ``c``."""
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(num_classes).repeat(num_per_class)
-    return torch.eye(num_classes)[labels] * 5 + torch.randn(len(labels), num_classes, generator=generator) * noise, labels
+    return torch.eye(num_classes)[labels] * 5 + torch.randn(
+        len(labels), num_classes, generator=generator
+    ) * noise, labels
 
 
 def test_separable_clusters_are_classified_perfectly_by_what_the_train_labels_say():
@@ -66,13 +65,18 @@ def test_the_label_in_one_dimension_among_loud_noise_is_found():
 def test_random_labels_give_chance_on_held_out_features_and_top5_covers_fewer_classes():
     generator = torch.Generator().manual_seed(0)
     train, evaluated = torch.randn(600, 32, generator=generator), torch.randn(600, 32, generator=generator)
-    train_labels, eval_labels = torch.randint(0, 3, (600,), generator=generator), torch.randint(0, 3, (600,), generator=generator)
+    train_labels, eval_labels = (
+        torch.randint(0, 3, (600,), generator=generator),
+        torch.randint(0, 3, (600,), generator=generator),
+    )
     metrics = linear_probe_accuracy(train, train_labels, evaluated, eval_labels)
     assert 100 / 3 - 7 < metrics["linear_top1"] < 100 / 3 + 7
     # three classes: the top 5 are all of them
     assert metrics["linear_top5"] == pytest.approx(100.0)
     # ten classes (7 of them unseen): the top 5 still holds the 3 seen ones
-    assert linear_probe_accuracy(train, train_labels, evaluated, eval_labels, num_classes=10)["linear_top5"] == pytest.approx(100.0)
+    assert linear_probe_accuracy(train, train_labels, evaluated, eval_labels, num_classes=10)[
+        "linear_top5"
+    ] == pytest.approx(100.0)
 
 
 def test_top5_counts_a_label_ranked_fifth_but_not_sixth():
@@ -99,10 +103,18 @@ def test_the_weight_decay_is_chosen_on_held_out_features():
     (train, train_labels), (evaluated, eval_labels) = _imbalanced(200, generator), _imbalanced(100, generator)
     top1 = {}
     for name, weight_decays, validation_fraction in (
-        ("strong", [1e4], 0.1), ("weak", [1e-3], 0.1), ("chosen", [1e4, 1e-3], 0.1), ("first of two", [1e-3, 1e4], 0.0),
+        ("strong", [1e4], 0.1),
+        ("weak", [1e-3], 0.1),
+        ("chosen", [1e4, 1e-3], 0.1),
+        ("first of two", [1e-3, 1e4], 0.0),
     ):
         metrics = linear_probe_accuracy(
-            train, train_labels, evaluated, eval_labels, weight_decays=weight_decays, validation_fraction=validation_fraction
+            train,
+            train_labels,
+            evaluated,
+            eval_labels,
+            weight_decays=weight_decays,
+            validation_fraction=validation_fraction,
         )
         top1[name] = metrics["linear_top1"]
     assert top1["strong"] == pytest.approx(70.0) and top1["weak"] == pytest.approx(100.0)
@@ -148,8 +160,10 @@ def test_the_same_features_give_the_same_numbers():
 )
 def test_bad_arguments_say_what_to_change(change, message):
     arguments = dict(
-        train_features=torch.zeros(4, 4), train_labels=torch.tensor([0, 1, 0, 1]),
-        eval_features=torch.zeros(2, 4), eval_labels=torch.tensor([0, 2]),
+        train_features=torch.zeros(4, 4),
+        train_labels=torch.tensor([0, 1, 0, 1]),
+        eval_features=torch.zeros(2, 4),
+        eval_labels=torch.tensor([0, 2]),
     )
     with pytest.raises(ValueError, match=message):
         linear_probe_accuracy(**{**arguments, **change})
@@ -168,12 +182,18 @@ def test_evaluator_on_a_tiny_vit_and_raw_pixels():
     # the evaluator is the pure function on the k-NN's features
     train_features = extract_readable_features(model, train, _processor(), show_progress=False)
     eval_features = extract_readable_features(model, evaluated, _processor(), show_progress=False)
-    assert metrics == linear_probe_accuracy(train_features.features, train_features.labels, eval_features.features, eval_features.labels)
+    assert metrics == linear_probe_accuracy(
+        train_features.features, train_features.labels, eval_features.features, eval_features.labels
+    )
     # eval labels swapped: every prediction is now wrong, so features and labels stay paired
     swapped = _labelled_dataset(images[32:], [1 - index % 2 for index in range(32, 48)])
-    assert LinearProbeEvaluator(train, swapped, _processor(), show_progress=False)(model)["linear_top1"] == pytest.approx(0.0)
+    assert LinearProbeEvaluator(train, swapped, _processor(), show_progress=False)(model)[
+        "linear_top1"
+    ] == pytest.approx(0.0)
     # a "backbone" without parameters
-    assert LinearProbeEvaluator(train, evaluated, _processor(), show_progress=False)(RawPixels())["linear_top1"] == pytest.approx(100.0)
+    assert LinearProbeEvaluator(train, evaluated, _processor(), show_progress=False)(RawPixels())[
+        "linear_top1"
+    ] == pytest.approx(100.0)
 
 
 def test_unreadable_images_are_dropped_with_their_labels_and_counted(caplog):
@@ -182,9 +202,12 @@ def test_unreadable_images_are_dropped_with_their_labels_and_counted(caplog):
     clean_train, clean_eval = _labelled_dataset(rows[:16], labels[:16]), _labelled_dataset(rows[16:], labels[16:])
     # each unreadable row carries the label its neighbours do not, so a misaligned label changes the result
     train = _labelled_dataset(
-        rows[:2] + [_unreadable(TRUNCATED_PNG), _unreadable(NOT_AN_IMAGE)] + rows[2:16], labels[:2] + [1, 0] + labels[2:16]
+        rows[:2] + [_unreadable(TRUNCATED_PNG), _unreadable(NOT_AN_IMAGE)] + rows[2:16],
+        labels[:2] + [1, 0] + labels[2:16],
     )
-    evaluated = _labelled_dataset(rows[16:17] + [_unreadable(TRUNCATED_PNG)] + rows[17:], labels[16:17] + [1] + labels[17:])
+    evaluated = _labelled_dataset(
+        rows[16:17] + [_unreadable(TRUNCATED_PNG)] + rows[17:], labels[16:17] + [1] + labels[17:]
+    )
     model = _tiny_vit()
 
     evaluator = LinearProbeEvaluator(train, evaluated, _processor(), batch_size=2, show_progress=False)
@@ -194,7 +217,10 @@ def test_unreadable_images_are_dropped_with_their_labels_and_counted(caplog):
     assert metrics == expected
     assert (evaluator.num_skipped_train, evaluator.num_skipped_eval) == (2, 1)
     messages = [record.getMessage() for record in caplog.records]
-    assert sum(TRUNCATED_PNG in message for message in messages) == 2 and sum(NOT_AN_IMAGE in message for message in messages) == 1
+    assert (
+        sum(TRUNCATED_PNG in message for message in messages) == 2
+        and sum(NOT_AN_IMAGE in message for message in messages) == 1
+    )
     assert sum("2 of 18 train images" in message and "1 of 9 eval images" in message for message in messages) == 1
 
 
@@ -232,21 +258,41 @@ def test_linear_probe_command_on_a_saved_model_and_its_backbone(tmp_path, capsys
     (tmp_path / "corrupt" / "train" / "horizontal" / "broken.png").write_bytes(png_bytes(images[0])[:60])
     (tmp_path / "corrupt" / "test" / "vertical" / "broken.png").write_bytes(b"this is a text file, not an image")
 
-    arguments = ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "corrupt"), "--weight-decays", "1e-2", "1e-4", "--device", "cpu"]
+    arguments = [
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(tmp_path / "corrupt"),
+        "--weight-decays",
+        "1e-2",
+        "1e-4",
+        "--device",
+        "cpu",
+    ]
     result = subprocess.run(
         [sys.executable, "-m", "hf_ssl.evaluation.linear_probe", "--model", str(model_dir), *arguments],
-        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert sorted(metrics) == ["linear_top1", "linear_top5"]
     summary = [line for line in result.stderr.splitlines() if "unreadable images skipped" in line]
-    assert len(summary) == 1 and summary[0].startswith("2 unreadable images skipped: 1 of 17 train images"), result.stderr[-4000:]
+    assert len(summary) == 1 and summary[0].startswith("2 unreadable images skipped: 1 of 17 train images"), (
+        result.stderr[-4000:]
+    )
 
     # the same numbers as the good images alone
     clean = load_image_dataset("imagefolder", data_dir=str(tmp_path / "clean"))
     evaluator = LinearProbeEvaluator(
-        clean["train"], clean["test"], AutoImageProcessor.from_pretrained(model_dir), weight_decays=[1e-2, 1e-4], show_progress=False
+        clean["train"],
+        clean["test"],
+        AutoImageProcessor.from_pretrained(model_dir),
+        weight_decays=[1e-2, 1e-4],
+        show_progress=False,
     )
     expected = {key: round(value, 2) for key, value in evaluator(AutoModel.from_pretrained(model_dir)).items()}
     assert metrics == expected

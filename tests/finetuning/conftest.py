@@ -16,7 +16,9 @@ MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 def vit_backbone_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("vit-backbone")
     torch.manual_seed(0)
-    ViTModel(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}), add_pooling_layer=False).save_pretrained(path)
+    ViTModel(
+        ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}), add_pooling_layer=False
+    ).save_pretrained(path)
     build_image_processor("vit", 16, MEAN, STD).save_pretrained(path)
     return path
 
@@ -36,14 +38,26 @@ def image_folder(tmp_path_factory):
 
 def write_recipe(path, backbone_dir, data_dir, output_dir, **training):
     values = {
-        "output_dir": str(output_dir), "num_train_epochs": 2, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
-        "learning_rate": 1e-3, "logging_steps": 1, "report_to": "none", "seed": 0, "use_cpu": True, "dataloader_pin_memory": False,
+        "output_dir": str(output_dir),
+        "num_train_epochs": 2,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "report_to": "none",
+        "seed": 0,
+        "use_cpu": True,
+        "dataloader_pin_memory": False,
         **training,
     }
-    path.write_text(json.dumps({
-        "model": {"model_name_or_path": str(backbone_dir), "mode": "full", "layer_decay": 0.75},
-        "data": {"dataset": "imagefolder", "data_dir": str(data_dir), "train_val_split": 0.25},
-        "augmentation": {"crop_scale": [0.6, 1.0]},
-        "training": values,
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "model": {"model_name_or_path": str(backbone_dir), "mode": "full", "layer_decay": 0.75},
+                "data": {"dataset": "imagefolder", "data_dir": str(data_dir), "train_val_split": 0.25},
+                "augmentation": {"crop_scale": [0.6, 1.0]},
+                "training": values,
+            }
+        )
+    )
     return path

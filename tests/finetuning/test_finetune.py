@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification, ResNetConfig, ViTConfig, ViTModel
 
+from hf_ssl.errors import ConfigError
 from hf_ssl.finetuning.metrics import classification_metrics
 from hf_ssl.finetuning.model import (
     BackboneSource,
@@ -21,23 +22,23 @@ from hf_ssl.finetuning.model import (
 )
 from hf_ssl.finetuning.run import main
 from hf_ssl.models import build_image_processor
-from hf_ssl.errors import ConfigError
 from tests.finetuning.conftest import MEAN, STD, write_recipe
 from tests.helpers import TINY_RESNET, TINY_VIT, random_images
-
 
 
 # ----- metrics -------------------------------------------------------------------------------------------------------
 def test_classification_metrics_hand_computed():
     # 6 images, 3 classes; predictions (argmax) 0, 1, 1, 2, 2, 0 for labels 0, 0, 1, 2, 2, 1
-    logits = np.array([
-        [3.0, 2.0, 1.0, 0.0, -1.0, -2.0],
-        [0.0, 3.0, 1.0, 0.5, 0.2, -2.0],  # label 0 is the 5th best score: in the top 5, not in the top 4
-        [0.0, 3.0, 1.0, 0.5, -1.0, -2.0],
-        [0.0, 1.0, 3.0, 0.5, -1.0, -2.0],
-        [0.0, 1.0, 3.0, 0.5, -1.0, -2.0],
-        [3.0, -5.0, 1.0, 0.5, 0.2, 0.1],  # label 1 is the lowest score: outside the top 5 of 6 classes
-    ])
+    logits = np.array(
+        [
+            [3.0, 2.0, 1.0, 0.0, -1.0, -2.0],
+            [0.0, 3.0, 1.0, 0.5, 0.2, -2.0],  # label 0 is the 5th best score: in the top 5, not in the top 4
+            [0.0, 3.0, 1.0, 0.5, -1.0, -2.0],
+            [0.0, 1.0, 3.0, 0.5, -1.0, -2.0],
+            [0.0, 1.0, 3.0, 0.5, -1.0, -2.0],
+            [3.0, -5.0, 1.0, 0.5, 0.2, 0.1],  # label 1 is the lowest score: outside the top 5 of 6 classes
+        ]
+    )
     labels = np.array([0, 0, 1, 2, 2, 1])
     metrics = classification_metrics(logits, labels)
     assert metrics["accuracy"] == pytest.approx(4 / 6)
@@ -55,7 +56,9 @@ def test_classification_metrics_reject_bad_shapes():
 def _tiny_vit_classifier(num_labels=3):
     from transformers import ViTForImageClassification
 
-    return ViTForImageClassification(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}, num_labels=num_labels))
+    return ViTForImageClassification(
+        ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}, num_labels=num_labels)
+    )
 
 
 def test_layer_decay_groups_follow_the_blocks():
@@ -64,13 +67,20 @@ def test_layer_decay_groups_follow_the_blocks():
     groups = parameter_groups(model, 1.0, 0.05, decay_names, layer_decay=0.5)
     scale_of = {name: group["lr"] for group in groups for name in group["names"]}
     decay_of = {name: group["weight_decay"] for group in groups for name in group["names"]}
-    layers = TINY_VIT["num_hidden_layers"]  # 2 blocks: embeddings at 0.5^3, block 0 at 0.5^2, block 1 at 0.5, head at 1
+    layers = TINY_VIT[
+        "num_hidden_layers"
+    ]  # 2 blocks: embeddings at 0.5^3, block 0 at 0.5^2, block 1 at 0.5, head at 1
     assert scale_of["vit.embeddings.patch_embeddings.projection.weight"] == pytest.approx(0.5 ** (layers + 1))
     block0 = next(name for name in scale_of if name.startswith(("vit.layers.0.", "vit.encoder.layer.0.")))
     assert scale_of[block0] == pytest.approx(0.5**layers)
     assert scale_of["classifier.weight"] == 1.0 and scale_of["vit.layernorm.weight"] == 1.0
     assert decay_of["classifier.weight"] == 0.05
-    for name in ("vit.embeddings.position_embeddings", "vit.embeddings.cls_token", "classifier.bias", "vit.layernorm.weight"):
+    for name in (
+        "vit.embeddings.position_embeddings",
+        "vit.embeddings.cls_token",
+        "classifier.bias",
+        "vit.layernorm.weight",
+    ):
         assert decay_of[name] == 0.0, name
     assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))
 
@@ -78,7 +88,9 @@ def test_layer_decay_groups_follow_the_blocks():
 def test_layer_decay_counts_resnet_stages():
     from transformers import ResNetForImageClassification
 
-    model = ResNetForImageClassification(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"}, num_labels=3))
+    model = ResNetForImageClassification(
+        ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"}, num_labels=3)
+    )
     names = [name for name, _ in model.named_parameters()]
     stage1 = next(name for name in names if ".stages.1." in name)
     assert layer_id(stage1, 2) == 2  # not the index of the "layers.<j>" inside the stage
@@ -89,7 +101,9 @@ def test_layer_decay_counts_resnet_stages():
 def test_linear_probe_trains_only_the_head_and_keeps_the_backbone_in_eval_mode():
     from transformers import ResNetForImageClassification
 
-    model = ResNetForImageClassification(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"}, num_labels=3))
+    model = ResNetForImageClassification(
+        ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"}, num_labels=3)
+    )
     trained = freeze_backbone(model)
     assert trained and all(name.startswith("classifier.") for name in trained)
     model.train()
@@ -100,13 +114,22 @@ def test_linear_probe_trains_only_the_head_and_keeps_the_backbone_in_eval_mode()
     loss = model(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.tensor([0, 1, 2, 0])).loss
     loss.backward()
     optimizer.step()
-    assert all(torch.equal(before, after) for before, after in zip(statistics, (b for n, b in model.named_buffers() if "running_mean" in n)))
-    assert all(torch.equal(backbone_before[name], p) for name, p in model.named_parameters() if name in backbone_before)
+    assert all(
+        torch.equal(before, after)
+        for before, after in zip(statistics, (b for n, b in model.named_buffers() if "running_mean" in n))
+    )
+    assert all(
+        torch.equal(backbone_before[name], p) for name, p in model.named_parameters() if name in backbone_before
+    )
 
 
 # ----- where the backbone comes from -------------------------------------------------------------------------------
 def _backbone_state(model):
-    return {name.split(".", 1)[1]: tensor for name, tensor in model.state_dict().items() if not name.startswith("classifier")}
+    return {
+        name.split(".", 1)[1]: tensor
+        for name, tensor in model.state_dict().items()
+        if not name.startswith("classifier")
+    }
 
 
 def test_every_backbone_weight_is_loaded(vit_backbone_dir):
@@ -125,7 +148,11 @@ def test_a_checkpoint_missing_backbone_weights_is_a_clear_error(vit_backbone_dir
     shutil.copytree(vit_backbone_dir, broken)
     weights = load_file(broken / "model.safetensors")
     dropped = [key for key in weights if "layernorm_before" in key or ".0.attention" in key]
-    save_file({key: value for key, value in weights.items() if key not in dropped}, broken / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {key: value for key, value in weights.items() if key not in dropped},
+        broken / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     with pytest.raises(ConfigError, match="do not fit ViTForImageClassification: missing"):
         build_classification_model(BackboneSource(str(broken)), ["a", "b"])
 
@@ -134,7 +161,9 @@ def test_hf_ssl_runs_and_checkpoints_give_their_evaluated_backbone(tmp_path):
     from hf_ssl import SimClrConfig, SimClrForPreTraining
 
     torch.manual_seed(0)
-    model = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8))
+    model = SimClrForPreTraining(
+        SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8)
+    )
     checkpoint = tmp_path / "run" / "checkpoint-5"
     model.save_pretrained(checkpoint)  # a checkpoint folder: no backbone/, the processor is in the run folder
     build_image_processor("vit", 16, MEAN, STD).save_pretrained(tmp_path / "run")
@@ -172,7 +201,10 @@ def test_full_fine_tune_run_keeps_the_best_checkpoint(vit_backbone_dir, image_fo
     assert "test_accuracy:" in printed
     results = json.loads((output / "all_results.json").read_text())
     assert results["num_skipped_images"] >= 1  # broken.png, counted and left out
-    assert results["test_samples"] == 12 and {"test_accuracy", "test_top5_accuracy", "test_macro_f1", "eval_accuracy"} <= results.keys()
+    assert (
+        results["test_samples"] == 12
+        and {"test_accuracy", "test_top5_accuracy", "test_macro_f1", "eval_accuracy"} <= results.keys()
+    )
     # the saved model is the best checkpoint by validation accuracy, loaded whole (not the last step's weights)
     state = json.loads((output / "trainer_state.json").read_text())
     best = AutoModelForImageClassification.from_pretrained(state["best_model_checkpoint"])
@@ -219,10 +251,26 @@ def test_resume_from_the_hub_copy_of_the_last_checkpoint(vit_backbone_dir, image
         shutil.copytree(hub, local_dir, dirs_exist_ok=True)
         return str(local_dir)
 
-    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *args, **kwargs: None)  # a repo with nothing pushed yet
+    monkeypatch.setattr(
+        "huggingface_hub.snapshot_download", lambda *args, **kwargs: None
+    )  # a repo with nothing pushed yet
     fresh = tmp_path / "fresh"
-    assert main(["--config", str(recipe), "--resume", "hub", f"training.output_dir={fresh}", "training.hub_model_id=org/ft"]) == 0
-    assert [path.name for path in fresh.glob("checkpoint-*")] == ["checkpoint-1"]  # started afresh, then stopped on time
+    assert (
+        main(
+            [
+                "--config",
+                str(recipe),
+                "--resume",
+                "hub",
+                f"training.output_dir={fresh}",
+                "training.hub_model_id=org/ft",
+            ]
+        )
+        == 0
+    )
+    assert [path.name for path in fresh.glob("checkpoint-*")] == [
+        "checkpoint-1"
+    ]  # started afresh, then stopped on time
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
     overrides = [f"training.output_dir={second}", "training.hub_model_id=org/ft", "training.max_time_seconds=null"]
@@ -248,7 +296,10 @@ def test_early_stopping_ends_the_run_after_patience_validations(vit_backbone_dir
     output = tmp_path / "early"
     recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=6)
     # no validation can improve by more than 1.0 (accuracy is in [0, 1]): the run stops after the second epoch
-    assert main(["--config", str(recipe), "training.early_stopping_patience=1", "training.early_stopping_threshold=1.0"]) == 0
+    assert (
+        main(["--config", str(recipe), "training.early_stopping_patience=1", "training.early_stopping_threshold=1.0"])
+        == 0
+    )
     state = json.loads((output / "trainer_state.json").read_text())
     assert state["epoch"] == 2 and state["global_step"] < state["max_steps"]
 
@@ -256,7 +307,18 @@ def test_early_stopping_ends_the_run_after_patience_validations(vit_backbone_dir
 def test_linear_probe_run_changes_only_the_head(vit_backbone_dir, image_folder, tmp_path):
     output = tmp_path / "probe"
     recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=1)
-    assert main(["--config", str(recipe), "model.mode=linear_probe", "model.layer_decay=null", "training.learning_rate=0.1"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(recipe),
+                "model.mode=linear_probe",
+                "model.layer_decay=null",
+                "training.learning_rate=0.1",
+            ]
+        )
+        == 0
+    )
     reference = ViTModel.from_pretrained(vit_backbone_dir, add_pooling_layer=False).state_dict()
     tuned = AutoModelForImageClassification.from_pretrained(output)
     loaded = _backbone_state(tuned)
@@ -278,7 +340,18 @@ def test_linear_probe_run_on_a_resnet_keeps_its_batchnorm_statistics_and_reloads
     backbone.save_pretrained(backbone_dir)
     build_image_processor("resnet", 16, MEAN, STD).save_pretrained(backbone_dir)
     recipe = write_recipe(tmp_path / "recipe.yaml", backbone_dir, image_folder, output, num_train_epochs=1)
-    assert main(["--config", str(recipe), "model.mode=linear_probe", "model.layer_decay=null", "training.learning_rate=0.1"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(recipe),
+                "model.mode=linear_probe",
+                "model.layer_decay=null",
+                "training.learning_rate=0.1",
+            ]
+        )
+        == 0
+    )
 
     tuned = AutoModelForImageClassification.from_pretrained(output)
     assert type(tuned) is ResNetForImageClassification
@@ -290,7 +363,9 @@ def test_linear_probe_run_on_a_resnet_keeps_its_batchnorm_statistics_and_reloads
     labels = torch.tensor([tuned.config.label2id[path.parent.name] for path in images])
     from PIL import Image
 
-    pixels = AutoImageProcessor.from_pretrained(output)([Image.open(path).convert("RGB") for path in images], return_tensors="pt")
+    pixels = AutoImageProcessor.from_pretrained(output)(
+        [Image.open(path).convert("RGB") for path in images], return_tensors="pt"
+    )
     with torch.no_grad():
         predictions = tuned.eval()(**pixels).logits.argmax(1)
     results = json.loads((output / "all_results.json").read_text())
@@ -323,7 +398,10 @@ def test_every_exported_family_fine_tunes(family, tmp_path):
     if len(mean) == 3:
         rows = [{"image": image, "label": index % 3} for index, image in enumerate(random_images(6))]
     else:  # N-band arrays of another size, channels last, as a datasets Array3D column may hold them
-        rows = [{"image": np.random.default_rng(index).random((20, 24, 5)).astype(np.float32), "label": index % 3} for index in range(6)]
+        rows = [
+            {"image": np.random.default_rng(index).random((20, 24, 5)).astype(np.float32), "label": index % 3}
+            for index in range(6)
+        ]
     for train in (True, False):
         batch = ClassificationCollator(processor, train=train, seed=0)(rows)
         assert batch["pixel_values"].shape == (6, len(mean), 16, 16) and batch["labels"].tolist() == [0, 1, 2, 0, 1, 2]

@@ -28,8 +28,15 @@ from tests.helpers import TINY_VIT, random_images
 
 ROOT = Path(__file__).resolve().parents[2]
 # 30 training images in batches of 4: 8 steps an epoch; a checkpoint (and a validation) every 3 steps, mid-epoch
-STEP_CHECKPOINTS = dict(num_train_epochs=3, per_device_train_batch_size=4, eval_strategy="steps", eval_steps=3, save_strategy="steps",
-                        save_steps=3, save_total_limit=2)
+STEP_CHECKPOINTS = dict(
+    num_train_epochs=3,
+    per_device_train_batch_size=4,
+    eval_strategy="steps",
+    eval_steps=3,
+    save_strategy="steps",
+    save_steps=3,
+    save_total_limit=2,
+)
 
 
 def _weights(path) -> dict:
@@ -39,7 +46,9 @@ def _weights(path) -> dict:
 def _assert_bit_identical(first, second):
     first, second = _weights(first), _weights(second)
     assert first.keys() == second.keys()
-    assert all(torch.equal(first[key], second[key]) for key in first), [key for key in first if not torch.equal(first[key], second[key])][:3]
+    assert all(torch.equal(first[key], second[key]) for key in first), [
+        key for key in first if not torch.equal(first[key], second[key])
+    ][:3]
 
 
 def _checkpoints(output):
@@ -56,18 +65,24 @@ def uninterrupted(vit_backbone_dir, image_folder, tmp_path_factory):
 
 
 # ----- 1. kill -9 and resume: bit-identical, with any number of workers ------------------------------------------
-def test_sigkill_and_resume_give_the_weights_of_an_uninterrupted_run(vit_backbone_dir, image_folder, uninterrupted, tmp_path):
+def test_sigkill_and_resume_give_the_weights_of_an_uninterrupted_run(
+    vit_backbone_dir, image_folder, uninterrupted, tmp_path
+):
     output = tmp_path / "out"
     recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, **STEP_CHECKPOINTS)
     command = [sys.executable, str(ROOT / "recipes" / "finetune_classification.py"), "--config", str(recipe)]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     while not (output / "checkpoint-3").is_dir() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert process.returncode == -signal.SIGKILL and not (output / "all_results.json").exists(), "the run ended before the kill"
+    assert process.returncode == -signal.SIGKILL and not (output / "all_results.json").exists(), (
+        "the run ended before the kill"
+    )
     # resumed with two DataLoader workers: the crops depend on (seed, epoch, example), not on who draws them
     assert main(["--config", str(recipe), "--resume", "auto", "training.dataloader_num_workers=2"]) == 0
     _assert_bit_identical(uninterrupted, output)  # the best checkpoint, loaded at the end
@@ -75,8 +90,9 @@ def test_sigkill_and_resume_give_the_weights_of_an_uninterrupted_run(vit_backbon
     _assert_bit_identical(uninterrupted / last, output / last)
     reference = json.loads((uninterrupted / "trainer_state.json").read_text())
     resumed = json.loads((output / "trainer_state.json").read_text())
-    assert [entry["eval_loss"] for entry in reference["log_history"] if "eval_loss" in entry][-1] == \
-        [entry["eval_loss"] for entry in resumed["log_history"] if "eval_loss" in entry][-1]
+    assert [entry["eval_loss"] for entry in reference["log_history"] if "eval_loss" in entry][-1] == [
+        entry["eval_loss"] for entry in resumed["log_history"] if "eval_loss" in entry
+    ][-1]
 
 
 def test_crops_are_drawn_from_seed_epoch_and_example():
@@ -86,15 +102,24 @@ def test_crops_are_drawn_from_seed_epoch_and_example():
     collator = ClassificationCollator(processor, train=True, seed=7, crop_scale=(0.2, 1.0))
     keyed = [{**row, "crop_key": (1, index)} for index, row in enumerate(rows)]
     first = collator(keyed)["pixel_values"]
-    assert torch.equal(first, ClassificationCollator(processor, train=True, seed=7, crop_scale=(0.2, 1.0))(list(reversed(keyed)))["pixel_values"].flip(0))
+    assert torch.equal(
+        first,
+        ClassificationCollator(processor, train=True, seed=7, crop_scale=(0.2, 1.0))(list(reversed(keyed)))[
+            "pixel_values"
+        ].flip(0),
+    )
     assert torch.equal(collator([keyed[2]])["pixel_values"][0], first[2])  # alone in its batch, the same crop
-    assert not torch.equal(collator([{**keyed[2], "crop_key": (2, 2)}])["pixel_values"][0], first[2])  # another epoch: another crop
+    assert not torch.equal(
+        collator([{**keyed[2], "crop_key": (2, 2)}])["pixel_values"][0], first[2]
+    )  # another epoch: another crop
     examples.set_epoch(3)
     assert examples[len(examples) * 3 + 1]["crop_key"] == (3, 1) and examples[2]["crop_key"] == (0, 2)
 
 
 # ----- 2. a kill inside a checkpoint save ------------------------------------------------------------------------
-def test_a_save_cut_short_is_passed_over_and_the_resume_is_exact(vit_backbone_dir, image_folder, uninterrupted, tmp_path, monkeypatch, capsys, caplog):
+def test_a_save_cut_short_is_passed_over_and_the_resume_is_exact(
+    vit_backbone_dir, image_folder, uninterrupted, tmp_path, monkeypatch, capsys, caplog
+):
     from hf_ssl.training.state import checkpointing
 
     output = tmp_path / "out"
@@ -126,19 +151,38 @@ def test_a_resume_with_changed_settings_is_refused_naming_them(vit_backbone_dir,
     output = tmp_path / "out"
     recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, max_time_seconds=1e-6)
     assert main(["--config", str(recipe)]) == 0  # stops after its first step, with a checkpoint
-    for change, key in ((["training.learning_rate=0.01"], "training.learning_rate"), (["training.seed=1"], "training.seed"),
-                        (["data.train_val_split=0.5"], "data.train_val_split"),
-                        (["model.mode=linear_probe", "model.layer_decay=null"], "model.mode"),
-                        (["augmentation.horizontal_flip=false"], "augmentation.horizontal_flip")):
+    for change, key in (
+        (["training.learning_rate=0.01"], "training.learning_rate"),
+        (["training.seed=1"], "training.seed"),
+        (["data.train_val_split=0.5"], "data.train_val_split"),
+        (["model.mode=linear_probe", "model.layer_decay=null"], "model.mode"),
+        (["augmentation.horizontal_flip=false"], "augmentation.horizontal_flip"),
+    ):
         assert main(["--config", str(recipe), "--resume", "auto", *change]) == 2, change
         error = capsys.readouterr().err
         assert f"{key}: checkpoint" in error and "resume_with_changed_settings" in error, error
     assert main(["--config", str(recipe), "--resume", "auto", "training.per_device_train_batch_size=4"]) == 2
     assert "total batch of 8" in capsys.readouterr().err
     # what may change: time limits, workers, logging
-    assert main(["--config", str(recipe), "--resume", "auto", "training.max_time_seconds=null", "training.logging_steps=2"]) == 0
-    assert main(["--config", str(tmp_path / "recipe.yaml"), "--resume", "auto", "training.learning_rate=0.01",
-                 "training.resume_with_changed_settings=true"]) == 0
+    assert (
+        main(
+            ["--config", str(recipe), "--resume", "auto", "training.max_time_seconds=null", "training.logging_steps=2"]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--config",
+                str(tmp_path / "recipe.yaml"),
+                "--resume",
+                "auto",
+                "training.learning_rate=0.01",
+                "training.resume_with_changed_settings=true",
+            ]
+        )
+        == 0
+    )
 
 
 # ----- 4 / 5. a finished run: resumed, or trained over --------------------------------------------------------------
@@ -154,8 +198,15 @@ def test_a_finished_run_keeps_its_results_and_is_not_trained_over(vit_backbone_d
     assert (output / "model.safetensors").read_bytes() == weights
 
     single = tmp_path / "no-checkpoints"  # save_strategy no: the model is all there is
-    recipe = write_recipe(tmp_path / "single.yaml", vit_backbone_dir, image_folder, single, num_train_epochs=1, save_strategy="no",
-                          load_best_model_at_end=False)
+    recipe = write_recipe(
+        tmp_path / "single.yaml",
+        vit_backbone_dir,
+        image_folder,
+        single,
+        num_train_epochs=1,
+        save_strategy="no",
+        load_best_model_at_end=False,
+    )
     assert main(["--config", str(recipe)]) == 0
     weights = (single / "model.safetensors").read_bytes()
     assert main(["--config", str(recipe)]) == 2
@@ -170,7 +221,10 @@ def test_a_finished_run_keeps_its_results_and_is_not_trained_over(vit_backbone_d
 def band_backbone_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("band-backbone")
     torch.manual_seed(0)
-    ViTModel(ViTConfig(**{**{k: v for k, v in TINY_VIT.items() if k != "model_type"}, "num_channels": 4}), add_pooling_layer=False).save_pretrained(path)
+    ViTModel(
+        ViTConfig(**{**{k: v for k, v in TINY_VIT.items() if k != "model_type"}, "num_channels": 4}),
+        add_pooling_layer=False,
+    ).save_pretrained(path)
     build_image_processor("vit", 16, [0.5] * 4, [0.25] * 4).save_pretrained(path)
     return path
 
@@ -204,10 +258,19 @@ def test_nband_arrays_holding_nan_are_skipped_and_counted(band_backbone_dir, tmp
     assert all(bool(torch.isfinite(tensor).all()) for tensor in _weights(tmp_path / "out").values())
 
 
-def test_a_nonfinite_loss_stops_the_run_without_saving_nan_weights(vit_backbone_dir, image_folder, tmp_path, monkeypatch, capsys):
+def test_a_nonfinite_loss_stops_the_run_without_saving_nan_weights(
+    vit_backbone_dir, image_folder, tmp_path, monkeypatch, capsys
+):
     output = tmp_path / "out"
-    recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=3, per_device_train_batch_size=4,
-                          max_consecutive_nonfinite_steps=3)
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        vit_backbone_dir,
+        image_folder,
+        output,
+        num_train_epochs=3,
+        per_device_train_batch_size=4,
+        max_consecutive_nonfinite_steps=3,
+    )
     prepare = ClassificationCollator._prepare
     calls = {"train": 0}
 
@@ -250,7 +313,9 @@ def test_ambiguous_layout_stops_the_run_before_training(band_backbone_dir, tmp_p
     assert main(["--config", str(recipe), "data.channels_last=true"]) == 0
 
 
-def test_a_model_of_another_band_count_is_refused_before_training(vit_backbone_dir, band_backbone_dir, image_folder, tmp_path, capsys):
+def test_a_model_of_another_band_count_is_refused_before_training(
+    vit_backbone_dir, band_backbone_dir, image_folder, tmp_path, capsys
+):
     processor = build_image_processor("vit", 16, MEAN, STD)
     with pytest.raises(ValueError, match="holds 4 bands and the model takes 3 channels"):  # an Array3D column's rows
         ClassificationCollator(processor, train=False).decode(np.zeros((20, 24, 4), np.float32))
@@ -267,12 +332,16 @@ def test_a_model_of_another_band_count_is_refused_before_training(vit_backbone_d
 
 
 # ----- 10. a pretraining checkpoint given to --resume ------------------------------------------------------------
-def test_resuming_from_a_pretraining_checkpoint_says_how_to_start_from_it(vit_backbone_dir, image_folder, tmp_path, capsys):
+def test_resuming_from_a_pretraining_checkpoint_says_how_to_start_from_it(
+    vit_backbone_dir, image_folder, tmp_path, capsys
+):
     from hf_ssl import SimClrConfig, SimClrForPreTraining
     from hf_ssl.training.state import checkpointing
 
     checkpoint = tmp_path / "pretraining" / "checkpoint-5"
-    SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8)).save_pretrained(checkpoint)
+    SimClrForPreTraining(
+        SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8)
+    ).save_pretrained(checkpoint)
     recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, tmp_path / "out")
     for state in (False, True):
         if state:
@@ -304,8 +373,15 @@ def test_one_class_and_a_class_of_one_image_are_named(vit_backbone_dir, tmp_path
 # ----- 19. early stopping, and rotation after a kill right after the last checkpoint -------------------------------
 def test_an_early_stopped_run_says_so_and_a_resume_keeps_it(vit_backbone_dir, image_folder, tmp_path, capsys):
     output = tmp_path / "out"
-    recipe = write_recipe(tmp_path / "recipe.yaml", vit_backbone_dir, image_folder, output, num_train_epochs=6,
-                          early_stopping_patience=1, early_stopping_threshold=1.0)
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        vit_backbone_dir,
+        image_folder,
+        output,
+        num_train_epochs=6,
+        early_stopping_patience=1,
+        early_stopping_threshold=1.0,
+    )
     assert main(["--config", str(recipe)]) == 0
     printed = capsys.readouterr().out
     assert "Early stopping ended the run at step" in printed and "--resume auto keeps it" in printed
@@ -316,7 +392,9 @@ def test_an_early_stopped_run_says_so_and_a_resume_keeps_it(vit_backbone_dir, im
     assert _checkpoints(output)[-1] == f"checkpoint-{step}"
 
 
-def test_a_kill_after_the_last_checkpoint_is_finished_by_a_resume(vit_backbone_dir, image_folder, tmp_path, monkeypatch):
+def test_a_kill_after_the_last_checkpoint_is_finished_by_a_resume(
+    vit_backbone_dir, image_folder, tmp_path, monkeypatch
+):
     from hf_ssl.finetuning.trainer import FinetuneTrainer
 
     output = tmp_path / "out"
@@ -324,7 +402,12 @@ def test_a_kill_after_the_last_checkpoint_is_finished_by_a_resume(vit_backbone_d
     monkeypatch.setattr(FinetuneTrainer, "rotate_checkpoints", lambda self: None)  # killed before each rotation
     assert main(["--config", str(recipe)]) == 0
     monkeypatch.undo()
-    for name in ("model.safetensors", "all_results.json", "trainer_state.json", "README.md"):  # killed before the outputs
+    for name in (
+        "model.safetensors",
+        "all_results.json",
+        "trainer_state.json",
+        "README.md",
+    ):  # killed before the outputs
         (output / name).unlink()
     assert len(_checkpoints(output)) == 8
     assert main(["--config", str(recipe), "--resume", "auto"]) == 0
@@ -333,7 +416,9 @@ def test_a_kill_after_the_last_checkpoint_is_finished_by_a_resume(vit_backbone_d
     assert set(_checkpoints(output)) == kept and len(kept) <= 2
     _assert_bit_identical(state["best_model_checkpoint"], output)
     results = json.loads((output / "all_results.json").read_text())
-    assert "eval_accuracy" in results and "train_loss" not in results  # this session trained nothing: no train_loss of 0
+    assert (
+        "eval_accuracy" in results and "train_loss" not in results
+    )  # this session trained nothing: no train_loss of 0
 
 
 # ----- 20. grayscale and RGB images on every kind of start ------------------------------------------------------
@@ -343,7 +428,9 @@ def _starts(tmp_path):
     from hf_ssl import SimClrConfig, SimClrForPreTraining
 
     torch.manual_seed(0)
-    model = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8))
+    model = SimClrForPreTraining(
+        SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8)
+    )
     run = tmp_path / "run"
     model.save_pretrained(run / "checkpoint-5")
     model.save_pretrained(run)
@@ -352,13 +439,23 @@ def _starts(tmp_path):
     plain = tmp_path / "plain"
     config = AutoConfig.for_model(**TINY_VIT)
     AutoModel.from_config(config).save_pretrained(plain)
-    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(plain)
-    return {"hf_ssl run": run, "checkpoint": run / "checkpoint-5", "exported backbone": run / "backbone", "plain transformers": plain}
+    ViTImageProcessor(
+        size={"height": 16, "width": 16}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+    ).save_pretrained(plain)
+    return {
+        "hf_ssl run": run,
+        "checkpoint": run / "checkpoint-5",
+        "exported backbone": run / "backbone",
+        "plain transformers": plain,
+    }
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "P", "RGBA", "CMYK", "I;16"])
 def test_every_start_takes_grayscale_and_colour_images(mode, tmp_path):
-    images = [image if mode == "RGB" else image.convert("L").convert(mode) if mode == "I;16" else image.convert(mode) for image in random_images(4)]
+    images = [
+        image if mode == "RGB" else image.convert("L").convert(mode) if mode == "I;16" else image.convert(mode)
+        for image in random_images(4)
+    ]
     rows = [{"image": image, "label": index % 2} for index, image in enumerate(images)]
     for name, path in _starts(tmp_path).items():
         source = resolve_backbone_source(str(path), export_dir=tmp_path / f"export-{name.replace(' ', '-')}")

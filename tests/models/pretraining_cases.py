@@ -44,8 +44,9 @@ def pretraining_case(method: str) -> PretrainingCase:
     generator = torch.Generator().manual_seed(1)
     views = torch.randn(2, 2, 3, 16, 16, generator=generator)  # (views, B, C, H, W)
     if method == "dino":
-        return PretrainingCase(DinoForPreTraining, DinoConfig(backbone_config=dict(TINY_VIT), **TINY_HEAD),
-                               {"global_crops": views})
+        return PretrainingCase(
+            DinoForPreTraining, DinoConfig(backbone_config=dict(TINY_VIT), **TINY_HEAD), {"global_crops": views}
+        )
     if method == "simclr":
         config = SimClrConfig(backbone_config=dict(TINY_RESNET), projection_hidden_dim=24, projection_dim=8)
         return PretrainingCase(SimClrForPreTraining, config, {"views": views})

@@ -63,9 +63,9 @@ def loss_and_gradients(loss_fn, linear, inputs_a, inputs_b):
 def uneven_inputs(rank: int) -> torch.Tensor:
     """Rank r's rows for the uneven gather check: distinct values, so the gathered order can be checked."""
     start = sum(UNEVEN_ROWS[:rank])
-    return torch.arange(start * UNEVEN_FEATURES, (start + UNEVEN_ROWS[rank]) * UNEVEN_FEATURES, dtype=torch.float32).view(
-        UNEVEN_ROWS[rank], UNEVEN_FEATURES
-    )
+    return torch.arange(
+        start * UNEVEN_FEATURES, (start + UNEVEN_ROWS[rank]) * UNEVEN_FEATURES, dtype=torch.float32
+    ).view(UNEVEN_ROWS[rank], UNEVEN_FEATURES)
 
 
 def uneven_weights(rank: int) -> torch.Tensor:

@@ -34,7 +34,9 @@ def test_invalid_argument_raises_error_naming_it(argument, value):
 
 
 def test_save_and_load_round_trip_with_nested_backbone_config(tmp_path):
-    config = ByolConfig(backbone_config=dict(TINY_RESNET), projection_hidden_dim=24, projection_dim=8, prediction_hidden_dim=12)
+    config = ByolConfig(
+        backbone_config=dict(TINY_RESNET), projection_hidden_dim=24, projection_dim=8, prediction_hidden_dim=12
+    )
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "hf_ssl_byol" and saved["backbone_config"]["model_type"] == "resnet"

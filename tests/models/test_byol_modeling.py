@@ -42,7 +42,9 @@ def test_target_starts_as_a_copy_of_the_online_network_and_gets_no_gradient():
     assert output.loss.shape == () and output.loss.dtype == torch.float32 and 0 <= output.loss.item() <= 4
     output.loss.backward()
     assert all(parameter.grad is None for parameter in model.target.parameters())
-    without_gradient = [name for name, parameter in model.named_parameters() if parameter.requires_grad and parameter.grad is None]
+    without_gradient = [
+        name for name, parameter in model.named_parameters() if parameter.requires_grad and parameter.grad is None
+    ]
     assert without_gradient == []
     assert sum(parameter.grad.abs().sum() for parameter in model.online.backbone.parameters()) > 0
     assert sum(parameter.grad.abs().sum() for parameter in model.predictor.parameters()) > 0
@@ -154,8 +156,12 @@ def test_auto_model_and_the_exported_backbone_are_the_online_backbone(saved):
     pixel_values = make_views(image_size=32, seed=5)[0]
     with torch.no_grad():
         output, exported = features.eval()(pixel_values), plain.eval()(pixel_values=pixel_values)
-        online_embedding, _ = get_backbone_features(model.online.backbone, pixel_values, model.online.backbone_forward_kwargs)
-        target_embedding, _ = get_backbone_features(model.target.backbone, pixel_values, model.target.backbone_forward_kwargs)
+        online_embedding, _ = get_backbone_features(
+            model.online.backbone, pixel_values, model.online.backbone_forward_kwargs
+        )
+        target_embedding, _ = get_backbone_features(
+            model.target.backbone, pixel_values, model.target.backbone_forward_kwargs
+        )
     torch.testing.assert_close(output.pooler_output, online_embedding, rtol=0, atol=1e-6)
     torch.testing.assert_close(exported.pooler_output.flatten(1), online_embedding, rtol=0, atol=1e-6)
     torch.testing.assert_close(exported.last_hidden_state, output.last_hidden_state, rtol=0, atol=1e-6)

@@ -39,11 +39,14 @@ def official_vit(blocks_prefix="blocks", width=WIDTH, cls_token=True):
     if cls_token:
         state_dict["cls_token"] = torch.randn(1, 1, width, generator=generator)
     for index in range(DEPTH):
-        block = nn.ModuleDict({
-            "norm1": nn.LayerNorm(width), "norm2": nn.LayerNorm(width),
-            "attn": nn.ModuleDict({"qkv": nn.Linear(width, 3 * width), "proj": nn.Linear(width, width)}),
-            "mlp": nn.ModuleDict({"fc1": nn.Linear(width, 4 * width), "fc2": nn.Linear(4 * width, width)}),
-        })
+        block = nn.ModuleDict(
+            {
+                "norm1": nn.LayerNorm(width),
+                "norm2": nn.LayerNorm(width),
+                "attn": nn.ModuleDict({"qkv": nn.Linear(width, 3 * width), "proj": nn.Linear(width, width)}),
+                "mlp": nn.ModuleDict({"fc1": nn.Linear(width, 4 * width), "fc2": nn.Linear(4 * width, width)}),
+            }
+        )
         state_dict.update({f"{blocks_prefix}.{index}.{key}": value for key, value in block.state_dict().items()})
     return state_dict
 
@@ -55,8 +58,10 @@ def dino_training_checkpoint(args=None):
     head = {f"mlp.{key}": value for key, value in mlp.state_dict().items()}
     head["last_layer.weight_g"] = torch.ones(OUT_DIM, 1)  # norm_last_layer: g stays 1
     head["last_layer.weight_v"] = torch.randn(OUT_DIM, BOTTLENECK)
-    network = {**{f"backbone.{key}": value for key, value in official_vit().items()},
-               **{f"head.{key}": value for key, value in head.items()}}
+    network = {
+        **{f"backbone.{key}": value for key, value in official_vit().items()},
+        **{f"head.{key}": value for key, value in head.items()},
+    }
     return {
         "student": {f"module.{key}": value.clone() for key, value in network.items()},
         "teacher": network,
@@ -71,18 +76,25 @@ def ijepa_checkpoint():
     encoder = official_vit(cls_token=False)
     predictor = official_vit("predictor_blocks", width=PREDICTOR_WIDTH, cls_token=False)
     predictor = {key: value for key, value in predictor.items() if key.startswith("predictor_blocks.")}
-    predictor.update({
-        "predictor_embed.weight": torch.randn(PREDICTOR_WIDTH, WIDTH),
-        "predictor_embed.bias": torch.zeros(PREDICTOR_WIDTH),
-        "mask_token": torch.zeros(1, 1, PREDICTOR_WIDTH),
-        "predictor_pos_embed": torch.randn(1, GRID_SIDE * GRID_SIDE, PREDICTOR_WIDTH),
-        "predictor_norm.weight": torch.ones(PREDICTOR_WIDTH),
-        "predictor_norm.bias": torch.zeros(PREDICTOR_WIDTH),
-        "predictor_proj.weight": torch.randn(WIDTH, PREDICTOR_WIDTH),
-        "predictor_proj.bias": torch.zeros(WIDTH),
-    })
-    return {"encoder": {f"module.{key}": value for key, value in encoder.items()}, "predictor": predictor,
-            "target_encoder": {key: value.clone() for key, value in encoder.items()}, "epoch": 7, "lr": 1e-3}
+    predictor.update(
+        {
+            "predictor_embed.weight": torch.randn(PREDICTOR_WIDTH, WIDTH),
+            "predictor_embed.bias": torch.zeros(PREDICTOR_WIDTH),
+            "mask_token": torch.zeros(1, 1, PREDICTOR_WIDTH),
+            "predictor_pos_embed": torch.randn(1, GRID_SIDE * GRID_SIDE, PREDICTOR_WIDTH),
+            "predictor_norm.weight": torch.ones(PREDICTOR_WIDTH),
+            "predictor_norm.bias": torch.zeros(PREDICTOR_WIDTH),
+            "predictor_proj.weight": torch.randn(WIDTH, PREDICTOR_WIDTH),
+            "predictor_proj.bias": torch.zeros(WIDTH),
+        }
+    )
+    return {
+        "encoder": {f"module.{key}": value for key, value in encoder.items()},
+        "predictor": predictor,
+        "target_encoder": {key: value.clone() for key, value in encoder.items()},
+        "epoch": 7,
+        "lr": 1e-3,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +110,15 @@ def checkpoints(tmp_path_factory):
 def run_command_line(method, checkpoint, output_dir, *options):
     """`main` of the method's converter, as `python -m ...` runs it."""
     return CONVERTERS[method].main(
-        ["--checkpoint", str(checkpoint), "--output_dir", str(output_dir), "--num_attention_heads", str(HEADS),
-         *options]
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--output_dir",
+            str(output_dir),
+            "--num_attention_heads",
+            str(HEADS),
+            *options,
+        ]
     )
 
 
@@ -116,8 +135,12 @@ def command_line_error(capsys, method, checkpoint, output_dir, *options):
 def previous_run(folder):
     """A finished run of another method: its model, recipe, card and checkpoints; returns {file: content}."""
     files = {
-        "model.safetensors": "simclr weights", "config.json": '{"model_type": "simclr"}',
-        "recipe.yaml": "method: simclr", "README.md": "# SimCLR run", "checkpoint-100/hf_ssl_state.json": "{}", "backbone/config.json": "{}",
+        "model.safetensors": "simclr weights",
+        "config.json": '{"model_type": "simclr"}',
+        "recipe.yaml": "method: simclr",
+        "README.md": "# SimCLR run",
+        "checkpoint-100/hf_ssl_state.json": "{}",
+        "backbone/config.json": "{}",
     }
     for name, content in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -152,8 +175,11 @@ def test_overwrite_clears_the_previous_run_before_saving(method, checkpoints, tm
     previous_run(run)
     model = run_command_line(method, checkpoints[method], run, "--overwrite")
     saved = sorted(path.name for path in run.iterdir())
-    assert saved == (["backbone", "config.json", "model.safetensors", "preprocessor_config.json"] if method == "DINO"
-                     else ["config.json", "model.safetensors", "preprocessor_config.json"])
+    assert saved == (
+        ["backbone", "config.json", "model.safetensors", "preprocessor_config.json"]
+        if method == "DINO"
+        else ["config.json", "model.safetensors", "preprocessor_config.json"]
+    )
     assert "recipe.yaml" in caplog.text and "checkpoint-100" in caplog.text  # the deletion is reported
     reloaded = type(model).from_pretrained(run)
     assert reloaded.config.backbone_config.hidden_size == WIDTH
@@ -161,8 +187,10 @@ def test_overwrite_clears_the_previous_run_before_saving(method, checkpoints, tm
 
 @pytest.mark.parametrize(
     ("method", "convert_to_folder"),
-    [("DINO", convert_dino_official.convert_dino_checkpoint_to_folder),
-     ("I-JEPA", convert_ijepa_official.convert_official_checkpoint_to_folder)],
+    [
+        ("DINO", convert_dino_official.convert_dino_checkpoint_to_folder),
+        ("I-JEPA", convert_ijepa_official.convert_official_checkpoint_to_folder),
+    ],
 )
 def test_the_library_call_follows_the_same_rule(method, convert_to_folder, checkpoints, tmp_path):
     run = tmp_path / "run"
@@ -224,7 +252,13 @@ def test_a_backbone_dir_outside_output_dir_follows_the_same_rule(checkpoints, tm
     backbone_dir = tmp_path / "plain-vit"
     files = previous_run(backbone_dir)
     error = command_line_error(
-        capsys, "I-JEPA", checkpoints["I-JEPA"], tmp_path / "new", "--export_backbone", "target", "--backbone_dir",
+        capsys,
+        "I-JEPA",
+        checkpoints["I-JEPA"],
+        tmp_path / "new",
+        "--export_backbone",
+        "target",
+        "--backbone_dir",
         str(backbone_dir),
     )
     assert f"backbone_dir '{backbone_dir}' is not empty" in error
@@ -247,8 +281,10 @@ def truncated_copy(source, path):
     ("make_file", "expected"),
     [
         (lambda path, _: path.write_bytes(b""), "is empty (0 bytes), not an official {method} checkpoint"),
-        (lambda path, _: path.write_text("epoch 300: loss 2.31\n"),
-         "is a text file, not an official {method} checkpoint: it starts with 'epoch 300: loss 2.31'"),
+        (
+            lambda path, _: path.write_text("epoch 300: loss 2.31\n"),
+            "is a text file, not an official {method} checkpoint: it starts with 'epoch 300: loss 2.31'",
+        ),
         (lambda path, source: truncated_copy(source, path), "is a truncated or corrupt zip archive"),
         (lambda path, _: path.write_text("<!DOCTYPE html><html><body>Sign in</body></html>"), "is an HTML page"),
     ],
@@ -298,8 +334,11 @@ def test_no_weights_only_is_advised_for_a_sound_checkpoint_with_refused_classes(
     path = tmp_path / "trusted.pth"
     torch.save(checkpoint, path)
     refused = "pathlib.PurePosixPath" if method == "DINO" else "argparse.Namespace"
-    read = (convert_dino_official.read_dino_checkpoint if method == "DINO"
-            else convert_ijepa_official.read_official_checkpoint)
+    read = (
+        convert_dino_official.read_dino_checkpoint
+        if method == "DINO"
+        else convert_ijepa_official.read_official_checkpoint
+    )
     with pytest.raises(PickledObjectsError, match=rf"refuses to rebuild \({refused}\)") as error_info:
         read(path)
     assert error_info.value.classes == [refused]

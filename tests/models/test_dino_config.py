@@ -6,7 +6,6 @@ import pytest
 from transformers import AutoConfig, Dinov2Config, ViTConfig
 
 from hf_ssl import DinoConfig
-
 from tests.helpers import TINY_DINOV2, TINY_VIT
 
 
@@ -48,7 +47,9 @@ def test_invalid_argument_raises_error_naming_it(argument, value):
 
 
 def test_backbone_config_accepts_config_objects_and_dicts():
-    from_object = DinoConfig(backbone_config=Dinov2Config(**{k: v for k, v in TINY_DINOV2.items() if k != "model_type"}))
+    from_object = DinoConfig(
+        backbone_config=Dinov2Config(**{k: v for k, v in TINY_DINOV2.items() if k != "model_type"})
+    )
     from_dict = DinoConfig(backbone_config=dict(TINY_DINOV2))
     for config in (from_object, from_dict):
         assert isinstance(config.backbone_config, Dinov2Config)

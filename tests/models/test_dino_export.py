@@ -10,7 +10,6 @@ from hf_ssl import DinoConfig, DinoForPreTraining, DinoModel
 from tests.helpers import TINY_DINOV2, TINY_HEAD, TINY_VIT, plain_transformers_features
 
 
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """{family: (checkpoint dir, export dir, features computed without hf_ssl)}, one subprocess for all."""
@@ -31,10 +30,7 @@ def exports(tmp_path_factory):
         directories[family] = (checkpoint_dir, export_dir)
 
     plain = plain_transformers_features([export for _, export in directories.values()], "L", cwd=root)
-    return {
-        family: (checkpoint, export, plain[export])
-        for family, (checkpoint, export) in directories.items()
-    }
+    return {family: (checkpoint, export, plain[export]) for family, (checkpoint, export) in directories.items()}
 
 
 def dino_model_features(checkpoint_dir, pixel_values):
@@ -68,6 +64,9 @@ def test_exported_dinov2_loads_without_hf_ssl_and_matches_dino_model(exports):
     checkpoint_dir, export_dir, plain = exports["dinov2"]
     assert plain["model_class"] == "Dinov2Model"
     assert plain["loading_info"]["missing_keys"] == [] and plain["loading_info"]["unexpected_keys"] == []
-    assert json.loads((export_dir / "preprocessor_config.json").read_text())["image_processor_type"] == "BitImageProcessor"
+    assert (
+        json.loads((export_dir / "preprocessor_config.json").read_text())["image_processor_type"]
+        == "BitImageProcessor"
+    )
     features = dino_model_features(checkpoint_dir, plain["pixel_values"])
     torch.testing.assert_close(plain["pooler_output"], features.pooler_output, rtol=0, atol=1e-6)

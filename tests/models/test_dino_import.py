@@ -52,7 +52,7 @@ class ReferenceAttention(nn.Module):
         # (batch, length, 3 * WIDTH) -> (3, batch, heads, length, head_width)
         fused = self.qkv(tokens).view(batch, length, 3, HEADS, head_width).permute(2, 0, 3, 1, 4)
         query, key, value = fused[0], fused[1], fused[2]
-        scores = torch.einsum("bhqd,bhkd->bhqk", query, key) * head_width ** -0.5
+        scores = torch.einsum("bhqd,bhkd->bhqk", query, key) * head_width**-0.5
         mixed = torch.einsum("bhqk,bhkd->bhqd", scores.softmax(dim=-1), value)
         return self.proj(mixed.permute(0, 2, 1, 3).reshape(batch, length, WIDTH))
 
@@ -184,11 +184,22 @@ def training_checkpoint(student, teacher, center, student_prefix="module.", teac
         "teacher": {teacher_prefix + key: value.clone() for key, value in teacher.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "epoch": 12,
-        "args": argparse.Namespace(arch="vit_tiny", patch_size=PATCH_SIZE, out_dim=OUT_DIM, norm_last_layer=True,
-                                   local_crops_scale=(0.05, 0.4), output_dir="."),
+        "args": argparse.Namespace(
+            arch="vit_tiny",
+            patch_size=PATCH_SIZE,
+            out_dim=OUT_DIM,
+            norm_last_layer=True,
+            local_crops_scale=(0.05, 0.4),
+            output_dir=".",
+        ),
         "dino_loss": {"center": center.clone()},
-        "fp16_scaler": {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
-                        "_growth_tracker": 3},
+        "fp16_scaler": {
+            "scale": 1024.0,
+            "growth_factor": 2.0,
+            "backoff_factor": 0.5,
+            "growth_interval": 2000,
+            "_growth_tracker": 3,
+        },
     }
 
 
@@ -347,12 +358,14 @@ def test_heads_default_to_the_official_vit_of_that_width(reference):
         dino_pretraining_config(state_dicts)  # width 48 is no official ViT
     with pytest.raises(ValueError, match="num_attention_heads"):
         dino_pretraining_config(state_dicts, num_attention_heads=5)  # 48 is not a multiple of 5
-    vit_small = {"teacher": {
-        "backbone.pos_embed": torch.zeros(1, 1 + 14 * 14, 384),
-        "backbone.patch_embed.proj.weight": torch.zeros(384, 3, 16, 16),
-        "backbone.blocks.0.mlp.fc1.weight": torch.zeros(1536, 384),
-        "backbone.blocks.0.attn.qkv.bias": torch.zeros(3 * 384),
-    }}
+    vit_small = {
+        "teacher": {
+            "backbone.pos_embed": torch.zeros(1, 1 + 14 * 14, 384),
+            "backbone.patch_embed.proj.weight": torch.zeros(384, 3, 16, 16),
+            "backbone.blocks.0.mlp.fc1.weight": torch.zeros(1536, 384),
+            "backbone.blocks.0.attn.qkv.bias": torch.zeros(3 * 384),
+        }
+    }
     backbone = dino_pretraining_config(vit_small).backbone_config
     assert (backbone.num_attention_heads, backbone.image_size, backbone.patch_size) == (6, 224, 16)
 
@@ -391,8 +404,20 @@ def test_command_line_writes_the_model_and_a_plain_vit(checkpoint_path, referenc
 
 def test_command_line_exports_the_student_where_asked(checkpoint_path, reference, tmp_path):
     backbone_dir = tmp_path / "student_vit"
-    main(["--checkpoint", str(checkpoint_path), "--output_dir", str(tmp_path / "out"), "--num_attention_heads",
-          str(HEADS), "--export_backbone", "student", "--backbone_dir", str(backbone_dir)])
+    main(
+        [
+            "--checkpoint",
+            str(checkpoint_path),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--num_attention_heads",
+            str(HEADS),
+            "--export_backbone",
+            "student",
+            "--backbone_dir",
+            str(backbone_dir),
+        ]
+    )
     vit = AutoModel.from_pretrained(backbone_dir)
     images = make_images()
     with torch.no_grad():
@@ -454,8 +479,11 @@ def test_wrong_shape_and_a_classifier_are_named(reference):
     wrong_shape = r"'teacher'.*'backbone\.blocks\.0\.attn\.qkv\.weight'.*\(96, 48\).*\(144, 48\)"
     with pytest.raises(ValueError, match=wrong_shape):
         convert_dino_checkpoint(checkpoint, num_attention_heads=HEADS)
-    classifier = {**reference[1].backbone.state_dict(), "head.weight": torch.zeros(10, WIDTH),
-                  "head.bias": torch.zeros(10)}
+    classifier = {
+        **reference[1].backbone.state_dict(),
+        "head.weight": torch.zeros(10, WIDTH),
+        "head.bias": torch.zeros(10),
+    }
     with pytest.raises(ValueError, match=r"classifier \['head\.bias', 'head\.weight'\]"):
         dino_checkpoint_to_vit(classifier, num_attention_heads=HEADS)
 

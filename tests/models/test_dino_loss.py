@@ -16,6 +16,7 @@ from tests.models.dino_center_worker import update_center_on_rank
 
 def reference_dino_loss(student, teacher, center, num_global_crops, student_temperature, teacher_temperature):
     """Plain numpy, one (teacher crop i, student crop v != i) pair at a time, as in the official code."""
+
     def softmax(x):
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
@@ -43,7 +44,9 @@ def test_loss_equals_hand_computed_two_crop_case():
     expected = (0.5 * math.log(16 / 3) + math.log(2)) / 2  # 0.76507
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     # With the v == i pairs (ln 2 and the entropy of [3/4, 1/4]) the mean would be 0.6964: they must be excluded.
-    with_same_crop_pairs = (0.5 * math.log(16 / 3) + 2 * math.log(2) - 0.75 * math.log(0.75) - 0.25 * math.log(0.25)) / 4
+    with_same_crop_pairs = (
+        0.5 * math.log(16 / 3) + 2 * math.log(2) - 0.75 * math.log(0.75) - 0.25 * math.log(0.25)
+    ) / 4
     assert abs(loss.item() - with_same_crop_pairs) > 0.05
 
 
@@ -153,8 +156,13 @@ def test_deferred_center_update_equals_one_update_of_the_whole_batch():
     deferred = DinoLoss(out_dim=3, center_momentum=0.9).train()
     for image in (0, 1):
         # a micro-batch of one image: its rows of the crop-major (crops * batch) layout, batch size 2
-        deferred(student[[image, 2 + image, 4 + image, 6 + image]], teacher[[image, 2 + image]],
-                 num_global_crops=2, teacher_temperature=0.5, update_center=False)
+        deferred(
+            student[[image, 2 + image, 4 + image, 6 + image]],
+            teacher[[image, 2 + image]],
+            num_global_crops=2,
+            teacher_temperature=0.5,
+            update_center=False,
+        )
     assert torch.equal(deferred.center, torch.zeros(1, 3))  # nothing applied yet
     deferred.apply_pending_center_update()
     torch.testing.assert_close(deferred.center, whole.center)

@@ -38,7 +38,9 @@ def test_teacher_starts_identical_to_student_and_has_no_grad(tiny_model):
     for name in student:
         assert torch.equal(student[name], teacher[name]), name
     assert not any(parameter.requires_grad for parameter in model.teacher.parameters())
-    assert all(parameter.requires_grad for name, parameter in model.student.named_parameters() if "original0" not in name)
+    assert all(
+        parameter.requires_grad for name, parameter in model.student.named_parameters() if "original0" not in name
+    )
 
 
 def test_teacher_student_parameter_pairs_match_by_name(tiny_model):
@@ -57,7 +59,9 @@ def test_forward_runs_backbone_once_per_resolution_and_returns_detached_signals(
     head_inputs = []
     for role in ("student", "teacher"):
         getattr(model, role).backbone.register_forward_hook(
-            lambda module, args, kwargs, output, role=role: backbone_inputs[role].append(tuple(kwargs["pixel_values"].shape)),
+            lambda module, args, kwargs, output, role=role: backbone_inputs[role].append(
+                tuple(kwargs["pixel_values"].shape)
+            ),
             with_kwargs=True,
         )
     model.student.head.register_forward_hook(lambda module, args, output: head_inputs.append(tuple(args[0].shape)))
@@ -69,7 +73,14 @@ def test_forward_runs_backbone_once_per_resolution_and_returns_detached_signals(
     assert backbone_inputs["teacher"] == [(6, 3, 16, 16)]  # global crops only
     assert head_inputs == [(12, 32)]  # one head pass on all 4*3 CLS embeddings
     assert output.loss.shape == () and torch.isfinite(output.loss) and output.loss.requires_grad
-    for name in ("teacher_entropy", "student_entropy", "max_entropy", "embedding_std", "teacher_temperature", "center_norm"):
+    for name in (
+        "teacher_entropy",
+        "student_entropy",
+        "max_entropy",
+        "embedding_std",
+        "teacher_temperature",
+        "center_norm",
+    ):
         assert output[name].shape == () and not output[name].requires_grad, name
     assert output.max_entropy.item() == pytest.approx(torch.log(torch.tensor(64.0)).item())
     assert output.teacher_temperature.item() == pytest.approx(model.config.teacher_temperature)
@@ -129,7 +140,9 @@ def test_last_layer_parameters_are_exactly_the_student_last_layer(tiny_model):
 @pytest.mark.parametrize("norm_last_layer", [True, False])
 def test_norm_last_layer_keeps_prototype_norms_at_one_after_a_step(norm_last_layer):
     torch.manual_seed(0)
-    head = DinoHead(in_dim=8, out_dim=16, hidden_dim=12, bottleneck_dim=4, num_layers=3, norm_last_layer=norm_last_layer)
+    head = DinoHead(
+        in_dim=8, out_dim=16, hidden_dim=12, bottleneck_dim=4, num_layers=3, norm_last_layer=norm_last_layer
+    )
     optimizer = torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=1.0)
     head(torch.randn(5, 8)).pow(2).sum().backward()
     optimizer.step()

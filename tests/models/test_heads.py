@@ -33,16 +33,26 @@ def layer_kinds(mlp: nn.Sequential) -> list[str]:
 
 def test_layers_run_linear_batch_norm_activation_and_end_on_a_bare_linear():
     assert layer_kinds(build_mlp([6, 5, 4, 3])) == [
-        "Linear(6, 5, False)", "BatchNorm1d(5)", "ReLU", "Linear(5, 4, False)", "BatchNorm1d(4)", "ReLU",
+        "Linear(6, 5, False)",
+        "BatchNorm1d(5)",
+        "ReLU",
+        "Linear(5, 4, False)",
+        "BatchNorm1d(4)",
+        "ReLU",
         "Linear(4, 3, True)",
     ]
     # without BatchNorm the hidden layers keep their bias; a lone layer is the output layer
     assert layer_kinds(build_mlp([6, 5, 3], batch_norm=False, activation=nn.GELU)) == [
-        "Linear(6, 5, True)", "GELU", "Linear(5, 3, True)",
+        "Linear(6, 5, True)",
+        "GELU",
+        "Linear(5, 3, True)",
     ]
     assert layer_kinds(build_mlp([6, 3], output_bias=False)) == ["Linear(6, 3, False)"]
     assert layer_kinds(build_mlp([6, 5, 3], hidden_bias=True, output_bias=False)) == [
-        "Linear(6, 5, True)", "BatchNorm1d(5)", "ReLU", "Linear(5, 3, False)",
+        "Linear(6, 5, True)",
+        "BatchNorm1d(5)",
+        "ReLU",
+        "Linear(5, 3, False)",
     ]
 
 
@@ -54,8 +64,14 @@ def test_fewer_than_two_widths_are_refused():
 def test_mlp_head_keeps_its_layers_under_mlp():
     head = MlpHead([6, 5, 3])
     assert list(head.state_dict()) == [
-        "mlp.0.weight", "mlp.1.weight", "mlp.1.bias", "mlp.1.running_mean", "mlp.1.running_var",
-        "mlp.1.num_batches_tracked", "mlp.3.weight", "mlp.3.bias",
+        "mlp.0.weight",
+        "mlp.1.weight",
+        "mlp.1.bias",
+        "mlp.1.running_mean",
+        "mlp.1.running_var",
+        "mlp.1.num_batches_tracked",
+        "mlp.3.weight",
+        "mlp.3.bias",
     ]
     inputs = torch.randn(4, 6)
     assert torch.equal(head(inputs), head.mlp(inputs))
@@ -87,7 +103,9 @@ def hand_written_simclr(in_dim, out_dim, hidden_dim, num_layers, use_bn):
 
 def hand_written_byol(in_dim, hidden_dim, out_dim):
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
+        nn.Linear(in_dim, hidden_dim, bias=False),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(),
         nn.Linear(hidden_dim, out_dim),
     )
 
@@ -131,16 +149,20 @@ class HandWrittenDinoHead(nn.Module):
 
 HEADS = {  # name: (the head as built now, its hand-written layers)
     "simclr v1": (
-        lambda: SimClrProjectionHead(12, 8, 10, 2, True), lambda: UnderMlp(hand_written_simclr(12, 8, 10, 2, True))
+        lambda: SimClrProjectionHead(12, 8, 10, 2, True),
+        lambda: UnderMlp(hand_written_simclr(12, 8, 10, 2, True)),
     ),
     "simclr v2": (
-        lambda: SimClrProjectionHead(12, 8, 10, 3, True), lambda: UnderMlp(hand_written_simclr(12, 8, 10, 3, True))
+        lambda: SimClrProjectionHead(12, 8, 10, 3, True),
+        lambda: UnderMlp(hand_written_simclr(12, 8, 10, 3, True)),
     ),
     "simclr no bn": (
-        lambda: SimClrProjectionHead(12, 8, 10, 3, False), lambda: UnderMlp(hand_written_simclr(12, 8, 10, 3, False))
+        lambda: SimClrProjectionHead(12, 8, 10, 3, False),
+        lambda: UnderMlp(hand_written_simclr(12, 8, 10, 3, False)),
     ),
     "simclr linear": (
-        lambda: SimClrProjectionHead(12, 8, 10, 1, True), lambda: UnderMlp(hand_written_simclr(12, 8, 10, 1, True))
+        lambda: SimClrProjectionHead(12, 8, 10, 1, True),
+        lambda: UnderMlp(hand_written_simclr(12, 8, 10, 1, True)),
     ),
     "byol": (lambda: ByolMlp(12, 10, 8), lambda: UnderMlp(hand_written_byol(12, 10, 8))),
     "vicreg": (lambda: VicRegExpander(12, [10, 10, 8]), lambda: UnderMlp(hand_written_vicreg(12, [10, 10, 8]))),
@@ -176,21 +198,69 @@ def test_each_head_equals_its_hand_written_layers_bit_for_bit(head_name):
 
 # Names in the pretraining checkpoints, as the hand-written heads saved them: a checkpoint loads by them.
 HEAD_TENSOR_NAMES = {
-    "simclr": ["projection_head.mlp.0.weight", *(f"projection_head.mlp.1.{name}" for name in (
-        "weight", "bias", "running_mean", "running_var", "num_batches_tracked")),
-        "projection_head.mlp.3.weight", "projection_head.mlp.3.bias"],
-    "byol": [f"{network}.mlp.{name}" for network in ("online.projector", "target.projector", "predictor") for name in (
-        "0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked", "3.weight",
-        "3.bias")],
-    "vicreg": [f"expander.mlp.{name}" for name in (
-        "0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked",
-        "3.weight", "4.weight", "4.bias", "4.running_mean", "4.running_var", "4.num_batches_tracked", "6.weight")],
-    "dino": [f"{network}.head.{name}" for network in ("student", "teacher") for name in (
-        "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp.4.weight", "mlp.4.bias",
-        "last_layer.parametrizations.weight.original0", "last_layer.parametrizations.weight.original1")],
+    "simclr": [
+        "projection_head.mlp.0.weight",
+        *(
+            f"projection_head.mlp.1.{name}"
+            for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        ),
+        "projection_head.mlp.3.weight",
+        "projection_head.mlp.3.bias",
+    ],
+    "byol": [
+        f"{network}.mlp.{name}"
+        for network in ("online.projector", "target.projector", "predictor")
+        for name in (
+            "0.weight",
+            "1.weight",
+            "1.bias",
+            "1.running_mean",
+            "1.running_var",
+            "1.num_batches_tracked",
+            "3.weight",
+            "3.bias",
+        )
+    ],
+    "vicreg": [
+        f"expander.mlp.{name}"
+        for name in (
+            "0.weight",
+            "1.weight",
+            "1.bias",
+            "1.running_mean",
+            "1.running_var",
+            "1.num_batches_tracked",
+            "3.weight",
+            "4.weight",
+            "4.bias",
+            "4.running_mean",
+            "4.running_var",
+            "4.num_batches_tracked",
+            "6.weight",
+        )
+    ],
+    "dino": [
+        f"{network}.head.{name}"
+        for network in ("student", "teacher")
+        for name in (
+            "mlp.0.weight",
+            "mlp.0.bias",
+            "mlp.2.weight",
+            "mlp.2.bias",
+            "mlp.4.weight",
+            "mlp.4.bias",
+            "last_layer.parametrizations.weight.original0",
+            "last_layer.parametrizations.weight.original1",
+        )
+    ],
 }
 HEAD_PREFIXES = (
-    "projection_head.", "online.projector.", "target.projector.", "predictor.", "expander.", "student.head.",
+    "projection_head.",
+    "online.projector.",
+    "target.projector.",
+    "predictor.",
+    "expander.",
+    "student.head.",
     "teacher.head.",
 )
 

@@ -31,18 +31,27 @@ def test_defaults_are_three_levels_and_the_ijepa_recipe():
 
 def test_level_defaults_follow_the_number_of_levels():
     two = tiny_config(num_hierarchies=2)
-    assert (two.level_pool_sizes, two.level_loss_weights, two.level_target_layers) == ([1, 2], [1.0, 0.5], [None, None])
+    assert (two.level_pool_sizes, two.level_loss_weights, two.level_target_layers) == (
+        [1, 2],
+        [1.0, 0.5],
+        [None, None],
+    )
     four = tiny_config(num_hierarchies=4)
     assert four.level_pool_sizes == [1, 2, 4, 8] and four.level_loss_weights == [1.0, 0.5, 0.25, 0.125]
 
 
 def test_explicit_levels_are_kept_as_lists():
     config = tiny_config(
-        level_pool_sizes=(1, 3, 3), level_target_layers=(1, None, 1), level_loss_weights=(2, 0, 1), loss_type="contrastive",
+        level_pool_sizes=(1, 3, 3),
+        level_target_layers=(1, None, 1),
+        level_loss_weights=(2, 0, 1),
+        loss_type="contrastive",
         contrastive_temperature=0.2,
     )
     assert config.level_pool_sizes == [1, 3, 3] and config.level_target_layers == [1, None, 1]
-    assert config.level_loss_weights == [2.0, 0.0, 1.0] and all(isinstance(w, float) for w in config.level_loss_weights)
+    assert config.level_loss_weights == [2.0, 0.0, 1.0] and all(
+        isinstance(w, float) for w in config.level_loss_weights
+    )
     assert config.contrastive_temperature == 0.2
 
 
@@ -76,7 +85,9 @@ def test_invalid_argument_raises_error_naming_it(argument, value):
 
 
 def test_error_messages_say_what_to_change():
-    with pytest.raises(ValueError, match="None \\(the encoder's final, layer-normed output\\) or an integer in \\[1, 1\\]"):
+    with pytest.raises(
+        ValueError, match="None \\(the encoder's final, layer-normed output\\) or an integer in \\[1, 1\\]"
+    ):
         tiny_config(level_target_layers=[None, 2, None])
     with pytest.raises(ValueError, match="`num_hierarchies` is 3: give one value per level"):
         tiny_config(level_loss_weights=[1.0])
@@ -95,8 +106,12 @@ def test_ijepa_still_refuses_the_hjepa_distances():
 
 def test_save_and_load_round_trip(tmp_path):
     config = tiny_config(
-        num_hierarchies=2, level_pool_sizes=[1, 3], level_target_layers=[None, 1], level_loss_weights=[1.0, 0.3],
-        loss_type="contrastive", contrastive_temperature=0.07,
+        num_hierarchies=2,
+        level_pool_sizes=[1, 3],
+        level_target_layers=[None, 1],
+        level_loss_weights=[1.0, 0.3],
+        loss_type="contrastive",
+        contrastive_temperature=0.07,
     )
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -104,6 +119,13 @@ def test_save_and_load_round_trip(tmp_path):
     assert saved["level_target_layers"] == [None, 1] and "supported_loss_types" not in saved
     for loaded in (HJepaConfig.from_pretrained(tmp_path), AutoConfig.from_pretrained(tmp_path)):
         assert type(loaded) is HJepaConfig and isinstance(loaded.backbone_config, IJepaConfig)
-        for name in ("num_hierarchies", "level_pool_sizes", "level_target_layers", "level_loss_weights", "loss_type",
-                     "contrastive_temperature", "predictor_hidden_size"):
+        for name in (
+            "num_hierarchies",
+            "level_pool_sizes",
+            "level_target_layers",
+            "level_loss_weights",
+            "loss_type",
+            "contrastive_temperature",
+            "predictor_hidden_size",
+        ):
             assert getattr(loaded, name) == getattr(config, name), name

@@ -18,10 +18,16 @@ BLOCK = torch.stack([torch.arange(15.0), torch.arange(15.0) ** 2], dim=-1)[None]
 def test_pool_2_on_a_3x5_block_averages_what_each_window_has():
     pooled = pool_windows(torch.cat([BLOCK, -BLOCK]), (3, 5), 2)  # two blocks: each is pooled on its own
     # 2 x 3 windows: {0,1,5,6} {2,3,7,8} {4,9} / {10,11} {12,13} {14}
-    expected = torch.tensor([
-        [3.0, (0 + 1 + 25 + 36) / 4], [5.0, (4 + 9 + 49 + 64) / 4], [6.5, (16 + 81) / 2],
-        [10.5, (100 + 121) / 2], [12.5, (144 + 169) / 2], [14.0, 196.0],
-    ])
+    expected = torch.tensor(
+        [
+            [3.0, (0 + 1 + 25 + 36) / 4],
+            [5.0, (4 + 9 + 49 + 64) / 4],
+            [6.5, (16 + 81) / 2],
+            [10.5, (100 + 121) / 2],
+            [12.5, (144 + 169) / 2],
+            [14.0, 196.0],
+        ]
+    )
     assert pooled.shape == (2, 6, 2)
     torch.testing.assert_close(pooled[0], expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(pooled[1], -expected, rtol=0, atol=1e-5)

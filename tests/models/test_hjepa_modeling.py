@@ -43,12 +43,15 @@ def make_inputs(block_size=(3, 5), corners=CORNERS, seed=1):
     generator = torch.Generator().manual_seed(seed)
     batch_size = len(corners[0])
     pixel_values = torch.randn(batch_size, 3, 32, 32, generator=generator)
-    masks_target = torch.stack([
-        torch.stack([torch.from_numpy(rectangle_indices(top, left, *block_size, GRID)) for top, left in blocks])
-        for blocks in corners
-    ])
-    masks_context = torch.stack([torch.randperm(GRID * GRID, generator=generator)[:20].sort().values
-                                 for _ in range(batch_size)])
+    masks_target = torch.stack(
+        [
+            torch.stack([torch.from_numpy(rectangle_indices(top, left, *block_size, GRID)) for top, left in blocks])
+            for blocks in corners
+        ]
+    )
+    masks_context = torch.stack(
+        [torch.randperm(GRID * GRID, generator=generator)[:20].sort().values for _ in range(batch_size)]
+    )
     return pixel_values, masks_context, masks_target
 
 
@@ -76,8 +79,9 @@ def plain_encoder_states(encoder, pixel_values):
 def layer_norm_gathered(hidden, masks_target):
     """Layer-normed (no affine) tokens at each block, block-major, written out image by image."""
     hidden = F.layer_norm(hidden, (hidden.shape[-1],))
-    return torch.stack([hidden[b, masks_target[j, b]] for j in range(masks_target.shape[0])
-                        for b in range(masks_target.shape[1])])
+    return torch.stack(
+        [hidden[b, masks_target[j, b]] for j in range(masks_target.shape[0]) for b in range(masks_target.shape[1])]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -127,7 +131,9 @@ def test_an_explicit_block_size_is_checked_against_the_masks():
     # the wrapped 2 x 3 block of the test above, announced as 2 x 3: its right edge is off the grid
     pixel_values, masks_context, _ = inputs
     with pytest.raises(ValueError, match="not a 2 x 3 block"):
-        model(pixel_values, masks_context, torch.tensor([6, 7, 8, 14, 15, 16]).expand(2, 2, 6), target_block_size=(2, 3))
+        model(
+            pixel_values, masks_context, torch.tensor([6, 7, 8, 14, 15, 16]).expand(2, 2, 6), target_block_size=(2, 3)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -141,8 +147,10 @@ def test_one_level_of_pool_1_at_the_final_output_is_ijepa(loss_type):
     ijepa = IJepaForPreTraining(IJepaPretrainingConfig(**tiny_values(loss_type=loss_type)))
     perturb_(ijepa)
     hjepa = tiny_model(loss_type=loss_type, num_hierarchies=1)
-    state = {name.replace("predictor.output_projection.", "predictor.level_projections.0."): tensor
-             for name, tensor in ijepa.state_dict().items()}
+    state = {
+        name.replace("predictor.output_projection.", "predictor.level_projections.0."): tensor
+        for name, tensor in ijepa.state_dict().items()
+    }
     assert hjepa.load_state_dict(state, strict=True)
     inputs = make_inputs()
     expected = ijepa(*inputs)
@@ -170,10 +178,12 @@ def test_targets_of_an_intermediate_layer_are_its_layer_normed_hidden_states():
     pixel_values, masks_context, masks_target = make_inputs()
     output = model(pixel_values, masks_context, masks_target)
     hidden_states, last_hidden_state = plain_encoder_states(model.target_encoder, pixel_values)
-    torch.testing.assert_close(output.level_targets[1], layer_norm_gathered(hidden_states[1], masks_target),
-                               rtol=0, atol=1e-5)
-    torch.testing.assert_close(output.level_targets[0], layer_norm_gathered(last_hidden_state, masks_target),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        output.level_targets[1], layer_norm_gathered(hidden_states[1], masks_target), rtol=0, atol=1e-5
+    )
+    torch.testing.assert_close(
+        output.level_targets[0], layer_norm_gathered(last_hidden_state, masks_target), rtol=0, atol=1e-5
+    )
     assert (output.level_targets[1] - output.level_targets[0]).abs().max() > 0.1
 
 
@@ -250,8 +260,9 @@ def test_outputs_and_monitors():
     for level in range(3):
         assert torch.equal(output.level_embeddings[level], output.level_targets[level].flatten(0, 1))
         assert not output.level_embeddings[level].requires_grad and not output.level_predictions[level].requires_grad
-        torch.testing.assert_close(output.level_prediction_std[level],
-                                   output.level_predictions[level].flatten(0, 1).std(dim=0).mean())
+        torch.testing.assert_close(
+            output.level_prediction_std[level], output.level_predictions[level].flatten(0, 1).std(dim=0).mean()
+        )
         torch.testing.assert_close(output.level_target_std[level], output.level_embeddings[level].std(dim=0).mean())
     assert output.prediction_std == output.level_prediction_std[0] and output.target_std == output.level_target_std[0]
     last_hidden_state = plain_encoder_states(model.target_encoder, pixel_values)[1]
@@ -265,8 +276,10 @@ def test_gradients_reach_context_encoder_trunk_and_every_head_never_the_target_e
     model(*make_inputs()).loss.backward()
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert trainable == {
-        name for name, _ in model.named_parameters()
-        if name.startswith(("context_encoder.", "predictor.")) and name != "context_encoder.embeddings.position_embeddings"
+        name
+        for name, _ in model.named_parameters()
+        if name.startswith(("context_encoder.", "predictor."))
+        and name != "context_encoder.embeddings.position_embeddings"
     }
     assert "predictor.output_projection.weight" not in dict(model.named_parameters())
     for name in trainable:

@@ -35,7 +35,12 @@ def test_vith14_kwargs_build_the_official_vit_huge():
 
 
 def test_predictor_heads_default_to_the_encoder_heads_and_an_explicit_value_is_kept():
-    assert IJepaPretrainingConfig(backbone_config=dict(TINY_IJEPA), predictor_hidden_size=16).predictor_num_attention_heads == 2
+    assert (
+        IJepaPretrainingConfig(
+            backbone_config=dict(TINY_IJEPA), predictor_hidden_size=16
+        ).predictor_num_attention_heads
+        == 2
+    )
     explicit = IJepaPretrainingConfig(
         backbone_config=dict(TINY_IJEPA), predictor_hidden_size=16, predictor_num_attention_heads=4
     )
@@ -86,7 +91,8 @@ def test_vit_backbone_error_says_what_to_use():
 
 def test_backbone_config_accepts_config_objects_and_dicts():
     from_object = IJepaPretrainingConfig(
-        backbone_config=IJepaConfig(**{k: v for k, v in TINY_IJEPA.items() if k != "model_type"}), predictor_hidden_size=16
+        backbone_config=IJepaConfig(**{k: v for k, v in TINY_IJEPA.items() if k != "model_type"}),
+        predictor_hidden_size=16,
     )
     from_dict = IJepaPretrainingConfig(backbone_config=dict(TINY_IJEPA), predictor_hidden_size=16)
     for config in (from_object, from_dict):
@@ -98,8 +104,13 @@ def test_backbone_config_accepts_config_objects_and_dicts():
 
 def test_save_and_load_round_trip_with_nested_backbone_config(tmp_path):
     config = IJepaPretrainingConfig(
-        backbone_config=dict(TINY_IJEPA), predictor_hidden_size=16, predictor_num_hidden_layers=2,
-        predictor_mlp_ratio=2.0, loss_type="mse", normalize_targets=False, fixed_position_embeddings=False,
+        backbone_config=dict(TINY_IJEPA),
+        predictor_hidden_size=16,
+        predictor_num_hidden_layers=2,
+        predictor_mlp_ratio=2.0,
+        loss_type="mse",
+        normalize_targets=False,
+        fixed_position_embeddings=False,
     )
     config.save_pretrained(tmp_path)
 
@@ -114,6 +125,13 @@ def test_save_and_load_round_trip_with_nested_backbone_config(tmp_path):
         assert isinstance(loaded, IJepaPretrainingConfig)
         assert isinstance(loaded.backbone_config, IJepaConfig)
         assert loaded.backbone_config.to_dict() == config.backbone_config.to_dict()
-        for name in ("predictor_hidden_size", "predictor_num_hidden_layers", "predictor_num_attention_heads",
-                     "predictor_mlp_ratio", "loss_type", "normalize_targets", "fixed_position_embeddings"):
+        for name in (
+            "predictor_hidden_size",
+            "predictor_num_hidden_layers",
+            "predictor_num_attention_heads",
+            "predictor_mlp_ratio",
+            "loss_type",
+            "normalize_targets",
+            "fixed_position_embeddings",
+        ):
             assert getattr(loaded, name) == getattr(config, name), name

@@ -131,7 +131,7 @@ class ReferencePredictor(nn.Module):
         x = torch.cat(sequences, dim=0)
         for block in self.predictor_blocks:
             x = block(x)
-        return self.predictor_proj(self.predictor_norm(x)[:, context.shape[1]:])
+        return self.predictor_proj(self.predictor_norm(x)[:, context.shape[1] :])
 
 
 def randomize_(module, seed):
@@ -296,8 +296,9 @@ def test_a_single_encoder_fills_both_and_leaves_the_predictor_fresh(reference, p
     official = encoder if present == "encoder" else target_encoder
     checkpoint = {present: official.state_dict()}  # no DDP prefix this time
     with caplog.at_level(logging.WARNING):
-        model = convert_official_checkpoint(checkpoint, num_attention_heads=HEADS, predictor_hidden_size=16,
-                                            predictor_num_hidden_layers=1)
+        model = convert_official_checkpoint(
+            checkpoint, num_attention_heads=HEADS, predictor_hidden_size=16, predictor_num_hidden_layers=1
+        )
     pixel_values, _, _ = make_inputs()
     with torch.no_grad():
         expected = official(pixel_values)
@@ -317,8 +318,13 @@ def test_heads_default_to_the_official_vit_of_that_width(reference):
         official_pretraining_config(state_dicts)  # width 32 is no official ViT
     with pytest.raises(ValueError, match="num_attention_heads"):
         official_pretraining_config(state_dicts, num_attention_heads=3)  # 32 is not a multiple of 3
-    wide = {"encoder": {"pos_embed": torch.zeros(1, 4, 768), "patch_embed.proj.weight": torch.zeros(768, 3, 16, 16),
-                        "blocks.0.mlp.fc1.weight": torch.zeros(3072, 768)}}
+    wide = {
+        "encoder": {
+            "pos_embed": torch.zeros(1, 4, 768),
+            "patch_embed.proj.weight": torch.zeros(768, 3, 16, 16),
+            "blocks.0.mlp.fc1.weight": torch.zeros(3072, 768),
+        }
+    }
     config = official_pretraining_config(wide)
     assert config.backbone_config.num_attention_heads == 12 and config.backbone_config.image_size == 32
 
@@ -380,8 +386,18 @@ def test_pickled_objects_need_weights_only_false(checkpoint_path, reference, tmp
 
 def test_command_line_saves_the_model_and_the_backbone(checkpoint_path, reference, tmp_path):
     output_dir = tmp_path / "converted"
-    main(["--checkpoint", str(checkpoint_path), "--output_dir", str(output_dir), "--num_attention_heads", str(HEADS),
-          "--export_backbone", "context"])
+    main(
+        [
+            "--checkpoint",
+            str(checkpoint_path),
+            "--output_dir",
+            str(output_dir),
+            "--num_attention_heads",
+            str(HEADS),
+            "--export_backbone",
+            "context",
+        ]
+    )
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "backbone" / "model.safetensors").is_file()
     model = IJepaForPreTraining.from_pretrained(output_dir)
     backbone = AutoModel.from_pretrained(output_dir / "backbone")

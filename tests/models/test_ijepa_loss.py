@@ -31,7 +31,9 @@ def test_default_is_smooth_l1_and_identical_inputs_give_zero():
 def test_half_precision_inputs_are_computed_in_float32():
     loss = IJepaLoss("mse")(PREDICTIONS.bfloat16(), TARGETS.bfloat16())
     assert loss.dtype == torch.float32
-    assert loss.item() == pytest.approx((0.25 + 0.25 + 4.0 + 9.0 + 1.0) / 6, abs=1e-6)  # these values are exact in bf16
+    assert loss.item() == pytest.approx(
+        (0.25 + 0.25 + 4.0 + 9.0 + 1.0) / 6, abs=1e-6
+    )  # these values are exact in bf16
 
 
 def test_gradient_flows_to_the_predictions():

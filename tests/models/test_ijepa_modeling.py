@@ -34,11 +34,17 @@ def make_inputs(batch_size=3, num_targets=2, num_context=9, num_target_patches=4
     masks_context = torch.stack(
         [torch.randperm(NUM_PATCHES, generator=generator)[:num_context].sort().values for _ in range(batch_size)]
     )
-    masks_target = torch.stack([
-        torch.stack([torch.randperm(NUM_PATCHES, generator=generator)[:num_target_patches].sort().values
-                     for _ in range(batch_size)])
-        for _ in range(num_targets)
-    ])
+    masks_target = torch.stack(
+        [
+            torch.stack(
+                [
+                    torch.randperm(NUM_PATCHES, generator=generator)[:num_target_patches].sort().values
+                    for _ in range(batch_size)
+                ]
+            )
+            for _ in range(num_targets)
+        ]
+    )
     return pixel_values, masks_context, masks_target
 
 
@@ -112,8 +118,9 @@ def test_pixels_of_a_dropped_patch_do_not_change_the_context_tokens():
         assert (model.forward_context(changed_kept, kept) - reference).abs().max() > 1e-3
         # with every patch kept (the full image, as the target encoder sees it) the same change moves the output
         every_token = torch.arange(NUM_PATCHES)[None]
-        assert (model.forward_context(changed_dropped, every_token)
-                - model.forward_context(pixel_values, every_token)).abs().max() > 1e-3
+        assert (
+            model.forward_context(changed_dropped, every_token) - model.forward_context(pixel_values, every_token)
+        ).abs().max() > 1e-3
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -135,12 +142,18 @@ def test_targets_are_block_major_and_layer_normed(normalize_targets):
         mean = hidden.mean(-1, keepdim=True)
         hidden = (hidden - mean) / torch.sqrt(hidden.var(-1, unbiased=False, keepdim=True) + 1e-5)
     # row j * B + b = block j of image b, written out
-    expected = torch.stack([
-        hidden[0, [0, 5, 10]], hidden[1, [1, 2, 3]],  # block 0 of images 0, 1
-        hidden[0, [15, 14, 4]], hidden[1, [8, 9, 0]],  # block 1 of images 0, 1
-    ])
+    expected = torch.stack(
+        [
+            hidden[0, [0, 5, 10]],
+            hidden[1, [1, 2, 3]],  # block 0 of images 0, 1
+            hidden[0, [15, 14, 4]],
+            hidden[1, [8, 9, 0]],  # block 1 of images 0, 1
+        ]
+    )
     torch.testing.assert_close(targets, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(embeddings, plain_ijepa_copy(model.target_encoder)(pixel_values).last_hidden_state.mean(1))
+    torch.testing.assert_close(
+        embeddings, plain_ijepa_copy(model.target_encoder)(pixel_values).last_hidden_state.mean(1)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -156,7 +169,12 @@ def test_sincos_position_embeddings_by_hand():
         for column in range(3):
             expected = []
             for position in (column, row):
-                expected += [math.sin(position), math.sin(position / 100), math.cos(position), math.cos(position / 100)]
+                expected += [
+                    math.sin(position),
+                    math.sin(position / 100),
+                    math.cos(position),
+                    math.cos(position / 100),
+                ]
             torch.testing.assert_close(table[row * 3 + column], torch.tensor(expected), rtol=0, atol=1e-7)
     assert table[4].tolist()[:2] == pytest.approx([math.sin(1), math.sin(0.01)])  # patch (1, 1)
 
@@ -201,7 +219,7 @@ def test_predictor_follows_the_official_order():
         x = torch.cat([x.repeat(num_blocks, 1, 1), queries], dim=1)
         for layer in predictor.layers:
             x = layer(x)
-        expected = predictor.output_projection(predictor.layernorm(x)[:, context.shape[1]:])
+        expected = predictor.output_projection(predictor.layernorm(x)[:, context.shape[1] :])
 
         hidden = F.layer_norm(model.target_encoder(pixel_values).last_hidden_state, (32,))
         expected_targets = official_apply_masks(hidden, list(masks_target))
@@ -229,13 +247,19 @@ def test_predictor_init_is_the_official_one():
     config = tiny_config(predictor_hidden_size=256, predictor_num_hidden_layers=1, predictor_num_attention_heads=4)
     torch.manual_seed(0)
     predictor = IJepaForPreTraining(config).predictor
-    for linear in (predictor.input_projection, predictor.output_projection, predictor.layers[0].mlp.fc1,
-                   predictor.layers[0].attention.q_proj):
+    for linear in (
+        predictor.input_projection,
+        predictor.output_projection,
+        predictor.layers[0].mlp.fc1,
+        predictor.layers[0].attention.q_proj,
+    ):
         assert linear.weight.std().item() == pytest.approx(0.02, rel=0.1)
         assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
     assert predictor.mask_token.std().item() == pytest.approx(0.02, rel=0.15)
     norm = predictor.layers[0].layernorm_before
-    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(norm.bias, torch.zeros_like(norm.bias))
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(
+        norm.bias, torch.zeros_like(norm.bias)
+    )
     assert predictor.layernorm.eps == 1e-6 and predictor.layers[0].mlp.fc1.out_features == 1024
 
 
@@ -269,8 +293,10 @@ def test_gradients_reach_context_encoder_and_predictor_not_the_target_encoder():
     output.loss.backward()
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert trainable == {
-        name for name, _ in model.named_parameters()
-        if name.startswith(("context_encoder.", "predictor.")) and name != "context_encoder.embeddings.position_embeddings"
+        name
+        for name, _ in model.named_parameters()
+        if name.startswith(("context_encoder.", "predictor."))
+        and name != "context_encoder.embeddings.position_embeddings"
     }
     assert [name for name in trainable if model.get_parameter(name).grad is None] == []
     assert model.context_encoder.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0

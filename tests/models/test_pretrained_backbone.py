@@ -11,10 +11,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, PreTrainedModel, ResNetConfig, ResNetForImageClassification
 
 import hf_ssl  # noqa: F401  (registers the Auto classes)
+from hf_ssl.errors import ConfigError
 from hf_ssl.models.backbone import adapt_input_channels, build_backbone, load_pretrained_backbone
 from hf_ssl.models.simclr import SimClrConfig, SimClrForPreTraining
 from hf_ssl.training import Recipe, build_trainer, get_method
-from hf_ssl.errors import ConfigError
 from tests.helpers import TINY_DINOV2, TINY_HEAD, TINY_RESNET, TINY_VIT, random_images
 from tests.training.test_methods import TINY_SETUPS
 
@@ -98,7 +98,9 @@ def test_the_rgb_filters_are_summed_or_repeated_and_rescaled_as_computed_by_hand
     }
     for num_channels, expected in by_hand.items():
         adapted = adapt_input_channels(rgb, num_channels)
-        torch.testing.assert_close(adapted, torch.tensor(expected).reshape(2, num_channels, 1, 1), msg=str(num_channels))
+        torch.testing.assert_close(
+            adapted, torch.tensor(expected).reshape(2, num_channels, 1, 1), msg=str(num_channels)
+        )
     # a linear first layer (out, in) and a half-precision kernel keep their layout and dtype
     torch.testing.assert_close(adapt_input_channels(rgb.reshape(2, 3), 1), torch.tensor([[6.0], [15.0]]))
     assert adapt_input_channels(rgb.half(), 4).dtype == torch.float16
@@ -151,10 +153,17 @@ def test_every_backbone_of_every_method_starts_from_the_pretrained_weights_and_t
 # method -> (pretrained backbone, tiny head arguments, module names of its backbones)
 FROM_PRETRAINED_BACKBONE = {
     "dino": (TINY_VIT, TINY_HEAD, ("student.backbone", "teacher.backbone")),
-    "ijepa": (TINY_IJEPA, {**TINY_PREDICTOR, "fixed_position_embeddings": False}, ("context_encoder", "target_encoder")),
+    "ijepa": (
+        TINY_IJEPA,
+        {**TINY_PREDICTOR, "fixed_position_embeddings": False},
+        ("context_encoder", "target_encoder"),
+    ),
     "simclr": (TINY_RESNET, TINY_PROJECTION, ("backbone",)),
-    "byol": (TINY_VIT, {"projection_hidden_dim": 32, "projection_dim": 16, "prediction_hidden_dim": 32},
-             ("online.backbone", "target.backbone")),
+    "byol": (
+        TINY_VIT,
+        {"projection_hidden_dim": 32, "projection_dim": 16, "prediction_hidden_dim": 32},
+        ("online.backbone", "target.backbone"),
+    ),
     "vicreg": (TINY_VIT, {"expander_dims": [32, 32]}, ("backbone",)),
 }
 
@@ -214,7 +223,9 @@ def test_a_vit_patch_embedding_is_adapted_to_n_channels_and_the_model_trains_and
     views = torch.randn(2, 3, num_channels, 16, 16, generator=torch.Generator().manual_seed(0))
     output = model(views)
     output.loss.backward()
-    assert torch.isfinite(output.loss) and model.backbone.embeddings.patch_embeddings.projection.weight.grad is not None
+    assert (
+        torch.isfinite(output.loss) and model.backbone.embeddings.patch_embeddings.projection.weight.grad is not None
+    )
 
     model.export_backbone(tmp_path / "export", image_mean=[0.5] * num_channels, image_std=[0.25] * num_channels)
     exported = AutoModel.from_pretrained(tmp_path / "export").eval()
@@ -293,7 +304,9 @@ def test_backbone_config_keys_beside_it_must_agree_but_num_channels_and_image_si
 
 def test_a_recipe_refuses_resnet_weights_for_a_vit_backbone(tmp_path, resnet_folder):
     raw = simclr_recipe(tmp_path, pretrained_backbone=str(resnet_folder), backbone_config=dict(TINY_VIT))
-    with pytest.raises(ConfigError, match=r"is a 'resnet' model \(ResNetModel\) and backbone_config asks for a 'vit' one"):
+    with pytest.raises(
+        ConfigError, match=r"is a 'resnet' model \(ResNetModel\) and backbone_config asks for a 'vit' one"
+    ):
         Recipe.from_dict(raw)
 
 
@@ -335,7 +348,9 @@ def test_a_checkpoint_without_a_tensor_of_its_model_is_refused(vit_folder):
 
 
 def test_an_hf_ssl_checkpoint_is_not_a_plain_backbone(tmp_path):
-    SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), **TINY_PROJECTION)).save_pretrained(tmp_path / "simclr")
+    SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), **TINY_PROJECTION)).save_pretrained(
+        tmp_path / "simclr"
+    )
     with pytest.raises(ConfigError, match=r"is an hf_ssl 'hf_ssl_simclr' checkpoint.*pretrained_model_name_or_path"):
         Recipe.from_dict(simclr_recipe(tmp_path, pretrained_backbone=str(tmp_path / "simclr")))
 
@@ -347,7 +362,9 @@ def test_a_method_that_does_not_list_its_ema_backbone_is_stopped_before_it_start
             self.target_backbone = build_backbone(config.backbone_config_for_training())
 
     model = WithTargetBackbone(SimClrConfig(backbone_config=dict(TINY_VIT), **TINY_PROJECTION))
-    with pytest.raises(RuntimeError, match=r"\['target_backbone'\] that backbone_module_names \('backbone',\) leaves out"):
+    with pytest.raises(
+        RuntimeError, match=r"\['target_backbone'\] that backbone_module_names \('backbone',\) leaves out"
+    ):
         load_pretrained_backbone(model, vit_folder)
 
 
@@ -355,7 +372,8 @@ def test_a_method_that_does_not_list_its_ema_backbone_is_stopped_before_it_start
 
 
 def test_a_run_started_from_a_pretrained_backbone_trains(tmp_path, vit_folder):
-    from datasets import Dataset, Features, Image as ImageFeature
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
 
     from hf_ssl.data import MultiCropTransform, with_multicrop
     from hf_ssl.training.methods.simclr import SimClrViewConfig
@@ -366,12 +384,24 @@ def test_a_run_started_from_a_pretrained_backbone_trains(tmp_path, vit_folder):
     views = SimClrViewConfig(input_size=16, sigmas=(0.1, 0.5))
     dataset = Dataset.from_dict({"image": random_images(8)}, features=Features({"image": ImageFeature()}))
     arguments = spec.training_arguments_class(
-        output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=3, learning_rate=0.3,
-        optimizer="lars", scale_learning_rate=False, warmup_epochs=0.0, logging_steps=1, report_to="none",
-        dataloader_num_workers=0, seed=0, save_strategy="no",
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=0.3,
+        optimizer="lars",
+        scale_learning_rate=False,
+        warmup_epochs=0.0,
+        logging_steps=1,
+        report_to="none",
+        dataloader_num_workers=0,
+        seed=0,
+        save_strategy="no",
     )
     trainer = build_trainer(
-        model=model, args=arguments, view_config=views, method="simclr",
+        model=model,
+        args=arguments,
+        view_config=views,
+        method="simclr",
         train_dataset=with_multicrop(dataset, MultiCropTransform(views), seed=0),
     )
     trainer.train()

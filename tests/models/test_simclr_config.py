@@ -75,8 +75,12 @@ def test_backbone_config_accepts_config_objects_and_dicts():
 
 def test_save_and_load_round_trip_with_nested_backbone_config(tmp_path):
     config = SimClrConfig(
-        backbone_config=dict(TINY_RESNET), projection_hidden_dim=24, projection_dim=8, projection_num_layers=3,
-        projection_use_bn=False, temperature=0.5,
+        backbone_config=dict(TINY_RESNET),
+        projection_hidden_dim=24,
+        projection_dim=8,
+        projection_num_layers=3,
+        projection_use_bn=False,
+        temperature=0.5,
     )
     config.save_pretrained(tmp_path)
 
@@ -90,8 +94,14 @@ def test_save_and_load_round_trip_with_nested_backbone_config(tmp_path):
         assert isinstance(loaded, SimClrConfig)
         assert isinstance(loaded.backbone_config, ResNetConfig)
         assert loaded.backbone_config.to_dict() == config.backbone_config.to_dict()
-        for name in ("projection_hidden_dim", "projection_dim", "projection_num_layers", "projection_use_bn",
-                     "temperature", "drop_path_rate"):
+        for name in (
+            "projection_hidden_dim",
+            "projection_dim",
+            "projection_num_layers",
+            "projection_use_bn",
+            "temperature",
+            "drop_path_rate",
+        ):
             assert getattr(loaded, name) == getattr(config, name), name
 
 

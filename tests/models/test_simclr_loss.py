@@ -28,10 +28,18 @@ def test_loss_equals_hand_computed_two_image_case():
     output = NTXentLoss(temperature=0.5).forward_with_statistics(projections_a, projections_b)
     assert output.loss.item() == pytest.approx(expected, rel=1e-6)
     # the self-similarity exp(2) in every denominator would give a clearly different value
-    with_self = sum(-math.log(e(p) / (d + e(2.0))) for p, d in (
-        (1.2, e(0.0) + e(1.2) + e(0.0)), (2.0, e(0.0) + e(1.6) + e(2.0)),
-        (1.2, e(1.2) + e(1.6) + e(1.6)), (2.0, e(0.0) + e(2.0) + e(1.6)),
-    )) / 4
+    with_self = (
+        sum(
+            -math.log(e(p) / (d + e(2.0)))
+            for p, d in (
+                (1.2, e(0.0) + e(1.2) + e(0.0)),
+                (2.0, e(0.0) + e(1.6) + e(2.0)),
+                (1.2, e(1.2) + e(1.6) + e(1.6)),
+                (2.0, e(0.0) + e(2.0) + e(1.6)),
+            )
+        )
+        / 4
+    )
     assert abs(output.loss.item() - with_self) > 0.1
     assert output.positive_similarity.item() == pytest.approx((0.6 + 1.0 + 0.6 + 1.0) / 4, rel=1e-6)
     assert output.negative_similarity.item() == pytest.approx((0 + 0 + 0 + 0.8 + 0.8 + 0.8 + 0 + 0.8) / 8, rel=1e-6)
@@ -75,7 +83,9 @@ def test_pairing_is_row_by_row_and_symmetric():
     # the two views play the same role, and which image comes first does not matter
     torch.testing.assert_close(loss_fn(projections_b, projections_a), loss, rtol=1e-6, atol=0)
     permutation = torch.tensor([3, 0, 5, 1, 4, 2])
-    torch.testing.assert_close(loss_fn(projections_a[permutation], projections_b[permutation]), loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        loss_fn(projections_a[permutation], projections_b[permutation]), loss, rtol=1e-6, atol=0
+    )
     # pairing a's image i with b's image i + 1 breaks the positives: the loss must rise well above
     shifted = loss_fn(projections_a, projections_b.roll(1, dims=0))
     assert shifted.item() > loss.item() + 1.0
@@ -139,6 +149,7 @@ def test_a_process_without_images_gets_a_zero_loss_that_still_backpropagates(mon
     from hf_ssl.models.simclr import loss_simclr
 
     peer_rows = torch.randn(6, 4, requires_grad=True)
+
     def gather_with_peers(local):
         return torch.cat([local, peer_rows]), 0
 
@@ -194,7 +205,9 @@ def test_a_gather_without_gradient_would_not_match(two_process_results):
     loss, gradients = one_process_reference()
     without_grad = two_process_results[0]["without_grad"]
     torch.testing.assert_close(without_grad["mean_loss"], loss, rtol=1e-6, atol=1e-6)
-    differences = [(without_grad["gradients"][name] - gradient).abs().max().item() for name, gradient in gradients.items()]
+    differences = [
+        (without_grad["gradients"][name] - gradient).abs().max().item() for name, gradient in gradients.items()
+    ]
     assert max(differences) > 1e-3
 
 

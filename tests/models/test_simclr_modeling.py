@@ -43,7 +43,8 @@ def test_forward_runs_backbone_and_head_once_and_gradients_reach_the_backbone(ba
     image_size = IMAGE_SIZES[backbone["model_type"]]
     backbone_inputs, head_inputs = [], []
     model.backbone.register_forward_hook(
-        lambda module, args, kwargs, output: backbone_inputs.append(tuple(kwargs["pixel_values"].shape)), with_kwargs=True
+        lambda module, args, kwargs, output: backbone_inputs.append(tuple(kwargs["pixel_values"].shape)),
+        with_kwargs=True,
     )
     model.projection_head.register_forward_hook(lambda module, args, output: head_inputs.append(tuple(args[0].shape)))
 
@@ -157,7 +158,9 @@ def test_head_init_is_pytorch_linear_default_and_batch_norm_identity():
     assert linears[-1].bias.abs().max().item() <= 1 / math.sqrt(linears[-1].in_features)
     assert linears[-1].bias.abs().sum() > 0
     for norm in (m for m in model.projection_head.mlp if isinstance(m, torch.nn.BatchNorm1d)):
-        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(norm.bias, torch.zeros_like(norm.bias))
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(
+            norm.bias, torch.zeros_like(norm.bias)
+        )
         assert torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))
         assert torch.equal(norm.running_var, torch.ones_like(norm.running_var))
 
@@ -214,7 +217,6 @@ def test_auto_model_loads_the_backbone_without_warnings_and_gives_the_same_embed
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """{family: (checkpoint dir, features computed without hf_ssl)}, one subprocess for all."""
@@ -230,10 +232,7 @@ def exports(tmp_path_factory):
         directories[family] = (checkpoint_dir, export_dir)
 
     plain = plain_transformers_features([export for _, export in directories.values()], "RGB", cwd=root)
-    return {
-        family: (checkpoint, export, plain[export])
-        for family, (checkpoint, export) in directories.items()
-    }
+    return {family: (checkpoint, export, plain[export]) for family, (checkpoint, export) in directories.items()}
 
 
 def simclr_model_features(checkpoint_dir, pixel_values):

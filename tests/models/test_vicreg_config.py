@@ -36,7 +36,9 @@ def test_invalid_argument_raises_error_naming_it(argument, value):
 
 
 def test_save_and_load_round_trip(tmp_path):
-    config = VicRegConfig(backbone_config=dict(TINY_RESNET), expander_dims=(24, 8), invariance_weight=10.0, variance_epsilon=1e-3)
+    config = VicRegConfig(
+        backbone_config=dict(TINY_RESNET), expander_dims=(24, 8), invariance_weight=10.0, variance_epsilon=1e-3
+    )
     assert config.expander_dims == [24, 8]
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())

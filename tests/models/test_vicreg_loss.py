@@ -44,7 +44,9 @@ def test_terms_equal_hand_computed_three_image_case():
 
 
 def test_weights_and_epsilon_are_applied():
-    output = VicRegLoss(invariance_weight=2.0, variance_weight=3.0, covariance_weight=5.0, variance_epsilon=0.01).forward_with_statistics(VIEW_A, VIEW_B)
+    output = VicRegLoss(
+        invariance_weight=2.0, variance_weight=3.0, covariance_weight=5.0, variance_epsilon=0.01
+    ).forward_with_statistics(VIEW_A, VIEW_B)
     # view b: std sqrt(0.26) in dim 0, sqrt(0.01) = 0.1 in dim 1; view a: sqrt(1.01) > 1 -> 0
     variance = (((1 - math.sqrt(0.26)) + (1 - 0.1)) / 2) / 2
     assert output.variance.item() == pytest.approx(variance, rel=1e-6)
@@ -57,7 +59,9 @@ def test_statistics_are_centred_on_the_batch_mean():
     assert covariance_term(shifted).item() == pytest.approx(0.25, rel=1e-5)
     assert variance_term(shifted, 1e-4).item() == pytest.approx(variance_term(VIEW_A, 1e-4).item(), abs=1e-6)
     # the same shift of both views leaves the whole loss unchanged
-    torch.testing.assert_close(VicRegLoss()(shifted, VIEW_B + torch.tensor([10.0, -3.0])), VicRegLoss()(VIEW_A, VIEW_B))
+    torch.testing.assert_close(
+        VicRegLoss()(shifted, VIEW_B + torch.tensor([10.0, -3.0])), VicRegLoss()(VIEW_A, VIEW_B)
+    )
 
 
 def test_off_diagonal_takes_every_entry_but_the_diagonal():
@@ -145,7 +149,9 @@ def test_two_processes_train_as_one_process_holding_every_image(two_process_resu
     for results in two_process_results:
         torch.testing.assert_close(results[split]["loss"], loss, rtol=1e-6, atol=1e-6)
         for name, gradient in gradients.items():
-            torch.testing.assert_close(results[split]["gradients"][name], gradient, rtol=1e-5, atol=1e-6, msg=f"{split}: {name}")
+            torch.testing.assert_close(
+                results[split]["gradients"][name], gradient, rtol=1e-5, atol=1e-6, msg=f"{split}: {name}"
+            )
 
 
 @pytest.mark.slow
@@ -154,4 +160,6 @@ def test_a_gather_without_gradients_to_the_other_processes_would_not_match(two_p
     loss, gradients = one_process_reference()
     without = two_process_results[0]["without_peer_gradients"]
     torch.testing.assert_close(without["loss"], loss, rtol=1e-6, atol=1e-6)
-    assert max((without["gradients"][name] - gradient).abs().max().item() for name, gradient in gradients.items()) > 1e-3
+    assert (
+        max((without["gradients"][name] - gradient).abs().max().item() for name, gradient in gradients.items()) > 1e-3
+    )

@@ -12,7 +12,9 @@ from tests.helpers import TINY_RESNET, TINY_VIT
 
 def tiny_model(backbone=TINY_VIT, **overrides):
     torch.manual_seed(0)
-    return VicRegForPreTraining(VicRegConfig(backbone_config=dict(backbone), **{"expander_dims": [24, 24, 8], **overrides}))
+    return VicRegForPreTraining(
+        VicRegConfig(backbone_config=dict(backbone), **{"expander_dims": [24, 24, 8], **overrides})
+    )
 
 
 def make_views(batch_size=3, image_size=16, seed=1):
@@ -23,10 +25,20 @@ def test_expander_layout():
     expander = VicRegExpander(in_dim=16, dims=[24, 24, 8])
     layers = list(expander.mlp)
     assert [type(layer).__name__ for layer in layers] == [
-        "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
     ]
     linears = [layer for layer in layers if isinstance(layer, torch.nn.Linear)]
-    assert [(m.in_features, m.out_features, m.bias is None) for m in linears] == [(16, 24, True), (24, 24, True), (24, 8, True)]
+    assert [(m.in_features, m.out_features, m.bias is None) for m in linears] == [
+        (16, 24, True),
+        (24, 24, True),
+        (24, 8, True),
+    ]
     assert expander(torch.randn(5, 16)).shape == (5, 8)
     assert [type(layer).__name__ for layer in VicRegExpander(16, [8]).mlp] == ["Linear"]
 
@@ -80,13 +92,17 @@ def test_checkpoint_round_trip_auto_model_and_export(tmp_path):
     model.save_pretrained(tmp_path / "checkpoint")
 
     loaded, info = AutoModelForPreTraining.from_pretrained(tmp_path / "checkpoint", output_loading_info=True)
-    assert isinstance(loaded, VicRegForPreTraining) and not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    assert isinstance(loaded, VicRegForPreTraining) and not any(
+        info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    )
     expected = model.state_dict()
     assert all(torch.equal(expected[name], tensor) for name, tensor in loaded.state_dict().items())
     assert loaded.config.expander_dims == [24, 24, 8]
 
     features, info = AutoModel.from_pretrained(tmp_path / "checkpoint", output_loading_info=True)
-    assert isinstance(features, VicRegModel) and not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    assert isinstance(features, VicRegModel) and not any(
+        info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    )
     assert set(features.state_dict()) == {name for name in expected if name.startswith("backbone.")}
 
     model.export_backbone(tmp_path / "export", image_size=32)

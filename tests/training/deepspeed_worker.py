@@ -56,8 +56,16 @@ def main() -> None:
 
         transformers.training_args.is_torch_bf16_gpu_available = lambda: True
     arguments = tiny_training_arguments(
-        options.output_dir, engine=options.engine, max_steps=6, gradient_accumulation_steps=2, warmup_epochs=1.0,
-        freeze_last_layer_epochs=1.0, max_grad_norm=1.0, adam_epsilon=1e-4, save_strategy="steps", save_steps=100,
+        options.output_dir,
+        engine=options.engine,
+        max_steps=6,
+        gradient_accumulation_steps=2,
+        warmup_epochs=1.0,
+        freeze_last_layer_epochs=1.0,
+        max_grad_norm=1.0,
+        adam_epsilon=1e-4,
+        save_strategy="steps",
+        save_steps=100,
         bf16=options.bf16,
     )
     dataset = with_multicrop(Dataset.from_dict({"image": random_images(32)}), MultiCropTransform(multicrop))
@@ -70,7 +78,11 @@ def main() -> None:
         return {"knn_top1": float(torch.isfinite(features).all()) * 100.0}
 
     trainer = build_trainer(
-        model=model, args=arguments, view_config=multicrop, train_dataset=dataset, knn_evaluator=knn_stand_in,
+        model=model,
+        args=arguments,
+        view_config=multicrop,
+        train_dataset=dataset,
+        knn_evaluator=knn_stand_in,
     )
     step_object = trainer.method
     loss = step_object.loss

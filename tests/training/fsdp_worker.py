@@ -41,9 +41,13 @@ def main() -> None:
                 fully_shard(module)
         fully_shard(network)
     fully_shard(model)
-    assert not {id(parameter) for parameter in model.teacher.parameters()} & unsharded_teacher_ids, "FSDP2 kept the parameters"
+    assert not {id(parameter) for parameter in model.teacher.parameters()} & unsharded_teacher_ids, (
+        "FSDP2 kept the parameters"
+    )
 
-    step = DinoMethod(model, tiny_multicrop_config(), seed=0, process_index=rank, max_consecutive_nonfinite_steps=5, reduce=None)
+    step = DinoMethod(
+        model, tiny_multicrop_config(), seed=0, process_index=rank, max_consecutive_nonfinite_steps=5, reduce=None
+    )
     teacher_shards, student_shards = step.ema_parameter_pairs
     ema_update_(teacher_shards, student_shards, MOMENTUM)
 
@@ -53,7 +57,7 @@ def main() -> None:
         worst = 0.0
         for name, value in gathered.items():
             if name.startswith("teacher."):
-                student_name = "student." + name[len("teacher."):]
+                student_name = "student." + name[len("teacher.") :]
                 target = expected[name].lerp(expected[student_name], 1.0 - MOMENTUM)
                 worst = max(worst, (value - target).abs().max().item())
         print(f"max |teacher - EMA reference| = {worst:.3g} over {len(teacher_shards)} local shards", flush=True)

@@ -43,8 +43,16 @@ def main(arguments) -> None:
     multicrop = tiny_multicrop_config()
     dataset = with_multicrop(Dataset.from_dict({"image": random_images(24)}), MultiCropTransform(multicrop), seed=0)
     training_arguments = tiny_training_arguments(
-        arguments.output_dir, engine=arguments.engine, max_steps=arguments.max_steps, gradient_accumulation_steps=2,
-        save_strategy="steps", save_steps=1, save_total_limit=2, warmup_epochs=1.0, freeze_last_layer_epochs=1.0, logging_steps=2,
+        arguments.output_dir,
+        engine=arguments.engine,
+        max_steps=arguments.max_steps,
+        gradient_accumulation_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=2,
+        warmup_epochs=1.0,
+        freeze_last_layer_epochs=1.0,
+        logging_steps=2,
     )
     model = DinoForPreTraining(tiny_dino_config())
     trainer = build_trainer(model=model, args=training_arguments, view_config=multicrop, train_dataset=dataset)

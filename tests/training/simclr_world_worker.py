@@ -24,12 +24,39 @@ TOTAL_BATCH = 8
 def main(output_dir: str, engine: str) -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     torch.manual_seed(0)
-    model = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, projection_use_bn=False, temperature=0.5))
-    views = SimClrViewConfig(input_size=16, min_scale=1.0, crop_ratio=(1.0, 1.0), hf_prob=0.0, cj_prob=0.0, random_gray_scale=0.0, gaussian_blur=0.0)
+    model = SimClrForPreTraining(
+        SimClrConfig(
+            backbone_config=dict(TINY_VIT),
+            projection_hidden_dim=32,
+            projection_dim=16,
+            projection_use_bn=False,
+            temperature=0.5,
+        )
+    )
+    views = SimClrViewConfig(
+        input_size=16,
+        min_scale=1.0,
+        crop_ratio=(1.0, 1.0),
+        hf_prob=0.0,
+        cj_prob=0.0,
+        random_gray_scale=0.0,
+        gaussian_blur=0.0,
+    )
     arguments = SimClrTrainingArguments(
-        output_dir=output_dir, engine=engine, per_device_train_batch_size=TOTAL_BATCH // world_size, max_steps=3,
-        optimizer="sgd", learning_rate=0.5, scale_learning_rate=False, warmup_epochs=0.0, min_lr=0.5, weight_decay=0.0,
-        logging_steps=1, report_to="none", dataloader_num_workers=0, seed=0,
+        output_dir=output_dir,
+        engine=engine,
+        per_device_train_batch_size=TOTAL_BATCH // world_size,
+        max_steps=3,
+        optimizer="sgd",
+        learning_rate=0.5,
+        scale_learning_rate=False,
+        warmup_epochs=0.0,
+        min_lr=0.5,
+        weight_decay=0.0,
+        logging_steps=1,
+        report_to="none",
+        dataloader_num_workers=0,
+        seed=0,
     )
     dataset = with_multicrop(Dataset.from_dict({"image": random_images(24)}), MultiCropTransform(views))
     trainer = build_trainer(model=model, args=arguments, view_config=views, train_dataset=dataset)

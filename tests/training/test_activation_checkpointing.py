@@ -13,8 +13,12 @@ def final_weights(tmp_path, engine, checkpointing):
     torch.manual_seed(0)
     model = DinoForPreTraining(tiny_dino_config())
     trainer = make_dino_trainer(
-        tmp_path / f"{engine}-{checkpointing}", Dataset.from_dict({"image": random_images(16)}), engine=engine,
-        model=model, max_steps=3, activation_checkpointing=checkpointing,
+        tmp_path / f"{engine}-{checkpointing}",
+        Dataset.from_dict({"image": random_images(16)}),
+        engine=engine,
+        model=model,
+        max_steps=3,
+        activation_checkpointing=checkpointing,
     )
     trainer.train()
     layers = list(model.student.backbone.layers)

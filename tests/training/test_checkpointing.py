@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from hf_ssl.errors import ConfigError
 from hf_ssl.training import EarlyStopping, RunControl
 from hf_ssl.training.state import checkpointing
-from hf_ssl.errors import ConfigError
 from tests.helpers import tiny_dino_config
 
 
@@ -72,8 +72,15 @@ def test_rotation_keeps_the_last_k_and_the_best_n(tmp_path):
     policy = checkpointing.RetentionPolicy(keep_last=2, keep_best=2, metric="knn_top1", greater_is_better=True)
     deleted = checkpointing.rotate_checkpoints(tmp_path, policy)
     assert sorted(path.name for path in deleted) == ["checkpoint-1", "checkpoint-4"]
-    assert [path.name for path in checkpointing.list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3", "checkpoint-5", "checkpoint-6"]
-    lower_is_better = checkpointing.ranked_by_metric(checkpointing.list_checkpoints(tmp_path), "knn_top1", greater_is_better=False)
+    assert [path.name for path in checkpointing.list_checkpoints(tmp_path)] == [
+        "checkpoint-2",
+        "checkpoint-3",
+        "checkpoint-5",
+        "checkpoint-6",
+    ]
+    lower_is_better = checkpointing.ranked_by_metric(
+        checkpointing.list_checkpoints(tmp_path), "knn_top1", greater_is_better=False
+    )
     assert [path.name for path in lower_is_better] == ["checkpoint-5", "checkpoint-3", "checkpoint-2"]
 
 
@@ -111,7 +118,9 @@ def test_resume_compatibility_errors_name_the_difference(tmp_path):
     with pytest.raises(ConfigError, match="training.engine=trainer"):
         checkpointing.check_resume_compatible(checkpoint, **{**arguments, "engine": "accelerate"})
     with pytest.raises(ConfigError, match=r"out_dim: checkpoint 64, recipe 128"):
-        checkpointing.check_resume_compatible(checkpoint, **{**arguments, "model_config": tiny_dino_config(out_dim=128)})
+        checkpointing.check_resume_compatible(
+            checkpoint, **{**arguments, "model_config": tiny_dino_config(out_dim=128)}
+        )
     with pytest.raises(ConfigError, match="backbone_config.hidden_size"):
         wider = tiny_dino_config()
         wider.backbone_config.hidden_size = 64
@@ -189,7 +198,9 @@ def make_safetensors_checkpoint(output_dir, step):
     staging = checkpointing.prepare_staging(output_dir, step)
     staging.mkdir(parents=True)
     save_file({"weight": torch.arange(64, dtype=torch.float32)}, str(staging / "model.safetensors"))
-    checkpointing.write_state(staging, {"method": "dino", "engine": "trainer", "step": step, "total_batch_size": 8, "world_size": 1})
+    checkpointing.write_state(
+        staging, {"method": "dino", "engine": "trainer", "step": step, "total_batch_size": 8, "world_size": 1}
+    )
     return checkpointing.commit_checkpoint(staging, checkpointing.checkpoint_path(output_dir, step))
 
 
@@ -255,7 +266,9 @@ def test_a_failed_save_says_the_disk_is_full_and_removes_its_staging_folder(tmp_
             (staging / "optimizer.pt").write_bytes(b"partial")
             raise RuntimeError("basic_ios::clear: iostream error")  # what torch.save says, without an errno
     message = str(raised.value)
-    assert message.startswith("no space left on device while saving checkpoint 2") and "checkpoint-1 is intact" in message
+    assert (
+        message.startswith("no space left on device while saving checkpoint 2") and "checkpoint-1 is intact" in message
+    )
     assert not staging.exists()
     assert [path.name for path in checkpointing.list_checkpoints(tmp_path)] == ["checkpoint-1"]
     # an errno says so even when space is left; another error is reported as it is
@@ -296,8 +309,12 @@ def test_the_lock_goes_with_its_process_not_with_the_workers_it_forked(tmp_path)
         os.kill(worker, 0)  # the forked worker still lives...
         checkpointing.lock_output_dir(tmp_path)  # ...and the folder is free at once
         # (not read here: closing any descriptor of the file would drop this process's lock)
-        other = subprocess.run([sys.executable, "-c", LOCK_AND_FORK, str(tmp_path)], capture_output=True, text=True, timeout=120)
-        assert other.returncode != 0 and f"in use by another run (pid {os.getpid()} on " in other.stderr, other.stderr[-2000:]
+        other = subprocess.run(
+            [sys.executable, "-c", LOCK_AND_FORK, str(tmp_path)], capture_output=True, text=True, timeout=120
+        )
+        assert other.returncode != 0 and f"in use by another run (pid {os.getpid()} on " in other.stderr, other.stderr[
+            -2000:
+        ]
     finally:
         checkpointing.release_output_dir(tmp_path)
         run.kill()

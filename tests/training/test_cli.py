@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_ssl.training.setup.recipe import Recipe
 from hf_ssl.errors import ConfigError
 from hf_ssl.training import registered_methods
 from hf_ssl.training.setup.cli import parse_command_line
+from hf_ssl.training.setup.recipe import Recipe
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -29,8 +29,21 @@ def write(tmp_path, content: dict) -> Path:
 def test_config_resume_and_overrides_in_every_form(tmp_path):
     path = write(tmp_path, {"training": {"output_dir": str(tmp_path / "from_file")}})
     recipe, resume = parse_dino(
-        ["--config", str(path), "--output_dir", str(tmp_path / "run"), "--max_steps", "5", "--resume", "auto",
-         "save_steps=2", "--training.seed=3", "evaluation.knn_k=7", "--augmentation.local_crops_number", "2"]
+        [
+            "--config",
+            str(path),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "5",
+            "--resume",
+            "auto",
+            "save_steps=2",
+            "--training.seed=3",
+            "evaluation.knn_k=7",
+            "--augmentation.local_crops_number",
+            "2",
+        ]
     )
     assert resume == "auto"
     assert recipe.training.output_dir == str(tmp_path / "run") and recipe.training.max_steps == 5
@@ -46,7 +59,10 @@ def test_config_resume_and_overrides_in_every_form(tmp_path):
         ([], "arguments are required: --config"),
         (["--resume", "auto"], "arguments are required: --config"),
         (["--config"], "--config: expected one argument"),
-        (["--config", "RECIPE", "--res", "auto"], "unknown key 'res'"),  # no abbreviation: a misspelt key is not --resume
+        (
+            ["--config", "RECIPE", "--res", "auto"],
+            "unknown key 'res'",
+        ),  # no abbreviation: a misspelt key is not --resume
         (["--config", "RECIPE", "--max_step", "5"], r"'training\.max_steps'"),
         (["--config", "RECIPE", "training.bf16=maybe"], r"training\.bf16"),
         (["--config", "RECIPE", "--max_steps"], "no value"),
@@ -79,10 +95,20 @@ def test_help_lists_every_section_and_key(capsys, monkeypatch):
     assert "    out_dim (int, default: 65536)" in lines
     assert "every other transformers.TrainingArguments key" in text
     # help texts from the DinoConfig docstring, the dataclass metadata, and transformers
-    for help_text in ("number of prototypes K", "Global (large) crops per image", "Number of neighbours", "Peak lr", "Total number of training"):
+    for help_text in (
+        "number of prototypes K",
+        "Global (large) crops per image",
+        "Number of neighbours",
+        "Peak lr",
+        "Total number of training",
+    ):
         assert help_text in text
     # hf_ssl's own DINO keys come before the TrainingArguments ones
-    assert text.index("    teacher_momentum (") < text.index("every other transformers.TrainingArguments key") < text.index("    save_steps (")
+    assert (
+        text.index("    teacher_momentum (")
+        < text.index("every other transformers.TrainingArguments key")
+        < text.index("    save_steps (")
+    )
 
 
 def test_every_key_of_the_hf_ssl_sections_has_help():
@@ -102,9 +128,13 @@ def test_help_fits_the_terminal(capsys, monkeypatch, columns):
 def test_help_from_a_fresh_interpreter(tmp_path):
     code = "from hf_ssl.training.setup.cli import parse_command_line; parse_command_line(['--help'])"
     environment = {**os.environ, "COLUMNS": "100", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPOSITORY, env=environment, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPOSITORY, env=environment, timeout=300
+    )
     assert result.returncode == 0, result.stderr
-    assert "--config CONFIG" in result.stdout and "\naugmentation:\n" in result.stdout and "save_steps (" in result.stdout
+    assert (
+        "--config CONFIG" in result.stdout and "\naugmentation:\n" in result.stdout and "save_steps (" in result.stdout
+    )
 
 
 def test_the_recipe_names_its_method(tmp_path):
@@ -112,7 +142,11 @@ def test_the_recipe_names_its_method(tmp_path):
     recipe, _ = parse_command_line(["--config", str(simclr), "--max_steps", "3"])
     assert recipe.method == "simclr" and recipe.model["temperature"] == 0.2 and recipe.training.max_steps == 3
     assert type(recipe.training).__name__ == "SimClrTrainingArguments" and recipe.training.optimizer == "lars"
-    assert recipe.view_config.names == ("views",) and recipe.view_config.first.number == 2 and recipe.view_config.first.size == 32
+    assert (
+        recipe.view_config.names == ("views",)
+        and recipe.view_config.first.number == 2
+        and recipe.view_config.first.size == 32
+    )
     assert recipe.to_dict()["method"] == "simclr"
     # a DINO key in a SimCLR recipe names the key and the SimCLR keys
     with pytest.raises(ConfigError, match=r"local_crops_number.*input_size"):

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_ssl.training.setup.recipe import Recipe
 from hf_ssl.errors import ConfigError
 from hf_ssl.training.setup.config import coerce, docstring_arguments, load_yaml, parse_overrides
+from hf_ssl.training.setup.recipe import Recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -28,7 +28,11 @@ def test_official_recipe_values():
     config = recipe.model_config
     assert config.out_dim == 65536 and config.backbone_config.layer_norm_eps == 1e-6
     assert (recipe.training.learning_rate, recipe.training.min_lr, recipe.training.warmup_epochs) == (5e-4, 1e-6, 10)
-    assert (recipe.training.weight_decay, recipe.training.weight_decay_end, recipe.training.max_grad_norm) == (0.04, 0.4, 3.0)
+    assert (recipe.training.weight_decay, recipe.training.weight_decay_end, recipe.training.max_grad_norm) == (
+        0.04,
+        0.4,
+        3.0,
+    )
     assert recipe.augmentation.local_crops_number == 8 and recipe.augmentation.local_crop_size == 96
     assert tuple(recipe.augmentation.global_crops_scale) == (0.4, 1.0)
 
@@ -37,7 +41,13 @@ def test_overrides_reach_every_section_with_types(tmp_path):
     path = write(tmp_path, {"training": {"output_dir": str(tmp_path / "out")}})
     recipe = Recipe.for_method("dino").from_yaml(
         path,
-        ["training.max_steps=7", "--training.learning_rate", "1e-3", "augmentation.global_crops_scale=[0.3, 1]", "model.out_dim=128"],
+        [
+            "training.max_steps=7",
+            "--training.learning_rate",
+            "1e-3",
+            "augmentation.global_crops_scale=[0.3, 1]",
+            "model.out_dim=128",
+        ],
     )
     assert recipe.training.max_steps == 7
     assert recipe.training.learning_rate == pytest.approx(1e-3)  # YAML reads "1e-3" as a string: coerced to float
@@ -97,7 +107,9 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_resolved_recipe_round_trips(tmp_path):
-    recipe = Recipe.for_method("dino").from_yaml(RECIPES / "dino_fashion_mnist_demo.yaml", [f"training.output_dir={tmp_path}"])
+    recipe = Recipe.for_method("dino").from_yaml(
+        RECIPES / "dino_fashion_mnist_demo.yaml", [f"training.output_dir={tmp_path}"]
+    )
     saved = recipe.save(tmp_path)
     reloaded = yaml.safe_load(saved.read_text())
     assert reloaded["training"]["max_steps"] == recipe.training.max_steps
@@ -109,10 +121,26 @@ def test_resolved_recipe_round_trips(tmp_path):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("1e-8", 1e-8), ("5E-4", 5e-4), ("1.0e+3", 1000.0), (".5", 0.5), ("-2e3", -2000.0), ("1.5", 1.5),
-        ("no", "no"), ("yes", "yes"), ("on", "on"), ("off", "off"), ("y", "y"), ("n", "n"),
-        ("true", True), ("False", False), ("TRUE", True), ("null", None), ("10", 10),
-        ("2024-01-01", "2024-01-01"), ("4.40.0", "4.40.0"), ("[1e-3, no]", [1e-3, "no"]),
+        ("1e-8", 1e-8),
+        ("5E-4", 5e-4),
+        ("1.0e+3", 1000.0),
+        (".5", 0.5),
+        ("-2e3", -2000.0),
+        ("1.5", 1.5),
+        ("no", "no"),
+        ("yes", "yes"),
+        ("on", "on"),
+        ("off", "off"),
+        ("y", "y"),
+        ("n", "n"),
+        ("true", True),
+        ("False", False),
+        ("TRUE", True),
+        ("null", None),
+        ("10", 10),
+        ("2024-01-01", "2024-01-01"),
+        ("4.40.0", "4.40.0"),
+        ("[1e-3, no]", [1e-3, "no"]),
     ],
 )
 def test_values_are_read_as_a_user_means_them(tmp_path, text, expected):
@@ -130,8 +158,12 @@ def test_plain_yaml_keeps_yaml_1_1():
 
 def test_yaml_1_1_words_and_exponents_reach_every_section(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"model:\n  backbone_config: {{model_type: vit, layer_norm_eps: 1e-6}}\ntraining:\n  output_dir: {tmp_path}\n")
-    recipe = Recipe.for_method("dino").from_yaml(path, ["training.save_strategy=no", "training.min_lr=1e-7", "data.train_split=on"])
+    path.write_text(
+        f"model:\n  backbone_config: {{model_type: vit, layer_norm_eps: 1e-6}}\ntraining:\n  output_dir: {tmp_path}\n"
+    )
+    recipe = Recipe.for_method("dino").from_yaml(
+        path, ["training.save_strategy=no", "training.min_lr=1e-7", "data.train_split=on"]
+    )
     layer_norm_eps = recipe.model["backbone_config"]["layer_norm_eps"]
     assert layer_norm_eps == 1e-6 and isinstance(layer_norm_eps, float)  # YAML 1.1 leaves "1e-6" a string here
     assert recipe.training.save_strategy == "no" and recipe.training.min_lr == 1e-7 and recipe.data.train_split == "on"
@@ -142,12 +174,27 @@ def test_yaml_1_1_words_and_exponents_reach_every_section(tmp_path):
 @pytest.mark.parametrize(
     "value, annotation, expected",
     [
-        ("no", bool, False), ("Yes", bool, True), ("ON", bool, True), ("off", bool, False), ("1", bool, True),
-        ("0", bool, False), (1, bool, True), (0, bool, False), (False, bool, False),
-        (2024, str, "2024"), (1.5, str, "1.5"), ("text", str, "text"),
-        ("1000", int, 1000), ("1e3", int, 1000), (3.0, int, 3), (7, int, 7),
-        ("1e-4", float, 1e-4), (2, float, 2.0),
-        ("no", bool | None, False), (None, bool | None, None), (5, str | None, "5"),
+        ("no", bool, False),
+        ("Yes", bool, True),
+        ("ON", bool, True),
+        ("off", bool, False),
+        ("1", bool, True),
+        ("0", bool, False),
+        (1, bool, True),
+        (0, bool, False),
+        (False, bool, False),
+        (2024, str, "2024"),
+        (1.5, str, "1.5"),
+        ("text", str, "text"),
+        ("1000", int, 1000),
+        ("1e3", int, 1000),
+        (3.0, int, 3),
+        (7, int, 7),
+        ("1e-4", float, 1e-4),
+        (2, float, 2.0),
+        ("no", bool | None, False),
+        (None, bool | None, None),
+        (5, str | None, "5"),
     ],
 )
 def test_coerce_accepts_what_a_user_means(value, annotation, expected):
@@ -158,10 +205,19 @@ def test_coerce_accepts_what_a_user_means(value, annotation, expected):
 @pytest.mark.parametrize(
     "value, annotation, expected",
     [
-        ("maybe", bool, "true or false"), (2, bool, "true or false"), (0.5, bool, "true or false"),
-        (True, str, "a string"), ([1], str, "a string"), ({"a": 1}, str, "a string"),
-        ("1.5", int, "an integer"), ("ten", int, "an integer"), (2.5, int, "an integer"), (True, int, "an integer"),
-        ("inf", int, "an integer"), ("fast", float, "a number"), (True, float, "a number"),
+        ("maybe", bool, "true or false"),
+        (2, bool, "true or false"),
+        (0.5, bool, "true or false"),
+        (True, str, "a string"),
+        ([1], str, "a string"),
+        ({"a": 1}, str, "a string"),
+        ("1.5", int, "an integer"),
+        ("ten", int, "an integer"),
+        (2.5, int, "an integer"),
+        (True, int, "an integer"),
+        ("inf", int, "an integer"),
+        ("fast", float, "a number"),
+        (True, float, "a number"),
     ],
 )
 def test_coerce_refuses_and_names_the_key(value, annotation, expected):
@@ -173,8 +229,14 @@ def test_coercion_through_the_recipe(tmp_path):
     path = write(tmp_path, {"training": {"output_dir": str(tmp_path / "out")}})
     recipe = Recipe.for_method("dino").from_yaml(
         path,
-        ['training.max_steps="1e3"', "data.skip_bad_images=no", "evaluation.knn_at_end=0",
-         "training.scale_learning_rate=Yes", "training.run_name=2024", "model.norm_last_layer=0"],
+        [
+            'training.max_steps="1e3"',
+            "data.skip_bad_images=no",
+            "evaluation.knn_at_end=0",
+            "training.scale_learning_rate=Yes",
+            "training.run_name=2024",
+            "model.norm_last_layer=0",
+        ],
     )
     assert recipe.training.max_steps == 1000 and recipe.training.run_name == "2024"
     assert recipe.data.skip_bad_images is False and recipe.evaluation.knn_at_end is False
@@ -187,11 +249,24 @@ def test_coercion_through_the_recipe(tmp_path):
 
 
 # ----- keys without their section -----------------------------------------------------------------------
-SECTION_KEYS = {"model": ["out_dim", "backbone_config"], "data": ["x", "dataset"], "training": ["max_steps", "output_dir"], "evaluation": ["x"]}
+SECTION_KEYS = {
+    "model": ["out_dim", "backbone_config"],
+    "data": ["x", "dataset"],
+    "training": ["max_steps", "output_dir"],
+    "evaluation": ["x"],
+}
 
 
 def test_a_key_without_its_section_gets_the_one_that_has_it():
-    arguments = ["--max_steps", "5", "--output_dir=runs/a", "out_dim=64", "--training.max_steps", "6", "backbone_config.hidden_size=8"]
+    arguments = [
+        "--max_steps",
+        "5",
+        "--output_dir=runs/a",
+        "out_dim=64",
+        "--training.max_steps",
+        "6",
+        "backbone_config.hidden_size=8",
+    ]
     assert parse_overrides(arguments, SECTION_KEYS) == [
         ("training.max_steps", 5),
         ("training.output_dir", "runs/a"),
@@ -204,7 +279,9 @@ def test_a_key_without_its_section_gets_the_one_that_has_it():
 def test_a_key_of_several_sections_or_of_none():
     with pytest.raises(ConfigError, match=r"write data\.x or evaluation\.x"):
         parse_overrides(["--x", "1"], SECTION_KEYS)
-    with pytest.raises(ConfigError, match=r"unknown key 'max_step'.*'training\.max_steps'.*model, data, training, evaluation"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'max_step'.*'training\.max_steps'.*model, data, training, evaluation"
+    ):
         parse_overrides(["max_step=1"], SECTION_KEYS)
     with pytest.raises(ConfigError, match=r"names a section but no key"):
         parse_overrides(["training=1"], SECTION_KEYS)
@@ -213,7 +290,9 @@ def test_a_key_of_several_sections_or_of_none():
 
 
 def test_recipe_takes_the_flat_flags_of_transformers_scripts(tmp_path):
-    recipe = Recipe.for_method("dino").from_yaml(write(tmp_path, {}), ["--output_dir", str(tmp_path / "run"), "--max_steps=5", "save_steps=2", "--knn_k", "7"])
+    recipe = Recipe.for_method("dino").from_yaml(
+        write(tmp_path, {}), ["--output_dir", str(tmp_path / "run"), "--max_steps=5", "save_steps=2", "--knn_k", "7"]
+    )
     assert recipe.training.output_dir == str(tmp_path / "run") and recipe.training.max_steps == 5
     assert recipe.training.save_steps == 2 and recipe.evaluation.knn_k == 7
     with pytest.raises(ConfigError, match=r"unknown key 'max_step'.*training\.max_steps"):
@@ -225,7 +304,9 @@ def test_section_keys_are_what_each_section_accepts():
     assert list(keys) == ["model", "data", "augmentation", "training", "evaluation"]
     assert {"out_dim", "backbone_config", "pretrained_model_name_or_path", "return_dict"} <= set(keys["model"])
     assert {"max_steps", "save_steps", "output_dir", "teacher_momentum", "seed"} <= set(keys["training"])
-    assert "global_crops_scale" in keys["augmentation"] and "knn_k" in keys["evaluation"] and "data_dir" in keys["data"]
+    assert (
+        "global_crops_scale" in keys["augmentation"] and "knn_k" in keys["evaluation"] and "data_dir" in keys["data"]
+    )
 
 
 def test_docstring_arguments():

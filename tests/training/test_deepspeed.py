@@ -48,8 +48,18 @@ pytestmark = pytest.mark.slow
 
 def launch(config: Path, output_dir: Path, *options: str) -> dict:
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
-        "--main_process_port", str(free_port()), str(WORKER), str(output_dir), *options,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(WORKER),
+        str(output_dir),
+        *options,
     ]
     result = subprocess.run(command, cwd=ROOT, env=ENVIRONMENT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -94,7 +104,14 @@ def initial_weights(tmp_path: Path) -> dict:
 
 
 def teacher_change(final: dict, start: dict) -> float:
-    return sum(float((final[name].float() - start[name].float()).norm()) ** 2 for name in final if name.startswith("teacher.")) ** 0.5
+    return (
+        sum(
+            float((final[name].float() - start[name].float()).norm()) ** 2
+            for name in final
+            if name.startswith("teacher.")
+        )
+        ** 0.5
+    )
 
 
 def test_zero2_matches_ddp(zero2_run, tmp_path):

@@ -17,7 +17,11 @@ def make_trainer(tmp_path, dataset, model=None, knn_evaluator=None, knn_eval_ste
     train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop))
     arguments = tiny_training_arguments(tmp_path / "out", **argument_overrides)
     return SslTrainer(
-        model=model, args=arguments, view_config=multicrop, train_dataset=train_dataset, knn_evaluator=knn_evaluator,
+        model=model,
+        args=arguments,
+        view_config=multicrop,
+        train_dataset=train_dataset,
+        knn_evaluator=knn_evaluator,
         knn_eval_steps=knn_eval_steps,
     )
 
@@ -35,7 +39,17 @@ def test_tiny_end_to_end_run_logs_and_updates(tmp_path, tiny_image_dataset):
     assert len(logs) == 4
     for entry in logs:
         assert math.isfinite(entry["loss"])
-        for key in ("learning_rate", "weight_decay", "teacher_momentum", "teacher_temperature", "teacher_entropy", "embedding_std", "effective_rank", "mean_l2_norm", "grad_norm"):
+        for key in (
+            "learning_rate",
+            "weight_decay",
+            "teacher_momentum",
+            "teacher_temperature",
+            "teacher_entropy",
+            "embedding_std",
+            "effective_rank",
+            "mean_l2_norm",
+            "grad_norm",
+        ):
             assert key in entry, key
         assert entry["images_per_second"] > 0
     changed_student = [n for n, t in snapshot(model.student).items() if not torch.equal(t, student_before[n])]
@@ -59,6 +73,7 @@ def record_param_groups(trainer, engine):
         seen.append((step, [(group["lr"], group["weight_decay"]) for group in trainer.optimizer.param_groups]))
 
     if engine == "trainer":
+
         class Recorder(TrainerCallback):  # added after MethodStepCallback, so it runs after it
             def on_pre_optimizer_step(self, args, state, control, **kwargs):
                 record(state.global_step)
@@ -81,9 +96,20 @@ def test_optimizer_gets_the_scheduled_lr_and_weight_decay_at_every_step(tmp_path
     # 16 images in batches of 4: 4 optimizer steps per epoch, 7 steps in all. Warmup 1 epoch = steps 0-3,
     # last layer frozen 0.5 epoch = steps 0-1, peak lr = 0.0512 * total batch 4 / 256 = 8e-4.
     trainer = make_dino_trainer(
-        tmp_path, tiny_image_dataset, engine=engine, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-        max_steps=7, learning_rate=0.0512, scale_learning_rate=True, warmup_epochs=1.0, warmup_start_lr=1e-4,
-        min_lr=2e-5, weight_decay=0.04, weight_decay_end=0.4, freeze_last_layer_epochs=0.5,
+        tmp_path,
+        tiny_image_dataset,
+        engine=engine,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_steps=7,
+        learning_rate=0.0512,
+        scale_learning_rate=True,
+        warmup_epochs=1.0,
+        warmup_start_lr=1e-4,
+        min_lr=2e-5,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        freeze_last_layer_epochs=0.5,
     )
     seen = record_param_groups(trainer, engine)
     trainer.train()
@@ -91,11 +117,23 @@ def test_optimizer_gets_the_scheduled_lr_and_weight_decay_at_every_step(tmp_path
     # warmup: 1e-4 + (8e-4 - 1e-4) * step / 4; then a half cosine from 8e-4 (step 4) to 2e-5 (step 6, the last)
     expected_lr = [1e-4, 2.75e-4, 4.5e-4, 6.25e-4, 8e-4, (8e-4 + 2e-5) / 2, 2e-5]
     # a half cosine from 0.04 (step 0) to 0.4 (step 6): 0.4 - 0.18 * (1 + cos(pi * step / 6))
-    expected_weight_decay = [0.04, 0.4 - 0.18 * (1 + math.sqrt(3) / 2), 0.13, 0.22, 0.31, 0.4 - 0.18 * (1 - math.sqrt(3) / 2), 0.4]
+    expected_weight_decay = [
+        0.04,
+        0.4 - 0.18 * (1 + math.sqrt(3) / 2),
+        0.13,
+        0.22,
+        0.31,
+        0.4 - 0.18 * (1 - math.sqrt(3) / 2),
+        0.4,
+    ]
     assert [step for step, _ in seen] == list(range(7))
     groups = trainer.optimizer.param_groups
     # weights, biases/norms, then the head's last layer (a weight-norm direction: decayed) in a group of its own
-    assert [(g["apply_weight_decay"], g.get("last_layer", False)) for g in groups] == [(True, False), (False, False), (True, True)]
+    assert [(g["apply_weight_decay"], g.get("last_layer", False)) for g in groups] == [
+        (True, False),
+        (False, False),
+        (True, True),
+    ]
     assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim <= 1 for p in groups[1]["params"])
     assert groups[2]["params"] == [p for p in trainer.model.last_layer_parameters() if p.requires_grad]
     for step, values in seen:
@@ -120,7 +158,14 @@ def test_ema_runs_once_per_optimizer_step_under_accumulation(tmp_path, tiny_imag
         original(teacher, student, momentum)
 
     monkeypatch.setattr(method_base, "ema_update_", counting)
-    trainer = make_trainer(tmp_path, tiny_image_dataset, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3, teacher_momentum=0.9)
+    trainer = make_trainer(
+        tmp_path,
+        tiny_image_dataset,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        teacher_momentum=0.9,
+    )
     trainer.train()
     assert len(calls) == 3  # 6 micro-batches, 3 optimizer steps
     assert calls == pytest.approx([trainer.schedules.teacher_momentum(step) for step in range(3)])
@@ -128,7 +173,11 @@ def test_ema_runs_once_per_optimizer_step_under_accumulation(tmp_path, tiny_imag
 
 
 def floating_parameters(module):
-    return {name: parameter.detach().clone() for name, parameter in module.named_parameters() if parameter.is_floating_point()}
+    return {
+        name: parameter.detach().clone()
+        for name, parameter in module.named_parameters()
+        if parameter.is_floating_point()
+    }
 
 
 @pytest.mark.parametrize("engine", ["trainer", "accelerate"])
@@ -138,12 +187,21 @@ def test_ema_update_equals_formula_after_one_step(tmp_path, tiny_image_dataset, 
     # 0.9, not 0.5, so that an update with momentum and 1 - momentum swapped shows too.
     momentum, atol, rtol = 0.9, 1e-6, 1e-5
     trainer = make_dino_trainer(
-        tmp_path, tiny_image_dataset, engine=engine, max_steps=1, teacher_momentum=momentum, teacher_momentum_end=momentum,
-        learning_rate=1e-2, min_lr=1e-2,
+        tmp_path,
+        tiny_image_dataset,
+        engine=engine,
+        max_steps=1,
+        teacher_momentum=momentum,
+        teacher_momentum_end=momentum,
+        learning_rate=1e-2,
+        min_lr=1e-2,
     )
     teacher_before = floating_parameters(trainer.model.teacher)
     trainer.train()
-    student_after, teacher_after = floating_parameters(trainer.model.student), floating_parameters(trainer.model.teacher)
+    student_after, teacher_after = (
+        floating_parameters(trainer.model.student),
+        floating_parameters(trainer.model.teacher),
+    )
     assert teacher_after.keys() == student_after.keys() == teacher_before.keys()
     for name, value in teacher_after.items():
         expected = momentum * teacher_before[name] + (1 - momentum) * student_after[name]
@@ -205,7 +263,8 @@ def test_bad_images_are_skipped_and_training_goes_on(tmp_path):
     import io
 
     import numpy as np
-    from datasets import Dataset, Features, Image as ImageFeature
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
     from PIL import Image
 
     from tests.helpers import png_bytes, random_images
@@ -231,6 +290,7 @@ def test_bad_images_are_skipped_and_training_goes_on(tmp_path):
 def test_periodic_knn_is_logged_every_n_steps_and_at_the_end(tmp_path, tiny_image_dataset):
     from hf_ssl.evaluation import KnnEvaluator
     from hf_ssl.models import build_image_processor
+
     processor = build_image_processor("vit", 16, [0.5] * 3, [0.5] * 3)
     evaluator = KnnEvaluator(tiny_image_dataset, tiny_image_dataset, processor, k=3, show_progress=False)
     trainer = make_trainer(tmp_path, tiny_image_dataset, max_steps=4, knn_evaluator=evaluator, knn_eval_steps=2)

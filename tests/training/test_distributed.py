@@ -16,10 +16,18 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("engine", ["trainer", "accelerate"])
 def test_two_cpu_processes_end_with_identical_weights(engine, tmp_path):
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(ROOT / "accelerate_configs" / "cpu.yaml"),
-        "--num_processes", "2", "--main_process_port", str(free_port()),
-        str(ROOT / "tests" / "training" / "ddp_worker.py"), str(tmp_path), engine,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(ROOT / "tests" / "training" / "ddp_worker.py"),
+        str(tmp_path),
+        engine,
     ]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)

@@ -6,7 +6,10 @@ from hf_ssl.training.optim.ema import ema_update_
 
 def test_ema_matches_formula_for_every_tensor():
     generator = torch.Generator().manual_seed(0)
-    teacher = [torch.nn.Parameter(torch.randn(4, 3, generator=generator), requires_grad=False), torch.randn(5, generator=generator)]
+    teacher = [
+        torch.nn.Parameter(torch.randn(4, 3, generator=generator), requires_grad=False),
+        torch.randn(5, generator=generator),
+    ]
     student = [torch.nn.Parameter(torch.randn(4, 3, generator=generator)), torch.randn(5, generator=generator)]
     expected = [0.9 * t.detach() + 0.1 * s.detach() for t, s in zip(teacher, student)]
     ema_update_(teacher, student, momentum=0.9)

@@ -14,9 +14,20 @@ def run(tmp_path, engine, **overrides):
     torch.manual_seed(0)
     model = DinoForPreTraining(tiny_dino_config())
     trainer = make_dino_trainer(
-        tmp_path / engine, Dataset.from_dict({"image": random_images(16)}), engine=engine, model=model,
-        max_steps=6, gradient_accumulation_steps=2, warmup_epochs=1.0, learning_rate=2e-3, min_lr=1e-4,
-        weight_decay=0.04, weight_decay_end=0.4, freeze_last_layer_epochs=1.0, adam_epsilon=1e-4, **overrides,
+        tmp_path / engine,
+        Dataset.from_dict({"image": random_images(16)}),
+        engine=engine,
+        model=model,
+        max_steps=6,
+        gradient_accumulation_steps=2,
+        warmup_epochs=1.0,
+        learning_rate=2e-3,
+        min_lr=1e-4,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        freeze_last_layer_epochs=1.0,
+        adam_epsilon=1e-4,
+        **overrides,
     )
     seen = []  # (lr, weight decay) of the first group at each optimizer step, read from the optimizer
     trainer_optimizer_step = None
@@ -61,13 +72,18 @@ def test_both_engines_end_with_the_same_weights(precision, tmp_path):
     trainer_state, trainer_seen, schedules = run(tmp_path, "trainer", **options)
     accelerate_state, accelerate_seen, _ = run(tmp_path, "accelerate", **options)
     # 16 images / batch 4 / accumulation 2 = 2 updates per epoch: 1 warmup epoch, last layer frozen for 2 steps
-    expected = [(pytest.approx(schedules.learning_rate(step)), pytest.approx(schedules.weight_decay(step))) for step in range(6)]
+    expected = [
+        (pytest.approx(schedules.learning_rate(step)), pytest.approx(schedules.weight_decay(step)))
+        for step in range(6)
+    ]
     assert trainer_seen == expected
     assert accelerate_seen == expected
     assert len({lr for lr, _ in accelerate_seen}) == 6, "the learning rate must change every step"
     torch.manual_seed(0)
     initial = DinoForPreTraining(tiny_dino_config()).state_dict()
-    assert not torch.equal(trainer_state["teacher.backbone.embeddings.cls_token"], initial["teacher.backbone.embeddings.cls_token"])
+    assert not torch.equal(
+        trainer_state["teacher.backbone.embeddings.cls_token"], initial["teacher.backbone.embeddings.cls_token"]
+    )
     for name in trainer_state:
         assert trainer_state[name].dtype == initial[name].dtype
         # bit for bit: the engines differ only in the loop, so they run the same operations in the same order

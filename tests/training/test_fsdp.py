@@ -15,7 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_ema_on_fsdp2_shards_matches_the_unsharded_ema():
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
         str(ROOT / "tests" / "training" / "fsdp_worker.py"),
     ]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -27,7 +27,13 @@ def small_history() -> History:
 def test_record_step_keeps_numbers_and_merges_a_step():
     history = small_history()
     assert [entry["step"] for entry in history.steps] == [1, 2, 3, 4, 5, 6]
-    assert history.steps[3] == {"step": 4, "epoch": 1.0, "loss": 1.0, "learning_rate": pytest.approx(4e-3), "knn_top1": 50.0}
+    assert history.steps[3] == {
+        "step": 4,
+        "epoch": 1.0,
+        "loss": 1.0,
+        "learning_rate": pytest.approx(4e-3),
+        "knn_top1": 50.0,
+    }
     assert "note" not in history.steps[0]
 
 
@@ -38,7 +44,13 @@ def test_epoch_entry_is_the_mean_of_its_steps():
     assert first["learning_rate"] == pytest.approx(1e-3 * (1 + 2 + 3 + 4) / 4)
     assert first["knn_top1"] == 50.0  # logged once in the epoch: its only value
     # only steps 5 and 6 belong to epoch 2; the explicit k-NN value is recorded as given
-    assert second == {"epoch": 2, "step": 6, "loss": pytest.approx(1.0), "learning_rate": pytest.approx(5e-3), "knn_top1": 70.0}
+    assert second == {
+        "epoch": 2,
+        "step": 6,
+        "loss": pytest.approx(1.0),
+        "learning_rate": pytest.approx(5e-3),
+        "knn_top1": 70.0,
+    }
 
 
 def test_save_load_round_trip(tmp_path):
@@ -100,7 +112,12 @@ def test_plot_command_line(tmp_path, capsys):
 
 
 def collapsed_logs(step):
-    return {"loss": math.log(1024), "teacher_entropy": 0.995 * math.log(1024), "teacher_entropy_ratio": 0.995, "epoch": step / 20}
+    return {
+        "loss": math.log(1024),
+        "teacher_entropy": 0.995 * math.log(1024),
+        "teacher_entropy_ratio": 0.995,
+        "epoch": step / 20,
+    }
 
 
 def test_history_callback_records_warns_and_saves(tmp_path, caplog):

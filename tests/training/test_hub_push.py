@@ -28,9 +28,9 @@ from huggingface_hub.errors import LocalTokenNotFoundError, RemoteEntryNotFoundE
 import hf_ssl  # noqa: F401  (registers the Auto classes)
 from hf_ssl.commands.cli import main as hf_ssl_command
 from hf_ssl.training import files_to_push, get_method
-from hf_ssl.training.sharing.outputs import RunOutputError
 from hf_ssl.training.pretrain import run_pretraining
 from hf_ssl.training.setup.recipe import DataArguments, EvaluationArguments, Recipe, RecipeData
+from hf_ssl.training.sharing.outputs import RunOutputError
 from tests.helpers import random_images
 from tests.training.test_methods import TINY_SETUPS
 
@@ -38,9 +38,17 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 DATASET = "tiny-org/striped-images"  # a Hub id: the cards' datasets and model-index name it
 # what a push of a finished run uploads, whatever the method and the engine
 PUSHED = [
-    "README.md", "backbone/config.json", "backbone/model.safetensors", "backbone/preprocessor_config.json",
-    "config.json", "history.json", "history.png", "knn_results.json", "model.safetensors",
-    "preprocessor_config.json", "recipe.yaml",
+    "README.md",
+    "backbone/config.json",
+    "backbone/model.safetensors",
+    "backbone/preprocessor_config.json",
+    "config.json",
+    "history.json",
+    "history.png",
+    "knn_results.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "recipe.yaml",
 ]
 BACKBONE_PUSHED = ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
 
@@ -48,7 +56,9 @@ BACKBONE_PUSHED = ["README.md", "config.json", "model.safetensors", "preprocesso
 def hub_error(error_class, message: str):
     """A ``huggingface_hub`` HTTP error as the Hub raises it (they need a response with its request)."""
     http = importlib.import_module(huggingface_hub.errors.Response.__module__.split(".")[0])
-    return error_class(message, response=http.Response(404, request=http.Request("GET", "https://huggingface.co/fake")))
+    return error_class(
+        message, response=http.Response(404, request=http.Request("GET", "https://huggingface.co/fake"))
+    )
 
 
 class FakeHub:
@@ -65,8 +75,17 @@ class FakeHub:
 
     def install(self, monkeypatch) -> "FakeHub":
         hub = self
-        for name in ("create_repo", "create_commit", "list_repo_files", "file_exists", "hf_hub_download", "snapshot_download"):
-            monkeypatch.setattr(HfApi, name, lambda api, *args, _call=getattr(hub, name), **kwargs: _call(*args, **kwargs))
+        for name in (
+            "create_repo",
+            "create_commit",
+            "list_repo_files",
+            "file_exists",
+            "hf_hub_download",
+            "snapshot_download",
+        ):
+            monkeypatch.setattr(
+                HfApi, name, lambda api, *args, _call=getattr(hub, name), **kwargs: _call(*args, **kwargs)
+            )
         return self
 
     def snapshot(self, repo_id: str) -> Path:
@@ -157,22 +176,39 @@ RUNS = {
 def tiny_recipe(method: str, engine: str, output_dir: Path, **training) -> Recipe:
     """The tiny setup of ``method`` (``TINY_SETUPS``) as a recipe: one step, k-NN at the end."""
     config, views, overrides = TINY_SETUPS[method]()
-    model = {key: value for key, value in config.to_diff_dict().items() if key not in ("model_type", "transformers_version", "architectures")}
+    model = {
+        key: value
+        for key, value in config.to_diff_dict().items()
+        if key not in ("model_type", "transformers_version", "architectures")
+    }
     arguments = get_method(method).training_arguments_class(
-        output_dir=str(output_dir), engine=engine, per_device_train_batch_size=4, max_steps=1, logging_steps=1,
-        report_to="none", dataloader_num_workers=0, warmup_epochs=0.0, scale_learning_rate=False, seed=0,
+        output_dir=str(output_dir),
+        engine=engine,
+        per_device_train_batch_size=4,
+        max_steps=1,
+        logging_steps=1,
+        report_to="none",
+        dataloader_num_workers=0,
+        warmup_epochs=0.0,
+        scale_learning_rate=False,
+        seed=0,
         **{**overrides, **training},
     )
     return Recipe(
-        method=method, model=model, data=DataArguments(dataset=DATASET, eval_split="test"), augmentation=views,
-        training=arguments, evaluation=EvaluationArguments(knn_k=3, batch_size=8, linear_probe=method == "dino"),
+        method=method,
+        model=model,
+        data=DataArguments(dataset=DATASET, eval_split="test"),
+        augmentation=views,
+        training=arguments,
+        evaluation=EvaluationArguments(knn_k=3, batch_size=8, linear_probe=method == "dino"),
     )
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Each method of ``RUNS`` trained, saved and pushed (or failing to) through ``run_pretraining``."""
-    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
 
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=["vertical", "horizontal"])})
     images = Dataset.from_dict({"image": random_images(16), "label": [i % 2 for i in range(16)]}, features=features)
@@ -182,7 +218,11 @@ def runs(tmp_path_factory):
         done = {}
         for method, (engine, end) in RUNS.items():
             output_dir = root / method
-            training = {"push_to_hub": True, "hub_model_id": f"tiny-org/{method}-run", "hub_license": "apache-2.0" if method in ("dino", "ijepa") else None}
+            training = {
+                "push_to_hub": True,
+                "hub_model_id": f"tiny-org/{method}-run",
+                "hub_license": "apache-2.0" if method in ("dino", "ijepa") else None,
+            }
             if end == "backbone" or method == "vicreg":
                 training["push_backbone_to_hub"] = f"tiny-org/{method}-backbone"
             recipe = tiny_recipe(method, engine, output_dir, **training)
@@ -194,7 +234,9 @@ def runs(tmp_path_factory):
             except RunOutputError as raised:
                 error, results = raised, None
             hub.failure = None
-            done[method] = SimpleNamespace(engine=engine, output_dir=output_dir, error=error, results=results, repo=f"tiny-org/{method}-run")
+            done[method] = SimpleNamespace(
+                engine=engine, output_dir=output_dir, error=error, results=results, repo=f"tiny-org/{method}-run"
+            )
         yield hub, done
 
 
@@ -233,7 +275,12 @@ def test_the_card_says_what_the_repository_holds(runs, method):
         result = results[name]
         assert result.metric_value == round(trained[key], 2)
         assert result.metric_type == ("accuracy" if key.endswith("top1") else "top_5_accuracy")
-        assert (result.task_type, result.dataset_type, result.dataset_name, result.dataset_split) == ("image-classification", DATASET, DATASET, "test")
+        assert (result.task_type, result.dataset_type, result.dataset_name, result.dataset_split) == (
+            "image-classification",
+            DATASET,
+            DATASET,
+            "test",
+        )
     assert card.data.model_name == metadata["model-index"][0]["name"]
     pushed_to = card.data.model_name
     assert f'AutoModel.from_pretrained("{pushed_to}", subfolder="backbone")' in card.text
@@ -254,7 +301,9 @@ def test_the_backbone_goes_to_its_own_repository_with_a_card_for_plain_transform
     metadata = yaml.safe_load(card.content.split("---")[1])
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-feature-extraction"
     assert metadata["base_model"] == run.repo  # the run's repository, pushed just before
-    assert metadata.get("license") == ("apache-2.0" if method == "ijepa" else None) and metadata["datasets"] == [DATASET]
+    assert metadata.get("license") == ("apache-2.0" if method == "ijepa" else None) and metadata["datasets"] == [
+        DATASET
+    ]
     assert [result.metric_name for result in card.data.eval_results] == ["k-NN top-1 accuracy", "k-NN top-5 accuracy"]
     assert f'AutoModel.from_pretrained("{repo}")' in card.text and "last_hidden_state.mean(dim=1)" in card.text
 
@@ -327,8 +376,14 @@ torch.save({"pixels": pixels, "pooled": pooled, "backbone_pixels": backbone_pixe
 print(type(model).__name__, tuple(pooled.shape), type(extractor.model).__name__, tuple(features.shape))
 """
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub.cache), "PYTHONPATH": ""}
-    completed = subprocess.run([sys.executable, "-c", script, run.repo, "tiny-org/ijepa-backbone"], capture_output=True,
-                               text=True, env=environment, cwd=tmp_path, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-c", script, run.repo, "tiny-org/ijepa-backbone"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     # ViT: the CLS embedding (hidden 32); IJepa on 16-px images, 4-px patches: 16 patch tokens of width 32
     assert completed.stdout.split() == ["ViTModel", "(1,", "32)", "IJepaModel", "(1,", "16,", "32)"]
@@ -347,13 +402,27 @@ print(type(model).__name__, tuple(pooled.shape), type(extractor.model).__name__,
 
 def test_files_to_push_leaves_out_checkpoints_staging_locks_and_pickles(tmp_path):
     files = [
-        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
-        "README.md", "recipe.yaml", "history.json", "preprocessor_config.json", "backbone/config.json",
-        "backbone/model.safetensors", "runs/Jan01_run/events.out.tfevents.1.host.2.0",
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "README.md",
+        "recipe.yaml",
+        "history.json",
+        "preprocessor_config.json",
+        "backbone/config.json",
+        "backbone/model.safetensors",
+        "runs/Jan01_run/events.out.tfevents.1.host.2.0",
         # left out
-        "training_args.bin", "_hf_ssl.lock", "checkpoint-4/model.safetensors", "checkpoint-4/hf_ssl_state.json",
-        ".staging-checkpoint-6/model.safetensors", ".hub-weights-6/model.safetensors", "final.safetensors",
-        "backbone/.ipynb_checkpoints/config.json", "notes.txt",
+        "training_args.bin",
+        "_hf_ssl.lock",
+        "checkpoint-4/model.safetensors",
+        "checkpoint-4/hf_ssl_state.json",
+        ".staging-checkpoint-6/model.safetensors",
+        ".hub-weights-6/model.safetensors",
+        "final.safetensors",
+        "backbone/.ipynb_checkpoints/config.json",
+        "notes.txt",
     ]
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -377,11 +446,18 @@ def test_the_model_index_names_hub_datasets_only():
     assert evaluation_results(metrics, "imagefolder", split="test") == []  # local data: in the card's text only
     assert evaluation_results({}, "fashion_mnist") == [] and evaluation_results(metrics, None) == []
     [top1, top5] = evaluation_results(metrics, "fashion_mnist", split="test")
-    assert (top1.dataset_type, top1.dataset_split, top1.metric_type, top1.metric_value) == ("zalando-datasets/fashion_mnist", "test", "accuracy", 61.23)
+    assert (top1.dataset_type, top1.dataset_split, top1.metric_type, top1.metric_value) == (
+        "zalando-datasets/fashion_mnist",
+        "test",
+        "accuracy",
+        61.23,
+    )
     assert (top5.metric_type, top5.metric_name, top5.metric_value) == ("top_5_accuracy", "k-NN top-5 accuracy", 90.0)
 
 
-def test_a_backbone_repository_that_cannot_be_created_stops_the_run_before_training(tmp_path, monkeypatch, tiny_image_dataset):
+def test_a_backbone_repository_that_cannot_be_created_stops_the_run_before_training(
+    tmp_path, monkeypatch, tiny_image_dataset
+):
     from hf_ssl.errors import ConfigError
 
     def no_token(api, repo_id, **kwargs):
@@ -390,7 +466,10 @@ def test_a_backbone_repository_that_cannot_be_created_stops_the_run_before_train
     monkeypatch.setattr(HfApi, "create_repo", no_token)
     recipe = tiny_recipe("simclr", "trainer", tmp_path / "run", push_backbone_to_hub="tiny-org/simclr-backbone")
     recipe.load_datasets = lambda: RecipeData(tiny_image_dataset, None, None)
-    with pytest.raises(ConfigError, match=r"training.push_backbone_to_hub=tiny-org/simclr-backbone, but the Hub repository "
-                       r"'tiny-org/simclr-backbone' cannot be created \(LocalTokenNotFoundError: .*the run has not started"):
+    with pytest.raises(
+        ConfigError,
+        match=r"training.push_backbone_to_hub=tiny-org/simclr-backbone, but the Hub repository "
+        r"'tiny-org/simclr-backbone' cannot be created \(LocalTokenNotFoundError: .*the run has not started",
+    ):
         run_pretraining(recipe)
     assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -21,7 +21,11 @@ MAX_STEPS = 4
 def _dino_setup():
     from hf_ssl import DinoConfig
 
-    return DinoConfig(backbone_config=dict(TINY_VIT), **TINY_HEAD), tiny_multicrop_config(), {"freeze_last_layer_epochs": 0.0}
+    return (
+        DinoConfig(backbone_config=dict(TINY_VIT), **TINY_HEAD),
+        tiny_multicrop_config(),
+        {"freeze_last_layer_epochs": 0.0},
+    )
 
 
 def _simclr_setup():
@@ -36,8 +40,14 @@ def _byol_setup():
     from hf_ssl.models.byol import ByolConfig
     from hf_ssl.training.methods.byol import ByolViewConfig
 
-    config = ByolConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32)
-    return config, ByolViewConfig(input_size=16, sigmas=(0.1, 0.5)), {"optimizer": "lars", "learning_rate": 0.3, "teacher_momentum": 0.9}
+    config = ByolConfig(
+        backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32
+    )
+    return (
+        config,
+        ByolViewConfig(input_size=16, sigmas=(0.1, 0.5)),
+        {"optimizer": "lars", "learning_rate": 0.3, "teacher_momentum": 0.9},
+    )
 
 
 def _vicreg_setup():
@@ -56,7 +66,9 @@ def _ijepa_setup():
         backbone_config={**TINY_VIT, "model_type": "ijepa"}, predictor_hidden_size=16, predictor_num_hidden_layers=2
     )
     # a 4 x 4 patch grid: 2 target blocks of 3-4 patches, a context block of what is left of 10-14 patches
-    views = IJepaViewConfig(input_size=16, num_targets=2, target_scale=(0.2, 0.25), context_scale=(0.6, 0.9), min_keep=1)
+    views = IJepaViewConfig(
+        input_size=16, num_targets=2, target_scale=(0.2, 0.25), context_scale=(0.6, 0.9), min_keep=1
+    )
     return config, views, {"teacher_momentum": 0.9}
 
 
@@ -65,15 +77,22 @@ def _hjepa_setup():
 
     _, views, overrides = _ijepa_setup()
     config = HJepaConfig(
-        backbone_config={**TINY_VIT, "model_type": "ijepa"}, predictor_hidden_size=16, predictor_num_hidden_layers=2,
-        num_hierarchies=2, level_target_layers=[None, 1],
+        backbone_config={**TINY_VIT, "model_type": "ijepa"},
+        predictor_hidden_size=16,
+        predictor_num_hidden_layers=2,
+        num_hierarchies=2,
+        level_target_layers=[None, 1],
     )
     return config, views, {**overrides, "level_weight_warmup_epochs": [0.0, 0.5]}
 
 
 # method -> (model config, augmentation config, training-argument overrides): tiny, a few CPU steps
 TINY_SETUPS = {
-    "byol": _byol_setup, "dino": _dino_setup, "hjepa": _hjepa_setup, "ijepa": _ijepa_setup, "simclr": _simclr_setup,
+    "byol": _byol_setup,
+    "dino": _dino_setup,
+    "hjepa": _hjepa_setup,
+    "ijepa": _ijepa_setup,
+    "simclr": _simclr_setup,
     "vicreg": _vicreg_setup,
 }
 
@@ -84,7 +103,8 @@ def test_every_registered_method_has_a_tiny_setup():
 
 @pytest.fixture(scope="module")
 def image_dataset():
-    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
 
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=["vertical", "horizontal"])})
     return Dataset.from_dict({"image": random_images(24), "label": [i % 2 for i in range(24)]}, features=features)
@@ -96,15 +116,27 @@ def make_trainer(method: str, engine: str, output_dir: Path, dataset, **override
     torch.manual_seed(0)
     model = spec.pretraining_model_class(config)
     values = dict(
-        output_dir=str(output_dir), engine=engine, per_device_train_batch_size=4, max_steps=MAX_STEPS,
-        learning_rate=1e-3, scale_learning_rate=False, warmup_epochs=0.0, logging_steps=1, report_to="none",
-        dataloader_num_workers=0, seed=0, save_strategy="steps", save_steps=2,
+        output_dir=str(output_dir),
+        engine=engine,
+        per_device_train_batch_size=4,
+        max_steps=MAX_STEPS,
+        learning_rate=1e-3,
+        scale_learning_rate=False,
+        warmup_epochs=0.0,
+        logging_steps=1,
+        report_to="none",
+        dataloader_num_workers=0,
+        seed=0,
+        save_strategy="steps",
+        save_steps=2,
     )
     values.update(method_overrides)
     values.update(overrides)
     arguments = spec.training_arguments_class(**values)
     train_dataset = with_multicrop(dataset, MultiCropTransform(view_config), seed=0)
-    return build_trainer(model=model, args=arguments, view_config=view_config, train_dataset=train_dataset, method=method)
+    return build_trainer(
+        model=model, args=arguments, view_config=view_config, train_dataset=train_dataset, method=method
+    )
 
 
 def state_of(model) -> dict[str, torch.Tensor]:
@@ -120,7 +152,9 @@ def test_method_trains_resumes_exports_and_reloads(tmp_path, image_dataset, meth
     full.train()
     assert full.state.global_step == MAX_STEPS
     final = state_of(full.model)
-    moved = [name for name in initial if initial[name].is_floating_point() and not torch.equal(initial[name], final[name])]
+    moved = [
+        name for name in initial if initial[name].is_floating_point() and not torch.equal(initial[name], final[name])
+    ]
     assert len(moved) > len(initial) // 2, f"{method}: only {len(moved)} of {len(initial)} tensors changed"
     losses = [entry["loss"] for entry in full.state.log_history if "loss" in entry]
     assert len(losses) == MAX_STEPS and all(torch.isfinite(torch.tensor(losses)))
@@ -170,7 +204,9 @@ def test_a_batch_without_readable_images_gives_a_zero_loss_that_touches_every_pa
     spec = get_method(method)
     config, view_config, _ = TINY_SETUPS[method]()
     model = spec.pretraining_model_class(config)
-    step = spec.method_class(model, view_config, seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    step = spec.method_class(
+        model, view_config, seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t
+    )
     batch = {
         name: torch.zeros(group.number, 0, 3, group.size, group.size, dtype=torch.uint8)
         for name, group in as_views_config(view_config).groups.items()
@@ -187,7 +223,9 @@ def test_what_a_collator_adds_beside_the_crops_reaches_the_method():
     spec = get_method("simclr")
     config, view_config, _ = TINY_SETUPS["simclr"]()
     model = spec.pretraining_model_class(config)
-    step = spec.method_class(model, view_config, seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    step = spec.method_class(
+        model, view_config, seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t
+    )
     seen = {}
 
     def compute_outputs(model, views, step_index):
@@ -196,7 +234,12 @@ def test_what_a_collator_adds_beside_the_crops_reaches_the_method():
 
     step.compute_outputs = compute_outputs
     masks = torch.ones(4, 16, dtype=torch.bool)
-    batch = {"views": torch.zeros(2, 4, 3, 16, 16, dtype=torch.uint8), "labels": torch.zeros(4), "num_skipped": torch.tensor(0), "masks": masks}
+    batch = {
+        "views": torch.zeros(2, 4, 3, 16, 16, dtype=torch.uint8),
+        "labels": torch.zeros(4),
+        "num_skipped": torch.tensor(0),
+        "masks": masks,
+    }
     step.loss(model, batch, 0)
     assert seen["masks"] is masks and "labels" not in seen and "num_skipped" not in seen
     assert seen["views"].dtype == torch.float32 and set(seen) == {"views", "masks"}
@@ -206,35 +249,77 @@ def test_a_method_trains_on_named_view_groups_given_directly(tmp_path, image_dat
     # the engines take a ViewsConfig as well as a method's own augmentation section: SimCLR on its "views" group
     from hf_ssl.data import ViewGroup, ViewsConfig
 
-    views = ViewsConfig(groups={"views": ViewGroup(number=2, size=16, blur_probabilities=(1.0, 0.1), solarize_probabilities=(0.0, 0.2))})
+    views = ViewsConfig(
+        groups={
+            "views": ViewGroup(number=2, size=16, blur_probabilities=(1.0, 0.1), solarize_probabilities=(0.0, 0.2))
+        }
+    )
     spec = get_method("simclr")
     config, _, overrides = TINY_SETUPS["simclr"]()
     model = spec.pretraining_model_class(config)
     arguments = spec.training_arguments_class(
-        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to="none", save_strategy="no",
-        logging_steps=1, dataloader_num_workers=0, scale_learning_rate=False, warmup_epochs=0.0, **overrides,
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        dataloader_num_workers=0,
+        scale_learning_rate=False,
+        warmup_epochs=0.0,
+        **overrides,
     )
-    trainer = build_trainer(model=model, args=arguments, view_config=views, method="simclr",
-                            train_dataset=with_multicrop(image_dataset, MultiCropTransform(views), seed=0))
+    trainer = build_trainer(
+        model=model,
+        args=arguments,
+        view_config=views,
+        method="simclr",
+        train_dataset=with_multicrop(image_dataset, MultiCropTransform(views), seed=0),
+    )
     trainer.train()
     assert trainer.state.global_step == 2 and trainer.method.views is views
 
 
-@pytest.mark.parametrize(("method", "groups", "message"), [
-    ("dino", {"views": {"number": 2, "size": 16}}, r"dino trains on the view groups \['global_crops'\], optionally \['local_crops'\]; the augmentation has \['views'\]"),
-    ("simclr", {"views": {"number": 3, "size": 16}}, "SimCLR trains on 2 views of each image; the augmentation's views group has 3"),
-    ("simclr", {"views": {"number": 2, "size": 12}}, r"augmentation\.groups\.views\.size"),
-    ("byol", {"views": {"number": 1, "size": 16}}, "BYOL trains on 2 views of each image; the augmentation's views group has 1"),
-    ("vicreg", {"image": {"number": 2, "size": 16}}, r"vicreg trains on the view groups \['views'\]; the augmentation has \['image'\]"),
-])
+@pytest.mark.parametrize(
+    ("method", "groups", "message"),
+    [
+        (
+            "dino",
+            {"views": {"number": 2, "size": 16}},
+            r"dino trains on the view groups \['global_crops'\], optionally \['local_crops'\]; the augmentation has \['views'\]",
+        ),
+        (
+            "simclr",
+            {"views": {"number": 3, "size": 16}},
+            "SimCLR trains on 2 views of each image; the augmentation's views group has 3",
+        ),
+        ("simclr", {"views": {"number": 2, "size": 12}}, r"augmentation\.groups\.views\.size"),
+        (
+            "byol",
+            {"views": {"number": 1, "size": 16}},
+            "BYOL trains on 2 views of each image; the augmentation's views group has 1",
+        ),
+        (
+            "vicreg",
+            {"image": {"number": 2, "size": 16}},
+            r"vicreg trains on the view groups \['views'\]; the augmentation has \['image'\]",
+        ),
+    ],
+)
 def test_view_groups_a_method_cannot_train_on_are_refused_before_training(method, groups, message):
     from hf_ssl.data import ViewsConfig
 
     spec = get_method(method)
     config, _, _ = TINY_SETUPS[method]()
     with pytest.raises(ValueError, match=message):
-        spec.method_class(spec.pretraining_model_class(config), ViewsConfig(groups=groups), seed=0, process_index=0,
-                          max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+        spec.method_class(
+            spec.pretraining_model_class(config),
+            ViewsConfig(groups=groups),
+            seed=0,
+            process_index=0,
+            max_consecutive_nonfinite_steps=3,
+            reduce=lambda t: t,
+        )
 
 
 def test_a_recipe_section_of_named_view_groups(tmp_path):
@@ -246,10 +331,19 @@ def test_a_recipe_section_of_named_view_groups(tmp_path):
 
     register_method(replace(get_method("simclr"), name="simclr_views", view_config_class=ViewsConfig))
     try:
-        raw = {"method": "simclr_views", "model": {"backbone_config": dict(TINY_VIT)},
-               "augmentation": {"groups": {"views": {"number": 2, "size": 16, "blur_probabilities": [1.0, 0.1]}}, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+        raw = {
+            "method": "simclr_views",
+            "model": {"backbone_config": dict(TINY_VIT)},
+            "augmentation": {
+                "groups": {"views": {"number": 2, "size": 16, "blur_probabilities": [1.0, 0.1]}},
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.25, 0.25, 0.25],
+            },
+        }
         recipe = Recipe.from_dict(raw)
-        assert recipe.view_config.groups["views"].blur_probabilities == (1.0, 0.1) and recipe.evaluation_image_size == 16
+        assert (
+            recipe.view_config.groups["views"].blur_probabilities == (1.0, 0.1) and recipe.evaluation_image_size == 16
+        )
         raw["augmentation"]["groups"]["views"]["size"] = 12
         with pytest.raises(ConfigError, match=r"augmentation\.groups\.views\.size"):
             Recipe.from_dict(raw)
@@ -274,21 +368,42 @@ def test_a_method_chooses_its_collator_and_a_resume_draws_the_same_masks(tmp_pat
     class MaskedSimClr(SimClrMethod):
         @classmethod
         def build_collator(cls, model_config, view_config, seed):
-            return MultiBlockMaskCollator(16, 4, num_targets=2, target_scale=(0.2, 0.3), min_keep=1, context_scale=(0.6, 0.9), seed=seed)
+            return MultiBlockMaskCollator(
+                16, 4, num_targets=2, target_scale=(0.2, 0.3), min_keep=1, context_scale=(0.6, 0.9), seed=seed
+            )
 
         def compute_outputs(self, model, views, step):
             seen.append((step, views["masks_context"].clone(), views["masks_target"].clone()))
             return super().compute_outputs(model, views, step)
 
     masked = replace(spec, method_class=MaskedSimClr)
-    arguments = dict(per_device_train_batch_size=4, report_to="none", logging_steps=1, dataloader_num_workers=0,
-                     scale_learning_rate=False, warmup_epochs=0.0, save_strategy="steps", save_steps=2, **overrides)
-    assert isinstance(default_collator(spec.pretraining_model_class(config), masked, view_config, spec.training_arguments_class(output_dir=str(tmp_path), **arguments)), MultiBlockMaskCollator)
+    arguments = dict(
+        per_device_train_batch_size=4,
+        report_to="none",
+        logging_steps=1,
+        dataloader_num_workers=0,
+        scale_learning_rate=False,
+        warmup_epochs=0.0,
+        save_strategy="steps",
+        save_steps=2,
+        **overrides,
+    )
+    assert isinstance(
+        default_collator(
+            spec.pretraining_model_class(config),
+            masked,
+            view_config,
+            spec.training_arguments_class(output_dir=str(tmp_path), **arguments),
+        ),
+        MultiBlockMaskCollator,
+    )
 
     def run(output_dir, stop_after=None, resume=None, engine="trainer"):
         torch.manual_seed(0)
         trainer = build_trainer(
-            model=spec.pretraining_model_class(config), method=masked, view_config=view_config,
+            model=spec.pretraining_model_class(config),
+            method=masked,
+            view_config=view_config,
             args=spec.training_arguments_class(output_dir=str(output_dir), max_steps=4, engine=engine, **arguments),
             train_dataset=with_multicrop(image_dataset, MultiCropTransform(view_config), seed=0),
         )

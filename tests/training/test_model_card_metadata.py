@@ -7,7 +7,9 @@ from hf_ssl.training.sharing.model_card import hub_datasets, hub_model_id
 
 
 def test_datasets_keep_hub_ids_only(tmp_path):
-    assert hub_datasets("imagefolder") is None and hub_datasets("parquet") is None and hub_datasets("arrayfolder") is None
+    assert (
+        hub_datasets("imagefolder") is None and hub_datasets("parquet") is None and hub_datasets("arrayfolder") is None
+    )
     assert hub_datasets("fashion_mnist") == ["zalando-datasets/fashion_mnist"]
     assert hub_datasets(["ILSVRC/imagenet-1k", str(tmp_path), "./data", "csv"]) == ["ILSVRC/imagenet-1k"]
     assert hub_datasets(None) is None
@@ -26,13 +28,15 @@ def test_a_run_from_a_pretrained_backbone_names_it_in_its_card(tmp_path, monkeyp
 
     from hf_ssl.models.backbone import load_pretrained_backbone
     from hf_ssl.models.simclr import SimClrConfig, SimClrForPreTraining
-    from hf_ssl.training.sharing.model_card import write_model_card
     from hf_ssl.training.methods.simclr import SimClrMethod, SimClrTrainingArguments
+    from hf_ssl.training.sharing.model_card import write_model_card
     from tests.helpers import TINY_VIT
 
     tiny = {key: value for key, value in TINY_VIT.items() if key != "model_type"}
     ViTModel(ViTConfig(**tiny), add_pooling_layer=False).save_pretrained(tmp_path / "source")
-    model = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8))
+    model = SimClrForPreTraining(
+        SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=16, projection_dim=8)
+    )
     load_pretrained_backbone(model, str(tmp_path / "source"))
     assert model.config.pretrained_backbone == str(tmp_path / "source")  # recorded, saved in config.json
 

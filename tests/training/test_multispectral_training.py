@@ -15,18 +15,38 @@ from hf_ssl.commands.pretrain import main
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "simclr_hyperspectral.yaml"
 TINY_BACKBONES = {  # the recipe's ResNet-18 at tiny size, and a ViT
-    "resnet": {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic"},
-    "vit": {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-            "patch_size": 4, "image_size": 16},
+    "resnet": {
+        "model_type": "resnet",
+        "embedding_size": 8,
+        "hidden_sizes": [8, 16],
+        "depths": [1, 1],
+        "layer_type": "basic",
+    },
+    "vit": {
+        "model_type": "vit",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "patch_size": 4,
+        "image_size": 16,
+    },
 }
 RUN_ARGS = [
-    "training.max_steps=3", "training.per_device_train_batch_size=4", "training.dataloader_num_workers=0",
-    "training.report_to=none", "training.logging_steps=1", "training.save_strategy=no", "training.bf16=false",
+    "training.max_steps=3",
+    "training.per_device_train_batch_size=4",
+    "training.dataloader_num_workers=0",
+    "training.report_to=none",
+    "training.logging_steps=1",
+    "training.save_strategy=no",
+    "training.bf16=false",
     "evaluation.knn_k=3",
 ]
 
 
-def write_array_folder(root: Path, bands: int, per_class: int = 8, test_per_class: int = 3, size: int = 20, seed: int = 0) -> Path:
+def write_array_folder(
+    root: Path, bands: int, per_class: int = 8, test_per_class: int = 3, size: int = 20, seed: int = 0
+) -> Path:
     """Two classes told apart by their spatial pattern (stripes one way or the other), each image with its own
     random spectrum in 12-bit counts, saved as .npy files (odd ones channels last)."""
     rng = np.random.default_rng(seed)
@@ -41,7 +61,9 @@ def write_array_folder(root: Path, bands: int, per_class: int = 8, test_per_clas
                 else:
                     pattern[::4] = 1
                 spectrum = rng.uniform(200, 3000, size=(bands, 1, 1))
-                image = np.clip(pattern[None] * spectrum + rng.normal(400, 60, (bands, size, size)), 0, 4095).astype(np.uint16)
+                image = np.clip(pattern[None] * spectrum + rng.normal(400, 60, (bands, size, size)), 0, 4095).astype(
+                    np.uint16
+                )
                 np.save(folder / f"{index}.npy", image if index % 2 == 0 else image.transpose(1, 2, 0))
     return root
 
@@ -71,12 +93,22 @@ def test_n_band_runs_train_normalise_and_export(folders, tmp_path, engine, bands
     from hf_ssl.evaluation.knn import resize_bands_for_evaluation
 
     output_dir = tmp_path / "run"
-    code = main([
-        "--config", str(tiny_recipe(tmp_path, backbone, bands)), f"data.data_dir={folders[bands]}",
-        f"training.output_dir={output_dir}", f"training.engine={engine}",
-        "data.train_val_split=null", "training.metric_for_best_model=null", "training.early_stopping_patience=null",
-        "augmentation.input_size=16", "model.projection_hidden_dim=32", "model.projection_dim=16", *RUN_ARGS,
-    ])
+    code = main(
+        [
+            "--config",
+            str(tiny_recipe(tmp_path, backbone, bands)),
+            f"data.data_dir={folders[bands]}",
+            f"training.output_dir={output_dir}",
+            f"training.engine={engine}",
+            "data.train_val_split=null",
+            "training.metric_for_best_model=null",
+            "training.early_stopping_patience=null",
+            "augmentation.input_size=16",
+            "model.projection_hidden_dim=32",
+            "model.projection_dim=16",
+            *RUN_ARGS,
+        ]
+    )
     assert code == 0
 
     saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
@@ -91,8 +123,12 @@ def test_n_band_runs_train_normalise_and_export(folders, tmp_path, engine, bands
     processor = AutoImageProcessor.from_pretrained(output_dir / "backbone")
     assert backbone.config.num_channels == bands and list(processor.image_mean) == pytest.approx(mean)
     image = np.load(folders[bands] / "test" / "vertical" / "0.npy").astype(np.float32)
-    pixel_values = processor([resize_bands_for_evaluation(image, 16)], return_tensors="pt", input_data_format="channels_first")["pixel_values"]
-    expected = (torch.from_numpy(resize_bands_for_evaluation(image, 16)) - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    pixel_values = processor(
+        [resize_bands_for_evaluation(image, 16)], return_tensors="pt", input_data_format="channels_first"
+    )["pixel_values"]
+    expected = (
+        torch.from_numpy(resize_bands_for_evaluation(image, 16)) - torch.tensor(mean).view(-1, 1, 1)
+    ) / torch.tensor(std).view(-1, 1, 1)
     torch.testing.assert_close(pixel_values[0], expected, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         plain = backbone(pixel_values=pixel_values).pooler_output.flatten(1)  # a ResNet pools to (B, C, 1, 1)
@@ -104,13 +140,25 @@ def test_n_band_runs_train_normalise_and_export(folders, tmp_path, engine, bands
 def test_the_408_band_recipe_runs_at_tiny_size_with_early_stopping_on_val_loss(tmp_path):
     folder = write_array_folder(tmp_path / "data", 408, per_class=6, test_per_class=2, size=16)
     output_dir = tmp_path / "run"
-    code = main([
-        "--config", str(RECIPE), f"data.data_dir={folder}", f"training.output_dir={output_dir}",
-        "augmentation.input_size=16", "model.backbone_config.embedding_size=8", "model.backbone_config.hidden_sizes=[8,16]",
-        "model.backbone_config.depths=[1,1]", "model.projection_hidden_dim=32", "model.projection_dim=16",
-        "data.train_val_split=0.25", "evaluation.val_eval_steps=1", "training.early_stopping_patience=1",
-        "training.early_stopping_min_delta=100", *RUN_ARGS,
-    ])
+    code = main(
+        [
+            "--config",
+            str(RECIPE),
+            f"data.data_dir={folder}",
+            f"training.output_dir={output_dir}",
+            "augmentation.input_size=16",
+            "model.backbone_config.embedding_size=8",
+            "model.backbone_config.hidden_sizes=[8,16]",
+            "model.backbone_config.depths=[1,1]",
+            "model.projection_hidden_dim=32",
+            "model.projection_dim=16",
+            "data.train_val_split=0.25",
+            "evaluation.val_eval_steps=1",
+            "training.early_stopping_patience=1",
+            "training.early_stopping_min_delta=100",
+            *RUN_ARGS,
+        ]
+    )
     assert code == 0
     saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
     assert saved["model"]["backbone_config"]["num_channels"] == 408 and len(saved["augmentation"]["mean"]) == 408
@@ -127,8 +175,14 @@ def test_the_408_band_recipe_runs_at_tiny_size_with_early_stopping_on_val_loss(t
 
 
 RGB_ONLY_OFF = {  # the RGB-only keys of each method's augmentation section, switched off
-    "cj_sat": 0.0, "cj_hue": 0.0, "random_gray_scale": 0.0, "solarize_prob": 0.0,
-    "saturation": 0.0, "hue": 0.0, "grayscale_probability": 0.0, "global_solarize_probabilities": (0.0, 0.0),
+    "cj_sat": 0.0,
+    "cj_hue": 0.0,
+    "random_gray_scale": 0.0,
+    "solarize_prob": 0.0,
+    "saturation": 0.0,
+    "hue": 0.0,
+    "grayscale_probability": 0.0,
+    "global_solarize_probabilities": (0.0, 0.0),
     "local_solarize_probability": 0.0,
 }
 
@@ -146,7 +200,9 @@ def test_every_method_trains_on_four_bands(tmp_path):
 
     rng = np.random.default_rng(0)
     arrays = [rng.uniform(0, 4000, (4, 20, 20)).astype(np.float32) for _ in range(8)]
-    dataset = Dataset.from_dict({"image": arrays}, features=Features({"image": Array3D(shape=(4, 20, 20), dtype="float32")}))
+    dataset = Dataset.from_dict(
+        {"image": arrays}, features=Features({"image": Array3D(shape=(4, 20, 20), dtype="float32")})
+    )
     for method, setup in sorted(TINY_SETUPS.items()):
         spec = get_method(method)
         config, views, overrides = setup()
@@ -154,18 +210,31 @@ def test_every_method_trains_on_four_bands(tmp_path):
         per_view = getattr(type(views), "per_view_keys", ())  # BYOL's and VICReg's (view 1, view 2) probabilities
         off = {
             key: (value, value) if key in per_view else value
-            for key, value in RGB_ONLY_OFF.items() if key in {item.name for item in dataclasses.fields(views)}
+            for key, value in RGB_ONLY_OFF.items()
+            if key in {item.name for item in dataclasses.fields(views)}
         }
         views = dataclasses.replace(views, num_channels=4, mean=(2000.0,) * 4, std=(1150.0,) * 4, **off)
         torch.manual_seed(0)
         model = spec.pretraining_model_class(config)
         arguments = spec.training_arguments_class(
-            output_dir=str(tmp_path / method), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3,
-            scale_learning_rate=False, warmup_epochs=0.0, logging_steps=1, report_to="none", dataloader_num_workers=0,
-            save_strategy="no", seed=0, **{key: value for key, value in overrides.items() if key != "learning_rate"},
+            output_dir=str(tmp_path / method),
+            per_device_train_batch_size=4,
+            max_steps=2,
+            learning_rate=1e-3,
+            scale_learning_rate=False,
+            warmup_epochs=0.0,
+            logging_steps=1,
+            report_to="none",
+            dataloader_num_workers=0,
+            save_strategy="no",
+            seed=0,
+            **{key: value for key, value in overrides.items() if key != "learning_rate"},
         )
         trainer = build_trainer(
-            model=model, args=arguments, view_config=views, method=method,
+            model=model,
+            args=arguments,
+            view_config=views,
+            method=method,
             train_dataset=with_multicrop(dataset, MultiCropTransform(views), seed=0),
         )
         trainer.train()
@@ -179,15 +248,27 @@ def test_broken_and_wrong_band_files_are_skipped_and_counted(tmp_path):
     (folder / "train" / "horizontal" / "broken.npy").write_bytes(b"\x93NUMPY truncated")
     np.save(folder / "train" / "vertical" / "six_bands.npy", np.zeros((6, 20, 20), np.uint16))
     output_dir = tmp_path / "run"
-    code = main([
-        "--config", str(tiny_recipe(tmp_path, "resnet", 4)), f"data.data_dir={folder}", f"training.output_dir={output_dir}",
-        "data.train_val_split=null", "training.metric_for_best_model=null", "training.early_stopping_patience=null",
-        "augmentation.input_size=16", "model.projection_hidden_dim=32", "model.projection_dim=16",
-        "training.per_device_train_batch_size=10", *[argument for argument in RUN_ARGS if "batch_size" not in argument],
-    ])
+    code = main(
+        [
+            "--config",
+            str(tiny_recipe(tmp_path, "resnet", 4)),
+            f"data.data_dir={folder}",
+            f"training.output_dir={output_dir}",
+            "data.train_val_split=null",
+            "training.metric_for_best_model=null",
+            "training.early_stopping_patience=null",
+            "augmentation.input_size=16",
+            "model.projection_hidden_dim=32",
+            "model.projection_dim=16",
+            "training.per_device_train_batch_size=10",
+            *[argument for argument in RUN_ARGS if "batch_size" not in argument],
+        ]
+    )
     assert code == 0
     steps = json.loads((output_dir / "history.json").read_text())["steps"]
-    assert sum(entry.get("skipped_images", 0) for entry in steps if "loss" in entry) >= 2  # both, once per epoch at least
+    assert (
+        sum(entry.get("skipped_images", 0) for entry in steps if "loss" in entry) >= 2
+    )  # both, once per epoch at least
 
 
 def test_band_counts_that_disagree_stop_before_training(tmp_path):
@@ -197,7 +278,10 @@ def test_band_counts_that_disagree_stop_before_training(tmp_path):
     raw = yaml.safe_load(RECIPE.read_text())
     raw["model"]["backbone_config"] = {**TINY_BACKBONES["resnet"], "num_channels": 4}
     raw["augmentation"]["num_channels"] = 5
-    with pytest.raises(ConfigError, match=r"augmentation\.num_channels=5 but the backbone takes 4 channels \(model\.backbone_config\.num_channels\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"augmentation\.num_channels=5 but the backbone takes 4 channels \(model\.backbone_config\.num_channels\)",
+    ):
         Recipe.from_dict(raw)
     raw["augmentation"].pop("num_channels")
     assert Recipe.from_dict(raw).view_config.num_channels == 4  # left out: the backbone's
@@ -208,10 +292,17 @@ def test_band_counts_that_disagree_stop_before_training(tmp_path):
 
 def tiny_run_args(folder: Path, output_dir: Path, batch_size: int, *extra: str) -> list[str]:
     return [
-        f"data.data_dir={folder}", f"training.output_dir={output_dir}", "data.train_val_split=null",
-        "training.metric_for_best_model=null", "training.early_stopping_patience=null", "augmentation.input_size=16",
-        "model.projection_hidden_dim=32", "model.projection_dim=16", f"training.per_device_train_batch_size={batch_size}",
-        *[argument for argument in RUN_ARGS if "batch_size" not in argument], *extra,
+        f"data.data_dir={folder}",
+        f"training.output_dir={output_dir}",
+        "data.train_val_split=null",
+        "training.metric_for_best_model=null",
+        "training.early_stopping_patience=null",
+        "augmentation.input_size=16",
+        "model.projection_hidden_dim=32",
+        "model.projection_dim=16",
+        f"training.per_device_train_batch_size={batch_size}",
+        *[argument for argument in RUN_ARGS if "batch_size" not in argument],
+        *extra,
     ]
 
 
@@ -224,7 +315,11 @@ def test_an_array_holding_nan_is_skipped_counted_and_left_out_of_the_statistics(
     nan_image = np.load(folder / "train" / "vertical" / "0.npy").astype(np.float32)
     nan_image[0, :2] = np.nan
     np.save(folder / "train" / "vertical" / "nan.npy", nan_image)
-    given = ["augmentation.mean=[1500,1500,1500,1500]", "augmentation.std=[800,800,800,800]"] if statistics == "given" else []
+    given = (
+        ["augmentation.mean=[1500,1500,1500,1500]", "augmentation.std=[800,800,800,800]"]
+        if statistics == "given"
+        else []
+    )
     output_dir = tmp_path / "run"
     code = main(["--config", str(tiny_recipe(tmp_path, "resnet", 4)), *tiny_run_args(folder, output_dir, 9, *given)])
     assert code == 0
@@ -232,7 +327,11 @@ def test_an_array_holding_nan_is_skipped_counted_and_left_out_of_the_statistics(
     losses = [entry["loss"] for entry in steps if "loss" in entry]
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert [entry["skipped_steps"] for entry in steps if "loss" in entry] == [0, 0, 0]  # no step lost to a NaN loss
-    assert [entry["skipped_images"] for entry in steps if "loss" in entry] == [1, 2, 3]  # so far; a step is all 9 images
+    assert [entry["skipped_images"] for entry in steps if "loss" in entry] == [
+        1,
+        2,
+        3,
+    ]  # so far; a step is all 9 images
     if statistics == "computed":
         saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
         mean, std = band_statistics(good, 4)  # the 8 good images
@@ -246,11 +345,21 @@ def test_an_array_holding_nan_stops_a_run_that_skips_no_image_naming_the_file(tm
     # with the statistics computed from the data, before training
     arguments = tiny_run_args(folder, tmp_path / "computed", 9, "data.skip_bad_images=false")
     assert main(["--config", str(tiny_recipe(tmp_path, "resnet", 4)), *arguments]) == 2
-    assert re.search(r"cannot read image '.*nan\.npy': ValueError: the image holds 1600 non-finite values", capsys.readouterr().err)
+    assert re.search(
+        r"cannot read image '.*nan\.npy': ValueError: the image holds 1600 non-finite values", capsys.readouterr().err
+    )
     # with mean / std given, when training reaches it
-    arguments = tiny_run_args(folder, tmp_path / "run", 9, "data.skip_bad_images=false",
-                              "augmentation.mean=[1500,1500,1500,1500]", "augmentation.std=[800,800,800,800]")
-    with pytest.raises(ValueError, match=r"cannot read image '.*nan\.npy': ValueError: the image holds 1600 non-finite values"):
+    arguments = tiny_run_args(
+        folder,
+        tmp_path / "run",
+        9,
+        "data.skip_bad_images=false",
+        "augmentation.mean=[1500,1500,1500,1500]",
+        "augmentation.std=[800,800,800,800]",
+    )
+    with pytest.raises(
+        ValueError, match=r"cannot read image '.*nan\.npy': ValueError: the image holds 1600 non-finite values"
+    ):
         main(["--config", str(tiny_recipe(tmp_path, "resnet", 4)), *arguments])
 
 
@@ -281,11 +390,20 @@ def test_data_channels_last_reads_arrays_whose_shape_does_not_tell(tmp_path, cha
                 bands = np.arange(16, dtype=np.float32)[:, None, None] * 100 + noise
                 np.save(folder / split / label / f"{index}.npy", bands.transpose(1, 2, 0) if channels_last else bands)
     output_dir = tmp_path / "run"
-    code = main(["--config", str(tiny_recipe(tmp_path, "resnet", 16)),
-                 *tiny_run_args(folder, output_dir, 8, f"data.channels_last={str(channels_last).lower()}")])
+    code = main(
+        [
+            "--config",
+            str(tiny_recipe(tmp_path, "resnet", 16)),
+            *tiny_run_args(folder, output_dir, 8, f"data.channels_last={str(channels_last).lower()}"),
+        ]
+    )
     assert code == 0
     saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
     assert saved["data"]["channels_last"] is channels_last
-    np.testing.assert_allclose(saved["augmentation"]["mean"], np.arange(16) * 100 + 5, atol=0.5)  # band b around 100 * b
+    np.testing.assert_allclose(
+        saved["augmentation"]["mean"], np.arange(16) * 100 + 5, atol=0.5
+    )  # band b around 100 * b
     train = load_image_dataset("arrayfolder", data_dir=str(folder), split="train")
-    np.testing.assert_allclose(saved["augmentation"]["mean"], band_statistics(train, 16, channels_last=channels_last)[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        saved["augmentation"]["mean"], band_statistics(train, 16, channels_last=channels_last)[0], rtol=1e-6
+    )

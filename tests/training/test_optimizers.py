@@ -83,7 +83,10 @@ def test_excluded_groups_get_plain_sgd_with_momentum(nesterov):
             {"params": [bias], "apply_weight_decay": False, "weight_decay": 0.5},
             {"params": [norm_weight], "apply_weight_decay": True, "lars_adaptation": False, "weight_decay": 0.5},
         ],
-        lr=LR, momentum=MOMENTUM, trust_coefficient=ETA, nesterov=nesterov,
+        lr=LR,
+        momentum=MOMENTUM,
+        trust_coefficient=ETA,
+        nesterov=nesterov,
     )
     bias_copy, norm_copy = (torch.nn.Parameter(p.detach().clone()) for p in (bias, norm_weight))
     sgd = torch.optim.SGD([bias_copy, norm_copy], lr=LR, momentum=MOMENTUM, nesterov=nesterov, weight_decay=0.0)
@@ -106,7 +109,9 @@ def test_adaptation_defaults_follow_apply_weight_decay_and_an_explicit_flag_wins
 
 def test_zero_weight_gets_trust_ratio_one():
     weight = torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.float64))
-    optimizer = LARS([{"params": [weight], "apply_weight_decay": True, "weight_decay": WEIGHT_DECAY}], lr=LR, trust_coefficient=ETA)
+    optimizer = LARS(
+        [{"params": [weight], "apply_weight_decay": True, "weight_decay": WEIGHT_DECAY}], lr=LR, trust_coefficient=ETA
+    )
     step_with(optimizer, {weight: [0.1, -0.2, 0.3, 0.4]})
     # ||w|| = 0: the update is the gradient itself (weight decay of a zero weight is zero), not eta * 0 = 0
     assert weight.flatten().tolist() == pytest.approx([-0.01, 0.02, -0.03, -0.04], rel=0, abs=1e-15)
@@ -137,12 +142,21 @@ def test_lr_and_weight_decay_set_on_the_group_between_steps_are_used():
 
 def test_nesterov_lars_matches_the_formula():
     weight = torch.nn.Parameter(torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64))
-    optimizer = LARS([{"params": [weight], "weight_decay": WEIGHT_DECAY}], lr=LR, momentum=MOMENTUM, trust_coefficient=ETA, eps=EPS, nesterov=True)
+    optimizer = LARS(
+        [{"params": [weight], "weight_decay": WEIGHT_DECAY}],
+        lr=LR,
+        momentum=MOMENTUM,
+        trust_coefficient=ETA,
+        eps=EPS,
+        nesterov=True,
+    )
     step_with(optimizer, {weight: [0.1, -0.2, 0.3, 0.4]})
     u = [0.11, -0.18, 0.33, 0.44]
     q = 0.001 * math.sqrt(30.0) / (math.sqrt(0.347) + EPS)
     # mu = q u; the step is q u + 0.9 mu = 1.9 q u
-    assert weight.flatten().tolist() == pytest.approx([w - 0.1 * 1.9 * q * ui for w, ui in zip([1.0, 2.0, 3.0, 4.0], u)], rel=0, abs=1e-14)
+    assert weight.flatten().tolist() == pytest.approx(
+        [w - 0.1 * 1.9 * q * ui for w, ui in zip([1.0, 2.0, 3.0, 4.0], u)], rel=0, abs=1e-14
+    )
 
 
 def test_closure_is_evaluated_with_gradients_and_its_loss_returned():
@@ -188,7 +202,9 @@ def test_state_dict_round_trip_continues_identically():
     run((resumed_weight, resumed_bias), resumed, gradients[2:])
 
     assert torch.equal(resumed_weight, weight) and torch.equal(resumed_bias, bias)
-    assert torch.equal(resumed.state[resumed_weight]["momentum_buffer"], uninterrupted.state[weight]["momentum_buffer"])
+    assert torch.equal(
+        resumed.state[resumed_weight]["momentum_buffer"], uninterrupted.state[weight]["momentum_buffer"]
+    )
 
 
 def test_lars_rejects_bad_arguments():
@@ -234,7 +250,14 @@ def optimizer_step(model, optimizer):
 def test_build_optimizer_class_and_group_settings(name, expected_class, expected_settings):
     _, groups = model_groups()
     optimizer = build_optimizer(
-        name, groups, learning_rate=0.3, betas=(0.8, 0.95), eps=1e-6, momentum=0.8, nesterov=True, trust_coefficient=0.02
+        name,
+        groups,
+        learning_rate=0.3,
+        betas=(0.8, 0.95),
+        eps=1e-6,
+        momentum=0.8,
+        nesterov=True,
+        trust_coefficient=0.02,
     )
     assert type(optimizer) is expected_class
     assert len(optimizer.param_groups) == 2
@@ -296,14 +319,23 @@ def test_apply_optimizer_settings_after_load_state_dict():
     saved = old.state_dict()
 
     _, new_groups = model_groups()
-    resumed = build_optimizer("lars", new_groups, learning_rate=0.1, momentum=0.5, trust_coefficient=0.02, eps=1e-6, nesterov=True)
+    resumed = build_optimizer(
+        "lars", new_groups, learning_rate=0.1, momentum=0.5, trust_coefficient=0.02, eps=1e-6, nesterov=True
+    )
     resumed.load_state_dict(saved)
     assert resumed.param_groups[0]["momentum"] == 0.9  # loading brought the saved value back
     for group in resumed.param_groups:
         group["lr"], group["weight_decay"] = 0.123, 0.0  # set by the engine: must be left alone
-    apply_optimizer_settings(Wrapper(Wrapper(resumed)), "lars", momentum=0.5, trust_coefficient=0.02, eps=1e-6, nesterov=True)
+    apply_optimizer_settings(
+        Wrapper(Wrapper(resumed)), "lars", momentum=0.5, trust_coefficient=0.02, eps=1e-6, nesterov=True
+    )
     for group in resumed.param_groups:
-        assert (group["momentum"], group["trust_coefficient"], group["eps"], group["nesterov"]) == (0.5, 0.02, 1e-6, True)
+        assert (group["momentum"], group["trust_coefficient"], group["eps"], group["nesterov"]) == (
+            0.5,
+            0.02,
+            1e-6,
+            True,
+        )
         assert (group["lr"], group["weight_decay"]) == (0.123, 0.0)
     assert resumed.state_dict()["state"][0]["momentum_buffer"].abs().sum() > 0  # the loaded buffers are kept
 

@@ -10,8 +10,8 @@ import yaml
 from PIL import Image
 
 from hf_ssl import DinoForPreTraining
-from hf_ssl.training.setup.recipe import Recipe
 from hf_ssl.errors import ConfigError
+from hf_ssl.training.setup.recipe import Recipe
 from tests.helpers import TINY_DINOV2, TINY_HEAD, TINY_RESNET, TINY_VIT
 
 RECIPE = {
@@ -36,8 +36,14 @@ def recipe_file(tmp_path, **sections):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["augmentation.global_crop_size=32"], r"augmentation.global_crop_size=32 differs from the vit backbone's image_size 16.*ViTModel runs only at 16"),
-        (["augmentation.local_crop_size=6"], r"augmentation.local_crop_size=6 is not a multiple of the vit backbone's patch_size 4"),
+        (
+            ["augmentation.global_crop_size=32"],
+            r"augmentation.global_crop_size=32 differs from the vit backbone's image_size 16.*ViTModel runs only at 16",
+        ),
+        (
+            ["augmentation.local_crop_size=6"],
+            r"augmentation.local_crop_size=6 is not a multiple of the vit backbone's patch_size 4",
+        ),
         (["augmentation.local_crop_size=32"], r"local_crop_size \(32\) is larger than global_crop_size \(16\)"),
         (["evaluation.image_size=224"], r"evaluation.image_size=224 differs from the vit backbone's image_size 16"),
     ],
@@ -50,7 +56,11 @@ def test_sizes_the_exported_backbone_would_reject_stop_before_training(tmp_path,
 def test_the_official_recipe_derives_its_evaluation_size_and_checks_it_against_a_smaller_backbone():
     recipe = Recipe.for_method("dino").from_yaml("recipes/dino.yaml")
     assert recipe.evaluation.image_size is None and recipe.evaluation_image_size == 224
-    smaller = ["model.backbone_config.image_size=112", "augmentation.global_crop_size=112", "augmentation.local_crop_size=48"]
+    smaller = [
+        "model.backbone_config.image_size=112",
+        "augmentation.global_crop_size=112",
+        "augmentation.local_crop_size=48",
+    ]
     assert Recipe.for_method("dino").from_yaml("recipes/dino.yaml", smaller).evaluation_image_size == 112
     with pytest.raises(ConfigError, match="evaluation.image_size=224 differs from the vit backbone's image_size 112"):
         Recipe.for_method("dino").from_yaml("recipes/dino.yaml", [*smaller, "evaluation.image_size=224"])
@@ -64,9 +74,13 @@ def test_the_export_loads_and_runs_with_its_own_processor(tmp_path, backbone, gl
 
     from hf_ssl.models import build_image_processor
 
-    recipe = Recipe.for_method("dino").from_yaml(recipe_file(tmp_path, model={"backbone_config": backbone}, augmentation={"global_crop_size": global_size}))
+    recipe = Recipe.for_method("dino").from_yaml(
+        recipe_file(tmp_path, model={"backbone_config": backbone}, augmentation={"global_crop_size": global_size})
+    )
     model = DinoForPreTraining(recipe.model_config)
-    processor = build_image_processor(backbone["model_type"], recipe.evaluation_image_size, recipe.view_config.mean, recipe.view_config.std)
+    processor = build_image_processor(
+        backbone["model_type"], recipe.evaluation_image_size, recipe.view_config.mean, recipe.view_config.std
+    )
     model.export_backbone(tmp_path / "backbone", image_processor=processor)
     exported = AutoModel.from_pretrained(tmp_path / "backbone")
     loaded_processor = AutoImageProcessor.from_pretrained(tmp_path / "backbone")
@@ -111,7 +125,12 @@ def pretrained(tmp_path):
 
 def test_the_recipe_that_trained_a_model_can_continue_it_with_new_loss_settings(tmp_path, pretrained):
     recipe = Recipe.for_method("dino").from_yaml(
-        recipe_file(tmp_path), [f"model.pretrained_model_name_or_path={pretrained}", "model.teacher_temperature=0.07", "model.center_momentum=0.5"]
+        recipe_file(tmp_path),
+        [
+            f"model.pretrained_model_name_or_path={pretrained}",
+            "model.teacher_temperature=0.07",
+            "model.center_momentum=0.5",
+        ],
     )
     model = recipe.build_model()
     assert model.config.teacher_temperature == 0.07 and model.config.center_momentum == 0.5
@@ -123,29 +142,40 @@ def test_the_recipe_that_trained_a_model_can_continue_it_with_new_loss_settings(
     "override, message",
     [
         ("model.out_dim=128", r"model.out_dim: 128 here, 64 in the pretrained model"),
-        ("model.backbone_config.hidden_size=64", r"model.backbone_config.hidden_size: 64 here, 32 in the pretrained model"),
+        (
+            "model.backbone_config.hidden_size=64",
+            r"model.backbone_config.hidden_size: 64 here, 32 in the pretrained model",
+        ),
     ],
 )
 def test_an_architecture_other_than_the_pretrained_one_is_refused(tmp_path, pretrained, override, message):
     with pytest.raises(ConfigError, match=message + r".*remove these keys"):
-        Recipe.for_method("dino").from_yaml(recipe_file(tmp_path), [f"model.pretrained_model_name_or_path={pretrained}", override])
+        Recipe.for_method("dino").from_yaml(
+            recipe_file(tmp_path), [f"model.pretrained_model_name_or_path={pretrained}", override]
+        )
 
 
 def test_a_pretrained_model_that_does_not_exist_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="pretrained_model_name_or_path=.*cannot be loaded"):
-        Recipe.for_method("dino").from_yaml(recipe_file(tmp_path), [f"model.pretrained_model_name_or_path={tmp_path / 'nowhere'}"])
+        Recipe.for_method("dino").from_yaml(
+            recipe_file(tmp_path), [f"model.pretrained_model_name_or_path={tmp_path / 'nowhere'}"]
+        )
 
 
 # ----- data and hardware ------------------------------------------------------------------------------------------------
 
 
 def test_a_data_dir_that_does_not_exist_says_so(tmp_path):
-    recipe = Recipe.for_method("dino").from_yaml(recipe_file(tmp_path, data={"dataset": "imagefolder", "data_dir": str(tmp_path / "missing")}))
+    recipe = Recipe.for_method("dino").from_yaml(
+        recipe_file(tmp_path, data={"dataset": "imagefolder", "data_dir": str(tmp_path / "missing")})
+    )
     with pytest.raises(ConfigError, match=r"data.data_dir='.*missing' does not exist"):
         recipe.load_datasets()
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="checks the behaviour without a GPU")
+@pytest.mark.skipif(
+    torch.cuda.is_available() or torch.backends.mps.is_available(), reason="checks the behaviour without a GPU"
+)
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_half_precision_without_a_gpu_warns_and_records_float32(tmp_path, caplog, precision):
     with caplog.at_level("WARNING"):

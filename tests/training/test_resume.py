@@ -22,7 +22,11 @@ ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYT
 
 
 def run_worker(output_dir: Path, engine: str, resume: str | None = None, *options: str, expect_killed: bool = False):
-    command = [sys.executable, str(WORKER), str(output_dir), engine, str(MAX_STEPS)] + ([resume] if resume else []) + list(options)
+    command = (
+        [sys.executable, str(WORKER), str(output_dir), engine, str(MAX_STEPS)]
+        + ([resume] if resume else [])
+        + list(options)
+    )
     result = subprocess.run(command, cwd=ROOT, env=ENVIRONMENT, capture_output=True, text=True, timeout=300)
     expected = -signal.SIGKILL if expect_killed else 0
     assert result.returncode == expected, result.stderr[-3000:]
@@ -31,7 +35,9 @@ def run_worker(output_dir: Path, engine: str, resume: str | None = None, *option
 
 def start_worker(output_dir: Path, engine: str) -> subprocess.Popen:
     command = [sys.executable, str(WORKER), str(output_dir), engine, str(MAX_STEPS)]
-    return subprocess.Popen(command, cwd=ROOT, env=ENVIRONMENT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, cwd=ROOT, env=ENVIRONMENT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_checkpoint(output_dir: Path, step: int, process: subprocess.Popen, timeout: float = 240) -> None:

@@ -28,15 +28,29 @@ class ScriptedKnn:
 def test_early_stopping_stops_and_keeps_the_last_and_the_best_checkpoint(engine, tmp_path, tiny_image_dataset):
     knn = ScriptedKnn(SCRIPTED_KNN_TOP1)
     trainer = make_dino_trainer(
-        tmp_path / "run", tiny_image_dataset, engine=engine, knn_evaluator=knn, knn_eval_steps=1,
-        max_steps=6, save_strategy="steps", save_steps=1, save_total_limit=1, save_best_total_limit=1,
-        metric_for_best_model="knn_top1", greater_is_better=True, early_stopping_patience=2, early_stopping_min_delta=1.0,
+        tmp_path / "run",
+        tiny_image_dataset,
+        engine=engine,
+        knn_evaluator=knn,
+        knn_eval_steps=1,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=1,
+        save_best_total_limit=1,
+        metric_for_best_model="knn_top1",
+        greater_is_better=True,
+        early_stopping_patience=2,
+        early_stopping_min_delta=1.0,
     )
     trainer.train()
     # 10, 30 (best), 20, 25: two evaluations without an improvement of more than 1.0 -> stop after step 4
     assert trainer.state.global_step == 4
     assert knn.calls == 4  # the teacher of step 4 is evaluated once, not again at the end
-    kept = {path.name: json.loads((path / checkpointing.STATE_FILE).read_text()) for path in checkpointing.list_checkpoints(tmp_path / "run")}
+    kept = {
+        path.name: json.loads((path / checkpointing.STATE_FILE).read_text())
+        for path in checkpointing.list_checkpoints(tmp_path / "run")
+    }
     assert set(kept) == {"checkpoint-2", "checkpoint-4"}  # the best (30.0) and the last
     assert kept["checkpoint-2"]["metrics"] == {"knn_top1": 30.0}
     assert kept["checkpoint-4"]["metrics"] == {"knn_top1": 25.0}

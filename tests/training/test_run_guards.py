@@ -10,12 +10,12 @@ import sys
 
 import pytest
 import torch
-from datasets import Dataset, Features, Image as ImageFeature
+from datasets import Dataset, Features
+from datasets import Image as ImageFeature
 
 from hf_ssl.data import MultiCropCollator
+from hf_ssl.errors import ConfigError, NonFiniteLossError
 from hf_ssl.training.state import checkpointing
-from hf_ssl.errors import ConfigError
-from hf_ssl.errors import NonFiniteLossError
 from tests.helpers import make_dino_trainer, png_bytes, random_images
 
 ENGINES = ["trainer", "accelerate"]
@@ -69,8 +69,12 @@ def test_a_resume_rotates_what_a_kill_before_rotation_left(engine, tmp_path, tin
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_checkpoint_past_max_steps_trains_nothing(engine, tmp_path, tiny_image_dataset):
-    make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=4, save_strategy="steps", save_steps=4).train()
-    shorter = make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=3, save_strategy="steps", save_steps=1)
+    make_dino_trainer(
+        tmp_path, tiny_image_dataset, engine=engine, max_steps=4, save_strategy="steps", save_steps=4
+    ).train()
+    shorter = make_dino_trainer(
+        tmp_path, tiny_image_dataset, engine=engine, max_steps=3, save_strategy="steps", save_steps=1
+    )
     shorter.train(resume_from_checkpoint="auto")
     assert shorter.state.global_step == 4 and shorter.finished_before_start
     assert checkpoint_names(tmp_path) == ["checkpoint-4"]
@@ -81,19 +85,32 @@ def test_a_checkpoint_past_max_steps_trains_nothing(engine, tmp_path, tiny_image
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_resume_refuses_another_learning_rate(engine, tmp_path, tiny_image_dataset):
-    make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=2, save_strategy="steps", save_steps=2).train()
+    make_dino_trainer(
+        tmp_path, tiny_image_dataset, engine=engine, max_steps=2, save_strategy="steps", save_steps=2
+    ).train()
     changed = make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=4, learning_rate=2e-3)
-    with pytest.raises(ConfigError, match=r"learning_rate: checkpoint 0.001, now 0.002.*resume_with_changed_settings.*pretrained_model_name_or_path"):
+    with pytest.raises(
+        ConfigError,
+        match=r"learning_rate: checkpoint 0.001, now 0.002.*resume_with_changed_settings.*pretrained_model_name_or_path",
+    ):
         changed.train(resume_from_checkpoint="auto")
 
     # asked for (a lower lr after a divergence, say), the new values apply from the checkpoint's step on
     allowed = make_dino_trainer(
-        tmp_path, tiny_image_dataset, engine=engine, max_steps=4, learning_rate=2e-3, adam_beta2=0.99, resume_with_changed_settings=True
+        tmp_path,
+        tiny_image_dataset,
+        engine=engine,
+        max_steps=4,
+        learning_rate=2e-3,
+        adam_beta2=0.99,
+        resume_with_changed_settings=True,
     )
     rates = record_learning_rates(allowed)
     allowed.train(resume_from_checkpoint="auto")
     # cosine from the new 2e-3 at step 0 to min_lr 1e-6 at step 3, by hand
-    assert rates == pytest.approx({step: 1e-6 + 0.5 * (2e-3 - 1e-6) * (1 + math.cos(math.pi * step / 3)) for step in (2, 3)}, rel=1e-9)
+    assert rates == pytest.approx(
+        {step: 1e-6 + 0.5 * (2e-3 - 1e-6) * (1 + math.cos(math.pi * step / 3)) for step in (2, 3)}, rel=1e-9
+    )
     assert {group["betas"] for group in allowed.optimizer.param_groups} == {(0.9, 0.99)}
 
 
@@ -113,7 +130,9 @@ def record_learning_rates(trainer):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_longer_max_steps_stretches_every_schedule_including_the_learning_rate(engine, tmp_path, tiny_image_dataset):
-    common = dict(learning_rate=1e-3, min_lr=1e-4, weight_decay=0.04, weight_decay_end=0.4, save_strategy="steps", save_steps=2)
+    common = dict(
+        learning_rate=1e-3, min_lr=1e-4, weight_decay=0.04, weight_decay_end=0.4, save_strategy="steps", save_steps=2
+    )
     make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=4, **common).train()
     longer = make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=8, **common)
     rates = record_learning_rates(longer)
@@ -125,7 +144,9 @@ def test_a_longer_max_steps_stretches_every_schedule_including_the_learning_rate
     # the old length ended at min_lr: the resumed steps are well above it
     assert rates[4] > 4e-4
     # weight decay and teacher momentum follow the same new length
-    assert longer.method.schedules.weight_decay(4) == pytest.approx(0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * 4 / 7)))
+    assert longer.method.schedules.weight_decay(4) == pytest.approx(
+        0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * 4 / 7))
+    )
 
 
 # ----- 4. NaN/inf streaks and checkpoints -------------------------------------------------------------------------------
@@ -148,10 +169,18 @@ def poison_losses_from(trainer, first_bad_call: int):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_no_checkpoint_is_written_during_a_nonfinite_streak_and_the_good_one_survives(engine, tmp_path, tiny_image_dataset):
+def test_no_checkpoint_is_written_during_a_nonfinite_streak_and_the_good_one_survives(
+    engine, tmp_path, tiny_image_dataset
+):
     trainer = make_dino_trainer(
-        tmp_path, tiny_image_dataset, engine=engine, max_steps=12, save_strategy="steps", save_steps=1,
-        save_total_limit=1, max_consecutive_nonfinite_steps=4,
+        tmp_path,
+        tiny_image_dataset,
+        engine=engine,
+        max_steps=12,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=1,
+        max_consecutive_nonfinite_steps=4,
     )
     poison_losses_from(trainer, first_bad_call=3)  # steps 1-3 are finite, every later one NaN
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
@@ -185,12 +214,20 @@ def test_a_dataset_of_only_unreadable_images_stops_before_training(engine, tmp_p
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_fewer_images_than_one_batch_stops_before_training(engine, tmp_path, tiny_image_dataset):
-    trainer = make_dino_trainer(tmp_path, tiny_image_dataset.select(range(3)), engine=engine, per_device_train_batch_size=4)
+    trainer = make_dino_trainer(
+        tmp_path, tiny_image_dataset.select(range(3)), engine=engine, per_device_train_batch_size=4
+    )
     with pytest.raises(ConfigError, match=r"3 images, fewer than one batch of 4.*dataloader_drop_last"):
         trainer.train()
     # without drop_last the incomplete batch is a step
-    trainer = make_dino_trainer(tmp_path, tiny_image_dataset.select(range(3)), engine=engine, per_device_train_batch_size=4,
-                                dataloader_drop_last=False, max_steps=1)
+    trainer = make_dino_trainer(
+        tmp_path,
+        tiny_image_dataset.select(range(3)),
+        engine=engine,
+        per_device_train_batch_size=4,
+        dataloader_drop_last=False,
+        max_steps=1,
+    )
     trainer.train()
     assert trainer.state.global_step == 1
 
@@ -217,8 +254,10 @@ def test_a_step_without_one_readable_image_does_not_move_the_weights(engine, tmp
 
     multicrop = tiny_multicrop_config()
     trainer = build_trainer(
-        model=DinoForPreTraining(tiny_dino_config()), args=tiny_training_arguments(tmp_path, engine=engine, max_steps=3, weight_decay=0.4),
-        view_config=multicrop, train_dataset=with_multicrop(tiny_image_dataset, MultiCropTransform(multicrop)),
+        model=DinoForPreTraining(tiny_dino_config()),
+        args=tiny_training_arguments(tmp_path, engine=engine, max_steps=3, weight_decay=0.4),
+        view_config=multicrop,
+        train_dataset=with_multicrop(tiny_image_dataset, MultiCropTransform(multicrop)),
         data_collator=DropEveryExampleOfBatch({1}),
     )
     snapshots = []
@@ -252,7 +291,9 @@ time.sleep(120)
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_second_run_on_a_busy_output_dir_is_refused(engine, tmp_path, tiny_image_dataset):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / checkpointing.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / checkpointing.LOCK_FILE)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         trainer = make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=1)
@@ -268,11 +309,23 @@ def test_a_second_run_on_a_busy_output_dir_is_refused(engine, tmp_path, tiny_ima
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_fresh_run_refuses_a_folder_holding_another_run(engine, tmp_path, tiny_image_dataset):
-    make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=2, save_strategy="steps", save_steps=2).train()
-    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint-2\).*--resume auto.*overwrite_output_dir"):
+    make_dino_trainer(
+        tmp_path, tiny_image_dataset, engine=engine, max_steps=2, save_strategy="steps", save_steps=2
+    ).train()
+    with pytest.raises(
+        ConfigError, match=r"already holds a run \(checkpoint-2\).*--resume auto.*overwrite_output_dir"
+    ):
         make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=2).train()
     # overwrite_output_dir starts afresh and removes the old run's checkpoints (a later --resume auto must not find them)
-    fresh = make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=1, save_strategy="steps", save_steps=1, overwrite_output_dir=True)
+    fresh = make_dino_trainer(
+        tmp_path,
+        tiny_image_dataset,
+        engine=engine,
+        max_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        overwrite_output_dir=True,
+    )
     fresh.train()
     assert checkpoint_names(tmp_path) == ["checkpoint-1"]
 
@@ -281,12 +334,16 @@ def test_resume_auto_without_a_checkpoint_beside_a_trained_model_is_refused(tmp_
     trainer = make_dino_trainer(tmp_path, tiny_image_dataset, max_steps=1)
     trainer.train()
     trainer.save_model()
-    with pytest.raises(ConfigError, match=r"holds a trained model \(model.safetensors, config.json\) but no checkpoint"):
+    with pytest.raises(
+        ConfigError, match=r"holds a trained model \(model.safetensors, config.json\) but no checkpoint"
+    ):
         make_dino_trainer(tmp_path, tiny_image_dataset, max_steps=2).train(resume_from_checkpoint="auto")
 
 
 def test_an_unreadable_image_among_good_ones_only_warns(tmp_path, caplog):
-    rows = [{"bytes": png_bytes(image), "path": None} for image in random_images(7)] + [{"bytes": b"broken", "path": "x.png"}]
+    rows = [{"bytes": png_bytes(image), "path": None} for image in random_images(7)] + [
+        {"bytes": b"broken", "path": "x.png"}
+    ]
     dataset = Dataset.from_dict({"image": rows}, features=Features({"image": ImageFeature(decode=False)}))
     trainer = make_dino_trainer(tmp_path, dataset, max_steps=1)
     with caplog.at_level("WARNING"):
@@ -304,7 +361,9 @@ class FailingKnn:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_failing_knn_evaluation_is_logged_and_the_run_ends_normally(engine, tmp_path, tiny_image_dataset, caplog):
-    trainer = make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=2, knn_evaluator=FailingKnn(), knn_eval_steps=1)
+    trainer = make_dino_trainer(
+        tmp_path, tiny_image_dataset, engine=engine, max_steps=2, knn_evaluator=FailingKnn(), knn_eval_steps=1
+    )
     with caplog.at_level("ERROR"):
         trainer.train()
     assert trainer.state.global_step == 2 and not trainer.last_knn_metrics
@@ -317,5 +376,10 @@ def test_a_failing_knn_evaluation_is_logged_and_the_run_ends_normally(engine, tm
 @pytest.mark.parametrize("engine", ENGINES)
 def test_push_to_hub_without_a_reachable_hub_stops_before_training(engine, tmp_path, tiny_image_dataset, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConfigError, match=r"push_to_hub=true, but the Hub repository 'someone/tiny-dino' cannot be created.*has not started"):
-        make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, push_to_hub=True, hub_model_id="someone/tiny-dino")
+    with pytest.raises(
+        ConfigError,
+        match=r"push_to_hub=true, but the Hub repository 'someone/tiny-dino' cannot be created.*has not started",
+    ):
+        make_dino_trainer(
+            tmp_path, tiny_image_dataset, engine=engine, push_to_hub=True, hub_model_id="someone/tiny-dino"
+        )

@@ -2,12 +2,19 @@ import math
 
 import pytest
 
-from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule, WarmupCosineSchedule, cosine_value, scaled_learning_rate
+from hf_ssl.training.optim.schedules import (
+    LinearWarmupConstantSchedule,
+    WarmupCosineSchedule,
+    cosine_value,
+    scaled_learning_rate,
+)
 
 
 def test_warmup_cosine_values_at_key_steps():
     # warmup 0 -> 1.0 over 4 steps, then cosine 1.0 -> 0.0 over the 5 remaining steps (indices 4..8)
-    schedule = WarmupCosineSchedule(base_value=1.0, final_value=0.0, total_steps=9, warmup_steps=4, warmup_start_value=0.0)
+    schedule = WarmupCosineSchedule(
+        base_value=1.0, final_value=0.0, total_steps=9, warmup_steps=4, warmup_start_value=0.0
+    )
     assert [schedule(step) for step in range(4)] == pytest.approx([0.0, 0.25, 0.5, 0.75])
     assert schedule(4) == pytest.approx(1.0)
     assert schedule(6) == pytest.approx(0.5)  # halfway through the cosine: (1 + cos(pi/2)) / 2

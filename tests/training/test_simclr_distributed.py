@@ -22,8 +22,16 @@ def run(output_dir: Path, engine: str, processes: int) -> str:
     command = [sys.executable, str(WORKER), str(output_dir), engine]
     if processes > 1:
         command = [
-            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu.yaml"),
-            "--num_processes", str(processes), "--main_process_port", str(free_port()), *command[1:],
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ROOT / "accelerate_configs" / "cpu.yaml"),
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            str(free_port()),
+            *command[1:],
         ]
     result = subprocess.run(command, cwd=ROOT, env=ENVIRONMENT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -37,9 +45,17 @@ def test_two_processes_of_four_images_train_like_one_of_eight(engine, tmp_path):
     assert "world size 2, finished at step 3" in run(tmp_path / "two", engine, 2)
     one, two = load_file(tmp_path / "one" / "final.safetensors"), load_file(tmp_path / "two" / "final.safetensors")
     torch.manual_seed(0)
-    initial = SimClrForPreTraining(SimClrConfig(backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, projection_use_bn=False)).state_dict()
+    initial = SimClrForPreTraining(
+        SimClrConfig(
+            backbone_config=dict(TINY_VIT), projection_hidden_dim=32, projection_dim=16, projection_use_bn=False
+        )
+    ).state_dict()
     # moved by more than 10 times the comparison's tolerance, so that the comparison can tell a wrong gather
-    moved = [name for name in one if ((one[name] - initial[name]).abs() > 10 * (1e-5 + 1e-4 * initial[name].abs())).any()]
-    assert len(moved) > 0.8 * len(one), f"only {len(moved)} of {len(one)} tensors moved: the comparison would prove nothing"
+    moved = [
+        name for name in one if ((one[name] - initial[name]).abs() > 10 * (1e-5 + 1e-4 * initial[name].abs())).any()
+    ]
+    assert len(moved) > 0.8 * len(one), (
+        f"only {len(moved)} of {len(one)} tensors moved: the comparison would prove nothing"
+    )
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)

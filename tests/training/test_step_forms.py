@@ -54,7 +54,9 @@ def test_last_layer_moments_restart_and_other_groups_keep_theirs():
 
 
 def deepspeed_accelerator(stage):
-    return SimpleNamespace(distributed_type="DEEPSPEED", state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage)))
+    return SimpleNamespace(
+        distributed_type="DEEPSPEED", state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage))
+    )
 
 
 def test_deepspeed_zero3_is_refused_before_training():
@@ -73,7 +75,9 @@ def test_a_step_the_gradient_scaler_skipped_leaves_the_teacher_alone():
     with torch.no_grad():
         for parameter in model.student.parameters():
             parameter.add_(0.1)  # the student moved away from the teacher
-    step = DinoMethod(model, tiny_multicrop_config(), seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    step = DinoMethod(
+        model, tiny_multicrop_config(), seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t
+    )
     step.schedules = SimpleNamespace(teacher_momentum=lambda _: 0.9)
     before = [p.detach().clone() for p in model.teacher.parameters()]
     step.after_optimizer_step(0, optimizer_step_was_skipped=True)  # fp16 overflow: the student did not change

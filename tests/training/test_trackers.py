@@ -12,7 +12,9 @@ ENGINES = ["trainer", "accelerate"]
 
 
 def train_with(tmp_path, dataset, engine, report_to, **overrides):
-    trainer = make_dino_trainer(tmp_path / "out", dataset, engine=engine, report_to=report_to, max_steps=3, **overrides)
+    trainer = make_dino_trainer(
+        tmp_path / "out", dataset, engine=engine, report_to=report_to, max_steps=3, **overrides
+    )
     trainer.train()
     return trainer
 
@@ -29,7 +31,14 @@ def test_tensorboard_event_files_hold_dino_metrics(engine, tmp_path, tiny_image_
     accumulator = EventAccumulator(str(event_files[0].parent))
     accumulator.Reload()
     scalars = set(accumulator.Tags()["scalars"])
-    for name in ("train/loss", "train/teacher_entropy", "train/embedding_std", "train/teacher_momentum", "train/learning_rate", "train/grad_norm"):
+    for name in (
+        "train/loss",
+        "train/teacher_entropy",
+        "train/embedding_std",
+        "train/teacher_momentum",
+        "train/learning_rate",
+        "train/grad_norm",
+    ):
         assert name in scalars, sorted(scalars)
     assert len(accumulator.Scalars("train/loss")) == 3
 

@@ -22,14 +22,35 @@ PRESETS = {"simclr": SimClrViewConfig, "byol": ByolViewConfig, "vicreg": VicRegV
 
 # the sections as the code before the presets recorded them, in its key order
 SIMCLR_DEFAULTS = {
-    "input_size": 224, "min_scale": 0.08, "crop_ratio": [0.75, 1.3333333333333333], "interpolation": "bilinear",
-    "hf_prob": 0.5, "cj_prob": 0.8, "cj_strength": 1.0, "cj_bright": 0.8, "cj_contrast": 0.8, "cj_sat": 0.8,
-    "cj_hue": 0.2, "random_gray_scale": 0.2, "gaussian_blur": 0.5, "kernel_size": None, "sigmas": [0.1, 2.0],
-    "solarize_prob": 0.0, "num_channels": None, "mean": None, "std": None,
+    "input_size": 224,
+    "min_scale": 0.08,
+    "crop_ratio": [0.75, 1.3333333333333333],
+    "interpolation": "bilinear",
+    "hf_prob": 0.5,
+    "cj_prob": 0.8,
+    "cj_strength": 1.0,
+    "cj_bright": 0.8,
+    "cj_contrast": 0.8,
+    "cj_sat": 0.8,
+    "cj_hue": 0.2,
+    "random_gray_scale": 0.2,
+    "gaussian_blur": 0.5,
+    "kernel_size": None,
+    "sigmas": [0.1, 2.0],
+    "solarize_prob": 0.0,
+    "num_channels": None,
+    "mean": None,
+    "std": None,
 }
 BYOL_DEFAULTS = {
-    **SIMCLR_DEFAULTS, "interpolation": "bicubic", "cj_bright": 0.4, "cj_contrast": 0.4, "cj_sat": 0.2, "cj_hue": 0.1,
-    "gaussian_blur": [1.0, 0.1], "solarize_prob": [0.0, 0.2],
+    **SIMCLR_DEFAULTS,
+    "interpolation": "bicubic",
+    "cj_bright": 0.4,
+    "cj_contrast": 0.4,
+    "cj_sat": 0.2,
+    "cj_hue": 0.1,
+    "gaussian_blur": [1.0, 0.1],
+    "solarize_prob": [0.0, 0.2],
 }
 DEFAULTS = {"simclr": SIMCLR_DEFAULTS, "byol": BYOL_DEFAULTS, "vicreg": BYOL_DEFAULTS}
 DEMO = {"input_size": 28, "min_scale": 0.3, "sigmas": [0.1, 0.6], "num_channels": 3}
@@ -37,12 +58,24 @@ RECIPE_SECTIONS = {
     "simclr.yaml": {**SIMCLR_DEFAULTS, "cj_strength": 0.5, "kernel_size": 0.1, "num_channels": 3},
     "simclr_fashion_mnist_demo.yaml": {**SIMCLR_DEFAULTS, **DEMO, "cj_strength": 0.5, "gaussian_blur": 0.3},
     "simclr_multispectral_demo.yaml": {
-        **SIMCLR_DEFAULTS, **DEMO, "cj_sat": 0.0, "cj_hue": 0.0, "random_gray_scale": 0.0, "gaussian_blur": 0.3,
+        **SIMCLR_DEFAULTS,
+        **DEMO,
+        "cj_sat": 0.0,
+        "cj_hue": 0.0,
+        "random_gray_scale": 0.0,
+        "gaussian_blur": 0.3,
         "num_channels": 8,
     },
     "simclr_hyperspectral.yaml": {
-        **SIMCLR_DEFAULTS, "input_size": 64, "min_scale": 0.2, "cj_strength": 0.5, "cj_sat": 0.0, "cj_hue": 0.0,
-        "random_gray_scale": 0.0, "sigmas": [0.1, 1.0], "num_channels": 408,
+        **SIMCLR_DEFAULTS,
+        "input_size": 64,
+        "min_scale": 0.2,
+        "cj_strength": 0.5,
+        "cj_sat": 0.0,
+        "cj_hue": 0.0,
+        "random_gray_scale": 0.0,
+        "sigmas": [0.1, 1.0],
+        "num_channels": 408,
     },
     "byol.yaml": {**BYOL_DEFAULTS, "kernel_size": 0.1, "num_channels": 3},
     "byol_fashion_mnist_demo.yaml": {**BYOL_DEFAULTS, **DEMO},
@@ -68,14 +101,22 @@ def test_the_recipes_augmentation_sections_record_as_before(recipe, expected):
 def test_the_presets_views_are_the_papers():
     simclr = SimClrViewConfig().to_views_config().groups["views"]
     assert (simclr.number, simclr.interpolation, simclr.brightness, simclr.saturation, simclr.hue) == (
-        2, "bilinear", 0.8, 0.8, 0.2,
+        2,
+        "bilinear",
+        0.8,
+        0.8,
+        0.2,
     )
     assert simclr.blur_probabilities == (0.5, 0.5) and simclr.solarize_probabilities == (0.0, 0.0)
     byol = ByolViewConfig().to_views_config()
     assert byol == VicRegViewConfig().to_views_config()
     group = byol.groups["views"]
     assert (group.interpolation, group.brightness, group.contrast, group.saturation, group.hue) == (
-        "bicubic", 0.4, 0.4, 0.2, 0.1,
+        "bicubic",
+        0.4,
+        0.4,
+        0.2,
+        0.1,
     )
     assert group.blur_probabilities == (1.0, 0.1) and group.solarize_probabilities == (0.0, 0.2)
 
@@ -89,7 +130,9 @@ def test_asymmetric_presets_take_one_probability_per_view_only(method, tmp_path)
     with pytest.raises(ValueError, match=r"solarize_prob must be a \(view 1, view 2\) pair"):
         preset(solarize_prob=0.2)
     raw = {
-        "method": method, "model": {"backbone_config": dict(TINY_VIT)}, "training": {"output_dir": str(tmp_path)},
+        "method": method,
+        "model": {"backbone_config": dict(TINY_VIT)},
+        "training": {"output_dir": str(tmp_path)},
         "augmentation": {"input_size": 16, "gaussian_blur": 0.5},
     }
     with pytest.raises(ConfigError, match=r"augmentation\.gaussian_blur: expected a list"):
@@ -180,8 +223,14 @@ def test_an_empty_batch_takes_part_in_the_gather_of_a_gathering_loss(method, gat
 def test_the_forward_gets_the_views_group(method):
     spec = get_method(method)
     config, views, _ = TINY_SETUPS[method]()
-    step = spec.method_class(spec.pretraining_model_class(config), views, seed=0, process_index=0,
-                             max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    step = spec.method_class(
+        spec.pretraining_model_class(config),
+        views,
+        seed=0,
+        process_index=0,
+        max_consecutive_nonfinite_steps=3,
+        reduce=lambda t: t,
+    )
     received = {}
 
     def model(**inputs):

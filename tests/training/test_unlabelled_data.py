@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from datasets import Dataset
 
-from hf_ssl.training import Recipe
 from hf_ssl.errors import ConfigError
+from hf_ssl.training import Recipe
 from tests.helpers import png_bytes, random_images
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -84,7 +83,9 @@ def test_every_recipe_pretrains_on_a_plain_folder_without_knn(method, folders, t
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_missing_split_the_command_line_asks_for_stays_an_error(method, folders):
-    with pytest.raises(ConfigError, match=r"data.eval_split='validation' is not a split of 'imagefolder'; splits: \['train'\]"):
+    with pytest.raises(
+        ConfigError, match=r"data.eval_split='validation' is not a split of 'imagefolder'; splits: \['train'\]"
+    ):
         load(RECIPES / f"{method}.yaml", folders / "plain", "data.eval_split=validation")
     with pytest.raises(ConfigError, match=r"data.eval_split='val' is not a split"):
         load(RECIPES / f"{method}.yaml", folders / "plain", "--eval_split", "val")
@@ -126,24 +127,53 @@ def check_best_metric(recipe_file, data_dir, *overrides):
 def test_early_stopping_on_a_metric_the_run_never_logs_is_refused_before_training(folders, tmp_path):
     dino = RECIPES / "dino.yaml"
     with pytest.raises(ConfigError, match="never logs it: there is no validation data: set data.validation_split"):
-        check_best_metric(dino, folders / "labelled", "training.metric_for_best_model=val_loss", "training.early_stopping_patience=3")
+        check_best_metric(
+            dino, folders / "labelled", "training.metric_for_best_model=val_loss", "training.early_stopping_patience=3"
+        )
     with pytest.raises(ConfigError, match="never logs it: there is no k-NN evaluation"):
-        check_best_metric(dino, folders / "plain", "training.early_stopping_patience=3", "evaluation.knn_eval_steps=100")
+        check_best_metric(
+            dino, folders / "plain", "training.early_stopping_patience=3", "evaluation.knn_eval_steps=100"
+        )
     with pytest.raises(ConfigError, match="the linear probe is off: set evaluation.linear_probe=true"):
-        check_best_metric(dino, folders / "labelled", "data.eval_split=test", "training.metric_for_best_model=linear_top1",
-                          "training.early_stopping_patience=3", "evaluation.knn_eval_steps=100")
+        check_best_metric(
+            dino,
+            folders / "labelled",
+            "data.eval_split=test",
+            "training.metric_for_best_model=linear_top1",
+            "training.early_stopping_patience=3",
+            "evaluation.knn_eval_steps=100",
+        )
     with pytest.raises(ConfigError, match="evaluation.knn_eval_steps=0 logs only when training ends"):
         check_best_metric(dino, folders / "labelled", "data.eval_split=test", "training.early_stopping_patience=3")
     with pytest.raises(ConfigError, match="evaluation.val_eval_steps=0 logs only when training ends"):
-        check_best_metric(dino, folders / "plain", "data.train_val_split=0.25", "training.metric_for_best_model=val_loss",
-                          "training.early_stopping_patience=3")
+        check_best_metric(
+            dino,
+            folders / "plain",
+            "data.train_val_split=0.25",
+            "training.metric_for_best_model=val_loss",
+            "training.early_stopping_patience=3",
+        )
     # what can run: k-NN every 100 steps; val_loss on held-out images every 50
-    check_best_metric(dino, folders / "labelled", "data.eval_split=test", "training.early_stopping_patience=3", "evaluation.knn_eval_steps=100")
-    check_best_metric(dino, folders / "plain", "data.train_val_split=0.25", "training.metric_for_best_model=val_loss",
-                      "training.early_stopping_patience=3", "evaluation.val_eval_steps=50")
+    check_best_metric(
+        dino,
+        folders / "labelled",
+        "data.eval_split=test",
+        "training.early_stopping_patience=3",
+        "evaluation.knn_eval_steps=100",
+    )
+    check_best_metric(
+        dino,
+        folders / "plain",
+        "data.train_val_split=0.25",
+        "training.metric_for_best_model=val_loss",
+        "training.early_stopping_patience=3",
+        "evaluation.val_eval_steps=50",
+    )
 
 
 def test_a_recipe_default_best_n_on_unlabelled_data_only_warns(folders, caplog):
     with caplog.at_level(logging.WARNING, logger="hf_ssl.training.setup.recipe"):
-        check_best_metric(RECIPES / "dino.yaml", folders / "plain")  # save_best_total_limit 1 by knn_top1, no k-NN here
+        check_best_metric(
+            RECIPES / "dino.yaml", folders / "plain"
+        )  # save_best_total_limit 1 by knn_top1, no k-NN here
     assert "training.save_best_total_limit keeps no best checkpoint" in caplog.text

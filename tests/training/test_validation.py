@@ -15,7 +15,8 @@ from tests.training.test_methods import TINY_SETUPS, state_of
 
 @pytest.fixture(scope="module")
 def splits():
-    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
 
     from tests.helpers import random_images
 
@@ -32,9 +33,19 @@ def build(method, engine, output_dir, splits, with_validation=True, val_eval_ste
     torch.manual_seed(0)
     model = spec.pretraining_model_class(config)
     values = dict(
-        output_dir=str(output_dir), engine=engine, per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3,
-        scale_learning_rate=False, warmup_epochs=0.0, logging_steps=1, report_to="none", dataloader_num_workers=0,
-        seed=0, save_strategy="steps", save_steps=2,
+        output_dir=str(output_dir),
+        engine=engine,
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        scale_learning_rate=False,
+        warmup_epochs=0.0,
+        logging_steps=1,
+        report_to="none",
+        dataloader_num_workers=0,
+        seed=0,
+        save_strategy="steps",
+        save_steps=2,
     )
     values.update(method_overrides)
     values.update(overrides)
@@ -43,11 +54,18 @@ def build(method, engine, output_dir, splits, with_validation=True, val_eval_ste
     validation = None
     if with_validation:
         validation = ValidationLoss(
-            with_multicrop(splits[1], transform, seed=0), spec.method_class.build_collator(config, view_config, 0), batch_size=4
+            with_multicrop(splits[1], transform, seed=0),
+            spec.method_class.build_collator(config, view_config, 0),
+            batch_size=4,
         )
     return build_trainer(
-        model=model, args=args, view_config=view_config, method=method, train_dataset=with_multicrop(splits[0], transform, seed=0),
-        validation=validation, val_eval_steps=val_eval_steps,
+        model=model,
+        args=args,
+        view_config=view_config,
+        method=method,
+        train_dataset=with_multicrop(splits[0], transform, seed=0),
+        validation=validation,
+        val_eval_steps=val_eval_steps,
     )
 
 
@@ -98,13 +116,15 @@ def test_the_same_weights_give_the_same_val_loss_and_it_is_the_mean_over_images(
 
         from hf_ssl.training.engines.validation import VALIDATION_STREAM
 
-        seed = int(np.random.SeedSequence((method.seed, 0, VALIDATION_STREAM, index)).generate_state(1, np.uint64)[0] >> 1)
+        seed = int(
+            np.random.SeedSequence((method.seed, 0, VALIDATION_STREAM, index)).generate_state(1, np.uint64)[0] >> 1
+        )
         model.eval()
         with torch.no_grad():
             loss, images = method.validation_loss(model, batch, 0, seed)
         losses.append(float(loss)), counts.append(images)
     assert counts == [4, 4, 2]
-    assert first["val_loss"] == pytest.approx(sum(l * c for l, c in zip(losses, counts)) / 10, rel=1e-6)
+    assert first["val_loss"] == pytest.approx(sum(loss * count for loss, count in zip(losses, counts)) / 10, rel=1e-6)
     # the weights move: so does val_loss
     with torch.no_grad():
         for parameter in model.context_encoder.parameters():
@@ -122,22 +142,40 @@ def test_each_process_gets_an_equal_share_in_order(splits):
         evaluator.loader(0, 12)
 
 
-@pytest.mark.parametrize(("method", "engine"), [
-    ("ijepa", "trainer"), ("ijepa", "accelerate"), ("byol", "trainer"), ("byol", "accelerate"), ("vicreg", "trainer"),
-    ("vicreg", "accelerate"),
-])
+@pytest.mark.parametrize(
+    ("method", "engine"),
+    [
+        ("ijepa", "trainer"),
+        ("ijepa", "accelerate"),
+        ("byol", "trainer"),
+        ("byol", "accelerate"),
+        ("vicreg", "trainer"),
+        ("vicreg", "accelerate"),
+    ],
+)
 def test_val_loss_drives_early_stopping_and_best_checkpoints(tmp_path, splits, method, engine):
     # greater_is_better is inferred False for a metric named *loss; a min_delta no change can reach stops the run
     # after patience + 1 evaluations, and the checkpoints record their val_loss
     trainer = build(
-        method, engine, tmp_path, splits, max_steps=10, metric_for_best_model="val_loss", early_stopping_patience=2,
-        early_stopping_min_delta=100.0, save_best_total_limit=1, save_steps=1, save_total_limit=1,
+        method,
+        engine,
+        tmp_path,
+        splits,
+        max_steps=10,
+        metric_for_best_model="val_loss",
+        early_stopping_patience=2,
+        early_stopping_min_delta=100.0,
+        save_best_total_limit=1,
+        save_steps=1,
+        save_total_limit=1,
     )
     assert trainer.args.greater_is_better is False
     trainer.train()
     assert trainer.run_control.stop_reason == "early_stopping"
     assert trainer.state.global_step == 3
-    records = {path.parent.name: json.loads(path.read_text()) for path in tmp_path.glob("checkpoint-*/hf_ssl_state.json")}
+    records = {
+        path.parent.name: json.loads(path.read_text()) for path in tmp_path.glob("checkpoint-*/hf_ssl_state.json")
+    }
     logged = dict(val_losses(trainer))
     assert records and all(record["metrics"]["val_loss"] == logged[record["step"]] for record in records.values())
     best = min(logged, key=logged.get)
@@ -145,7 +183,8 @@ def test_val_loss_drives_early_stopping_and_best_checkpoints(tmp_path, splits, m
 
 
 def test_recipe_validation_splits(tmp_path):
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
 
     from hf_ssl.errors import ConfigError
     from hf_ssl.training.setup.recipe import Recipe
@@ -153,12 +192,18 @@ def test_recipe_validation_splits(tmp_path):
 
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])})
     images = random_images(30)
-    DatasetDict({
-        "train": Dataset.from_dict({"image": images[:20], "label": [i % 2 for i in range(20)]}, features=features),
-        "validation": Dataset.from_dict({"image": images[20:], "label": [i % 2 for i in range(10)]}, features=features),
-    }).save_to_disk(tmp_path / "data")
+    DatasetDict(
+        {
+            "train": Dataset.from_dict({"image": images[:20], "label": [i % 2 for i in range(20)]}, features=features),
+            "validation": Dataset.from_dict(
+                {"image": images[20:], "label": [i % 2 for i in range(10)]}, features=features
+            ),
+        }
+    ).save_to_disk(tmp_path / "data")
     raw = {
-        "method": "simclr", "model": {"backbone_config": dict(TINY_VIT)}, "augmentation": {"input_size": 16},
+        "method": "simclr",
+        "model": {"backbone_config": dict(TINY_VIT)},
+        "augmentation": {"input_size": 16},
         "data": {"dataset": str(tmp_path / "data"), "eval_split": None, "train_val_split": 0.25},
         "training": {"output_dir": str(tmp_path / "out"), "seed": 0},
     }

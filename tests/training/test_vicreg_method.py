@@ -19,7 +19,12 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 def test_defaults_are_the_official_recipe(tmp_path):
     args = VicRegTrainingArguments(output_dir=str(tmp_path))
-    assert (args.optimizer, args.learning_rate, args.scale_learning_rate, args.warmup_epochs) == ("lars", 0.2, True, 10.0)
+    assert (args.optimizer, args.learning_rate, args.scale_learning_rate, args.warmup_epochs) == (
+        "lars",
+        0.2,
+        True,
+        10.0,
+    )
     assert (args.weight_decay, args.max_grad_norm, args.lars_trust_coefficient) == (1e-6, 0.0, 0.001)
     # the paper's views are BYOL's
     assert VicRegViewConfig().to_views_config() == ByolViewConfig().to_views_config()
@@ -34,7 +39,9 @@ def test_a_process_without_images_takes_part_in_the_gather(monkeypatch):
     spec = get_method("vicreg")
     config, views, _ = TINY_SETUPS["vicreg"]()
     model = spec.pretraining_model_class(config)
-    method = spec.method_class(model, views, seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t)
+    method = spec.method_class(
+        model, views, seed=0, process_index=0, max_consecutive_nonfinite_steps=3, reduce=lambda t: t
+    )
     dim = config.expander_dims[-1]
     peer_rows = torch.randn(3, 2 * dim, requires_grad=True)  # (images, view a | view b), as the loss gathers them
     expected = loss_vicreg.VicRegLoss()(peer_rows[:, :dim].detach(), peer_rows[:, dim:].detach())
@@ -53,11 +60,18 @@ def test_a_process_without_images_takes_part_in_the_gather(monkeypatch):
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize(("recipe", "backbone_type", "expander"), [("vicreg.yaml", "resnet", [8192, 8192, 8192]), ("vicreg_fashion_mnist_demo.yaml", "vit", [512, 512, 512])])
+@pytest.mark.parametrize(
+    ("recipe", "backbone_type", "expander"),
+    [("vicreg.yaml", "resnet", [8192, 8192, 8192]), ("vicreg_fashion_mnist_demo.yaml", "vit", [512, 512, 512])],
+)
 def test_the_recipes_parse(recipe, backbone_type, expander):
     parsed = Recipe.for_method("vicreg").from_yaml(RECIPES / recipe)
     config = parsed.model_config
-    assert parsed.method == "vicreg" and config.backbone_config.model_type == backbone_type and config.expander_dims == expander
+    assert (
+        parsed.method == "vicreg"
+        and config.backbone_config.model_type == backbone_type
+        and config.expander_dims == expander
+    )
     assert (config.invariance_weight, config.variance_weight, config.covariance_weight) == (25.0, 25.0, 1.0)
     group = parsed.view_config.first
     assert group.blur_probabilities == (1.0, 0.1) and group.solarize_probabilities == (0.0, 0.2)

@@ -26,8 +26,17 @@ def run(arguments: list[str], processes: int = 1) -> str:
         command = [sys.executable, str(WORKER), *arguments]
     else:
         command = [
-            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu.yaml"),
-            "--num_processes", str(processes), "--main_process_port", str(free_port()), str(WORKER), *arguments,
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ROOT / "accelerate_configs" / "cpu.yaml"),
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            str(free_port()),
+            str(WORKER),
+            *arguments,
         ]
     result = subprocess.run(command, cwd=ROOT, env=ENVIRONMENT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -37,8 +46,10 @@ def run(arguments: list[str], processes: int = 1) -> str:
 def moved_far(after, before, prefix):
     """Names under ``prefix`` whose tensors moved by more than 10 times the comparison's tolerance."""
     return [
-        name for name in after
-        if name.startswith(prefix) and after[name].is_floating_point()
+        name
+        for name in after
+        if name.startswith(prefix)
+        and after[name].is_floating_point()
         and ((after[name] - before[name]).abs() > 10 * (ATOL + RTOL * before[name].abs())).any()
     ]
 

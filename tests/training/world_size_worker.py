@@ -39,13 +39,24 @@ def main() -> None:
     torch.manual_seed(0)
     model = DinoForPreTraining(tiny_dino_config())
     trainer = make_dino_trainer(
-        options.output_dir, Dataset.from_dict({"image": random_images(24)}), engine=options.engine, model=model,
-        multicrop=tiny_multicrop_config(**DETERMINISTIC_CROPS), per_device_train_batch_size=TOTAL_BATCH // world_size,
-        max_steps=6, warmup_epochs=1.0, save_strategy="steps", save_steps=100, adam_epsilon=1e-4,
+        options.output_dir,
+        Dataset.from_dict({"image": random_images(24)}),
+        engine=options.engine,
+        model=model,
+        multicrop=tiny_multicrop_config(**DETERMINISTIC_CROPS),
+        per_device_train_batch_size=TOTAL_BATCH // world_size,
+        max_steps=6,
+        warmup_epochs=1.0,
+        save_strategy="steps",
+        save_steps=100,
+        adam_epsilon=1e-4,
         # after the warmup a constant lr of 1e-2 and a teacher momentum of 0.5: student and teacher end 1e-2 or
         # so from where they started, far beyond the tolerance of the test's comparison (with the defaults the
         # teacher momentum goes from 0.996 to 1.0 and the teacher stays within it)
-        learning_rate=1e-2, min_lr=1e-2, teacher_momentum=0.5, teacher_momentum_end=0.5,
+        learning_rate=1e-2,
+        min_lr=1e-2,
+        teacher_momentum=0.5,
+        teacher_momentum_end=0.5,
     )
     sigterm_during_step(trainer, options.stop_after)
     trainer.train(resume_from_checkpoint=options.resume)

@@ -4,8 +4,8 @@ from .configuration_byol import ByolConfig
 from .loss_byol import ByolLoss, normalized_mse
 from .modeling_byol import (
     ByolForPreTraining,
-    ByolForPreTrainingOutput,
     ByolForPretraining,
+    ByolForPreTrainingOutput,
     ByolForPretrainingOutput,
     ByolMlp,
     ByolModel,

@@ -48,7 +48,9 @@ class ByolConfig(DropPathBackboneConfigMixin, PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         # transformers 5 configs are dataclasses: this runs at the end of the generated `__init__`.
-        self.backbone_config = resolve_backbone_config(self.backbone_config, "resnet", RESNET50_KWARGS, owner=ByolConfig)
+        self.backbone_config = resolve_backbone_config(
+            self.backbone_config, "resnet", RESNET50_KWARGS, owner=ByolConfig
+        )
         for name in ("projection_hidden_dim", "projection_dim", "prediction_hidden_dim"):
             check_integer(name, getattr(self, name), minimum=1)
         check_number("drop_path_rate", self.drop_path_rate, low=0.0, high=1.0, allowed="in [0, 1)")

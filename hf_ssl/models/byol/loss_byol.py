@@ -39,7 +39,11 @@ class ByolLoss(nn.Module):
     """
 
     def forward(
-        self, predictions_a: torch.Tensor, predictions_b: torch.Tensor, targets_a: torch.Tensor, targets_b: torch.Tensor
+        self,
+        predictions_a: torch.Tensor,
+        predictions_b: torch.Tensor,
+        targets_a: torch.Tensor,
+        targets_b: torch.Tensor,
     ) -> torch.Tensor:
         """
         Args:

@@ -25,7 +25,6 @@ from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views,
 from .configuration_byol import ByolConfig
 from .loss_byol import ByolLoss
 
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Networks
 # ----------------------------------------------------------------------------------------------------------------------
@@ -192,7 +191,11 @@ class ByolForPreTraining(ByolPreTrainedModel):
         Returns:
             `ByolForPreTrainingOutput`.
         """
-        check_two_views(views, 2 if self.training else 1, "BYOL needs at least 2 images per batch in training: its BatchNorm layers normalise each view over the batch")
+        check_two_views(
+            views,
+            2 if self.training else 1,
+            "BYOL needs at least 2 images per batch in training: its BatchNorm layers normalise each view over the batch",
+        )
 
         embeddings_a, projections_a = self.online(views[0])
         embeddings_b, projections_b = self.online(views[1])

@@ -5,8 +5,8 @@ from .configuration_dino import DinoConfig
 from .loss_dino import DinoLoss
 from .modeling_dino import (
     DinoForPreTraining,
-    DinoForPreTrainingOutput,
     DinoForPretraining,
+    DinoForPreTrainingOutput,
     DinoForPretrainingOutput,
     DinoHead,
     DinoModel,

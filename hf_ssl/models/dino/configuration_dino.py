@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -63,7 +62,9 @@ class DinoConfig(PretrainedConfig):
 
     model_type = "hf_ssl_dino"
     sub_configs_defaults = {
-        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="vit", init_kwargs=VIT_SMALL_PATCH16_KWARGS)
+        "backbone_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="vit", init_kwargs=VIT_SMALL_PATCH16_KWARGS
+        )
     }
 
     backbone_config: dict | PretrainedConfig | None = None
@@ -82,7 +83,9 @@ class DinoConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         # transformers 5 configs are dataclasses: this runs at the end of the generated `__init__`.
-        self.backbone_config = resolve_backbone_config(self.backbone_config, "vit", VIT_SMALL_PATCH16_KWARGS, owner=DinoConfig)
+        self.backbone_config = resolve_backbone_config(
+            self.backbone_config, "vit", VIT_SMALL_PATCH16_KWARGS, owner=DinoConfig
+        )
         for name in ("out_dim", "head_hidden_dim", "head_bottleneck_dim", "head_num_layers"):
             check_integer(name, getattr(self, name), minimum=1)
         check_integer("warmup_teacher_temperature_epochs", self.warmup_teacher_temperature_epochs, minimum=0)

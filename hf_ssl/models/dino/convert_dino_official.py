@@ -73,8 +73,8 @@ from ..official_checkpoints import (
     check_output_folders,
     clear_output_folders,
     exit_with_error,
-    read_checkpoint,
     official_tensors,
+    read_checkpoint,
     refuse_other_methods_checkpoint,
     resolve_num_attention_heads,
     save_converted,
@@ -119,13 +119,12 @@ QKV_PARTS = {"q_proj": 0, "k_proj": 1, "v_proj": 2}
 # hf_ssl DinoHead name -> the official names it may have: the weight norm's g and v by the PyTorch API that saved them
 LAST_LAYER_NAMES = {
     f"last_layer.parametrizations.weight.original{index}": (
-        f"last_layer.weight_{name}", f"last_layer.parametrizations.weight.original{index}"
+        f"last_layer.weight_{name}",
+        f"last_layer.parametrizations.weight.original{index}",
     )
     for index, name in ((0, "g"), (1, "v"))
 }
-UNUSED_HINT = (
-    "Is it a checkpoint of the official DINO ViT and DINOHead (no extra modules)? Only ViT backbones convert"
-)
+UNUSED_HINT = "Is it a checkpoint of the official DINO ViT and DINOHead (no extra modules)? Only ViT backbones convert"
 
 
 def vit_source(name: str) -> OfficialSource:
@@ -233,7 +232,8 @@ def _read_layout(checkpoint: Mapping, source: str) -> dict[str, dict[str, torch.
 def _read_training_checkpoint(checkpoint: Mapping, source: str) -> dict[str, dict[str, torch.Tensor]]:
     state_dicts = {
         name: _multicrop_state_dict(checkpoint[name], f"{source}[{name!r}]")
-        for name in NETWORKS if checkpoint.get(name) is not None
+        for name in NETWORKS
+        if checkpoint.get(name) is not None
     }
     if checkpoint.get(LOSS_STATE_KEY) is not None:
         state_dicts[LOSS_STATE_KEY] = strip_ddp_prefix(checkpoint[LOSS_STATE_KEY], f"{source}[{LOSS_STATE_KEY!r}]")
@@ -299,7 +299,9 @@ def dino_vit_config(
         The config: LayerNorm eps 1e-6, exact GELU, no dropout, as the official ViT.
     """
     architecture = vit_architecture(
-        _sub_state_dict(network, BACKBONE_PREFIX), f"{source}'s backbone ({BACKBONE_PREFIX}*)", METHOD,
+        _sub_state_dict(network, BACKBONE_PREFIX),
+        f"{source}'s backbone ({BACKBONE_PREFIX}*)",
+        METHOD,
         num_prefix_tokens=1,
     )
     return ViTConfig(
@@ -340,7 +342,9 @@ def dino_pretraining_config(
             "the weights do not show"
         )
     backbone_name = "teacher" if "teacher" in state_dicts else "student"
-    backbone_config = dino_vit_config(state_dicts[backbone_name], num_attention_heads, f"the {backbone_name!r} network")
+    backbone_config = dino_vit_config(
+        state_dicts[backbone_name], num_attention_heads, f"the {backbone_name!r} network"
+    )
     head_name = next((name for name in NETWORKS if name in state_dicts and _has_head(state_dicts[name])), None)
     if head_name is not None:
         head = _sub_state_dict(state_dicts[head_name], HEAD_PREFIX)
@@ -423,7 +427,11 @@ def load_dino_state_dicts(model: DinoForPreTraining, state_dicts: Mapping[str, M
         if not _has_head(official):
             targets = {key: tensor for key, tensor in targets.items() if not key.startswith(HEAD_PREFIX)}
         tensors = official_tensors(
-            targets, official, lambda key: network_source(key, official), f"the {name!r} state dict", METHOD,
+            targets,
+            official,
+            lambda key: network_source(key, official),
+            f"the {name!r} state dict",
+            METHOD,
             unused_hint=UNUSED_HINT,
         )
         converted.update({prefix + key: tensor for key, tensor in tensors.items()})
@@ -479,7 +487,9 @@ def convert_dino_checkpoint(
         logger.warning(
             "the checkpoint has no DINO heads: both heads are freshly initialised (out_dim %d, %d layers, bottleneck "
             "%d) and the loss center starts at zero",
-            config.out_dim, config.head_num_layers, config.head_bottleneck_dim,
+            config.out_dim,
+            config.head_num_layers,
+            config.head_bottleneck_dim,
         )
     elif LOSS_STATE_KEY not in state_dicts:
         logger.warning("the checkpoint has no %r: the loss center starts at zero", LOSS_STATE_KEY)
@@ -519,7 +529,11 @@ def dino_checkpoint_to_vit(
     model = ViTModel(config, add_pooling_layer=False)
     targets = {BACKBONE_PREFIX + key: tensor for key, tensor in model.state_dict().items()}
     tensors = official_tensors(
-        targets, official, lambda key: network_source(key, official), f"the {network!r} state dict", METHOD,
+        targets,
+        official,
+        lambda key: network_source(key, official),
+        f"the {network!r} state dict",
+        METHOD,
         unused_hint=UNUSED_HINT,
     )
     model.load_state_dict(_sub_state_dict(tensors, BACKBONE_PREFIX), strict=True)
@@ -565,7 +579,9 @@ def convert_dino_checkpoint_to_folder(
     image_processor = save_converted(model, output_dir, "vit")
     # saved under the config without drop path, whichever network: the plain model is for inference and fine-tuning
     export_backbone(
-        getattr(model, export_network).backbone, backbone_dir, image_processor=image_processor,
+        getattr(model, export_network).backbone,
+        backbone_dir,
+        image_processor=image_processor,
         config=model.config.teacher_backbone_config(),
     )
     print(f"Saved the {export_network} backbone as a plain transformers ViTModel to {backbone_dir}")
@@ -579,21 +595,27 @@ def main(argv: list[str] | None = None) -> DinoForPreTraining:
         "and a plain transformers ViTModel."
     )
     parser.add_argument(
-        "--checkpoint", required=True,
+        "--checkpoint",
+        required=True,
         help="The official file: a main_dino.py training checkpoint (checkpoint.pth, *_full_checkpoint.pth) or a "
         "backbone (dino_vits16_pretrain.pth, ...).",
     )
     parser.add_argument(
-        "--output_dir", required=True,
+        "--output_dir",
+        required=True,
         help="Where to save the converted DinoForPreTraining: a new or empty folder (see --overwrite).",
     )
     parser.add_argument(
-        "--num_attention_heads", type=int, default=None,
+        "--num_attention_heads",
+        type=int,
+        default=None,
         help="Attention heads of the ViT. Default: the official ViT of the checkpoint's width (ViT-S 6, ViT-B 12, "
         "ViT-Ti 3).",
     )
     parser.add_argument(
-        "--export_backbone", choices=NETWORKS, default="teacher",
+        "--export_backbone",
+        choices=NETWORKS,
+        default="teacher",
         help="The backbone saved as a plain transformers ViTModel (AutoModel.from_pretrained loads it). Default: the "
         "teacher, which the official code evaluates.",
     )
@@ -605,8 +627,12 @@ def main(argv: list[str] | None = None) -> DinoForPreTraining:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         return convert_dino_checkpoint_to_folder(
-            args.checkpoint, args.output_dir, export_network=args.export_backbone, backbone_dir=args.backbone_dir,
-            overwrite=args.overwrite, num_attention_heads=args.num_attention_heads,
+            args.checkpoint,
+            args.output_dir,
+            export_network=args.export_backbone,
+            backbone_dir=args.backbone_dir,
+            overwrite=args.overwrite,
+            num_attention_heads=args.num_attention_heads,
             weights_only=not args.no_weights_only,
         )
     except (ValueError, OSError) as error:  # a bad file, folder or option: say what to change, no traceback

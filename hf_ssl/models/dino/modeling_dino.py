@@ -27,7 +27,6 @@ from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, init_batch_norm,
 from .configuration_dino import DinoConfig
 from .loss_dino import DinoLoss
 
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Head
 # ----------------------------------------------------------------------------------------------------------------------
@@ -64,7 +63,9 @@ class DinoHead(nn.Module):
         # DINO keeps the hidden biases under BatchNorm too (the official DINOHead does; its checkpoints have them)
         self.mlp = build_mlp(
             [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim],
-            batch_norm=use_bn, activation=nn.GELU, hidden_bias=True,
+            batch_norm=use_bn,
+            activation=nn.GELU,
+            hidden_bias=True,
         )
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         self.norm_last_layer = norm_last_layer
@@ -143,7 +144,10 @@ class DinoNetwork(nn.Module):
             logits (sum N_r, out_dim): the head output, from one head pass over all embeddings.
         """
         embeddings = torch.cat(
-            [get_backbone_features(self.backbone, crops, self.backbone_forward_kwargs)[0] for crops in crops_by_resolution]
+            [
+                get_backbone_features(self.backbone, crops, self.backbone_forward_kwargs)[0]
+                for crops in crops_by_resolution
+            ]
         )
         return embeddings, self.head(embeddings)
 
@@ -337,8 +341,7 @@ class DinoForPreTraining(DinoPreTrainedModel):
         student_named = dict(self.student.named_parameters())
         if teacher_named.keys() != student_named.keys():
             raise RuntimeError(
-                "student and teacher parameter names differ: "
-                f"{sorted(teacher_named.keys() ^ student_named.keys())}"
+                f"student and teacher parameter names differ: {sorted(teacher_named.keys() ^ student_named.keys())}"
             )
         names = list(teacher_named)
         return [teacher_named[name] for name in names], [student_named[name] for name in names]

@@ -5,8 +5,8 @@ from .loss_hjepa import HJepaLoss, contrastive_distance
 from .modeling_hjepa import (
     HJepaFeatureModel,
     HJepaForPreTraining,
-    HJepaForPreTrainingOutput,
     HJepaForPretraining,
+    HJepaForPreTrainingOutput,
     HJepaForPretrainingOutput,
     HJepaPredictor,
     check_target_blocks,

@@ -82,7 +82,8 @@ class HJepaConfig(IJepaPretrainingConfig):
             if not valid:
                 intermediate = (
                     f"or an integer in [1, {num_layers - 1}] (the output of that layer, before the final LayerNorm)"
-                    if num_layers > 1 else "(a backbone of one layer has no intermediate layer)"
+                    if num_layers > 1
+                    else "(a backbone of one layer has no intermediate layer)"
                 )
                 raise ValueError(
                     f"`level_target_layers[{level}]` must be None (the encoder's final, layer-normed output) "
@@ -101,7 +102,11 @@ class HJepaConfig(IJepaPretrainingConfig):
             )
 
         check_number(
-            "contrastive_temperature", self.contrastive_temperature, low=0.0, high=None, low_inclusive=False,
+            "contrastive_temperature",
+            self.contrastive_temperature,
+            low=0.0,
+            high=None,
+            low_inclusive=False,
             allowed="> 0",
         )
         if self.loss_type == "multiscale" and len(set(self.level_pool_sizes)) < 2:

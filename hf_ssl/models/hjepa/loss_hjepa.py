@@ -84,9 +84,7 @@ class HJepaLoss(nn.Module):
                 return F.smooth_l1_loss(predictions, targets, beta=1.0)
             if self.loss_type in ("mse", "multiscale"):
                 return F.mse_loss(predictions, targets)
-            return contrastive_distance(
-                predictions.flatten(0, 1), targets.flatten(0, 1), self.contrastive_temperature
-            )
+            return contrastive_distance(predictions.flatten(0, 1), targets.flatten(0, 1), self.contrastive_temperature)
 
     def extra_repr(self) -> str:
         if self.loss_type == "contrastive":

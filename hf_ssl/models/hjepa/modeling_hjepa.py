@@ -155,8 +155,10 @@ class HJepaPredictor(IJepaPredictor):
         del self.output_projection  # one head per level instead; an unused parameter would break DDP
         self.level_pool_sizes = tuple(config.level_pool_sizes)
         self.level_projections = nn.ModuleList(
-            [nn.Linear(config.predictor_hidden_size, config.backbone_config.hidden_size)
-             for _ in range(config.num_hierarchies)]
+            [
+                nn.Linear(config.predictor_hidden_size, config.backbone_config.hidden_size)
+                for _ in range(config.num_hierarchies)
+            ]
         )
 
     def forward(
@@ -285,7 +287,8 @@ class HJepaForPreTraining(IJepaForPreTraining):
         self._check_inputs(pixel_values, masks_context, masks_target)
         grid_size = self.config.patch_grid_size
         block_size = (
-            infer_target_block_size(masks_target, grid_size) if target_block_size is None
+            infer_target_block_size(masks_target, grid_size)
+            if target_block_size is None
             else _as_block_size(target_block_size)
         )
         check_target_blocks(masks_target, block_size, grid_size)
@@ -294,9 +297,9 @@ class HJepaForPreTraining(IJepaForPreTraining):
         level_targets, embeddings = self.forward_level_targets(pixel_values, masks_target, block_size)
         context_tokens = self.forward_context(pixel_values, masks_context)
         level_predictions = self.predictor(context_tokens, masks_context, masks_target, block_size)
-        level_losses = torch.stack([
-            self.loss(predictions, targets) for predictions, targets in zip(level_predictions, level_targets)
-        ])
+        level_losses = torch.stack(
+            [self.loss(predictions, targets) for predictions, targets in zip(level_predictions, level_targets)]
+        )
         loss = (weights * level_losses).sum()
 
         with torch.no_grad():

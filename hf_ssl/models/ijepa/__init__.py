@@ -5,8 +5,8 @@ from .loss_ijepa import IJepaLoss
 from .modeling_ijepa import (
     IJepaFeatureModel,
     IJepaForPreTraining,
-    IJepaForPreTrainingOutput,
     IJepaForPretraining,
+    IJepaForPreTrainingOutput,
     IJepaForPretrainingOutput,
     IJepaPredictor,
     IJepaPretrainingPreTrainedModel,

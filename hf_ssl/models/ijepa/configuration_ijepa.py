@@ -68,7 +68,9 @@ class IJepaPretrainingConfig(PretrainedConfig):
     # the values `loss_type` accepts (a subclass with more distances extends it)
     supported_loss_types = LOSS_TYPES
     sub_configs_defaults = {
-        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="ijepa", init_kwargs=VIT_HUGE_PATCH14_KWARGS)
+        "backbone_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="ijepa", init_kwargs=VIT_HUGE_PATCH14_KWARGS
+        )
     }
 
     backbone_config: dict | PretrainedConfig | None = None
@@ -100,7 +102,9 @@ class IJepaPretrainingConfig(PretrainedConfig):
                 f"`predictor_hidden_size` ({self.predictor_hidden_size}) must be a multiple of "
                 f"`predictor_num_attention_heads` ({self.predictor_num_attention_heads})"
             )
-        check_number("predictor_mlp_ratio", self.predictor_mlp_ratio, low=0.0, high=None, low_inclusive=False, allowed="> 0")
+        check_number(
+            "predictor_mlp_ratio", self.predictor_mlp_ratio, low=0.0, high=None, low_inclusive=False, allowed="> 0"
+        )
         if int(self.predictor_hidden_size * self.predictor_mlp_ratio) < 1:
             raise ValueError(
                 f"`predictor_mlp_ratio` {self.predictor_mlp_ratio} leaves the predictor MLP without a hidden unit "
@@ -139,7 +143,9 @@ class IJepaPretrainingConfig(PretrainedConfig):
         """(rows, columns) of the encoder's patch grid at its `image_size`: the grid the masks index, row-major."""
         return tuple(
             image_side // patch_side
-            for image_side, patch_side in zip(as_pair(self.backbone_config.image_size), as_pair(self.backbone_config.patch_size))
+            for image_side, patch_side in zip(
+                as_pair(self.backbone_config.image_size), as_pair(self.backbone_config.patch_size)
+            )
         )
 
     def encoder_backbone_config(self) -> PretrainedConfig:

@@ -50,9 +50,9 @@ from ..official_checkpoints import (
     check_output_folders,
     clear_output_folders,
     exit_with_error,
-    read_checkpoint,
     num_blocks,
     official_tensors,
+    read_checkpoint,
     refuse_other_methods_checkpoint,
     required_tensor,
     resolve_num_attention_heads,
@@ -272,8 +272,11 @@ def load_official_state_dicts(
         prefix = MODEL_PREFIXES[state_dict_name]
         targets = {key.removeprefix(prefix): tensor for key, tensor in model_state.items() if key.startswith(prefix)}
         tensors = official_tensors(
-            targets, official, lambda name: official_source(name, state_dict_name),
-            f"the {state_dict_name!r} state dict", METHOD,
+            targets,
+            official,
+            lambda name: official_source(name, state_dict_name),
+            f"the {state_dict_name!r} state dict",
+            METHOD,
             unused_hint="Is it a checkpoint of the official I-JEPA ViT (biased q/k/v, no CLS token, no extra modules)?",
         )
         converted.update({prefix + name: tensor for name, tensor in tensors.items()})
@@ -313,12 +316,15 @@ def convert_official_checkpoint(
     config = official_pretraining_config(state_dicts, num_attention_heads=num_attention_heads, **config_kwargs)
     for missing, present in (("target_encoder", "encoder"), ("encoder", "target_encoder")):
         if missing not in state_dicts:
-            logger.warning("the checkpoint has no %r state dict: that encoder starts as a copy of %r", missing, present)
+            logger.warning(
+                "the checkpoint has no %r state dict: that encoder starts as a copy of %r", missing, present
+            )
             state_dicts[missing] = state_dicts[present]
     if "predictor" not in state_dicts:
         logger.warning(
             "the checkpoint has no 'predictor' state dict: the predictor (width %d, %d blocks) is freshly initialised",
-            config.predictor_hidden_size, config.predictor_num_hidden_layers,
+            config.predictor_hidden_size,
+            config.predictor_num_hidden_layers,
         )
     model = IJepaForPreTraining(config)
     load_official_state_dicts(model, state_dicts)
@@ -378,20 +384,27 @@ def main(argv: list[str] | None = None) -> IJepaForPreTraining:
     )
     parser.add_argument("--checkpoint", required=True, help="The official checkpoint file (.pth.tar / .pth).")
     parser.add_argument(
-        "--output_dir", required=True,
+        "--output_dir",
+        required=True,
         help="Where to save the converted model: a new or empty folder (see --overwrite).",
     )
     parser.add_argument(
-        "--num_attention_heads", type=int, default=None,
+        "--num_attention_heads",
+        type=int,
+        default=None,
         help="Attention heads of the encoders. Default: the official ViT of the checkpoint's width "
         "(ViT-B 12; ViT-L, ViT-H and ViT-g 16; ViT-S 6; ViT-Ti 3).",
     )
     parser.add_argument(
-        "--predictor_num_attention_heads", type=int, default=None,
+        "--predictor_num_attention_heads",
+        type=int,
+        default=None,
         help="Attention heads of the predictor. Default: the encoders' number, as the official code.",
     )
     parser.add_argument(
-        "--export_backbone", choices=ENCODERS, default=None,
+        "--export_backbone",
+        choices=ENCODERS,
+        default=None,
         help="Also save this encoder as a plain transformers IJepaModel (AutoModel.from_pretrained loads it).",
     )
     parser.add_argument(
@@ -406,9 +419,14 @@ def main(argv: list[str] | None = None) -> IJepaForPreTraining:
         config_kwargs["predictor_num_attention_heads"] = args.predictor_num_attention_heads
     try:
         return convert_official_checkpoint_to_folder(
-            args.checkpoint, args.output_dir, export_encoder=args.export_backbone, backbone_dir=args.backbone_dir,
-            overwrite=args.overwrite, num_attention_heads=args.num_attention_heads,
-            weights_only=not args.no_weights_only, **config_kwargs,
+            args.checkpoint,
+            args.output_dir,
+            export_encoder=args.export_backbone,
+            backbone_dir=args.backbone_dir,
+            overwrite=args.overwrite,
+            num_attention_heads=args.num_attention_heads,
+            weights_only=not args.no_weights_only,
+            **config_kwargs,
         )
     except (ValueError, OSError) as error:  # a bad file, folder or option: say what to change, no traceback
         exit_with_error(parser, error)

@@ -305,7 +305,8 @@ class IJepaFeatureModel(SslFeatureModel, IJepaSslPreTrainedModel):
         conversions = getattr(model, "_weight_conversions", None)
         if conversions:
             model._weight_conversions = [
-                conversion for conversion in conversions
+                conversion
+                for conversion in conversions
                 if not (isinstance(conversion, WeightRenaming) and conversion.source_patterns == [encoder_pattern])
             ]
         return loaded
@@ -433,7 +434,9 @@ class IJepaForPreTraining(IJepaSslPreTrainedModel):
             hidden_states = F.layer_norm(hidden_states, (hidden_states.shape[-1],))
         return gather_tokens(hidden_states, masks_target), embeddings
 
-    def _check_inputs(self, pixel_values: torch.Tensor, masks_context: torch.Tensor, masks_target: torch.Tensor) -> None:
+    def _check_inputs(
+        self, pixel_values: torch.Tensor, masks_context: torch.Tensor, masks_target: torch.Tensor
+    ) -> None:
         """Raise a ValueError saying what is wrong with the inputs."""
         if pixel_values.ndim != 4 or not pixel_values.is_floating_point() or pixel_values.shape[0] < 1:
             raise ValueError(
@@ -467,7 +470,10 @@ class IJepaForPreTraining(IJepaSslPreTrainedModel):
             return  # the range check reads the masks back to the host: a graph break
         num_patches = grid[0] * grid[1]
         low, high = torch.stack(
-            [torch.minimum(masks_context.min(), masks_target.min()), torch.maximum(masks_context.max(), masks_target.max())]
+            [
+                torch.minimum(masks_context.min(), masks_target.min()),
+                torch.maximum(masks_context.max(), masks_target.max()),
+            ]
         ).tolist()
         if low < 0 or high >= num_patches:
             raise ValueError(
@@ -510,8 +516,13 @@ class IJepaForPreTraining(IJepaSslPreTrainedModel):
         """`SslPreTrainedModel.export_backbone`: one encoder saved as a plain transformers `IJepaModel` with its
         image processor; `encoder` is "target" (the default, what `IJepaFeatureModel` loads) or "context"."""
         return export_backbone(
-            self.evaluation_backbone(encoder), save_directory, image_size=image_size, image_mean=image_mean,
-            image_std=image_std, image_processor=image_processor, config=self.evaluation_backbone_config(),
+            self.evaluation_backbone(encoder),
+            save_directory,
+            image_size=image_size,
+            image_mean=image_mean,
+            image_std=image_std,
+            image_processor=image_processor,
+            config=self.evaluation_backbone_config(),
         )
 
 

@@ -4,8 +4,8 @@ from .configuration_simclr import RESNET18_KWARGS, RESNET50_KWARGS, SimClrConfig
 from .loss_simclr import NTXentLoss, NTXentOutput
 from .modeling_simclr import (
     SimClrForPreTraining,
-    SimClrForPreTrainingOutput,
     SimClrForPretraining,
+    SimClrForPreTrainingOutput,
     SimClrForPretrainingOutput,
     SimClrModel,
     SimClrPreTrainedModel,

@@ -65,7 +65,9 @@ class SimClrConfig(DropPathBackboneConfigMixin, PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         # transformers 5 configs are dataclasses: this runs at the end of the generated `__init__`.
-        self.backbone_config = resolve_backbone_config(self.backbone_config, "resnet", RESNET50_KWARGS, owner=SimClrConfig)
+        self.backbone_config = resolve_backbone_config(
+            self.backbone_config, "resnet", RESNET50_KWARGS, owner=SimClrConfig
+        )
         for name in ("projection_hidden_dim", "projection_dim", "projection_num_layers"):
             check_integer(name, getattr(self, name), minimum=1)
         if not isinstance(self.projection_use_bn, bool):

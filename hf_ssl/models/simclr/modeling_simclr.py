@@ -27,7 +27,6 @@ from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views,
 from .configuration_simclr import SimClrConfig
 from .loss_simclr import NTXentLoss
 
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Head
 # ----------------------------------------------------------------------------------------------------------------------
@@ -43,7 +42,9 @@ class SimClrProjectionHead(MlpHead):
     Input (N, in_dim) backbone embeddings -> output (N, out_dim) projections (not normalised: the loss does it).
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int = 2048, num_layers: int = 2, use_bn: bool = True):
+    def __init__(
+        self, in_dim: int, out_dim: int = 128, hidden_dim: int = 2048, num_layers: int = 2, use_bn: bool = True
+    ):
         if num_layers < 1:
             raise ValueError(f"`num_layers` must be >= 1, got {num_layers}")
         super().__init__([in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim], batch_norm=use_bn)

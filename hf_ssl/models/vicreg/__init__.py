@@ -5,8 +5,8 @@ from .loss_vicreg import VicRegLoss, VicRegOutput, covariance_term, off_diagonal
 from .modeling_vicreg import (
     VicRegExpander,
     VicRegForPreTraining,
-    VicRegForPreTrainingOutput,
     VicRegForPretraining,
+    VicRegForPreTrainingOutput,
     VicRegForPretrainingOutput,
     VicRegModel,
     VicRegPreTrainedModel,

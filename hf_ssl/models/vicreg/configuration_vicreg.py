@@ -54,7 +54,9 @@ class VicRegConfig(DropPathBackboneConfigMixin, PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         # transformers 5 configs are dataclasses: this runs at the end of the generated `__init__`.
-        self.backbone_config = resolve_backbone_config(self.backbone_config, "resnet", RESNET50_KWARGS, owner=VicRegConfig)
+        self.backbone_config = resolve_backbone_config(
+            self.backbone_config, "resnet", RESNET50_KWARGS, owner=VicRegConfig
+        )
         if not isinstance(self.expander_dims, (list, tuple)) or not self.expander_dims:
             raise ValueError(f"`expander_dims` must be a non-empty list of layer sizes, got {self.expander_dims!r}")
         for index, size in enumerate(self.expander_dims):

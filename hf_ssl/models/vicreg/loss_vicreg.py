@@ -137,7 +137,8 @@ class VicRegLoss(nn.Module):
             variance = (variance_term(global_a, epsilon) + variance_term(global_b, epsilon)) / 2
             covariance = covariance_term(global_a) + covariance_term(global_b)
             loss = (
-                self.invariance_weight * invariance + self.variance_weight * variance
+                self.invariance_weight * invariance
+                + self.variance_weight * variance
                 + self.covariance_weight * covariance
             )
         return VicRegOutput(loss, invariance.detach(), variance.detach(), covariance.detach())

@@ -22,7 +22,6 @@ from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views,
 from .configuration_vicreg import VicRegConfig
 from .loss_vicreg import VicRegLoss
 
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Expander
 # ----------------------------------------------------------------------------------------------------------------------
@@ -148,7 +147,11 @@ class VicRegForPreTraining(VicRegPreTrainedModel):
         Returns:
             `VicRegForPreTrainingOutput`.
         """
-        check_two_views(views, 2 if self.training else 1, "VICReg needs at least 2 images per batch in training: the expander's BatchNorm layers normalise each view over the batch")
+        check_two_views(
+            views,
+            2 if self.training else 1,
+            "VICReg needs at least 2 images per batch in training: the expander's BatchNorm layers normalise each view over the batch",
+        )
 
         embeddings_a, _ = get_backbone_features(self.backbone, views[0], self.backbone_forward_kwargs)
         embeddings_b, _ = get_backbone_features(self.backbone, views[1], self.backbone_forward_kwargs)

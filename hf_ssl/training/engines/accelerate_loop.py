@@ -82,7 +82,9 @@ class AccelerateTrainer(PretrainingEngine):
         val_at_end: bool = True,
     ):
         if train_dataset is None:
-            raise ValueError("AccelerateTrainer needs a train_dataset (with_multicrop(dataset, MultiCropTransform(...)))")
+            raise ValueError(
+                "AccelerateTrainer needs a train_dataset (with_multicrop(dataset, MultiCropTransform(...)))"
+            )
         self.args = args
         self.model = model
         self.train_dataset = train_dataset
@@ -99,16 +101,27 @@ class AccelerateTrainer(PretrainingEngine):
             ),
             cpu=args.use_cpu,
             # training.torch_compile (+ torch_compile_backend / torch_compile_mode): prepare compiles the model
-            dynamo_plugin=TorchDynamoPlugin(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode)
-            if args.torch_compile else None,
+            dynamo_plugin=TorchDynamoPlugin(
+                backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode
+            )
+            if args.torch_compile
+            else None,
         )
         self.deepspeed = is_deepspeed(self.accelerator)
         if self.deepspeed:
             self._configure_deepspeed()
         self.state = LoopState()
         self._set_up_engine(
-            model, args, method, view_config, knn_evaluator=knn_evaluator, knn_eval_steps=knn_eval_steps,
-            knn_at_end=knn_at_end, validation=validation, val_eval_steps=val_eval_steps, val_at_end=val_at_end,
+            model,
+            args,
+            method,
+            view_config,
+            knn_evaluator=knn_evaluator,
+            knn_eval_steps=knn_eval_steps,
+            knn_at_end=knn_at_end,
+            validation=validation,
+            val_eval_steps=val_eval_steps,
+            val_at_end=val_at_end,
         )
         self.history = History()
         self.collapse_detector = self.method.collapse_detector()
@@ -124,7 +137,10 @@ class AccelerateTrainer(PretrainingEngine):
         the accumulation that its step boundary and loss scaling follow."""
         plugin = self.accelerator.state.deepspeed_plugin
         config = plugin.deepspeed_config
-        recipe = {"gradient_clipping": float(self.args.max_grad_norm), "gradient_accumulation_steps": int(self.args.gradient_accumulation_steps)}
+        recipe = {
+            "gradient_clipping": float(self.args.max_grad_norm),
+            "gradient_accumulation_steps": int(self.args.gradient_accumulation_steps),
+        }
         for key, value in recipe.items():
             if config.get(key, "auto") not in ("auto", value):
                 logger.info("DeepSpeed config has %s=%s; the recipe's %s is used", key, config[key], value)
@@ -148,7 +164,9 @@ class AccelerateTrainer(PretrainingEngine):
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         self.sampler = train_sampler(self.train_dataset, self.args)
         if self.sampler is None:
-            self.sampler = torch.utils.data.RandomSampler(self.train_dataset, generator=torch.Generator().manual_seed(seed))
+            self.sampler = torch.utils.data.RandomSampler(
+                self.train_dataset, generator=torch.Generator().manual_seed(seed)
+            )
         return torch.utils.data.DataLoader(
             self.train_dataset,
             batch_size=self.args.per_device_train_batch_size,
@@ -168,7 +186,9 @@ class AccelerateTrainer(PretrainingEngine):
 
         # 1. data, optimizer and the length of the run (in optimizer steps)
         if args.activation_checkpointing:  # recompute the backbone's activations in backward: less memory per crop
-            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
+            self.model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=args.activation_checkpointing_kwargs
+            )
         dataloader = self.get_train_dataloader()
         self.optimizer = create_optimizer(self.method, self.model, args)
         model, self.optimizer, dataloader = accelerator.prepare(self.model, self.optimizer, dataloader)
@@ -205,7 +225,12 @@ class AccelerateTrainer(PretrainingEngine):
 
         # 3. the loop: one iteration per micro-batch, the method's per-step work on the optimizer-step boundaries
         start_epoch, updates_done_in_epoch = divmod(self.state.global_step, updates_per_epoch)
-        progress = tqdm(total=total_steps, initial=self.state.global_step, desc=self.method.name, disable=not accelerator.is_local_main_process)
+        progress = tqdm(
+            total=total_steps,
+            initial=self.state.global_step,
+            desc=self.method.name,
+            disable=not accelerator.is_local_main_process,
+        )
         self.run_control.start()
         loss_sum, loss_count, grad_norm = torch.zeros((), device=accelerator.device), 0, None
         model.train()
@@ -214,7 +239,9 @@ class AccelerateTrainer(PretrainingEngine):
             for epoch in range(start_epoch, start_epoch if self.finished_before_start else num_epochs):
                 batches = dataloader
                 if epoch == start_epoch and updates_done_in_epoch:
-                    batches = accelerator.skip_first_batches(dataloader, updates_done_in_epoch * args.gradient_accumulation_steps)
+                    batches = accelerator.skip_first_batches(
+                        dataloader, updates_done_in_epoch * args.gradient_accumulation_steps
+                    )
                 # on the loader, not the sampler: a prepared loader sets its sampler's epoch to its own count
                 batches.set_epoch(epoch)
                 micro_batch = 0
@@ -245,7 +272,10 @@ class AccelerateTrainer(PretrainingEngine):
                     self.state.epoch = epoch + min((updates_done_in_epoch + 1) / updates_per_epoch, 1.0)
                     updates_done_in_epoch += 1
                     progress.update(1)
-                    if self.state.global_step % max(int(args.logging_steps), 1) == 0 or self.state.global_step == total_steps:
+                    if (
+                        self.state.global_step % max(int(args.logging_steps), 1) == 0
+                        or self.state.global_step == total_steps
+                    ):
                         logs = self._step_logs(loss_sum, loss_count, grad_norm)
                         loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
                         progress.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
@@ -253,7 +283,11 @@ class AccelerateTrainer(PretrainingEngine):
                     self.evaluations.after_step(self)
                     stop_reason = self.run_control.check(accelerator.device)
                     if stop_reason is not None:
-                        logger.warning("step %d: %s; saving a checkpoint", self.state.global_step, self.run_control.describe_stop())
+                        logger.warning(
+                            "step %d: %s; saving a checkpoint",
+                            self.state.global_step,
+                            self.run_control.describe_stop(),
+                        )
                     if stop_reason is not None or self._save_due(total_steps):
                         self.save_checkpoint()
                     if stop_reason is not None or self.state.global_step >= total_steps:
@@ -365,7 +399,10 @@ class AccelerateTrainer(PretrainingEngine):
         model = self.accelerator.unwrap_model(self.wrapped_model)
         if self.method.full_precision_teacher is not None:  # a collective
             save_full_precision_model(
-                model, self.method.full_precision_teacher, output_dir or self.args.output_dir, self.accelerator.is_main_process
+                model,
+                self.method.full_precision_teacher,
+                output_dir or self.args.output_dir,
+                self.accelerator.is_main_process,
             )
             return
         state_dict = self.accelerator.get_state_dict(self.wrapped_model)  # a collective under FSDP
@@ -373,8 +410,13 @@ class AccelerateTrainer(PretrainingEngine):
             model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
 
     def push_to_hub(
-        self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
-        revision: str | None = None, private: bool | None = None, **kwargs,
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
     ):
         """As ``SslTrainer.push_to_hub``: save the model (every process), rewrite the card (``kwargs`` go to
         ``create_model_card``), wait for a checkpoint push still running, then upload ``hub.files_to_push(output_dir)``
@@ -391,7 +433,8 @@ class AccelerateTrainer(PretrainingEngine):
     def _create_hub_repo(self, token: str | None = None, private: bool | None = None) -> str:
         try:
             return create_hub_repo(
-                hub_repo_name(self.args), token if token is not None else self.args.hub_token,
+                hub_repo_name(self.args),
+                token if token is not None else self.args.hub_token,
                 private if private is not None else self.args.hub_private_repo,
             )
         except Exception as error:

@@ -11,20 +11,20 @@ from pathlib import Path
 import torch
 
 from hf_ssl.data import EpochShuffleSampler, MultiCropDataset
-from hf_ssl.models.backbone import build_backbone
-from hf_ssl.training.state import checkpointing
-from hf_ssl.training.sharing import hub
-from hf_ssl.training.setup.config import to_plain
 from hf_ssl.errors import ConfigError, NonFiniteLossError
-from hf_ssl.training.optim.ema import FullPrecisionTeacher
+from hf_ssl.models.backbone import build_backbone
+from hf_ssl.training.engines.evaluation import PeriodicEvaluation
 from hf_ssl.training.methods import MethodSpec, get_method, method_for_model
 from hf_ssl.training.methods.base import PretrainingMethod
-from hf_ssl.training.engines.evaluation import PeriodicEvaluation
+from hf_ssl.training.optim.ema import FullPrecisionTeacher
+from hf_ssl.training.optim.optimizers import apply_optimizer_settings, build_optimizer
+from hf_ssl.training.setup.config import to_plain
+from hf_ssl.training.sharing import hub
 from hf_ssl.training.sharing.hub import CheckpointPusher, push_output_dir
 from hf_ssl.training.sharing.model_card import write_model_card
+from hf_ssl.training.state import checkpointing
 from hf_ssl.training.state.history import History
 from hf_ssl.training.state.run_control import build_run_control
-from hf_ssl.training.optim.optimizers import apply_optimizer_settings, build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +35,23 @@ def resolve_method(model, method: str | MethodSpec | None) -> MethodSpec:
     """The spec of ``method`` (a name or a spec), or of the method whose pretraining model ``model`` is."""
     spec = method_for_model(model) if method is None else get_method(method) if isinstance(method, str) else method
     if not isinstance(model.config, spec.config_class):
-        raise ValueError(f"the {spec.name!r} method trains a {spec.pretraining_model_class.__name__}, not a {type(model).__name__}")
+        raise ValueError(
+            f"the {spec.name!r} method trains a {spec.pretraining_model_class.__name__}, not a {type(model).__name__}"
+        )
     return spec
 
 
-def build_method(model, method: str | MethodSpec | None, view_config, args, process_index: int, reduce) -> PretrainingMethod:
+def build_method(
+    model, method: str | MethodSpec | None, view_config, args, process_index: int, reduce
+) -> PretrainingMethod:
     """The ``PretrainingMethod`` of ``method`` (``resolve_method``) around ``model`` for this process; ``view_config``
     is the recipe's augmentation section (None: the method's defaults), kept as given in ``.view_config`` (what a
     checkpoint records) and as the pipeline's ``ViewsConfig`` in ``.views``."""
     spec = resolve_method(model, method)
     view_config = view_config if view_config is not None else spec.view_config_class()
-    return spec.method_class(model, view_config, args.seed, process_index, args.max_consecutive_nonfinite_steps, reduce=reduce)
+    return spec.method_class(
+        model, view_config, args.seed, process_index, args.max_consecutive_nonfinite_steps, reduce=reduce
+    )
 
 
 def default_collator(model, method: str | MethodSpec | None, view_config, args):
@@ -61,9 +67,14 @@ def create_optimizer(method: PretrainingMethod, model, args) -> torch.optim.Opti
     """``args.optimizer`` (adamw, sgd or lars) over the method's parameter groups; lr and weight decay are set
     every step by ``method.begin_step``."""
     return build_optimizer(
-        args.optimizer, method.parameter_groups(model), learning_rate=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, momentum=args.momentum,
-        nesterov=args.nesterov, trust_coefficient=args.lars_trust_coefficient,
+        args.optimizer,
+        method.parameter_groups(model),
+        learning_rate=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        trust_coefficient=args.lars_trust_coefficient,
     )
 
 
@@ -71,8 +82,13 @@ def restore_optimizer_settings(optimizer, args) -> None:
     """The recipe's optimizer hyper-parameters (not lr and weight decay, set every step) on every param group:
     loading an optimizer state brings back the saved ones, and ``resume_with_changed_settings`` promises the new."""
     apply_optimizer_settings(
-        optimizer, args.optimizer, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-        momentum=args.momentum, nesterov=args.nesterov, trust_coefficient=args.lars_trust_coefficient,
+        optimizer,
+        args.optimizer,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        trust_coefficient=args.lars_trust_coefficient,
     )
 
 
@@ -94,8 +110,20 @@ def resume_settings(args, view_config, train_dataset) -> dict:
     return settings
 
 
-def prepare_run(resume, args, *, method: str, engine: str, model, view_config, train_dataset, world_size: int,
-                total_batch_size: int, accelerator, hub_repo_id: str | None = None) -> tuple[Path | None, dict | None]:
+def prepare_run(
+    resume,
+    args,
+    *,
+    method: str,
+    engine: str,
+    model,
+    view_config,
+    train_dataset,
+    world_size: int,
+    total_batch_size: int,
+    accelerator,
+    hub_repo_id: str | None = None,
+) -> tuple[Path | None, dict | None]:
     """What both engines do before training, so that a mistake stops the run before it starts: resolve the
     checkpoint to resume from, check the data (``check_training_data``), take the output directory (main
     process: ``checkpointing.guard_output_dir``) and check that the checkpoint can continue this run; then rotate
@@ -109,7 +137,9 @@ def prepare_run(resume, args, *, method: str, engine: str, model, view_config, t
     if hub.is_hub_resume(resume):
         if accelerator.is_main_process:
             checkpointing.lock_output_dir(args.output_dir)  # no other run may write there while it downloads
-            hub.fetch_hub_checkpoint(args.output_dir, hub_repo_id or args.hub_model_id, token=args.hub_token, revision=args.hub_revision)
+            hub.fetch_hub_checkpoint(
+                args.output_dir, hub_repo_id or args.hub_model_id, token=args.hub_token, revision=args.hub_revision
+            )
         accelerator.wait_for_everyone()
         resume = "auto"
     checkpoint = checkpointing.resolve_resume(resume, args.output_dir)
@@ -119,9 +149,15 @@ def prepare_run(resume, args, *, method: str, engine: str, model, view_config, t
     if checkpoint is None:
         return None, None
     state = checkpointing.check_resume_compatible(
-        checkpoint, method=method, engine=engine, model_config=model.config, total_batch_size=total_batch_size,
-        world_size=world_size, sharding=checkpointing.sharding_of(accelerator),
-        settings=resume_settings(args, view_config, train_dataset), allow_changed_settings=args.resume_with_changed_settings,
+        checkpoint,
+        method=method,
+        engine=engine,
+        model_config=model.config,
+        total_batch_size=total_batch_size,
+        world_size=world_size,
+        sharding=checkpointing.sharding_of(accelerator),
+        settings=resume_settings(args, view_config, train_dataset),
+        allow_changed_settings=args.resume_with_changed_settings,
     )
     # a run killed after committing a checkpoint and before rotating left one too many, and a resumed run that
     # trains nothing saves none that would rotate them
@@ -131,22 +167,46 @@ def prepare_run(resume, args, *, method: str, engine: str, model, view_config, t
     return checkpoint, state
 
 
-def checkpoint_record(*, method: PretrainingMethod, engine: str, args, step: int, epoch: float, world_size: int,
-                      total_batch_size: int, history, run_control, accelerator, total_steps: int, view_config,
-                      train_dataset, tracker_ids: dict[str, str]) -> dict:
+def checkpoint_record(
+    *,
+    method: PretrainingMethod,
+    engine: str,
+    args,
+    step: int,
+    epoch: float,
+    world_size: int,
+    total_batch_size: int,
+    history,
+    run_control,
+    accelerator,
+    total_steps: int,
+    view_config,
+    train_dataset,
+    tracker_ids: dict[str, str],
+) -> dict:
     """The ``hf_ssl_state.json`` of a checkpoint at ``step`` (``checkpointing.CheckpointRecord``)."""
     metric = args.metric_for_best_model
     value = history.latest(metric) if metric else None
     control_state = {}
     if run_control.early_stopping is not None:
         control_state["early_stopping"] = run_control.early_stopping.state_dict()
-    return vars(checkpointing.CheckpointRecord(
-        method=method.name, engine=engine, step=step, epoch=epoch, world_size=world_size,
-        total_batch_size=total_batch_size, metrics={metric: value} if value is not None else {},
-        tracker_run_ids=tracker_ids, method_state=method.state_dict(), control_state=control_state,
-        sharding=checkpointing.sharding_of(accelerator), total_steps=total_steps,
-        settings=resume_settings(args, view_config, train_dataset),
-    ))
+    return vars(
+        checkpointing.CheckpointRecord(
+            method=method.name,
+            engine=engine,
+            step=step,
+            epoch=epoch,
+            world_size=world_size,
+            total_batch_size=total_batch_size,
+            metrics={metric: value} if value is not None else {},
+            tracker_run_ids=tracker_ids,
+            method_state=method.state_dict(),
+            control_state=control_state,
+            sharding=checkpointing.sharding_of(accelerator),
+            total_steps=total_steps,
+            settings=resume_settings(args, view_config, train_dataset),
+        )
+    )
 
 
 def restore_run_state(state: dict, method: PretrainingMethod, run_control) -> None:
@@ -184,7 +244,10 @@ def check_training_data(train_dataset, per_device_batch_size: int, world_size: i
         if readable < checked:
             logger.warning(
                 "%d of %d training images checked cannot be read (first: %s): such images are skipped and counted "
-                "(skipped_images in the logs).", checked - readable, checked, first_error,
+                "(skipped_images in the logs).",
+                checked - readable,
+                checked,
+                first_error,
             )
 
 
@@ -231,7 +294,7 @@ def evaluation_backbone_on_main(accelerator, wrapped_model):
     for name, tensor in state.items():
         name = name.replace("_fsdp_wrapped_module.", "")
         if name.startswith(prefix):
-            weights[name[len(prefix):]] = tensor
+            weights[name[len(prefix) :]] = tensor
     backbone = build_backbone(model.evaluation_backbone_config())
     backbone.load_state_dict(weights, strict=True)
     return backbone.to(accelerator.device).eval()
@@ -243,7 +306,10 @@ def full_precision_state_dict(model, full_precision_teacher: FullPrecisionTeache
     float32 copies, everything else cast."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    teacher_copies = {id(parameter): copy for parameter, copy in zip(full_precision_teacher.parameters, full_precision_teacher.copies)}
+    teacher_copies = {
+        id(parameter): copy
+        for parameter, copy in zip(full_precision_teacher.parameters, full_precision_teacher.copies)
+    }
     state = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
@@ -258,7 +324,9 @@ def full_precision_state_dict(model, full_precision_teacher: FullPrecisionTeache
     return state
 
 
-def save_full_precision_model(model, full_precision_teacher: FullPrecisionTeacher, output_dir, is_main_process: bool) -> None:
+def save_full_precision_model(
+    model, full_precision_teacher: FullPrecisionTeacher, output_dir, is_main_process: bool
+) -> None:
     """``save_pretrained`` of a float32 copy of ``model`` built from ``full_precision_state_dict`` (every process
     must call it; the main process writes)."""
     state_dict = full_precision_state_dict(model, full_precision_teacher)
@@ -292,13 +360,29 @@ class PretrainingEngine:
 
     engine_name: str = ""
 
-    def _set_up_engine(self, model, args, method, view_config, *, knn_evaluator=None, knn_eval_steps: int = 0,
-                       knn_at_end: bool = True, validation=None, val_eval_steps: int = 0, val_at_end: bool = True) -> None:
+    def _set_up_engine(
+        self,
+        model,
+        args,
+        method,
+        view_config,
+        *,
+        knn_evaluator=None,
+        knn_eval_steps: int = 0,
+        knn_at_end: bool = True,
+        validation=None,
+        val_eval_steps: int = 0,
+        val_at_end: bool = True,
+    ) -> None:
         check_distributed_setup(self.accelerator, engine=self.engine_name)
-        self.method = build_method(model, method, view_config, args, self.accelerator.process_index, reduce=self._reduce_sum)
+        self.method = build_method(
+            model, method, view_config, args, self.accelerator.process_index, reduce=self._reduce_sum
+        )
         self.view_config = self.method.view_config
         self.schedules = None
-        self.evaluations = PeriodicEvaluation(knn_evaluator, knn_eval_steps, knn_at_end, validation, val_eval_steps, val_at_end)
+        self.evaluations = PeriodicEvaluation(
+            knn_evaluator, knn_eval_steps, knn_at_end, validation, val_eval_steps, val_at_end
+        )
         several = self.accelerator.num_processes > 1
         self.run_control = build_run_control(args, reduce_max=self._reduce_max if several else None)
         self.checkpoint_pusher = CheckpointPusher(args)  # hub_strategy: the committed checkpoints, in the background
@@ -349,14 +433,24 @@ class PretrainingEngine:
         return self.method.skipped_images
 
     # ----- resume -----------------------------------------------------------------------------------
-    def _resolve_resume(self, resume_from_checkpoint, hub_repo_id: str | None = None) -> tuple[Path | None, dict | None]:
+    def _resolve_resume(
+        self, resume_from_checkpoint, hub_repo_id: str | None = None
+    ) -> tuple[Path | None, dict | None]:
         """The checkpoint to continue from and its saved state (``prepare_run``), ``(None, None)`` for a fresh start."""
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint
         checkpoint, state = prepare_run(
-            resume_from_checkpoint, self.args, method=self.method.name, engine=self.engine_name, model=self.model,
-            view_config=self.view_config, train_dataset=self.train_dataset, world_size=self.accelerator.num_processes,
-            total_batch_size=self.total_batch_size, accelerator=self.accelerator, hub_repo_id=hub_repo_id,
+            resume_from_checkpoint,
+            self.args,
+            method=self.method.name,
+            engine=self.engine_name,
+            model=self.model,
+            view_config=self.view_config,
+            train_dataset=self.train_dataset,
+            world_size=self.accelerator.num_processes,
+            total_batch_size=self.total_batch_size,
+            accelerator=self.accelerator,
+            hub_repo_id=hub_repo_id,
         )
         self._resume_checkpoint, self._resume_state = checkpoint, state
         return checkpoint, state
@@ -381,47 +475,80 @@ class PretrainingEngine:
     def checkpoint_record(self, step: int, tracker_ids: dict[str, str]) -> dict:
         """The ``hf_ssl_state.json`` of a checkpoint at ``step``."""
         return checkpoint_record(
-            method=self.method, engine=self.engine_name, args=self.args, step=step, epoch=float(self.state.epoch or 0.0),
-            world_size=self.accelerator.num_processes, total_batch_size=self.total_batch_size, history=self.history,
-            run_control=self.run_control, accelerator=self.accelerator, total_steps=self.state.max_steps,
-            view_config=self.view_config, train_dataset=self.train_dataset, tracker_ids=tracker_ids,
+            method=self.method,
+            engine=self.engine_name,
+            args=self.args,
+            step=step,
+            epoch=float(self.state.epoch or 0.0),
+            world_size=self.accelerator.num_processes,
+            total_batch_size=self.total_batch_size,
+            history=self.history,
+            run_control=self.run_control,
+            accelerator=self.accelerator,
+            total_steps=self.state.max_steps,
+            view_config=self.view_config,
+            train_dataset=self.train_dataset,
+            tracker_ids=tracker_ids,
         )
 
     def _after_checkpoint(self, final: Path, step: int, weights: Path | None = None) -> None:
         """On the main process, once checkpoint ``final`` is committed: log it, push it (``hub_strategy``) and rotate."""
         logger.info("Saved checkpoint %s", final)
         self.checkpoint_pusher.push(self.hub_model_id, final, step, float(self.state.epoch or 0.0), weights=weights)
-        checkpointing.rotate_checkpoints(self.args.output_dir, checkpointing.retention_policy(self.args), busy=self.checkpoint_pusher.pushing())
+        checkpointing.rotate_checkpoints(
+            self.args.output_dir, checkpointing.retention_policy(self.args), busy=self.checkpoint_pusher.pushing()
+        )
 
     def best_checkpoint(self) -> str | None:
         """The kept checkpoint with the best ``metric_for_best_model`` (None without one)."""
         if not self.args.metric_for_best_model:
             return None
         ranked = checkpointing.ranked_by_metric(
-            checkpointing.list_checkpoints(self.args.output_dir), self.args.metric_for_best_model,
+            checkpointing.list_checkpoints(self.args.output_dir),
+            self.args.metric_for_best_model,
             self.args.greater_is_better if self.args.greater_is_better is not None else True,
         )
         return str(ranked[0]) if ranked else None
 
     # ----- sharing ----------------------------------------------------------------------------------
     def create_model_card(
-        self, model_name: str | None = None, dataset: str | list[str] | None = None, tags=None, license: str | None = None,
-        dataset_config: str | None = None, evaluation_split: str | None = None, **kwargs,
+        self,
+        model_name: str | None = None,
+        dataset: str | list[str] | None = None,
+        tags=None,
+        license: str | None = None,
+        dataset_config: str | None = None,
+        evaluation_split: str | None = None,
+        **kwargs,
     ) -> None:
         """Write ``<output_dir>/README.md`` from ``model_cards/<method>.md`` (``push_to_hub`` uploads it); its snippets
         load the Hub repository of this run. ``dataset`` (+ ``dataset_config``, ``evaluation_split``: the split k-NN
         queried) names the data in the metadata and the model-index; ``license`` defaults to ``args.hub_license``."""
         if self.is_world_process_zero():
             write_model_card(
-                self.method, self.model, self.args, self.schedules, self.state.global_step,
-                self.state.log_history, model_name=model_name, dataset=dataset, tags=tags, license=license,
-                repo_id=self.hub_model_id, dataset_config=dataset_config, evaluation_split=evaluation_split,
+                self.method,
+                self.model,
+                self.args,
+                self.schedules,
+                self.state.global_step,
+                self.state.log_history,
+                model_name=model_name,
+                dataset=dataset,
+                tags=tags,
+                license=license,
+                repo_id=self.hub_model_id,
+                dataset_config=dataset_config,
+                evaluation_split=evaluation_split,
             )
 
     def _upload_outputs(self, token, revision, commit_message, blocking):
         """Upload ``hub.files_to_push(output_dir)`` as one commit, once a checkpoint push still running is done."""
         self.checkpoint_pusher.wait()
         return push_output_dir(
-            self.args.output_dir, self.hub_model_id, token=token, revision=revision or self.args.hub_revision,
-            commit_message=commit_message or "End of training", blocking=blocking,
+            self.args.output_dir,
+            self.hub_model_id,
+            token=token,
+            revision=revision or self.args.hub_revision,
+            commit_message=commit_message or "End of training",
+            blocking=blocking,
         )

@@ -28,7 +28,9 @@ class MethodStepCallback(TrainerCallback):
         # the Trainer has wrapped the model by now (DDP, FSDP, DeepSpeed): take the parameters it will update;
         # DeepSpeed steps the optimizer inside backward and may have cast the model to bf16/fp16
         accelerator = self.trainer.accelerator
-        self.trainer.method.bind(accelerator.unwrap_model(self.trainer.model), optimizer_steps_in_backward=is_deepspeed(accelerator))
+        self.trainer.method.bind(
+            accelerator.unwrap_model(self.trainer.model), optimizer_steps_in_backward=is_deepspeed(accelerator)
+        )
         self.trainer.restore_full_precision_teacher()
         self.trainer.begin_session(state.global_step, state.max_steps)
 
@@ -48,7 +50,9 @@ class EmaCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         # global_step was already incremented: the update that just happened is step global_step - 1
-        self.trainer.method.after_optimizer_step(state.global_step - 1, self.trainer.accelerator.optimizer_step_was_skipped)
+        self.trainer.method.after_optimizer_step(
+            state.global_step - 1, self.trainer.accelerator.optimizer_step_was_skipped
+        )
 
 
 class RunControlCallback(TrainerCallback):

@@ -42,8 +42,15 @@ class PeriodicEvaluation:
     ``autocast_context`` (its mixed-precision context), ``session_was_cut``, ``finished_before_start`` and ``log``.
     """
 
-    def __init__(self, knn_evaluator=None, knn_eval_steps: int = 0, knn_at_end: bool = True,
-                 validation: ValidationLoss | None = None, val_eval_steps: int = 0, val_at_end: bool = True):
+    def __init__(
+        self,
+        knn_evaluator=None,
+        knn_eval_steps: int = 0,
+        knn_at_end: bool = True,
+        validation: ValidationLoss | None = None,
+        val_eval_steps: int = 0,
+        val_at_end: bool = True,
+    ):
         self.knn_evaluator, self.knn_eval_steps, self.knn_at_end = knn_evaluator, knn_eval_steps, knn_at_end
         self.validation, self.val_eval_steps, self.val_at_end = validation, val_eval_steps, val_at_end
         self.last_knn_metrics: dict[str, float] = {}
@@ -69,7 +76,12 @@ class PeriodicEvaluation:
         step = engine.state.global_step
         if self.knn_evaluator is not None and self.knn_at_end and self._knn_step != step:
             self.evaluate_knn(engine)
-        if self.validation is not None and self.val_at_end and self._validation_step != step and not engine.finished_before_start:
+        if (
+            self.validation is not None
+            and self.val_at_end
+            and self._validation_step != step
+            and not engine.finished_before_start
+        ):
             self.evaluate_validation(engine)
 
     def evaluate_knn(self, engine) -> dict[str, float]:
@@ -99,8 +111,13 @@ class PeriodicEvaluation:
         self._validation_step = step
         several = accelerator.num_processes > 1
         metrics = run_validation(
-            self.validation, engine.method, engine.evaluation_model, step, accelerator.device,
-            accelerator.process_index, accelerator.num_processes,
+            self.validation,
+            engine.method,
+            engine.evaluation_model,
+            step,
+            accelerator.device,
+            accelerator.process_index,
+            accelerator.num_processes,
             reduce=(lambda tensor: accelerator.reduce(tensor, reduction="sum")) if several else None,
             autocast=engine.autocast_context,
         )

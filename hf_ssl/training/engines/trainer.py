@@ -78,8 +78,16 @@ class SslTrainer(PretrainingEngine, checkpointing.StagedTrainerCheckpoints, Trai
         data_collator = data_collator or default_collator(model, method, view_config, args)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         self._set_up_engine(
-            model, args, method, view_config, knn_evaluator=knn_evaluator, knn_eval_steps=knn_eval_steps,
-            knn_at_end=knn_at_end, validation=validation, val_eval_steps=val_eval_steps, val_at_end=val_at_end,
+            model,
+            args,
+            method,
+            view_config,
+            knn_evaluator=knn_evaluator,
+            knn_eval_steps=knn_eval_steps,
+            knn_at_end=knn_at_end,
+            validation=validation,
+            val_eval_steps=val_eval_steps,
+            val_at_end=val_at_end,
         )
         self.add_callback(MethodStepCallback(self))
         self.add_callback(EmaCallback(self))
@@ -126,14 +134,18 @@ class SslTrainer(PretrainingEngine, checkpointing.StagedTrainerCheckpoints, Trai
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
             optimizer = optimizer or self.optimizer
-            self.schedules = self.method.build_schedules(self.args, num_training_steps, self.updates_per_epoch(), self.total_batch_size)
+            self.schedules = self.method.build_schedules(
+                self.args, num_training_steps, self.updates_per_epoch(), self.total_batch_size
+            )
             # LambdaLR multiplies each group's initial lr; set it to 1 so the factor is the lr itself
             for group in optimizer.param_groups:
                 group["lr"] = 1.0
                 group["initial_lr"] = 1.0
             # A closure, not the schedule object: LambdaLR saves callable objects in its state and a resume would
             # load the old run's schedule into this one (its lr and length), whatever the new run says.
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedules.learning_rate(step))
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: self.schedules.learning_rate(step)
+            )
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
@@ -197,7 +209,10 @@ class SslTrainer(PretrainingEngine, checkpointing.StagedTrainerCheckpoints, Trai
             if self.method.full_precision_teacher is not None and self.args.should_save:
                 # DeepSpeed bf16/fp16: its checkpoint holds the rounded teacher; the EMA's float32 copy goes beside it
                 copies = self.method.full_precision_teacher.state_dict()["teacher"]
-                save_file({str(index): copy.contiguous() for index, copy in enumerate(copies)}, str(written / FULL_PRECISION_TEACHER_FILE))
+                save_file(
+                    {str(index): copy.contiguous() for index, copy in enumerate(copies)},
+                    str(written / FULL_PRECISION_TEACHER_FILE),
+                )
             tracker_ids = checkpointing.tracker_run_ids()
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
@@ -223,10 +238,16 @@ class SslTrainer(PretrainingEngine, checkpointing.StagedTrainerCheckpoints, Trai
             return
         path = checkpoint / FULL_PRECISION_TEACHER_FILE
         if not path.is_file():
-            logger.warning("%s has no %s: the EMA continues from the checkpoint's rounded teacher", checkpoint, FULL_PRECISION_TEACHER_FILE)
+            logger.warning(
+                "%s has no %s: the EMA continues from the checkpoint's rounded teacher",
+                checkpoint,
+                FULL_PRECISION_TEACHER_FILE,
+            )
             return
         saved = load_file(path)
-        self.method.full_precision_teacher.load_state_dict({"teacher": [saved[str(index)] for index in range(len(saved))]})
+        self.method.full_precision_teacher.load_state_dict(
+            {"teacher": [saved[str(index)] for index in range(len(saved))]}
+        )
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """``Trainer.save_model``; after DeepSpeed bf16/fp16 training the model is saved in float32 from the
@@ -236,7 +257,10 @@ class SslTrainer(PretrainingEngine, checkpointing.StagedTrainerCheckpoints, Trai
         if self.method.full_precision_teacher is None or checkpoint_save:
             return super().save_model(output_dir, _internal_call)
         save_full_precision_model(
-            self.model, self.method.full_precision_teacher, output_dir or self.args.output_dir, self.is_world_process_zero()
+            self.model,
+            self.method.full_precision_teacher,
+            output_dir or self.args.output_dir,
+            self.is_world_process_zero(),
         )
         self.accelerator.wait_for_everyone()
 
@@ -248,8 +272,13 @@ class SslTrainer(PretrainingEngine, checkpointing.StagedTrainerCheckpoints, Trai
 
     # ----- sharing -----------------------------------------------------------------------------
     def push_to_hub(
-        self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
-        revision: str | None = None, private: bool | None = None, **kwargs,
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
     ):
         """``Trainer.push_to_hub`` with hf_ssl's file list: save the model (every process: it gathers sharded
         weights), rewrite the card (``kwargs`` go to ``create_model_card``), wait for a checkpoint push still running,

@@ -53,15 +53,30 @@ class ValidationLoss:
         ``len - len % P``, in order."""
         usable = len(self.dataset) - len(self.dataset) % num_processes
         if usable == 0:
-            raise ValueError(f"the validation split has {len(self.dataset)} images, fewer than the {num_processes} processes")
+            raise ValueError(
+                f"the validation split has {len(self.dataset)} images, fewer than the {num_processes} processes"
+            )
         indices = list(range(process_index, usable, num_processes))
         return DataLoader(
-            Subset(self.dataset, indices), batch_size=self.batch_size, shuffle=False, collate_fn=self.collator,
+            Subset(self.dataset, indices),
+            batch_size=self.batch_size,
+            shuffle=False,
+            collate_fn=self.collator,
             num_workers=self.num_workers,
         )
 
     @torch.no_grad()
-    def __call__(self, method, model, step: int, device, process_index: int = 0, num_processes: int = 1, reduce=None, autocast=None) -> dict[str, float]:
+    def __call__(
+        self,
+        method,
+        model,
+        step: int,
+        device,
+        process_index: int = 0,
+        num_processes: int = 1,
+        reduce=None,
+        autocast=None,
+    ) -> dict[str, float]:
         """The mean loss over every readable validation image of every process.
 
         ``reduce(tensor) -> tensor`` sums over processes (None: one process); ``autocast()`` is the engine's mixed
@@ -75,7 +90,9 @@ class ValidationLoss:
                 generator_seed = np.random.SeedSequence((method.seed, process_index, VALIDATION_STREAM, batch_index))
                 context = autocast() if autocast is not None else contextlib.nullcontext()
                 with context:
-                    result = method.validation_loss(model, batch, step, int(generator_seed.generate_state(1, np.uint64)[0] >> 1))
+                    result = method.validation_loss(
+                        model, batch, step, int(generator_seed.generate_state(1, np.uint64)[0] >> 1)
+                    )
                 if result is not None:
                     loss, images = result
                     if torch.isfinite(loss):
@@ -87,13 +104,24 @@ class ValidationLoss:
             totals = reduce(totals)
         loss_sum, images = totals.tolist()
         if images == 0:
-            logger.warning("step %d: no validation image could be read or every validation loss was NaN/inf: no val_loss", step)
+            logger.warning(
+                "step %d: no validation image could be read or every validation loss was NaN/inf: no val_loss", step
+            )
             return {}
         return {"val_loss": round(loss_sum / images, 6) if math.isfinite(loss_sum) else float("nan")}
 
 
-def run_validation(evaluator: ValidationLoss, method, model, step: int, device, process_index: int, num_processes: int,
-                   reduce=None, autocast=None) -> dict[str, float] | None:
+def run_validation(
+    evaluator: ValidationLoss,
+    method,
+    model,
+    step: int,
+    device,
+    process_index: int,
+    num_processes: int,
+    reduce=None,
+    autocast=None,
+) -> dict[str, float] | None:
     """``evaluator(...)``, or None after logging the error with its traceback on the main process: a validation that
     fails must not end the run before its model is saved. Every process must call it (a collective under several)."""
     try:

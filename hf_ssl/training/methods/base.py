@@ -34,8 +34,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from hf_ssl.errors import NonFiniteLossError  # noqa: F401 (re-exported)
 from hf_ssl.data import DeviceAugmentation, MultiCropCollator, ViewsConfig, as_views_config, view_size_keys
+from hf_ssl.errors import NonFiniteLossError  # noqa: F401 (re-exported)
 from hf_ssl.evaluation.collapse import CollapseDetector, effective_rank, mean_l2_norm
 from hf_ssl.models.backbone import check_input_sizes, get_backbone_embed_dim
 from hf_ssl.training.optim.ema import FullPrecisionTeacher, ema_update_, local_shards
@@ -60,7 +60,11 @@ class Schedules:
         """The keyword arguments of the shared fields: lr with linear warmup then cosine (peak scaled by
         total batch / 256 when ``scale_learning_rate``), weight decay on a cosine from ``weight_decay`` to
         ``weight_decay_end``."""
-        peak = scaled_learning_rate(args.learning_rate, total_batch_size) if args.scale_learning_rate else args.learning_rate
+        peak = (
+            scaled_learning_rate(args.learning_rate, total_batch_size)
+            if args.scale_learning_rate
+            else args.learning_rate
+        )
         warmup_steps = min(round(args.warmup_epochs * steps_per_epoch), total_steps)
         return {
             "learning_rate": WarmupCosineSchedule(peak, args.min_lr, total_steps, warmup_steps, args.warmup_start_lr),
@@ -99,7 +103,9 @@ def check_view_sizes(model_config, view_config, evaluation_image_size: int | Non
     size (and ``evaluation_image_size``) at the backbone's own ``image_size`` where the exported model needs it.
     Errors name the keys of the augmentation section ``view_config`` (``view_size_keys``)."""
     views, size_keys = as_views_config(view_config), view_size_keys(view_config)
-    sizes = {size_keys.get(name, f"augmentation.groups.{name}.size"): group.size for name, group in views.groups.items()}
+    sizes = {
+        size_keys.get(name, f"augmentation.groups.{name}.size"): group.size for name, group in views.groups.items()
+    }
     native = [size_keys.get(views.names[0], f"augmentation.groups.{views.names[0]}.size")]
     if evaluation_image_size is not None:
         sizes["evaluation.image_size"] = evaluation_image_size
@@ -145,7 +151,9 @@ class PretrainingMethod:
     required_view_groups: ClassVar[tuple[str, ...]] = ()  # empty: any groups
     optional_view_groups: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, model, view_config, seed: int, process_index: int, max_consecutive_nonfinite_steps: int, reduce):
+    def __init__(
+        self, model, view_config, seed: int, process_index: int, max_consecutive_nonfinite_steps: int, reduce
+    ):
         self.model = model
         self.view_config = view_config  # the section as given: what a checkpoint records
         self.views = as_views_config(view_config)
@@ -284,7 +292,9 @@ class PretrainingMethod:
             self._last_embeddings = getattr(outputs, self.monitored_embeddings, None)  # measured only when logging
         return outputs.loss, outputs
 
-    def validation_loss(self, model, batch: dict[str, torch.Tensor], step: int, augmentation_seed: int) -> tuple[torch.Tensor, int] | None:
+    def validation_loss(
+        self, model, batch: dict[str, torch.Tensor], step: int, augmentation_seed: int
+    ) -> tuple[torch.Tensor, int] | None:
         """``(loss, number of images)`` of one held-out batch, or None when it holds no readable image: the
         training forward (``compute_outputs`` at ``step``) on views augmented by a generator seeded with
         ``augmentation_seed``, touching neither the training streams (``micro_batch_index``) nor the logged
@@ -370,7 +380,9 @@ class PretrainingMethod:
         (an all-unreadable batch gives a zero loss, and AdamW would still move the weights by momentum and weight
         decay), both agreed by one reduction and counted; or a skip decided elsewhere (DeepSpeed's overflow
         check). A skipped step discards its statistics; a kept one commits them."""
-        flags = torch.tensor([float(self.step_had_nonfinite_loss), float(self.step_images)], device=self.reduction_device())
+        flags = torch.tensor(
+            [float(self.step_had_nonfinite_loss), float(self.step_images)], device=self.reduction_device()
+        )
         self.step_had_nonfinite_loss, self.step_images = False, 0
         nonfinite_processes, images = self.reduce(flags).tolist()
         nonfinite, empty = nonfinite_processes > 0, images == 0
@@ -381,7 +393,11 @@ class PretrainingMethod:
                 self._count_nonfinite_step(step)
             elif empty:
                 self.skipped_steps += 1
-                logger.warning("Step %d had no readable image on any process: optimizer step skipped (%d skipped in total).", step, self.skipped_steps)
+                logger.warning(
+                    "Step %d had no readable image on any process: optimizer step skipped (%d skipped in total).",
+                    step,
+                    self.skipped_steps,
+                )
             return True
         self.consecutive_nonfinite_steps = 0
         self.commit_step_statistics()
@@ -392,7 +408,9 @@ class PretrainingMethod:
         self.consecutive_nonfinite_steps += 1
         logger.warning(
             "Non-finite loss at step %d: optimizer step skipped (%d in a row, %d in total).",
-            step, self.consecutive_nonfinite_steps, self.skipped_steps,
+            step,
+            self.consecutive_nonfinite_steps,
+            self.skipped_steps,
         )
         if self.consecutive_nonfinite_steps >= self.max_consecutive_nonfinite_steps:
             raise NonFiniteLossError(step, self.consecutive_nonfinite_steps, self.nonfinite_advice)
@@ -468,7 +486,9 @@ class PretrainingMethod:
 
     def collapse_detector(self) -> CollapseDetector:
         """Constant-collapse checks on ``embedding_std`` and the effective rank, with generic advice."""
-        return CollapseDetector(embedding_dim=get_backbone_embed_dim(self.model.config.backbone_config), method=self.name)
+        return CollapseDetector(
+            embedding_dim=get_backbone_embed_dim(self.model.config.backbone_config), method=self.name
+        )
 
     # ----- sharing -------------------------------------------------------------------------------
     def model_card_values(self, model, args, schedules) -> dict:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hf_ssl.models.byol import ByolConfig, ByolForPreTraining, ByolModel
 from hf_ssl.training.arguments import EmaTeacherArguments
 from hf_ssl.training.methods.base import EmaTeacherMethod
-from hf_ssl.training.methods.two_view import ASYMMETRIC_VIEW_DEFAULTS, TwoViewMethod, two_view_preset
-from hf_ssl.models.byol import ByolConfig, ByolForPreTraining, ByolModel
 from hf_ssl.training.methods.registry import MethodSpec, register_method
-
+from hf_ssl.training.methods.two_view import ASYMMETRIC_VIEW_DEFAULTS, TwoViewMethod, two_view_preset
 
 ByolViewConfig = two_view_preset(
-    "ByolViewConfig", __name__, views_name="BYOL views", **ASYMMETRIC_VIEW_DEFAULTS,
+    "ByolViewConfig",
+    __name__,
+    views_name="BYOL views",
+    **ASYMMETRIC_VIEW_DEFAULTS,
     doc="""The two asymmetric views of BYOL (Grill et al., 2020, Appendix B, Table 6), in the names of
     ``TwoViewConfig`` (lightly's): random resized crop of scale (0.08, 1) resized with bicubic interpolation,
     horizontal flip 0.5, colour jitter with probability 0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1),
@@ -38,13 +40,27 @@ class ByolTrainingArguments(EmaTeacherArguments):
     warmup epochs then cosine, weight decay 1e-6 (not on biases and BatchNorm), no clipping, target momentum on a
     cosine from 0.99 to 1. For 1000 epochs the paper uses a momentum of 0.996 (``teacher_momentum: 0.996``)."""
 
-    optimizer: str = field(default="lars", metadata={"help": "adamw, sgd (with momentum) or lars (SGD with layer-wise trust ratios; biases and norms excluded)."})
-    learning_rate: float = field(default=0.45, metadata={"help": "Peak lr (for a total batch of 256 if scale_learning_rate)."})
+    optimizer: str = field(
+        default="lars",
+        metadata={
+            "help": "adamw, sgd (with momentum) or lars (SGD with layer-wise trust ratios; biases and norms excluded)."
+        },
+    )
+    learning_rate: float = field(
+        default=0.45, metadata={"help": "Peak lr (for a total batch of 256 if scale_learning_rate)."}
+    )
     scale_learning_rate: bool = field(default=True, metadata={"help": "Peak lr = learning_rate * total batch / 256."})
     warmup_epochs: float = field(default=10.0, metadata={"help": "Epochs of linear lr warmup."})
-    weight_decay: float = field(default=1e-6, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."})
-    teacher_momentum: float = field(default=0.99, metadata={"help": "EMA momentum of the target network at step 0 (0.99 for 100 epochs, 0.996 for 1000)."})
-    teacher_momentum_end: float = field(default=1.0, metadata={"help": "EMA momentum of the target network at the last step (cosine schedule)."})
+    weight_decay: float = field(
+        default=1e-6, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."}
+    )
+    teacher_momentum: float = field(
+        default=0.99,
+        metadata={"help": "EMA momentum of the target network at step 0 (0.99 for 100 epochs, 0.996 for 1000)."},
+    )
+    teacher_momentum_end: float = field(
+        default=1.0, metadata={"help": "EMA momentum of the target network at the last step (cosine schedule)."}
+    )
 
 
 class ByolMethod(TwoViewMethod, EmaTeacherMethod):
@@ -69,9 +85,17 @@ class ByolMethod(TwoViewMethod, EmaTeacherMethod):
         }
 
 
-register_method(MethodSpec(
-    name="byol", config_class=ByolConfig, pretraining_model_class=ByolForPreTraining, model_class=ByolModel,
-    method_class=ByolMethod, training_arguments_class=ByolTrainingArguments, view_config_class=ByolViewConfig,
-    pretrained_overridable_keys=("drop_path_rate",), default_output_dir="outputs/byol",
-    summary="BYOL: bootstrap your own latent, an EMA target network (Grill et al., 2020)",
-))
+register_method(
+    MethodSpec(
+        name="byol",
+        config_class=ByolConfig,
+        pretraining_model_class=ByolForPreTraining,
+        model_class=ByolModel,
+        method_class=ByolMethod,
+        training_arguments_class=ByolTrainingArguments,
+        view_config_class=ByolViewConfig,
+        pretrained_overridable_keys=("drop_path_rate",),
+        default_output_dir="outputs/byol",
+        summary="BYOL: bootstrap your own latent, an EMA target network (Grill et al., 2020)",
+    )
+)

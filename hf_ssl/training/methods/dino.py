@@ -12,14 +12,21 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hf_ssl.data import MultiCropConfig
 from hf_ssl.evaluation.collapse import CollapseDetector
 from hf_ssl.models.backbone import get_backbone_embed_dim
-from hf_ssl.training.arguments import EmaTeacherArguments
-from hf_ssl.training.methods.base import EmaSchedules, EmaTeacherMethod, Schedules, decay_parameter_groups, log_ratio, restart_moments
-from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule
 from hf_ssl.models.dino import DinoConfig, DinoForPreTraining, DinoModel
+from hf_ssl.training.arguments import EmaTeacherArguments
+from hf_ssl.training.methods.base import (
+    EmaSchedules,
+    EmaTeacherMethod,
+    Schedules,
+    decay_parameter_groups,
+    log_ratio,
+    restart_moments,
+)
 from hf_ssl.training.methods.registry import MethodSpec, register_method
-from hf_ssl.data import MultiCropConfig
+from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule
 
 
 @dataclass
@@ -27,14 +34,22 @@ class DinoTrainingArguments(EmaTeacherArguments):
     """``PretrainingArguments`` with DINO's defaults (the official ViT-S/16 recipe, main_dino.py) and its
     last-layer freeze; ``learning_rate`` is the reference lr for a total batch of 256."""
 
-    learning_rate: float = field(default=5e-4, metadata={"help": "Peak lr (for a total batch of 256 if scale_learning_rate)."})
+    learning_rate: float = field(
+        default=5e-4, metadata={"help": "Peak lr (for a total batch of 256 if scale_learning_rate)."}
+    )
     scale_learning_rate: bool = field(default=True, metadata={"help": "Peak lr = learning_rate * total batch / 256."})
     warmup_epochs: float = field(default=10.0, metadata={"help": "Epochs of linear lr warmup."})
     min_lr: float = field(default=1e-6, metadata={"help": "lr at the end of the cosine decay."})
-    weight_decay: float = field(default=0.04, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."})
-    weight_decay_end: float | None = field(default=0.4, metadata={"help": "Weight decay at the last step (cosine schedule); null: constant weight_decay."})
+    weight_decay: float = field(
+        default=0.04, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."}
+    )
+    weight_decay_end: float | None = field(
+        default=0.4, metadata={"help": "Weight decay at the last step (cosine schedule); null: constant weight_decay."}
+    )
     max_grad_norm: float = field(default=3.0, metadata={"help": "Gradient clipping (global norm); 0 disables."})
-    freeze_last_layer_epochs: float = field(default=1.0, metadata={"help": "Epochs during which the head's last layer gets no update."})
+    freeze_last_layer_epochs: float = field(
+        default=1.0, metadata={"help": "Epochs during which the head's last layer gets no update."}
+    )
 
     method_resume_fixed_arguments = (*EmaTeacherArguments.method_resume_fixed_arguments, "freeze_last_layer_epochs")
 
@@ -69,7 +84,9 @@ class DinoMethod(EmaTeacherMethod):
         self._hooks = []
         if optimizer_steps_in_backward:
             # DeepSpeed steps inside backward: the freeze zeroes the last layer's gradients as they are produced
-            self._hooks = [p.register_hook(self._zero_while_frozen) for p in self.last_layer_parameters if p.requires_grad]
+            self._hooks = [
+                p.register_hook(self._zero_while_frozen) for p in self.last_layer_parameters if p.requires_grad
+            ]
 
     def _zero_while_frozen(self, gradient: torch.Tensor) -> torch.Tensor | None:
         if self.schedules is not None and self.current_step < self.schedules.freeze_last_layer_steps:
@@ -79,7 +96,9 @@ class DinoMethod(EmaTeacherMethod):
     def parameter_groups(self, model) -> list[dict]:
         """Weights get the weight-decay schedule, biases and norms none; the head's last layer comes in groups of
         its own (``last_layer``), after the others, so that its freeze can also be an lr of 0."""
-        return decay_parameter_groups(model, {"last_layer": {id(parameter) for parameter in model.last_layer_parameters()}})
+        return decay_parameter_groups(
+            model, {"last_layer": {id(parameter) for parameter in model.last_layer_parameters()}}
+        )
 
     def build_schedules(self, args, total_steps: int, steps_per_epoch: int, total_batch_size: int) -> DinoSchedules:
         model_config = self.model.config
@@ -139,7 +158,9 @@ class DinoMethod(EmaTeacherMethod):
 
     def collapse_detector(self) -> CollapseDetector:
         config = self.model.config
-        return CollapseDetector(out_dim=config.out_dim, embedding_dim=get_backbone_embed_dim(config.backbone_config), method="dino")
+        return CollapseDetector(
+            out_dim=config.out_dim, embedding_dim=get_backbone_embed_dim(config.backbone_config), method="dino"
+        )
 
     def model_card_values(self, model, args, schedules) -> dict:
         config = model.config
@@ -156,12 +177,24 @@ class DinoMethod(EmaTeacherMethod):
         }
 
 
-register_method(MethodSpec(
-    name="dino", config_class=DinoConfig, pretraining_model_class=DinoForPreTraining, model_class=DinoModel,
-    method_class=DinoMethod, training_arguments_class=DinoTrainingArguments, view_config_class=MultiCropConfig,
-    pretrained_overridable_keys=(
-        "student_temperature", "teacher_temperature", "warmup_teacher_temperature", "warmup_teacher_temperature_epochs",
-        "center_momentum", "student_drop_path_rate",
-    ),
-    default_output_dir="outputs/dino", summary="DINO: self-distillation with no labels (Caron et al., 2021)",
-))
+register_method(
+    MethodSpec(
+        name="dino",
+        config_class=DinoConfig,
+        pretraining_model_class=DinoForPreTraining,
+        model_class=DinoModel,
+        method_class=DinoMethod,
+        training_arguments_class=DinoTrainingArguments,
+        view_config_class=MultiCropConfig,
+        pretrained_overridable_keys=(
+            "student_temperature",
+            "teacher_temperature",
+            "warmup_teacher_temperature",
+            "warmup_teacher_temperature_epochs",
+            "center_momentum",
+            "student_drop_path_rate",
+        ),
+        default_output_dir="outputs/dino",
+        summary="DINO: self-distillation with no labels (Caron et al., 2021)",
+    )
+)

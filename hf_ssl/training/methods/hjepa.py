@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import torch
 
 from hf_ssl.evaluation.collapse import effective_rank, mean_l2_norm
+from hf_ssl.models.hjepa import HJepaConfig, HJepaFeatureModel, HJepaForPreTraining
 from hf_ssl.training.methods.base import EmaSchedules
 from hf_ssl.training.methods.ijepa import IJepaMethod, IJepaTrainingArguments, IJepaViewConfig
-from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule
-from hf_ssl.models.hjepa import HJepaConfig, HJepaFeatureModel, HJepaForPreTraining
 from hf_ssl.training.methods.registry import MethodSpec, register_method
+from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule
 
 
 @dataclass
@@ -31,17 +31,26 @@ class HJepaTrainingArguments(IJepaTrainingArguments):
 
     level_weight_warmup_epochs: list[float] | None = field(
         default=None,
-        metadata={"help": "Per level, epochs over which its loss weight rises linearly from 0 to model.level_loss_weights (null: every level at full weight from the start)."},
+        metadata={
+            "help": "Per level, epochs over which its loss weight rises linearly from 0 to model.level_loss_weights (null: every level at full weight from the start)."
+        },
     )
 
-    method_resume_fixed_arguments = (*IJepaTrainingArguments.method_resume_fixed_arguments, "level_weight_warmup_epochs")
+    method_resume_fixed_arguments = (
+        *IJepaTrainingArguments.method_resume_fixed_arguments,
+        "level_weight_warmup_epochs",
+    )
 
     def _check_method_ranges(self) -> None:
         super()._check_method_ranges()
         if self.level_weight_warmup_epochs is not None:
             values = list(self.level_weight_warmup_epochs)
-            if not values or any(isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 for value in values):
-                raise ValueError(f"level_weight_warmup_epochs must be a list of epochs >= 0, one per level, got {self.level_weight_warmup_epochs!r}")
+            if not values or any(
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 for value in values
+            ):
+                raise ValueError(
+                    f"level_weight_warmup_epochs must be a list of epochs >= 0, one per level, got {self.level_weight_warmup_epochs!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -84,27 +93,35 @@ class HJepaMethod(IJepaMethod):
         self.check_training_arguments(self.model.config, args)
         warmups = args.level_weight_warmup_epochs or [0.0] * self.num_levels
         level_weights = tuple(
-            LinearWarmupConstantSchedule(0.0 if epochs > 0 else weight, weight, min(round(epochs * steps_per_epoch), total_steps))
+            LinearWarmupConstantSchedule(
+                0.0 if epochs > 0 else weight, weight, min(round(epochs * steps_per_epoch), total_steps)
+            )
             for weight, epochs in zip(weights, warmups)
         )
-        self.schedules = HJepaSchedules(**{name: getattr(base, name) for name in base.__dataclass_fields__}, level_weights=level_weights)
+        self.schedules = HJepaSchedules(
+            **{name: getattr(base, name) for name in base.__dataclass_fields__}, level_weights=level_weights
+        )
         return self.schedules
 
     def compute_outputs(self, model, views, step: int):
         level_weights = self.schedules.level_weights_at(step) if self.schedules is not None else None
         return model(
-            pixel_values=views["image"][0], masks_context=views["masks_context"], masks_target=views["masks_target"],
+            pixel_values=views["image"][0],
+            masks_context=views["masks_context"],
+            masks_target=views["masks_target"],
             level_weights=level_weights,
         )
 
     def loss(self, model, batch, step: int):
         loss, outputs = super().loss(model, batch, step)
         if outputs is not None and torch.isfinite(loss.detach()):
-            self._level_window += torch.stack([
-                outputs.level_losses.detach().double().cpu(),
-                outputs.level_prediction_std.detach().double().cpu(),
-                outputs.level_target_std.detach().double().cpu(),
-            ])
+            self._level_window += torch.stack(
+                [
+                    outputs.level_losses.detach().double().cpu(),
+                    outputs.level_prediction_std.detach().double().cpu(),
+                    outputs.level_target_std.detach().double().cpu(),
+                ]
+            )
             self._level_count += 1
             self._last_level_embeddings = outputs.level_embeddings  # measured only when logging
         return loss, outputs
@@ -129,7 +146,9 @@ class HJepaMethod(IJepaMethod):
                 if embeddings.shape[0] < 2:
                     continue
                 embeddings = embeddings.float()
-                logs[f"level{level}_embedding_std"] = round(float(torch.nn.functional.normalize(embeddings, dim=-1).std(dim=0).mean()), 6)
+                logs[f"level{level}_embedding_std"] = round(
+                    float(torch.nn.functional.normalize(embeddings, dim=-1).std(dim=0).mean()), 6
+                )
                 logs[f"level{level}_mean_l2_norm"] = round(float(mean_l2_norm(embeddings)), 6)
                 logs[f"level{level}_effective_rank"] = round(float(effective_rank(embeddings)), 4)
         self._level_window.zero_()
@@ -143,20 +162,37 @@ class HJepaMethod(IJepaMethod):
         levels = []
         for level in range(config.num_hierarchies):
             layer = config.level_target_layers[level]
-            depth = "final output" if layer is None or layer < 0 or layer >= config.backbone_config.num_hidden_layers else f"after layer {layer}"
+            depth = (
+                "final output"
+                if layer is None or layer < 0 or layer >= config.backbone_config.num_hidden_layers
+                else f"after layer {layer}"
+            )
             warmup = (args.level_weight_warmup_epochs or [0.0] * config.num_hierarchies)[level]
             levels.append(
                 f"level {level}: {config.level_pool_sizes[level]}x{config.level_pool_sizes[level]} windows, {depth}, "
-                f"weight {config.level_loss_weights[level]}" + (f" (warmed up over {warmup:g} epochs)" if warmup else "")
+                f"weight {config.level_loss_weights[level]}"
+                + (f" (warmed up over {warmup:g} epochs)" if warmup else "")
             )
         values["levels"] = "; ".join(levels)
         return values
 
 
-register_method(MethodSpec(
-    name="hjepa", config_class=HJepaConfig, pretraining_model_class=HJepaForPreTraining, model_class=HJepaFeatureModel,
-    method_class=HJepaMethod, training_arguments_class=HJepaTrainingArguments, view_config_class=IJepaViewConfig,
-    pretrained_overridable_keys=("loss_type", "normalize_targets", "level_loss_weights", "contrastive_temperature"),
-    default_output_dir="outputs/hjepa",
-    summary="H-JEPA: I-JEPA predicting its targets at several pooled levels (hf_ssl's hierarchical JEPA)",
-))
+register_method(
+    MethodSpec(
+        name="hjepa",
+        config_class=HJepaConfig,
+        pretraining_model_class=HJepaForPreTraining,
+        model_class=HJepaFeatureModel,
+        method_class=HJepaMethod,
+        training_arguments_class=HJepaTrainingArguments,
+        view_config_class=IJepaViewConfig,
+        pretrained_overridable_keys=(
+            "loss_type",
+            "normalize_targets",
+            "level_loss_weights",
+            "contrastive_temperature",
+        ),
+        default_output_dir="outputs/hjepa",
+        summary="H-JEPA: I-JEPA predicting its targets at several pooled levels (hf_ssl's hierarchical JEPA)",
+    )
+)

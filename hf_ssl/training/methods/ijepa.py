@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 from hf_ssl.data import MultiBlockMaskCollator, ViewGroup, ViewsConfig
 from hf_ssl.data.views import MEAN_HELP, NUM_CHANNELS_HELP, STD_HELP
+from hf_ssl.models.ijepa import IJepaFeatureModel, IJepaForPreTraining, IJepaPretrainingConfig
 from hf_ssl.training.arguments import EmaTeacherArguments
 from hf_ssl.training.methods.base import EmaTeacherMethod
-from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule
-from hf_ssl.models.ijepa import IJepaFeatureModel, IJepaForPreTraining, IJepaPretrainingConfig
 from hf_ssl.training.methods.registry import MethodSpec, register_method
+from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule
 
 
 @dataclass
@@ -30,19 +30,48 @@ class IJepaViewConfig:
 
     The mask grid is ``input_size // patch size`` of the model's backbone."""
 
-    input_size: int = field(default=224, metadata={"help": "Side of the image, in pixels (a multiple of the backbone's patch size)."})
-    min_scale: float = field(default=0.3, metadata={"help": "Smallest fraction of the image area the random resized crop covers (up to 1.0)."})
-    crop_ratio: tuple[float, float] = field(default=(3 / 4, 4 / 3), metadata={"help": "(min, max) width/height ratio of the crop before it is resized."})
-    interpolation: str = field(default="bilinear", metadata={"help": "Resampling of the crop resize: nearest, bilinear, bicubic, lanczos, box or hamming."})
-    flip_probability: float = field(default=0.0, metadata={"help": "Probability of a horizontal flip (the official recipe: none)."})
-    color_jitter_probability: float = field(default=0.0, metadata={"help": "Probability of colour jitter (the official recipe: none)."})
-    num_targets: int = field(default=4, metadata={"help": "Target blocks per image, predicted from the context block."})
-    target_scale: tuple[float, float] = field(default=(0.15, 0.2), metadata={"help": "(min, max) fraction of the patches a target block covers."})
-    target_aspect_ratio: tuple[float, float] = field(default=(0.75, 1.5), metadata={"help": "(min, max) height/width ratio of a target block."})
-    context_scale: tuple[float, float] = field(default=(0.85, 1.0), metadata={"help": "(min, max) fraction of the patches the context block covers, before the targets are removed from it."})
-    context_aspect_ratio: tuple[float, float] = field(default=(1.0, 1.0), metadata={"help": "(min, max) height/width ratio of the context block."})
+    input_size: int = field(
+        default=224, metadata={"help": "Side of the image, in pixels (a multiple of the backbone's patch size)."}
+    )
+    min_scale: float = field(
+        default=0.3,
+        metadata={"help": "Smallest fraction of the image area the random resized crop covers (up to 1.0)."},
+    )
+    crop_ratio: tuple[float, float] = field(
+        default=(3 / 4, 4 / 3), metadata={"help": "(min, max) width/height ratio of the crop before it is resized."}
+    )
+    interpolation: str = field(
+        default="bilinear",
+        metadata={"help": "Resampling of the crop resize: nearest, bilinear, bicubic, lanczos, box or hamming."},
+    )
+    flip_probability: float = field(
+        default=0.0, metadata={"help": "Probability of a horizontal flip (the official recipe: none)."}
+    )
+    color_jitter_probability: float = field(
+        default=0.0, metadata={"help": "Probability of colour jitter (the official recipe: none)."}
+    )
+    num_targets: int = field(
+        default=4, metadata={"help": "Target blocks per image, predicted from the context block."}
+    )
+    target_scale: tuple[float, float] = field(
+        default=(0.15, 0.2), metadata={"help": "(min, max) fraction of the patches a target block covers."}
+    )
+    target_aspect_ratio: tuple[float, float] = field(
+        default=(0.75, 1.5), metadata={"help": "(min, max) height/width ratio of a target block."}
+    )
+    context_scale: tuple[float, float] = field(
+        default=(0.85, 1.0),
+        metadata={
+            "help": "(min, max) fraction of the patches the context block covers, before the targets are removed from it."
+        },
+    )
+    context_aspect_ratio: tuple[float, float] = field(
+        default=(1.0, 1.0), metadata={"help": "(min, max) height/width ratio of the context block."}
+    )
     min_keep: int = field(default=10, metadata={"help": "A block must keep more than this many patches."})
-    allow_overlap: bool = field(default=False, metadata={"help": "Let the context block overlap the targets (the official recipe: no)."})
+    allow_overlap: bool = field(
+        default=False, metadata={"help": "Let the context block overlap the targets (the official recipe: no)."}
+    )
     num_channels: int | None = field(default=None, metadata={"help": NUM_CHANNELS_HELP})
     mean: tuple[float, ...] | None = field(default=None, metadata={"help": MEAN_HELP})
     std: tuple[float, ...] | None = field(default=None, metadata={"help": STD_HELP})
@@ -65,11 +94,18 @@ class IJepaViewConfig:
         brightness and contrast only on bands other than RGB."""
         rgb = self.num_channels in (None, 3)
         group = ViewGroup(
-            number=1, size=self.input_size, scale=(self.min_scale, 1.0), crop_ratio=tuple(self.crop_ratio),
-            interpolation=self.interpolation, flip_probability=self.flip_probability,
-            color_jitter_probability=self.color_jitter_probability, grayscale_probability=0.0,
-            saturation=0.2 if rgb else 0.0, hue=0.1 if rgb else 0.0,
-            blur_probabilities=(0.0,), solarize_probabilities=(0.0,),
+            number=1,
+            size=self.input_size,
+            scale=(self.min_scale, 1.0),
+            crop_ratio=tuple(self.crop_ratio),
+            interpolation=self.interpolation,
+            flip_probability=self.flip_probability,
+            color_jitter_probability=self.color_jitter_probability,
+            grayscale_probability=0.0,
+            saturation=0.2 if rgb else 0.0,
+            hue=0.1 if rgb else 0.0,
+            blur_probabilities=(0.0,),
+            solarize_probabilities=(0.0,),
         )
         return ViewsConfig(groups={"image": group}, num_channels=self.num_channels, mean=self.mean, std=self.std)
 
@@ -80,10 +116,16 @@ class IJepaViewConfig:
         pixel a patch) and without ``min_keep``, whether a block can hold enough patches is the real grid's question.
         """
         return MultiBlockMaskCollator(
-            input_size=self.input_size, patch_size=patch_size if check_blocks else 1, num_targets=self.num_targets,
-            target_scale=self.target_scale, target_aspect_ratio=self.target_aspect_ratio, context_scale=self.context_scale,
-            context_aspect_ratio=self.context_aspect_ratio, min_keep=self.min_keep if check_blocks else 0,
-            allow_overlap=self.allow_overlap, seed=seed,
+            input_size=self.input_size,
+            patch_size=patch_size if check_blocks else 1,
+            num_targets=self.num_targets,
+            target_scale=self.target_scale,
+            target_aspect_ratio=self.target_aspect_ratio,
+            context_scale=self.context_scale,
+            context_aspect_ratio=self.context_aspect_ratio,
+            min_keep=self.min_keep if check_blocks else 0,
+            allow_overlap=self.allow_overlap,
+            seed=seed,
         )
 
 
@@ -94,14 +136,24 @@ class IJepaTrainingArguments(EmaTeacherArguments):
     gradient clipping, EMA momentum linear from 0.996 to 1."""
 
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak lr, reached at the end of the warmup."})
-    scale_learning_rate: bool = field(default=False, metadata={"help": "Peak lr = learning_rate * total batch / 256 (the official recipe: no)."})
+    scale_learning_rate: bool = field(
+        default=False, metadata={"help": "Peak lr = learning_rate * total batch / 256 (the official recipe: no)."}
+    )
     warmup_epochs: float = field(default=40.0, metadata={"help": "Epochs of linear lr warmup from warmup_start_lr."})
     warmup_start_lr: float = field(default=2e-4, metadata={"help": "lr at step 0 of the warmup."})
     min_lr: float = field(default=1e-6, metadata={"help": "lr at the end of the cosine decay."})
-    weight_decay: float = field(default=0.04, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."})
-    weight_decay_end: float | None = field(default=0.4, metadata={"help": "Weight decay at the last step (cosine schedule)."})
-    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0: none (the official recipe)."})
-    teacher_momentum_end: float = field(default=1.0, metadata={"help": "EMA momentum of the target encoder at the last step (linear schedule)."})
+    weight_decay: float = field(
+        default=0.04, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."}
+    )
+    weight_decay_end: float | None = field(
+        default=0.4, metadata={"help": "Weight decay at the last step (cosine schedule)."}
+    )
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Gradient clipping norm; 0: none (the official recipe)."}
+    )
+    teacher_momentum_end: float = field(
+        default=1.0, metadata={"help": "EMA momentum of the target encoder at the last step (linear schedule)."}
+    )
 
 
 class IJepaMethod(EmaTeacherMethod):
@@ -127,7 +179,9 @@ class IJepaMethod(EmaTeacherMethod):
     def check_view_groups(cls, views: ViewsConfig) -> None:
         super().check_view_groups(views)
         if views.groups["image"].number != 1:
-            raise ValueError(f"I-JEPA sees 1 view of each image; the augmentation's image group has {views.groups['image'].number}")
+            raise ValueError(
+                f"I-JEPA sees 1 view of each image; the augmentation's image group has {views.groups['image'].number}"
+            )
 
     @staticmethod
     def teacher_momentum_schedule(args, total_steps: int) -> LinearWarmupConstantSchedule:
@@ -135,7 +189,9 @@ class IJepaMethod(EmaTeacherMethod):
         return LinearWarmupConstantSchedule(args.teacher_momentum, args.teacher_momentum_end, total_steps)
 
     def compute_outputs(self, model, views, step: int):
-        return model(pixel_values=views["image"][0], masks_context=views["masks_context"], masks_target=views["masks_target"])
+        return model(
+            pixel_values=views["image"][0], masks_context=views["masks_context"], masks_target=views["masks_target"]
+        )
 
     def model_card_values(self, model, args, schedules) -> dict:
         config, views = model.config, self.view_config
@@ -143,7 +199,8 @@ class IJepaMethod(EmaTeacherMethod):
             f"{views.num_targets} target blocks of scale {tuple(views.target_scale)}, aspect {tuple(views.target_aspect_ratio)}; "
             f"context block of scale {tuple(views.context_scale)}"
             + (", overlapping the targets" if views.allow_overlap else " without the targets")
-            if isinstance(views, IJepaViewConfig) else "multi-block (the official ViT-H/14 values)"
+            if isinstance(views, IJepaViewConfig)
+            else "multi-block (the official ViT-H/14 values)"
         )
         return {
             "predictor": (
@@ -157,9 +214,17 @@ class IJepaMethod(EmaTeacherMethod):
         }
 
 
-register_method(MethodSpec(
-    name="ijepa", config_class=IJepaPretrainingConfig, pretraining_model_class=IJepaForPreTraining,
-    model_class=IJepaFeatureModel, method_class=IJepaMethod, training_arguments_class=IJepaTrainingArguments,
-    view_config_class=IJepaViewConfig, pretrained_overridable_keys=("loss_type", "normalize_targets"),
-    default_output_dir="outputs/ijepa", summary="I-JEPA: joint-embedding predictive architecture (Assran et al., 2023)",
-))
+register_method(
+    MethodSpec(
+        name="ijepa",
+        config_class=IJepaPretrainingConfig,
+        pretraining_model_class=IJepaForPreTraining,
+        model_class=IJepaFeatureModel,
+        method_class=IJepaMethod,
+        training_arguments_class=IJepaTrainingArguments,
+        view_config_class=IJepaViewConfig,
+        pretrained_overridable_keys=("loss_type", "normalize_targets"),
+        default_output_dir="outputs/ijepa",
+        summary="I-JEPA: joint-embedding predictive architecture (Assran et al., 2023)",
+    )
+)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hf_ssl.models.simclr import SimClrConfig, SimClrForPreTraining, SimClrModel
 from hf_ssl.training.arguments import PretrainingArguments
 from hf_ssl.training.methods.base import PretrainingMethod
-from hf_ssl.training.methods.two_view import TwoViewMethod, two_view_preset
-from hf_ssl.models.simclr import SimClrConfig, SimClrForPreTraining, SimClrModel
 from hf_ssl.training.methods.registry import MethodSpec, register_method
-
+from hf_ssl.training.methods.two_view import TwoViewMethod, two_view_preset
 
 SimClrViewConfig = two_view_preset(
-    "SimClrViewConfig", __name__, views_name="SimCLR views",
+    "SimClrViewConfig",
+    __name__,
+    views_name="SimCLR views",
     doc="""The two augmented views of SimCLR (Chen et al., 2020, Appendix A), named as lightly's ``SimCLRTransform``.
     Defaults are the paper's (``TwoViewConfig``'s own): random resized crop of scale (0.08, 1), horizontal flip 0.5,
     colour jitter with probability 0.8 at strength 1 (brightness, contrast and saturation 0.8 x strength, hue 0.2 x
@@ -35,11 +36,20 @@ class SimClrTrainingArguments(PretrainingArguments):
     """``PretrainingArguments`` with SimCLR's defaults (the paper's ImageNet recipe): LARS, lr 0.3 x total batch /
     256, 10 warmup epochs then cosine, weight decay 1e-6 (not on biases and BatchNorm), no clipping."""
 
-    optimizer: str = field(default="lars", metadata={"help": "adamw, sgd (with momentum) or lars (SGD with layer-wise trust ratios; biases and norms excluded)."})
-    learning_rate: float = field(default=0.3, metadata={"help": "Peak lr (for a total batch of 256 if scale_learning_rate)."})
+    optimizer: str = field(
+        default="lars",
+        metadata={
+            "help": "adamw, sgd (with momentum) or lars (SGD with layer-wise trust ratios; biases and norms excluded)."
+        },
+    )
+    learning_rate: float = field(
+        default=0.3, metadata={"help": "Peak lr (for a total batch of 256 if scale_learning_rate)."}
+    )
     scale_learning_rate: bool = field(default=True, metadata={"help": "Peak lr = learning_rate * total batch / 256."})
     warmup_epochs: float = field(default=10.0, metadata={"help": "Epochs of linear lr warmup."})
-    weight_decay: float = field(default=1e-6, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."})
+    weight_decay: float = field(
+        default=1e-6, metadata={"help": "Weight decay at step 0 (weights only, not biases/norms)."}
+    )
 
 
 class SimClrMethod(TwoViewMethod, PretrainingMethod):
@@ -65,9 +75,17 @@ class SimClrMethod(TwoViewMethod, PretrainingMethod):
         }
 
 
-register_method(MethodSpec(
-    name="simclr", config_class=SimClrConfig, pretraining_model_class=SimClrForPreTraining, model_class=SimClrModel,
-    method_class=SimClrMethod, training_arguments_class=SimClrTrainingArguments, view_config_class=SimClrViewConfig,
-    pretrained_overridable_keys=("temperature", "drop_path_rate"), default_output_dir="outputs/simclr",
-    summary="SimCLR: contrastive learning of visual representations (Chen et al., 2020)",
-))
+register_method(
+    MethodSpec(
+        name="simclr",
+        config_class=SimClrConfig,
+        pretraining_model_class=SimClrForPreTraining,
+        model_class=SimClrModel,
+        method_class=SimClrMethod,
+        training_arguments_class=SimClrTrainingArguments,
+        view_config_class=SimClrViewConfig,
+        pretrained_overridable_keys=("temperature", "drop_path_rate"),
+        default_output_dir="outputs/simclr",
+        summary="SimCLR: contrastive learning of visual representations (Chen et al., 2020)",
+    )
+)

@@ -42,42 +42,69 @@ class TwoViewConfig:
     views_name: ClassVar[str] = "two-view augmentation"
 
     input_size: int = field(default=224, metadata={"help": "Side of each view, in pixels."})
-    min_scale: float = field(default=0.08, metadata={
-        "help": "Smallest fraction of the image area a view covers (random resized crop up to 1.0).",
-    })
-    crop_ratio: tuple[float, float] = field(default=(3 / 4, 4 / 3), metadata={
-        "help": "(min, max) width/height ratio of a crop before it is resized.",
-    })
-    interpolation: str = field(default="bilinear", metadata={
-        "help": "Resampling of the crop resize: nearest, bilinear, bicubic, lanczos, box or hamming.",
-    })
+    min_scale: float = field(
+        default=0.08,
+        metadata={
+            "help": "Smallest fraction of the image area a view covers (random resized crop up to 1.0).",
+        },
+    )
+    crop_ratio: tuple[float, float] = field(
+        default=(3 / 4, 4 / 3),
+        metadata={
+            "help": "(min, max) width/height ratio of a crop before it is resized.",
+        },
+    )
+    interpolation: str = field(
+        default="bilinear",
+        metadata={
+            "help": "Resampling of the crop resize: nearest, bilinear, bicubic, lanczos, box or hamming.",
+        },
+    )
     hf_prob: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
     cj_prob: float = field(default=0.8, metadata={"help": "Probability of colour jitter."})
-    cj_strength: float = field(default=1.0, metadata={
-        "help": "Colour jitter strength s: multiplies cj_bright, cj_contrast, cj_sat and cj_hue.",
-    })
+    cj_strength: float = field(
+        default=1.0,
+        metadata={
+            "help": "Colour jitter strength s: multiplies cj_bright, cj_contrast, cj_sat and cj_hue.",
+        },
+    )
     cj_bright: float = field(default=0.8, metadata={"help": "Brightness jitter at strength 1."})
     cj_contrast: float = field(default=0.8, metadata={"help": "Contrast jitter at strength 1."})
     cj_sat: float = field(default=0.8, metadata={"help": "Saturation jitter at strength 1."})
-    cj_hue: float = field(default=0.2, metadata={
-        "help": "Hue jitter at strength 1 (cj_hue x cj_strength at most 0.5).",
-    })
+    cj_hue: float = field(
+        default=0.2,
+        metadata={
+            "help": "Hue jitter at strength 1 (cj_hue x cj_strength at most 0.5).",
+        },
+    )
     random_gray_scale: float = field(default=0.2, metadata={"help": "Probability of turning a view to grayscale."})
-    gaussian_blur: float = field(default=0.5, metadata={
-        "help": "Probability of a Gaussian blur.",
-        "per_view_help": "Probability of a Gaussian blur of (view 1, view 2).",
-    })
-    kernel_size: float | None = field(default=None, metadata={
-        "help": "Blur kernel side as a fraction of input_size (the paper: 0.1); null: the whole Gaussian of the "
-                "largest sigma.",
-    })
-    sigmas: tuple[float, float] = field(default=(0.1, 2.0), metadata={
-        "help": "(min, max) sigma of the blur, in pixels of the view.",
-    })
-    solarize_prob: float = field(default=0.0, metadata={
-        "help": "Probability of solarising a view (pixels >= 0.5 inverted).",
-        "per_view_help": "Probability of solarising (view 1, view 2) (pixels >= 0.5 inverted).",
-    })
+    gaussian_blur: float = field(
+        default=0.5,
+        metadata={
+            "help": "Probability of a Gaussian blur.",
+            "per_view_help": "Probability of a Gaussian blur of (view 1, view 2).",
+        },
+    )
+    kernel_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "Blur kernel side as a fraction of input_size (the paper: 0.1); null: the whole Gaussian of the "
+            "largest sigma.",
+        },
+    )
+    sigmas: tuple[float, float] = field(
+        default=(0.1, 2.0),
+        metadata={
+            "help": "(min, max) sigma of the blur, in pixels of the view.",
+        },
+    )
+    solarize_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of solarising a view (pixels >= 0.5 inverted).",
+            "per_view_help": "Probability of solarising (view 1, view 2) (pixels >= 0.5 inverted).",
+        },
+    )
     num_channels: int | None = field(default=None, metadata={"help": NUM_CHANNELS_HELP})
     mean: tuple[float, ...] | None = field(default=None, metadata={"help": MEAN_HELP})
     std: tuple[float, ...] | None = field(default=None, metadata={"help": STD_HELP})
@@ -104,12 +131,15 @@ class TwoViewConfig:
                 f"kernel_size must be a fraction of input_size in (0, 1] or null, got {self.kernel_size!r}"
             )
         jitter = self.cj_prob > 0 and self.cj_strength > 0  # the values as written: the message names the keys
-        check_rgb_only_settings(self.num_channels, {
-            "cj_sat": self.cj_sat if jitter else 0.0,
-            "cj_hue": self.cj_hue if jitter else 0.0,
-            "random_gray_scale": self.random_gray_scale,
-            "solarize_prob": max(self.view_probabilities("solarize_prob")),
-        })
+        check_rgb_only_settings(
+            self.num_channels,
+            {
+                "cj_sat": self.cj_sat if jitter else 0.0,
+                "cj_hue": self.cj_hue if jitter else 0.0,
+                "random_gray_scale": self.random_gray_scale,
+                "solarize_prob": max(self.view_probabilities("solarize_prob")),
+            },
+        )
         try:
             views = self.to_views_config()
         except ValueError as error:  # the other checks, in the pipeline's terms
@@ -203,10 +233,16 @@ def two_view_preset(name: str, module: str, doc: str, views_name: str, **default
             annotations[key] = hints[key]
             metadata = dict(fields[key].metadata)
         namespace[key] = field(default=default, metadata=metadata)
-    namespace.update({
-        "__module__": module, "__qualname__": name, "__doc__": doc, "__annotations__": annotations,
-        "per_view_keys": per_view_keys, "views_name": views_name,
-    })
+    namespace.update(
+        {
+            "__module__": module,
+            "__qualname__": name,
+            "__doc__": doc,
+            "__annotations__": annotations,
+            "per_view_keys": per_view_keys,
+            "views_name": views_name,
+        }
+    )
     # redeclared fields keep their place in TwoViewConfig's order: to_plain gives the same keys in the same order
     return dataclass(type(name, (TwoViewConfig,), namespace))
 

@@ -8,14 +8,18 @@ import torch
 
 
 @torch.no_grad()
-def ema_update_(teacher_params: Sequence[torch.Tensor], student_params: Sequence[torch.Tensor], momentum: float) -> None:
+def ema_update_(
+    teacher_params: Sequence[torch.Tensor], student_params: Sequence[torch.Tensor], momentum: float
+) -> None:
     """In place: ``teacher <- momentum * teacher + (1 - momentum) * student`` for every pair.
 
     Uses fused ``torch._foreach_*`` kernels (one launch per op for the whole list instead of one per
     tensor). Both lists must be aligned by parameter name (``DinoForPreTraining.teacher_student_parameter_pairs``).
     """
     if len(teacher_params) != len(student_params):
-        raise ValueError(f"EMA needs as many teacher ({len(teacher_params)}) as student ({len(student_params)}) tensors")
+        raise ValueError(
+            f"EMA needs as many teacher ({len(teacher_params)}) as student ({len(student_params)}) tensors"
+        )
     if not teacher_params:
         return
     teacher = [t.data if isinstance(t, torch.nn.Parameter) else t for t in teacher_params]
@@ -26,7 +30,9 @@ def ema_update_(teacher_params: Sequence[torch.Tensor], student_params: Sequence
     torch._foreach_lerp_(teacher, student, 1.0 - momentum)
 
 
-def local_shards(teacher_params: Sequence[torch.Tensor], student_params: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def local_shards(
+    teacher_params: Sequence[torch.Tensor], student_params: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The part of each (teacher, student) pair this process holds, for ``ema_update_`` under sharding.
 
     - unsharded parameters (one process, DDP, DeepSpeed ZeRO-2): as they are;

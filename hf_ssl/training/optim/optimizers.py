@@ -48,7 +48,16 @@ class LARS(torch.optim.Optimizer):
         nesterov: Nesterov momentum.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coefficient: float = 0.001, eps: float = 1e-8, nesterov: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-8,
+        nesterov: bool = False,
+    ):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not 0 <= momentum < 1:
@@ -59,7 +68,14 @@ class LARS(torch.optim.Optimizer):
             raise ValueError(f"trust_coefficient must be > 0, got {trust_coefficient}")
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps, nesterov=nesterov)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            nesterov=nesterov,
+        )
         super().__init__(params, defaults)
 
     @staticmethod
@@ -131,7 +147,14 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov)
     if name == "lars":
-        return LARS(groups, lr=learning_rate, momentum=momentum, trust_coefficient=trust_coefficient, eps=eps, nesterov=nesterov)
+        return LARS(
+            groups,
+            lr=learning_rate,
+            momentum=momentum,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            nesterov=nesterov,
+        )
     raise ValueError(f"unknown optimizer {name!r}: training.optimizer must be one of {list(OPTIMIZERS)}")
 
 

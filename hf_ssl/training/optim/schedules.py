@@ -35,9 +35,7 @@ class WarmupCosineSchedule:
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
         if not 0 <= self.warmup_steps <= self.total_steps:
-            raise ValueError(
-                f"warmup_steps must be in [0, total_steps={self.total_steps}], got {self.warmup_steps}"
-            )
+            raise ValueError(f"warmup_steps must be in [0, total_steps={self.total_steps}], got {self.warmup_steps}")
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:

@@ -15,8 +15,8 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
-from hf_ssl.training.setup.config import SectionHelp, first_paragraph, load_yaml
 from hf_ssl.errors import ConfigError
+from hf_ssl.training.setup.config import SectionHelp, first_paragraph, load_yaml
 from hf_ssl.training.setup.recipe import Recipe
 
 OVERRIDES_HELP = (
@@ -28,7 +28,10 @@ OVERRIDES_HELP = (
 
 
 def parse_command_line(
-    argv: Sequence[str] | None = None, method: str | None = None, description: str | None = None, prog: str | None = None
+    argv: Sequence[str] | None = None,
+    method: str | None = None,
+    description: str | None = None,
+    prog: str | None = None,
 ) -> tuple[Recipe, str | None]:
     """Parse ``argv`` (default: ``sys.argv[1:]``) into the recipe and the ``--resume`` value.
 
@@ -42,7 +45,10 @@ def parse_command_line(
     recipe_class = Recipe.for_method(method) if method is not None else Recipe
     help_method = _method_for_help(argv, method)
     parser = RecipeArgumentParser(
-        lambda: recipe_class.sections_help(help_method), f"The keys of a {help_method!r} recipe", description=description, prog=prog
+        lambda: recipe_class.sections_help(help_method),
+        f"The keys of a {help_method!r} recipe",
+        description=description,
+        prog=prog,
     )
     parser.add_argument("--config", required=True, help="Recipe YAML file, e.g. recipes/dino.yaml.")
     parser.add_argument(
@@ -59,7 +65,13 @@ def parse_command_line(
 def _method_for_help(argv: Sequence[str], method: str | None) -> str:
     """The method whose keys ``--help`` lists: the ``--config`` file's, else ``method``, else DINO's."""
     for index, argument in enumerate(argv):
-        path = argument.split("=", 1)[1] if argument.startswith("--config=") else argv[index + 1] if argument == "--config" and index + 1 < len(argv) else None
+        path = (
+            argument.split("=", 1)[1]
+            if argument.startswith("--config=")
+            else argv[index + 1]
+            if argument == "--config" and index + 1 < len(argv)
+            else None
+        )
         if path is None:
             continue
         try:
@@ -90,7 +102,9 @@ class RecipeArgumentParser(argparse.ArgumentParser):
         return f"{super().format_help()}\n{self.title}:\n{format_sections_help(sections, help_width())}\n"
 
     def error(self, message: str):
-        raise ConfigError(f"{message} (usage: {self.format_usage().removeprefix('usage: ').strip()}; --help lists every key)")
+        raise ConfigError(
+            f"{message} (usage: {self.format_usage().removeprefix('usage: ').strip()}; --help lists every key)"
+        )
 
 
 def help_width() -> int:
@@ -101,15 +115,17 @@ def help_width() -> int:
 def format_sections_help(sections: Sequence[SectionHelp], width: int = 98) -> str:
     """Every section and key of ``sections`` as ``--help`` prints them, wrapped to ``width`` columns::
 
-        model:
-          Everything needed to rebuild a DINO student/teacher pair ...
-            out_dim (int, default: 65536)
-                number of prototypes K, the size of the head output.
+    model:
+      Everything needed to rebuild a DINO student/teacher pair ...
+        out_dim (int, default: 65536)
+            number of prototypes K, the size of the head output.
     """
 
     def wrap(text: str, indent: int, hanging: int | None = None) -> list[str]:
         hanging = indent if hanging is None else hanging
-        return textwrap.wrap(text, width, initial_indent=" " * indent, subsequent_indent=" " * hanging, break_on_hyphens=False)
+        return textwrap.wrap(
+            text, width, initial_indent=" " * indent, subsequent_indent=" " * hanging, break_on_hyphens=False
+        )
 
     lines = ["recipe keys:", *wrap(OVERRIDES_HELP, 2)]
     for section in sections:

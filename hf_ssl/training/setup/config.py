@@ -33,7 +33,6 @@ import yaml
 
 from hf_ssl.errors import ConfigError  # noqa: F401 (re-exported)
 
-
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
@@ -90,7 +89,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def parse_overrides(arguments: Sequence[str], section_keys: Mapping[str, Collection[str]] | None = None) -> list[tuple[str, Any]]:
+def parse_overrides(
+    arguments: Sequence[str], section_keys: Mapping[str, Collection[str]] | None = None
+) -> list[tuple[str, Any]]:
     """Turn ``["a.b=1", "--c.d", "x", "--e.f=2"]`` into ``[("a.b", 1), ("c.d", "x"), ("e.f", 2)]``.
 
     Values are parsed with ``RecipeLoader``. With ``section_keys`` (section name -> its keys), a key
@@ -112,7 +113,9 @@ def parse_overrides(arguments: Sequence[str], section_keys: Mapping[str, Collect
                 "(a switch too: --bf16 true, not --bf16 alone)"
             )
         if not key:
-            raise ConfigError(f"override {arguments[index]!r} names no key: write section.key=value (e.g. training.max_steps=10)")
+            raise ConfigError(
+                f"override {arguments[index]!r} names no key: write section.key=value (e.g. training.max_steps=10)"
+            )
         pairs.append((_with_section(key, section_keys), _parse_scalar(text)))
         index += 1
     return pairs
@@ -123,7 +126,9 @@ def _with_section(key: str, section_keys: Mapping[str, Collection[str]] | None) 
     first = key.split(".", 1)[0]
     if section_keys is None:
         if "." not in key:
-            raise ConfigError(f"override {key!r} must name its section: section.key=value (e.g. training.max_steps=10)")
+            raise ConfigError(
+                f"override {key!r} must name its section: section.key=value (e.g. training.max_steps=10)"
+            )
         return key
     if first in section_keys:
         if "." not in key:
@@ -205,7 +210,9 @@ def build_dataclass(cls: type, values: Mapping[str, Any] | None, section: str):
         raise ConfigError(f"invalid {section!r} section: {error}") from error
 
 
-def check_keyword_arguments(function: Callable, values: Mapping[str, Any] | None, section: str, extra: Sequence[str] = ()) -> dict[str, Any]:
+def check_keyword_arguments(
+    function: Callable, values: Mapping[str, Any] | None, section: str, extra: Sequence[str] = ()
+) -> dict[str, Any]:
     """Check ``values`` against the keyword parameters of ``function`` (e.g. a ``PretrainedConfig``
     ``__init__``), coercing by its annotations. Keys in ``extra`` are accepted as they are."""
     values = dict(values or {})
@@ -240,7 +247,9 @@ def _parameter_hints(function: Callable, parameters: Collection[inspect.Paramete
         annotation = parameter.annotation
         if isinstance(annotation, str):
             try:
-                annotation = eval(annotation, getattr(function, "__globals__", {}))  # as typing.get_type_hints does, name by name
+                annotation = eval(
+                    annotation, getattr(function, "__globals__", {})
+                )  # as typing.get_type_hints does, name by name
             except Exception:
                 continue
         hints[parameter.name] = annotation
@@ -248,7 +257,16 @@ def _parameter_hints(function: Callable, parameters: Collection[inspect.Paramete
 
 
 _NONE_TYPE = type(None)
-_BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+_BOOLEAN_WORDS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -281,7 +299,9 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         if origin is tuple and arguments and arguments[-1] is not Ellipsis:
             if len(arguments) != len(value):
                 raise ConfigError(f"{where}: expected {len(arguments)} values, got {len(value)}: {value!r}")
-            return tuple(coerce(item, option, f"{where}[{i}]") for i, (item, option) in enumerate(zip(value, arguments)))
+            return tuple(
+                coerce(item, option, f"{where}[{i}]") for i, (item, option) in enumerate(zip(value, arguments))
+            )
         item_type = arguments[0] if arguments else Any
         items = [coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
         return tuple(items) if origin is tuple or annotation is tuple else items
@@ -393,7 +413,9 @@ def dataclass_help(cls: type, names: Sequence[str] | None = None) -> tuple[KeyHe
             default = value_text(field.default_factory())
         else:
             default = "required"
-        keys.append(KeyHelp(field.name, annotation_text(field.type), default, _plain_text(field.metadata.get("help", ""))))
+        keys.append(
+            KeyHelp(field.name, annotation_text(field.type), default, _plain_text(field.metadata.get("help", "")))
+        )
     return tuple(keys)
 
 

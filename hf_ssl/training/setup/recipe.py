@@ -1,11 +1,11 @@
 """A recipe: the method it trains and the typed sections of a YAML file, and the steps a training script takes with them.
 
-    method: dino            # any registered method (hf_ssl.training.methods.registered_methods())
-    model: {...}            # the method's config (DinoConfig, SimClrConfig, ...) or a pretrained model to continue
-    data: {...}             # DataArguments
-    augmentation: {...}     # the method's augmentation config (MultiCropConfig, SimClrViewConfig, ViewsConfig...)
-    training: {...}         # the method's training arguments (a PretrainingArguments subclass)
-    evaluation: {...}       # EvaluationArguments (k-NN)
+method: dino            # any registered method (hf_ssl.training.methods.registered_methods())
+model: {...}            # the method's config (DinoConfig, SimClrConfig, ...) or a pretrained model to continue
+data: {...}             # DataArguments
+augmentation: {...}     # the method's augmentation config (MultiCropConfig, SimClrViewConfig, ViewsConfig...)
+training: {...}         # the method's training arguments (a PretrainingArguments subclass)
+evaluation: {...}       # EvaluationArguments (k-NN)
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from hf_ssl.data import ViewsConfig, as_views_config, band_statistics, load_image_dataset
+from hf_ssl.errors import ConfigError
 from hf_ssl.models.backbone import load_pretrained_backbone, pretrained_backbone_config
-from hf_ssl.training.state.checkpointing import comparable
+from hf_ssl.training.methods import MethodSpec, get_method, registered_methods
+from hf_ssl.training.methods.base import check_view_sizes
 from hf_ssl.training.setup.config import (
     KeyHelp,
     SectionHelp,
@@ -39,9 +41,7 @@ from hf_ssl.training.setup.config import (
     parse_overrides,
     to_plain,
 )
-from hf_ssl.errors import ConfigError
-from hf_ssl.training.methods import MethodSpec, get_method, registered_methods
-from hf_ssl.training.methods.base import check_view_sizes
+from hf_ssl.training.state.checkpointing import comparable
 
 logger = logging.getLogger(__name__)
 
@@ -50,31 +50,65 @@ logger = logging.getLogger(__name__)
 class DataArguments:
     """Which images to train on, and which labelled splits measure them."""
 
-    dataset: str = field(default="fashion_mnist", metadata={"help": "Hub id, local dir, 'imagefolder', 'parquet', or 'fashion_mnist'."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration (load_dataset name=)."})
+    dataset: str = field(
+        default="fashion_mnist", metadata={"help": "Hub id, local dir, 'imagefolder', 'parquet', or 'fashion_mnist'."}
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Dataset configuration (load_dataset name=)."}
+    )
     data_dir: str | None = field(default=None, metadata={"help": "data_dir, e.g. an imagefolder root."})
-    data_files: str | list[str] | dict[str, Any] | None = field(default=None, metadata={"help": "data_files for parquet/arrow/csv."})
+    data_files: str | list[str] | dict[str, Any] | None = field(
+        default=None, metadata={"help": "data_files for parquet/arrow/csv."}
+    )
     train_split: str = field(default="train", metadata={"help": "Split to pretrain on."})
-    eval_split: str | None = field(default="test", metadata={"help": (
-        "Labelled split for k-NN queries (None: no k-NN). When the data has no such labelled split, k-NN is skipped "
-        "with a log line, unless the command line names it."
-    )})
+    eval_split: str | None = field(
+        default="test",
+        metadata={
+            "help": (
+                "Labelled split for k-NN queries (None: no k-NN). When the data has no such labelled split, k-NN is skipped "
+                "with a log line, unless the command line names it."
+            )
+        },
+    )
     image_column: str | None = field(default=None, metadata={"help": "Image column (default 'image', else 'img')."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column for k-NN (default 'label' when present)."})
+    label_column: str | None = field(
+        default=None, metadata={"help": "Label column for k-NN (default 'label' when present)."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Pretrain on the first N images only."})
-    validation_split: str | None = field(default=None, metadata={"help": "Held-out split whose method loss is logged as val_loss (labels not needed)."})
-    train_val_split: float | None = field(default=None, metadata={"help": "Hold out this fraction of the training split for val_loss instead (a seeded draw, left out of pretraining)."})
-    skip_bad_images: bool = field(default=True, metadata={"help": "Skip and count unreadable images (false: stop with an error)."})
-    channels_last: bool | None = field(default=None, metadata={"help": (
-        "Where the bands of N-band arrays are: true (H, W, N), false (N, H, W), null: the axis with N entries (an array "
-        "whose first and last axes both have N entries stops the run).")})
+    validation_split: str | None = field(
+        default=None, metadata={"help": "Held-out split whose method loss is logged as val_loss (labels not needed)."}
+    )
+    train_val_split: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hold out this fraction of the training split for val_loss instead (a seeded draw, left out of pretraining)."
+        },
+    )
+    skip_bad_images: bool = field(
+        default=True, metadata={"help": "Skip and count unreadable images (false: stop with an error)."}
+    )
+    channels_last: bool | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Where the bands of N-band arrays are: true (H, W, N), false (N, H, W), null: the axis with N entries (an array "
+                "whose first and last axes both have N entries stops the run)."
+            )
+        },
+    )
 
     def __post_init__(self):
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1 (or null for every image), got {self.max_train_samples}")
         if self.train_val_split is not None:
-            if isinstance(self.train_val_split, bool) or not isinstance(self.train_val_split, (int, float)) or not 0 < self.train_val_split < 1:
-                raise ValueError(f"train_val_split must be a fraction in (0, 1) (or null), got {self.train_val_split!r}")
+            if (
+                isinstance(self.train_val_split, bool)
+                or not isinstance(self.train_val_split, (int, float))
+                or not 0 < self.train_val_split < 1
+            ):
+                raise ValueError(
+                    f"train_val_split must be a fraction in (0, 1) (or null), got {self.train_val_split!r}"
+                )
             if self.validation_split is not None:
                 raise ValueError("give validation_split or train_val_split, not both")
         if self.channels_last not in (None, True, False):
@@ -86,25 +120,63 @@ class EvaluationArguments:
     """Weighted k-NN on frozen features of the evaluated backbone (DINO's teacher; k=20, T=0.07 as in DINO)."""
 
     knn_k: int = field(default=20, metadata={"help": "Number of neighbours that vote for the class of a query."})
-    knn_temperature: float = field(default=0.07, metadata={"help": "Each neighbour's vote weighs exp(cosine similarity / knn_temperature)."})
+    knn_temperature: float = field(
+        default=0.07, metadata={"help": "Each neighbour's vote weighs exp(cosine similarity / knn_temperature)."}
+    )
     knn_eval_steps: int = field(default=0, metadata={"help": "Evaluate every N optimizer steps (0: only at the end)."})
     knn_at_end: bool = field(default=True, metadata={"help": "Evaluate once more when training ends."})
-    knn_at_start: bool = field(default=False, metadata={"help": "Also measure the randomly initialised model before training."})
-    knn_raw_pixels: bool = field(default=False, metadata={"help": "Also measure k-NN on the raw pixels (the evaluation image processor's output, flattened): the bar a representation should clear."})
-    linear_probe: bool = field(default=False, metadata={"help": "At every k-NN evaluation also fit a linear probe on the bank's frozen features and log linear_top1 / linear_top5 on the queries (usable as metric_for_best_model)."})
-    knn_max_train_samples: int | None = field(default=10000, metadata={"help": "Size of the labelled feature bank (None: whole split)."})
-    knn_max_eval_samples: int | None = field(default=2000, metadata={"help": "Number of query images (None: whole split)."})
-    batch_size: int = field(default=256, metadata={"help": "Images per forward pass when extracting the k-NN features."})
-    image_size: int | None = field(default=None, metadata={"help": "Evaluation resize (default: the global crop size)."})
-    val_eval_steps: int = field(default=0, metadata={"help": "Log val_loss (data.validation_split or data.train_val_split) every N optimizer steps (0: only at the end)."})
+    knn_at_start: bool = field(
+        default=False, metadata={"help": "Also measure the randomly initialised model before training."}
+    )
+    knn_raw_pixels: bool = field(
+        default=False,
+        metadata={
+            "help": "Also measure k-NN on the raw pixels (the evaluation image processor's output, flattened): the bar a representation should clear."
+        },
+    )
+    linear_probe: bool = field(
+        default=False,
+        metadata={
+            "help": "At every k-NN evaluation also fit a linear probe on the bank's frozen features and log linear_top1 / linear_top5 on the queries (usable as metric_for_best_model)."
+        },
+    )
+    knn_max_train_samples: int | None = field(
+        default=10000, metadata={"help": "Size of the labelled feature bank (None: whole split)."}
+    )
+    knn_max_eval_samples: int | None = field(
+        default=2000, metadata={"help": "Number of query images (None: whole split)."}
+    )
+    batch_size: int = field(
+        default=256, metadata={"help": "Images per forward pass when extracting the k-NN features."}
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Evaluation resize (default: the global crop size)."}
+    )
+    val_eval_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Log val_loss (data.validation_split or data.train_val_split) every N optimizer steps (0: only at the end)."
+        },
+    )
     val_at_end: bool = field(default=True, metadata={"help": "Log val_loss once more when training ends."})
-    val_max_samples: int | None = field(default=2000, metadata={"help": "Held-out images val_loss is measured on (None: the whole split)."})
+    val_max_samples: int | None = field(
+        default=2000, metadata={"help": "Held-out images val_loss is measured on (None: the whole split)."}
+    )
 
     def __post_init__(self):
-        for name in ("knn_k", "batch_size", "knn_max_train_samples", "knn_max_eval_samples", "image_size", "val_max_samples"):
+        for name in (
+            "knn_k",
+            "batch_size",
+            "knn_max_train_samples",
+            "knn_max_eval_samples",
+            "image_size",
+            "val_max_samples",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1{' (or null)' if name not in ('knn_k', 'batch_size') else ''}, got {value}")
+                raise ValueError(
+                    f"{name} must be >= 1{' (or null)' if name not in ('knn_k', 'batch_size') else ''}, got {value}"
+                )
         if not self.knn_temperature > 0:
             raise ValueError(f"knn_temperature must be > 0, got {self.knn_temperature}")
         for name in ("knn_eval_steps", "val_eval_steps"):
@@ -145,7 +217,7 @@ class Recipe:
     default_method: ClassVar[str | None] = None
 
     @classmethod
-    def for_method(cls, method: str) -> type["Recipe"]:
+    def for_method(cls, method: str) -> type[Recipe]:
         """The recipe class of a command that trains ``method``: its ``default_method`` is ``method``."""
         try:
             get_method(method)
@@ -159,7 +231,9 @@ class Recipe:
         named = raw.get("method")
         wanted = method or cls.default_method
         if named is None and wanted is None:
-            raise ConfigError(f"{source} names no method: add `method: <name>` at its top, one of {registered_methods()}")
+            raise ConfigError(
+                f"{source} names no method: add `method: <name>` at its top, one of {registered_methods()}"
+            )
         if named is not None and not isinstance(named, str):
             raise ConfigError(f"method must be a name, one of {registered_methods()}, got {named!r}")
         if named is not None and wanted is not None and named != wanted:
@@ -174,7 +248,7 @@ class Recipe:
             raise ConfigError(f"method: {error.args[0]}") from None
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config", method: str | None = None) -> "Recipe":
+    def from_dict(cls, raw: dict[str, Any], source: str = "config", method: str | None = None) -> Recipe:
         raw = dict(raw)
         spec = cls.method_of(raw, method, source)
         raw.pop("method", None)
@@ -183,13 +257,17 @@ class Recipe:
         training.setdefault("output_dir", spec.default_output_dir)
         recipe = cls(
             method=spec.name,
-            model=check_keyword_arguments(spec.config_class.__init__, raw.get("model"), "model", extra=MODEL_EXTRA_KEYS),
+            model=check_keyword_arguments(
+                spec.config_class.__init__, raw.get("model"), "model", extra=MODEL_EXTRA_KEYS
+            ),
             data=build_dataclass(DataArguments, raw.get("data"), "data"),
             augmentation=None,
             training=build_dataclass(spec.training_arguments_class, training, "training"),
             evaluation=build_dataclass(EvaluationArguments, raw.get("evaluation"), "evaluation"),
         )
-        recipe.augmentation = build_dataclass(spec.view_config_class, recipe._augmentation_with_channels(raw.get("augmentation")), "augmentation")
+        recipe.augmentation = build_dataclass(
+            spec.view_config_class, recipe._augmentation_with_channels(raw.get("augmentation")), "augmentation"
+        )
         recipe.check_settings()
         return recipe
 
@@ -214,7 +292,7 @@ class Recipe:
         return augmentation
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None, method: str | None = None) -> "Recipe":
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None, method: str | None = None) -> Recipe:
         """The recipe of YAML file ``path`` with ``overrides`` (``section.key=value``, ``--section.key value``,
         or without the section for a key that only one section has) applied."""
         raw = load_yaml(path)
@@ -238,14 +316,22 @@ class Recipe:
         own_model_keys = inspect.get_annotations(config_class)  # the rest are keys of every transformers config
         model_keys = keyword_arguments_help(config_class.__init__, config_class.__doc__, PretrainedConfig.__doc__)
         pretrained = KeyHelp(
-            "pretrained_model_name_or_path", "str | None", "null",
+            "pretrained_model_name_or_path",
+            "str | None",
+            "null",
             f"Hub id or folder of a trained hf_ssl {spec.name} model to continue from. Its architecture is kept "
             "(architecture keys set beside it must agree)"
-            + (f"; only {', '.join(spec.pretrained_overridable_keys)} may change." if spec.pretrained_overridable_keys else ".")
+            + (
+                f"; only {', '.join(spec.pretrained_overridable_keys)} may change."
+                if spec.pretrained_overridable_keys
+                else "."
+            )
             + " For a plain transformers model use pretrained_backbone.",
         )
         pretrained_backbone = KeyHelp(
-            "pretrained_backbone", "str | None", "null",
+            "pretrained_backbone",
+            "str | None",
+            "null",
             "Hub id or folder of a plain transformers vision model (e.g. microsoft/resnet-50, facebook/dinov2-small, "
             "a save_pretrained or export_backbone folder) whose weights start every backbone of the method (an EMA "
             "teacher or target too); heads stay randomly initialised. Its config is the backbone's: backbone_config "
@@ -254,20 +340,42 @@ class Recipe:
             "resampled) and the dropout rates. Not with pretrained_model_name_or_path.",
         )
         own_training_keys = arguments_class.own_field_names()  # hf_ssl's keys and hf_ssl defaults
-        other_training_keys = tuple(key for key in dataclass_help(arguments_class) if key.name not in own_training_keys)
+        other_training_keys = tuple(
+            key for key in dataclass_help(arguments_class) if key.name not in own_training_keys
+        )
         return [
-            SectionHelp("model", config_class.__doc__, (
-                ("", (pretrained, pretrained_backbone, *(key for key in model_keys if key.name in own_model_keys))),
-                ("Keys of every transformers config (PretrainedConfig), rarely needed here:",
-                 tuple(key for key in model_keys if key.name not in own_model_keys)),
-            )),
+            SectionHelp(
+                "model",
+                config_class.__doc__,
+                (
+                    (
+                        "",
+                        (pretrained, pretrained_backbone, *(key for key in model_keys if key.name in own_model_keys)),
+                    ),
+                    (
+                        "Keys of every transformers config (PretrainedConfig), rarely needed here:",
+                        tuple(key for key in model_keys if key.name not in own_model_keys),
+                    ),
+                ),
+            ),
             SectionHelp("data", DataArguments.__doc__, (("", dataclass_help(DataArguments)),)),
-            SectionHelp("augmentation", spec.view_config_class.__doc__, (("", dataclass_help(spec.view_config_class)),)),
-            SectionHelp("training", arguments_class.__doc__, (
-                (f"hf_ssl's {spec.name} keys, and TrainingArguments keys with an hf_ssl default:",
-                 dataclass_help(arguments_class, list(own_training_keys))),
-                ("The training section also takes every other transformers.TrainingArguments key:", other_training_keys),
-            )),
+            SectionHelp(
+                "augmentation", spec.view_config_class.__doc__, (("", dataclass_help(spec.view_config_class)),)
+            ),
+            SectionHelp(
+                "training",
+                arguments_class.__doc__,
+                (
+                    (
+                        f"hf_ssl's {spec.name} keys, and TrainingArguments keys with an hf_ssl default:",
+                        dataclass_help(arguments_class, list(own_training_keys)),
+                    ),
+                    (
+                        "The training section also takes every other transformers.TrainingArguments key:",
+                        other_training_keys,
+                    ),
+                ),
+            ),
             SectionHelp("evaluation", EvaluationArguments.__doc__, (("", dataclass_help(EvaluationArguments)),)),
         ]
 
@@ -326,17 +434,23 @@ class Recipe:
             raise ConfigError(f"data.dataset={data.dataset!r} cannot be loaded: {error}") from error
         splits = list(dataset) if hasattr(dataset, "keys") else []
         if data.train_split not in splits:
-            raise ConfigError(f"data.train_split={data.train_split!r} is not a split of {data.dataset!r}; splits: {splits}")
+            raise ConfigError(
+                f"data.train_split={data.train_split!r} is not a split of {data.dataset!r}; splits: {splits}"
+            )
         train = dataset[data.train_split]
         validation = None
         if data.validation_split is not None:
             if data.validation_split not in splits:
-                raise ConfigError(f"data.validation_split={data.validation_split!r} is not a split of {data.dataset!r}; splits: {splits} (or hold out part of the training split with data.train_val_split)")
+                raise ConfigError(
+                    f"data.validation_split={data.validation_split!r} is not a split of {data.dataset!r}; splits: {splits} (or hold out part of the training split with data.train_val_split)"
+                )
             validation = dataset[data.validation_split]
         elif data.train_val_split is not None:
             held_out = round(len(train) * data.train_val_split)
             if not 1 <= held_out < len(train):
-                raise ConfigError(f"data.train_val_split={data.train_val_split} of {len(train)} training images holds out {held_out}: choose a fraction that leaves images on both sides")
+                raise ConfigError(
+                    f"data.train_val_split={data.train_val_split} of {len(train)} training images holds out {held_out}: choose a fraction that leaves images on both sides"
+                )
             parts = train.train_test_split(test_size=held_out, seed=self.training.seed, shuffle=True)
             train, validation = parts["train"], parts["test"]
         if validation is not None and self.evaluation.val_max_samples is not None:
@@ -362,20 +476,40 @@ class Recipe:
         )
         if data.eval_split not in splits:
             if "data.eval_split" in self.command_line_keys:
-                raise ConfigError(f"data.eval_split={data.eval_split!r} is not a split of {data.dataset!r}; splits: {splits} (set it to null to skip k-NN)")
-            logger.warning("k-NN evaluation is off: data.eval_split=%r of the recipe is not a split of %r (splits: %s); %s",
-                           data.eval_split, data.dataset, splits, turn_on)
+                raise ConfigError(
+                    f"data.eval_split={data.eval_split!r} is not a split of {data.dataset!r}; splits: {splits} (set it to null to skip k-NN)"
+                )
+            logger.warning(
+                "k-NN evaluation is off: data.eval_split=%r of the recipe is not a split of %r (splits: %s); %s",
+                data.eval_split,
+                data.dataset,
+                splits,
+                turn_on,
+            )
             return None
         bank, queries = dataset[data.train_split], dataset[data.eval_split]
         bank_labels = _labels_present(bank)
-        unlabelled = [name for name, labels in ((data.train_split, bank_labels), (data.eval_split, _labels_present(queries))) if not labels]
+        unlabelled = [
+            name
+            for name, labels in ((data.train_split, bank_labels), (data.eval_split, _labels_present(queries)))
+            if not labels
+        ]
         if unlabelled:
-            logger.warning("k-NN evaluation is off: %r has no labels in split %s; %s",
-                           data.dataset, " and ".join(repr(name) for name in dict.fromkeys(unlabelled)), turn_on)
+            logger.warning(
+                "k-NN evaluation is off: %r has no labels in split %s; %s",
+                data.dataset,
+                " and ".join(repr(name) for name in dict.fromkeys(unlabelled)),
+                turn_on,
+            )
             return None
         if len(bank_labels) < 2:
-            logger.warning("k-NN evaluation is off: the %r split of %r has a single label (%s), nothing to tell apart; %s",
-                           data.train_split, data.dataset, _label_names(bank, bank_labels), turn_on)
+            logger.warning(
+                "k-NN evaluation is off: the %r split of %r has a single label (%s), nothing to tell apart; %s",
+                data.train_split,
+                data.dataset,
+                _label_names(bank, bank_labels),
+                turn_on,
+            )
             return None
         return bank, queries
 
@@ -400,7 +534,9 @@ class Recipe:
                     "model.pretrained_backbone (start the backbones from a plain transformers model), not both"
                 )
             try:
-                kwargs["backbone_config"] = pretrained_backbone_config(pretrained_backbone, kwargs.get("backbone_config"))
+                kwargs["backbone_config"] = pretrained_backbone_config(
+                    pretrained_backbone, kwargs.get("backbone_config")
+                )
             except (OSError, ValueError) as error:
                 raise ConfigError(f"model.pretrained_backbone={pretrained_backbone!r}: {error}") from error
         try:
@@ -423,7 +559,9 @@ class Recipe:
         except ConfigError:
             raise
         except (OSError, ValueError) as error:
-            raise ConfigError(f"model.pretrained_model_name_or_path={pretrained!r} cannot be loaded: {error}") from error
+            raise ConfigError(
+                f"model.pretrained_model_name_or_path={pretrained!r} cannot be loaded: {error}"
+            ) from error
         if not isinstance(config, config_class) or config.model_type != config_class.model_type:
             raise ConfigError(
                 f"model.pretrained_model_name_or_path={pretrained!r} is a {config.model_type!r} model, not a {spec.name} one "
@@ -437,8 +575,11 @@ class Recipe:
             raise ConfigError(
                 f"the model section differs from the pretrained model {pretrained!r}: {'; '.join(conflicts[:5])}. The "
                 "architecture is the pretrained model's: remove these keys or give them its values"
-                + (f". Only {', '.join(spec.pretrained_overridable_keys)} may change when continuing from a pretrained model"
-                   if spec.pretrained_overridable_keys else "")
+                + (
+                    f". Only {', '.join(spec.pretrained_overridable_keys)} may change when continuing from a pretrained model"
+                    if spec.pretrained_overridable_keys
+                    else ""
+                )
             )
         for key in spec.pretrained_overridable_keys:
             if key in kwargs and getattr(config, key) != kwargs[key]:
@@ -487,7 +628,11 @@ class Recipe:
         if not metric or not (args.early_stopping_patience or args.save_best_total_limit):
             return
         if metric == "val_loss":
-            missing = "there is no validation data: set data.validation_split or data.train_val_split" if data.validation is None else None
+            missing = (
+                "there is no validation data: set data.validation_split or data.train_val_split"
+                if data.validation is None
+                else None
+            )
             interval, interval_key = evaluation.val_eval_steps, "evaluation.val_eval_steps"
         elif metric.startswith(("knn_", "linear_")):
             missing = None
@@ -499,11 +644,15 @@ class Recipe:
         else:
             return
         if missing is not None and args.early_stopping_patience:
-            raise ConfigError(f"training.early_stopping_patience follows training.metric_for_best_model={metric!r}, but this run never logs it: {missing}")
+            raise ConfigError(
+                f"training.early_stopping_patience follows training.metric_for_best_model={metric!r}, but this run never logs it: {missing}"
+            )
         if missing is not None:
             logger.warning(
                 "training.save_best_total_limit keeps no best checkpoint: this run never logs training.metric_for_best_model=%r (%s); "
-                "checkpoints are kept by training.save_total_limit alone", metric, missing,
+                "checkpoints are kept by training.save_total_limit alone",
+                metric,
+                missing,
             )
         elif args.early_stopping_patience and interval == 0:
             raise ConfigError(
@@ -519,13 +668,21 @@ class Recipe:
             return
         try:
             mean, std = band_statistics(
-                train_dataset, self.view_config.num_channels, max_images=max_images, channels_last=self.data.channels_last,
+                train_dataset,
+                self.view_config.num_channels,
+                max_images=max_images,
+                channels_last=self.data.channels_last,
                 skip_bad_images=self.data.skip_bad_images,
             )
         except ValueError as error:
-            raise ConfigError(f"cannot compute the normalisation of data.dataset={self.data.dataset!r}: {error}") from error
-        logger.info("Per-band normalisation computed from the training data: mean %s, std %s",
-                    [round(value, 4) for value in mean], [round(value, 4) for value in std])
+            raise ConfigError(
+                f"cannot compute the normalisation of data.dataset={self.data.dataset!r}: {error}"
+            ) from error
+        logger.info(
+            "Per-band normalisation computed from the training data: mean %s, std %s",
+            [round(value, 4) for value in mean],
+            [round(value, 4) for value in std],
+        )
         self.augmentation = dataclasses.replace(self.augmentation, mean=mean, std=std)
 
     @property
@@ -536,10 +693,18 @@ class Recipe:
 
 @functools.cache
 def _method_recipe_class(base: type, method: str) -> type:
-    return type(f"Recipe[{method}]", (base,), {"default_method": method, "__module__": __name__, "__doc__": (
-        f"The recipe a script that trains {method!r} reads: ``method: {method}`` unless the file says otherwise (it "
-        "refuses another method's recipe)."
-    )})
+    return type(
+        f"Recipe[{method}]",
+        (base,),
+        {
+            "default_method": method,
+            "__module__": __name__,
+            "__doc__": (
+                f"The recipe a script that trains {method!r} reads: ``method: {method}`` unless the file says otherwise (it "
+                "refuses another method's recipe)."
+            ),
+        },
+    )
 
 
 def _labels_present(split) -> list:
@@ -557,7 +722,9 @@ def _label_names(split, labels: list) -> str:
     return ", ".join(repr(names[label]) if names and isinstance(label, int) else repr(label) for label in labels)
 
 
-def _architecture_conflicts(config, values: dict[str, Any], overridable: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+def _architecture_conflicts(
+    config, values: dict[str, Any], overridable: tuple[str, ...]
+) -> list[tuple[str, Any, Any]]:
     """``(key, recipe value, pretrained value)`` for each architecture key of ``values`` that ``config`` (a
     pretrained model's) does not share; for ``backbone_config``, each key the recipe gives."""
     conflicts = []

@@ -26,19 +26,31 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
-from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    GatedRepoError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
-from hf_ssl.training.state import checkpointing
 from hf_ssl.errors import ConfigError
 from hf_ssl.training.sharing.model_card import backbone_card
+from hf_ssl.training.state import checkpointing
 
 logger = logging.getLogger(__name__)
 
 # What a push uploads from the output directory. Not training_args.bin: a pickle (it loads only with
 # weights_only=False) of the settings recipe.yaml already holds as plain YAML.
 PUSHED_FILES = (
-    "README.md", "config.json", "model.safetensors", "model.safetensors.index.json", "preprocessor_config.json",
-    "recipe.yaml", "history.json", "history.png", "knn_results.json",
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "preprocessor_config.json",
+    "recipe.yaml",
+    "history.json",
+    "history.png",
+    "knn_results.json",
 )
 # backbone/: the plain transformers backbone; runs/: TensorBoard traces (report_to=tensorboard), which the Hub
 # shows as the repository's training metrics, as it does for a Trainer's push
@@ -63,10 +75,15 @@ def files_to_push(output_dir: str | Path, backbone_only: bool = False) -> list[s
     output_dir = Path(output_dir)
     if backbone_only:
         return sorted({"README.md", *_files_under(output_dir / "backbone")})
-    paths = [
-        path.name for path in output_dir.iterdir()
-        if path.is_file() and (path.name in PUSHED_FILES or SHARDED_WEIGHTS.match(path.name))
-    ] if output_dir.is_dir() else []
+    paths = (
+        [
+            path.name
+            for path in output_dir.iterdir()
+            if path.is_file() and (path.name in PUSHED_FILES or SHARDED_WEIGHTS.match(path.name))
+        ]
+        if output_dir.is_dir()
+        else []
+    )
     for folder in PUSHED_FOLDERS:
         paths += [f"{folder}/{path}" for path in _files_under(output_dir / folder)]
     return sorted(paths)
@@ -87,7 +104,11 @@ def _files_under(folder: Path) -> list[str]:
 def check_pushable(output_dir: str | Path, backbone_only: bool = False) -> None:
     """Raise a ``ConfigError`` when ``output_dir`` does not hold the model a push is for."""
     output_dir = Path(output_dir)
-    folder, what = (output_dir / "backbone", "backbone/ (the plain transformers backbone)") if backbone_only else (output_dir, "trained model")
+    folder, what = (
+        (output_dir / "backbone", "backbone/ (the plain transformers backbone)")
+        if backbone_only
+        else (output_dir, "trained model")
+    )
     has_weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
     if not ((folder / "config.json").is_file() and has_weights):
         raise ConfigError(
@@ -98,7 +119,9 @@ def check_pushable(output_dir: str | Path, backbone_only: bool = False) -> None:
 
 def push_command(output_dir: str | Path, repo_id: str, backbone_only: bool = False) -> str:
     """The ``hf-ssl push`` command that uploads ``output_dir`` to ``repo_id`` (what an error tells to run)."""
-    return f"hf-ssl push {shlex.quote(str(output_dir))} --repo_id {repo_id}" + (" --backbone_only" if backbone_only else "")
+    return f"hf-ssl push {shlex.quote(str(output_dir))} --repo_id {repo_id}" + (
+        " --backbone_only" if backbone_only else ""
+    )
 
 
 # ----- pushing a finished run --------------------------------------------------------------------------------------------
@@ -110,23 +133,37 @@ def create_hub_repo(name: str, token: str | None = None, private: bool | None = 
 
 
 def push_output_dir(
-    output_dir: str | Path, repo_id: str, *, token: str | None = None, revision: str | None = None,
-    commit_message: str = "End of training", blocking: bool = True,
+    output_dir: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str = "End of training",
+    blocking: bool = True,
 ):
     """Upload ``files_to_push(output_dir)`` to the existing repository ``repo_id`` as one commit; returns its
     ``CommitInfo``, or a ``Future`` of it when not ``blocking``. The card (``README.md``) must already name
     ``repo_id`` (the engines' ``create_model_card``, or ``retarget_card``)."""
     output_dir = Path(output_dir)
     check_pushable(output_dir)
-    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(output_dir / path)) for path in files_to_push(output_dir)]
+    operations = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(output_dir / path))
+        for path in files_to_push(output_dir)
+    ]
     return HfApi(token=token).create_commit(
         repo_id, operations, commit_message=commit_message, revision=revision, run_as_future=not blocking
     )
 
 
 def push_backbone(
-    output_dir: str | Path, repo_id: str, *, base_model: str | None = None, token: str | None = None,
-    private: bool | None = None, revision: str | None = None, commit_message: str = "Upload the pretrained backbone",
+    output_dir: str | Path,
+    repo_id: str,
+    *,
+    base_model: str | None = None,
+    token: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload the pretrained backbone",
 ):
     """Create ``repo_id`` if needed and upload ``<output_dir>/backbone`` at its root with the backbone's card
     (``backbone_card``; ``base_model``: the run's repository when it is on the Hub) as one commit. Returns the
@@ -139,7 +176,8 @@ def push_backbone(
     operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode("utf-8"))]
     operations += [
         CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(output_dir / "backbone" / path))
-        for path in files_to_push(output_dir, backbone_only=True) if path != "README.md"
+        for path in files_to_push(output_dir, backbone_only=True)
+        if path != "README.md"
     ]
     api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
     return repo_id
@@ -173,7 +211,11 @@ def pretraining_repo(output_dir: str | Path, api: HfApi) -> str | None:
     if (output_dir / "README.md").is_file():
         candidates += re.findall(r'from_pretrained\("([^"/]+/[^"]+)"', (output_dir / "README.md").read_text())
     if (output_dir / "recipe.yaml").is_file():
-        candidates.append(((yaml.safe_load((output_dir / "recipe.yaml").read_text()) or {}).get("training") or {}).get("hub_model_id"))
+        candidates.append(
+            ((yaml.safe_load((output_dir / "recipe.yaml").read_text()) or {}).get("training") or {}).get(
+                "hub_model_id"
+            )
+        )
     for candidate in dict.fromkeys(candidates):
         if isinstance(candidate, str) and "/" in candidate:
             try:
@@ -185,8 +227,13 @@ def pretraining_repo(output_dir: str | Path, api: HfApi) -> str | None:
 
 
 def push_run(
-    output_dir: str | Path, repo_id: str | None = None, *, backbone_only: bool = False, private: bool | None = None,
-    token: str | None = None, revision: str | None = None,
+    output_dir: str | Path,
+    repo_id: str | None = None,
+    *,
+    backbone_only: bool = False,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
 ) -> str:
     """What ``hf-ssl push`` does: upload the finished run in ``output_dir`` (or, ``backbone_only``, its backbone) and
     return the repository's full id. ``repo_id`` defaults to the recipe's ``training.hub_model_id``, else the output
@@ -200,9 +247,13 @@ def push_run(
     if backbone_only:
         repo_id = repo_id or training.get("push_backbone_to_hub")
         if not repo_id:
-            raise ConfigError("--backbone_only needs --repo_id ORG/NAME (the recipe sets no training.push_backbone_to_hub)")
+            raise ConfigError(
+                "--backbone_only needs --repo_id ORG/NAME (the recipe sets no training.push_backbone_to_hub)"
+            )
         base_model = pretraining_repo(output_dir, HfApi(token=token))
-        return push_backbone(output_dir, repo_id, base_model=base_model, token=token, private=private, revision=revision)
+        return push_backbone(
+            output_dir, repo_id, base_model=base_model, token=token, private=private, revision=revision
+        )
     repo_id = create_hub_repo(repo_id or training.get("hub_model_id") or output_dir.absolute().name, token, private)
     retarget_card(output_dir / "README.md", repo_id)
     push_output_dir(output_dir, repo_id, token=token, revision=revision, commit_message="Upload the pretraining run")
@@ -219,26 +270,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Also how to retry a push that failed at the end of a run.",
     )
     parser.add_argument("output_dir", help="The run's training.output_dir.")
-    parser.add_argument("--repo_id", default=None, help="ORG/NAME (or NAME in your namespace); default: the recipe's "
-                        "training.hub_model_id, else the folder's name (--backbone_only: training.push_backbone_to_hub).")
-    parser.add_argument("--private", action="store_true", help="Create the repository private (an existing one keeps its visibility).")
-    parser.add_argument("--backbone_only", action="store_true", help="Push backbone/ alone, at the root of its own "
-                        "repository, with a card for a plain transformers model.")
-    parser.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN or the saved login).")
+    parser.add_argument(
+        "--repo_id",
+        default=None,
+        help="ORG/NAME (or NAME in your namespace); default: the recipe's "
+        "training.hub_model_id, else the folder's name (--backbone_only: training.push_backbone_to_hub).",
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="Create the repository private (an existing one keeps its visibility)."
+    )
+    parser.add_argument(
+        "--backbone_only",
+        action="store_true",
+        help="Push backbone/ alone, at the root of its own repository, with a card for a plain transformers model.",
+    )
+    parser.add_argument(
+        "--token", default=None, help="Hub token with write access (default: HF_TOKEN or the saved login)."
+    )
     arguments = parser.parse_args(argv)
     what = "backbone/ of " if arguments.backbone_only else ""
     try:
         repo_id = push_run(
-            arguments.output_dir, arguments.repo_id, backbone_only=arguments.backbone_only,
-            private=True if arguments.private else None, token=arguments.token,
+            arguments.output_dir,
+            arguments.repo_id,
+            backbone_only=arguments.backbone_only,
+            private=True if arguments.private else None,
+            token=arguments.token,
         )
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # no token, no network, a refused commit: nothing local changed
-        print(f"error: pushing {what}{arguments.output_dir} failed ({type(error).__name__}: {error}); nothing local "
-              "changed. Log in (hf auth login, or HF_TOKEN / --token), check the network and --repo_id, then run the "
-              "same command again", file=sys.stderr)
+        print(
+            f"error: pushing {what}{arguments.output_dir} failed ({type(error).__name__}: {error}); nothing local "
+            "changed. Log in (hf auth login, or HF_TOKEN / --token), check the network and --repo_id, then run the "
+            "same command again",
+            file=sys.stderr,
+        )
         return 1
     print(f"Pushed {what}{arguments.output_dir} to https://huggingface.co/{repo_id}")
     return 0
@@ -257,12 +325,23 @@ def model_files(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     names = ("config.json", "model.safetensors", "model.safetensors.index.json")
-    return sorted(path.name for path in folder.iterdir() if path.is_file() and (path.name in names or SHARDED_WEIGHTS.match(path.name)))
+    return sorted(
+        path.name
+        for path in folder.iterdir()
+        if path.is_file() and (path.name in names or SHARDED_WEIGHTS.match(path.name))
+    )
 
 
 def push_checkpoint(
-    api: HfApi, repo_id: str, checkpoint: Path, *, weights: Path | None = None, folder_in_repo: str | None = None,
-    commit_message: str, revision: str | None = None, remove_weights: bool = False,
+    api: HfApi,
+    repo_id: str,
+    checkpoint: Path,
+    *,
+    weights: Path | None = None,
+    folder_in_repo: str | None = None,
+    commit_message: str,
+    revision: str | None = None,
+    remove_weights: bool = False,
 ) -> None:
     """Upload the model so far (config and weights from ``weights``, default the checkpoint) at the root of
     ``repo_id``, then, with ``folder_in_repo``, the whole committed ``checkpoint`` into that folder as one commit
@@ -270,18 +349,24 @@ def push_checkpoint(
     ``remove_weights``: delete ``weights`` afterwards (a copy made for this push)."""
     weights = weights or checkpoint
     try:
-        root = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(weights / name)) for name in model_files(weights)]
+        root = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(weights / name)) for name in model_files(weights)
+        ]
         if len(root) > 1:  # weights beside the config (a DeepSpeed or FSDP checkpoint holds its own format)
             api.create_commit(repo_id, root, commit_message=commit_message, revision=revision)
         if folder_in_repo is not None:
             files = _files_under(checkpoint)
             prefix = f"{folder_in_repo}/"
             stale = [
-                path for path in api.list_repo_files(repo_id, revision=revision)
-                if path.startswith(prefix) and path[len(prefix):] not in files
+                path
+                for path in api.list_repo_files(repo_id, revision=revision)
+                if path.startswith(prefix) and path[len(prefix) :] not in files
             ]
             operations = [CommitOperationDelete(path_in_repo=path) for path in stale]
-            operations += [CommitOperationAdd(path_in_repo=prefix + path, path_or_fileobj=str(checkpoint / path)) for path in files]
+            operations += [
+                CommitOperationAdd(path_in_repo=prefix + path, path_or_fileobj=str(checkpoint / path))
+                for path in files
+            ]
             api.create_commit(repo_id, operations, commit_message=f"{commit_message}, checkpoint", revision=revision)
     finally:
         if remove_weights:
@@ -330,7 +415,9 @@ class CheckpointPusher:
         waiting = {self.waiting[1]} if self.waiting is not None else set()
         return waiting | {checkpoint for checkpoint, _, future in self.jobs if not future.done()}
 
-    def push(self, repo_id: str | None, checkpoint: Path, step: int, epoch: float, weights: Path | None = None) -> bool:
+    def push(
+        self, repo_id: str | None, checkpoint: Path, step: int, epoch: float, weights: Path | None = None
+    ) -> bool:
         """Start pushing the committed ``checkpoint`` (main process), or keep it for ``wait`` while an upload is
         running; ``weights``: where its ``from_pretrained`` weights are when the checkpoint holds another format
         (removed once pushed). Returns whether the upload started."""
@@ -346,11 +433,22 @@ class CheckpointPusher:
         self._drop_waiting()
         remove_weights = weights is not None
         save_strategy = str(getattr(self.args.save_strategy, "value", self.args.save_strategy))
-        message = f"Training in progress, step {step}" if save_strategy == "steps" else f"Training in progress, epoch {int(epoch)}"
+        message = (
+            f"Training in progress, step {step}"
+            if save_strategy == "steps"
+            else f"Training in progress, epoch {int(epoch)}"
+        )
         folder = {"checkpoint": HUB_CHECKPOINT, "all_checkpoints": checkpoint.name}.get(self.strategy)
         future = self.api.run_as_future(
-            push_checkpoint, self.api, repo_id, checkpoint, weights=weights, folder_in_repo=folder,
-            commit_message=message, revision=self.args.hub_revision, remove_weights=remove_weights,
+            push_checkpoint,
+            self.api,
+            repo_id,
+            checkpoint,
+            weights=weights,
+            folder_in_repo=folder,
+            commit_message=message,
+            revision=self.args.hub_revision,
+            remove_weights=remove_weights,
         )
         future.add_done_callback(lambda done, name=checkpoint.name: self._report(done, name, repo_id))
         self.jobs = [job for job in self.jobs if not job[2].done()] + [(checkpoint, weights, future)]
@@ -360,8 +458,13 @@ class CheckpointPusher:
     def _report(future: Future, name: str, repo_id: str) -> None:
         error = future.exception()
         if error is not None:
-            logger.warning("Pushing %s to %s failed (%s: %s); the local checkpoint is intact and training goes on",
-                           name, repo_id, type(error).__name__, error)
+            logger.warning(
+                "Pushing %s to %s failed (%s: %s); the local checkpoint is intact and training goes on",
+                name,
+                repo_id,
+                type(error).__name__,
+                error,
+            )
         else:
             logger.info("Pushed %s to %s", name, repo_id)
 
@@ -405,7 +508,11 @@ def is_hub_resume(resume) -> bool:
 
 
 def fetch_hub_checkpoint(
-    output_dir: str | Path, repo_id: str | None, *, token: str | None = None, revision: str | None = None,
+    output_dir: str | Path,
+    repo_id: str | None,
+    *,
+    token: str | None = None,
+    revision: str | None = None,
 ) -> Path | None:
     """``--resume hub``: bring ``last-checkpoint/`` of ``repo_id`` (pushed by ``hub_strategy=checkpoint``) into
     ``output_dir`` as ``checkpoint-<step>`` (its step from ``hf_ssl_state.json``), unless ``output_dir`` already
@@ -428,16 +535,25 @@ def fetch_hub_checkpoint(
     except (RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as error:
         logger.warning(
             "resume=hub: %s has no %s/ (%s); resuming from the latest local checkpoint if any, else starting afresh",
-            repo_id, HUB_CHECKPOINT, type(error).__name__,
+            repo_id,
+            HUB_CHECKPOINT,
+            type(error).__name__,
         )
         return checkpointing.latest_checkpoint(output_dir)
     except Exception as error:  # offline, no token, the Hub down: never start afresh over a run that exists
         raise _hub_resume_error(repo_id, error) from error
     hub_step = int(checkpointing.read_state(Path(state_path).parent)["step"])
-    local = [path for path in checkpointing.list_checkpoints(output_dir) if checkpointing.checkpoint_damage(path) is None]
+    local = [
+        path for path in checkpointing.list_checkpoints(output_dir) if checkpointing.checkpoint_damage(path) is None
+    ]
     if local and checkpointing.checkpoint_step(local[-1]) >= hub_step:
-        logger.info("resume=hub: the local %s is at or past %s/%s (step %d): resuming from the local one",
-                    local[-1].name, repo_id, HUB_CHECKPOINT, hub_step)
+        logger.info(
+            "resume=hub: the local %s is at or past %s/%s (step %d): resuming from the local one",
+            local[-1].name,
+            repo_id,
+            HUB_CHECKPOINT,
+            hub_step,
+        )
         return local[-1]
     staging = checkpointing.prepare_staging(output_dir, hub_step)
     try:
@@ -449,7 +565,9 @@ def fetch_hub_checkpoint(
     damage = checkpointing.checkpoint_damage(downloaded)
     if damage is not None:
         shutil.rmtree(staging, ignore_errors=True)
-        raise ConfigError(f"{repo_id}/{HUB_CHECKPOINT} is damaged ({damage}): push it again, or resume from a local checkpoint with --resume auto")
+        raise ConfigError(
+            f"{repo_id}/{HUB_CHECKPOINT} is damaged ({damage}): push it again, or resume from a local checkpoint with --resume auto"
+        )
     final = checkpointing.commit_checkpoint(downloaded, checkpointing.checkpoint_path(output_dir, hub_step))
     shutil.rmtree(staging, ignore_errors=True)
     logger.info("resume=hub: downloaded %s/%s (step %d) to %s", repo_id, HUB_CHECKPOINT, hub_step, final)

@@ -53,9 +53,18 @@ def render_model_card(method: str, output_dir: str | Path, card_data: ModelCardD
 
 
 # Names `data.dataset` takes that are loaders or local data, not Hub datasets: the card's metadata leaves them out.
-LOCAL_DATASET_NAMES = frozenset({
-    "imagefolder", "parquet", "arrow", "csv", "json", "webdataset", "arrayfolder", "fashion_mnist_multispectral",
-})
+LOCAL_DATASET_NAMES = frozenset(
+    {
+        "imagefolder",
+        "parquet",
+        "arrow",
+        "csv",
+        "json",
+        "webdataset",
+        "arrayfolder",
+        "fashion_mnist_multispectral",
+    }
+)
 BUILTIN_HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist"}
 
 
@@ -80,8 +89,12 @@ def hub_datasets(dataset) -> list[str] | None:
 
 
 def evaluation_results(
-    metrics: dict | None, dataset, dataset_config: str | None = None, split: str | None = None,
-    metric_table=EVALUATION_METRICS, task_name: str | None = "Image classification on frozen features",
+    metrics: dict | None,
+    dataset,
+    dataset_config: str | None = None,
+    split: str | None = None,
+    metric_table=EVALUATION_METRICS,
+    task_name: str | None = "Image classification on frozen features",
 ) -> list[EvalResult]:
     """The ``model-index`` entries of an image-classification evaluation on ``dataset``: one per row ``(key, metric
     type, metric name)`` of ``metric_table`` whose key is in ``metrics`` (values in percent; by default the k-NN and
@@ -92,9 +105,15 @@ def evaluation_results(
         return []
     return [
         EvalResult(
-            task_type="image-classification", task_name=task_name,
-            dataset_type=hub[0], dataset_name=hub[0], dataset_config=dataset_config, dataset_split=split,
-            metric_type=metric, metric_name=name, metric_value=round(float(metrics[key]), 2),
+            task_type="image-classification",
+            task_name=task_name,
+            dataset_type=hub[0],
+            dataset_name=hub[0],
+            dataset_config=dataset_config,
+            dataset_split=split,
+            metric_type=metric,
+            metric_name=name,
+            metric_value=round(float(metrics[key]), 2),
         )
         for key, metric, name in metric_table
         if key in metrics
@@ -116,8 +135,19 @@ def evaluation_text(metrics: dict | None, features: str, step: int | None, tempe
 
 
 def write_model_card(
-    method, model, args, schedules, steps: int, log_history: list[dict], model_name=None, dataset=None, tags=None,
-    license=None, repo_id: str | None = None, dataset_config: str | None = None, evaluation_split: str | None = None,
+    method,
+    model,
+    args,
+    schedules,
+    steps: int,
+    log_history: list[dict],
+    model_name=None,
+    dataset=None,
+    tags=None,
+    license=None,
+    repo_id: str | None = None,
+    dataset_config: str | None = None,
+    evaluation_split: str | None = None,
 ) -> ModelCard:
     """The card of a run in ``args.output_dir`` from ``model_cards/<method.name>.md``: the shared part (backbone,
     steps, batch, lr, precision, the last k-NN result found in ``log_history``, the logged dicts of either engine,
@@ -149,7 +179,8 @@ def write_model_card(
         model_name=model_name or repo_id,
         repo_id=repo_id,
         backbone_class=model.evaluation_backbone().__class__.__name__,
-        backbone_summary=f"{backbone.model_type}, " + ", ".join(f"{key} {getattr(backbone, key)}" for key in described if hasattr(backbone, key)),
+        backbone_summary=f"{backbone.model_type}, "
+        + ", ".join(f"{key} {getattr(backbone, key)}" for key in described if hasattr(backbone, key)),
         steps=steps,
         total_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         peak_learning_rate=f"{schedules.peak_learning_rate:.3g}" if schedules else args.learning_rate,
@@ -200,8 +231,12 @@ def backbone_card(output_dir: str | Path, repo_id: str, base_model: str | None =
         method_summary=summary,
         backbone_class=(backbone.get("architectures") or ["AutoModel"])[0],
         backbone_type=model_type,
-        embedding="last_hidden_state.mean(dim=1)" if model_type in MEAN_POOLED_MODEL_TYPES else "pooler_output.flatten(1)",
-        evaluation=evaluation_text(trained, "features of this backbone", None, evaluation.get("knn_temperature", 0.07)),
+        embedding="last_hidden_state.mean(dim=1)"
+        if model_type in MEAN_POOLED_MODEL_TYPES
+        else "pooler_output.flatten(1)",
+        evaluation=evaluation_text(
+            trained, "features of this backbone", None, evaluation.get("knn_temperature", 0.07)
+        ),
     )
 
 

@@ -19,8 +19,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from hf_ssl.training.state import checkpointing
 from hf_ssl.errors import ConfigError
+from hf_ssl.training.state import checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -49,23 +49,36 @@ class RunOutputError(RuntimeError):
     where, what is missing, and how to write the rest. For a failed push, ``retry`` is the command (or commands)
     that uploads the saved outputs once the cause is fixed."""
 
-    def __init__(self, step: str, output_dir: str | Path, cause: BaseException, final_step: int | None = None, retry: str | None = None):
+    def __init__(
+        self,
+        step: str,
+        output_dir: str | Path,
+        cause: BaseException,
+        final_step: int | None = None,
+        retry: str | None = None,
+    ):
         self.step, self.cause = step, cause
         output_dir = Path(output_dir)
         done = [label for _, label, marker in OUTPUTS if (output_dir / marker).exists()]
         missing = [label for _, label, marker in OUTPUTS if not (output_dir / marker).exists()]
         labels = {name: f"writing {label}" for name, label, _ in OUTPUTS}
-        parts = [f"{FAILED_STEPS.get(step) or labels.get(step, step)} failed after training ({type(cause).__name__}: {cause})."]
+        parts = [
+            f"{FAILED_STEPS.get(step) or labels.get(step, step)} failed after training ({type(cause).__name__}: {cause})."
+        ]
         parts.append(f"Saved in {output_dir}: {'; '.join(done)}." if done else f"Nothing was saved in {output_dir}.")
         if missing:
             parts.append(f"Not written: {'; '.join(missing)}.")
         latest = checkpointing.latest_checkpoint(output_dir)
         if step in PUSH_STEPS and retry:
-            parts.append(f"Nothing is lost: once the cause is fixed (log in with hf auth login or set HF_TOKEN, check the "
-                         f"network), upload the saved outputs with: {retry}")
+            parts.append(
+                f"Nothing is lost: once the cause is fixed (log in with hf auth login or set HF_TOKEN, check the "
+                f"network), upload the saved outputs with: {retry}"
+            )
         elif latest is not None and latest.name == checkpointing.checkpoint_path(output_dir, final_step or -1).name:
-            parts.append(f"{latest.name} holds the final weights: once the cause is fixed, the same command with "
-                         "--resume auto finishes the job without training again.")
+            parts.append(
+                f"{latest.name} holds the final weights: once the cause is fixed, the same command with "
+                "--resume auto finishes the job without training again."
+            )
         elif latest is not None:
             parts.append(f"The checkpoints are intact (latest: {latest.name}).")
         super().__init__(" ".join(parts))
@@ -80,9 +93,17 @@ def hub_repo_error(args, error: BaseException, key: str = "push_to_hub") -> Conf
     """The error for a Hub repository that ``push_to_hub`` (or ``push_backbone_to_hub``: ``key``) cannot create,
     raised before training."""
     if key == "push_to_hub":
-        setting, repo, fix = "training.push_to_hub=true", hub_repo_name(args), "check training.hub_model_id, or set training.push_to_hub=false"
+        setting, repo, fix = (
+            "training.push_to_hub=true",
+            hub_repo_name(args),
+            "check training.hub_model_id, or set training.push_to_hub=false",
+        )
     else:
-        setting, repo, fix = f"training.{key}={getattr(args, key)}", getattr(args, key), f"check training.{key}, or set it to null"
+        setting, repo, fix = (
+            f"training.{key}={getattr(args, key)}",
+            getattr(args, key),
+            f"check training.{key}, or set it to null",
+        )
     return ConfigError(
         f"{setting}, but the Hub repository {repo!r} cannot be created ({type(error).__name__}: "
         f"{error}). Log in (hf auth login, or HF_TOKEN), {fix}; the run has not started"
@@ -127,7 +148,11 @@ def save_run_outputs(
         ("backbone", "backbone/model.safetensors", lambda: export_backbone(str(output_dir / "backbone"))),
         ("recipe", "recipe.yaml", lambda: recipe.save(output_dir)),
         ("card", "README.md", lambda: trainer.create_model_card(**(card_arguments or {}))),
-        ("knn", "knn_results.json", lambda: (output_dir / "knn_results.json").write_text(json.dumps(knn_results, indent=2))),
+        (
+            "knn",
+            "knn_results.json",
+            lambda: (output_dir / "knn_results.json").write_text(json.dumps(knn_results, indent=2)),
+        ),
     )
     for name, marker, write in steps:
         if not wanted(marker):

@@ -32,8 +32,8 @@ import shutil
 import socket
 import struct
 import time
-from contextlib import contextmanager
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,11 @@ def incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     directory = Path(output_dir)
     if not directory.is_dir():
         return []
-    found = [child for child in directory.iterdir() if _CHECKPOINT_NAME.match(child.name) and child.is_dir() and not (child / STATE_FILE).is_file()]
+    found = [
+        child
+        for child in directory.iterdir()
+        if _CHECKPOINT_NAME.match(child.name) and child.is_dir() and not (child / STATE_FILE).is_file()
+    ]
     return sorted(found, key=checkpoint_step)
 
 
@@ -174,7 +178,9 @@ def read_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path} is not valid JSON ({error}): the checkpoint is damaged") from error
     if state.get("format_version", 0) > STATE_FORMAT_VERSION:
-        raise ConfigError(f"{path} has format_version {state['format_version']}; this hf_ssl reads up to {STATE_FORMAT_VERSION}")
+        raise ConfigError(
+            f"{path} has format_version {state['format_version']}; this hf_ssl reads up to {STATE_FORMAT_VERSION}"
+        )
     return state
 
 
@@ -257,15 +263,29 @@ def resolve_resume(resume: str | os.PathLike | bool | None, output_dir: str | os
         )
     path = Path(resume)
     if path.is_file():
-        raise ConfigError(f"resume checkpoint {str(path)!r} is a file: give its folder ({CHECKPOINT_PREFIX}-<step>), or 'auto'")
+        raise ConfigError(
+            f"resume checkpoint {str(path)!r} is a file: give its folder ({CHECKPOINT_PREFIX}-<step>), or 'auto'"
+        )
     if not path.is_dir():
-        raise ConfigError(f"resume checkpoint {str(path)!r} does not exist (use a {CHECKPOINT_PREFIX}-<step> folder, or 'auto')")
+        raise ConfigError(
+            f"resume checkpoint {str(path)!r} does not exist (use a {CHECKPOINT_PREFIX}-<step> folder, or 'auto')"
+        )
     if not (path / STATE_FILE).is_file() and list_checkpoints(path):
-        raise ConfigError(f"{path} is an output directory, not a checkpoint: resume from {latest_checkpoint(path)} or use 'auto'")
+        raise ConfigError(
+            f"{path} is an output directory, not a checkpoint: resume from {latest_checkpoint(path)} or use 'auto'"
+        )
     damage = checkpoint_damage(path)
     if damage is not None:
-        earlier = [candidate for candidate in list_checkpoints(path.parent) if checkpoint_step(candidate) < checkpoint_step(path) and checkpoint_damage(candidate) is None]
-        hint = f" The latest intact checkpoint before it is {earlier[-1]}: resume from it, or use 'auto'." if earlier else ""
+        earlier = [
+            candidate
+            for candidate in list_checkpoints(path.parent)
+            if checkpoint_step(candidate) < checkpoint_step(path) and checkpoint_damage(candidate) is None
+        ]
+        hint = (
+            f" The latest intact checkpoint before it is {earlier[-1]}: resume from it, or use 'auto'."
+            if earlier
+            else ""
+        )
         raise ConfigError(f"checkpoint {path} is damaged: {damage}.{hint}")
     return path
 
@@ -364,7 +384,10 @@ def release_output_dir(output_dir: str | os.PathLike) -> None:
 
 
 def guard_output_dir(
-    output_dir: str | os.PathLike, checkpoint: Path | None, resume_requested: bool, overwrite: bool,
+    output_dir: str | os.PathLike,
+    checkpoint: Path | None,
+    resume_requested: bool,
+    overwrite: bool,
     start_from_key: str = "model.pretrained_model_name_or_path",
 ) -> None:
     """Before training, on the main process: lock ``output_dir`` for this run, and refuse to start a fresh run
@@ -382,7 +405,9 @@ def guard_output_dir(
         return
     found = ", ".join([path.name for path in checkpoints[-3:]] + model_files)
     if overwrite:
-        logger.warning("overwrite_output_dir: deleting the checkpoints of the previous run in %s (%s)", directory, found)
+        logger.warning(
+            "overwrite_output_dir: deleting the checkpoints of the previous run in %s (%s)", directory, found
+        )
         for path in checkpoints:
             shutil.rmtree(path)
         return
@@ -508,7 +533,12 @@ def check_resume_compatible(
         differences = config_differences(state["settings"], _as_plain_json(settings))
         changes = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, old, new in differences[:10])
         if differences and allow_changed_settings:
-            logger.warning("Resuming %s with changed settings (resume_with_changed_settings): %s. The new values apply from step %s on.", checkpoint, changes, state.get("step"))
+            logger.warning(
+                "Resuming %s with changed settings (resume_with_changed_settings): %s. The new values apply from step %s on.",
+                checkpoint,
+                changes,
+                state.get("step"),
+            )
         elif differences:
             raise ConfigError(
                 f"{checkpoint} was trained with other settings: {changes}. A resume continues the run that wrote the "
@@ -522,7 +552,10 @@ def check_resume_compatible(
     if state.get("world_size") not in (None, world_size):
         logger.warning(
             "Resuming a %s-process checkpoint on %s processes (same total batch %s): the data order is the same; "
-            "per-process random states start afresh.", state.get("world_size"), world_size, total_batch_size,
+            "per-process random states start afresh.",
+            state.get("world_size"),
+            world_size,
+            total_batch_size,
         )
     return state
 
@@ -534,22 +567,40 @@ def log_resume_position(checkpoint: Path, saved_state: Mapping[str, Any], step: 
         where = "the last step" if step == total_steps else f"past the last step ({total_steps})"
         logger.warning(
             "%s is at step %d, %s: nothing left to train; the model now holds its weights, the final ones.",
-            checkpoint, step, where,
+            checkpoint,
+            step,
+            where,
         )
         return True
     if saved_total is not None and saved_total != total_steps:
         logger.warning(
             "The run was planned for %d optimizer steps and now has %d: every schedule (learning rate, weight decay, "
-            "teacher momentum and temperature, ...) follows the new length from step %d on.", saved_total, total_steps, step,
+            "teacher momentum and temperature, ...) follows the new length from step %d on.",
+            saved_total,
+            total_steps,
+            step,
         )
     return False
 
 
 # Keys of a saved config.json that say nothing about the architecture or the loss.
-_IGNORED_CONFIG_KEYS = frozenset({"use_cache", "transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path", "auto_map", "return_dict"})
+_IGNORED_CONFIG_KEYS = frozenset(
+    {
+        "use_cache",
+        "transformers_version",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+        "_name_or_path",
+        "auto_map",
+        "return_dict",
+    }
+)
 
 
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+def config_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
     """``(dotted key, saved value, current value)`` for every key that differs, nested dicts walked."""
     differences = []
     for key in sorted(set(saved) | set(current)):
@@ -603,10 +654,12 @@ class RetentionPolicy:
         if self.keep_best < 0:
             raise ValueError(f"keep_best (save_best_total_limit) must be >= 0, got {self.keep_best}")
         if self.keep_best and not self.metric:
-            raise ValueError("keep_best (save_best_total_limit) needs a metric: set metric_for_best_model, e.g. knn_top1")
+            raise ValueError(
+                "keep_best (save_best_total_limit) needs a metric: set metric_for_best_model, e.g. knn_top1"
+            )
 
     def to_keep(self, checkpoints: list[Path]) -> set[Path]:
-        keep = set(checkpoints if self.keep_last is None else checkpoints[-self.keep_last:])
+        keep = set(checkpoints if self.keep_last is None else checkpoints[-self.keep_last :])
         if self.keep_best:
             keep.update(ranked_by_metric(checkpoints, self.metric, self.greater_is_better)[: self.keep_best])
         return keep
@@ -623,7 +676,9 @@ def ranked_by_metric(checkpoints: list[Path], metric: str, greater_is_better: bo
     return [path for _, path in scored]
 
 
-def rotate_checkpoints(output_dir: str | os.PathLike, policy: RetentionPolicy, busy: Iterable[Path] = ()) -> list[Path]:
+def rotate_checkpoints(
+    output_dir: str | os.PathLike, policy: RetentionPolicy, busy: Iterable[Path] = ()
+) -> list[Path]:
     """Delete the checkpoints ``policy`` does not keep (main process); returns the deleted folders. ``busy``
     checkpoints (still uploading to the Hub, or the one a run resumes from) stay until a later rotation."""
     checkpoints = list_checkpoints(output_dir)
@@ -654,7 +709,9 @@ class CheckpointRecord:
     control_state: dict[str, Any] = field(default_factory=dict)
     sharding: str = "none"  # "deepspeed", "fsdp" or "none" (one process, DDP): see sharding_of
     total_steps: int | None = None  # the length of the run (optimizer steps) when this checkpoint was saved
-    settings: dict[str, Any] = field(default_factory=dict)  # what a resume may not change (see check_resume_compatible)
+    settings: dict[str, Any] = field(
+        default_factory=dict
+    )  # what a resume may not change (see check_resume_compatible)
 
 
 def sharding_of(accelerator) -> str:

@@ -64,7 +64,15 @@ PREFERRED_PLOT_KEYS = (
 )
 # bookkeeping and the one-off end-of-training summary: recorded, not plotted by default
 NOT_PLOTTED_KEYS = frozenset(
-    {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
+    {
+        "step",
+        "epoch",
+        "total_flos",
+        "train_runtime",
+        "train_samples_per_second",
+        "train_steps_per_second",
+        "train_loss",
+    }
 )
 _INDEX_KEYS = ("step", "epoch")
 
@@ -131,7 +139,9 @@ class History:
             entry["step"] = int(step)
         entry.update({key: math.fsum(values) / len(values) for key, values in collected.items()})
         if metrics:
-            entry.update({key: float(value) for key, value in metrics.items() if key not in _INDEX_KEYS and _is_number(value)})
+            entry.update(
+                {key: float(value) for key, value in metrics.items() if key not in _INDEX_KEYS and _is_number(value)}
+            )
         self.epochs.append(entry)
         return entry
 
@@ -155,11 +165,19 @@ class History:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "history") -> History:
-        if not isinstance(data, Mapping) or not isinstance(data.get("steps"), list) or not isinstance(data.get("epochs"), list):
-            raise ValueError(f"{source} is not a training history: expected a JSON object with 'steps' and 'epochs' lists")
+        if (
+            not isinstance(data, Mapping)
+            or not isinstance(data.get("steps"), list)
+            or not isinstance(data.get("epochs"), list)
+        ):
+            raise ValueError(
+                f"{source} is not a training history: expected a JSON object with 'steps' and 'epochs' lists"
+            )
         version = data.get("format_version", HISTORY_FORMAT_VERSION)
         if version > HISTORY_FORMAT_VERSION:
-            raise ValueError(f"{source} has format_version {version}; this hf_ssl reads up to {HISTORY_FORMAT_VERSION}")
+            raise ValueError(
+                f"{source} has format_version {version}; this hf_ssl reads up to {HISTORY_FORMAT_VERSION}"
+            )
         return cls(steps=[dict(entry) for entry in data["steps"]], epochs=[dict(entry) for entry in data["epochs"]])
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -250,7 +268,9 @@ class HistoryCallback(TrainerCallback):
         collapse_detector: a ``hf_ssl.evaluation.collapse.CollapseDetector``, or None.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, plot: bool = True, collapse_detector: CollapseDetector | None = None):
+    def __init__(
+        self, output_dir: str | os.PathLike, plot: bool = True, collapse_detector: CollapseDetector | None = None
+    ):
         self.output_dir = Path(output_dir)
         self.plot = plot
         self.collapse_detector = collapse_detector
@@ -323,10 +343,13 @@ def _is_number(value: Any) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m hf_ssl.commands.plot_history", description="Plot a saved training history (history.json) as a PNG."
+        prog="python -m hf_ssl.commands.plot_history",
+        description="Plot a saved training history (history.json) as a PNG.",
     )
     parser.add_argument("history", type=Path, help="history.json written by HistoryCallback")
-    parser.add_argument("--output", type=Path, default=None, help="PNG to write (default: next to the JSON, .png suffix)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="PNG to write (default: next to the JSON, .png suffix)"
+    )
     parser.add_argument("--keys", default=None, help="comma-separated metrics to plot (default: all)")
     arguments = parser.parse_args(argv)
     if not arguments.history.is_file():
@@ -339,4 +362,3 @@ def main(argv: Sequence[str] | None = None) -> Path:
         parser.error(str(error))
     print(output)
     return output
-

@@ -145,8 +145,11 @@ class RunControl:
                 self._early_stop_pending = True
             logger.info(
                 "early stopping: %s=%.4f, best %.4f, %d/%d evaluations without improvement",
-                self.early_stopping.metric, value, self.early_stopping.best if self.early_stopping.best is not None else float("nan"),
-                self.early_stopping.evaluations_without_improvement, self.early_stopping.patience,
+                self.early_stopping.metric,
+                value,
+                self.early_stopping.best if self.early_stopping.best is not None else float("nan"),
+                self.early_stopping.evaluations_without_improvement,
+                self.early_stopping.patience,
             )
 
     def check(self, device: torch.device | str = "cpu") -> str | None:
