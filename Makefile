@@ -6,14 +6,15 @@
 # make demo-hjepa  : the same for H-JEPA
 # make demo-multispectral : SimCLR on 8-band images generated from Fashion-MNIST
 # make demo-finetune : fine-tune the DINO demo backbone on Fashion-MNIST (runs make demo's training first if needed)
-# make test        : set up .venv and run the test suite
+# make test        : set up .venv, check the code with ruff (make lint) and run the test suite
+# make lint        : ruff check + ruff format --check (make format rewrites)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo demo-finetune demo-simclr demo-byol demo-vicreg demo-ijepa demo-hjepa demo-multispectral test fashion-mnist bench clean
+.PHONY: setup lint format demo demo-finetune demo-simclr demo-byol demo-vicreg demo-ijepa demo-hjepa demo-multispectral test fashion-mnist bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,9 +54,17 @@ demo-hjepa: setup fashion-mnist
 demo-multispectral: setup fashion-mnist
 	$(PY) recipes/train_simclr.py --config recipes/simclr_multispectral_demo.yaml
 
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 # one test process per core (pytest-xdist), a test file per process; one PyTorch thread each, so that processes
 # sharing the cores do not make each other's OpenMP threads spin
-test: setup
+test: setup lint
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests -n auto --dist loadfile
 
 demo-finetune: setup fashion-mnist

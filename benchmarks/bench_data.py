@@ -4,8 +4,8 @@
     python benchmarks/bench_data.py --num-images 512 --config dino --dataset natural --threads 1
     python benchmarks/bench_data.py --device-stage-only   # DeviceAugmentation against kornia only
 
-ours:     decode + random resized crops (MultiCropTransform, through a DataLoader with
-          num_workers=0) + MultiCropCollator + DeviceAugmentation, all on the CPU.
+ours:     decode + random resized crops (ViewCropTransform, through a DataLoader with
+          num_workers=0) + ViewCropCollator + DeviceAugmentation, all on the CPU.
 baseline: one image at a time, the DINO recipe as torchvision runs it on PIL images: PIL random
           resized crop, flip, ImageEnhance colour jitter (random order) + HSV hue shift, grayscale,
           ImageFilter.GaussianBlur, ImageOps.solarize, then to a tensor and normalise.
@@ -39,11 +39,11 @@ import torch
 
 from hf_ssl.data import (
     DeviceAugmentation,
-    MultiCropCollator,
     MultiCropConfig,
-    MultiCropTransform,
+    ViewCropCollator,
+    ViewCropTransform,
     load_fashion_mnist,
-    with_multicrop,
+    with_view_crops,
 )
 from hf_ssl.data.images import RESAMPLING, decode_image, random_resized_crop_box, to_8bit
 
@@ -96,9 +96,9 @@ def _synthetic_photo(rng: np.random.Generator) -> PIL.Image.Image:
 
 def run_ours(dataset: datasets.Dataset, config: MultiCropConfig, batch_size: int) -> float:
     loader = torch.utils.data.DataLoader(
-        with_multicrop(dataset, MultiCropTransform(config)),
+        with_view_crops(dataset, ViewCropTransform(config)),
         batch_size=batch_size,
-        collate_fn=MultiCropCollator(),
+        collate_fn=ViewCropCollator(),
     )
     augment = DeviceAugmentation(config)
     generator = torch.Generator().manual_seed(0)

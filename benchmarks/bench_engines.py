@@ -22,7 +22,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_ssl import DinoConfig, DinoForPreTraining
-from hf_ssl.data import MultiCropConfig, MultiCropTransform, with_multicrop
+from hf_ssl.data import MultiCropConfig, ViewCropTransform, with_view_crops
 from hf_ssl.evaluation import KnnEvaluator
 from hf_ssl.models import build_image_processor
 from hf_ssl.training import DinoTrainingArguments, build_trainer
@@ -108,7 +108,7 @@ def main():
             model=model,
             args=training,
             view_config=multicrop,
-            train_dataset=with_multicrop(dataset, MultiCropTransform(multicrop)),
+            train_dataset=with_view_crops(dataset, ViewCropTransform(multicrop)),
             knn_evaluator=evaluator,
             knn_eval_steps=args.warmup if args.knn else 0,
             knn_at_end=args.knn,

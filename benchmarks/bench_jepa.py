@@ -20,7 +20,7 @@ import torch
 from bench_engines import generated_images
 from transformers import AutoModel
 
-from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.data import ViewCropTransform, with_view_crops
 from hf_ssl.training import ValidationLoss, build_trainer, get_method
 from hf_ssl.training.methods.ijepa import IJepaViewConfig
 
@@ -78,9 +78,9 @@ def main():
             disable_tqdm=True,
             save_strategy="no",
         )
-        transform = MultiCropTransform(views)
+        transform = ViewCropTransform(views)
         validation = ValidationLoss(
-            with_multicrop(held_out, transform),
+            with_view_crops(held_out, transform),
             spec.method_class.build_collator(config, views, 0),
             batch_size=args.batch_size,
             num_workers=args.workers,
@@ -89,7 +89,7 @@ def main():
             model=model,
             args=training,
             view_config=views,
-            train_dataset=with_multicrop(train, transform),
+            train_dataset=with_view_crops(train, transform),
             method=args.method,
             validation=validation,
         )

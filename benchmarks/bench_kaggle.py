@@ -4,7 +4,7 @@ precision, not on the GPU, so a bigger GPU measures it too (the T4's usable memo
 
     python benchmarks/bench_kaggle.py --part pretrain --steps 30
     python benchmarks/bench_kaggle.py --part finetune --steps 60
-    python benchmarks/bench_kaggle.py --part finetune_step_cpu      # no GPU: an fp32 upper bound of the fine-tuning step
+    python benchmarks/bench_kaggle.py --part finetune_step_cpu  # no GPU: an fp32 upper bound of the fine-tuning step
 
 Prints one JSON line: the recipe, steps, images per second, peak allocated and reserved memory in GiB.
 """

@@ -6,9 +6,9 @@ and schedules: each method's defaults) on either engine at fp32 / bf16 / fp16, o
     python benchmarks/bench_methods.py --method simclr --bands 32 --size 96
 
 Prints one JSON line: images/s (mean over the logs after the warm-up), peak GPU memory, first and last loss, whether
-every logged loss was finite, NaN/inf-skipped steps, how far the evaluated backbone's weights moved (0 means no training),
-and the largest difference between the exported plain transformers backbone and the evaluated backbone on the same
-pixels (0 means the export is that backbone).
+every logged loss was finite, NaN/inf-skipped steps, how far the evaluated backbone's weights moved (0 means no
+training), and the largest difference between the exported plain transformers backbone and the evaluated backbone on
+the same pixels (0 means the export is that backbone).
 """
 
 import argparse
@@ -23,7 +23,7 @@ from bench_engines import generated_images
 from datasets import ClassLabel, Dataset, Features, Value
 from transformers import AutoModel
 
-from hf_ssl.data import MultiCropTransform, band_statistics, with_multicrop
+from hf_ssl.data import ViewCropTransform, band_statistics, with_view_crops
 from hf_ssl.training import build_trainer, get_method
 
 RGB_ONLY_OFF = {"cj_sat": 0.0, "cj_hue": 0.0, "random_gray_scale": 0.0, "solarize_prob": 0.0}
@@ -99,7 +99,7 @@ def main():
             model=model,
             args=training,
             view_config=views,
-            train_dataset=with_multicrop(dataset, MultiCropTransform(views)),
+            train_dataset=with_view_crops(dataset, ViewCropTransform(views)),
             method=args.method,
         )
         trainer.train()

@@ -14,7 +14,7 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.data import ViewCropTransform, with_view_crops
 from hf_ssl.training import Recipe, SslTrainer
 
 
@@ -48,7 +48,7 @@ def main():
             ],
         )
         train_dataset = recipe.load_datasets().train
-        train_dataset = with_multicrop(train_dataset, MultiCropTransform(recipe.view_config))
+        train_dataset = with_view_crops(train_dataset, ViewCropTransform(recipe.view_config))
         model = recipe.build_model()
         trainer = SslTrainer(
             model=model,
@@ -71,11 +71,13 @@ def main():
     crops = " + ".join(f"{group.number}x{group.size}" for group in recipe.view_config.groups.values())
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
     print(
-        f"config: {args.config}  method: {recipe.method}  crops: {crops}  batch: {batch}  trained parameters: {parameters:.2f}M"
+        f"config: {args.config}  method: {recipe.method}  crops: {crops}  batch: {batch}  "
+        f"trained parameters: {parameters:.2f}M"
     )
     print(f"device: {recipe.training.device}  torch threads: {torch.get_num_threads()}")
     print(
-        f"training: {steps_per_second:.3f} steps/s, {steps_per_second * batch:.1f} images/s ({args.steps} steps in {seconds:.1f} s)"
+        f"training: {steps_per_second:.3f} steps/s, {steps_per_second * batch:.1f} images/s "
+        f"({args.steps} steps in {seconds:.1f} s)"
     )
 
 

@@ -16,7 +16,8 @@ def main(first: str, second: str) -> int:
     a, b = load_file(f"{first}/model.safetensors"), load_file(f"{second}/model.safetensors")
     if a.keys() != b.keys():
         print(
-            f"different tensors: only in {first}: {sorted(a.keys() - b.keys())[:5]}; only in {second}: {sorted(b.keys() - a.keys())[:5]}"
+            f"different tensors: only in {first}: {sorted(a.keys() - b.keys())[:5]}; "
+            f"only in {second}: {sorted(b.keys() - a.keys())[:5]}"
         )
         return 1
     differing = [name for name in a if not torch.equal(a[name], b[name])]

@@ -29,7 +29,8 @@ class NonFiniteLossError(RuntimeError):
         else:
             checkpoint = "No checkpoint was saved before it. "
         return (
-            f"the loss was NaN or inf for {self.count} optimizer steps in a row (up to step {self.step}): training stopped. "
+            f"the loss was NaN or inf for {self.count} optimizer steps in a row (up to step {self.step}): training "
+            "stopped. "
             + checkpoint
             + f"Try: a lower training.learning_rate or a longer {self.warmup_key}; bf16 instead of fp16; a smaller "
             "training.max_grad_norm"

@@ -118,13 +118,13 @@ def make_dino_trainer(
     """A tiny DINO run on either engine (``SslTrainer`` or ``AccelerateTrainer``) over ``dataset``
     (a ``datasets.Dataset`` with an ``image`` column); ``overrides`` go to ``tiny_training_arguments``."""
     from hf_ssl import DinoForPreTraining
-    from hf_ssl.data import MultiCropTransform, with_multicrop
+    from hf_ssl.data import ViewCropTransform, with_view_crops
     from hf_ssl.training import build_trainer
 
     multicrop = multicrop or tiny_multicrop_config()
     model = model or DinoForPreTraining(tiny_dino_config())
     arguments = tiny_training_arguments(output_dir, engine=engine, **overrides)
-    train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop), seed=seed)
+    train_dataset = with_view_crops(dataset, ViewCropTransform(multicrop), seed=seed)
     return build_trainer(
         model=model,
         args=arguments,

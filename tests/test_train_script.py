@@ -338,5 +338,6 @@ def test_the_documented_command_pretrains_on_a_folder_of_unlabelled_images(tmp_p
     # the same split asked for on the command line is a mistake to fix, not something to skip
     failed = run([*command, *tiny, "data.eval_split=validation"], returncode=2)
     assert error_line(failed.stderr) == (
-        "error: data.eval_split='validation' is not a split of 'imagefolder'; splits: ['train'] (set it to null to skip k-NN)"
+        "error: data.eval_split='validation' is not a split of 'imagefolder'; splits: ['train'] "
+        "(set it to null to skip k-NN)"
     )

@@ -37,9 +37,9 @@ def main(
     prog: str | None = None,
 ) -> int:
     """Parse the command line into a recipe (``method``: None reads the method from the file's ``method:`` key; a
-    name is taken for a file without one, and a file of another method is refused), run it, and return the exit code: 2 for a recipe or command-line mistake
-    (``error: ...`` on stderr, no traceback), 1 for a run that stopped on NaN/inf losses, a failed checkpoint save
-    or a failed output step (the message says what is saved where), 0 otherwise."""
+    name is taken for a file without one, and a file of another method is refused), run it, and return the exit code: 2
+    for a recipe or command-line mistake (``error: ...`` on stderr, no traceback), 1 for a run that stopped on NaN/inf
+    losses, a failed checkpoint save or a failed output step (the message says what is saved where), 0 otherwise."""
     try:
         recipe, resume = parse_command_line(argv, method=method, description=description or __doc__, prog=prog)
         logging.basicConfig(

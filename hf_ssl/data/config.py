@@ -1,7 +1,7 @@
 """`MultiCropConfig`: every knob of DINO's multi-crop augmentation, with the official defaults.
 
 It is DINO's ``augmentation:`` section in DINO's own terms; ``to_views_config()`` gives the two named view
-groups (``global_crops``, ``local_crops``) that the CPU stage (`MultiCropTransform`: random resized crops) and
+groups (``global_crops``, ``local_crops``) that the CPU stage (`ViewCropTransform`: random resized crops) and
 the device stage (`DeviceAugmentation`: flip, colour jitter, grayscale, blur, solarize, normalisation) run.
 """
 
@@ -115,7 +115,8 @@ class MultiCropConfig:
             low, high = self._pair(name)
             if not 0 < low <= high <= 1:
                 raise ValueError(
-                    f"{name} must be (min, max) with 0 < min <= max <= 1 (fractions of the image area), got {(low, high)}"
+                    f"{name} must be (min, max) with 0 < min <= max <= 1 (fractions of the image area), got "
+                    f"{(low, high)}"
                 )
         low, high = self._pair("crop_ratio")
         if not 0 < low <= high:
@@ -133,7 +134,8 @@ class MultiCropConfig:
             or self.blur_kernel_size % 2 == 0
         ):
             raise ValueError(
-                f"blur_kernel_size must be an odd integer >= 1 (taps of the blur kernel) or null, got {self.blur_kernel_size!r}"
+                "blur_kernel_size must be an odd integer >= 1 (taps of the blur kernel) or null, got "
+                f"{self.blur_kernel_size!r}"
             )
 
         if self.interpolation not in INTERPOLATIONS:

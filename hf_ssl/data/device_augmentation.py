@@ -1,6 +1,6 @@
-"""Device stage of the multi-crop pipeline: photometric augmentation of whole batches of crops.
+"""Device stage of the view pipeline: photometric augmentation of whole batches of crops.
 
-The CPU stage (`MultiCropTransform`) only cuts and resizes the views of each group; everything that touches
+The CPU stage (`ViewCropTransform`) only cuts and resizes the views of each group; everything that touches
 pixel values runs here, batched, on whatever device the crops are on (the GPU during training), with
 random parameters drawn per sample. The order is DINO's: flip, colour jitter, grayscale, Gaussian
 blur, solarize, normalise.
@@ -66,8 +66,9 @@ class DeviceAugmentation(nn.Module):
         self.views = as_views_config(config)
         if self.views.needs_statistics:
             raise ValueError(
-                f"the {self.views.num_channels}-band views have no mean / std yet: compute them from the training data "
-                "(hf_ssl.data.band_statistics; a recipe does it before training) or give them in the augmentation config"
+                f"the {self.views.num_channels}-band views have no mean / std yet: compute them from the training "
+                "data (hf_ssl.data.band_statistics; a recipe does it before training) or give them in the "
+                "augmentation config"
             )
         channels = self.views.num_channels
         self.register_buffer(
@@ -85,7 +86,7 @@ class DeviceAugmentation(nn.Module):
         Args:
             views: group name -> ``(V, B, C, H, W)`` uint8 (or float in [0, 255]) RGB, or float bands in the data's
                 units, view index first, as
-                `MultiCropCollator` returns them; one entry per group of the config.
+                `ViewCropCollator` returns them; one entry per group of the config.
             generator: makes the random parameters reproducible. It may live on another device than
                 the views: the draws are made on its device, then moved.
 
@@ -94,8 +95,8 @@ class DeviceAugmentation(nn.Module):
         """
         if set(views) != set(self.views.names):
             raise ValueError(
-                f"the batch holds the view groups {sorted(views)} but the augmentation config has {list(self.views.names)}: "
-                "build the transform and the augmentation from one config"
+                f"the batch holds the view groups {sorted(views)} but the augmentation config has "
+                f"{list(self.views.names)}: build the transform and the augmentation from one config"
             )
         return {name: self._augment(views[name], group, generator, name) for name, group in self.views.groups.items()}
 

@@ -104,7 +104,8 @@ def array_to_image(array: Any) -> PIL.Image.Image:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
         raise ValueError(
-            f"cannot read an image from an array of shape {array.shape}: expected (H, W), (H, W, C) or (C, H, W), C in 1, 3, 4"
+            f"cannot read an image from an array of shape {array.shape}: expected (H, W), (H, W, C) or (C, H, W), C "
+            "in 1, 3, 4"
         )
     array = scale_to_uint8(array)
     if array.ndim == 3:
@@ -221,9 +222,9 @@ def crop_into(
         out[:] = pixels.transpose(2, 0, 1)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Multispectral and hyperspectral bands
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -267,7 +268,8 @@ def decode_bands(item: Any, num_channels: int, *, channels_last: bool | None = N
             else f", read as {'(H, W, C)' if channels_last else '(C, H, W)'} by data.channels_last"
         )
         raise ValueError(
-            f"the image has {bands.shape[0]} bands (shape {tuple(bands.shape)}{read_as}) but num_channels is {num_channels}"
+            f"the image has {bands.shape[0]} bands (shape {tuple(bands.shape)}{read_as}) but num_channels is "
+            f"{num_channels}"
         )
     if 0 in bands.shape[1:]:
         raise ValueError(f"the image is empty: shape {tuple(bands.shape)}")
@@ -275,7 +277,8 @@ def decode_bands(item: Any, num_channels: int, *, channels_last: bool | None = N
     if not finite.all():  # NaN / inf would reach the loss: bad data, skipped like an unreadable image
         count = bands.size - int(np.count_nonzero(finite))
         raise ValueError(
-            f"the image holds {count} non-finite value{'s' if count > 1 else ''} (NaN or infinity) among its {bands.size}"
+            f"the image holds {count} non-finite value{'s' if count > 1 else ''} (NaN or infinity) among its "
+            f"{bands.size}"
         )
     return bands
 
@@ -371,7 +374,8 @@ def _bands_last(shape: tuple[int, ...], num_channels: int | None, channels_last:
         return False
     if shape[0] == num_channels:
         raise BandLayoutError(
-            f"an array of shape {tuple(shape)} with num_channels={num_channels} reads as (bands, height, width) and as "
-            "(height, width, bands): set data.channels_last to true if its bands are the last axis, false if the first"
+            f"an array of shape {tuple(shape)} with num_channels={num_channels} reads as (bands, height, width) and "
+            "as (height, width, bands): set data.channels_last to true if its bands are the last axis, false if the "
+            "first"
         )
     return True

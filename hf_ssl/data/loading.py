@@ -93,7 +93,8 @@ def load_image_dataset(
     if path == "arrayfolder":
         if data_dir is None or name or data_files or load_kwargs:
             raise ValueError(
-                "'arrayfolder' reads the array files under data_dir: give data_dir, and no name, data_files or loading options"
+                "'arrayfolder' reads the array files under data_dir: give data_dir, and no name, data_files or "
+                "loading options"
             )
         dataset = load_array_folder(data_dir)
         if split is not None:
@@ -148,7 +149,8 @@ def normalize_columns(dataset, image_column: str | None = None, label_column: st
         image_column = next((column for column in IMAGE_COLUMN_CANDIDATES if column in columns), None)
         if image_column is None:
             raise ValueError(
-                f"no image column: looked for {list(IMAGE_COLUMN_CANDIDATES)}, the dataset has {columns}. Pass image_column=..."
+                f"no image column: looked for {list(IMAGE_COLUMN_CANDIDATES)}, the dataset has {columns}. Pass "
+                "image_column=..."
             )
     elif image_column not in columns:
         raise ValueError(f"image_column {image_column!r} is not in the dataset; its columns are {columns}")

@@ -4,7 +4,7 @@ the encoder, as patch indices, drawn by the collator in the DataLoader workers.
     collator = MultiBlockMaskCollator(input_size=224, patch_size=16)  # a 14 x 14 grid of patches
     loader = DataLoader(dataset, batch_size=64, collate_fn=collator, num_workers=8)
     for batch in loader:
-        batch["image"]  # (1, 64, 3, 224, 224) uint8, from the inner MultiCropCollator
+        batch["image"]  # (1, 64, 3, 224, 224) uint8, from the inner ViewCropCollator
         batch["masks_context"], batch["masks_target"]  # (64, K_ctx), (4, 64, K_tgt) int64 patch indices
 
 A patch index is ``row * grid_width + column`` on the grid of ``input_size // patch_size`` patches, row-major, as a
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .multicrop import MultiCropCollator
+from .crops import ViewCropCollator
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def rectangle_indices(top: int, left: int, height: int, width: int, grid_width: 
 class MultiBlockMaskCollator:
     """Collate examples with an inner collator and add I-JEPA's multi-block masks of the kept images.
 
-    Returns the inner collator's batch (default `MultiCropCollator`: one uint8 ``(number, B, 3, size, size)``
+    Returns the inner collator's batch (default `ViewCropCollator`: one uint8 ``(number, B, 3, size, size)``
     tensor per view group, ``labels``, ``num_skipped``) plus ``masks_context`` int64 ``(B, K_ctx)`` and
     ``masks_target`` int64 ``(num_targets, B, K_tgt)`` (see `MultiBlockMasks`), where ``B`` counts the examples with
     ``valid`` true (missing means valid): the images the inner collator keeps. Every mask holds more than
@@ -137,15 +137,16 @@ class MultiBlockMaskCollator:
         for side_name, side in zip(("height", "width"), sides):
             if side % patch_size:
                 raise ValueError(
-                    f"input_size {side_name} {side} is not a multiple of patch_size {patch_size}: the patch grid would drop pixels"
+                    f"input_size {side_name} {side} is not a multiple of patch_size {patch_size}: the patch grid "
+                    "would drop pixels"
                 )
         self.input_size = sides
         self.patch_size = patch_size
         self.height, self.width = (side // patch_size for side in sides)
         if self.height < 2 or self.width < 2:
             raise ValueError(
-                f"the patch grid is {self.height} x {self.width} (input_size {sides} // patch_size {patch_size}); a block must be "
-                "smaller than the grid in both directions, so the grid needs at least 2 x 2 patches"
+                f"the patch grid is {self.height} x {self.width} (input_size {sides} // patch_size {patch_size}); a "
+                "block must be smaller than the grid in both directions, so the grid needs at least 2 x 2 patches"
             )
         self.num_targets = _integer("num_targets", num_targets, minimum=1)
         self.target_scale = _range("target_scale", target_scale, fraction=True)
@@ -160,7 +161,7 @@ class MultiBlockMaskCollator:
         self.tries_per_relaxation = _integer("tries_per_relaxation", tries_per_relaxation, minimum=1)
         if collator is not None and not callable(collator):
             raise ValueError(f"collator must be a callable taking a list of examples, got {type(collator).__name__}")
-        self.collator = collator if collator is not None else MultiCropCollator()
+        self.collator = collator if collator is not None else ViewCropCollator()
         # A block that can hold no more than min_keep patches makes the draw loop forever: refuse such configs here,
         # not at some random batch of a long run.
         self._check_block_area("target", self.target_scale, self.target_aspect_ratio)
@@ -193,7 +194,8 @@ class MultiBlockMaskCollator:
     def sample_image_masks(
         self, target_size: tuple[int, int], context_size: tuple[int, int], rng: np.random.Generator
     ) -> ImageMasks:
-        """The full (uncut) masks of one image: ``num_targets`` target blocks, then the context block (see `ImageMasks`).
+        """The full (uncut) masks of one image: ``num_targets`` target blocks, then the context block (see
+        `ImageMasks`).
 
         ``rng`` needs ``integers(low, high)`` (high excluded), as a ``numpy.random.Generator`` has; each placement
         draws the top row, then the left column.
@@ -230,8 +232,9 @@ class MultiBlockMaskCollator:
                 )
 
     def sample_masks(self, batch_size: int, rng: np.random.Generator) -> MultiBlockMasks:
-        """The masks of a batch of ``batch_size`` images: `sample_block_sizes`, then `sample_image_masks` for each image
-        in turn, all from ``rng``, then every mask cut to the shortest of its kind in the batch (see `MultiBlockMasks`)."""
+        """The masks of a batch of ``batch_size`` images: `sample_block_sizes`, then `sample_image_masks` for each
+        image in turn, all from ``rng``, then every mask cut to the shortest of its kind in the batch (see
+        `MultiBlockMasks`)."""
         batch_size = _integer("batch_size", batch_size, minimum=0)
         target_size, context_size = self.sample_block_sizes(rng)
         images = [self.sample_image_masks(target_size, context_size, rng) for _ in range(batch_size)]
@@ -262,8 +265,8 @@ class MultiBlockMaskCollator:
             return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         if missing:
             raise ValueError(
-                f"{len(keys) - missing} examples of the batch carry a seeding key ({' or '.join(KEY_FIELDS)}) and {missing} do not: "
-                "the masks would be seeded by part of the batch; give every example a key or none"
+                f"{len(keys) - missing} examples of the batch carry a seeding key ({' or '.join(KEY_FIELDS)}) and "
+                f"{missing} do not: the masks would be seeded by part of the batch; give every example a key or none"
             )
         # Fixed-width 32-bit words with the count first: numpy's SeedSequence splits big ints into words and
         # ignores trailing zero words, so a plain (seed, *keys) tuple could give two batches one seed.
@@ -313,9 +316,10 @@ class MultiBlockMaskCollator:
         smallest = int(np.argmin(h * w))
         if h[smallest] * w[smallest] <= self.min_keep:
             raise ValueError(
-                f"{kind} blocks of {kind}_scale {scale} and {kind}_aspect_ratio {aspect_ratio} on a {self.height} x {self.width} "
-                f"patch grid can be {int(h[smallest])} x {int(w[smallest])} = {int(h[smallest] * w[smallest])} patches, not more than "
-                f"min_keep={self.min_keep}: no such block could ever be kept; raise {kind}_scale or lower min_keep"
+                f"{kind} blocks of {kind}_scale {scale} and {kind}_aspect_ratio {aspect_ratio} on a {self.height} x "
+                f"{self.width} patch grid can be {int(h[smallest])} x {int(w[smallest])} = "
+                f"{int(h[smallest] * w[smallest])} patches, not more than min_keep={self.min_keep}: no such block "
+                f"could ever be kept; raise {kind}_scale or lower min_keep"
             )
 
 
@@ -386,7 +390,8 @@ def _example_key(example: dict[str, Any], position: int) -> int | None:
         key = operator.index(value)
     except TypeError:
         raise ValueError(
-            f"the {name!r} of example {position} of the batch must be an integer (its sampler key), got {example[name]!r}"
+            f"the {name!r} of example {position} of the batch must be an integer (its sampler key), got "
+            f"{example[name]!r}"
         ) from None
     if not 0 <= key < _MAX_KEY:
         raise ValueError(f"the {name!r} of example {position} of the batch must be in [0, 2**63), got {key}")

@@ -61,8 +61,8 @@ def band_statistics(
             where = describe_image(item, f"row {position}")
             if not skip_bad_images:
                 raise ValueError(
-                    f"cannot read {where}: {type(error).__name__}: {error}. Fix or remove the file, or skip such images "
-                    "(data.skip_bad_images: true)"
+                    f"cannot read {where}: {type(error).__name__}: {error}. Fix or remove the file, or skip such "
+                    "images (data.skip_bad_images: true)"
                 ) from error
             skipped += 1
             logger.warning("Normalisation statistics: skipping %s: %s: %s", where, type(error).__name__, error)

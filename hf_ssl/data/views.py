@@ -13,7 +13,7 @@ grayscale and solarize mean something for RGB only, and asking for them on N ban
 
     ViewsConfig(groups={"views": ViewGroup(number=2, size=224, scale=(0.08, 1.0))})
 
-The CPU stage (``MultiCropTransform``) and the device stage (``DeviceAugmentation``) both read a ``ViewsConfig``;
+The CPU stage (``ViewCropTransform``) and the device stage (``DeviceAugmentation``) both read a ``ViewsConfig``;
 a method's augmentation section in its own terms (``MultiCropConfig`` for DINO, ``SimClrViewConfig`` for SimCLR)
 turns into one with ``to_views_config()``. Groups are drawn in their order, view by view, so a config and a seed
 give the same pixels on every run.
@@ -31,7 +31,10 @@ NUM_CHANNELS_HELP = (
     "Channels of the images: 3 for RGB; any other number of bands for multispectral / hyperspectral arrays "
     "(null in a recipe: the backbone's num_channels)."
 )
-MEAN_HELP = "Per-channel mean of the final normalisation (null: ImageNet's for RGB, computed from the training data for other band counts)."
+MEAN_HELP = (
+    "Per-channel mean of the final normalisation (null: ImageNet's for RGB, computed from the training data for other "
+    "band counts)."
+)
 STD_HELP = "Per-channel standard deviation of the final normalisation (null: as for mean)."
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
@@ -123,7 +126,8 @@ class ViewGroup:
             or self.blur_kernel_size % 2 == 0
         ):
             raise ValueError(
-                f"blur_kernel_size must be an odd integer >= 1 (taps of the blur kernel) or null, got {self.blur_kernel_size!r}"
+                "blur_kernel_size must be an odd integer >= 1 (taps of the blur kernel) or null, got "
+                f"{self.blur_kernel_size!r}"
             )
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}")
@@ -170,7 +174,8 @@ class ViewGroup:
             values = values * self.number
         if len(values) != self.number:
             raise ValueError(
-                f"{name} must have one value per view ({self.number}) or a single value for all, got {len(values)}: {value!r}"
+                f"{name} must have one value per view ({self.number}) or a single value for all, got {len(values)}: "
+                f"{value!r}"
             )
         for index, item in enumerate(values):
             check_probability(f"{name}[{index}]", item)
@@ -205,7 +210,8 @@ class ViewsConfig:
                 raise ValueError(f"a view group's name is its batch key and must be an identifier, got {name!r}")
             if name in RESERVED_BATCH_KEYS:
                 raise ValueError(
-                    f"{name!r} is a batch key of its own ({sorted(RESERVED_BATCH_KEYS)}): give the view group another name"
+                    f"{name!r} is a batch key of its own ({sorted(RESERVED_BATCH_KEYS)}): give the view group another "
+                    "name"
                 )
             if isinstance(group, Mapping):
                 valid = [item.name for item in fields(ViewGroup)]
@@ -237,8 +243,8 @@ class ViewsConfig:
         for name, group in groups.items():
             if not self.is_rgb and group.interpolation not in BAND_INTERPOLATIONS:
                 raise ValueError(
-                    f"interpolation={group.interpolation!r} (view group {name!r}) is a filter for 8-bit RGB images; crops "
-                    f"of {self.num_channels} bands are resized with one of {list(BAND_INTERPOLATIONS)}"
+                    f"interpolation={group.interpolation!r} (view group {name!r}) is a filter for 8-bit RGB images; "
+                    f"crops of {self.num_channels} bands are resized with one of {list(BAND_INTERPOLATIONS)}"
                 )
 
     @property
@@ -279,7 +285,8 @@ def as_views_config(config) -> ViewsConfig:
     convert = getattr(config, "to_views_config", None)
     if convert is None:
         raise TypeError(
-            f"{type(config).__name__} is not an augmentation config: give a ViewsConfig or a config with to_views_config()"
+            f"{type(config).__name__} is not an augmentation config: give a ViewsConfig or a config with "
+            "to_views_config()"
         )
     return convert()
 
@@ -331,7 +338,8 @@ def resolve_normalisation(mean, std, num_channels: int) -> tuple[tuple[float, ..
     if (mean is None) != (std is None):
         given, missing = ("mean", "std") if std is None else ("std", "mean")
         raise ValueError(
-            f"{missing} is null and {given} is not: give both, or neither (null: ImageNet's for RGB, computed from the data for other bands)"
+            f"{missing} is null and {given} is not: give both, or neither (null: ImageNet's for RGB, computed from "
+            "the data for other bands)"
         )
     if mean is None:
         return (IMAGENET_MEAN, IMAGENET_STD) if num_channels == 3 else (None, None)
@@ -357,7 +365,7 @@ def check_rgb_only_settings(num_channels: int | None, settings: dict[str, float]
     active = [f"{key}={value:g}" for key, value in settings.items() if value]
     if active:
         raise ValueError(
-            f"{', '.join(active)}: saturation, hue, grayscale and solarize are RGB-only augmentations and the images have "
-            f"{num_channels} bands; set {'it' if len(active) == 1 else 'them'} to 0 (brightness and contrast jitter, blur, "
-            "flips and crops work per band)"
+            f"{', '.join(active)}: saturation, hue, grayscale and solarize are RGB-only augmentations and the images "
+            f"have {num_channels} bands; set {'it' if len(active) == 1 else 'them'} to 0 (brightness and contrast "
+            "jitter, blur, flips and crops work per band)"
         )

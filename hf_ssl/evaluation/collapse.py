@@ -112,27 +112,14 @@ def collapse_metrics(embeddings: torch.Tensor, prefix: str = "") -> dict[str, fl
     }
 
 
-UNIFORM_COLLAPSE_ADVICE = {
-    "dino": (
-        "a lower teacher temperature (model.teacher_temperature, e.g. 0.04 -> 0.02) so sharpening beats centering; "
-        "a longer teacher temperature warmup (model.warmup_teacher_temperature_epochs) starting lower "
-        "(model.warmup_teacher_temperature); flipping model.norm_last_layer (true is the more stable choice, "
-        "false learns faster but collapses more easily); a lower training.learning_rate or a longer warmup; "
-        "a larger batch (per_device_train_batch_size or gradient_accumulation_steps), since the center is a batch mean"
-    ),
-    "generic": "check that the augmentations do not destroy the image (look at a few augmented crops); a lower learning rate",
-}
-CONSTANT_COLLAPSE_ADVICE = {
-    "dino": (
-        "if teacher_entropy is near 0 too, the teacher is one-hot: a slightly higher teacher temperature, and "
-        "model.center_momentum below 1 (centering is what prevents this); model.norm_last_layer true; "
-        "a lower training.learning_rate or a longer warmup; a larger batch"
-    ),
-    "generic": (
-        "check that the augmentations do not destroy the image (all-black, all-grey or fully solarised crops "
-        "give every image the same embedding: look at a few augmented crops); a lower learning rate or a longer warmup"
-    ),
-}
+# what to try whatever the method; a method adds its own knobs first (``method_advice``, e.g. DINO's temperatures)
+UNIFORM_COLLAPSE_ADVICE = (
+    "check that the augmentations do not destroy the image (look at a few augmented crops); a lower learning rate"
+)
+CONSTANT_COLLAPSE_ADVICE = (
+    "check that the augmentations do not destroy the image (all-black, all-grey or fully solarised crops "
+    "give every image the same embedding: look at a few augmented crops); a lower learning rate or a longer warmup"
+)
 
 
 class CollapseDetector:
@@ -142,9 +129,9 @@ class CollapseDetector:
 
     - ``loss`` and ``teacher_entropy_ratio`` (or ``teacher_entropy`` with ``max_entropy``, ``out_dim`` or
       the ``out_dim`` given here; the loss check needs ln(out_dim) from one of these, or from
-      teacher_entropy / teacher_entropy_ratio as the DINO method logs them) for **uniform collapse**: the teacher entropy stays above
-      ``entropy_ratio_threshold`` x ln(out_dim), or the loss stays within ``loss_tolerance`` (relative) of
-      ln(out_dim) and does not go down by more than ``min_loss_decrease`` x ln(out_dim) over the window;
+      teacher_entropy / teacher_entropy_ratio as the DINO method logs them) for **uniform collapse**: the teacher
+      entropy stays above ``entropy_ratio_threshold`` x ln(out_dim), or the loss stays within ``loss_tolerance``
+      (relative) of ln(out_dim) and does not go down by more than ``min_loss_decrease`` x ln(out_dim) over the window;
     - ``embedding_std`` and ``effective_rank`` for **constant collapse**: ``embedding_std`` stays below
       ``embedding_std_factor / sqrt(D)`` (D from ``embedding_dim`` here or in the logs; ``embedding_std_threshold``
       overrides, and without either the threshold is 1e-3 = 0.1/sqrt(10000)), or ``effective_rank`` stays
@@ -159,7 +146,8 @@ class CollapseDetector:
         patience: steps a symptom must last before a warning.
         out_dim: number of prototypes of a DINO-style head, for ln(out_dim) when the logs lack it.
         embedding_dim: D of the embeddings behind ``embedding_std``.
-        method: ``"dino"`` adds DINO's knobs to the advice; anything else gives the generic advice only.
+        method_advice: the method's own advice, ``{"uniform": ..., "constant": ...}`` (either may be missing), given
+            before the generic advice in the warnings (DINO: its temperatures, centering and head); None: generic only.
     """
 
     def __init__(
@@ -167,7 +155,7 @@ class CollapseDetector:
         patience: int = 100,
         out_dim: int | None = None,
         embedding_dim: int | None = None,
-        method: str | None = "dino",
+        method_advice: dict[str, str] | None = None,
         entropy_ratio_threshold: float = 0.98,
         loss_tolerance: float = 0.01,
         min_loss_decrease: float = 0.001,
@@ -184,7 +172,7 @@ class CollapseDetector:
         self.patience = patience
         self.out_dim = out_dim
         self.embedding_dim = embedding_dim
-        self.method = method
+        self.method_advice = dict(method_advice or {})
         self.entropy_ratio_threshold = entropy_ratio_threshold
         self.loss_tolerance = loss_tolerance
         self.min_loss_decrease = min_loss_decrease
@@ -290,7 +278,7 @@ class CollapseDetector:
             )
         return (
             f"Uniform collapse suspected at step {step}: {'; '.join(evidence)}. The teacher gives every image the "
-            f"same flat distribution, so the student learns nothing. Try: {self._advice(UNIFORM_COLLAPSE_ADVICE)}."
+            f"same flat distribution, so the student learns nothing. Try: {self._advice('uniform')}."
         )
 
     def _std_threshold(self, values: dict[str, float]) -> tuple[float, str]:
@@ -326,13 +314,13 @@ class CollapseDetector:
             evidence.append(f"effective_rank {rank:.3f} < {self.min_effective_rank} for {rank_steps} steps")
         return (
             f"Constant collapse suspected at step {step}: {'; '.join(evidence)}. Every image gets nearly the same "
-            f"embedding. Try: {self._advice(CONSTANT_COLLAPSE_ADVICE)}."
+            f"embedding. Try: {self._advice('constant')}."
         )
 
-    def _advice(self, advice: dict[str, str]) -> str:
-        if self.method == "dino":
-            return f"{advice['dino']}. In general: {advice['generic']}"
-        return advice["generic"]
+    def _advice(self, kind: str) -> str:
+        generic = UNIFORM_COLLAPSE_ADVICE if kind == "uniform" else CONSTANT_COLLAPSE_ADVICE
+        own = self.method_advice.get(kind)
+        return f"{own}. In general: {generic}" if own else generic
 
 
 def _is_number(value) -> bool:

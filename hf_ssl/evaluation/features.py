@@ -264,7 +264,8 @@ def load_model_and_splits(args, splits: tuple[str, ...]):
         if Path(args.model).expanduser().is_dir():
             raise command_error(f"--model {args.model} cannot be loaded: {reason}") from None
         raise command_error(
-            f"--model {args.model} is no folder here, and no Hub model of that id could be loaded ({reason}): give {MODEL_PATH_HELP}"
+            f"--model {args.model} is no folder here, and no Hub model of that id could be loaded ({reason}): give "
+            f"{MODEL_PATH_HELP}"
         ) from None
     image_processor = AutoImageProcessor.from_pretrained(args.model)
     data = load_image_dataset(

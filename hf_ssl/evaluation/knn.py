@@ -126,7 +126,8 @@ class KnnEvaluator:
         self.num_skipped_queries = queries.num_skipped
         if self.num_skipped_bank or self.num_skipped_queries:
             logger.warning(
-                "k-NN left out %d of %d bank images and %d of %d query images: they could not be read (the warnings above name them)",
+                "k-NN left out %d of %d bank images and %d of %d query images: they could not be read (the warnings "
+                "above name them)",
                 self.num_skipped_bank,
                 len(self.train_dataset),
                 self.num_skipped_queries,

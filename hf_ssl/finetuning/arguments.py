@@ -27,7 +27,10 @@ class FinetuneModelArguments:
     model_name_or_path: str = field(
         default=None,
         metadata={
-            "help": "hf_ssl output dir / checkpoint / Hub repo, its backbone/ folder, or any transformers vision model (Hub id or folder)."
+            "help": (
+                "hf_ssl output dir / checkpoint / Hub repo, its backbone/ folder, or any transformers vision model "
+                "(Hub id or folder)."
+            )
         },
     )
     revision: str | None = field(
@@ -42,13 +45,19 @@ class FinetuneModelArguments:
     mode: str = field(
         default="full",
         metadata={
-            "help": "full (every weight trains) or linear_probe (the backbone is frozen, in eval mode; only the head trains)."
+            "help": (
+                "full (every weight trains) or linear_probe (the backbone is frozen, in eval mode; only the head "
+                "trains)."
+            )
         },
     )
     layer_decay: float | None = field(
         default=None,
         metadata={
-            "help": "Layer-wise lr decay (ViT family, ResNet stages): block i of L trains at lr * layer_decay ** (L + 1 - i); e.g. 0.65 (BEiT / MAE ViT-B). null: one lr."
+            "help": (
+                "Layer-wise lr decay (ViT family, ResNet stages): block i of L trains at lr * layer_decay ** (L + 1 - "
+                "i); e.g. 0.65 (BEiT / MAE ViT-B). null: one lr."
+            )
         },
     )
     from_scratch: bool = field(
@@ -71,7 +80,8 @@ class FinetuneModelArguments:
 @dataclass
 class FinetuneDataArguments:
     """The labelled images: a ``datasets`` Hub id, ``imagefolder`` (+ ``data_dir``), ``parquet`` (+ ``data_files``), a
-    local folder, or the built-in ``fashion_mnist``. Without a validation split, one is held out of the training split."""
+    local folder, or the built-in ``fashion_mnist``. Without a validation split, one is held out of the training
+    split."""
 
     dataset: str = field(
         default="fashion_mnist",
@@ -90,7 +100,10 @@ class FinetuneDataArguments:
     validation_split: str | None = field(
         default=None,
         metadata={
-            "help": "Split that picks the best checkpoint (default: 'validation' when the dataset has one, else train_val_split of the training split)."
+            "help": (
+                "Split that picks the best checkpoint (default: 'validation' when the dataset has one, else "
+                "train_val_split of the training split)."
+            )
         },
     )
     test_split: str | None = field(
@@ -100,7 +113,10 @@ class FinetuneDataArguments:
     train_val_split: float = field(
         default=0.1,
         metadata={
-            "help": "Fraction of the training split held out for validation when there is no validation split (stratified, seeded)."
+            "help": (
+                "Fraction of the training split held out for validation when there is no validation split "
+                "(stratified, seeded)."
+            )
         },
     )
     max_train_samples: int | None = field(
@@ -112,13 +128,19 @@ class FinetuneDataArguments:
     skip_bad_images: bool = field(
         default=True,
         metadata={
-            "help": "Skip and count unreadable images and N-band arrays holding NaN/inf (false: stop with an error naming the file)."
+            "help": (
+                "Skip and count unreadable images and N-band arrays holding NaN/inf (false: stop with an error naming "
+                "the file)."
+            )
         },
     )
     channels_last: bool | None = field(
         default=None,
         metadata={
-            "help": "N-band arrays: true (H, W, bands), false (bands, H, W); null: inferred, an error when both ends have the band count (e.g. 16 x 16 x 16)."
+            "help": (
+                "N-band arrays: true (H, W, bands), false (bands, H, W); null: inferred, an error when both ends have "
+                "the band count (e.g. 16 x 16 x 16)."
+            )
         },
     )
 
@@ -203,19 +225,28 @@ class FinetuningArguments(TrainingArguments):
     max_time_seconds: float | None = field(
         default=None,
         metadata={
-            "help": "Save a checkpoint and stop after this much wall time in this session (Kaggle / Colab); resume with --resume auto or --resume hub."
+            "help": (
+                "Save a checkpoint and stop after this much wall time in this session (Kaggle / Colab); resume with "
+                "--resume auto or --resume hub."
+            )
         },
     )
     hub_license: str | None = field(
         default=None,
         metadata={
-            "help": "License in the model card's metadata (e.g. apache-2.0, cc-by-nc-4.0: that of the pretrained weights and data); null: none stated."
+            "help": (
+                "License in the model card's metadata (e.g. apache-2.0, cc-by-nc-4.0: that of the pretrained weights "
+                "and data); null: none stated."
+            )
         },
     )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Start afresh in an output_dir that holds another run (its checkpoints are deleted, its model replaced)."
+            "help": (
+                "Start afresh in an output_dir that holds another run (its checkpoints are deleted, its model "
+                "replaced)."
+            )
         },
     )
     max_consecutive_nonfinite_steps: int = field(
@@ -227,7 +258,10 @@ class FinetuningArguments(TrainingArguments):
     resume_with_changed_settings: bool = field(
         default=False,
         metadata={
-            "help": "Let --resume continue a checkpoint with other settings (learning rate, data, augmentation...): the new values apply from its step on."
+            "help": (
+                "Let --resume continue a checkpoint with other settings (learning rate, data, augmentation...): the "
+                "new values apply from its step on."
+            )
         },
     )
 
@@ -251,11 +285,13 @@ class FinetuningArguments(TrainingArguments):
                 raise ValueError(f"early_stopping_patience must be >= 1 (or null), got {self.early_stopping_patience}")
             if not self.metric_for_best_model or self.eval_strategy == "no":
                 raise ValueError(
-                    "early_stopping_patience needs validation: set metric_for_best_model and eval_strategy epoch or steps"
+                    "early_stopping_patience needs validation: set metric_for_best_model and eval_strategy epoch or "
+                    "steps"
                 )
         if not isinstance(self.max_consecutive_nonfinite_steps, int) or self.max_consecutive_nonfinite_steps < 1:
             raise ValueError(
-                f"max_consecutive_nonfinite_steps must be an integer >= 1, got {self.max_consecutive_nonfinite_steps!r}"
+                "max_consecutive_nonfinite_steps must be an integer >= 1, got "
+                f"{self.max_consecutive_nonfinite_steps!r}"
             )
         if self.max_time_seconds is not None and self.max_time_seconds <= 0:
             raise ValueError(f"max_time_seconds must be > 0 (or null), got {self.max_time_seconds}")

@@ -27,6 +27,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from hf_ssl.data.crops import EpochKeyedDataset, resize_bands
 from hf_ssl.data.images import (
     array_to_image,
     decode_bands,
@@ -37,7 +38,6 @@ from hf_ssl.data.images import (
     skip_or_raise,
     to_8bit,
 )
-from hf_ssl.data.multicrop import EpochKeyedDataset, resize_bands
 from hf_ssl.errors import BandLayoutError
 from hf_ssl.evaluation.knn import resize_bands_for_evaluation
 from hf_ssl.models.image_processing import processor_image_size, processor_num_channels
@@ -72,7 +72,8 @@ def label_names(dataset: datasets.Dataset) -> list[str]:
     labels = dataset["label"]
     if not labels or not all(isinstance(label, (int, np.integer)) and not isinstance(label, bool) for label in labels):
         raise ValueError(
-            "the label column must hold class ids (ints) or a ClassLabel; pass data.label_column to pick another column"
+            "the label column must hold class ids (ints) or a ClassLabel; pass data.label_column to pick another "
+            "column"
         )
     if min(labels) < 0:
         raise ValueError(f"labels must be class ids >= 0, found {min(labels)}")
@@ -102,9 +103,10 @@ def split_labelled_dataset(
     for split in available:
         if "label" not in dataset[split].column_names:
             raise ValueError(
-                f"split {split!r} has no labels (columns: {dataset[split].column_names}). An image folder takes its labels from "
-                "class subfolders (data_dir/<split>/<class>/<image> or data_dir/<class>/<image>) and needs at least 2 of them "
-                "(a single class folder gives no labels); for another dataset, name its label column with data.label_column"
+                f"split {split!r} has no labels (columns: {dataset[split].column_names}). An image folder takes its "
+                "labels from class subfolders (data_dir/<split>/<class>/<image> or data_dir/<class>/<image>) and "
+                "needs at least 2 of them (a single class folder gives no labels); for another dataset, name its "
+                "label column with data.label_column"
             )
     train = dataset[train_split]
     names = label_names(train)
@@ -157,22 +159,25 @@ def split_labelled_dataset(
 
 def check_stratifiable(labels: list[int], names: list[str], train_val_split: float) -> None:
     """A stratified hold-out of ``train_val_split`` puts images of every class on both sides: each class needs two
-    images, and the held-out part one image per class. Raises a ``ValueError`` naming the classes that are too small."""
+    images, and the held-out part one image per class. Raises a ``ValueError`` naming the classes that are too
+    small."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
     single = [f"{names[index]!r}" for index in np.flatnonzero(counts == 1)]
     if single:
         listed = ", ".join(single[:10]) + (f" and {len(single) - 10} more" if len(single) > 10 else "")
         raise ValueError(
-            f"class{'es' if len(single) > 1 else ''} {listed} of the training split ha{'ve' if len(single) > 1 else 's'} a single "
-            "image: the validation images are held out per class (data.train_val_split), which needs at least 2 images of every "
-            "class. Add images of it, remove the class, or give a validation split (data.validation_split)"
+            f"class{'es' if len(single) > 1 else ''} {listed} of the training split "
+            f"ha{'ve' if len(single) > 1 else 's'} a single image: the validation images are held out per class "
+            "(data.train_val_split), which needs at least 2 images of every class. Add images of it, remove the "
+            "class, or give a validation split (data.validation_split)"
         )
     present = int(np.count_nonzero(counts))
     held_out = int(np.ceil(train_val_split * len(labels)))
     if held_out < present:
         raise ValueError(
-            f"data.train_val_split={train_val_split:g} holds out {held_out} of {len(labels)} training images, fewer than the "
-            f"{present} classes: raise it to at least {present / len(labels):.3g}, or give a validation split (data.validation_split)"
+            f"data.train_val_split={train_val_split:g} holds out {held_out} of {len(labels)} training images, fewer "
+            f"than the {present} classes: raise it to at least {present / len(labels):.3g}, or give a validation "
+            "split (data.validation_split)"
         )
 
 
@@ -199,8 +204,8 @@ class SeededExamples(EpochKeyedDataset):
 
 @dataclass
 class ClassificationCollator:
-    """``DataLoader(collate_fn=...)`` for labelled rows ``{"image": ..., "label": int}``: decodes, transforms and stacks
-    them into ``{"pixel_values": (B, C, S, S) float32, "labels": (B,) int64}``.
+    """``DataLoader(collate_fn=...)`` for labelled rows ``{"image": ..., "label": int}``: decodes, transforms and
+    stacks them into ``{"pixel_values": (B, C, S, S) float32, "labels": (B,) int64}``.
 
     ``train=True``: random resized crop (``crop_scale``, ``crop_ratio``) to ``image_size`` and a flip, then the
     processor's rescale and normalisation; ``train=False``: the processor as saved. A row carrying ``crop_key``
@@ -322,8 +327,8 @@ def _refuse_band_arrays(item) -> None:
     if len(shape) == 3 and shape[0] not in (1, 3) and shape[-1] not in (1, 3):
         bands = min(shape[0], shape[-1])
         raise ValueError(
-            f"the array of shape {shape} holds {bands} bands and the model takes 3 channels (RGB): fine-tune a backbone "
-            f"pretrained on {bands} bands, or convert the arrays to RGB"
+            f"the array of shape {shape} holds {bands} bands and the model takes 3 channels (RGB): fine-tune a "
+            f"backbone pretrained on {bands} bands, or convert the arrays to RGB"
         )
 
 
@@ -346,6 +351,6 @@ def check_images_fit(dataset: datasets.Dataset, collator: ClassificationCollator
         except Exception as error:  # the collator's rule: anything that stops decoding
             first_error = first_error or f"{describe_image(item, f'row {position}')}: {error}"
     raise ValueError(
-        f"none of the {len(positions)} training images checked can be read for a model of {collator.num_channels} channels "
-        f"(its image processor normalises {collator.num_channels} values): {first_error}"
+        f"none of the {len(positions)} training images checked can be read for a model of {collator.num_channels} "
+        f"channels (its image processor normalises {collator.num_channels} values): {first_error}"
     )

@@ -58,16 +58,17 @@ class BackboneSource:
 def resolve_backbone_source(
     name_or_path: str, revision: str | None = None, export_dir: str | Path | None = None
 ) -> BackboneSource:
-    """Find the plain transformers backbone of ``name_or_path`` (see the module docstring). An hf_ssl checkpoint without
-    ``backbone/`` has its evaluated backbone exported to ``export_dir`` (default: a temporary folder)."""
+    """Find the plain transformers backbone of ``name_or_path`` (see the module docstring). An hf_ssl checkpoint
+    without ``backbone/`` has its evaluated backbone exported to ``export_dir`` (default: a temporary folder)."""
     import hf_ssl  # noqa: F401  (registers the hf_ssl configs, so AutoConfig reads an hf_ssl run)
 
     try:
         config = AutoConfig.from_pretrained(name_or_path, revision=revision)
     except Exception as error:
         raise ConfigError(
-            f"model.model_name_or_path={name_or_path!r} cannot be read as a model ({type(error).__name__}: {error}). Give an hf_ssl "
-            "run folder, its backbone/ folder, a checkpoint-<step> folder, or a transformers model (Hub id or folder)"
+            f"model.model_name_or_path={name_or_path!r} cannot be read as a model ({type(error).__name__}: {error}). "
+            "Give an hf_ssl run folder, its backbone/ folder, a checkpoint-<step> folder, or a transformers model "
+            "(Hub id or folder)"
         ) from error
     if not config.model_type.startswith("hf_ssl_"):
         return BackboneSource(name_or_path, revision=revision, processor_path=name_or_path)
@@ -95,8 +96,9 @@ def _export_pretraining_backbone(name_or_path: str, config: PretrainedConfig, re
         "model_name_or_path": str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else name_or_path,
         "revision": revision,
     }
-    # The local main process exports (save_pretrained writes only there) under a file lock; the other processes wait
-    # for its marker, written last. Not a barrier: it would pair with barriers inside from_pretrained / save_pretrained.
+    # The local main process exports (save_pretrained writes only there) under a file lock; the other processes
+    # wait for its marker, written last. Not a barrier: it would pair with barriers inside from_pretrained /
+    # save_pretrained.
     if PartialState().is_local_main_process:
         with FileLock(str(target) + ".lock"):
             if _exported(marker, record, target):
@@ -117,7 +119,8 @@ def _export_pretraining_backbone(name_or_path: str, config: PretrainedConfig, re
         while not _exported(marker, record, target):
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"waited {EXPORT_WAIT_SECONDS} s for the main process to export the backbone of {name_or_path} to {target}"
+                    f"waited {EXPORT_WAIT_SECONDS} s for the main process to export the backbone of {name_or_path} to "
+                    f"{target}"
                 )
             time.sleep(0.5)
     return BackboneSource(str(target), processor_path=str(target), pretraining_model_type=config.model_type)
@@ -147,7 +150,8 @@ def _find_processor(name_or_path: str, revision):
 
 
 def load_image_processor(source: BackboneSource, override: str | None = None):
-    """The processor that prepared the backbone's images: ``override`` when given, else the one saved with the model."""
+    """The processor that prepared the backbone's images: ``override`` when given, else the one saved with the
+    model."""
     if override is not None:
         return AutoImageProcessor.from_pretrained(override)
     try:
@@ -156,8 +160,8 @@ def load_image_processor(source: BackboneSource, override: str | None = None):
         )
     except Exception as error:
         raise ConfigError(
-            f"{source.path!r} has no image processor (preprocessor_config.json) ({type(error).__name__}: {error}): set "
-            "model.image_processor_name_or_path to one (a Hub id or a folder holding preprocessor_config.json)"
+            f"{source.path!r} has no image processor (preprocessor_config.json) ({type(error).__name__}: {error}): "
+            "set model.image_processor_name_or_path to one (a Hub id or a folder holding preprocessor_config.json)"
         ) from error
 
 
@@ -172,8 +176,9 @@ def build_classification_model(source: BackboneSource, label_names: list[str], f
     config = AutoConfig.from_pretrained(source.path, **source.from_pretrained_kwargs())
     if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         raise ConfigError(
-            f"transformers has no image-classification model for {config.model_type!r} (the backbone of {source.path!r}); "
-            f"families it has: {', '.join(sorted(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)[:40])}, ..."
+            f"transformers has no image-classification model for {config.model_type!r} (the backbone of "
+            f"{source.path!r}); families it has: "
+            f"{', '.join(sorted(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)[:40])}, ..."
         )
     labels = {"num_labels": len(label_names), "label2id": label2id, "id2label": id2label}
     if from_scratch:

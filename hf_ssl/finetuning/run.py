@@ -214,33 +214,33 @@ def refuse_pretraining_checkpoint(path: str | Path) -> None:
     if pretraining:
         what = state.get("method") or str(model_type).removeprefix("hf_ssl_")
         raise ConfigError(
-            f"--resume {path}: this is a {what} pretraining {'checkpoint' if state else 'run'}, not a fine-tuning checkpoint. "
-            f"To fine-tune from it, start a new run with model.model_name_or_path={path} (without --resume); --resume continues "
-            "a fine-tuning run from one of its own checkpoint-<step> folders"
+            f"--resume {path}: this is a {what} pretraining {'checkpoint' if state else 'run'}, not a fine-tuning "
+            f"checkpoint. To fine-tune from it, start a new run with model.model_name_or_path={path} (without "
+            "--resume); --resume continues a fine-tuning run from one of its own checkpoint-<step> folders"
         )
 
 
 def check_resume_compatible(checkpoint: Path, recipe: FinetuneRecipe, total_batch_size: int) -> dict[str, Any]:
-    """Raise a ``ConfigError`` naming every changed key when ``checkpoint`` cannot continue this recipe (another engine,
-    other settings, another total batch); ``training.resume_with_changed_settings`` lets the settings change, with a
-    warning. Returns the checkpoint's state."""
+    """Raise a ``ConfigError`` naming every changed key when ``checkpoint`` cannot continue this recipe (another
+    engine, other settings, another total batch); ``training.resume_with_changed_settings`` lets the settings change,
+    with a warning. Returns the checkpoint's state."""
     refuse_pretraining_checkpoint(checkpoint)
     state = checkpointing.read_state(checkpoint)
     saved_batch = state.get("total_batch_size")
     if saved_batch is not None and saved_batch != total_batch_size:
         raise ConfigError(
-            f"{checkpoint} was trained with a total batch of {saved_batch} ({state.get('world_size')} processes); this run has "
-            f"{total_batch_size}. The data position and the schedule count optimizer steps of that batch: set "
-            "per_device_train_batch_size x gradient_accumulation_steps x processes back to it"
+            f"{checkpoint} was trained with a total batch of {saved_batch} ({state.get('world_size')} processes); "
+            f"this run has {total_batch_size}. The data position and the schedule count optimizer steps of that "
+            "batch: set per_device_train_batch_size x gradient_accumulation_steps x processes back to it"
         )
     differences = checkpointing.config_differences(state.get("settings") or {}, resume_settings(recipe))
     if differences:
         changes = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, old, new in differences[:10])
         if not recipe.training.resume_with_changed_settings:
             raise ConfigError(
-                f"{checkpoint} was trained with other settings: {changes}. A resume continues the run that wrote it: put these "
-                "back (the run's recipe.yaml has them), set training.resume_with_changed_settings=true to continue it with the "
-                "new values from its step on, or start a new run (another training.output_dir)"
+                f"{checkpoint} was trained with other settings: {changes}. A resume continues the run that wrote it: "
+                "put these back (the run's recipe.yaml has them), set training.resume_with_changed_settings=true to "
+                "continue it with the new values from its step on, or start a new run (another training.output_dir)"
             )
         logger.warning("Resuming %s with changed settings (resume_with_changed_settings): %s", checkpoint, changes)
     return state
@@ -272,13 +272,15 @@ def _download_hub_checkpoint(args: FinetuningArguments, local: Path | None) -> P
         return local
     except Exception as error:  # offline, no token, the Hub down: never start afresh over a run that exists
         raise ConfigError(
-            f"--resume hub: cannot download {HUB_CHECKPOINT}/ of {args.hub_model_id!r} ({type(error).__name__}: {error}). Check "
-            "training.hub_model_id, the token (hf auth login, HF_TOKEN) and the network; --resume auto continues from a local checkpoint"
+            f"--resume hub: cannot download {HUB_CHECKPOINT}/ of {args.hub_model_id!r} ({type(error).__name__}: "
+            f"{error}). Check training.hub_model_id, the token (hf auth login, HF_TOKEN) and the network; --resume "
+            "auto continues from a local checkpoint"
         ) from error
     checkpoint = target / HUB_CHECKPOINT
     if not (checkpoint / "trainer_state.json").is_file():  # a first session: nothing pushed yet
         logger.warning(
-            "--resume hub: %s has no %s/ yet (push it with training.push_to_hub=true and training.hub_strategy=checkpoint); %s",
+            "--resume hub: %s has no %s/ yet (push it with training.push_to_hub=true and "
+            "training.hub_strategy=checkpoint); %s",
             args.hub_model_id,
             HUB_CHECKPOINT,
             "resuming from the local " + local.name if local else "starting afresh",
@@ -325,8 +327,8 @@ def saved_results(output_dir: str | Path, step: int) -> dict[str, Any] | None:
 
 
 def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[str, float]:
-    """Fine-tune as ``recipe`` says and write the outputs; returns the final metrics (``eval_*`` of the validation split
-    with the best model, ``test_*`` of the test split when there is one). A resumed run that had already finished
+    """Fine-tune as ``recipe`` says and write the outputs; returns the final metrics (``eval_*`` of the validation
+    split with the best model, ``test_*`` of the test split when there is one). A resumed run that had already finished
     keeps its outputs and returns its saved results."""
     from transformers import TrainerState
 
@@ -350,9 +352,9 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         kept = saved_results(args.output_dir, checkpointing.checkpoint_step(checkpoint)) if finished else None
         if kept is not None:
             print(
-                f"The run in {args.output_dir} finished at step {checkpointing.checkpoint_step(checkpoint)} ({finished}): nothing "
-                "left to train, its model and results are kept. To train further, start a new run from it: "
-                f"model.model_name_or_path={args.output_dir} and another training.output_dir"
+                f"The run in {args.output_dir} finished at step {checkpointing.checkpoint_step(checkpoint)} "
+                f"({finished}): nothing left to train, its model and results are kept. To train further, start a new "
+                f"run from it: model.model_name_or_path={args.output_dir} and another training.output_dir"
             )
             return kept
     else:
@@ -480,14 +482,15 @@ def run_finetuning(recipe: FinetuneRecipe, resume: str | None = None) -> dict[st
         print(f"Saved the fine-tuned model to {args.output_dir}")
         if stopped:
             print(
-                f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step} of {trainer.state.max_steps}; "
-                "continue with --resume auto (or --resume hub in a new session)"
+                f"Training {trainer.run_control.describe_stop()} at step {trainer.state.global_step} of "
+                f"{trainer.state.max_steps}; continue with --resume auto (or --resume hub in a new session)"
             )
         elif early_stopped:
             print(
                 f"Early stopping ended the run at step {trainer.state.global_step} of {trainer.state.max_steps}: "
-                f"{args.metric_for_best_model} did not improve for {args.early_stopping_patience} validations; the model is the best "
-                f"checkpoint ({trainer.state.best_model_checkpoint}). The run is finished: --resume auto keeps it as it is"
+                f"{args.metric_for_best_model} did not improve for {args.early_stopping_patience} validations; the "
+                f"model is the best checkpoint ({trainer.state.best_model_checkpoint}). The run is finished: --resume "
+                "auto keeps it as it is"
             )
     if args.push_to_hub:
         trainer.push_to_hub(
@@ -510,15 +513,16 @@ def parse_command_line(
     parser.add_argument(
         "--resume",
         default=None,
-        help="'auto' (latest checkpoint in training.output_dir), 'hub' (last-checkpoint/ of training.hub_model_id) or a checkpoint folder.",
+        help="'auto' (latest checkpoint in training.output_dir), 'hub' (last-checkpoint/ of training.hub_model_id) or "
+        "a checkpoint folder.",
     )
     arguments, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     return FinetuneRecipe.from_yaml(arguments.config, overrides), arguments.resume
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Run the command line; exit code 2 for a recipe or command-line mistake, 1 for a run stopped by NaN/inf or a failed
-    save (``error: ...``, no traceback)."""
+    """Run the command line; exit code 2 for a recipe or command-line mistake, 1 for a run stopped by NaN/inf or a
+    failed save (``error: ...``, no traceback)."""
     from hf_ssl.errors import NonFiniteLossError, NonFiniteWeightsError
     from hf_ssl.training.state.checkpointing import CheckpointSaveError
 

@@ -4,8 +4,8 @@ skipped, and the pretraining engines' guarantees:
 - run control: a per-session time budget for Kaggle / Colab, SIGTERM / SIGINT;
 - exact resume: the training rows are shuffled by `EpochShuffleSampler` and cropped from ``(seed, epoch, example)``;
 - atomic checkpoints: written under ``.staging-checkpoint-<step>``, then renamed to ``checkpoint-<step>`` with an
-  ``hf_ssl_state.json`` listing every file (``hf_ssl.training.state.checkpointing``), so a kill during a save loses nothing
-  and a resume passes over a damaged checkpoint;
+  ``hf_ssl_state.json`` listing every file (``hf_ssl.training.state.checkpointing``), so a kill during a save loses
+  nothing and a resume passes over a damaged checkpoint;
 - no NaN model: an optimizer step whose loss or gradients are NaN / inf is skipped, too many in a row stop the run
   (``NonFiniteLossError``), and non-finite weights are never saved.
 """
@@ -28,10 +28,9 @@ from hf_ssl.errors import (
 from hf_ssl.finetuning.arguments import FINETUNE_ENGINE
 from hf_ssl.finetuning.data import SeededExamples
 from hf_ssl.finetuning.model import parameter_groups
-from hf_ssl.training.engines.callbacks import RunControlCallback
 from hf_ssl.training.state import checkpointing
 from hf_ssl.training.state.checkpointing import load_weights_in_place
-from hf_ssl.training.state.run_control import RunControl
+from hf_ssl.training.state.run_control import RunControl, RunControlCallback
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
             return EpochShuffleSampler(len(dataset), seed=seed, epoch_holder=dataset)
         return super()._get_train_sampler(train_dataset)
 
-    # ----- NaN / inf: skip the step, stop after too many, never save such weights -------------------------------------
+    # ----- NaN / inf: skip the step, stop after too many, never save such weights ------------------------------------
     def _skip_nonfinite_steps(self, optimizer) -> None:
         # Wraps the optimizer's own step (accelerate's wrapper and the lr scheduler call it), so that every process
         # skips the same steps: one all-reduce of a flag set by a NaN/inf loss here or NaN/inf gradients anywhere.
@@ -250,7 +249,8 @@ class FinetuneTrainer(checkpointing.StagedTrainerCheckpoints, Trainer):
         self.accelerator.wait_for_everyone()
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        # The Trainer calls this with the staging folder, before it is complete; _save_checkpoint pushes the committed one
+        # The Trainer calls this with the staging folder, before it is complete; _save_checkpoint pushes the
+        # committed one
         if self._staging_dir is None:
             super()._push_from_checkpoint(checkpoint_folder)
 

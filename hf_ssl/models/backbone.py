@@ -162,9 +162,9 @@ def _prefix_tokens(backbone: nn.Module) -> tuple[bool, int]:
     return "cls_token" in token_counts, sum(token_counts.values())
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Backbone configs
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def resolve_backbone_config(
@@ -207,9 +207,9 @@ def backbone_config_for_training(backbone_config: PretrainedConfig, drop_path_ra
     return config
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Starting from a pretrained transformers backbone
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 # Backbone config keys that may differ from the pretrained model's: the first layer is adapted to another
 # `num_channels` (`adapt_input_channels`), the position embeddings are resampled to another `image_size`, and the
@@ -259,7 +259,7 @@ def adapt_input_channels(weight: torch.Tensor, num_channels: int) -> torch.Tenso
     """
     if weight.ndim < 2 or weight.shape[1] != 3:
         raise ValueError(
-            f"only an RGB-pretrained first layer (input channels on dim 1 = 3) can be adapted to other channels, got a "
+            "only an RGB-pretrained first layer (input channels on dim 1 = 3) can be adapted to other channels, got a "
             f"weight of shape {tuple(weight.shape)}"
         )
     if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
@@ -307,9 +307,9 @@ def pretrained_backbone_config(
     wanted_type = given.pop("model_type", source.model_type)
     if wanted_type != source.model_type:
         raise ValueError(
-            f"{str(name_or_path)!r} is a {source.model_type!r} model ({_model_class_name(source)}) and backbone_config "
-            f"asks for a {wanted_type!r} one: remove backbone_config.model_type (and its architecture keys) to train a "
-            f"{source.model_type} backbone, or choose a pretrained {wanted_type} model"
+            f"{str(name_or_path)!r} is a {source.model_type!r} model ({_model_class_name(source)}) and "
+            f"backbone_config asks for a {wanted_type!r} one: remove backbone_config.model_type (and its architecture "
+            f"keys) to train a {source.model_type} backbone, or choose a pretrained {wanted_type} model"
         )
     conflicts = [
         f"backbone_config.{key}: {value!r} here, {getattr(source, key, None)!r} in the pretrained model"
@@ -400,8 +400,8 @@ def _pretrained_source_config(name_or_path, **from_pretrained_kwargs) -> Pretrai
         )
     if type(config) not in MODEL_MAPPING or not hasattr(config, "num_channels"):
         raise ValueError(
-            f"{str(name_or_path)!r} is a {config.model_type!r} model, not a transformers vision backbone (ViT, Dinov2, "
-            "IJepa, ResNet, ConvNext...) with an AutoModel class and a num_channels"
+            f"{str(name_or_path)!r} is a {config.model_type!r} model, not a transformers vision backbone (ViT, "
+            "Dinov2, IJepa, ResNet, ConvNext...) with an AutoModel class and a num_channels"
         )
     return config
 
@@ -428,7 +428,8 @@ def _first(keys: list[str], count: int = 10) -> str:
 
 
 def _adapted_state_dict(source: PreTrainedModel, backbone: nn.Module, name_or_path) -> tuple[dict, list[str]]:
-    """The state dict of ``backbone`` taken from ``source``, and what was adapted (see ``load_pretrained_backbone``)."""
+    """The state dict of ``backbone`` taken from ``source``, and what was adapted (see
+    ``load_pretrained_backbone``)."""
     source_state, backbone_state = source.state_dict(), backbone.state_dict()
     missing = [key for key in backbone_state if key not in source_state]
     unexpected = [
@@ -455,15 +456,15 @@ def _adapted_state_dict(source: PreTrainedModel, backbone: nn.Module, name_or_pa
                 )
             else:
                 raise ValueError(
-                    f"the pretrained {type(source).__name__} {str(name_or_path)!r} does not fit the backbone: {key} is "
-                    f"{tuple(tensor.shape)} there and {tuple(wanted.shape)} in the backbone (only num_channels, by "
+                    f"the pretrained {type(source).__name__} {str(name_or_path)!r} does not fit the backbone: {key} "
+                    f"is {tuple(tensor.shape)} there and {tuple(wanted.shape)} in the backbone (only num_channels, by "
                     "adapting the first layer, and image_size, by resampling the position embeddings, may differ)"
                 )
         state[key] = tensor
     if channels != source_channels and len(first_layers) != 1:
         raise ValueError(
-            f"cannot adapt {str(name_or_path)!r} from {source_channels} to num_channels={channels}: expected one first "
-            f"layer whose input channels differ, found {first_layers or 'none'}"
+            f"cannot adapt {str(name_or_path)!r} from {source_channels} to num_channels={channels}: expected one "
+            f"first layer whose input channels differ, found {first_layers or 'none'}"
         )
     return state, adapted
 
@@ -538,9 +539,9 @@ class DropPathBackboneConfigMixin:
         return backbone_config_for_training(self.backbone_config, 0.0)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Export to a plain transformers model
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def export_backbone(
@@ -554,10 +555,11 @@ def export_backbone(
 ) -> str:
     """Save ``backbone`` as the plain transformers model ``AutoModel`` builds for its config, plus its processor.
 
-    ``transformers.AutoModel.from_pretrained(save_directory)`` and ``AutoImageProcessor.from_pretrained(save_directory)``
-    then load it without hf_ssl. Models that ``AutoModel`` builds with a pooling layer (ViT, DeiT) get an identity
-    pooler (weight I, bias 0, ``pooler_act="linear"``), so their ``pooler_output`` is the CLS embedding the method
-    trained, the ``pooler_output`` of the hf_ssl feature model, and loading reports no missing weights.
+    ``transformers.AutoModel.from_pretrained(save_directory)`` and
+    ``AutoImageProcessor.from_pretrained(save_directory)`` then load it without hf_ssl. Models that ``AutoModel``
+    builds with a pooling layer (ViT, DeiT) get an identity pooler (weight I, bias 0, ``pooler_act="linear"``), so
+    their ``pooler_output`` is the CLS embedding the method trained, the ``pooler_output`` of the hf_ssl feature model,
+    and loading reports no missing weights.
 
     Args:
         backbone: a base model built by ``build_backbone`` (float32 weights).

@@ -157,7 +157,8 @@ class SslFeatureModel(SslPreTrainedModel):
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
         Args:
-            pixel_values: (B, C, H, W) (C = the backbone's num_channels: 3 for RGB), normalised as the image processor saved beside the model does.
+            pixel_values: (B, C, H, W) (C = the backbone's num_channels: 3 for RGB), normalised as the image processor
+                saved beside the model does.
             output_hidden_states: also return the backbone's hidden states.
 
         Returns:

@@ -35,9 +35,9 @@ CONVERTER_MODULES = {
 }
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Reading a file
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 # the legacy (pre-zip) torch.save format starts with this pickled number; the zip format with the zip signature
 TORCH_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[2:-1]
@@ -306,9 +306,9 @@ def strip_ddp_prefix(state_dict: object, source: str) -> dict[str, torch.Tensor]
     return stripped
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Reading a ViT's architecture from its weights
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def required_tensor(
@@ -394,9 +394,9 @@ def resolve_num_attention_heads(
     return num_attention_heads
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Copying tensors strictly
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -475,9 +475,9 @@ def _official_tensor(
     return tensor.reshape(shape)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Writing the converted model
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 # what a saved model or training run leaves at the top of its folder: overwriting deletes only a folder holding one
 RUN_FILES = (
@@ -567,8 +567,8 @@ def _entries_to_replace(folder: Path, name: str, overwrite: bool, checkpoint: ob
         )
     if isinstance(checkpoint, (str, os.PathLike)) and Path(checkpoint).resolve().is_relative_to(resolved):
         raise FileExistsError(
-            f"{name} {str(folder)!r} holds the checkpoint being converted ({os.fspath(checkpoint)!r}), which overwrite "
-            f"would delete: choose another {name}"
+            f"{name} {str(folder)!r} holds the checkpoint being converted ({os.fspath(checkpoint)!r}), which "
+            f"overwrite would delete: choose another {name}"
         )
     if (folder / ".git").exists():
         raise FileExistsError(
@@ -605,7 +605,7 @@ def save_converted(model, output_dir: str | os.PathLike, processor_family: str):
     return image_processor
 
 
-# ----- the command lines of the converters ----------------------------------------------------------------------------
+# ----- the command lines of the converters ---------------------------------------------------------------------------
 def add_shared_arguments(parser) -> None:
     """The options both converters end with: ``--overwrite`` and ``--no_weights_only``."""
     parser.add_argument(

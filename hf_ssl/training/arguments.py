@@ -88,25 +88,38 @@ class PretrainingArguments(TrainingArguments):
     resume_with_changed_settings: bool = field(
         default=False,
         metadata={
-            "help": "Resume even though settings that shape the run changed (lr and its schedule, weight decay, augmentation...): the new values apply from the checkpoint's step on."
+            "help": (
+                "Resume even though settings that shape the run changed (lr and its schedule, weight decay, "
+                "augmentation...): the new values apply from the checkpoint's step on."
+            )
         },
     )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Start a fresh run in an output_dir that holds another run's checkpoints or model (they are deleted / replaced)."
+            "help": (
+                "Start a fresh run in an output_dir that holds another run's checkpoints or model (they are deleted / "
+                "replaced)."
+            )
         },
     )
     hub_license: str | None = field(
         default=None,
         metadata={
-            "help": "License of the trained model for the model cards' metadata: a Hub license identifier (apache-2.0, mit, cc-by-4.0, ..., other); null: the cards state no license."
+            "help": (
+                "License of the trained model for the model cards' metadata: a Hub license identifier (apache-2.0, "
+                "mit, cc-by-4.0, ..., other); null: the cards state no license."
+            )
         },
     )
     push_backbone_to_hub: str | None = field(
         default=None,
         metadata={
-            "help": "Also push backbone/ (the plain transformers backbone and its image processor) at the end of the run as a repository of its own, <org>/<name>, with its own model card (with or without push_to_hub); its repository is created before training."
+            "help": (
+                "Also push backbone/ (the plain transformers backbone and its image processor) at the end of the run "
+                "as a repository of its own, <org>/<name>, with its own model card (with or without push_to_hub); its "
+                "repository is created before training."
+            )
         },
     )
 
@@ -198,7 +211,8 @@ class PretrainingArguments(TrainingArguments):
             raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise ValueError(
-                f"set max_steps > 0 or num_train_epochs > 0 (got max_steps={self.max_steps}, num_train_epochs={self.num_train_epochs})"
+                f"set max_steps > 0 or num_train_epochs > 0 (got max_steps={self.max_steps}, "
+                f"num_train_epochs={self.num_train_epochs})"
             )
         if self.max_steps == 0:
             raise ValueError("max_steps must be > 0, or -1 to train for num_train_epochs")

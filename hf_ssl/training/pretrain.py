@@ -22,7 +22,7 @@ import logging
 
 from transformers import set_seed
 
-from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.data import ViewCropTransform, with_view_crops
 from hf_ssl.evaluation import KnnEvaluator, RawPixels, subsample
 from hf_ssl.models import build_image_processor
 from hf_ssl.training.engines.accelerate_loop import build_trainer
@@ -44,8 +44,8 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
     recipe.check_best_metric(data)  # early stopping / best-N on a metric this run logs
     recipe.resolve_normalisation(data.train)  # per-band mean / std of multispectral data, when the recipe has none
     views = recipe.view_config  # the augmentation section's named view groups
-    transform = MultiCropTransform(views, recipe.data.skip_bad_images, channels_last=recipe.data.channels_last)
-    train_dataset = with_multicrop(data.train, transform, seed=training_args.seed)
+    transform = ViewCropTransform(views, recipe.data.skip_bad_images, channels_last=recipe.data.channels_last)
+    train_dataset = with_view_crops(data.train, transform, seed=training_args.seed)
     knn_splits = data.knn
 
     # 2. model: a new one, or continue from a pretrained hf_ssl model of the same method
@@ -70,7 +70,7 @@ def run_pretraining(recipe: Recipe, resume: str | None = None) -> dict:
     validation = None
     if data.validation is not None:  # the method's loss on held-out images, through the training pipeline
         validation = ValidationLoss(
-            with_multicrop(data.validation, transform, seed=training_args.seed),
+            with_view_crops(data.validation, transform, seed=training_args.seed),
             recipe.spec.method_class.build_collator(model.config, recipe.augmentation, training_args.seed),
             batch_size=training_args.per_device_train_batch_size,
             num_workers=training_args.dataloader_num_workers,

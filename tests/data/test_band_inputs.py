@@ -9,16 +9,16 @@ import pytest
 from datasets import Array3D, Dataset, Features
 
 from hf_ssl.data import (
-    MultiCropCollator,
+    ViewCropCollator,
     ViewGroup,
     ViewsConfig,
     band_statistics,
     decode_bands,
     load_image_dataset,
-    with_multicrop,
+    with_view_crops,
 )
+from hf_ssl.data.crops import ViewCropTransform
 from hf_ssl.data.images import skip_or_raise
-from hf_ssl.data.multicrop import MultiCropTransform
 from hf_ssl.errors import BandLayoutError
 
 AMBIGUOUS = (
@@ -57,7 +57,7 @@ def write_folder(root, arrays):
     return root
 
 
-# ----- the band axis ---------------------------------------------------------------------------------------------------
+# ----- the band axis -------------------------------------------------------------------------------------------------
 
 
 def test_arrays_whose_first_and_last_axes_both_have_n_entries_need_the_layout(tmp_path):
@@ -120,20 +120,20 @@ def test_the_pipelines_that_skip_bad_images_stop_on_an_ambiguous_layout(tmp_path
     dataset = Dataset.from_dict({"image": [bands_last] * 2})
     views = band_views(16, mean=(0.0,) * 16, std=(1.0,) * 16)
     with pytest.raises(BandLayoutError, match=AMBIGUOUS):
-        MultiCropTransform(views, skip_bad_images=True)({"image": [bands_last]})
+        ViewCropTransform(views, skip_bad_images=True)({"image": [bands_last]})
     with pytest.raises(BandLayoutError, match=AMBIGUOUS):  # what the run checks before training
-        with_multicrop(dataset, MultiCropTransform(views)).probe_readable_images()
+        with_view_crops(dataset, ViewCropTransform(views)).probe_readable_images()
     with pytest.raises(BandLayoutError):  # the skip path every collator shares
         try:
             decode_bands(bands_last, 16)
         except Exception as error:
             skip_or_raise(bands_last, 0, error, True, 1, "set data.skip_bad_images=true", logging.getLogger("test"))
-    given = with_multicrop(dataset, MultiCropTransform(views, channels_last=True))
+    given = with_view_crops(dataset, ViewCropTransform(views, channels_last=True))
     assert given.probe_readable_images() == (2, 2, None)
     assert given[0]["valid"] and given[0]["views"].shape == (2, 16, 8, 8)
 
 
-# ----- non-finite values -----------------------------------------------------------------------------------------------
+# ----- non-finite values ---------------------------------------------------------------------------------------------
 
 
 def test_arrays_holding_nan_or_infinity_are_refused_with_the_count():
@@ -172,12 +172,12 @@ def test_the_multicrop_pipeline_skips_and_counts_a_nan_array(tmp_path, caplog):
     root = write_folder(tmp_path, {"good": cube(bands=4, side=8), "inf": bad})
     dataset = load_image_dataset("arrayfolder", data_dir=str(root), split="train")
     views = band_views(4, mean=(0.0,) * 4, std=(1.0,) * 4)
-    with caplog.at_level(logging.WARNING, logger="hf_ssl.data.multicrop"):
-        examples = [with_multicrop(dataset, MultiCropTransform(views), seed=0)[index] for index in range(2)]
-    batch = MultiCropCollator()(examples)
+    with caplog.at_level(logging.WARNING, logger="hf_ssl.data.crops"):
+        examples = [with_view_crops(dataset, ViewCropTransform(views), seed=0)[index] for index in range(2)]
+    batch = ViewCropCollator()(examples)
     assert int(batch["num_skipped"]) == 1 and batch["views"].shape == (2, 1, 4, 8, 8)
     assert "inf.npy" in caplog.text and "1 non-finite value" in caplog.text
-    strict = with_multicrop(dataset, MultiCropTransform(views, skip_bad_images=False), seed=0)
+    strict = with_view_crops(dataset, ViewCropTransform(views, skip_bad_images=False), seed=0)
     with pytest.raises(
         ValueError, match=r"cannot read image '.*inf\.npy': ValueError: the image holds 1 non-finite value"
     ):

@@ -77,7 +77,8 @@ def test_wrong_crop_count_names_the_config():
 def test_the_batch_must_hold_every_group_of_the_config():
     with pytest.raises(
         ValueError,
-        match=r"the batch holds the view groups \['global_crops'\] but the augmentation config has \['global_crops', 'local_crops'\]",
+        match=r"the batch holds the view groups \['global_crops'\] "
+        r"but the augmentation config has \['global_crops', 'local_crops'\]",
     ):
         augment_crops(DeviceAugmentation(MultiCropConfig()), random_crops((2, 2, 3, 16, 16)))
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_ssl.data import MultiCropCollator
+from hf_ssl.data import ViewCropCollator
 from hf_ssl.data.masks import MultiBlockMaskCollator, rectangle_indices
 
 
@@ -311,7 +311,7 @@ def test_bad_keys_are_refused():
 
 def test_dataloader_workers_draw_the_masks_of_a_single_process():
     dataset = examples(list(range(8)))
-    collator = MultiBlockMaskCollator(seed=3, collator=MultiCropCollator())
+    collator = MultiBlockMaskCollator(seed=3, collator=ViewCropCollator())
 
     def masks(num_workers):
         loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=collator, num_workers=num_workers)

@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 import torch
 
-from hf_ssl.data import MultiCropCollator, MultiCropConfig, MultiCropTransform, load_image_dataset, with_multicrop
+from hf_ssl.data import MultiCropConfig, ViewCropCollator, ViewCropTransform, load_image_dataset, with_view_crops
 from hf_ssl.data.images import random_resized_crop_box
 
 
@@ -42,7 +42,7 @@ def whole_image_config(size: int) -> MultiCropConfig:
 
 
 def test_default_config_gives_dino_crop_shapes_and_counts():
-    output = MultiCropTransform(MultiCropConfig())({"image": [solid((10, 20, 30)), solid((1, 2, 3), size=(300, 200))]})
+    output = ViewCropTransform(MultiCropConfig())({"image": [solid((10, 20, 30)), solid((1, 2, 3), size=(300, 200))]})
     assert len(output["global_crops"]) == len(output["local_crops"]) == 2
     for global_crops, local_crops in zip(output["global_crops"], output["local_crops"]):
         assert global_crops.shape == (2, 3, 224, 224) and global_crops.dtype == torch.uint8
@@ -59,13 +59,13 @@ def test_custom_config_without_local_crops_omits_them():
         global_blur_probabilities=(1.0,),
         global_solarize_probabilities=(0.0,),
     )
-    output = MultiCropTransform(config)({"image": [solid((5, 5, 5))]})
+    output = ViewCropTransform(config)({"image": [solid((5, 5, 5))]})
     assert output["global_crops"][0].shape == (3, 3, 20, 20)
     assert "local_crops" not in output
 
 
 def test_crops_carry_the_image_colours_in_rgb_order():
-    output = MultiCropTransform(small_config())({"image": [solid((200, 10, 30))]})
+    output = ViewCropTransform(small_config())({"image": [solid((200, 10, 30))]})
     crops = output["global_crops"][0]
     assert torch.equal(crops[:, 0].unique(), torch.tensor([200], dtype=torch.uint8))
     assert torch.equal(crops[:, 1].unique(), torch.tensor([10], dtype=torch.uint8))
@@ -75,10 +75,10 @@ def test_crops_carry_the_image_colours_in_rgb_order():
 def test_collator_stacks_crops_crop_major_and_passes_labels():
     images = [solid((index * 40, 0, 0)) for index in range(4)]
     config = small_config()
-    examples = MultiCropTransform(config)({"image": images, "label": [3, 1, 4, 1], "other": ["a", "b", "c", "d"]})
+    examples = ViewCropTransform(config)({"image": images, "label": [3, 1, 4, 1], "other": ["a", "b", "c", "d"]})
     assert examples["label"] == [3, 1, 4, 1] and "other" not in examples
     rows = [{key: values[index] for key, values in examples.items()} for index in range(4)]
-    batch = MultiCropCollator()(rows)
+    batch = ViewCropCollator()(rows)
     assert batch["global_crops"].shape == (2, 4, 3, 32, 32)
     assert batch["local_crops"].shape == (3, 4, 3, 16, 16)
     assert batch["labels"].dtype == torch.int64 and batch["labels"].tolist() == [3, 1, 4, 1]
@@ -108,7 +108,7 @@ def test_random_resized_crop_box_falls_back_to_a_centre_crop_clamped_to_the_rati
 
 def test_tiny_images_are_upscaled_to_the_crop_size():
     tiny = PIL.Image.fromarray(np.arange(5 * 7 * 3, dtype=np.uint8).reshape(7, 5, 3) * 2)
-    output = MultiCropTransform(MultiCropConfig())({"image": [tiny]})
+    output = ViewCropTransform(MultiCropConfig())({"image": [tiny]})
     assert output["valid"] == [True]
     assert output["global_crops"][0].shape == (2, 3, 224, 224)
     assert output["local_crops"][0].shape == (8, 3, 96, 96)
@@ -139,7 +139,7 @@ def test_every_pil_mode_becomes_three_channel_uint8(mode, encoded):
         except OSError as error:  # Pillow 12 writes YCbCr TIFFs it cannot read back
             pytest.skip(f"this Pillow ({PIL.__version__}) cannot read its own {mode} TIFF: {error}")
         image = {"bytes": buffer.getvalue(), "path": None}
-    output = MultiCropTransform(small_config())({"image": [image]})
+    output = ViewCropTransform(small_config())({"image": [image]})
     assert output["valid"] == [True]
     crops = output["global_crops"][0]
     assert crops.shape == (2, 3, 32, 32) and crops.dtype == torch.uint8
@@ -153,7 +153,7 @@ def test_16_bit_gradient_is_scaled_not_saturated(mode, dtype):
     gradient = np.tile(np.linspace(0, 65535, 64).round().astype(dtype), (64, 1))
     image = PIL.Image.fromarray(gradient)
     assert image.mode == mode
-    crop = MultiCropTransform(whole_image_config(64))({"image": [image]})["global_crops"][0][0]
+    crop = ViewCropTransform(whole_image_config(64))({"image": [image]})["global_crops"][0][0]
     expected = torch.from_numpy(np.rint(gradient / 257).astype(np.uint8))
     assert torch.equal(crop[0], expected)
     assert len(crop[0, 0].unique()) == 64  # every step of the gradient survives
@@ -163,19 +163,19 @@ def test_16_bit_gradient_is_scaled_not_saturated(mode, dtype):
 def test_16_bit_png_file_keeps_its_gradient():
     gradient = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))
     data = png_bytes(PIL.Image.fromarray(gradient))
-    crop = MultiCropTransform(whole_image_config(32))({"image": [{"bytes": data, "path": None}]})["global_crops"][0][0]
+    crop = ViewCropTransform(whole_image_config(32))({"image": [{"bytes": data, "path": None}]})["global_crops"][0][0]
     assert torch.equal(crop[1], torch.from_numpy(np.rint(gradient / 257).astype(np.uint8)))
 
 
 def test_float_image_in_unit_range_is_scaled_to_255():
     values = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (16, 1))
-    crop = MultiCropTransform(whole_image_config(16))({"image": [PIL.Image.fromarray(values)]})["global_crops"][0][0]
+    crop = ViewCropTransform(whole_image_config(16))({"image": [PIL.Image.fromarray(values)]})["global_crops"][0][0]
     assert torch.equal(crop[2], torch.from_numpy(np.rint(values * 255).astype(np.uint8)))
 
 
 def test_alpha_is_dropped_not_composited():
     transparent_red = PIL.Image.new("RGBA", (16, 16), (200, 10, 30, 0))
-    crop = MultiCropTransform(whole_image_config(16))({"image": [transparent_red]})["global_crops"][0][0]
+    crop = ViewCropTransform(whole_image_config(16))({"image": [transparent_red]})["global_crops"][0][0]
     assert crop[:, 0, 0].tolist() == [200, 10, 30]
 
 
@@ -202,7 +202,7 @@ COLOUR_AS_CHW = np.ascontiguousarray(COLOUR_PIXELS.transpose(2, 0, 1))
 def test_a_whole_image_crop_is_the_source_pixels(source, expected):
     if isinstance(source, PIL.Image.Image):
         assert source.mode == "L"
-    crop = MultiCropTransform(whole_image_config(16))({"image": [source]})["global_crops"][0][0]
+    crop = ViewCropTransform(whole_image_config(16))({"image": [source]})["global_crops"][0][0]
     assert crop.shape == (3, 16, 16) and crop.dtype == torch.uint8
     assert torch.equal(crop, torch.from_numpy(expected))
     grey = expected is GREY_AS_RGB
@@ -212,14 +212,14 @@ def test_a_whole_image_crop_is_the_source_pixels(source, expected):
 def test_image_path_and_path_dict(tmp_path):
     path = tmp_path / "red.png"
     solid((250, 0, 0)).save(path)
-    output = MultiCropTransform(small_config())({"image": [str(path), {"bytes": None, "path": str(path)}]})
+    output = ViewCropTransform(small_config())({"image": [str(path), {"bytes": None, "path": str(path)}]})
     assert output["valid"] == [True, True]
     assert output["global_crops"][1][:, 0].unique().tolist() == [250]
 
 
 def test_same_torch_seed_same_crops_other_seed_other_crops():
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8))
-    transform = MultiCropTransform(small_config())
+    transform = ViewCropTransform(small_config())
     torch.manual_seed(0)
     first = transform({"image": [image]})["global_crops"][0]
     torch.manual_seed(0)
@@ -237,9 +237,9 @@ def _corrupt_dataset() -> datasets.Dataset:
 
 
 def test_corrupt_images_are_skipped_and_counted_through_the_dataloader(caplog):
-    dataset = with_multicrop(_corrupt_dataset(), MultiCropTransform(small_config()))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=MultiCropCollator())
-    with caplog.at_level(logging.WARNING, logger="hf_ssl.data.multicrop"):
+    dataset = with_view_crops(_corrupt_dataset(), ViewCropTransform(small_config()))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=ViewCropCollator())
+    with caplog.at_level(logging.WARNING, logger="hf_ssl.data.crops"):
         batch = next(iter(loader))
     assert batch["num_skipped"].item() == 2
     assert batch["labels"].tolist() == [0, 3]
@@ -249,7 +249,7 @@ def test_corrupt_images_are_skipped_and_counted_through_the_dataloader(caplog):
 
 
 def test_corrupt_image_raises_when_not_skipping():
-    dataset = with_multicrop(_corrupt_dataset(), MultiCropTransform(small_config(), skip_bad_images=False))
+    dataset = with_view_crops(_corrupt_dataset(), ViewCropTransform(small_config(), skip_bad_images=False))
     assert dataset[0]["valid"]
     with pytest.raises(ValueError, match="position 0 of the batch"):
         dataset[1]
@@ -263,24 +263,24 @@ def test_corrupt_file_in_an_imagefolder(tmp_path):
     dataset = load_image_dataset("imagefolder", data_dir=str(tmp_path), split="train")
 
     loader = torch.utils.data.DataLoader(
-        with_multicrop(dataset, MultiCropTransform(small_config())), batch_size=2, collate_fn=MultiCropCollator()
+        with_view_crops(dataset, ViewCropTransform(small_config())), batch_size=2, collate_fn=ViewCropCollator()
     )
     batch = next(iter(loader))
     assert batch["num_skipped"].item() == 1
     assert batch["labels"].tolist() == [dataset.features["label"].str2int("cat")]
     assert batch["global_crops"][:, 0, 1].unique().tolist() == [120]
 
-    strict = with_multicrop(dataset, MultiCropTransform(small_config(), skip_bad_images=False))
+    strict = with_view_crops(dataset, ViewCropTransform(small_config(), skip_bad_images=False))
     with pytest.raises(ValueError, match="broken.png"):
         [strict[index] for index in range(len(strict))]
 
 
 def test_all_bad_batch_has_zero_examples_and_the_right_shapes():
     config = small_config()
-    examples = MultiCropTransform(config)({"image": [b"garbage", None], "label": [0, 1]})
+    examples = ViewCropTransform(config)({"image": [b"garbage", None], "label": [0, 1]})
     assert examples["valid"] == [False, False]
     assert torch.count_nonzero(examples["global_crops"][0]) == 0
-    batch = MultiCropCollator()([{key: values[index] for key, values in examples.items()} for index in range(2)])
+    batch = ViewCropCollator()([{key: values[index] for key, values in examples.items()} for index in range(2)])
     assert batch["global_crops"].shape == (2, 0, 3, 32, 32)
     assert batch["local_crops"].shape == (3, 0, 3, 16, 16)
     assert batch["labels"].shape == (0,)
@@ -290,13 +290,13 @@ def test_all_bad_batch_has_zero_examples_and_the_right_shapes():
 def test_dataloader_workers_draw_different_crops_and_the_seed_reproduces_them():
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
     features = datasets.Features({"image": datasets.Image()})
-    dataset = with_multicrop(
-        datasets.Dataset.from_dict({"image": [image] * 4}, features=features), MultiCropTransform(small_config())
+    dataset = with_view_crops(
+        datasets.Dataset.from_dict({"image": [image] * 4}, features=features), ViewCropTransform(small_config())
     )
 
     def crops_per_batch():
         torch.manual_seed(0)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=MultiCropCollator())
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=ViewCropCollator())
         return [batch["global_crops"] for batch in loader]
 
     first = crops_per_batch()
@@ -306,20 +306,20 @@ def test_dataloader_workers_draw_different_crops_and_the_seed_reproduces_them():
 
 
 def test_with_multicrop_leaves_the_image_column_undecoded():
-    dataset = with_multicrop(_corrupt_dataset(), MultiCropTransform(small_config()))
+    dataset = with_view_crops(_corrupt_dataset(), ViewCropTransform(small_config()))
     assert dataset.dataset.features["image"] == datasets.Image(decode=False)
 
 
 def test_with_multicrop_on_a_dataset_dict():
     dataset = datasets.DatasetDict({"train": _corrupt_dataset(), "test": _corrupt_dataset()})
-    transformed = with_multicrop(dataset, MultiCropTransform(small_config()))
+    transformed = with_view_crops(dataset, ViewCropTransform(small_config()))
     assert set(transformed) == {"train", "test"}
     assert transformed["test"][3]["global_crops"].shape == (2, 3, 32, 32)
 
 
 def test_with_multicrop_on_a_streaming_dataset():
-    dataset = with_multicrop(_corrupt_dataset().to_iterable_dataset(), MultiCropTransform(small_config()))
-    batch = MultiCropCollator()(list(dataset))
+    dataset = with_view_crops(_corrupt_dataset().to_iterable_dataset(), ViewCropTransform(small_config()))
+    batch = ViewCropCollator()(list(dataset))
     assert batch["global_crops"].shape == (2, 2, 3, 32, 32)
     assert batch["num_skipped"].item() == 2 and batch["labels"].tolist() == [0, 3]
 
@@ -336,7 +336,7 @@ def test_epoch_shuffle_sampler_orders_by_seed_and_epoch_and_keeps_the_epoch_in_t
     assert [key - 12 for key in second] != first  # a new order each epoch
 
     image = PIL.Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
-    dataset = with_multicrop(datasets.Dataset.from_dict({"image": [image] * 6}), MultiCropTransform(small_config()))
+    dataset = with_view_crops(datasets.Dataset.from_dict({"image": [image] * 6}), ViewCropTransform(small_config()))
     held = EpochShuffleSampler(len(dataset), seed=3, epoch_holder=dataset)
     dataset.set_epoch(2)  # what accelerate does where it cannot reach the sampler
     assert list(held) == second

@@ -11,15 +11,15 @@ from datasets import Array3D, Dataset, Features
 
 from hf_ssl.data import (
     DeviceAugmentation,
-    MultiCropCollator,
     MultiCropConfig,
-    MultiCropTransform,
+    ViewCropCollator,
+    ViewCropTransform,
     ViewGroup,
     ViewsConfig,
     band_statistics,
     decode_bands,
     load_image_dataset,
-    with_multicrop,
+    with_view_crops,
 )
 from hf_ssl.training.methods.ijepa import IJepaViewConfig
 from hf_ssl.training.methods.simclr import SimClrViewConfig
@@ -29,7 +29,7 @@ def bands_array(channels=5, height=6, width=7, seed=0, dtype=np.uint16):
     return np.random.default_rng(seed).integers(0, 4000, size=(channels, height, width)).astype(dtype)
 
 
-# ----- reading ---------------------------------------------------------------------------------------------------------
+# ----- reading -------------------------------------------------------------------------------------------------------
 
 
 def test_arrays_are_read_channels_first_whatever_their_layout():
@@ -96,7 +96,7 @@ def test_an_array_folder_becomes_labelled_splits(tmp_path):
         load_image_dataset("arrayfolder")
 
 
-# ----- configuration ---------------------------------------------------------------------------------------------------
+# ----- configuration -------------------------------------------------------------------------------------------------
 
 
 def test_rgb_only_settings_on_bands_are_refused_by_their_keys():
@@ -137,7 +137,7 @@ def test_normalisation_must_match_the_bands():
         DeviceAugmentation(views)
 
 
-# ----- crops and device augmentation -----------------------------------------------------------------------------------
+# ----- crops and device augmentation ---------------------------------------------------------------------------------
 
 
 def band_views(channels, **group):
@@ -164,13 +164,13 @@ def band_views(channels, **group):
 def test_band_crops_are_float_views_of_every_band():
     array = bands_array(channels=5, height=8, width=8)
     views = band_views(5, scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))  # the whole image at its own size
-    transform = MultiCropTransform(views)
+    transform = ViewCropTransform(views)
     output = transform({"image": [array, bands_array(channels=3)]}, rng=np.random.default_rng(0))
     crops = output["views"][0]
     assert crops.dtype == torch.float32 and crops.shape == (2, 5, 8, 8)
     torch.testing.assert_close(crops[0], torch.from_numpy(array.astype(np.float32)))  # values in the data's units
     assert output["valid"] == [True, False]  # a 3-band image in a 5-band dataset is a bad image, counted
-    batch = MultiCropCollator()(
+    batch = ViewCropCollator()(
         [{"views": output["views"][index], "valid": output["valid"][index]} for index in range(2)]
     )
     assert (
@@ -184,14 +184,14 @@ def test_band_crops_are_resized_with_antialiasing():
     array = bands_array(channels=3, height=16, width=16).astype(np.float32)
     views = band_views(4, size=8, scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
     stacked = np.concatenate([array, array[:1]])
-    crops = MultiCropTransform(views).make_crops(stacked, np.random.default_rng(0))["views"]
+    crops = ViewCropTransform(views).make_crops(stacked, np.random.default_rng(0))["views"]
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(stacked)[None], size=(8, 8), mode="bilinear", antialias=True
     )[0]
     torch.testing.assert_close(crops[0], expected)
     # a 2x antialiased bilinear shrink of a smooth ramp is the mean of each 2 x 2 block away from the border
     ramp = np.tile(np.arange(16, dtype=np.float32), (4, 16, 1))
-    crops = MultiCropTransform(views).make_crops(ramp, np.random.default_rng(0))["views"]
+    crops = ViewCropTransform(views).make_crops(ramp, np.random.default_rng(0))["views"]
     np.testing.assert_allclose(crops[0, 0, 3, 2:6].numpy(), [4.5, 6.5, 8.5, 10.5], atol=1e-4)
 
 
@@ -241,7 +241,7 @@ def test_rgb_views_draw_what_they_always_drew():
     assert first.shape == (2, 3, 3, 8, 8)
 
 
-# ----- statistics ------------------------------------------------------------------------------------------------------
+# ----- statistics ----------------------------------------------------------------------------------------------------
 
 
 def test_band_statistics_by_hand():
@@ -283,8 +283,8 @@ def test_a_datasets_array_column_trains_through_the_pipeline():
         flip_probability=0.5,
     )
     views.mean, views.std = mean, std
-    examples = [with_multicrop(dataset, MultiCropTransform(views), seed=0)[index] for index in range(4)]
-    batch = MultiCropCollator()(examples)
+    examples = [with_view_crops(dataset, ViewCropTransform(views), seed=0)[index] for index in range(4)]
+    batch = ViewCropCollator()(examples)
     output = DeviceAugmentation(views)({"views": batch["views"]})["views"]
     assert output.shape == (2, 4, 4, 8, 8) and torch.isfinite(output).all()
     # normalised with the data's statistics: about zero mean and unit spread per band

@@ -7,12 +7,12 @@ from datasets import Image as ImageFeature
 
 from hf_ssl.data import (
     IMAGENET_MEAN,
-    MultiCropCollator,
     MultiCropConfig,
-    MultiCropTransform,
+    ViewCropCollator,
+    ViewCropTransform,
     ViewGroup,
     ViewsConfig,
-    with_multicrop,
+    with_view_crops,
 )
 from hf_ssl.data.views import as_views_config, view_size_keys
 
@@ -98,7 +98,7 @@ def test_the_transform_cuts_every_group_at_its_own_size_scale_and_interpolation(
             "parts": ViewGroup(number=3, size=8, scale=(0.05, 0.1)),
         }
     )
-    transform = MultiCropTransform(views)
+    transform = ViewCropTransform(views)
     output = transform({"image": [gradient_image(), gradient_image()], "label": [3, 4]}, rng=np.random.default_rng(0))
     assert set(output) == {"whole", "parts", "valid", "label"}
     assert output["whole"][0].shape == (1, 3, 24, 24) and output["parts"][1].shape == (3, 3, 8, 8)
@@ -106,7 +106,7 @@ def test_the_transform_cuts_every_group_at_its_own_size_scale_and_interpolation(
     whole_range = output["whole"][0][0, 0].float().max() - output["whole"][0][0, 0].float().min()
     part_range = output["parts"][0][0, 0].float().max() - output["parts"][0][0, 0].float().min()
     assert whole_range > 200 and part_range < 120
-    batch = MultiCropCollator()([{name: values[i] for name, values in output.items()} for i in range(2)])
+    batch = ViewCropCollator()([{name: values[i] for name, values in output.items()} for i in range(2)])
     assert list(batch) == ["whole", "parts", "labels", "num_skipped"]
     assert batch["whole"].shape == (1, 2, 3, 24, 24) and batch["parts"].shape == (3, 2, 3, 8, 8)
     assert batch["labels"].tolist() == [3, 4]
@@ -116,8 +116,8 @@ def test_groups_are_cut_in_order_so_the_first_group_does_not_depend_on_later_one
     image = gradient_image()
     one = ViewsConfig(groups={"first": ViewGroup(number=2, size=16)})
     two = ViewsConfig(groups={"first": ViewGroup(number=2, size=16), "more": ViewGroup(number=2, size=8)})
-    alone = MultiCropTransform(one).make_crops(image, np.random.default_rng(7))
-    with_more = MultiCropTransform(two).make_crops(image, np.random.default_rng(7))
+    alone = ViewCropTransform(one).make_crops(image, np.random.default_rng(7))
+    with_more = ViewCropTransform(two).make_crops(image, np.random.default_rng(7))
     assert torch.equal(alone["first"], with_more["first"]) and set(with_more) == {"first", "more"}
 
 
@@ -126,8 +126,8 @@ def test_a_views_config_through_the_seeded_dataset_reproduces_its_views():
         "image", ImageFeature()
     )
     views = ViewsConfig(groups={"image": ViewGroup(number=1, size=16, scale=(0.3, 1.0))})
-    first = with_multicrop(dataset, MultiCropTransform(views), seed=3)
-    again = with_multicrop(dataset, MultiCropTransform(views), seed=3)
+    first = with_view_crops(dataset, ViewCropTransform(views), seed=3)
+    again = with_view_crops(dataset, ViewCropTransform(views), seed=3)
     assert torch.equal(first[2]["image"], again[2]["image"]) and not torch.equal(
         first[2]["image"], first[6]["image"]
     )  # epoch 1
@@ -139,6 +139,6 @@ def test_an_explicit_list_of_groups_is_what_the_collator_stacks():
         "b": torch.zeros(2, 3, 2, 2, dtype=torch.uint8),
         "valid": True,
     }
-    assert list(MultiCropCollator(view_names=["b"])([example, example])) == ["b", "num_skipped"]
+    assert list(ViewCropCollator(view_names=["b"])([example, example])) == ["b", "num_skipped"]
     with pytest.raises(KeyError, match="no view group 'c'"):
-        MultiCropCollator(view_names=["c"])([example])
+        ViewCropCollator(view_names=["c"])([example])

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hf_ssl.evaluation.collapse import CollapseDetector, collapse_metrics, effective_rank, embedding_std, mean_l2_norm
+from hf_ssl.training.methods.dino import DINO_COLLAPSE_ADVICE
 
 LN_65536 = math.log(65536)
 
@@ -88,7 +89,7 @@ def uniform_collapse_logs(start, stop):
 
 
 def test_uniform_collapse_fires_once_with_the_numbers_and_temperature_advice():
-    detector = CollapseDetector(patience=100, out_dim=65536)
+    detector = CollapseDetector(patience=100, out_dim=65536, method_advice=DINO_COLLAPSE_ADVICE)
     logs = uniform_collapse_logs(10, 400)
     logs.insert(5, (50, {"knn_top1": 10.0}))  # a k-NN log without the signals does not break the streak
     warnings = feed(detector, logs)
@@ -139,14 +140,14 @@ def test_warns_once_per_episode():
 
 
 def test_constant_collapse_message_and_generic_advice():
-    detector = CollapseDetector(patience=30, embedding_dim=384, method=None)
+    detector = CollapseDetector(patience=30, embedding_dim=384)
     logs = [(step, {"loss": 2.0, "embedding_std": 1e-5, "effective_rank": 1.01}) for step in range(0, 100, 10)]
     warnings = feed(detector, logs)
     assert [step for step, _ in warnings] == [30]
     message = warnings[0][1]
     assert "Constant collapse" in message and "embedding_std 1.00e-05" in message and "effective_rank 1.010" in message
     assert "0.1/sqrt(384)" in message and "augmentations" in message
-    assert "teacher temperature" not in message  # method=None: generic advice only
+    assert "teacher temperature" not in message  # no method advice: generic advice only
     # the threshold is 0.1/sqrt(D) = 0.0051 for D=384: 0.01 is fine, 0.004 is collapse
     assert feed(CollapseDetector(patience=0, embedding_dim=384), [(1, {"embedding_std": 0.01})]) == []
     assert len(feed(CollapseDetector(patience=0, embedding_dim=384), [(1, {"embedding_std": 0.004})])) == 1

@@ -45,5 +45,6 @@ def test_a_model_path_that_names_no_model_is_one_line_that_says_what_to_give(tmp
         lines = err.splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --model {model} {problem}"), err
         assert lines[0].endswith(
-            "give a trained run's output directory (e.g. outputs/run), its backbone/ folder, or a Hub model id (ORG/NAME)"
+            "give a trained run's output directory (e.g. outputs/run), its backbone/ folder, "
+            "or a Hub model id (ORG/NAME)"
         ), err

@@ -72,7 +72,8 @@ def dino_training_checkpoint(args=None):
 
 
 def ijepa_checkpoint():
-    """What the official I-JEPA code saves: encoder, target encoder and predictor state dicts and the training state."""
+    """What the official I-JEPA code saves: encoder, target encoder and predictor state dicts and the training
+    state."""
     encoder = official_vit(cls_token=False)
     predictor = official_vit("predictor_blocks", width=PREDICTOR_WIDTH, cls_token=False)
     predictor = {key: value for key, value in predictor.items() if key.startswith("predictor_blocks.")}

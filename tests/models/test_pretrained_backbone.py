@@ -198,7 +198,7 @@ def test_a_resnet_saved_with_its_classification_head_gives_its_backbone_and_batc
     assert any("running_mean" in name for name in model.backbone.state_dict())
 
 
-# ----- N input channels and another image size ------------------------------------------------------------------------
+# ----- N input channels and another image size -----------------------------------------------------------------------
 
 
 def rgb_rule(weight: torch.Tensor, num_channels: int) -> torch.Tensor:
@@ -297,7 +297,8 @@ def test_backbone_config_keys_beside_it_must_agree_but_num_channels_and_image_si
     differing = {"hidden_size": 64, "patch_size": 8}
     with pytest.raises(
         ConfigError,
-        match=r"backbone_config.hidden_size: 64 here, 32 in the pretrained model; backbone_config.patch_size: 8 here, 4",
+        match=r"backbone_config.hidden_size: 64 here, 32 in the pretrained model; "
+        r"backbone_config.patch_size: 8 here, 4",
     ):
         Recipe.from_dict(simclr_recipe(tmp_path, pretrained_backbone=str(vit_folder), backbone_config=differing))
 
@@ -375,7 +376,7 @@ def test_a_run_started_from_a_pretrained_backbone_trains(tmp_path, vit_folder):
     from datasets import Dataset, Features
     from datasets import Image as ImageFeature
 
-    from hf_ssl.data import MultiCropTransform, with_multicrop
+    from hf_ssl.data import ViewCropTransform, with_view_crops
     from hf_ssl.training.methods.simclr import SimClrViewConfig
 
     spec = get_method("simclr")
@@ -402,7 +403,7 @@ def test_a_run_started_from_a_pretrained_backbone_trains(tmp_path, vit_folder):
         args=arguments,
         view_config=views,
         method="simclr",
-        train_dataset=with_multicrop(dataset, MultiCropTransform(views), seed=0),
+        train_dataset=with_view_crops(dataset, ViewCropTransform(views), seed=0),
     )
     trainer.train()
 

@@ -1,4 +1,5 @@
-"""VicRegForPreTraining / VicRegModel / VicRegExpander through the public API, checkpoints and the exported backbone."""
+"""VicRegForPreTraining / VicRegModel / VicRegExpander through the public API, checkpoints and the exported
+backbone."""
 
 import pytest
 import torch

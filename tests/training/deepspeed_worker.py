@@ -1,7 +1,8 @@
 """Run by test_deepspeed.py under ``accelerate launch`` (DeepSpeed ZeRO-2 or DDP, 2 CPU processes): a small
 DINO run on either engine (``--engine``) that crosses the end of the last-layer freeze, with a NaN loss
-injected on process 1 at one step (``--nan-step``). ``--stop-after N`` sends SIGTERM during step N (checkpoint, stop); ``--resume`` goes on.
-The main process writes ``final.safetensors`` (the model as saved by ``save_model``) and ``run.json``."""
+injected on process 1 at one step (``--nan-step``). ``--stop-after N`` sends SIGTERM during step N (checkpoint,
+stop); ``--resume`` goes on. The main process writes ``final.safetensors`` (the model as saved by ``save_model``)
+and ``run.json``."""
 
 import argparse
 import json
@@ -23,7 +24,7 @@ from datasets import Dataset  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from hf_ssl import DinoForPreTraining  # noqa: E402
-from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
+from hf_ssl.data import ViewCropTransform, with_view_crops  # noqa: E402
 from hf_ssl.training import build_trainer  # noqa: E402
 from hf_ssl.training.engines.base import end_process_group  # noqa: E402
 from tests.helpers import (  # noqa: E402
@@ -68,7 +69,7 @@ def main() -> None:
         save_steps=100,
         bf16=options.bf16,
     )
-    dataset = with_multicrop(Dataset.from_dict({"image": random_images(32)}), MultiCropTransform(multicrop))
+    dataset = with_view_crops(Dataset.from_dict({"image": random_images(32)}), ViewCropTransform(multicrop))
     evaluated = {}
 
     def knn_stand_in(backbone, device=None):

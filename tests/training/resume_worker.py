@@ -19,7 +19,7 @@ from datasets import Dataset  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from hf_ssl import DinoForPreTraining  # noqa: E402
-from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
+from hf_ssl.data import ViewCropTransform, with_view_crops  # noqa: E402
 from hf_ssl.training import build_trainer  # noqa: E402
 from tests.helpers import random_images, tiny_dino_config, tiny_multicrop_config, tiny_training_arguments  # noqa: E402
 
@@ -41,7 +41,7 @@ def kill_after_checkpoint(trainer, step: int) -> None:
 def main(arguments) -> None:
     torch.manual_seed(0)
     multicrop = tiny_multicrop_config()
-    dataset = with_multicrop(Dataset.from_dict({"image": random_images(24)}), MultiCropTransform(multicrop), seed=0)
+    dataset = with_view_crops(Dataset.from_dict({"image": random_images(24)}), ViewCropTransform(multicrop), seed=0)
     training_arguments = tiny_training_arguments(
         arguments.output_dir,
         engine=arguments.engine,

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from hf_ssl.data import MultiCropTransform, with_multicrop  # noqa: E402
+from hf_ssl.data import ViewCropTransform, with_view_crops  # noqa: E402
 from hf_ssl.models.simclr import SimClrConfig, SimClrForPreTraining  # noqa: E402
 from hf_ssl.training import SimClrTrainingArguments, SimClrViewConfig, build_trainer  # noqa: E402
 from hf_ssl.training.engines.base import end_process_group  # noqa: E402
@@ -58,7 +58,7 @@ def main(output_dir: str, engine: str) -> None:
         dataloader_num_workers=0,
         seed=0,
     )
-    dataset = with_multicrop(Dataset.from_dict({"image": random_images(24)}), MultiCropTransform(views))
+    dataset = with_view_crops(Dataset.from_dict({"image": random_images(24)}), ViewCropTransform(views))
     trainer = build_trainer(model=model, args=arguments, view_config=views, train_dataset=dataset)
     trainer.train()
     if trainer.is_world_process_zero():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hf_ssl  # noqa: F401
-from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.data import ViewCropTransform, with_view_crops
 from hf_ssl.errors import ConfigError
 from hf_ssl.training import build_trainer, get_method
 from hf_ssl.training.methods.byol import ByolTrainingArguments, ByolViewConfig
@@ -107,8 +107,8 @@ def test_the_target_network_follows_the_online_one_by_the_ema(tmp_path):
         args=args,
         view_config=views,
         method="byol",
-        train_dataset=with_multicrop(
-            Dataset.from_dict({"image": random_images(8)}), MultiCropTransform(views), seed=0
+        train_dataset=with_view_crops(
+            Dataset.from_dict({"image": random_images(8)}), ViewCropTransform(views), seed=0
         ),
     )
     model = trainer.model

@@ -5,7 +5,7 @@ import torch
 from transformers import TrainerCallback
 
 from hf_ssl import DinoForPreTraining
-from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.data import ViewCropTransform, with_view_crops
 from hf_ssl.training import SslTrainer
 from hf_ssl.training.methods import base as method_base
 from tests.helpers import make_dino_trainer, tiny_dino_config, tiny_multicrop_config, tiny_training_arguments
@@ -14,7 +14,7 @@ from tests.helpers import make_dino_trainer, tiny_dino_config, tiny_multicrop_co
 def make_trainer(tmp_path, dataset, model=None, knn_evaluator=None, knn_eval_steps=0, **argument_overrides):
     multicrop = tiny_multicrop_config()
     model = model or DinoForPreTraining(tiny_dino_config())
-    train_dataset = with_multicrop(dataset, MultiCropTransform(multicrop))
+    train_dataset = with_view_crops(dataset, ViewCropTransform(multicrop))
     arguments = tiny_training_arguments(tmp_path / "out", **argument_overrides)
     return SslTrainer(
         model=model,
@@ -300,3 +300,13 @@ def test_periodic_knn_is_logged_every_n_steps_and_at_the_end(tmp_path, tiny_imag
     assert trainer.last_knn_metrics["knn_top1"] == knn_logs[-1]["knn_top1"]
     # the evaluator measures the teacher: the same numbers as evaluating the teacher backbone directly
     assert evaluator(trainer.model.teacher.backbone)["knn_top1"] == pytest.approx(knn_logs[-1]["knn_top1"])
+
+
+def test_dino_collapse_warnings_carry_dinos_advice(tmp_path, tiny_image_dataset):
+    from hf_ssl.training.methods.dino import DINO_COLLAPSE_ADVICE
+
+    detector = make_trainer(tmp_path, tiny_image_dataset).method.collapse_detector()
+    collapsed = {"loss": math.log(detector.out_dim), "teacher_entropy_ratio": 0.999}
+    warnings = [detector.update(collapsed, step=step) for step in range(0, 300, 10)]
+    (message,) = [warning for warning in warnings if warning is not None]
+    assert DINO_COLLAPSE_ADVICE["uniform"] in message and "In general: check that the augmentations" in message

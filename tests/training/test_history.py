@@ -131,7 +131,7 @@ def test_history_callback_records_warns_and_saves(tmp_path, caplog):
             if step % 20 == 0:
                 callback.on_epoch_end(args, state, control)
     warnings = [record for record in caplog.records if "Uniform collapse" in record.getMessage()]
-    assert len(warnings) == 1 and "teacher temperature" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "augmentations" in warnings[0].getMessage()
     assert callback.collapse_warnings == [warnings[0].getMessage()]
     assert [entry["step"] for entry in callback.history.steps] == [10, 20, 30, 40]
     assert [(entry["epoch"], entry["step"]) for entry in callback.history.epochs] == [(1, 20), (2, 40)]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hf_ssl  # noqa: F401
-from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.data import ViewCropTransform, with_view_crops
 from hf_ssl.errors import ConfigError
 from hf_ssl.training import build_trainer, get_method
 from hf_ssl.training.methods import method_for_model
@@ -47,7 +47,7 @@ def make(tmp_path, dataset, **overrides):
         model=spec.pretraining_model_class(config),
         args=HJepaTrainingArguments(**values),
         view_config=views,
-        train_dataset=with_multicrop(dataset, MultiCropTransform(views), seed=0),
+        train_dataset=with_view_crops(dataset, ViewCropTransform(views), seed=0),
         method="hjepa",
     )
 

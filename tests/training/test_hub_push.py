@@ -372,7 +372,9 @@ with torch.no_grad():
 extractor = pipeline("image-feature-extraction", model=backbone_repo)
 features = extractor(image, return_tensors=True)
 backbone_pixels = AutoImageProcessor.from_pretrained(backbone_repo)(image, return_tensors="pt")["pixel_values"]
-torch.save({"pixels": pixels, "pooled": pooled, "backbone_pixels": backbone_pixels, "features": features}, "outputs.pt")
+torch.save(
+    {"pixels": pixels, "pooled": pooled, "backbone_pixels": backbone_pixels, "features": features}, "outputs.pt"
+)
 print(type(model).__name__, tuple(pooled.shape), type(extractor.model).__name__, tuple(features.shape))
 """
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub.cache), "PYTHONPATH": ""}

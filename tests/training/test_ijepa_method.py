@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hf_ssl  # noqa: F401
-from hf_ssl.data import MultiBlockMaskCollator, MultiCropTransform, with_multicrop
+from hf_ssl.data import MultiBlockMaskCollator, ViewCropTransform, with_view_crops
 from hf_ssl.errors import ConfigError
 from hf_ssl.training import build_trainer, get_method
 from hf_ssl.training.methods.ijepa import IJepaTrainingArguments, IJepaViewConfig
@@ -46,7 +46,7 @@ def make(tmp_path, dataset, engine="trainer", **overrides):
         model=spec.pretraining_model_class(config),
         args=IJepaTrainingArguments(**values),
         view_config=views,
-        train_dataset=with_multicrop(dataset, MultiCropTransform(views), seed=0),
+        train_dataset=with_view_crops(dataset, ViewCropTransform(views), seed=0),
         method="ijepa",
     )
 

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModel, AutoModelForPreTraining
 
 import hf_ssl  # noqa: F401  (registers the Auto classes)
-from hf_ssl.data import MultiCropTransform, as_views_config, with_multicrop
+from hf_ssl.data import ViewCropTransform, as_views_config, with_view_crops
 from hf_ssl.training import build_trainer, get_method, registered_methods
 from tests.helpers import TINY_HEAD, TINY_VIT, random_images, sigterm_during_step, tiny_multicrop_config
 
@@ -133,7 +133,7 @@ def make_trainer(method: str, engine: str, output_dir: Path, dataset, **override
     values.update(method_overrides)
     values.update(overrides)
     arguments = spec.training_arguments_class(**values)
-    train_dataset = with_multicrop(dataset, MultiCropTransform(view_config), seed=0)
+    train_dataset = with_view_crops(dataset, ViewCropTransform(view_config), seed=0)
     return build_trainer(
         model=model, args=arguments, view_config=view_config, train_dataset=train_dataset, method=method
     )
@@ -274,7 +274,7 @@ def test_a_method_trains_on_named_view_groups_given_directly(tmp_path, image_dat
         args=arguments,
         view_config=views,
         method="simclr",
-        train_dataset=with_multicrop(image_dataset, MultiCropTransform(views), seed=0),
+        train_dataset=with_view_crops(image_dataset, ViewCropTransform(views), seed=0),
     )
     trainer.train()
     assert trainer.state.global_step == 2 and trainer.method.views is views
@@ -286,7 +286,8 @@ def test_a_method_trains_on_named_view_groups_given_directly(tmp_path, image_dat
         (
             "dino",
             {"views": {"number": 2, "size": 16}},
-            r"dino trains on the view groups \['global_crops'\], optionally \['local_crops'\]; the augmentation has \['views'\]",
+            r"dino trains on the view groups \['global_crops'\], optionally \['local_crops'\]; "
+            r"the augmentation has \['views'\]",
         ),
         (
             "simclr",
@@ -356,7 +357,7 @@ def test_a_recipe_section_of_named_view_groups(tmp_path):
 
 def test_a_method_chooses_its_collator_and_a_resume_draws_the_same_masks(tmp_path, image_dataset):
     # a masked method's build_collator: the engines use it when given none, and its masks are seeded by the sampler
-    # keys of MultiCropDataset, so an interrupted run sees the masks of an uninterrupted one
+    # keys of ViewCropDataset, so an interrupted run sees the masks of an uninterrupted one
     from hf_ssl.data import MultiBlockMaskCollator
     from hf_ssl.training.engines.base import default_collator
     from hf_ssl.training.methods.simclr import SimClrMethod
@@ -405,7 +406,7 @@ def test_a_method_chooses_its_collator_and_a_resume_draws_the_same_masks(tmp_pat
             method=masked,
             view_config=view_config,
             args=spec.training_arguments_class(output_dir=str(output_dir), max_steps=4, engine=engine, **arguments),
-            train_dataset=with_multicrop(image_dataset, MultiCropTransform(view_config), seed=0),
+            train_dataset=with_view_crops(image_dataset, ViewCropTransform(view_config), seed=0),
         )
         assert isinstance(trainer.data_collator, MultiBlockMaskCollator)
         sigterm_during_step(trainer, stop_after)

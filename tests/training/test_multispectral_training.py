@@ -194,7 +194,7 @@ def test_every_method_trains_on_four_bands(tmp_path):
 
     from datasets import Array3D, Dataset, Features
 
-    from hf_ssl.data import MultiCropTransform, with_multicrop
+    from hf_ssl.data import ViewCropTransform, with_view_crops
     from hf_ssl.training import build_trainer, get_method
     from tests.training.test_methods import TINY_SETUPS
 
@@ -235,7 +235,7 @@ def test_every_method_trains_on_four_bands(tmp_path):
             args=arguments,
             view_config=views,
             method=method,
-            train_dataset=with_multicrop(dataset, MultiCropTransform(views), seed=0),
+            train_dataset=with_view_crops(dataset, ViewCropTransform(views), seed=0),
         )
         trainer.train()
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -280,7 +280,8 @@ def test_band_counts_that_disagree_stop_before_training(tmp_path):
     raw["augmentation"]["num_channels"] = 5
     with pytest.raises(
         ConfigError,
-        match=r"augmentation\.num_channels=5 but the backbone takes 4 channels \(model\.backbone_config\.num_channels\)",
+        match=r"augmentation\.num_channels=5 but the backbone takes 4 channels "
+        r"\(model\.backbone_config\.num_channels\)",
     ):
         Recipe.from_dict(raw)
     raw["augmentation"].pop("num_channels")

@@ -38,7 +38,8 @@ def recipe_file(tmp_path, **sections):
     [
         (
             ["augmentation.global_crop_size=32"],
-            r"augmentation.global_crop_size=32 differs from the vit backbone's image_size 16.*ViTModel runs only at 16",
+            r"augmentation.global_crop_size=32 differs from the vit backbone's image_size 16"
+            r".*ViTModel runs only at 16",
         ),
         (
             ["augmentation.local_crop_size=6"],
@@ -90,7 +91,7 @@ def test_the_export_loads_and_runs_with_its_own_processor(tmp_path, backbone, gl
     assert torch.isfinite(output.pooler_output).all()
 
 
-# ----- values that make no sense --------------------------------------------------------------------------------------
+# ----- values that make no sense -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -113,7 +114,7 @@ def test_values_that_make_no_sense_are_named_before_anything_runs(tmp_path, over
         Recipe.for_method("dino").from_yaml(recipe_file(tmp_path), [override])
 
 
-# ----- continuing from a pretrained model -----------------------------------------------------------------------------
+# ----- continuing from a pretrained model ----------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -162,7 +163,7 @@ def test_a_pretrained_model_that_does_not_exist_is_a_config_error(tmp_path):
         )
 
 
-# ----- data and hardware ------------------------------------------------------------------------------------------------
+# ----- data and hardware ---------------------------------------------------------------------------------------------
 
 
 def test_a_data_dir_that_does_not_exist_says_so(tmp_path):

@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset, Features
 from datasets import Image as ImageFeature
 
-from hf_ssl.data import MultiCropCollator
+from hf_ssl.data import ViewCropCollator
 from hf_ssl.errors import ConfigError, NonFiniteLossError
 from hf_ssl.training.state import checkpointing
 from tests.helpers import make_dino_trainer, png_bytes, random_images
@@ -91,7 +91,8 @@ def test_a_resume_refuses_another_learning_rate(engine, tmp_path, tiny_image_dat
     changed = make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=4, learning_rate=2e-3)
     with pytest.raises(
         ConfigError,
-        match=r"learning_rate: checkpoint 0.001, now 0.002.*resume_with_changed_settings.*pretrained_model_name_or_path",
+        match=r"learning_rate: checkpoint 0.001, now 0.002.*resume_with_changed_settings"
+        r".*pretrained_model_name_or_path",
     ):
         changed.train(resume_from_checkpoint="auto")
 
@@ -149,7 +150,7 @@ def test_a_longer_max_steps_stretches_every_schedule_including_the_learning_rate
     )
 
 
-# ----- 4. NaN/inf streaks and checkpoints -------------------------------------------------------------------------------
+# ----- 4. NaN/inf streaks and checkpoints ----------------------------------------------------------------------------
 
 
 def poison_losses_from(trainer, first_bad_call: int):
@@ -196,7 +197,7 @@ def test_no_checkpoint_is_written_during_a_nonfinite_streak_and_the_good_one_sur
     assert saved["method_state"]["consecutive_nonfinite_steps"] == 0
 
 
-# ----- 5. no usable data ----------------------------------------------------------------------------------------------
+# ----- 5. no usable data ---------------------------------------------------------------------------------------------
 
 
 def broken_dataset(count: int) -> Dataset:
@@ -232,7 +233,7 @@ def test_fewer_images_than_one_batch_stops_before_training(engine, tmp_path, tin
     assert trainer.state.global_step == 1
 
 
-class DropEveryExampleOfBatch(MultiCropCollator):
+class DropEveryExampleOfBatch(ViewCropCollator):
     """Marks every example of the given micro-batches unreadable, as a folder of broken files would."""
 
     def __init__(self, unreadable_batches):
@@ -248,7 +249,7 @@ class DropEveryExampleOfBatch(MultiCropCollator):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_step_without_one_readable_image_does_not_move_the_weights(engine, tmp_path, tiny_image_dataset):
     from hf_ssl import DinoForPreTraining
-    from hf_ssl.data import MultiCropTransform, with_multicrop
+    from hf_ssl.data import ViewCropTransform, with_view_crops
     from hf_ssl.training import build_trainer
     from tests.helpers import tiny_dino_config, tiny_multicrop_config, tiny_training_arguments
 
@@ -257,7 +258,7 @@ def test_a_step_without_one_readable_image_does_not_move_the_weights(engine, tmp
         model=DinoForPreTraining(tiny_dino_config()),
         args=tiny_training_arguments(tmp_path, engine=engine, max_steps=3, weight_decay=0.4),
         view_config=multicrop,
-        train_dataset=with_multicrop(tiny_image_dataset, MultiCropTransform(multicrop)),
+        train_dataset=with_view_crops(tiny_image_dataset, ViewCropTransform(multicrop)),
         data_collator=DropEveryExampleOfBatch({1}),
     )
     snapshots = []
@@ -316,7 +317,8 @@ def test_a_fresh_run_refuses_a_folder_holding_another_run(engine, tmp_path, tiny
         ConfigError, match=r"already holds a run \(checkpoint-2\).*--resume auto.*overwrite_output_dir"
     ):
         make_dino_trainer(tmp_path, tiny_image_dataset, engine=engine, max_steps=2).train()
-    # overwrite_output_dir starts afresh and removes the old run's checkpoints (a later --resume auto must not find them)
+    # overwrite_output_dir starts afresh and removes the old run's checkpoints (a later --resume auto must not find
+    # them)
     fresh = make_dino_trainer(
         tmp_path,
         tiny_image_dataset,
@@ -351,7 +353,7 @@ def test_an_unreadable_image_among_good_ones_only_warns(tmp_path, caplog):
     assert "1 of 8 training images checked cannot be read" in caplog.text
 
 
-# ----- 10. after training ---------------------------------------------------------------------------------------------
+# ----- 10. after training --------------------------------------------------------------------------------------------
 
 
 class FailingKnn:

@@ -75,9 +75,10 @@ def test_every_recipe_pretrains_on_a_plain_folder_without_knn(method, folders, t
     assert data.knn is None
     (line,) = knn_off_lines(caplog)
     assert line == (
-        "k-NN evaluation is off: data.eval_split='validation' of the recipe is not a split of 'imagefolder' (splits: ['train']); "
-        "to turn it on, set data.eval_split to a split with labels (an image folder: <data_dir>/<split>/<class>/ beside "
-        "<data_dir>/train/<class>/) and data.label_column when they are not in 'label'; data.eval_split=null turns this line off"
+        "k-NN evaluation is off: data.eval_split='validation' of the recipe is not a split of 'imagefolder' "
+        "(splits: ['train']); to turn it on, set data.eval_split to a split with labels (an image folder: "
+        "<data_dir>/<split>/<class>/ beside <data_dir>/train/<class>/) and data.label_column when they are not in "
+        "'label'; data.eval_split=null turns this line off"
     )
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hf_ssl  # noqa: F401  (registers the Auto classes)
-from hf_ssl.data import MultiCropTransform, with_multicrop
+from hf_ssl.data import ViewCropTransform, with_view_crops
 from hf_ssl.training import build_trainer, get_method
 from hf_ssl.training.engines.validation import ValidationLoss
 from tests.training.test_methods import TINY_SETUPS, state_of
@@ -50,11 +50,11 @@ def build(method, engine, output_dir, splits, with_validation=True, val_eval_ste
     values.update(method_overrides)
     values.update(overrides)
     args = spec.training_arguments_class(**values)
-    transform = MultiCropTransform(view_config)
+    transform = ViewCropTransform(view_config)
     validation = None
     if with_validation:
         validation = ValidationLoss(
-            with_multicrop(splits[1], transform, seed=0),
+            with_view_crops(splits[1], transform, seed=0),
             spec.method_class.build_collator(config, view_config, 0),
             batch_size=4,
         )
@@ -63,7 +63,7 @@ def build(method, engine, output_dir, splits, with_validation=True, val_eval_ste
         args=args,
         view_config=view_config,
         method=method,
-        train_dataset=with_multicrop(splits[0], transform, seed=0),
+        train_dataset=with_view_crops(splits[0], transform, seed=0),
         validation=validation,
         val_eval_steps=val_eval_steps,
     )
@@ -74,7 +74,8 @@ def val_losses(trainer):
 
 
 def without_history_plot(trainer, monkeypatch):
-    """``trainer`` with history.png left out: matplotlib takes most of a tiny run's time (test_history tests the plot)."""
+    """``trainer`` with history.png left out: matplotlib takes most of a tiny run's time (test_history tests the
+    plot)."""
     monkeypatch.setattr(type(trainer.history), "plot", lambda history, *args, **kwargs: None)
     return trainer
 

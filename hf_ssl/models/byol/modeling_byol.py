@@ -25,9 +25,9 @@ from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views,
 from .configuration_byol import ByolConfig
 from .loss_byol import ByolLoss
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Networks
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class ByolMlp(MlpHead):
@@ -65,9 +65,9 @@ class ByolNetwork(nn.Module):
         return embeddings, self.projector(embeddings)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Pretrained models
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class ByolPreTrainedModel(SslPreTrainedModel):
@@ -194,7 +194,8 @@ class ByolForPreTraining(ByolPreTrainedModel):
         check_two_views(
             views,
             2 if self.training else 1,
-            "BYOL needs at least 2 images per batch in training: its BatchNorm layers normalise each view over the batch",
+            "BYOL needs at least 2 images per batch in training: its BatchNorm layers normalise each view over the "
+            "batch",
         )
 
         embeddings_a, projections_a = self.online(views[0])

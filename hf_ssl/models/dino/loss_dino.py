@@ -157,7 +157,8 @@ class DinoLoss(nn.Module):
             )
         if num_global_crops < 1 or teacher_logits.shape[0] % num_global_crops != 0:
             raise ValueError(
-                f"teacher_logits has {teacher_logits.shape[0]} rows, not a multiple of num_global_crops={num_global_crops}"
+                f"teacher_logits has {teacher_logits.shape[0]} rows, not a multiple of "
+                f"num_global_crops={num_global_crops}"
             )
         batch_size = teacher_logits.shape[0] // num_global_crops
         if batch_size == 0 or student_logits.shape[0] % batch_size != 0:

@@ -27,9 +27,9 @@ from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, init_batch_norm,
 from .configuration_dino import DinoConfig
 from .loss_dino import DinoLoss
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Head
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class DinoHead(nn.Module):
@@ -152,9 +152,9 @@ class DinoNetwork(nn.Module):
         return embeddings, self.head(embeddings)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Pretrained models
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class DinoPreTrainedModel(SslPreTrainedModel):
@@ -325,7 +325,8 @@ class DinoForPreTraining(DinoPreTrainedModel):
     def _check_crops(global_crops: torch.Tensor, local_crops: torch.Tensor | None) -> int:
         if global_crops.ndim != 5:
             raise ValueError(
-                f"global_crops must be (num_global_crops, batch, channels, H, W), got shape {tuple(global_crops.shape)}"
+                "global_crops must be (num_global_crops, batch, channels, H, W), got shape "
+                f"{tuple(global_crops.shape)}"
             )
         if local_crops is not None and (local_crops.ndim != 5 or local_crops.shape[1] != global_crops.shape[1]):
             raise ValueError(

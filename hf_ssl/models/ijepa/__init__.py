@@ -1,4 +1,5 @@
-"""I-JEPA: self-supervised learning from images with a joint-embedding predictive architecture (Assran et al., 2023)."""
+"""I-JEPA: self-supervised learning from images with a joint-embedding predictive architecture (Assran et al.,
+2023)."""
 
 from .configuration_ijepa import VIT_HUGE_PATCH14_KWARGS, IJepaPretrainingConfig
 from .loss_ijepa import IJepaLoss

@@ -125,9 +125,9 @@ def official_source(name: str, state_dict_name: str) -> OfficialSource:
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Reading the checkpoint
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def read_official_checkpoint(
@@ -173,9 +173,9 @@ def _read_checkpoint(checkpoint: object, source: str) -> dict[str, dict[str, tor
     return {name: strip_ddp_prefix(checkpoint[name], f"{source}[{name!r}]") for name in present}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # The architecture
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def official_pretraining_config(
@@ -249,9 +249,9 @@ def _predictor_sizes(predictor: Mapping[str, torch.Tensor], config_kwargs: Mappi
     return sizes
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Loading the weights
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def load_official_state_dicts(
@@ -277,7 +277,8 @@ def load_official_state_dicts(
             lambda name: official_source(name, state_dict_name),
             f"the {state_dict_name!r} state dict",
             METHOD,
-            unused_hint="Is it a checkpoint of the official I-JEPA ViT (biased q/k/v, no CLS token, no extra modules)?",
+            unused_hint="Is it a checkpoint of the official I-JEPA ViT (biased q/k/v, no CLS token, no extra "
+            "modules)?",
         )
         converted.update({prefix + name: tensor for name, tensor in tensors.items()})
     incompatible = model.load_state_dict(converted, strict=False)
@@ -285,9 +286,9 @@ def load_official_state_dicts(
         raise RuntimeError(f"unexpected keys while loading: {incompatible.unexpected_keys}")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Conversion
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def convert_official_checkpoint(
@@ -380,7 +381,8 @@ def convert_official_checkpoint_to_folder(
 def main(argv: list[str] | None = None) -> IJepaForPreTraining:
     """Command line: `convert_official_checkpoint_to_folder`; a mistake ends it in one `error: ...` line, status 2."""
     parser = argparse.ArgumentParser(
-        description="Convert an official I-JEPA checkpoint (facebookresearch/ijepa) into an hf_ssl IJepaForPreTraining."
+        description="Convert an official I-JEPA checkpoint (facebookresearch/ijepa) into an hf_ssl "
+        "IJepaForPreTraining."
     )
     parser.add_argument("--checkpoint", required=True, help="The official checkpoint file (.pth.tar / .pth).")
     parser.add_argument(

@@ -38,9 +38,9 @@ PREDICTOR_LAYER_NORM_EPS = 1e-6
 ENCODERS = ("target", "context")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Building blocks
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def sincos_position_embeddings_2d(embed_dim: int, grid_size: tuple[int, int]) -> torch.Tensor:
@@ -217,9 +217,9 @@ def _init_ijepa_module(module: nn.Module) -> None:
         )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Pretrained models
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class IJepaSslPreTrainedModel(SslPreTrainedModel):
@@ -412,7 +412,8 @@ class IJepaForPreTraining(IJepaSslPreTrainedModel):
         return output
 
     def forward_context(self, pixel_values: torch.Tensor, masks_context: torch.Tensor) -> torch.Tensor:
-        """(B, K_ctx, D): the context encoder's output on the patches of `masks_context` only (`forward_kept_tokens`)."""
+        """(B, K_ctx, D): the context encoder's output on the patches of `masks_context` only
+        (`forward_kept_tokens`)."""
         return forward_kept_tokens(self.context_encoder, pixel_values, masks_context)
 
     @torch.no_grad()

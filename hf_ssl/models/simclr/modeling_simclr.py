@@ -27,9 +27,9 @@ from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views,
 from .configuration_simclr import SimClrConfig
 from .loss_simclr import NTXentLoss
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Head
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class SimClrProjectionHead(MlpHead):
@@ -50,9 +50,9 @@ class SimClrProjectionHead(MlpHead):
         super().__init__([in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim], batch_norm=use_bn)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Pretrained models
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class SimClrPreTrainedModel(SslPreTrainedModel):
@@ -148,7 +148,7 @@ class SimClrForPreTraining(SimClrPreTrainedModel):
         r"""
         Args:
             views: (2, B, C, H, W) float, normalised: the two augmented views of each image, view-major (as
-                `MultiCropCollator` stacks global crops); `views[0, i]` and `views[1, i]` are the same image.
+                `ViewCropCollator` stacks global crops); `views[0, i]` and `views[1, i]` are the same image.
 
         The backbone runs once on all 2B views (so BatchNorm normalises over both views together) and the
         projection head once on all embeddings.

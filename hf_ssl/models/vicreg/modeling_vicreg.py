@@ -22,9 +22,9 @@ from ..modeling_ssl import SslFeatureModel, SslPreTrainedModel, check_two_views,
 from .configuration_vicreg import VicRegConfig
 from .loss_vicreg import VicRegLoss
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Expander
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class VicRegExpander(MlpHead):
@@ -42,9 +42,9 @@ class VicRegExpander(MlpHead):
         super().__init__([in_dim, *dims], output_bias=False)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Pretrained models
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class VicRegPreTrainedModel(SslPreTrainedModel):
@@ -150,7 +150,8 @@ class VicRegForPreTraining(VicRegPreTrainedModel):
         check_two_views(
             views,
             2 if self.training else 1,
-            "VICReg needs at least 2 images per batch in training: the expander's BatchNorm layers normalise each view over the batch",
+            "VICReg needs at least 2 images per batch in training: the expander's BatchNorm layers normalise each "
+            "view over the batch",
         )
 
         embeddings_a, _ = get_backbone_features(self.backbone, views[0], self.backbone_forward_kwargs)

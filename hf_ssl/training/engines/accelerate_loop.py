@@ -60,7 +60,7 @@ class AccelerateTrainer(PretrainingEngine):
         model: the method's pretraining model (``DinoForPreTraining``, ``SimClrForPreTraining``...).
         args: the method's training arguments (batch size, accumulation, bf16/fp16, schedules, saving, report_to...).
         view_config: the augmentation settings (the photometric part runs on the device); default: the method's.
-        train_dataset: ``with_multicrop(dataset, transform)``; a ``MultiCropDataset`` makes resumes exact.
+        train_dataset: ``with_view_crops(dataset, transform)``; a ``ViewCropDataset`` makes resumes exact.
         knn_evaluator, knn_eval_steps, knn_at_end: k-NN of the evaluated backbone, as in ``SslTrainer``.
         validation, val_eval_steps, val_at_end: ``val_loss`` on a held-out split, as in ``SslTrainer``.
         method: the method's name or ``MethodSpec``; default: the method whose pretraining model ``model`` is.
@@ -83,7 +83,7 @@ class AccelerateTrainer(PretrainingEngine):
     ):
         if train_dataset is None:
             raise ValueError(
-                "AccelerateTrainer needs a train_dataset (with_multicrop(dataset, MultiCropTransform(...)))"
+                "AccelerateTrainer needs a train_dataset (with_view_crops(dataset, ViewCropTransform(...)))"
             )
         self.args = args
         self.model = model
@@ -393,8 +393,8 @@ class AccelerateTrainer(PretrainingEngine):
     # ----- saving and sharing ------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """``save_pretrained`` of the hf_ssl model: the full state gathered from every process under FSDP; in
-        float32 from DeepSpeed's master weights and the float32 teacher when DeepSpeed trained an EMA method in bf16/fp16.
-        (``_internal_call``: the Trainer's signature; this engine never pushes from ``save_model``.)"""
+        float32 from DeepSpeed's master weights and the float32 teacher when DeepSpeed trained an EMA method in
+        bf16/fp16. (``_internal_call``: the Trainer's signature; this engine never pushes from ``save_model``.)"""
         self.accelerator.wait_for_everyone()
         model = self.accelerator.unwrap_model(self.wrapped_model)
         if self.method.full_precision_teacher is not None:  # a collective

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hf_ssl.data import EpochShuffleSampler, MultiCropDataset
+from hf_ssl.data import EpochShuffleSampler, ViewCropDataset
 from hf_ssl.errors import ConfigError, NonFiniteLossError
 from hf_ssl.models.backbone import build_backbone
 from hf_ssl.training.engines.evaluation import PeriodicEvaluation
@@ -56,7 +56,7 @@ def build_method(
 
 def default_collator(model, method: str | MethodSpec | None, view_config, args):
     """The collator the method's batches need when the caller gives none (``PretrainingMethod.build_collator``:
-    ``MultiCropCollator``, or one that adds masks)."""
+    ``ViewCropCollator``, or one that adds masks)."""
     spec = resolve_method(model, method)
     view_config = view_config if view_config is not None else spec.view_config_class()
     data_seed = args.data_seed if args.data_seed is not None else args.seed
@@ -93,8 +93,8 @@ def restore_optimizer_settings(optimizer, args) -> None:
 
 
 def train_sampler(dataset, args):
-    """``EpochShuffleSampler`` for a ``MultiCropDataset`` (exact resume), None for other datasets."""
-    if isinstance(dataset, MultiCropDataset):
+    """``EpochShuffleSampler`` for a ``ViewCropDataset`` (exact resume), None for other datasets."""
+    if isinstance(dataset, ViewCropDataset):
         seed = args.data_seed if args.data_seed is not None else args.seed
         return EpochShuffleSampler(len(dataset), seed=seed, epoch_holder=dataset)
     return None
@@ -220,7 +220,7 @@ def restore_run_state(state: dict, method: PretrainingMethod, run_control) -> No
 
 def check_training_data(train_dataset, per_device_batch_size: int, world_size: int, drop_last: bool) -> None:
     """Stop before training, saying what to change, when the data cannot give one real step: no image, fewer
-    images than one batch while incomplete batches are dropped, or (a ``MultiCropDataset``) not one readable
+    images than one batch while incomplete batches are dropped, or (a ``ViewCropDataset``) not one readable
     image among a sample spread over the dataset. Streaming datasets (no length) are not checked."""
     if not hasattr(train_dataset, "__len__"):
         return
@@ -234,7 +234,7 @@ def check_training_data(train_dataset, per_device_batch_size: int, world_size: i
             "incomplete batch: not one step would run. Lower training.per_device_train_batch_size, or set "
             "training.dataloader_drop_last=false"
         )
-    if isinstance(train_dataset, MultiCropDataset):
+    if isinstance(train_dataset, ViewCropDataset):
         readable, checked, first_error = train_dataset.probe_readable_images()
         if readable == 0:
             raise ConfigError(
@@ -436,7 +436,8 @@ class PretrainingEngine:
     def _resolve_resume(
         self, resume_from_checkpoint, hub_repo_id: str | None = None
     ) -> tuple[Path | None, dict | None]:
-        """The checkpoint to continue from and its saved state (``prepare_run``), ``(None, None)`` for a fresh start."""
+        """The checkpoint to continue from and its saved state (``prepare_run``), ``(None, None)`` for a fresh
+        start."""
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint
         checkpoint, state = prepare_run(
@@ -492,7 +493,8 @@ class PretrainingEngine:
         )
 
     def _after_checkpoint(self, final: Path, step: int, weights: Path | None = None) -> None:
-        """On the main process, once checkpoint ``final`` is committed: log it, push it (``hub_strategy``) and rotate."""
+        """On the main process, once checkpoint ``final`` is committed: log it, push it (``hub_strategy``) and
+        rotate."""
         logger.info("Saved checkpoint %s", final)
         self.checkpoint_pusher.push(self.hub_model_id, final, step, float(self.state.epoch or 0.0), weights=weights)
         checkpointing.rotate_checkpoints(

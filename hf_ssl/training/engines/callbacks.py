@@ -7,13 +7,9 @@ under gradient accumulation.
 
 from __future__ import annotations
 
-import logging
-
 from transformers import TrainerCallback
 
 from hf_ssl.training.engines.base import is_deepspeed
-
-logger = logging.getLogger(__name__)
 
 
 class MethodStepCallback(TrainerCallback):
@@ -53,27 +49,3 @@ class EmaCallback(TrainerCallback):
         self.trainer.method.after_optimizer_step(
             state.global_step - 1, self.trainer.accelerator.optimizer_step_was_skipped
         )
-
-
-class RunControlCallback(TrainerCallback):
-    """Saves a checkpoint and stops the Trainer on SIGTERM/SIGINT, at ``max_time_seconds`` and on early
-    stopping (``hf_ssl.training.state.run_control.RunControl``; every process reaches the same decision)."""
-
-    def __init__(self, run_control):
-        self.run_control = run_control
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.run_control.start()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            self.run_control.observe(logs)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.run_control.check(args.device) is not None:
-            logger.warning("step %d: %s; saving a checkpoint", state.global_step, self.run_control.describe_stop())
-            control.should_save = True
-            control.should_training_stop = True
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.run_control.finish()

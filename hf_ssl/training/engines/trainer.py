@@ -28,17 +28,18 @@ from hf_ssl.training.engines.base import (
     save_full_precision_model,
     train_sampler,
 )
-from hf_ssl.training.engines.callbacks import EmaCallback, MethodStepCallback, RunControlCallback
+from hf_ssl.training.engines.callbacks import EmaCallback, MethodStepCallback
 from hf_ssl.training.engines.evaluation import EvaluationCallback
 from hf_ssl.training.sharing.outputs import hub_repo_error
 from hf_ssl.training.state import checkpointing
 from hf_ssl.training.state.history import HistoryCallback
+from hf_ssl.training.state.run_control import RunControlCallback
 
 logger = logging.getLogger(__name__)
 
 
 class SslTrainer(PretrainingEngine, checkpointing.StagedTrainerCheckpoints, Trainer):
-    """``Trainer`` for the pretraining model of any registered method, on batches from ``MultiCropCollator``.
+    """``Trainer`` for the pretraining model of any registered method, on batches from ``ViewCropCollator``.
 
     Args:
         model: the method's pretraining model (``DinoForPreTraining``, ``SimClrForPreTraining``...).
@@ -46,8 +47,8 @@ class SslTrainer(PretrainingEngine, checkpointing.StagedTrainerCheckpoints, Trai
         view_config: the augmentation settings (the recipe's ``augmentation`` section); its photometric part runs
             batched on the training device inside ``compute_loss``. Default: the method's defaults.
         method: the method's name or ``MethodSpec``; default: the method whose pretraining model ``model`` is.
-        train_dataset: a dataset with the ``MultiCropTransform`` attached (``with_multicrop``); a
-            ``MultiCropDataset`` is shuffled by ``EpochShuffleSampler`` so that a resume is exact.
+        train_dataset: a dataset with the ``ViewCropTransform`` attached (``with_view_crops``); a
+            ``ViewCropDataset`` is shuffled by ``EpochShuffleSampler`` so that a resume is exact.
         knn_evaluator: a ``KnnEvaluator`` run every ``knn_eval_steps`` optimizer steps (0: never during
             training) and at the end when ``knn_at_end``; it logs ``knn_top1``/``knn_top5``.
         validation: a ``ValidationLoss`` on a held-out split run every ``val_eval_steps`` optimizer steps (0: never

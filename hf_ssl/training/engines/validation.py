@@ -2,7 +2,7 @@
 
 The validation images go through the training pipeline (crops on the CPU, the method's collator, the photometric
 augmentation on the device, the method's forward), but every random draw is fixed: the crops and masks come from
-the examples' indices (epoch 0 of a ``MultiCropDataset``), the device augmentation from a generator seeded by the
+the examples' indices (epoch 0 of a ``ViewCropDataset``), the device augmentation from a generator seeded by the
 run's seed and the batch's position. Two evaluations of the same weights give the same number, so the curve shows
 the weights moving, not the draws. Gradients are off, the model is in eval mode (no dropout or drop path), and
 whatever the method accumulates for its next step (DINO's center statistics) is dropped afterwards.
@@ -28,10 +28,10 @@ VALIDATION_STREAM = 2**62
 
 
 class ValidationLoss:
-    """``val_loss``: the mean of the method's loss over the batches of a held-out ``MultiCropDataset``.
+    """``val_loss``: the mean of the method's loss over the batches of a held-out ``ViewCropDataset``.
 
     Args:
-        dataset: the held-out split with the training transform attached (``with_multicrop``).
+        dataset: the held-out split with the training transform attached (``with_view_crops``).
         collator: the method's collator (``PretrainingMethod.build_collator``; I-JEPA's adds its masks).
         batch_size: images per process per forward.
         num_workers: DataLoader workers.

@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from hf_ssl.data import DeviceAugmentation, MultiCropCollator, ViewsConfig, as_views_config, view_size_keys
+from hf_ssl.data import DeviceAugmentation, ViewCropCollator, ViewsConfig, as_views_config, view_size_keys
 from hf_ssl.errors import NonFiniteLossError  # noqa: F401 (re-exported)
 from hf_ssl.evaluation.collapse import CollapseDetector, effective_rank, mean_l2_norm
 from hf_ssl.models.backbone import check_input_sizes, get_backbone_embed_dim
@@ -183,10 +183,10 @@ class PretrainingMethod:
 
     @classmethod
     def build_collator(cls, model_config, view_config, seed: int):
-        """The collator of the method's batches (what the engines use when given none): ``MultiCropCollator``, which
+        """The collator of the method's batches (what the engines use when given none): ``ViewCropCollator``, which
         stacks the view groups; a masked method returns one that adds its masks, seeded by ``seed`` and the
         examples' sampler keys so that a resume draws the same masks."""
-        return MultiCropCollator()
+        return ViewCropCollator()
 
     @classmethod
     def check_view_groups(cls, views: ViewsConfig) -> None:
@@ -199,8 +199,8 @@ class PretrainingMethod:
         if any(name not in names for name in cls.required_view_groups) or not names <= set(allowed):
             optional = f", optionally {list(cls.optional_view_groups)}" if cls.optional_view_groups else ""
             raise ValueError(
-                f"{cls.name} trains on the view groups {list(cls.required_view_groups)}{optional}; the augmentation has "
-                f"{list(views.names)} (use the {cls.name} recipe's augmentation section)"
+                f"{cls.name} trains on the view groups {list(cls.required_view_groups)}{optional}; the augmentation "
+                f"has {list(views.names)} (use the {cls.name} recipe's augmentation section)"
             )
 
     @classmethod
@@ -264,7 +264,7 @@ class PretrainingMethod:
 
     # ----- one micro-batch -----------------------------------------------------------------------
     def loss(self, model, batch: dict, step: int):
-        """Loss of one micro-batch from ``MultiCropCollator`` (uint8 views already on the device).
+        """Loss of one micro-batch from ``ViewCropCollator`` (uint8 views already on the device).
 
         Returns ``(loss, outputs)``; ``outputs`` is None for a batch whose images were all unreadable
         (its zero loss still touches every trainable parameter, so distributed ranks stay in step).
@@ -486,9 +486,7 @@ class PretrainingMethod:
 
     def collapse_detector(self) -> CollapseDetector:
         """Constant-collapse checks on ``embedding_std`` and the effective rank, with generic advice."""
-        return CollapseDetector(
-            embedding_dim=get_backbone_embed_dim(self.model.config.backbone_config), method=self.name
-        )
+        return CollapseDetector(embedding_dim=get_backbone_embed_dim(self.model.config.backbone_config))
 
     # ----- sharing -------------------------------------------------------------------------------
     def model_card_values(self, model, args, schedules) -> dict:

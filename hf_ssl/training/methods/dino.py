@@ -28,6 +28,22 @@ from hf_ssl.training.methods.base import (
 from hf_ssl.training.methods.registry import MethodSpec, register_method
 from hf_ssl.training.optim.schedules import LinearWarmupConstantSchedule
 
+# what to try when DINO collapses, before the generic advice of ``CollapseDetector``
+DINO_COLLAPSE_ADVICE = {
+    "uniform": (
+        "a lower teacher temperature (model.teacher_temperature, e.g. 0.04 -> 0.02) so sharpening beats centering; "
+        "a longer teacher temperature warmup (model.warmup_teacher_temperature_epochs) starting lower "
+        "(model.warmup_teacher_temperature); flipping model.norm_last_layer (true is the more stable choice, "
+        "false learns faster but collapses more easily); a lower training.learning_rate or a longer warmup; "
+        "a larger batch (per_device_train_batch_size or gradient_accumulation_steps), since the center is a batch mean"
+    ),
+    "constant": (
+        "if teacher_entropy is near 0 too, the teacher is one-hot: a slightly higher teacher temperature, and "
+        "model.center_momentum below 1 (centering is what prevents this); model.norm_last_layer true; "
+        "a lower training.learning_rate or a longer warmup; a larger batch"
+    ),
+}
+
 
 @dataclass
 class DinoTrainingArguments(EmaTeacherArguments):
@@ -159,7 +175,9 @@ class DinoMethod(EmaTeacherMethod):
     def collapse_detector(self) -> CollapseDetector:
         config = self.model.config
         return CollapseDetector(
-            out_dim=config.out_dim, embedding_dim=get_backbone_embed_dim(config.backbone_config), method="dino"
+            out_dim=config.out_dim,
+            embedding_dim=get_backbone_embed_dim(config.backbone_config),
+            method_advice=DINO_COLLAPSE_ADVICE,
         )
 
     def model_card_values(self, model, args, schedules) -> dict:

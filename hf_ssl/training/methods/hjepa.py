@@ -32,7 +32,10 @@ class HJepaTrainingArguments(IJepaTrainingArguments):
     level_weight_warmup_epochs: list[float] | None = field(
         default=None,
         metadata={
-            "help": "Per level, epochs over which its loss weight rises linearly from 0 to model.level_loss_weights (null: every level at full weight from the start)."
+            "help": (
+                "Per level, epochs over which its loss weight rises linearly from 0 to model.level_loss_weights "
+                "(null: every level at full weight from the start)."
+            )
         },
     )
 
@@ -49,7 +52,8 @@ class HJepaTrainingArguments(IJepaTrainingArguments):
                 isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 for value in values
             ):
                 raise ValueError(
-                    f"level_weight_warmup_epochs must be a list of epochs >= 0, one per level, got {self.level_weight_warmup_epochs!r}"
+                    "level_weight_warmup_epochs must be a list of epochs >= 0, one per level, got "
+                    f"{self.level_weight_warmup_epochs!r}"
                 )
 
 
@@ -84,7 +88,8 @@ class HJepaMethod(IJepaMethod):
         if warmups is not None and len(warmups) != model_config.num_hierarchies:
             raise ValueError(
                 f"training.level_weight_warmup_epochs has {len(warmups)} values ({list(warmups)}) but the model has "
-                f"{model_config.num_hierarchies} levels (model.num_hierarchies): give {model_config.num_hierarchies}, one per level"
+                f"{model_config.num_hierarchies} levels (model.num_hierarchies): give {model_config.num_hierarchies}, "
+                "one per level"
             )
 
     def build_schedules(self, args, total_steps: int, steps_per_epoch: int, total_batch_size: int) -> HJepaSchedules:

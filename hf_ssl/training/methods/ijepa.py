@@ -62,7 +62,9 @@ class IJepaViewConfig:
     context_scale: tuple[float, float] = field(
         default=(0.85, 1.0),
         metadata={
-            "help": "(min, max) fraction of the patches the context block covers, before the targets are removed from it."
+            "help": (
+                "(min, max) fraction of the patches the context block covers, before the targets are removed from it."
+            )
         },
     )
     context_aspect_ratio: tuple[float, float] = field(
@@ -196,8 +198,8 @@ class IJepaMethod(EmaTeacherMethod):
     def model_card_values(self, model, args, schedules) -> dict:
         config, views = model.config, self.view_config
         masks = (
-            f"{views.num_targets} target blocks of scale {tuple(views.target_scale)}, aspect {tuple(views.target_aspect_ratio)}; "
-            f"context block of scale {tuple(views.context_scale)}"
+            f"{views.num_targets} target blocks of scale {tuple(views.target_scale)}, aspect "
+            f"{tuple(views.target_aspect_ratio)}; context block of scale {tuple(views.context_scale)}"
             + (", overlapping the targets" if views.allow_overlap else " without the targets")
             if isinstance(views, IJepaViewConfig)
             else "multi-block (the official ViT-H/14 values)"

@@ -69,7 +69,10 @@ class SimClrMethod(TwoViewMethod, PretrainingMethod):
     def model_card_values(self, model, args, schedules) -> dict:
         config = model.config
         return {
-            "projection": f"{config.projection_num_layers} layers, hidden {config.projection_hidden_dim}, output {config.projection_dim}, BatchNorm {config.projection_use_bn}",
+            "projection": (
+                f"{config.projection_num_layers} layers, hidden {config.projection_hidden_dim}, output "
+                f"{config.projection_dim}, BatchNorm {config.projection_use_bn}"
+            ),
             "temperature": config.temperature,
             "views": self.views.describe(),
         }

@@ -48,15 +48,15 @@ def local_shards(
     for index, (teacher, student) in enumerate(zip(teacher_params, student_params, strict=True)):
         if hasattr(teacher, "ds_tensor") or hasattr(student, "ds_tensor"):
             raise ValueError(
-                "DeepSpeed ZeRO-3 partitions the teacher and the student outside autograd, and the EMA update does not "
-                "support it: shard with FSDP instead (accelerate_configs/fsdp_full_shard.yaml)"
+                "DeepSpeed ZeRO-3 partitions the teacher and the student outside autograd, and the EMA update does "
+                "not support it: shard with FSDP instead (accelerate_configs/fsdp_full_shard.yaml)"
             )
         teacher, student = _local(teacher), _local(student)
         if teacher.shape != student.shape:
             raise ValueError(
-                f"teacher and student parameter {index} are sharded differently on this process ({tuple(teacher.shape)} vs "
-                f"{tuple(student.shape)}): with FSDP1, wrap the DinoNetwork class too (fsdp_transformer_layer_cls_to_wrap: "
-                "ViTLayer,DinoNetwork) or use fsdp_version: 2"
+                f"teacher and student parameter {index} are sharded differently on this process "
+                f"({tuple(teacher.shape)} vs {tuple(student.shape)}): with FSDP1, wrap the DinoNetwork class too "
+                "(fsdp_transformer_layer_cls_to_wrap: ViTLayer,DinoNetwork) or use fsdp_version: 2"
             )
         if teacher.numel() == 0:
             continue

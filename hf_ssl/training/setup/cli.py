@@ -54,9 +54,10 @@ def parse_command_line(
     parser.add_argument(
         "--resume",
         default=None,
-        help="Checkpoint folder to resume from, 'auto' for the latest checkpoint in training.output_dir "
-        "(a fresh start when there is none), or 'hub' to first fetch last-checkpoint/ of the run's Hub repository "
-        "(training.hub_model_id; pushed by training.hub_strategy=checkpoint) unless training.output_dir holds a newer one.",
+        help="Checkpoint folder to resume from, 'auto' for the latest checkpoint in training.output_dir (a fresh "
+        "start when there is none), or 'hub' to first fetch last-checkpoint/ of the run's Hub repository "
+        "(training.hub_model_id; pushed by training.hub_strategy=checkpoint) unless training.output_dir holds a newer "
+        "one.",
     )
     arguments, overrides = parser.parse_known_args(argv)
     return recipe_class.from_yaml(arguments.config, overrides), arguments.resume

@@ -1,4 +1,5 @@
-"""A recipe: the method it trains and the typed sections of a YAML file, and the steps a training script takes with them.
+"""A recipe: the method it trains and the typed sections of a YAML file, and the steps a training script takes with
+them.
 
 method: dino            # any registered method (hf_ssl.training.methods.registered_methods())
 model: {...}            # the method's config (DinoConfig, SimClrConfig, ...) or a pretrained model to continue
@@ -65,8 +66,8 @@ class DataArguments:
         default="test",
         metadata={
             "help": (
-                "Labelled split for k-NN queries (None: no k-NN). When the data has no such labelled split, k-NN is skipped "
-                "with a log line, unless the command line names it."
+                "Labelled split for k-NN queries (None: no k-NN). When the data has no such labelled split, k-NN is "
+                "skipped with a log line, unless the command line names it."
             )
         },
     )
@@ -81,7 +82,10 @@ class DataArguments:
     train_val_split: float | None = field(
         default=None,
         metadata={
-            "help": "Hold out this fraction of the training split for val_loss instead (a seeded draw, left out of pretraining)."
+            "help": (
+                "Hold out this fraction of the training split for val_loss instead (a seeded draw, left out of "
+                "pretraining)."
+            )
         },
     )
     skip_bad_images: bool = field(
@@ -91,8 +95,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": (
-                "Where the bands of N-band arrays are: true (H, W, N), false (N, H, W), null: the axis with N entries (an array "
-                "whose first and last axes both have N entries stops the run)."
+                "Where the bands of N-band arrays are: true (H, W, N), false (N, H, W), null: the axis with N entries "
+                "(an array whose first and last axes both have N entries stops the run)."
             )
         },
     )
@@ -131,13 +135,19 @@ class EvaluationArguments:
     knn_raw_pixels: bool = field(
         default=False,
         metadata={
-            "help": "Also measure k-NN on the raw pixels (the evaluation image processor's output, flattened): the bar a representation should clear."
+            "help": (
+                "Also measure k-NN on the raw pixels (the evaluation image processor's output, flattened): the bar a "
+                "representation should clear."
+            )
         },
     )
     linear_probe: bool = field(
         default=False,
         metadata={
-            "help": "At every k-NN evaluation also fit a linear probe on the bank's frozen features and log linear_top1 / linear_top5 on the queries (usable as metric_for_best_model)."
+            "help": (
+                "At every k-NN evaluation also fit a linear probe on the bank's frozen features and log linear_top1 / "
+                "linear_top5 on the queries (usable as metric_for_best_model)."
+            )
         },
     )
     knn_max_train_samples: int | None = field(
@@ -155,7 +165,10 @@ class EvaluationArguments:
     val_eval_steps: int = field(
         default=0,
         metadata={
-            "help": "Log val_loss (data.validation_split or data.train_val_split) every N optimizer steps (0: only at the end)."
+            "help": (
+                "Log val_loss (data.validation_split or data.train_val_split) every N optimizer steps (0: only at the "
+                "end)."
+            )
         },
     )
     val_at_end: bool = field(default=True, metadata={"help": "Log val_loss once more when training ends."})
@@ -238,8 +251,8 @@ class Recipe:
             raise ConfigError(f"method must be a name, one of {registered_methods()}, got {named!r}")
         if named is not None and wanted is not None and named != wanted:
             raise ConfigError(
-                f"{source} is a {named!r} recipe and this command trains {wanted!r}: run it with recipes/train_{named}.py "
-                "or `hf-ssl pretrain --config ...`, which reads the method from the recipe"
+                f"{source} is a {named!r} recipe and this command trains {wanted!r}: run it with "
+                f"recipes/train_{named}.py or `hf-ssl pretrain --config ...`, which reads the method from the recipe"
             )
         name = named or wanted
         try:
@@ -287,7 +300,8 @@ class Recipe:
         elif given != channels:
             raise ConfigError(
                 f"augmentation.num_channels={given!r} but the backbone takes {channels} channels "
-                "(model.backbone_config.num_channels): give them the same value, or leave augmentation.num_channels out"
+                "(model.backbone_config.num_channels): give them the same value, or leave augmentation.num_channels "
+                "out"
             )
         return augmentation
 
@@ -385,7 +399,8 @@ class Recipe:
 
     @property
     def starts_pretrained(self) -> bool:
-        """The model starts from trained weights (``model.pretrained_model_name_or_path`` or ``pretrained_backbone``)."""
+        """The model starts from trained weights (``model.pretrained_model_name_or_path`` or
+        ``pretrained_backbone``)."""
         return any(self.model.get(key) is not None for key in MODEL_EXTRA_KEYS)
 
     @property
@@ -442,14 +457,16 @@ class Recipe:
         if data.validation_split is not None:
             if data.validation_split not in splits:
                 raise ConfigError(
-                    f"data.validation_split={data.validation_split!r} is not a split of {data.dataset!r}; splits: {splits} (or hold out part of the training split with data.train_val_split)"
+                    f"data.validation_split={data.validation_split!r} is not a split of {data.dataset!r}; splits: "
+                    f"{splits} (or hold out part of the training split with data.train_val_split)"
                 )
             validation = dataset[data.validation_split]
         elif data.train_val_split is not None:
             held_out = round(len(train) * data.train_val_split)
             if not 1 <= held_out < len(train):
                 raise ConfigError(
-                    f"data.train_val_split={data.train_val_split} of {len(train)} training images holds out {held_out}: choose a fraction that leaves images on both sides"
+                    f"data.train_val_split={data.train_val_split} of {len(train)} training images holds out "
+                    f"{held_out}: choose a fraction that leaves images on both sides"
                 )
             parts = train.train_test_split(test_size=held_out, seed=self.training.seed, shuffle=True)
             train, validation = parts["train"], parts["test"]
@@ -471,13 +488,14 @@ class Recipe:
         splits = list(dataset)
         turn_on = (
             "to turn it on, set data.eval_split to a split with labels (an image folder: <data_dir>/<split>/<class>/ "
-            "beside <data_dir>/train/<class>/) and data.label_column when they are not in 'label'; data.eval_split=null "
-            "turns this line off"
+            "beside <data_dir>/train/<class>/) and data.label_column when they are not in 'label'; "
+            "data.eval_split=null turns this line off"
         )
         if data.eval_split not in splits:
             if "data.eval_split" in self.command_line_keys:
                 raise ConfigError(
-                    f"data.eval_split={data.eval_split!r} is not a split of {data.dataset!r}; splits: {splits} (set it to null to skip k-NN)"
+                    f"data.eval_split={data.eval_split!r} is not a split of {data.dataset!r}; splits: {splits} (set "
+                    "it to null to skip k-NN)"
                 )
             logger.warning(
                 "k-NN evaluation is off: data.eval_split=%r of the recipe is not a split of %r (splits: %s); %s",
@@ -551,8 +569,8 @@ class Recipe:
             method_types = {get_method(name).config_class.model_type for name in registered_methods()}
             if saved_type not in method_types and saved_type in CONFIG_MAPPING:
                 raise ConfigError(
-                    f"model.pretrained_model_name_or_path={pretrained!r} is a plain transformers {saved_type!r} model, "
-                    f"not a trained hf_ssl {spec.name} model: to start the backbones from its weights, write "
+                    f"model.pretrained_model_name_or_path={pretrained!r} is a plain transformers {saved_type!r} "
+                    f"model, not a trained hf_ssl {spec.name} model: to start the backbones from its weights, write "
                     f"model.pretrained_backbone: {pretrained} instead"
                 )
             config = config_class.from_pretrained(pretrained)
@@ -564,8 +582,8 @@ class Recipe:
             ) from error
         if not isinstance(config, config_class) or config.model_type != config_class.model_type:
             raise ConfigError(
-                f"model.pretrained_model_name_or_path={pretrained!r} is a {config.model_type!r} model, not a {spec.name} one "
-                f"({config_class.model_type!r}): continue it with its own method"
+                f"model.pretrained_model_name_or_path={pretrained!r} is a {config.model_type!r} model, not a "
+                f"{spec.name} one ({config_class.model_type!r}): continue it with its own method"
             )
         conflicts = [
             f"model.{key}: {given!r} here, {saved!r} in the pretrained model"
@@ -576,7 +594,8 @@ class Recipe:
                 f"the model section differs from the pretrained model {pretrained!r}: {'; '.join(conflicts[:5])}. The "
                 "architecture is the pretrained model's: remove these keys or give them its values"
                 + (
-                    f". Only {', '.join(spec.pretrained_overridable_keys)} may change when continuing from a pretrained model"
+                    f". Only {', '.join(spec.pretrained_overridable_keys)} may change when continuing from a "
+                    "pretrained model"
                     if spec.pretrained_overridable_keys
                     else ""
                 )
@@ -619,10 +638,10 @@ class Recipe:
             raise ConfigError(str(error)) from error
 
     def check_best_metric(self, data: RecipeData) -> None:
-        """``training.early_stopping_patience`` follows ``metric_for_best_model``: refuse, before training, a metric this
-        run never logs (``val_loss`` without validation data, ``knn_*`` without a k-NN evaluation, ``linear_*`` without
-        its probe) or logs only at the end. ``save_best_total_limit`` on such a metric keeps the last checkpoints only:
-        a warning says so (a recipe's default best-N must not stop a run on unlabelled data)."""
+        """``training.early_stopping_patience`` follows ``metric_for_best_model``: refuse, before training, a metric
+        this run never logs (``val_loss`` without validation data, ``knn_*`` without a k-NN evaluation, ``linear_*``
+        without its probe) or logs only at the end. ``save_best_total_limit`` on such a metric keeps the last
+        checkpoints only: a warning says so (a recipe's default best-N must not stop a run on unlabelled data)."""
         args, evaluation = self.training, self.evaluation
         metric = args.metric_for_best_model
         if not metric or not (args.early_stopping_patience or args.save_best_total_limit):
@@ -645,19 +664,20 @@ class Recipe:
             return
         if missing is not None and args.early_stopping_patience:
             raise ConfigError(
-                f"training.early_stopping_patience follows training.metric_for_best_model={metric!r}, but this run never logs it: {missing}"
+                f"training.early_stopping_patience follows training.metric_for_best_model={metric!r}, but this run "
+                f"never logs it: {missing}"
             )
         if missing is not None:
             logger.warning(
-                "training.save_best_total_limit keeps no best checkpoint: this run never logs training.metric_for_best_model=%r (%s); "
-                "checkpoints are kept by training.save_total_limit alone",
+                "training.save_best_total_limit keeps no best checkpoint: this run never logs "
+                "training.metric_for_best_model=%r (%s); checkpoints are kept by training.save_total_limit alone",
                 metric,
                 missing,
             )
         elif args.early_stopping_patience and interval == 0:
             raise ConfigError(
-                f"training.early_stopping_patience follows {metric!r}, which {interval_key}=0 logs only when training ends: "
-                f"set {interval_key} to the number of optimizer steps between evaluations"
+                f"training.early_stopping_patience follows {metric!r}, which {interval_key}=0 logs only when training "
+                f"ends: set {interval_key} to the number of optimizer steps between evaluations"
             )
 
     def resolve_normalisation(self, train_dataset, max_images: int = 1000) -> None:
@@ -700,8 +720,8 @@ def _method_recipe_class(base: type, method: str) -> type:
             "default_method": method,
             "__module__": __name__,
             "__doc__": (
-                f"The recipe a script that trains {method!r} reads: ``method: {method}`` unless the file says otherwise (it "
-                "refuses another method's recipe)."
+                f"The recipe a script that trains {method!r} reads: ``method: {method}`` unless the file says "
+                "otherwise (it refuses another method's recipe)."
             ),
         },
     )

@@ -4,7 +4,8 @@
                                                history and k-NN results; never checkpoints, staging folders, locks
     push_output_dir(output_dir, repo_id)       the run, as one commit (``push_to_hub`` of either engine)
     push_backbone(output_dir, repo_id)         backbone/ alone at the root of its own repository, with its own card
-    CheckpointPusher                           ``hub_strategy`` every_save / checkpoint / all_checkpoints during training
+    CheckpointPusher                           ``hub_strategy`` every_save / checkpoint / all_checkpoints during
+                                               training
     fetch_hub_checkpoint(output_dir, repo_id)  ``--resume hub``: the repository's last-checkpoint/ as checkpoint-<step>
     main(argv)                                 ``hf-ssl push OUTPUT_DIR``: push a finished output directory (or retry)
 
@@ -61,7 +62,7 @@ HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 PUSH_WEIGHTS_PREFIX = ".hub-weights-"  # the accelerate engine's from_pretrained copy of a checkpoint's weights
 
 
-# ----- what a push sends ----------------------------------------------------------------------------------------------
+# ----- what a push sends ---------------------------------------------------------------------------------------------
 
 
 def files_to_push(output_dir: str | Path, backbone_only: bool = False) -> list[str]:
@@ -112,8 +113,8 @@ def check_pushable(output_dir: str | Path, backbone_only: bool = False) -> None:
     has_weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
     if not ((folder / "config.json").is_file() and has_weights):
         raise ConfigError(
-            f"{output_dir} holds no {what} (config.json, model.safetensors): give the output directory of a finished run "
-            "(a run cut after training writes it with --resume auto)"
+            f"{output_dir} holds no {what} (config.json, model.safetensors): give the output directory of a finished "
+            "run (a run cut after training writes it with --resume auto)"
         )
 
 
@@ -124,7 +125,7 @@ def push_command(output_dir: str | Path, repo_id: str, backbone_only: bool = Fal
     )
 
 
-# ----- pushing a finished run --------------------------------------------------------------------------------------------
+# ----- pushing a finished run ----------------------------------------------------------------------------------------
 
 
 def create_hub_repo(name: str, token: str | None = None, private: bool | None = None) -> str:
@@ -265,9 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     could not be reached (the message says how to retry)."""
     parser = argparse.ArgumentParser(
         prog="hf-ssl push",
-        description="Upload the output directory of a finished run to the Hugging Face Hub: the hf_ssl model, backbone/, "
-        "the image processor, recipe.yaml, history.json/png, knn_results.json and the model card (never checkpoints). "
-        "Also how to retry a push that failed at the end of a run.",
+        description="Upload the output directory of a finished run to the Hugging Face Hub: the hf_ssl model, "
+        "backbone/, the image processor, recipe.yaml, history.json/png, knn_results.json and the model card (never "
+        "checkpoints). Also how to retry a push that failed at the end of a run.",
     )
     parser.add_argument("output_dir", help="The run's training.output_dir.")
     parser.add_argument(
@@ -475,7 +476,8 @@ class CheckpointPusher:
         self.waiting = None
 
     def wait(self) -> None:
-        """Push the checkpoint still waiting, if any, then block until every push has finished (successfully or not)."""
+        """Push the checkpoint still waiting, if any, then block until every push has finished (successfully or
+        not)."""
         if self.waiting is not None:
             waiting, self.waiting = self.waiting, None
             self.jobs = [job for job in self.jobs if not job[2].done()]
@@ -499,7 +501,7 @@ class CheckpointPusher:
         return output_dir / f"{PUSH_WEIGHTS_PREFIX}{step}"
 
 
-# ----- resuming from the Hub -------------------------------------------------------------------------------------------
+# ----- resuming from the Hub -----------------------------------------------------------------------------------------
 
 
 def is_hub_resume(resume) -> bool:
@@ -523,8 +525,9 @@ def fetch_hub_checkpoint(
     output_dir = Path(output_dir)
     if not repo_id or "/" not in repo_id:
         raise ConfigError(
-            "--resume hub needs the run's Hub repository: set training.hub_model_id=ORG/NAME (or training.push_to_hub=true "
-            "with training.hub_strategy=checkpoint, which pushes the checkpoints it resumes from)"
+            "--resume hub needs the run's Hub repository: set training.hub_model_id=ORG/NAME (or "
+            "training.push_to_hub=true with training.hub_strategy=checkpoint, which pushes the checkpoints it resumes "
+            "from)"
         )
     api = HfApi(token=token)
     state_file = f"{HUB_CHECKPOINT}/{checkpointing.STATE_FILE}"
@@ -566,7 +569,8 @@ def fetch_hub_checkpoint(
     if damage is not None:
         shutil.rmtree(staging, ignore_errors=True)
         raise ConfigError(
-            f"{repo_id}/{HUB_CHECKPOINT} is damaged ({damage}): push it again, or resume from a local checkpoint with --resume auto"
+            f"{repo_id}/{HUB_CHECKPOINT} is damaged ({damage}): push it again, or resume from a local checkpoint with "
+            "--resume auto"
         )
     final = checkpointing.commit_checkpoint(downloaded, checkpointing.checkpoint_path(output_dir, hub_step))
     shutil.rmtree(staging, ignore_errors=True)
@@ -576,6 +580,7 @@ def fetch_hub_checkpoint(
 
 def _hub_resume_error(repo_id: str, error: BaseException) -> ConfigError:
     return ConfigError(
-        f"--resume hub cannot read {repo_id}/{HUB_CHECKPOINT} ({type(error).__name__}: {error}). Check the network and "
-        "the login (hf auth login, or HF_TOKEN), or continue from a local checkpoint with --resume auto; the run has not started"
+        f"--resume hub cannot read {repo_id}/{HUB_CHECKPOINT} ({type(error).__name__}: {error}). Check the network "
+        "and the login (hf auth login, or HF_TOKEN), or continue from a local checkpoint with --resume auto; the run "
+        "has not started"
     )

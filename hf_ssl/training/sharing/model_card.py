@@ -130,7 +130,10 @@ def evaluation_text(metrics: dict | None, features: str, step: int | None, tempe
         f"top-1 {metrics['knn_top1']:.2f}%, top-5 {metrics['knn_top5']:.2f}%."
     )
     if "linear_top1" in metrics:
-        text += f" Linear probe on the same frozen features: top-1 {metrics['linear_top1']:.2f}%, top-5 {metrics['linear_top5']:.2f}%."
+        text += (
+            f" Linear probe on the same frozen features: top-1 {metrics['linear_top1']:.2f}%, top-5 "
+            f"{metrics['linear_top5']:.2f}%."
+        )
     return text
 
 
@@ -196,7 +199,8 @@ def backbone_card(output_dir: str | Path, repo_id: str, base_model: str | None =
     """The card of ``<output_dir>/backbone`` pushed as a repository of its own (``model_cards/backbone.md``), from
     what the run wrote: the method, data and license from ``recipe.yaml``, the final k-NN numbers from
     ``knn_results.json``, the architecture from ``backbone/config.json``. ``base_model``: the run's repository, when
-    it is on the Hub. Not written to disk: ``hf_ssl.training.sharing.hub.push_backbone`` uploads it as ``README.md``."""
+    it is on the Hub. Not written to disk: ``hf_ssl.training.sharing.hub.push_backbone`` uploads it as
+    ``README.md``."""
     from hf_ssl.training.methods import get_method
 
     output_dir = Path(output_dir)

@@ -63,7 +63,8 @@ class RunOutputError(RuntimeError):
         missing = [label for _, label, marker in OUTPUTS if not (output_dir / marker).exists()]
         labels = {name: f"writing {label}" for name, label, _ in OUTPUTS}
         parts = [
-            f"{FAILED_STEPS.get(step) or labels.get(step, step)} failed after training ({type(cause).__name__}: {cause})."
+            f"{FAILED_STEPS.get(step) or labels.get(step, step)} failed after training ({type(cause).__name__}: "
+            f"{cause})."
         ]
         parts.append(f"Saved in {output_dir}: {'; '.join(done)}." if done else f"Nothing was saved in {output_dir}.")
         if missing:
@@ -85,7 +86,8 @@ class RunOutputError(RuntimeError):
 
 
 def hub_repo_name(args) -> str:
-    """The repository ``push_to_hub`` uploads to: ``hub_model_id``, else the output directory's name (as the Trainer)."""
+    """The repository ``push_to_hub`` uploads to: ``hub_model_id``, else the output directory's name (as the
+    Trainer)."""
     return args.hub_model_id or Path(args.output_dir).absolute().name
 
 

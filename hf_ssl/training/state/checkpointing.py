@@ -147,9 +147,9 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # The hf_ssl state file
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def write_state(directory: str | os.PathLike, state: Mapping[str, Any]) -> Path:
@@ -333,9 +333,9 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # One run per output directory
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 _held_locks: dict[str, Any] = {}
 
@@ -366,8 +366,8 @@ def lock_output_dir(output_dir: str | os.PathLike) -> None:
         holder = handle.read().strip() or "another process"
         handle.close()
         raise ConfigError(
-            f"output_dir {str(output_dir)!r} is in use by another run ({holder}): two runs in one folder overwrite each "
-            "other's checkpoints and model. Wait for it to end, or give this run another training.output_dir"
+            f"output_dir {str(output_dir)!r} is in use by another run ({holder}): two runs in one folder overwrite "
+            "each other's checkpoints and model. Wait for it to end, or give this run another training.output_dir"
         ) from None
     handle.seek(0)
     handle.truncate()
@@ -413,8 +413,8 @@ def guard_output_dir(
         return
     if resume_requested:
         raise ConfigError(
-            f"output_dir {str(directory)!r} holds a trained model ({found}) but no checkpoint to resume from. To continue "
-            f"training it, start a new run from its weights ({start_from_key}={directory}, another "
+            f"output_dir {str(directory)!r} holds a trained model ({found}) but no checkpoint to resume from. To "
+            f"continue training it, start a new run from its weights ({start_from_key}={directory}, another "
             "output_dir); to train again from scratch here, set training.overwrite_output_dir=true"
         )
     raise ConfigError(
@@ -423,9 +423,9 @@ def guard_output_dir(
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Saving
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class CheckpointSaveError(RuntimeError):
@@ -439,8 +439,9 @@ class CheckpointSaveError(RuntimeError):
         if self.no_space:
             free = _free_bytes(output_dir)
             message = (
-                f"no space left on device while saving checkpoint {step} in {output_dir} ({free / 2**20:.1f} MiB free); "
-                f"{intact}. Free some space (a lower training.save_total_limit keeps fewer checkpoints), then continue with --resume auto"
+                f"no space left on device while saving checkpoint {step} in {output_dir} ({free / 2**20:.1f} MiB "
+                f"free); {intact}. Free some space (a lower training.save_total_limit keeps fewer checkpoints), then "
+                "continue with --resume auto"
             )
         else:
             message = f"saving checkpoint {step} in {output_dir} failed ({type(cause).__name__}: {cause}); {intact}"
@@ -502,15 +503,16 @@ def check_resume_compatible(
     saved_sharding = state.get("sharding", "none")
     if saved_sharding != sharding:
         raise ConfigError(
-            f"{checkpoint} was written under {saved_sharding!r} sharding and this run uses {sharding!r}: DeepSpeed and FSDP "
-            "save model and optimizer in their own formats. Resume with the accelerate config that wrote it, or start a "
-            "new output_dir from its weights (model.pretrained_model_name_or_path)."
+            f"{checkpoint} was written under {saved_sharding!r} sharding and this run uses {sharding!r}: DeepSpeed "
+            "and FSDP save model and optimizer in their own formats. Resume with the accelerate config that wrote it, "
+            "or start a new output_dir from its weights (model.pretrained_model_name_or_path)."
         )
     if state.get("method") != method:
         raise ConfigError(f"{checkpoint} is a {state.get('method')!r} checkpoint; this run trains {method!r}")
     if state.get("engine") != engine:
         raise ConfigError(
-            f"{checkpoint} was written by the {state.get('engine')!r} engine; resume it with training.engine={state.get('engine')}"
+            f"{checkpoint} was written by the {state.get('engine')!r} engine; resume it with "
+            f"training.engine={state.get('engine')}"
         )
     if (Path(checkpoint) / "config.json").is_file():
         saved_config = type(model_config).from_pretrained(checkpoint)
@@ -524,17 +526,18 @@ def check_resume_compatible(
     saved_batch = state.get("total_batch_size")
     if saved_batch is not None and saved_batch != total_batch_size:
         raise ConfigError(
-            f"{checkpoint} was trained with a total batch of {saved_batch} ({state.get('world_size')} processes); this run "
-            f"has {total_batch_size} ({world_size} processes). The schedules and the data position count optimizer steps "
-            "of that batch: set per_device_train_batch_size x gradient_accumulation_steps x processes back to "
-            f"{saved_batch}, or start a new run from its weights with model.pretrained_model_name_or_path."
+            f"{checkpoint} was trained with a total batch of {saved_batch} ({state.get('world_size')} processes); "
+            f"this run has {total_batch_size} ({world_size} processes). The schedules and the data position count "
+            "optimizer steps of that batch: set per_device_train_batch_size x gradient_accumulation_steps x processes "
+            f"back to {saved_batch}, or start a new run from its weights with model.pretrained_model_name_or_path."
         )
     if settings is not None and state.get("settings") is not None:
         differences = config_differences(state["settings"], _as_plain_json(settings))
         changes = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, old, new in differences[:10])
         if differences and allow_changed_settings:
             logger.warning(
-                "Resuming %s with changed settings (resume_with_changed_settings): %s. The new values apply from step %s on.",
+                "Resuming %s with changed settings (resume_with_changed_settings): %s. The new values apply from step "
+                "%s on.",
                 checkpoint,
                 changes,
                 state.get("step"),
@@ -542,10 +545,10 @@ def check_resume_compatible(
         elif differences:
             raise ConfigError(
                 f"{checkpoint} was trained with other settings: {changes}. A resume continues the run that wrote the "
-                "checkpoint, so only max_steps / num_train_epochs (every schedule then follows the new length) and what "
-                "does not change the training (logging, saving, evaluation, trackers, time limits, workers) may change. "
-                "Put these back (the run's recipe.yaml has them); or, to continue this run with the new values from the "
-                "checkpoint's step on (e.g. a lower learning rate after a divergence), set "
+                "checkpoint, so only max_steps / num_train_epochs (every schedule then follows the new length) and "
+                "what does not change the training (logging, saving, evaluation, trackers, time limits, workers) may "
+                "change. Put these back (the run's recipe.yaml has them); or, to continue this run with the new "
+                "values from the checkpoint's step on (e.g. a lower learning rate after a divergence), set "
                 "training.resume_with_changed_settings=true; or start a new run from its weights: "
                 f"model.pretrained_model_name_or_path={checkpoint} with another training.output_dir."
             )
@@ -633,9 +636,9 @@ def _as_json(config) -> dict[str, Any]:
     return json.loads(config.to_json_string(use_diff=False))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Rotation
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,10 @@ class RunControl:
             return f"stopped after max_time_seconds={self.max_time_seconds:g} ({self.elapsed_seconds:.0f} s)"
         if self.stop_reason == "early_stopping":
             stopping = self.early_stopping
-            return f"early stopping: {stopping.metric} did not improve by more than {stopping.min_delta} for {stopping.patience} evaluations (best {stopping.best})"
+            return (
+                f"early stopping: {stopping.metric} did not improve by more than {stopping.min_delta} for "
+                f"{stopping.patience} evaluations (best {stopping.best})"
+            )
         return "finished"
 
 
@@ -198,3 +202,27 @@ def build_run_control(args, reduce_max: Callable[[torch.Tensor], torch.Tensor] |
         reduce_max=reduce_max,
         handle_signals=args.save_on_interrupt,
     )
+
+
+class RunControlCallback(TrainerCallback):
+    """Saves a checkpoint and stops the Trainer on SIGTERM/SIGINT, at ``max_time_seconds`` and on early
+    stopping (``hf_ssl.training.state.run_control.RunControl``; every process reaches the same decision)."""
+
+    def __init__(self, run_control):
+        self.run_control = run_control
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.run_control.start()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.run_control.observe(logs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.run_control.check(args.device) is not None:
+            logger.warning("step %d: %s; saving a checkpoint", state.global_step, self.run_control.describe_stop())
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.run_control.finish()

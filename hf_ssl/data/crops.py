@@ -1,7 +1,7 @@
-"""CPU stage of the multi-crop pipeline: decode, random resized crops of every view group, collation.
+"""CPU stage of the view pipeline (every method's crops): decode, random resized crops of every view group, collation.
 
-    dataset --(MultiCropTransform, in DataLoader workers)--> per-example uint8 views, one entry per group
-            --(MultiCropCollator)--> {"global_crops": (G, B, C, H, W), "local_crops": (L, B, C, h, w), ...}
+    dataset --(ViewCropTransform, in DataLoader workers)--> per-example uint8 views, one entry per group
+            --(ViewCropCollator)--> {"global_crops": (G, B, C, H, W), "local_crops": (L, B, C, h, w), ...}
             --(DeviceAugmentation, on the accelerator)--> normalised float views
 
 The groups are a config's named view groups (`hf_ssl.data.views`): DINO's ``global_crops`` and ``local_crops``,
@@ -38,11 +38,11 @@ from .views import BAND_INTERPOLATIONS, as_views_config
 
 logger = logging.getLogger(__name__)
 
-# What an example holds beside its view groups: the decode flag, the label and MultiCropDataset's sampler key.
+# What an example holds beside its view groups: the decode flag, the label and ViewCropDataset's sampler key.
 EXAMPLE_FIELDS = ("valid", "label", "key")
 
 
-class MultiCropTransform:
+class ViewCropTransform:
     """Batch transform for ``Dataset.with_transform``: images -> the views of every group of a config.
 
     ``config`` is a ``ViewsConfig`` or an augmentation section with ``to_views_config()`` (DINO's
@@ -66,9 +66,9 @@ class MultiCropTransform:
     raises ``BandLayoutError`` whatever ``skip_bad_images`` says).
 
     An image that fails to decode gives zero views with ``valid=False`` and a logged warning when
-    ``skip_bad_images`` (`MultiCropCollator` drops and counts it), else a ``ValueError``.
+    ``skip_bad_images`` (`ViewCropCollator` drops and counts it), else a ``ValueError``.
 
-    Randomness comes from ``rng`` when given (`MultiCropDataset` passes one seeded by seed, epoch
+    Randomness comes from ``rng`` when given (`ViewCropDataset` passes one seeded by seed, epoch
     and index), else from torch's global RNG (one draw per batch seeds a numpy generator), so
     ``torch.manual_seed`` makes it reproducible and DataLoader workers, which torch seeds apart,
     draw different crops.
@@ -91,7 +91,7 @@ class MultiCropTransform:
     def __call__(self, batch: dict[str, list], rng: np.random.Generator | None = None) -> dict[str, list]:
         if "image" not in batch:
             raise KeyError(
-                f"MultiCropTransform needs an 'image' column, the batch has {sorted(batch)}: "
+                f"ViewCropTransform needs an 'image' column, the batch has {sorted(batch)}: "
                 "load the dataset with hf_ssl.data.load_image_dataset(..., image_column=...) to rename it"
             )
         if rng is None:
@@ -173,10 +173,10 @@ def resize_bands(bands: torch.Tensor, box: tuple[int, int, int, int], size: int,
     return torch.nn.functional.interpolate(crop, size=(size, size), mode=mode)[0]
 
 
-def with_multicrop(dataset, transform: MultiCropTransform, seed: int = 0):
+def with_view_crops(dataset, transform: ViewCropTransform, seed: int = 0):
     """Attach ``transform`` to ``dataset`` (a ``Dataset``, ``DatasetDict`` or ``IterableDataset``).
 
-    A map-style ``Dataset`` becomes a `MultiCropDataset`, whose crops are a function of ``seed``, the
+    A map-style ``Dataset`` becomes a `ViewCropDataset`, whose crops are a function of ``seed``, the
     epoch and the example's index (exact resume, the same crops for any number of DataLoader
     workers); a ``DatasetDict`` becomes a dict of them. A streaming ``IterableDataset`` gets the
     transform through a lazy batched ``map`` and draws its crops from torch's global RNG.
@@ -185,19 +185,19 @@ def with_multicrop(dataset, transform: MultiCropTransform, seed: int = 0):
     itself, so a corrupt file becomes a skipped example instead of an exception inside ``datasets``.
     """
     if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        parts = {split: with_multicrop(part, transform, seed) for split, part in dataset.items()}
+        parts = {split: with_view_crops(part, transform, seed) for split, part in dataset.items()}
         return type(dataset)(parts) if isinstance(dataset, datasets.IterableDatasetDict) else parts
     dataset = undecoded_images(dataset)
     if isinstance(dataset, datasets.IterableDataset):
         # Streaming datasets have no random access; a batched map runs lazily the same way.
         return dataset.map(transform, batched=True, remove_columns=dataset.column_names)
-    return MultiCropDataset(dataset, transform, seed)
+    return ViewCropDataset(dataset, transform, seed)
 
 
 class EpochKeyedDataset(torch.utils.data.Dataset):
     """A map-style ``datasets.Dataset`` read through `EpochShuffleSampler`'s keys ``epoch * len(dataset) + index``
-    (``split_key``), which seed what is drawn for an example (crops, masks): the same after a resume and with any number
-    of DataLoader workers. It holds the epoch training is in (``set_epoch``) for the sampler built on it."""
+    (``split_key``), which seed what is drawn for an example (crops, masks): the same after a resume and with any
+    number of DataLoader workers. It holds the epoch training is in (``set_epoch``) for the sampler built on it."""
 
     def __init__(self, dataset: datasets.Dataset, empty_message: str = "the dataset is empty"):
         if len(dataset) == 0:
@@ -217,10 +217,10 @@ class EpochKeyedDataset(torch.utils.data.Dataset):
         return divmod(int(key), len(self.dataset))
 
 
-class MultiCropDataset(EpochKeyedDataset):
+class ViewCropDataset(EpochKeyedDataset):
     """Multi-crop examples of a map-style ``datasets.Dataset`` with reproducible randomness.
 
-    ``dataset[key]`` is `MultiCropTransform`'s output for example ``key % len(dataset)``, with crops
+    ``dataset[key]`` is `ViewCropTransform`'s output for example ``key % len(dataset)``, with crops
     drawn from a generator seeded by ``(seed, key // len(dataset), key % len(dataset))``: a key
     carries its epoch (`EpochShuffleSampler` yields ``epoch * len(dataset) + index``), so every epoch
     sees new crops, and a resumed run, or one with another number of DataLoader workers, sees exactly
@@ -228,7 +228,7 @@ class MultiCropDataset(EpochKeyedDataset):
     ``key``, so that a collator's own draws (I-JEPA's masks, `MultiBlockMaskCollator`) are seeded the same way.
     """
 
-    def __init__(self, dataset: datasets.Dataset, transform: MultiCropTransform, seed: int = 0):
+    def __init__(self, dataset: datasets.Dataset, transform: ViewCropTransform, seed: int = 0):
         super().__init__(undecoded_images(dataset), "the dataset is empty: there is nothing to pretrain on")
         self.transform = transform
         self.seed = int(seed)
@@ -270,13 +270,13 @@ class MultiCropDataset(EpochKeyedDataset):
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """Shuffles ``range(num_examples)`` anew each epoch, from ``seed + epoch`` alone, and yields the keys
-    ``epoch * num_examples + index`` that `MultiCropDataset` turns into per-epoch random crops.
+    ``epoch * num_examples + index`` that `ViewCropDataset` turns into per-epoch random crops.
 
     The order depends on nothing but the seed and the epoch (``set_epoch``, which the Trainer and the
     Accelerate loop call at the start of each epoch), so it is the same in every process and after a
     resume; accelerate splits its batches between processes.
 
-    ``epoch_holder`` (a ``MultiCropDataset``): keep the epoch there rather than here. accelerate passes the
+    ``epoch_holder`` (a ``ViewCropDataset``): keep the epoch there rather than here. accelerate passes the
     epoch to the sampler or, where it cannot reach it (the loader that skips the batches a resumed run has
     already seen, on several processes), to the dataset; with one holder both paths agree.
     """
@@ -310,13 +310,14 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         yield from (order + self.epoch * self.num_examples).tolist()
 
 
-class MultiCropCollator:
-    """Stack examples from `MultiCropTransform` into one batch, view index first.
+class ViewCropCollator:
+    """Stack examples from `ViewCropTransform` into one batch, view index first.
 
     Returns one uint8 ``(number, B, 3, size, size)`` tensor per view group (DINO: ``{"global_crops": (G, B, 3,
     H, W), "local_crops": (L, B, 3, h, w)}``), ``"labels": int64 (B,)`` when the examples have labels, and
     ``"num_skipped": int64 ()``. The groups are every key of an example but ``valid``, ``label`` and ``key``
-    (`MultiCropDataset`'s sampler key; or ``view_names`` when given). Views of one size share a tensor so the backbone runs once per group.
+    (`ViewCropDataset`'s sampler key; or ``view_names`` when given). Views of one size share a tensor so the backbone
+    runs once per group.
 
     Examples with ``valid=False`` are dropped and counted in ``num_skipped``: the collator runs in
     the DataLoader workers, so the count travels with the batch. When every example is bad the
@@ -330,7 +331,7 @@ class MultiCropCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
-            raise ValueError("MultiCropCollator got an empty list of examples")
+            raise ValueError("ViewCropCollator got an empty list of examples")
         kept = [example for example in examples if example.get("valid", True)]
         names = self.view_names or [name for name in examples[0] if name not in EXAMPLE_FIELDS]
         batch = {name: _stack_crops(examples, kept, name) for name in names}
@@ -349,3 +350,10 @@ def _stack_crops(examples: list[dict[str, Any]], kept: list[dict[str, Any]], key
         return torch.stack([torch.as_tensor(example[key]) for example in kept], dim=1)
     reference = torch.as_tensor(examples[0][key])
     return reference.new_empty((reference.shape[0], 0, *reference.shape[1:]))
+
+
+# the names from when DINO's multi-crop was the only pipeline: the same objects, so that code written for them works
+MultiCropTransform = ViewCropTransform
+MultiCropCollator = ViewCropCollator
+MultiCropDataset = ViewCropDataset
+with_multicrop = with_view_crops
