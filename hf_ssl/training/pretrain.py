@@ -1,19 +1,8 @@
 """Pretrain any registered method from a recipe, on the transformers Trainer or a raw Accelerate loop
-(``training.engine``): ``run_pretraining``, what ``hf-ssl pretrain``, ``recipes/pretrain.py`` and
-``recipes/train_<method>.py`` run (their command line is ``hf_ssl.commands.pretrain``).
-
-    hf-ssl pretrain --config recipes/simclr_fashion_mnist_demo.yaml
-    accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m hf_ssl.commands.cli pretrain \\
-        --config recipes/dino.yaml data.data_dir=/path/to/images --output_dir outputs/run1
-
-Every key of the YAML file can be overridden as section.key=value (or --key value for a key only one
-section has, e.g. --max_steps 100); --help lists them all. Checkpoints go to <output_dir>/checkpoint-<step>;
---resume auto continues from the latest (SIGTERM/SIGINT and training.max_time_seconds save one and stop);
---resume hub first fetches last-checkpoint/ of the run's Hub repository (training.hub_strategy=checkpoint pushes it).
-The output directory receives the hf_ssl model (AutoModelForPreTraining / AutoModel), the evaluated backbone
-as a plain transformers model in backbone/, the image processor, the resolved recipe.yaml and a model card;
-training.push_to_hub=true uploads them (hf-ssl push OUTPUT_DIR does it later, or again), and
-training.push_backbone_to_hub=ORG/NAME the backbone alone.
+(``training.engine``): ``run_pretraining(recipe, resume)`` loads the data, builds the model, the k-NN and validation
+evaluators and the engine, trains, and writes the outputs (model, backbone/, processor, recipe.yaml, card; Hub
+pushes when asked). ``hf-ssl pretrain``, ``recipes/pretrain.py`` and ``recipes/train_<method>.py`` run it through
+the command line in ``hf_ssl.commands.pretrain``, whose docstring shows the commands.
 """
 
 from __future__ import annotations
