@@ -252,7 +252,8 @@ class Recipe:
         if named is not None and wanted is not None and named != wanted:
             raise ConfigError(
                 f"{source} is a {named!r} recipe and this command trains {wanted!r}: run it with "
-                f"recipes/train_{named}.py or `hf-ssl pretrain --config ...`, which reads the method from the recipe"
+                f"recipes/train_{named}.py, or with recipes/pretrain.py or `hf-ssl pretrain --config ...`, which read "
+                "the method from the recipe"
             )
         name = named or wanted
         try:
