@@ -12,7 +12,6 @@ import torch
 
 from hf_ssl.data import EpochShuffleSampler, ViewCropDataset
 from hf_ssl.errors import ConfigError, NonFiniteLossError
-from hf_ssl.models.backbone import build_backbone
 from hf_ssl.training.engines.evaluation import PeriodicEvaluation
 from hf_ssl.training.methods import MethodSpec, get_method, method_for_model
 from hf_ssl.training.methods.base import PretrainingMethod
@@ -266,38 +265,6 @@ def check_distributed_setup(accelerator, engine: str) -> None:
             "state handling do not support that: use ZeRO-2 (accelerate_configs/deepspeed_zero2.yaml) or FSDP "
             "(accelerate_configs/fsdp_full_shard.yaml), which also shards the parameters."
         )
-
-
-def evaluation_backbone_on_main(accelerator, wrapped_model):
-    """The whole evaluated backbone (``model.evaluation_backbone()``: DINO's teacher backbone, SimCLR's backbone)
-    on the main process (None on the others), for k-NN evaluation.
-
-    Under FSDP the weights are sharded: every process must call this, the full state is gathered (a
-    collective) and loaded into an unsharded copy. Otherwise the backbone itself is returned (a float32 copy
-    where the engine cast it to bf16/fp16, as the exported backbone will be).
-    """
-    model = accelerator.unwrap_model(wrapped_model)
-    if checkpointing.sharding_of(accelerator) != "fsdp":
-        if not accelerator.is_main_process:
-            return None
-        backbone = model.evaluation_backbone()
-        if next(backbone.parameters()).dtype == torch.float32:
-            return backbone
-        copy = build_backbone(model.evaluation_backbone_config())
-        copy.load_state_dict({name: tensor.float() for name, tensor in backbone.state_dict().items()})
-        return copy.to(accelerator.device).eval()
-    state = accelerator.get_state_dict(wrapped_model)
-    if not accelerator.is_main_process:
-        return None
-    prefix = model.evaluation_backbone_prefix
-    weights = {}
-    for name, tensor in state.items():
-        name = name.replace("_fsdp_wrapped_module.", "")
-        if name.startswith(prefix):
-            weights[name[len(prefix) :]] = tensor
-    backbone = build_backbone(model.evaluation_backbone_config())
-    backbone.load_state_dict(weights, strict=True)
-    return backbone.to(accelerator.device).eval()
 
 
 def full_precision_state_dict(model, full_precision_teacher: FullPrecisionTeacher) -> dict[str, torch.Tensor]:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from transformers import TrainerCallback
 
+from hf_ssl.models.backbone import build_backbone
 from hf_ssl.training.engines.validation import ValidationLoss, run_validation
+from hf_ssl.training.state import checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +27,38 @@ def run_knn_evaluation(evaluator, backbone, device, step: int) -> dict[str, floa
     except Exception:
         logger.exception("k-NN evaluation at step %d failed; training goes on and the model will be saved", step)
         return None
+
+
+def evaluation_backbone_on_main(accelerator, wrapped_model):
+    """The whole evaluated backbone (``model.evaluation_backbone()``: DINO's teacher backbone, SimCLR's backbone)
+    on the main process (None on the others), for k-NN evaluation.
+
+    Under FSDP the weights are sharded: every process must call this, the full state is gathered (a
+    collective) and loaded into an unsharded copy. Otherwise the backbone itself is returned (a float32 copy
+    where the engine cast it to bf16/fp16, as the exported backbone will be).
+    """
+    model = accelerator.unwrap_model(wrapped_model)
+    if checkpointing.sharding_of(accelerator) != "fsdp":
+        if not accelerator.is_main_process:
+            return None
+        backbone = model.evaluation_backbone()
+        if next(backbone.parameters()).dtype == torch.float32:
+            return backbone
+        copy = build_backbone(model.evaluation_backbone_config())
+        copy.load_state_dict({name: tensor.float() for name, tensor in backbone.state_dict().items()})
+        return copy.to(accelerator.device).eval()
+    state = accelerator.get_state_dict(wrapped_model)
+    if not accelerator.is_main_process:
+        return None
+    prefix = model.evaluation_backbone_prefix
+    weights = {}
+    for name, tensor in state.items():
+        name = name.replace("_fsdp_wrapped_module.", "")
+        if name.startswith(prefix):
+            weights[name[len(prefix) :]] = tensor
+    backbone = build_backbone(model.evaluation_backbone_config())
+    backbone.load_state_dict(weights, strict=True)
+    return backbone.to(accelerator.device).eval()
 
 
 class PeriodicEvaluation:
@@ -86,8 +121,6 @@ class PeriodicEvaluation:
 
     def evaluate_knn(self, engine) -> dict[str, float]:
         """k-NN of the evaluated backbone on the main process (the others go on), logged as ``knn_top1``..."""
-        from hf_ssl.training.engines.base import evaluation_backbone_on_main
-
         if self.knn_evaluator is None:
             return {}
         step, accelerator = engine.state.global_step, engine.accelerator
